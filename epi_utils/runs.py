@@ -1,0 +1,227 @@
+"""Runs: seeds, devices, folders, provenance and crash-safe metric files.
+
+A *run* is one execution of a study notebook. The runner (:mod:`epi_utils.report`) creates
+``reports/<study>/<run-id>/`` and exports its path in the environment variable ``EPI_RUN_DIR``
+before the notebook starts; code inside the notebook finds it with :func:`current_run_dir`.
+A notebook opened by hand in JupyterLab has no such variable and writes to
+``reports/_interactive/`` instead, so interactive work never overwrites a batch run.
+
+Files in a run folder:
+
+``results.json``   headline numbers written by the notebook itself (:func:`save_metrics`).
+``metrics.json``   written by the runner: provenance + status + the headline numbers. It is
+                   written with ``status: "running"`` before execution and replaced atomically
+                   at the end, so a killed run never leaves a file that claims success.
+``figures/``       PNG and PDF figures (:func:`epi_utils.plots.save_figure`).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+RUN_DIR_ENV = "EPI_RUN_DIR"
+DATA_DIR_ENV = "EPI_DATA_DIR"
+CACHE_DIR_ENV = "EPI_CACHE_DIR"
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def repo_root() -> Path:
+    """The repository root: the folder holding ``pyproject.toml`` above this package."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent, *here.parents):
+        if (candidate / "pyproject.toml").exists() and (candidate / "epi_utils").is_dir():
+            return candidate
+    return Path.cwd()
+
+
+def data_dir() -> Path:
+    """Where data sets live: ``$EPI_DATA_DIR``, else ``<repo>/data``."""
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env).expanduser().resolve() if env else repo_root() / "data"
+
+
+def cache_dir() -> Path:
+    """Where derived artefacts (pretrained tiny models, fp32 model copies) are cached:
+    ``$EPI_CACHE_DIR``, else ``<repo>/.cache``. Created on first use."""
+    env = os.environ.get(CACHE_DIR_ENV)
+    path = Path(env).expanduser().resolve() if env else repo_root() / ".cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def current_run_dir() -> Path:
+    """The folder of the run this code executes in (``$EPI_RUN_DIR``), created if needed.
+
+    Outside a batch run (a notebook opened by hand) this is ``reports/_interactive``.
+    """
+    env = os.environ.get(RUN_DIR_ENV)
+    path = Path(env) if env else repo_root() / "reports" / "_interactive"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy and torch (CPU and CUDA) with ``seed``.
+
+    Also sets ``PYTHONHASHSEED`` for child processes. Functions that sample still take an
+    explicit ``rng``/``generator`` argument; this only fixes global state for a run.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    random.seed(seed)
+    import numpy as np
+
+    np.random.seed(seed % 2**32)
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a pinned requirement
+        return
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def resolve_device(device: str = "auto"):
+    """Turn ``"auto" | "cpu" | "cuda" | "cuda:N"`` into a ``torch.device``.
+
+    ``auto`` picks CUDA when available, else CPU. Asking for CUDA on a machine without it
+    raises a ``ValueError`` instead of silently falling back.
+    """
+    import torch
+
+    if not isinstance(device, str):
+        raise ValueError(f"device must be one of {DEVICE_CHOICES}, got {device!r}")
+    name = device.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} was asked for but CUDA is not available here; use 'cpu' or 'auto'")
+        return torch.device(name)
+    raise ValueError(f"device must be one of {DEVICE_CHOICES} (or 'cuda:N'), got {device!r}")
+
+
+def atomic_write_json(path: os.PathLike | str, obj: Any) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically (temporary file in the same folder, then rename).
+
+    NaN and infinity are written as ``null`` so the file stays valid JSON.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_json_safe(obj), indent=2, sort_keys=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _json_safe(obj: Any) -> Any:
+    """Convert numpy/torch scalars and arrays, paths and non-finite floats to plain JSON."""
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, int):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy / torch
+        return _json_safe(obj.tolist())
+    if hasattr(obj, "item"):
+        return _json_safe(obj.item())
+    return str(obj)
+
+
+def save_metrics(metrics: Mapping[str, Any], *, run_dir: os.PathLike | str | None = None) -> Path:
+    """Record a notebook's headline numbers for its run (``results.json``, written atomically).
+
+    ``metrics`` is a (possibly nested) mapping of names to numbers, lists or strings, e.g.
+    ``{"epi": {"seq_acc": 0.61, "seq_acc_ci95": [0.55, 0.66]}}``. The runner merges it into the
+    run's ``metrics.json`` under ``"metrics"``. Calling it again replaces the earlier numbers.
+    """
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"metrics must be a mapping of name -> value, got {type(metrics).__name__}")
+    folder = Path(run_dir) if run_dir is not None else current_run_dir()
+    return atomic_write_json(folder / "results.json", dict(metrics))
+
+
+def git_state(root: Path | None = None) -> dict[str, Any]:
+    """``{"git_commit": sha or None, "git_dirty": bool or None}`` of the repository."""
+    root = root or repo_root()
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
+    if sha.returncode != 0:
+        return {"git_commit": None, "git_dirty": None}
+    return {"git_commit": sha.stdout.strip(), "git_dirty": bool(status.stdout.strip())}
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of Python and the libraries results depend on."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("torch", "transformers", "numpy", "papermill", "epi_utils"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return versions
+
+
+def provenance(*, device: str = "auto") -> dict[str, Any]:
+    """Everything needed to say where a number came from: git state, versions, host, threads."""
+    info: dict[str, Any] = dict(git_state())
+    info["versions"] = library_versions()
+    info["host"] = platform.node()
+    info["platform"] = platform.platform()
+    info["cpu_count"] = os.cpu_count()
+    try:
+        import torch
+
+        info["threads"] = torch.get_num_threads()
+        info["device"] = str(resolve_device(device)) if device else "cpu"
+        if info["device"].startswith("cuda"):
+            info["device_name"] = torch.cuda.get_device_name(0)
+    except (ImportError, ValueError) as exc:
+        info["threads"] = None
+        info["device"] = f"unresolved ({exc})"
+    return info
+
+
+def utc_now() -> str:
+    """The current UTC time in ISO 8601 with seconds."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def new_run_id(*, profile: str, parameters: Mapping[str, Any] | None = None) -> str:
+    """A sortable, unique run folder name: ``YYYYmmdd-HHMMSS-<profile>[-seedN]-<4 hex>``."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    seed = (parameters or {}).get("seed")
+    seed_part = f"-seed{seed}" if seed is not None else ""
+    return f"{stamp}-{profile}{seed_part}-{os.urandom(2).hex()}"
