@@ -1,0 +1,329 @@
+"""Parameter importance: estimators, an online per-task tracker, and top-share masks.
+
+Estimators (element-wise, same shape as the parameter)
+------------------------------------------------------
+- ``taylor``:  ``|theta * grad|``, the first-order Taylor estimate of the loss change when the
+  element is zeroed (Molchanov et al. 2017/2019; the "sensitivity" of AdaLoRA, Zhang et al. 2023).
+- ``fisher``:  ``grad ** 2``, the diagonal empirical Fisher (Kirkpatrick et al. 2017, EWC).
+- ``update``:  ``|theta_t - theta_0|``, update magnitude; CPI-FT's core-region criterion
+  (arXiv 2508.21741: the top p% of ``|theta_ft - theta_0|`` after a probe fine-tune).
+- ``sensitivity``: AdaLoRA's smoothed sensitivity (Zhang et al. 2023, "AdaLoRA", Eqs. 8-10):
+  ``I_t = |theta * grad|``; ``Ibar_t = b1 Ibar_{t-1} + (1-b1) I_t``;
+  ``U_t = b2 U_{t-1} + (1-b2) |I_t - Ibar_t|``; score ``s_t = Ibar_t * U_t``.
+  (Same update order as ``peft.tuners.adalora.RankAllocator.update_ipt``; a test checks equality.)
+
+ImportanceTracker
+-----------------
+Per-task EMA of an estimator over the steps of that task (task-homogeneous batches: a task's EMA
+moves only on its own steps, ``Ibar_t = beta Ibar_{t-1} + (1-beta) I_t``, EPI's "EMA smoothing").
+Updates use fused multi-tensor kernels (``torch._foreach_*``), one call per operation for all
+parameters. Layer-wise normalisation (EPI: "layer-wise normalisation") is applied when scores are
+read (:meth:`ImportanceTracker.scores`): each parameter tensor's score is divided by its mean, so
+that a global top share is not dominated by the layers with the largest gradient scale.
+
+Memory per parameter, per tracked task (``ImportanceTracker.bytes_per_param``):
+- default (fp32 state): 4 bytes for taylor/fisher, 8 for sensitivity (EMA + uncertainty);
+- lean ``state_dtype=torch.bfloat16``: 2 bytes (4 for sensitivity);
+- lean ``block_size=B``: one fp32 score per block of B consecutive elements of a flattened tensor:
+  ``4 / B`` bytes (``8 / B`` for sensitivity). Masks are then selected per block.
+
+Mask selection (:func:`top_share_mask`)
+---------------------------------------
+The top ``ratio`` share of scores, ``scope="global"`` (one threshold over all tensors) or
+``scope="layer"`` (the top share of each tensor). ``method="exact"`` finds the k-th largest value
+with ``torch.kthvalue`` (selection, no full sort) and breaks ties at the threshold by flat index
+order, so the mask has exactly ``k = round(ratio * n)`` elements and equals the top-k of a stable
+descending sort. ``method="sample"`` estimates the threshold as a quantile of ``sample_size``
+uniformly drawn scores (``generator`` required); the selected share then deviates from ``ratio``
+by about ``sqrt(ratio (1-ratio) / sample_size)`` (binomial standard error; 0.0007 for ratio 0.05
+and 100k samples), and ties at the threshold are all included.
+
+Drift metrics (:mod:`epi_utils.importance_drift`) live beside this module.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping, Sequence
+
+import torch
+
+ESTIMATORS = ("taylor", "fisher", "update", "sensitivity")
+NORMALIZATIONS = ("layer_mean", "layer_max", "none")
+SCOPES = ("global", "layer")
+METHODS = ("exact", "sample")
+
+
+# ---------------------------------------------------------------------------------------------
+# element-wise estimators
+def taylor_importance(param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``|theta * grad|`` (shape of ``param``); first-order Taylor importance."""
+    return (param.detach() * grad.detach()).abs()
+
+
+def fisher_importance(grad: torch.Tensor) -> torch.Tensor:
+    """``grad ** 2`` (shape of ``grad``); diagonal empirical Fisher."""
+    g = grad.detach()
+    return g * g
+
+
+def update_importance(param: torch.Tensor, param0: torch.Tensor) -> torch.Tensor:
+    """``|theta_t - theta_0|`` (shape of ``param``); CPI-FT core-region criterion."""
+    return (param.detach() - param0.detach()).abs()
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+class ImportanceTracker:
+    """Online per-task EMA importance of named parameters.
+
+    Parameters
+    ----------
+    named_params: mapping ``name -> Parameter`` (the trainable parameters; order is kept).
+    estimator: one of ``ESTIMATORS`` except ``"update"`` (``"update"`` needs no EMA:
+        use :func:`update_importance` or :meth:`snapshot_update`).
+    beta: EMA factor of the importance (AdaLoRA's ``beta1``), in [0, 1).
+    beta_unc: EMA factor of the uncertainty (AdaLoRA's ``beta2``), used by ``sensitivity``.
+    state_dtype: ``torch.float32`` (default) or ``torch.bfloat16`` (lean).
+    block_size: ``None`` (element-wise) or B >= 2: one score per block of B flattened elements.
+    normalize: layer-wise normalisation when reading scores, one of ``NORMALIZATIONS``.
+    """
+
+    def __init__(self, named_params: Mapping[str, torch.nn.Parameter], *, estimator: str = "taylor",
+                 beta: float = 0.85, beta_unc: float = 0.85, state_dtype: torch.dtype = torch.float32,
+                 block_size: int | None = None, normalize: str = "layer_mean"):
+        _check_choice("estimator", estimator, ("taylor", "fisher", "sensitivity"))
+        _check_choice("normalize", normalize, NORMALIZATIONS)
+        _check_choice("state_dtype", state_dtype, (torch.float32, torch.bfloat16))
+        if not 0.0 <= beta < 1.0 or not 0.0 <= beta_unc < 1.0:
+            raise ValueError(f"beta and beta_unc must be in [0, 1), got {beta}, {beta_unc}")
+        if block_size is not None and (not isinstance(block_size, int) or block_size < 2):
+            raise ValueError(f"block_size must be None or an int >= 2, got {block_size!r}")
+        if not named_params:
+            raise ValueError("named_params is empty: nothing to track")
+        self.names = list(named_params)
+        self.params = [named_params[n] for n in self.names]
+        self.estimator, self.beta, self.beta_unc = estimator, float(beta), float(beta_unc)
+        self.state_dtype, self.block_size, self.normalize = state_dtype, block_size, normalize
+        self.ema: dict[str, list[torch.Tensor]] = {}
+        self.unc: dict[str, list[torch.Tensor]] = {}
+        self.n_updates: dict[str, int] = {}
+
+    # -- state -------------------------------------------------------------------------------
+    def _state_shape(self, p: torch.Tensor) -> tuple[int, ...]:
+        return tuple(p.shape) if self.block_size is None else (math.ceil(p.numel() / self.block_size),)
+
+    def _new_state(self) -> list[torch.Tensor]:
+        return [torch.zeros(self._state_shape(p), dtype=self.state_dtype, device=p.device) for p in self.params]
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.ema)
+
+    def bytes_per_param(self) -> float:
+        """Bytes of tracker state per tracked parameter element, per task."""
+        n = sum(p.numel() for p in self.params)
+        per_state = sum(math.prod(self._state_shape(p)) for p in self.params) * torch.empty(
+            (), dtype=self.state_dtype).element_size()
+        return (2 if self.estimator == "sensitivity" else 1) * per_state / n
+
+    # -- updates -----------------------------------------------------------------------------
+    def instantaneous(self, grads: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Current-step importance per parameter (fp32, blocked if ``block_size``)."""
+        grads = self._grads(grads)
+        params = [p.detach() for p in self.params]
+        if self.estimator == "fisher":
+            imp = torch._foreach_mul(grads, grads)
+        else:
+            imp = torch._foreach_mul(params, grads)
+            torch._foreach_abs_(imp)
+        if self.block_size is not None:
+            imp = [self._block_mean(t) for t in imp]
+        return imp
+
+    def _grads(self, grads):
+        if grads is not None:
+            if len(grads) != len(self.params):
+                raise ValueError(f"grads has {len(grads)} tensors, expected {len(self.params)}")
+            return [g.detach() for g in grads]
+        out = []
+        for name, p in zip(self.names, self.params):
+            out.append(torch.zeros_like(p) if p.grad is None else p.grad.detach())
+        return out
+
+    def _block_mean(self, t: torch.Tensor) -> torch.Tensor:
+        flat = t.reshape(-1)
+        pad = (-flat.numel()) % self.block_size
+        if pad:
+            flat = torch.cat([flat, flat.new_zeros(pad)])
+        sums = flat.view(-1, self.block_size).sum(1)
+        counts = torch.full_like(sums, float(self.block_size))
+        if pad:
+            counts[-1] = self.block_size - pad
+        return sums / counts
+
+    @torch.no_grad()
+    def update(self, task: str, grads: Sequence[torch.Tensor] | None = None) -> None:
+        """Fold the current gradients (``p.grad`` unless ``grads`` is given) into ``task``'s EMA."""
+        if not isinstance(task, str) or not task:
+            raise ValueError(f"task must be a non-empty string, got {task!r}")
+        imp = self.instantaneous(grads)
+        if task not in self.ema:
+            self.ema[task] = self._new_state()
+            if self.estimator == "sensitivity":
+                self.unc[task] = self._new_state()
+            self.n_updates[task] = 0
+        ema = self.ema[task]
+        if self.state_dtype != torch.float32:
+            ema32 = [e.float() for e in ema]
+        else:
+            ema32 = ema
+        torch._foreach_mul_(ema32, self.beta)
+        torch._foreach_add_(ema32, imp, alpha=1.0 - self.beta)
+        if self.estimator == "sensitivity":
+            unc = self.unc[task]
+            unc32 = [u.float() for u in unc] if self.state_dtype != torch.float32 else unc
+            diff = torch._foreach_sub(imp, ema32)
+            torch._foreach_abs_(diff)
+            torch._foreach_mul_(unc32, self.beta_unc)
+            torch._foreach_add_(unc32, diff, alpha=1.0 - self.beta_unc)
+            if unc32 is not unc:
+                torch._foreach_copy_(unc, unc32)
+        if ema32 is not ema:
+            torch._foreach_copy_(ema, ema32)
+        self.n_updates[task] += 1
+
+    # -- reading -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def raw_scores(self, task: str) -> dict[str, torch.Tensor]:
+        """Un-normalised fp32 scores of ``task`` (``Ibar`` or ``Ibar * U`` for sensitivity)."""
+        if task not in self.ema:
+            raise KeyError(f"task {task!r} has no importance yet; tracked tasks: {self.tasks}")
+        ema = [e.float() for e in self.ema[task]]
+        if self.estimator == "sensitivity":
+            ema = torch._foreach_mul(ema, [u.float() for u in self.unc[task]])
+        return dict(zip(self.names, ema))
+
+    def scores(self, task: str, *, expand: bool = True) -> dict[str, torch.Tensor]:
+        """Layer-normalised scores of ``task``; with ``expand`` blocked scores are broadcast back
+        to parameter shape (each element gets its block's score)."""
+        out = normalize_scores(self.raw_scores(task), how=self.normalize)
+        if expand and self.block_size is not None:
+            out = {n: expand_blocks(s, p.shape, self.block_size) for (n, s), p in zip(out.items(), self.params)}
+        return out
+
+    def reset(self, task: str | None = None) -> None:
+        """Forget ``task`` (or every task)."""
+        for store in (self.ema, self.unc, self.n_updates):
+            if task is None:
+                store.clear()
+            else:
+                store.pop(task, None)
+
+
+def expand_blocks(block_scores: torch.Tensor, shape: Sequence[int], block_size: int) -> torch.Tensor:
+    """Broadcast per-block scores (``(ceil(n/B),)``) back to a tensor of ``shape``."""
+    n = math.prod(shape)
+    return block_scores.repeat_interleave(block_size)[:n].reshape(tuple(shape))
+
+
+def normalize_scores(scores: Mapping[str, torch.Tensor], *, how: str = "layer_mean") -> dict[str, torch.Tensor]:
+    """Layer-wise normalisation: divide each tensor by its mean (``layer_mean``) or max
+    (``layer_max``); ``none`` returns the scores unchanged. All-zero tensors stay zero."""
+    _check_choice("how", how, NORMALIZATIONS)
+    if how == "none":
+        return dict(scores)
+    out = {}
+    for name, s in scores.items():
+        s = s.float()
+        denom = s.mean() if how == "layer_mean" else s.max()
+        out[name] = s / denom if float(denom) > 0 else torch.zeros_like(s)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+def _exact_topk_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of the k largest entries of a 1-D tensor, ties broken by lower index first."""
+    n = flat.numel()
+    mask = torch.zeros(n, dtype=torch.bool, device=flat.device)
+    if k <= 0:
+        return mask
+    if k >= n:
+        return ~mask
+    thr = torch.kthvalue(flat, n - k + 1).values  # k-th largest
+    mask = flat > thr
+    need = k - int(mask.sum())
+    if need > 0:
+        eq = flat == thr
+        mask |= eq & (torch.cumsum(eq, 0) <= need)
+    return mask
+
+
+def top_share_mask(scores: Mapping[str, torch.Tensor], *, ratio: float, scope: str = "global",
+                   method: str = "exact", sample_size: int = 100_000,
+                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Bool masks (same shapes as ``scores``) marking the top ``ratio`` share of the scores.
+
+    ``scope``: ``"global"`` (one threshold over all tensors) or ``"layer"`` (per tensor).
+    ``method``: ``"exact"`` (k-th value, ties by flat index: equals a stable descending sort's
+    top ``round(ratio * n)``) or ``"sample"`` (threshold = quantile of ``sample_size`` scores drawn
+    uniformly with ``generator``; share off by ~``sqrt(ratio(1-ratio)/sample_size)``).
+    """
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+    _check_choice("scope", scope, SCOPES)
+    _check_choice("method", method, METHODS)
+    if not scores:
+        raise ValueError("scores is empty")
+    if method == "sample" and generator is None:
+        raise ValueError("method='sample' needs an explicit torch.Generator (generator=...)")
+    names = list(scores)
+    if scope == "layer":
+        groups = [[n] for n in names]
+    else:
+        groups = [names]
+    out: dict[str, torch.Tensor] = {}
+    for group in groups:
+        tensors = [scores[n].detach().float().reshape(-1) for n in group]
+        sizes = [t.numel() for t in tensors]
+        total = sum(sizes)
+        k = int(round(ratio * total))
+        if method == "exact":
+            flat = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+            mask = _exact_topk_mask(flat, k)
+            for n, part in zip(group, torch.split(mask, sizes)):
+                out[n] = part.reshape(scores[n].shape)
+        else:
+            thr = _sampled_threshold(tensors, sizes, ratio=ratio, sample_size=sample_size, generator=generator)
+            for n, t in zip(group, tensors):
+                out[n] = (t >= thr).reshape(scores[n].shape) if k > 0 else torch.zeros(
+                    scores[n].shape, dtype=torch.bool, device=t.device)
+    return out
+
+
+def _sampled_threshold(tensors, sizes, *, ratio, sample_size, generator) -> torch.Tensor:
+    total = sum(sizes)
+    m = min(sample_size, total)
+    idx = torch.randint(0, total, (m,), generator=generator, device=generator.device)
+    offsets = torch.tensor([0] + list(sizes), device=idx.device).cumsum(0)
+    which = torch.searchsorted(offsets[1:], idx, right=True)
+    sample = torch.empty(m, device=tensors[0].device)
+    for i, t in enumerate(tensors):
+        sel = which == i
+        if sel.any():
+            sample[sel.to(sample.device)] = t[(idx[sel] - offsets[i]).to(t.device)]
+    return torch.quantile(sample, 1.0 - ratio) if ratio > 0 else sample.max() + 1
+
+
+def mask_share(masks: Mapping[str, torch.Tensor]) -> float:
+    """Share of True elements over all masks."""
+    n = sum(m.numel() for m in masks.values())
+    return float(sum(int(m.sum()) for m in masks.values())) / max(n, 1)
+
+
+def iter_named_trainable(model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Parameter]]:
+    """``(name, param)`` for the parameters that require gradients."""
+    return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
