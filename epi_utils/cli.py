@@ -1,0 +1,144 @@
+"""The ``epi`` command: run studies, sweeps, reports and data management from the shell.
+
+    epi run NOTEBOOK [--profile P] [-p NAME VALUE]... [--out DIR]
+    epi sweep NOTEBOOK -p seed 0,1,2 [-p NAME v1,v2]... [--profile P] [--jobs N] [--out DIR]
+    epi report [--out DIR]
+    epi publish [--profile P] [--out DIR]
+    epi params NOTEBOOK                      # list a notebook's parameters and profiles
+    epi data check | epi data fetch NAME
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .notebook_params import NotebookConventionError, ParameterError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="epi", description="Run the workbench's studies and build their reports.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="execute one notebook into reports/<study>/<run-id>/")
+    run.add_argument("notebook", type=Path)
+    run.add_argument("--profile", default="cpu", help="parameter profile: notebooks/params/<study>/<profile>.yaml (default cpu)")
+    run.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="override one parameter (repeatable)")
+    run.add_argument("--out", type=Path, default=None, help="reports folder (default <repo>/reports)")
+    run.add_argument("--run-id", default=None, help=argparse.SUPPRESS)
+
+    sw = sub.add_parser("sweep", help="run a cartesian grid of parameters and summarise over seeds")
+    sw.add_argument("notebook", type=Path)
+    sw.add_argument("--profile", default="cpu")
+    sw.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "V1,V2,..."),
+                    help="a parameter and its comma-separated values (repeatable)")
+    sw.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
+    sw.add_argument("--out", type=Path, default=None)
+
+    rep = sub.add_parser("report", help="rebuild reports/index.html from the runs on disk")
+    rep.add_argument("--out", type=Path, default=None)
+
+    pub = sub.add_parser("publish", help="copy the newest successful run of each study into reports/published/")
+    pub.add_argument("--profile", default="cpu")
+    pub.add_argument("--out", type=Path, default=None)
+
+    par = sub.add_parser("params", help="list a notebook's parameters and available profiles")
+    par.add_argument("notebook", type=Path)
+
+    data = sub.add_parser("data", help="check or fetch data sets under $EPI_DATA_DIR")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    dsub.add_parser("check", help="report present and missing data sets and offline model packages")
+    fetch = dsub.add_parser("fetch", help="download a data set from its public source")
+    fetch.add_argument("name")
+    fetch.add_argument("--dest", type=Path, default=None)
+    return parser
+
+
+def _split_values(raw: str) -> list[str]:
+    text = raw.strip()
+    if text.startswith("[") and text.endswith("]") and text.count("[") > 1:
+        import ast
+        return [json.dumps(v) for v in ast.literal_eval(text)]
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ParameterError, NotebookConventionError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"epi: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
+    if args.command == "run":
+        from .report import run_notebook
+
+        overrides = dict(args.param)
+        dup = {n for n, _ in args.param if sum(1 for m, _ in args.param if m == n) > 1}
+        if dup:
+            raise ParameterError(f"parameter(s) {sorted(dup)} given more than once")
+        run_dir = run_notebook(args.notebook, profile=args.profile, overrides=overrides, reports_dir=args.out,
+                               run_id=args.run_id)
+        record = json.loads((run_dir / "metrics.json").read_text())
+        print(f"{record['status']}: {run_dir}")
+        if record["status"] != "success":
+            print(f"  error: {record.get('error', {}).get('message')}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "sweep":
+        from .sweep import sweep
+
+        grid = {name: _split_values(values) for name, values in args.param}
+        if not grid:
+            raise ParameterError("epi sweep needs at least one -p NAME V1,V2,... (e.g. -p seed 0,1,2)")
+        out = sweep(args.notebook, grid=grid, profile=args.profile, jobs=args.jobs, reports_dir=args.out)
+        print(f"summary: {out / 'summary.csv'}\n         {out / 'summary.html'}")
+        listing = json.loads((out / "runs.json").read_text())
+        failed = [r for r in listing if r["status"] != "success"]
+        if failed:
+            print(f"{len(failed)} of {len(listing)} runs failed", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "report":
+        from .report import write_index
+
+        print(write_index(args.out))
+        return 0
+    if args.command == "publish":
+        from .report import publish
+
+        print(publish(args.out, profile=args.profile) / "index.html")
+        return 0
+    if args.command == "params":
+        from .notebook_params import available_profiles, parse_parameters
+
+        for spec in parse_parameters(args.notebook).values():
+            print(f"{spec.name}: {spec.type_name} = {spec.default!r}  # {spec.comment}")
+        print(f"profiles: {', '.join(available_profiles(args.notebook)) or 'none'}")
+        return 0
+    if args.command == "data":
+        from . import datasets
+
+        if args.data_command == "check":
+            report = datasets.check_all()
+            print(f"data folder: {report['data_dir']}")
+            for name, info in report["datasets"].items():
+                state = "complete" if not info["missing"] else ("partial" if info["present"] else "absent")
+                print(f"  {name}: {state} ({len(info['present'])} files present)")
+                for miss in info["missing"]:
+                    print(f"      missing: {miss}")
+            print("offline model packages:")
+            for pkg, info in report["model_packages"].items():
+                print(f"  {pkg}: {'installed' if info['installed'] else 'NOT installed'} ({info['what']})")
+            return 0
+        print(datasets.fetch_dataset(args.name, dest=args.dest))
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

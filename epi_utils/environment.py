@@ -1,0 +1,83 @@
+"""What this machine offers: versions, device, threads, data sets, and a matmul timing.
+
+Used by ``notebooks/00_environment.ipynb``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from . import datasets, runs
+
+
+def describe(*, device) -> dict[str, Any]:
+    """Versions, device and thread count as a flat dict."""
+    import torch
+
+    info = {**runs.library_versions(), "device": str(device), "threads": torch.get_num_threads(),
+            "cuda_available": torch.cuda.is_available(), **runs.git_state(), "data_dir": str(runs.data_dir())}
+    if str(device).startswith("cuda"):
+        info["device_name"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def info_table(info: dict[str, Any]):
+    """``describe()`` as a two-column DataFrame for display."""
+    import pandas as pd
+
+    return pd.DataFrame({"value": {k: str(v) for k, v in info.items()}})
+
+
+def availability_table():
+    """One row per data set and offline model package: ``name, kind, status, detail``."""
+    import pandas as pd
+
+    report = datasets.check_all()
+    rows = []
+    for name, ds in report["datasets"].items():
+        status = "complete" if not ds["missing"] else ("partial" if ds["present"] else "absent")
+        rows.append({"name": name, "kind": "data set", "status": status,
+                     "detail": "missing: " + ", ".join(ds["missing"]) if ds["missing"] else f"{len(ds['present'])} files"})
+    for pkg, m in report["model_packages"].items():
+        rows.append({"name": pkg, "kind": "model package", "status": "complete" if m["installed"] else "absent",
+                     "detail": m["what"]})
+    return pd.DataFrame(rows)
+
+
+def time_matmul(*, size: int, repeats: int, device, seed: int = 0) -> dict[str, Any]:
+    """Time ``repeats`` fp32 matmuls of two ``(size, size)`` matrices after one warm-up.
+
+    Returns ``{"times_ms": [...], "median_ms": m, "gflops": 2*size**3 / median}``.
+    """
+    import torch
+
+    if size <= 0 or repeats <= 0:
+        raise ValueError(f"size and repeats must be positive, got size={size}, repeats={repeats}")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    a = torch.randn(size, size, generator=gen).to(device)
+    b = torch.randn(size, size, generator=gen).to(device)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    (a @ b).sum().item()
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        (a @ b)
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    median = float(np.median(times))
+    return {"times_ms": times, "median_ms": median, "gflops": 2 * size**3 / (median / 1e3) / 1e9, "size": size}
+
+
+def plot_matmul_times(timing: dict[str, Any]):
+    """Bar chart of each repetition's time with the median as a line."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar(range(1, len(timing["times_ms"]) + 1), timing["times_ms"])
+    ax.axhline(timing["median_ms"], color="black", ls="--", label=f"median {timing['median_ms']:.2f} ms")
+    ax.set(xlabel="repetition", ylabel="ms", title=f"{timing['size']}x{timing['size']} fp32 matmul")
+    ax.legend()
+    return fig

@@ -1,0 +1,234 @@
+"""Notebook parameters: read the ``parameters`` cell, load profiles, validate values.
+
+Papermill injects parameters *after* the cell tagged ``parameters`` and only warns about names
+it does not know, so a typo silently runs the defaults. This module reads the declared
+parameters from the notebook itself (``name: type = literal  # comment`` lines, parsed with
+``ast``), so every value can be checked by name and type *before* anything runs.
+
+Profiles live in ``notebooks/params/<notebook stem>/<profile>.yaml``: flat mappings of
+parameter name to value, validated the same way.
+"""
+from __future__ import annotations
+
+import ast
+import io
+import tokenize
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+ALLOWED_TYPES = ("int", "float", "str", "bool", "list")
+REQUIRED_PARAMETERS = ("profile", "seed", "device")
+
+
+class ParameterError(ValueError):
+    """A parameter name, value or profile that the notebook does not accept."""
+
+
+class NotebookConventionError(ValueError):
+    """A notebook whose parameters cell breaks the project's conventions."""
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One declared parameter: ``name: type_name = default  # comment``."""
+
+    name: str
+    type_name: str
+    default: Any
+    comment: str
+    item_type: str | None = None  # for ``list[int]`` etc.
+
+
+def _read_notebook(nb_path: Path):
+    import nbformat
+
+    nb_path = Path(nb_path)
+    if not nb_path.is_file():
+        raise FileNotFoundError(f"notebook not found: {nb_path}")
+    try:
+        return nbformat.read(nb_path, as_version=4)
+    except Exception as exc:  # nbformat raises several kinds
+        raise NotebookConventionError(f"{nb_path}: not a readable notebook ({exc})") from exc
+
+
+def parameters_cell_source(nb_path: Path) -> str:
+    """Source of the first code cell, which must be tagged ``parameters``."""
+    nb = _read_notebook(nb_path)
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    if not code_cells:
+        raise NotebookConventionError(f"{nb_path}: has no code cell")
+    first = code_cells[0]
+    if "parameters" not in first.get("metadata", {}).get("tags", []):
+        raise NotebookConventionError(f"{nb_path}: the first code cell must be tagged 'parameters'")
+    return first.source
+
+
+def _annotation(node: ast.expr, where: str) -> tuple[str, str | None]:
+    if isinstance(node, ast.Name) and node.id in ALLOWED_TYPES:
+        return node.id, None
+    if (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "list"
+            and isinstance(node.slice, ast.Name) and node.slice.id in ALLOWED_TYPES[:4]):
+        return "list", node.slice.id
+    raise NotebookConventionError(f"{where}: type annotation must be one of {ALLOWED_TYPES} or list[T], "
+                                  f"got {ast.unparse(node)!r}")
+
+
+def parse_parameters(nb_path: Path | str) -> dict[str, ParameterSpec]:
+    """Declared parameters of a notebook, in order.
+
+    Every statement of the parameters cell must be ``name: type = literal`` with a trailing
+    ``# comment``; anything else raises :class:`NotebookConventionError` naming the line.
+    """
+    nb_path = Path(nb_path)
+    source = parameters_cell_source(nb_path)
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise NotebookConventionError(f"{nb_path}: parameters cell is not valid Python ({exc})") from exc
+    comments: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    specs: dict[str, ParameterSpec] = {}
+    for stmt in tree.body:
+        where = f"{nb_path.name}: parameters cell line {stmt.lineno}"
+        if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None):
+            raise NotebookConventionError(f"{where}: only 'name: type = literal  # comment' is allowed, "
+                                          f"got {ast.unparse(stmt)!r}")
+        type_name, item_type = _annotation(stmt.annotation, where)
+        try:
+            default = ast.literal_eval(stmt.value)
+        except ValueError as exc:
+            raise NotebookConventionError(f"{where}: value of {stmt.target.id!r} must be a literal "
+                                          f"(nothing derived), got {ast.unparse(stmt.value)!r}") from exc
+        comment = comments.get(stmt.end_lineno or stmt.lineno, "")
+        if not comment:
+            raise NotebookConventionError(f"{where}: parameter {stmt.target.id!r} needs a '# comment' saying what it is")
+        spec = ParameterSpec(stmt.target.id, type_name, default, comment, item_type)
+        coerce_value(spec, default, origin=f"{nb_path.name} default")
+        specs[spec.name] = spec
+    missing = [p for p in REQUIRED_PARAMETERS if p not in specs]
+    if missing:
+        raise NotebookConventionError(f"{nb_path}: parameters cell must define {list(REQUIRED_PARAMETERS)}; missing {missing}")
+    return specs
+
+
+def _coerce_scalar(type_name: str, value: Any, what: str) -> Any:
+    if type_name == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.strip().lower() in ("true", "1", "yes")
+        raise ParameterError(f"{what}: expected bool (true/false), got {value!r}")
+    if type_name == "int":
+        if isinstance(value, bool):
+            raise ParameterError(f"{what}: expected int, got bool {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ParameterError(f"{what}: expected int, got {value!r}")
+    if type_name == "float":
+        if isinstance(value, bool):
+            raise ParameterError(f"{what}: expected float, got bool {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ParameterError(f"{what}: expected float, got {value!r}")
+    if type_name == "str":
+        if isinstance(value, str):
+            return value
+        raise ParameterError(f"{what}: expected str, got {type(value).__name__} {value!r}")
+    raise ParameterError(f"{what}: unsupported type {type_name!r}")
+
+
+def coerce_value(spec: ParameterSpec, value: Any, *, origin: str = "value") -> Any:
+    """Check ``value`` against ``spec`` and convert it (a CLI string ``"0.1"`` becomes ``0.1``).
+
+    Lists may be given as a YAML/JSON list or, from the command line, as ``"[1, 2]"`` or ``"1,2"``.
+    Raises :class:`ParameterError` naming the parameter, the expected type and the value.
+    """
+    what = f"parameter {spec.name!r} ({origin})"
+    if spec.type_name != "list":
+        return _coerce_scalar(spec.type_name, value, what)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError) as exc:
+                raise ParameterError(f"{what}: expected a list, got {value!r}") from exc
+        else:
+            value = [v.strip() for v in text.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ParameterError(f"{what}: expected a list, got {value!r}")
+    item = spec.item_type
+    if item is None:  # infer from the default's items
+        kinds = {type(v).__name__ for v in spec.default} if spec.default else set()
+        item = kinds.pop() if len(kinds) == 1 else None
+    return [(_coerce_scalar(item, v, what) if item else v) for v in value]
+
+
+def study_name(nb_path: Path | str) -> str:
+    """The study a notebook belongs to: its file stem, e.g. ``02_epi_vs_static``."""
+    return Path(nb_path).stem
+
+
+def profiles_dir(nb_path: Path | str) -> Path:
+    """``notebooks/params/<stem>/`` beside the notebook."""
+    nb_path = Path(nb_path)
+    return nb_path.parent / "params" / nb_path.stem
+
+
+def available_profiles(nb_path: Path | str) -> list[str]:
+    folder = profiles_dir(nb_path)
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def load_profile(nb_path: Path | str, profile: str) -> dict[str, Any]:
+    """The raw mapping of ``notebooks/params/<stem>/<profile>.yaml`` (unvalidated)."""
+    import yaml
+
+    path = profiles_dir(nb_path) / f"{profile}.yaml"
+    if not path.is_file():
+        raise ParameterError(f"profile {profile!r} not found for {Path(nb_path).name}: no file {path}; "
+                             f"available profiles: {available_profiles(nb_path) or 'none'}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ParameterError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ParameterError(f"{path}: must be a mapping of parameter name -> value, got {type(data).__name__}")
+    return data
+
+
+def resolve_parameters(nb_path: Path | str, *, profile: str = "cpu",
+                       overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Parameters for a run: the profile's YAML overlaid with ``overrides``, all validated.
+
+    Unknown names raise :class:`ParameterError` listing the valid names; values of the wrong
+    type raise naming the parameter and expected type. ``profile`` itself is always set to the
+    profile's name.
+    """
+    specs = parse_parameters(nb_path)
+    values: dict[str, Any] = {}
+    sources = [(f"profile {profile}", load_profile(nb_path, profile)), ("override", dict(overrides or {}))]
+    for origin, mapping in sources:
+        unknown = sorted(k for k in mapping if k not in specs)
+        if unknown:
+            raise ParameterError(f"unknown parameter(s) {unknown} ({origin}) for {Path(nb_path).name}; "
+                                 f"valid names: {', '.join(specs)}")
+        for name, raw in mapping.items():
+            values[name] = coerce_value(specs[name], raw, origin=origin)
+    values["profile"] = profile
+    return values

@@ -1,0 +1,291 @@
+"""Execute notebooks with papermill, render them as reports, keep the index of runs.
+
+One run = one folder ``<reports>/<study>/<run-id>/`` holding
+
+``notebook.ipynb``  the executed notebook (kept even when execution fails, up to the failing cell)
+``report.html``     rendered with code cells hidden, so it reads as a report
+``figures/``        PNG/PDF files the notebook saved with :func:`epi_utils.plots.save_figure`
+``results.json``    the notebook's headline numbers (:func:`epi_utils.runs.save_metrics`)
+``metrics.json``    provenance + status + headline numbers, written by :func:`run_notebook`
+
+``metrics.json`` is first written with ``"status": "running"`` and the runner's process id, and
+replaced atomically when the run ends (``"success"`` or ``"failed"`` with the error). A runner
+that is killed leaves ``"running"``; :func:`collect_runs` reports such a run as
+``"interrupted"`` once its process is gone, so no killed run ever claims success.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from . import runs
+from .notebook_params import resolve_parameters, study_name
+
+STATUS_RUNNING, STATUS_SUCCESS, STATUS_FAILED, STATUS_INTERRUPTED = "running", "success", "failed", "interrupted"
+
+
+def default_reports_dir() -> Path:
+    return runs.repo_root() / "reports"
+
+
+def run_notebook(nb_path: Path | str, *, profile: str = "cpu", overrides: Mapping[str, Any] | None = None,
+                 reports_dir: Path | str | None = None, run_id: str | None = None,
+                 refresh_index: bool = True, progress: bool = True, kernel_name: str = "python3") -> Path:
+    """Execute one notebook through papermill and render it; return the run folder.
+
+    Parameters are validated before anything runs (see
+    :func:`epi_utils.notebook_params.resolve_parameters`). A notebook that raises gives a run with
+    ``status: failed``; this function then returns normally (the caller reads the status).
+    """
+    import papermill as pm
+
+    nb_path = Path(nb_path).resolve()
+    parameters = resolve_parameters(nb_path, profile=profile, overrides=overrides)
+    study = study_name(nb_path)
+    reports_dir = Path(reports_dir) if reports_dir is not None else default_reports_dir()
+    run_id = run_id or runs.new_run_id(profile=profile, parameters=parameters)
+    run_dir = reports_dir / study / run_id
+    if run_dir.exists():
+        raise FileExistsError(f"run folder already exists: {run_dir}")
+    (run_dir / "figures").mkdir(parents=True)
+    started = time.time()
+    record: dict[str, Any] = {
+        "study": study, "notebook": str(nb_path.relative_to(runs.repo_root()) if nb_path.is_relative_to(runs.repo_root()) else nb_path),
+        "run_id": run_id, "profile": profile, "parameters": parameters, "seed": parameters.get("seed"),
+        "status": STATUS_RUNNING, "runner_pid": os.getpid(), "started_at": runs.utc_now(),
+        **runs.provenance(device=str(parameters.get("device", "auto"))),
+    }
+    runs.atomic_write_json(run_dir / "metrics.json", record)
+    env_before = os.environ.get(runs.RUN_DIR_ENV)
+    os.environ[runs.RUN_DIR_ENV] = str(run_dir.resolve())
+    error = None
+    try:
+        pm.execute_notebook(str(nb_path), str(run_dir / "notebook.ipynb"), parameters=parameters,
+                            kernel_name=kernel_name, cwd=str(nb_path.parent), progress_bar=progress,
+                            log_output=False)
+    except Exception as exc:  # papermill.PapermillExecutionError and kernel failures
+        error = {"type": type(exc).__name__, "message": _short_error(exc)}
+    finally:
+        if env_before is None:
+            os.environ.pop(runs.RUN_DIR_ENV, None)
+        else:
+            os.environ[runs.RUN_DIR_ENV] = env_before
+    record["wall_time_s"] = round(time.time() - started, 2)
+    record["finished_at"] = runs.utc_now()
+    results_path = run_dir / "results.json"
+    record["metrics"] = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if error is None and not results_path.exists():
+        error = {"type": "MissingResults", "message": "the notebook finished without calling runs.save_metrics(...)"}
+    record["status"] = STATUS_FAILED if error else STATUS_SUCCESS
+    if error:
+        record["error"] = error
+    try:
+        if (run_dir / "notebook.ipynb").exists():
+            render_html(run_dir / "notebook.ipynb", run_dir / "report.html", record=record)
+    except Exception as exc:  # rendering must never hide the run's status
+        record.setdefault("render_error", f"{type(exc).__name__}: {exc}")
+    record.pop("runner_pid", None)
+    runs.atomic_write_json(run_dir / "metrics.json", record)
+    if refresh_index:
+        write_index(reports_dir)
+    return run_dir
+
+
+def _short_error(exc: BaseException) -> str:
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename:
+        return f"{ename}: {evalue}"
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()[-2000:]
+
+
+def _banner(record: Mapping[str, Any]) -> str:
+    status = record.get("status", "?")
+    colour = {"success": "#1b7837", "failed": "#b2182b"}.get(status, "#8c510a")
+    commit = record.get("git_commit") or "unknown commit"
+    dirty = " (uncommitted changes)" if record.get("git_dirty") else ""
+    parts = [f"<b>{html.escape(str(record.get('study')))}</b>", f"run {html.escape(str(record.get('run_id')))}",
+             f"profile <b>{html.escape(str(record.get('profile')))}</b>",
+             f"status <b style='color:{colour}'>{html.escape(str(status))}</b>",
+             f"commit <code>{html.escape(str(commit))[:12]}</code>{dirty}",
+             f"wall time {record.get('wall_time_s', '?')} s", f"device {html.escape(str(record.get('device')))}"]
+    err = ""
+    if record.get("error"):
+        err = f"<br><b>Error:</b> <code>{html.escape(str(record['error'].get('message')))}</code>"
+    return ("<div style='font-family:sans-serif;padding:8px 12px;margin:8px;border:1px solid #ccc;"
+            f"border-left:6px solid {colour};background:#fafafa'>" + " · ".join(parts) + err + "</div>")
+
+
+def render_html(nb_file: Path | str, html_file: Path | str, *, record: Mapping[str, Any] | None = None,
+                embed_images: bool = True) -> Path:
+    """Render an executed notebook as a report: code cells hidden, a provenance banner on top.
+
+    Images in outputs are embedded (the HTML is self-contained).
+    """
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(nb_file), as_version=4)
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True,
+                            embed_images=embed_images)
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": Path(nb_file).parent.name}})
+    if record is not None:
+        marker = "<body"
+        pos = body.find(marker)
+        end = body.find(">", pos) + 1 if pos >= 0 else 0
+        body = body[:end] + _banner(record) + body[end:]
+    Path(html_file).write_text(body, encoding="utf-8")
+    return Path(html_file)
+
+
+@dataclass
+class RunRecord:
+    """A run found on disk."""
+
+    study: str
+    run_id: str
+    path: Path
+    status: str
+    profile: str | None
+    started_at: str | None
+    metrics: dict = field(default_factory=dict)
+    record: dict = field(default_factory=dict)
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def collect_runs(reports_dir: Path | str | None = None) -> list[RunRecord]:
+    """Every run folder under ``reports_dir`` (``<study>/<run-id>/metrics.json``), newest first."""
+    reports_dir = Path(reports_dir) if reports_dir is not None else default_reports_dir()
+    found: list[RunRecord] = []
+    for metrics_file in sorted(reports_dir.glob("*/*/metrics.json")):
+        if metrics_file.parts[-3] in ("published", "_interactive", "_sweeps"):
+            continue
+        try:
+            rec = json.loads(metrics_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            rec = {"status": "unreadable"}
+        status = rec.get("status", "unknown")
+        if status == STATUS_RUNNING and not _pid_alive(rec.get("runner_pid")):
+            status = STATUS_INTERRUPTED
+        found.append(RunRecord(study=metrics_file.parts[-3], run_id=metrics_file.parts[-2], path=metrics_file.parent,
+                               status=status, profile=rec.get("profile"), started_at=rec.get("started_at"),
+                               metrics=rec.get("metrics") or {}, record=rec))
+    found.sort(key=lambda r: (r.started_at or "", r.run_id), reverse=True)
+    return found
+
+
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested mapping as ``{"a.b.c": value}``; CI pairs and lists are skipped."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, prefix=f"{name}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def _headline_html(metrics: Mapping[str, Any], limit: int = 6) -> str:
+    flat = flatten_metrics(metrics)
+    items = list(flat.items())[:limit]
+    more = f" … (+{len(flat) - limit})" if len(flat) > limit else ""
+    return "<br>".join(f"{html.escape(k)} = {_fmt(v)}" for k, v in items) + more
+
+
+PAGE_STYLE = ("<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
+              "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:14px}"
+              "th{background:#eee}.success{color:#1b7837}.failed,.interrupted{color:#b2182b}"
+              ".running{color:#8c510a}</style>")
+
+
+def write_index(reports_dir: Path | str | None = None) -> Path:
+    """Rebuild ``<reports>/index.html``: a table of studies and runs with status and headlines."""
+    reports_dir = Path(reports_dir) if reports_dir is not None else default_reports_dir()
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for run in collect_runs(reports_dir):
+        rel = run.path.relative_to(reports_dir).as_posix()
+        links = []
+        if (run.path / "report.html").exists():
+            links.append(f"<a href='{rel}/report.html'>report</a>")
+        links.append(f"<a href='{rel}/metrics.json'>metrics.json</a>")
+        if (run.path / "notebook.ipynb").exists():
+            links.append(f"<a href='{rel}/notebook.ipynb'>notebook</a>")
+        err = run.record.get("error", {}).get("message", "") if isinstance(run.record.get("error"), dict) else ""
+        rows.append(f"<tr><td>{html.escape(run.study)}</td><td>{html.escape(run.run_id)}</td>"
+                    f"<td class='{run.status}'>{run.status}"
+                    f"{'<br><small>' + html.escape(err[:200]) + '</small>' if err else ''}</td>"
+                    f"<td>{html.escape(str(run.profile))}</td><td>{run.record.get('wall_time_s', '')}</td>"
+                    f"<td>{_headline_html(run.metrics)}</td><td>{' · '.join(links)}</td></tr>")
+    sweeps = sorted(reports_dir.glob("*/_sweeps/*/summary.html"), reverse=True)
+    sweep_html = "".join(f"<li><a href='{p.relative_to(reports_dir).as_posix()}'>{html.escape(p.parent.parent.parent.name)}"
+                         f" / {html.escape(p.parent.name)}</a></li>" for p in sweeps)
+    published = (reports_dir / "published" / "index.html").exists()
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>epi reports</title>" + PAGE_STYLE +
+            "</head><body><h1>Reports</h1>"
+            + ("<p><a href='published/index.html'>Published results (committed)</a></p>" if published else "")
+            + "<table><tr><th>study</th><th>run</th><th>status</th><th>profile</th><th>wall s</th>"
+              "<th>headline numbers</th><th>links</th></tr>" + "".join(rows) + "</table>"
+            + (f"<h2>Sweeps</h2><ul>{sweep_html}</ul>" if sweep_html else "") + "</body></html>")
+    out = reports_dir / "index.html"
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+def publish(reports_dir: Path | str | None = None, *, profile: str = "cpu") -> Path:
+    """Copy the newest successful ``profile`` run of each study into ``<reports>/published/``.
+
+    Each study gets ``published/<study>/report.html`` (self-contained, figures embedded, naming
+    the commit that produced it) and ``metrics.json``; ``published/index.html`` lists them.
+    """
+    reports_dir = Path(reports_dir) if reports_dir is not None else default_reports_dir()
+    target = reports_dir / "published"
+    chosen: dict[str, RunRecord] = {}
+    for run in collect_runs(reports_dir):
+        if run.status == STATUS_SUCCESS and run.profile == profile and run.study not in chosen:
+            chosen[run.study] = run
+    if not chosen:
+        raise FileNotFoundError(f"no successful '{profile}' run under {reports_dir} to publish; run `epi run` first")
+    target.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for study, run in sorted(chosen.items()):
+        dest = target / study
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        render_html(run.path / "notebook.ipynb", dest / "report.html", record=run.record, embed_images=True)
+        shutil.copy2(run.path / "metrics.json", dest / "metrics.json")
+        commit = (run.record.get("git_commit") or "unknown")[:12]
+        dirty = " (dirty tree)" if run.record.get("git_dirty") else ""
+        rows.append(f"<tr><td>{html.escape(study)}</td><td>{html.escape(run.run_id)}</td><td><code>{commit}</code>{dirty}</td>"
+                    f"<td>{run.record.get('wall_time_s', '')}</td><td>{_headline_html(run.metrics, limit=8)}</td>"
+                    f"<td><a href='{study}/report.html'>report</a> · <a href='{study}/metrics.json'>metrics.json</a></td></tr>")
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>published results</title>" + PAGE_STYLE +
+            f"</head><body><h1>Published results ({html.escape(profile)} profile)</h1>"
+            "<p>Each page was rendered from the run named here; the commit column names the code that produced it.</p>"
+            "<table><tr><th>study</th><th>run</th><th>commit</th><th>wall s</th><th>headline numbers</th><th>links</th></tr>"
+            + "".join(rows) + "</table></body></html>")
+    (target / "index.html").write_text(page, encoding="utf-8")
+    return target

@@ -1,0 +1,103 @@
+"""Sweeps: run a notebook over a cartesian grid of parameters and summarise over seeds.
+
+``epi sweep NB -p seed 0,1,2 -p isolation_ratio 0.02,0.05`` runs 6 runs in worker processes,
+then writes ``<reports>/<study>/_sweeps/<sweep-id>/summary.csv`` and ``summary.html``: for each
+combination of the non-seed parameters and each numeric headline in the runs' ``metrics.json``,
+the mean over seeds and its 95% percentile-bootstrap confidence interval
+(:func:`epi_utils.stats.bootstrap_ci`). Failed runs are listed and left out of the statistics.
+"""
+from __future__ import annotations
+
+import html
+import itertools
+import json
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from . import runs
+from .notebook_params import resolve_parameters, study_name
+from .report import PAGE_STYLE, default_reports_dir, flatten_metrics, run_notebook, write_index
+from .stats import bootstrap_ci
+
+
+def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Cartesian product of ``{name: [values]}`` as a list of ``{name: value}`` (in input order)."""
+    names = list(grid)
+    for name in names:
+        if len(grid[name]) == 0:
+            raise ValueError(f"sweep parameter {name!r} has no values")
+    return [dict(zip(names, combo)) for combo in itertools.product(*(grid[n] for n in names))]
+
+
+def _one_run(args: tuple) -> str:
+    nb_path, profile, overrides, reports_dir, run_id = args
+    run_dir = run_notebook(nb_path, profile=profile, overrides=overrides, reports_dir=reports_dir,
+                           run_id=run_id, refresh_index=False, progress=False)
+    return str(run_dir)
+
+
+def sweep(nb_path: Path | str, *, grid: Mapping[str, Sequence[Any]], profile: str = "cpu", jobs: int = 1,
+          reports_dir: Path | str | None = None, sweep_id: str | None = None) -> Path:
+    """Run every grid point (validated first), then summarise; returns the summary folder."""
+    nb_path = Path(nb_path).resolve()
+    points = expand_grid(grid)
+    for point in points:  # reject bad names/types before anything runs
+        resolve_parameters(nb_path, profile=profile, overrides=point)
+    reports_dir = Path(reports_dir) if reports_dir is not None else default_reports_dir()
+    sweep_id = sweep_id or runs.new_run_id(profile=profile)
+    tasks = [(str(nb_path), profile, point, str(reports_dir), f"{sweep_id}-{i:03d}") for i, point in enumerate(points)]
+    if jobs <= 1:
+        run_dirs = [_one_run(t) for t in tasks]
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            run_dirs = list(pool.map(_one_run, tasks))
+    out = reports_dir / study_name(nb_path) / "_sweeps" / sweep_id
+    summarize_runs([Path(d) for d in run_dirs], out_dir=out, sweep_keys=[k for k in grid if k != "seed"])
+    write_index(reports_dir)
+    return out
+
+
+def summarize_runs(run_dirs: Sequence[Path], *, out_dir: Path, sweep_keys: Sequence[str] = ()):
+    """Mean and 95% bootstrap CI over seeds of every numeric headline, per sweep-key combination.
+
+    Writes ``summary.csv``, ``summary.html`` and ``runs.json`` into ``out_dir``; returns the
+    summary ``pandas.DataFrame`` (columns: sweep keys, metric, mean, ci_low, ci_high, n_seeds).
+    """
+    import pandas as pd
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, listing = [], []
+    for run_dir in run_dirs:
+        rec = json.loads((Path(run_dir) / "metrics.json").read_text())
+        listing.append({"run": str(run_dir), "status": rec.get("status"), "parameters": rec.get("parameters")})
+        if rec.get("status") != "success":
+            continue
+        params = rec.get("parameters", {})
+        key = {k: json.dumps(params.get(k)) if isinstance(params.get(k), list) else params.get(k) for k in sweep_keys}
+        for metric, value in flatten_metrics(rec.get("metrics", {})).items():
+            rows.append({**key, "seed": params.get("seed"), "metric": metric, "value": value})
+    runs.atomic_write_json(out_dir / "runs.json", listing)
+    columns = [*sweep_keys, "metric", "mean", "ci_low", "ci_high", "n_seeds"]
+    if not rows:
+        summary = pd.DataFrame(columns=columns)
+    else:
+        frame = pd.DataFrame(rows)
+        records = []
+        for key, sub in frame.groupby([*sweep_keys, "metric"], sort=False, dropna=False):
+            key = key if isinstance(key, tuple) else (key,)
+            lo, hi = bootstrap_ci(sub["value"].to_numpy())
+            records.append({**dict(zip([*sweep_keys, "metric"], key)), "mean": float(sub["value"].mean()),
+                            "ci_low": lo, "ci_high": hi, "n_seeds": int(sub["seed"].nunique())})
+        summary = pd.DataFrame(records, columns=columns)
+    summary.to_csv(out_dir / "summary.csv", index=False)
+    failed = [r for r in listing if r["status"] != "success"]
+    failed_html = ("<h2>Failed runs (left out)</h2><ul>" + "".join(f"<li>{html.escape(r['run'])}: {r['status']}</li>"
+                                                                    for r in failed) + "</ul>") if failed else ""
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>sweep summary</title>" + PAGE_STYLE +
+            f"</head><body><h1>Sweep {html.escape(out_dir.name)}</h1><p>{len(listing)} runs, {len(failed)} failed. "
+            "Mean over seeds with 95% percentile-bootstrap confidence interval.</p>"
+            + summary.to_html(index=False, float_format=lambda v: f"{v:.4g}") + failed_html + "</body></html>")
+    (out_dir / "summary.html").write_text(page, encoding="utf-8")
+    return summary
