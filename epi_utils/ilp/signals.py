@@ -1,0 +1,431 @@
+"""Per-sample signals for diagnosing the Incomplete Learning Phenomenon (ILP).
+
+Every function here takes plain tables (``pandas.DataFrame``, one row per training sample, or
+the per-sample dynamics records of the SFT engine) and returns a table indexed by
+``sample_id`` whose columns are documented in the function. Nothing here runs a model: the
+knowledge probe's raw numbers come from :mod:`epi_utils.ilp.probe`, the dynamics records from
+``epi_utils.lm.train.train_sft(dynamics_path=...)``.
+
+Signals (column prefix -> source):
+
+``dyn_*``     training dynamics (dataset cartography, Swayamdipta et al. 2020, EMNLP): mean and
+              standard deviation of the gold-target probability over evaluation points
+              (``confidence``, ``variability``), share of points with a greedy exact match
+              (``correctness``); forgetting events, i.e. transitions learned -> not learned
+              between consecutive evaluation points (Toneva et al. 2019, ICLR), and the
+              stage-level version for sequential schedules (learned at the end of the sample's
+              own stage, unlearned after a later one); the least-squares slope of the loss over
+              the last evaluation points (still falling = under-optimised).
+``probe_*``   knowledge of the base model before SFT, categorised as in Gekhman et al. 2024
+              ("Does fine-tuning LLMs on new knowledge encourage hallucinations?"):
+              ``known`` (greedy answer = target), ``maybe_known`` (greedy wrong, but the target
+              is ranked high / sampled / likely), ``unknown`` (none of these).
+``conflict_*`` the base model confidently gives a different answer than the SFT target.
+``incons_*``  the same (after normalisation) or a near-identical prompt appears elsewhere in the
+              SFT data with a different target: normalised-text hashing plus character n-gram
+              Jaccard similarity.
+``rarity_*``  size of the sample's template group (absolute and as a share of its task),
+              target length in words and its z-score within the task.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import string
+import unicodedata
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+DYNAMICS_FIELDS = ("sample_id", "task", "stage", "train_stage", "step", "epoch", "loss",
+                   "mean_token_prob", "exact_match")
+SAMPLE_FIELDS = ("sample_id", "task", "prompt", "response", "stage", "template_id")
+NORMALIZATIONS = ("none", "strip", "lower", "alnum")
+PROBE_FIELDS = ("sample_id", "target_prob", "target_rank", "base_answer", "base_answer_prob")
+PROBE_CATEGORIES = ("known", "maybe_known", "unknown", "not_probed")
+
+
+class SignalInputError(ValueError):
+    """Bad input to a signal function; the message names the file/field and what was expected."""
+
+
+# --------------------------------------------------------------------------- text normalisation
+def normalize_text(text: str, *, mode: str = "alnum") -> str:
+    """Normalise ``text`` for comparisons.
+
+    ``mode``: ``"none"`` (unchanged), ``"strip"`` (outer whitespace), ``"lower"`` (strip +
+    lower case + collapsed inner whitespace), ``"alnum"`` (``lower`` + NFKC + punctuation
+    removed). Raises ``SignalInputError`` on another mode.
+    """
+    if mode not in NORMALIZATIONS:
+        raise SignalInputError(f"normalize mode must be one of {NORMALIZATIONS}, got {mode!r}")
+    if text is None:
+        text = ""
+    if mode == "none":
+        return text
+    if mode == "strip":
+        return text.strip()
+    out = re.sub(r"\s+", " ", text.strip().lower())
+    if mode == "alnum":
+        out = unicodedata.normalize("NFKC", out)
+        out = out.translate(str.maketrans("", "", string.punctuation))
+        out = re.sub(r"\s+", " ", out).strip()
+    return out
+
+
+def text_hash(text: str, *, mode: str = "alnum") -> str:
+    """Short stable hash (sha1, 16 hex digits) of the normalised text."""
+    return hashlib.sha1(normalize_text(text, mode=mode).encode("utf-8")).hexdigest()[:16]
+
+
+def char_ngram_jaccard(a: str, b: str, *, n: int = 3) -> float:
+    """Jaccard similarity of the sets of character ``n``-grams of two (normalised) strings.
+
+    Strings shorter than ``n`` count as one n-gram (themselves). Two empty strings -> 1.0.
+    Example: ``"abcd"`` vs ``"abce"`` with n=3: {abc, bcd} vs {abc, bce} -> 1/3.
+    """
+    def grams(s: str) -> set[str]:
+        return {s[i:i + n] for i in range(len(s) - n + 1)} if len(s) >= n else {s}
+    ga, gb = grams(a), grams(b)
+    union = ga | gb
+    return 1.0 if not union else len(ga & gb) / len(union)
+
+
+# --------------------------------------------------------------------------- input validation
+def _require_columns(frame: pd.DataFrame, fields: Sequence[str], *, source: str) -> None:
+    missing = [f for f in fields if f not in frame.columns]
+    if missing:
+        raise SignalInputError(f"{source} lacks field(s) {missing}; required fields are {list(fields)}, "
+                               f"found {sorted(map(str, frame.columns))}")
+
+
+def samples_frame(samples: Iterable) -> pd.DataFrame:
+    """One row per sample from ``Sample`` objects, dicts or a DataFrame.
+
+    ``Sample.id`` becomes ``sample_id``. Required fields: ``SAMPLE_FIELDS``; optional ones kept
+    (``split``, ``fact_id``, ``planted_cause``...). Duplicate ids raise ``SignalInputError``.
+    """
+    if isinstance(samples, pd.DataFrame):
+        frame = samples.copy()
+    else:
+        rows = []
+        for s in samples:
+            d = s.to_dict() if hasattr(s, "to_dict") else dict(s)
+            rows.append(d)
+        frame = pd.DataFrame(rows)
+    if "sample_id" not in frame.columns and "id" in frame.columns:
+        frame = frame.rename(columns={"id": "sample_id"})
+    if frame.empty:
+        raise SignalInputError("samples: got no samples")
+    _require_columns(frame, SAMPLE_FIELDS, source="samples")
+    dup = frame["sample_id"][frame["sample_id"].duplicated()].tolist()
+    if dup:
+        raise SignalInputError(f"samples: duplicate sample_id values {dup[:5]}")
+    return frame.reset_index(drop=True)
+
+
+def read_dynamics(source: str | Path | pd.DataFrame | Sequence[Mapping]) -> pd.DataFrame:
+    """Read and validate per-sample dynamics records (the SFT engine's JSONL).
+
+    ``source``: a path to a JSONL file, a DataFrame, or a list of dicts. Each record needs the
+    fields ``DYNAMICS_FIELDS``. Returns a DataFrame sorted by ``(sample_id, step)``. Raises
+    ``SignalInputError`` naming the file, the line and the missing field(s), or an empty source.
+    """
+    name = "dynamics records"
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        name = f"dynamics file {path}"
+        if not path.exists():
+            raise SignalInputError(f"{name} does not exist")
+        rows = []
+        with path.open("r", encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise SignalInputError(f"{name}, line {lineno}: not valid JSON ({exc.msg})") from None
+                miss = [f for f in DYNAMICS_FIELDS if f not in rec]
+                if miss:
+                    raise SignalInputError(f"{name}, line {lineno}: missing field(s) {miss}; "
+                                           f"required fields are {list(DYNAMICS_FIELDS)}")
+                rows.append(rec)
+        frame = pd.DataFrame(rows)
+    elif isinstance(source, pd.DataFrame):
+        frame = source.copy()
+    else:
+        frame = pd.DataFrame(list(source))
+    if frame.empty:
+        raise SignalInputError(f"{name}: no records")
+    _require_columns(frame, DYNAMICS_FIELDS, source=name)
+    nulls = [f for f in DYNAMICS_FIELDS if frame[f].isna().any()]
+    if nulls:
+        raise SignalInputError(f"{name}: field(s) {nulls} have missing values")
+    for col in ("loss", "mean_token_prob", "exact_match", "step", "stage", "train_stage"):
+        frame[col] = pd.to_numeric(frame[col], errors="raise")
+    return frame.sort_values(["sample_id", "step"], kind="stable").reset_index(drop=True)
+
+
+def check_sample_ids(expected: Iterable[str], found: Iterable[str], *, source: str,
+                     allow_missing: bool = True) -> None:
+    """Raise ``SignalInputError`` when ``found`` has ids not in ``expected`` (records that do
+    not belong to this data) or, with ``allow_missing=False``, when expected ids are absent."""
+    exp, got = set(expected), set(found)
+    unknown = sorted(got - exp)
+    if unknown:
+        raise SignalInputError(f"{source}: {len(unknown)} sample_id(s) do not match the data, e.g. "
+                               f"{unknown[:3]}; is it from another world seed or data set?")
+    absent = sorted(exp - got)
+    if absent and not allow_missing:
+        raise SignalInputError(f"{source}: {len(absent)} sample(s) of the data have no records, e.g. {absent[:3]}")
+
+
+# --------------------------------------------------------------------------- training dynamics
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 2 or np.ptp(x) == 0:
+        return 0.0
+    xc = x - x.mean()
+    return float((xc * (y - y.mean())).sum() / (xc ** 2).sum())
+
+
+def dynamics_signals(dynamics: pd.DataFrame, *, end_window: int = 3, per_steps: float = 100.0) -> pd.DataFrame:
+    """Per-sample training-dynamics signals from validated records (:func:`read_dynamics`).
+
+    Only evaluation points at which the sample had already been trained on
+    (``train_stage >= stage``) count. Output columns (index ``sample_id``):
+
+    - ``dyn_confidence``, ``dyn_variability``: mean and population std of ``mean_token_prob``
+      (Swayamdipta et al. 2020 use the gold-label probability per epoch);
+    - ``dyn_correctness``: mean of ``exact_match``;
+    - ``dyn_forgetting_events``: number of 1 -> 0 transitions of ``exact_match`` between
+      consecutive points (Toneva et al. 2019);
+    - ``dyn_learned_in_stage``: exact match at the last point of the sample's own stage (1/0);
+    - ``dyn_max_in_stage``: best exact match during the own stage;
+    - ``dyn_stage_forgotten``: learned at the end of the own stage and not at the final point,
+      with a later stage trained in between (left-side forgetting);
+    - ``dyn_final_em``, ``dyn_final_loss``, ``dyn_final_prob``: values at the last point;
+    - ``dyn_loss_slope_end``: least-squares slope of the loss over the last ``end_window``
+      points of the sample's own stage, per ``per_steps`` optimizer steps (negative = falling);
+    - ``dyn_n_points``.
+    """
+    if end_window < 2:
+        raise SignalInputError(f"end_window must be >= 2, got {end_window}")
+    frame = dynamics[dynamics["train_stage"] >= dynamics["stage"]]
+    if frame.empty:
+        raise SignalInputError("dynamics: no evaluation point after a sample's own stage began "
+                               "(check the stage/train_stage fields)")
+    final_stage = int(dynamics["train_stage"].max())
+    out = {}
+    for sid, g in frame.groupby("sample_id", sort=True):
+        g = g.sort_values("step", kind="stable")
+        em = g["exact_match"].to_numpy(dtype=float)
+        prob = g["mean_token_prob"].to_numpy(dtype=float)
+        own = g[g["train_stage"] == g["stage"]]
+        own_em = own["exact_match"].to_numpy(dtype=float)
+        tail = own.tail(end_window)
+        learned_in_stage = float(own_em[-1]) if len(own_em) else float("nan")
+        final_em = float(em[-1])
+        later = int(g["stage"].iloc[0]) < final_stage
+        out[sid] = {
+            "dyn_confidence": float(prob.mean()),
+            "dyn_variability": float(prob.std()),
+            "dyn_correctness": float(em.mean()),
+            "dyn_forgetting_events": int(((em[:-1] >= 0.5) & (em[1:] < 0.5)).sum()),
+            "dyn_learned_in_stage": learned_in_stage,
+            "dyn_max_in_stage": float(own_em.max()) if len(own_em) else float("nan"),
+            "dyn_stage_forgotten": bool(later and learned_in_stage >= 0.5 and final_em < 0.5),
+            "dyn_final_em": final_em,
+            "dyn_final_loss": float(g["loss"].iloc[-1]),
+            "dyn_final_prob": float(prob[-1]),
+            "dyn_loss_slope_end": _slope(tail["step"].to_numpy(float), tail["loss"].to_numpy(float)) * per_steps,
+            "dyn_n_points": int(len(g)),
+        }
+    result = pd.DataFrame.from_dict(out, orient="index")
+    result.index.name = "sample_id"
+    return result
+
+
+# --------------------------------------------------------------------------- knowledge probe
+def probe_signals(probe: pd.DataFrame, *, maybe_rank: int = 3, maybe_prob: float = 0.2,
+                  conflict_confidence: float = 0.5, normalize: str = "alnum") -> pd.DataFrame:
+    """Categorise the base model's knowledge of each sample's target and flag conflicts.
+
+    ``probe``: one row per probed sample with ``PROBE_FIELDS`` (+ ``response``, the SFT target;
+    optional ``sample_hits``: share of temperature samples equal to the target).
+    ``target_prob`` = mean token probability of the target given the probe prompt;
+    ``target_rank`` = 1-based rank of the target among the candidate answers (1 = the model's
+    favourite); ``base_answer`` / ``base_answer_prob``: the base model's own greedy answer and
+    its mean token probability.
+
+    Categories (Gekhman et al. 2024, simplified to what a greedy probe shows): ``known`` if the
+    greedy answer equals the target; ``maybe_known`` if not, but ``target_rank <= maybe_rank``,
+    ``target_prob >= maybe_prob`` or a temperature sample hit the target; ``unknown`` otherwise.
+    Conflict (``conflict_flag``): the greedy answer differs from the target *and* its
+    probability is at least ``conflict_confidence``.
+    Returns columns ``probe_category, probe_target_prob, probe_target_rank, probe_base_answer,
+    probe_base_conf, conflict_flag`` indexed by ``sample_id``.
+    """
+    _require_columns(probe, PROBE_FIELDS + ("response",), source="probe table")
+    if maybe_rank < 1:
+        raise SignalInputError(f"maybe_rank must be >= 1, got {maybe_rank}")
+    for name, val in (("maybe_prob", maybe_prob), ("conflict_confidence", conflict_confidence)):
+        if not 0.0 <= val <= 1.0:
+            raise SignalInputError(f"{name} must be in [0, 1], got {val}")
+    rows = {}
+    for rec in probe.itertuples(index=False):
+        target = normalize_text(rec.response, mode=normalize)
+        answer = normalize_text(rec.base_answer, mode=normalize)
+        hits = float(getattr(rec, "sample_hits", 0.0) or 0.0)
+        if answer == target:
+            cat = "known"
+        elif rec.target_rank <= maybe_rank or rec.target_prob >= maybe_prob or hits > 0:
+            cat = "maybe_known"
+        else:
+            cat = "unknown"
+        rows[rec.sample_id] = {
+            "probe_category": cat,
+            "probe_target_prob": float(rec.target_prob),
+            "probe_target_rank": float(rec.target_rank),
+            "probe_base_answer": rec.base_answer,
+            "probe_base_conf": float(rec.base_answer_prob),
+            "conflict_flag": bool(answer != target and answer != "" and rec.base_answer_prob >= conflict_confidence),
+        }
+    result = pd.DataFrame.from_dict(rows, orient="index")
+    result.index.name = "sample_id"
+    return result
+
+
+# --------------------------------------------------------------------------- inconsistency
+def inconsistency_signals(samples: pd.DataFrame, *, normalize: str = "alnum", similarity_threshold: float = 0.95,
+                          ngram: int = 3, block_col: str | None = "task") -> pd.DataFrame:
+    """Flag samples whose prompt occurs elsewhere in the SFT data with a different target.
+
+    Exact duplicates: prompts with equal normalised-text hash (:func:`text_hash`). Near
+    duplicates: character ``ngram`` Jaccard similarity >= ``similarity_threshold`` between
+    prompts in the same ``block_col`` group (``None`` = one block); set the threshold to 1.0 to
+    use exact hashing only. Targets are compared after the same normalisation.
+    Columns (index ``sample_id``): ``incons_group_size`` (copies of the normalised prompt),
+    ``incons_n_targets`` (distinct targets among them), ``incons_max_similarity`` (highest
+    similarity to a prompt with a *different* target, 0 if none), ``incons_partner`` (that
+    prompt's sample id), ``incons_flag``, ``incons_majority_target`` (most frequent target in the
+    exact group, ties broken by first occurrence), ``incons_is_majority``.
+    """
+    _require_columns(samples, ("sample_id", "prompt", "response"), source="samples")
+    if not 0.0 < similarity_threshold <= 1.0:
+        raise SignalInputError(f"similarity_threshold must be in (0, 1], got {similarity_threshold}")
+    frame = samples.reset_index(drop=True)
+    norm_p = frame["prompt"].map(lambda t: normalize_text(t, mode=normalize))
+    norm_r = frame["response"].map(lambda t: normalize_text(t, mode=normalize))
+    keys = norm_p.map(lambda t: hashlib.sha1(t.encode()).hexdigest()[:16])
+    group_size = keys.map(keys.value_counts())
+    n_targets = pd.Series([0] * len(frame))
+    majority = pd.Series([""] * len(frame), dtype=object)
+    for key, idx in keys.groupby(keys).groups.items():
+        targets = norm_r.loc[idx]
+        counts = targets.value_counts(sort=False)
+        first_pos = {t: i for i, t in reversed(list(enumerate(targets)))}
+        best = max(counts.index, key=lambda t: (counts[t], -first_pos[t]))
+        n_targets.loc[idx] = len(counts)
+        majority.loc[idx] = best
+    max_sim = np.zeros(len(frame))
+    partner = np.array([None] * len(frame), dtype=object)
+    blocks = frame.groupby(block_col).indices if block_col else {None: np.arange(len(frame))}
+    for _, idx in blocks.items():
+        idx = np.asarray(idx)
+        sims = _pairwise_jaccard(norm_p.iloc[idx].tolist(), n=ngram)
+        differ = norm_r.iloc[idx].to_numpy()[:, None] != norm_r.iloc[idx].to_numpy()[None, :]
+        sims = np.where(differ, sims, 0.0)
+        np.fill_diagonal(sims, 0.0)
+        if sims.size:
+            best = sims.argmax(axis=1)
+            max_sim[idx] = sims[np.arange(len(idx)), best]
+            has = max_sim[idx] > 0
+            partner[idx[has]] = frame["sample_id"].iloc[idx[best[has]]].to_numpy()
+    flag = (n_targets.to_numpy() > 1) | (max_sim >= similarity_threshold)
+    out = pd.DataFrame({
+        "incons_group_size": group_size.to_numpy(int), "incons_n_targets": n_targets.to_numpy(int),
+        "incons_max_similarity": max_sim, "incons_partner": partner, "incons_flag": flag,
+        "incons_majority_target": majority.to_numpy(), "incons_is_majority": (norm_r == majority).to_numpy(),
+    }, index=pd.Index(frame["sample_id"], name="sample_id"))
+    return out
+
+
+def _pairwise_jaccard(texts: list[str], *, n: int) -> np.ndarray:
+    """(m, m) character n-gram Jaccard matrix via a sparse binary n-gram matrix."""
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    m = len(texts)
+    if m == 0:
+        return np.zeros((0, 0))
+    padded = [t if len(t) >= n else t.ljust(n, "\0") for t in texts]
+    vec = CountVectorizer(analyzer="char", ngram_range=(n, n), binary=True, lowercase=False)
+    x = vec.fit_transform(padded).astype(np.float32)
+    inter = (x @ x.T).toarray()
+    sizes = np.asarray(x.sum(axis=1)).ravel()
+    union = sizes[:, None] + sizes[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sim = np.where(union > 0, inter / union, 1.0)
+    return sim
+
+
+# --------------------------------------------------------------------------- rarity / complexity
+def rarity_signals(samples: pd.DataFrame, *, template_col: str = "template_id") -> pd.DataFrame:
+    """Rarity and complexity of each sample.
+
+    Columns (index ``sample_id``): ``rarity_group_size`` (samples sharing the template id),
+    ``rarity_group_share`` (that size / samples of the same task), ``rarity_target_len``
+    (whitespace words in the target), ``rarity_target_len_z`` (z-score of the length within the
+    task; 0 when the task's lengths do not vary).
+    """
+    _require_columns(samples, ("sample_id", "task", "response", template_col), source="samples")
+    frame = samples.reset_index(drop=True)
+    size = frame.groupby(template_col)["sample_id"].transform("count")
+    task_size = frame.groupby("task")["sample_id"].transform("count")
+    length = frame["response"].map(lambda t: len(str(t).split()))
+    mean = length.groupby(frame["task"]).transform("mean")
+    std = length.groupby(frame["task"]).transform(lambda v: v.std(ddof=0))
+    z = np.where(std > 0, (length - mean) / std.replace(0, 1), 0.0)
+    return pd.DataFrame({"rarity_group_size": size.to_numpy(int),
+                         "rarity_group_share": (size / task_size).to_numpy(float),
+                         "rarity_target_len": length.to_numpy(int), "rarity_target_len_z": z},
+                        index=pd.Index(frame["sample_id"], name="sample_id"))
+
+
+# --------------------------------------------------------------------------- the table
+def signal_table(samples, *, correct: Mapping[str, bool] | pd.Series | None = None,
+                 dynamics: pd.DataFrame | None = None, probe: pd.DataFrame | None = None,
+                 inconsistency_kwargs: Mapping | None = None, probe_kwargs: Mapping | None = None,
+                 dynamics_kwargs: Mapping | None = None) -> pd.DataFrame:
+    """The per-sample table: sample fields + every available signal, one row per sample.
+
+    ``samples``: training samples (see :func:`samples_frame`). ``correct``: sample id -> greedy
+    exact match after SFT (becomes ``learned``). ``dynamics``: records (validated here);
+    ``probe``: raw knowledge-probe rows. Missing signal sources leave their columns out
+    (probe columns get ``probe_category = "not_probed"`` for unprobed samples).
+    Ids in ``correct``/``dynamics``/``probe`` that are not in ``samples`` raise ``SignalInputError``.
+    """
+    base = samples_frame(samples)
+    ids = base["sample_id"]
+    table = base.set_index("sample_id")
+    table = table.join(inconsistency_signals(base, **(inconsistency_kwargs or {})))
+    table = table.join(rarity_signals(base))
+    if correct is not None:
+        corr = pd.Series(correct, dtype=bool) if not isinstance(correct, pd.Series) else correct.astype(bool)
+        check_sample_ids(ids, corr.index, source="exact-match results", allow_missing=False)
+        table["learned"] = corr.reindex(table.index).astype(bool)
+    if dynamics is not None:
+        dyn = read_dynamics(dynamics)
+        check_sample_ids(ids, dyn["sample_id"], source="dynamics records")
+        table = table.join(dynamics_signals(dyn, **(dynamics_kwargs or {})))
+    if probe is not None:
+        check_sample_ids(ids, probe["sample_id"], source="probe table")
+        if "response" not in probe.columns:
+            probe = probe.merge(base[["sample_id", "response"]], on="sample_id")
+        table = table.join(probe_signals(probe, **(probe_kwargs or {})))
+        table["probe_category"] = table["probe_category"].fillna("not_probed")
+        table["conflict_flag"] = table["conflict_flag"].astype("boolean").fillna(False).astype(bool)
+    return table

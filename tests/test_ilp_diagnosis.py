@@ -1,0 +1,95 @@
+"""The ILP rule cascade on hand-made per-sample tables, the learned variant, validation metrics."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from epi_utils.ilp import diagnosis as dg
+
+
+def _table():
+    base = dict(task="qa", stage=1, learned=False, incons_flag=False, incons_group_size=1, incons_n_targets=1,
+                incons_partner=None, incons_max_similarity=0.0, dyn_stage_forgotten=False,
+                dyn_forgetting_events=0, dyn_max_in_stage=0.0, conflict_flag=False, probe_category="known",
+                probe_target_prob=0.9, probe_target_rank=1, probe_base_answer="x", probe_base_conf=0.9,
+                rarity_group_share=0.3, rarity_group_size=30, rarity_target_len_z=0.0, dyn_loss_slope_end=0.0,
+                planted_cause=None)
+    rows = {
+        "incons": dict(incons_flag=True, incons_group_size=2, incons_n_targets=2, incons_partner="p",
+                       conflict_flag=True, planted_cause="inconsistency"),   # inconsistency beats conflict
+        "forget": dict(stage=0, dyn_stage_forgotten=True, dyn_forgetting_events=1, dyn_max_in_stage=1.0,
+                       probe_category="unknown", planted_cause="forgetting"),
+        "conflict": dict(conflict_flag=True, probe_category="unknown", probe_base_answer="paris",
+                         planted_cause="conflict"),
+        "missing": dict(probe_category="unknown", probe_target_prob=0.01, probe_target_rank=40,
+                        planted_cause="missing_knowledge"),
+        "maybe": dict(probe_category="maybe_known", planted_cause="missing_knowledge"),
+        "rare": dict(rarity_group_share=0.02, rarity_group_size=2, planted_cause="rare_complex"),
+        "long": dict(rarity_target_len_z=3.0, planted_cause="rare_complex"),
+        "plain": dict(),
+        "learned": dict(learned=True, conflict_flag=True),
+    }
+    return pd.DataFrame.from_dict({k: {**base, **v} for k, v in rows.items()}, orient="index")
+
+
+def test_cascade_on_hand_made_table():
+    out = dg.diagnose(_table())
+    assert "learned" not in out.index
+    expect = {"incons": "inconsistency", "forget": "forgetting", "conflict": "conflict",
+              "missing": "missing_knowledge", "maybe": "unexplained", "rare": "rare_complex",
+              "long": "rare_complex", "plain": "unexplained"}
+    assert out["diagnosis"].to_dict() == expect
+    assert "2 copies with 2 distinct targets" in out.loc["incons", "evidence"]
+    assert "'paris'" in out.loc["conflict", "evidence"]
+    assert "rank 40" in out.loc["missing", "evidence"]
+    assert "template share 0.020" in out.loc["rare", "evidence"]
+
+
+def test_thresholds_are_parameters():
+    th = dg.CascadeThresholds(maybe_known_is_missing=True, complex_min_len_z=5.0, rare_max_share=0.01)
+    out = dg.diagnose(_table(), thresholds=th)
+    assert out.loc["maybe", "diagnosis"] == "missing_knowledge"
+    assert out.loc["long", "diagnosis"] == "unexplained" and out.loc["rare", "diagnosis"] == "unexplained"
+    with pytest.raises(dg.DiagnosisInputError, match="rare_max_share must be in"):
+        dg.CascadeThresholds(rare_max_share=2.0)
+    with pytest.raises(dg.DiagnosisInputError, match="unknown cascade threshold"):
+        dg.CascadeThresholds.from_mapping({"rare_share": 0.1})
+
+
+def test_empty_set_of_unlearned_samples_is_a_clear_error():
+    t = _table()
+    t["learned"] = True
+    with pytest.raises(dg.DiagnosisInputError, match="no unlearned samples among 9"):
+        dg.diagnose(t)
+    with pytest.raises(dg.DiagnosisInputError, match="no 'learned' column"):
+        dg.diagnose(t.drop(columns="learned"))
+
+
+def test_confusion_precision_recall_macro_f1_by_hand():
+    planted = ["conflict", "conflict", "missing_knowledge", "missing_knowledge", "none", "forgetting"]
+    diagnosed = ["conflict", "missing_knowledge", "missing_knowledge", "missing_knowledge", "conflict", "forgetting"]
+    conf = dg.confusion(planted, diagnosed)
+    assert conf.loc["conflict", "conflict"] == 1 and conf.loc["conflict", "missing_knowledge"] == 1
+    assert conf.loc["none", "conflict"] == 1 and int(conf.to_numpy().sum()) == 6
+    scores = dg.per_cause_scores(conf)
+    # conflict: tp 1, diagnosed 2, planted 2 -> P = R = F1 = 0.5
+    assert scores.loc["conflict", ["precision", "recall", "f1"]].tolist() == [0.5, 0.5, 0.5]
+    # missing: tp 2, diagnosed 3, planted 2 -> P 2/3, R 1, F1 0.8
+    assert scores.loc["missing_knowledge", "f1"] == pytest.approx(0.8)
+    assert scores.loc["forgetting", "f1"] == 1.0
+    assert np.isnan(scores.loc["inconsistency", "f1"])          # neither planted nor diagnosed
+    assert dg.macro_f1(conf) == pytest.approx((0.5 + 0.8 + 1.0) / 3)
+    with pytest.raises(dg.DiagnosisInputError, match="unknown label"):
+        dg.confusion(["conflikt"], ["conflict"])
+
+
+def test_learned_variant_recovers_a_separable_signal():
+    rng = np.random.default_rng(0)
+    n = 60
+    labels = np.array(["conflict", "rare_complex", "none"] * (n // 3))
+    t = pd.DataFrame({"conflict_flag": labels == "conflict", "rarity_group_share": np.where(labels == "rare_complex", 0.01, 0.3),
+                      "dyn_confidence": rng.random(n)}, index=[f"s{i}" for i in range(n)])
+    pred = dg.learned_diagnosis(t, labels, n_splits=3)
+    expect = np.where(labels == "none", "unexplained", labels)
+    assert (pred.to_numpy() == expect).mean() >= 0.95
+    with pytest.raises(dg.DiagnosisInputError, match="model must be"):
+        dg.learned_diagnosis(t, labels, model="svm")

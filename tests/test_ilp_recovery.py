@@ -1,0 +1,55 @@
+"""Recovery computation on hand-made before/after sets, and detection rates by hand."""
+import pandas as pd
+import pytest
+
+from epi_utils.ilp import detection as dt
+from epi_utils.ilp import recovery as rc
+
+
+def test_recovery_rate_by_hand():
+    after = {"a": True, "b": False, "c": True, "d": False, "e": True}
+    assert rc.recovery_rate(["a", "b", "c", "d"], after) == 0.5
+    assert rc.recovery_rate(["a", "a", "b"], after) == 0.5       # duplicates counted once
+    with pytest.raises(rc.RecoveryInputError, match="empty"):
+        rc.recovery_rate([], after)
+    with pytest.raises(rc.RecoveryInputError, match="no result after"):
+        rc.recovery_rate(["zz"], after)
+
+
+def test_recovery_over_seeds_fix_vs_control():
+    rows = []
+    for seed, (fix, ctl) in enumerate([(1.0, 0.0), (0.5, 0.0), (0.75, 0.25)]):
+        ids = ["a", "b", "c", "d"]
+        fix_after = {i: k < fix * 4 for k, i in enumerate(ids)}
+        ctl_after = {i: k < ctl * 4 for k, i in enumerate(ids)}
+        rows.append(rc.recovery_row(seed=seed, cause="conflict", arm="fix", unlearned_before=ids,
+                                    correct_after=fix_after, heldout_before=0.5, heldout_after=0.6))
+        rows.append(rc.recovery_row(seed=seed, cause="conflict", arm="control", unlearned_before=ids,
+                                    correct_after=ctl_after, heldout_before=0.5, heldout_after=0.5))
+    rows.append(rc.recovery_row(seed=0, cause="forgetting", arm="fix", unlearned_before=[], correct_after={}))
+    m = rc.recovery_metrics(rows)
+    assert m["recovery_rate_conflict_fix"] == pytest.approx(0.75)
+    assert m["recovery_rate_conflict_control"] == pytest.approx(1 / 12)
+    lo, hi = m["recovery_rate_conflict_fix_ci95"]
+    assert 0.5 <= lo <= 0.75 <= hi <= 1.0
+    assert m["heldout_delta_conflict_fix"] == pytest.approx(0.1)
+    assert "recovery_rate_forgetting_fix" not in m                  # no unlearned samples -> undefined
+    diff = rc.paired_differences(rows)
+    assert diff.loc[0, "fix_minus_control"] == pytest.approx((1.0 + 0.5 + 0.5) / 3)
+    assert bool(diff.loc[0, "fix_better"])
+    summary = rc.summarize_recovery(rows)
+    assert set(summary["arm"]) == {"fix", "control"}
+
+
+def test_unlearned_rates_and_subset_gap_by_hand():
+    t = pd.DataFrame({"learned": [True, False, True, True, True, False], "task": list("aabbbb"),
+                      "template_id": ["x", "x", "y", "y", "z", "z"]})
+    r = dt.unlearned_rates(t)
+    assert r.loc["all", "unlearned_rate"] == pytest.approx(2 / 6)
+    assert r.loc["a", "unlearned_rate"] == 0.5 and r.loc["b", "unlearned_rate"] == 0.25
+    gaps = dt.subset_gaps(t, by=("template_id",), min_size=2, worst_k=1)
+    assert gaps.loc[0, "accuracy"] == 0.5 and gaps.loc[0, "gap"] == pytest.approx(4 / 6 - 0.5)
+    assert dt.match([" Paris ", "rome"], ["paris", "Rome!"], normalize="alnum").tolist() == [True, True]
+    assert dt.match([" Paris "], ["Paris"], normalize="none").tolist() == [False]
+    with pytest.raises(dt.DetectionInputError, match="not in the table"):
+        dt.unlearned_rates(t, by="stage")

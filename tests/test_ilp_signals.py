@@ -1,0 +1,142 @@
+"""Planted-truth and hand-computed tests for the ILP per-sample signals."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from epi_utils.ilp import signals as sg
+
+
+def _samples():
+    rows = [
+        # id, task, prompt, response, stage, template
+        ("t/0", "qa", "What is the colour of Zorb?", "red", 0, "qa_a"),
+        ("t/1", "qa", "what is the colour of zorb", "blue", 0, "qa_a"),    # duplicate prompt, other target
+        ("t/2", "qa", "What is the colour of Blip?", "green", 0, "qa_a"),
+        ("t/3", "qa", "What is the colour of Blip?", "green", 0, "qa_a"),  # duplicate, same target
+        ("t/4", "qa", "Who founded Quux Industries?", "ada lovelace", 0, "qa_b"),
+        ("t/5", "math", "3 + 4 =", "7", 1, "m_a"),
+        ("t/6", "math", "3 + 5 =", "8", 1, "m_a"),
+        ("t/7", "math", "12 + 30 =", "42", 1, "m_a"),
+        ("t/8", "math", "list the steps for 12 + 30", "12 plus 30 equals 42 done", 1, "m_rare"),
+    ]
+    return pd.DataFrame(rows, columns=["sample_id", "task", "prompt", "response", "stage", "template_id"])
+
+
+def test_normalize_and_jaccard_by_hand():
+    assert sg.normalize_text("  What is X?  ", mode="strip") == "What is X?"
+    assert sg.normalize_text("  What  IS x? ", mode="lower") == "what is x?"
+    assert sg.normalize_text("What, is X?!", mode="alnum") == "what is x"
+    assert sg.char_ngram_jaccard("abcd", "abce", n=3) == pytest.approx(1 / 3)
+    assert sg.char_ngram_jaccard("", "", n=3) == 1.0
+    with pytest.raises(sg.SignalInputError, match="normalize mode"):
+        sg.normalize_text("x", mode="fancy")
+
+
+def test_every_duplicated_prompt_with_conflicting_targets_is_flagged():
+    out = sg.inconsistency_signals(_samples(), similarity_threshold=1.0)
+    assert out.loc["t/0", "incons_flag"] and out.loc["t/1", "incons_flag"]
+    assert out.loc["t/0", "incons_group_size"] == 2 and out.loc["t/0", "incons_n_targets"] == 2
+    # same prompt with the same target is not an inconsistency
+    assert not out.loc["t/2", "incons_flag"] and not out.loc["t/3", "incons_flag"]
+    assert out.loc["t/2", "incons_group_size"] == 2 and out.loc["t/2", "incons_n_targets"] == 1
+    # near-identical arithmetic prompts with different answers are not flagged at threshold 1.0
+    assert not out.loc[["t/4", "t/5", "t/6", "t/7", "t/8"], "incons_flag"].any()
+    # majority relabelling: tie broken by first occurrence
+    assert out.loc["t/1", "incons_majority_target"] == "red"
+    assert out.loc["t/0", "incons_is_majority"] and not out.loc["t/1", "incons_is_majority"]
+
+
+def test_near_duplicates_found_by_similarity():
+    frame = pd.DataFrame({"sample_id": ["a", "b", "c"], "task": ["x"] * 3,
+                          "prompt": ["what is the capital city of the land of zorbania",
+                                     "what is the capital city of the land of zorbania please",
+                                     "name a prime number"],
+                          "response": ["blip", "blop", "7"]})
+    out = sg.inconsistency_signals(frame, similarity_threshold=0.8)
+    assert out.loc["a", "incons_flag"] and out.loc["b", "incons_flag"] and not out.loc["c", "incons_flag"]
+    assert out.loc["a", "incons_partner"] == "b"
+    assert 0.8 <= out.loc["a", "incons_max_similarity"] < 1.0
+
+
+def test_rarity_by_hand():
+    out = sg.rarity_signals(_samples())
+    assert out.loc["t/8", "rarity_group_size"] == 1
+    assert out.loc["t/8", "rarity_group_share"] == pytest.approx(1 / 4)
+    assert out.loc["t/5", "rarity_group_share"] == pytest.approx(3 / 4)
+    assert out.loc["t/8", "rarity_target_len"] == 6
+    # math lengths [1, 1, 1, 6]: mean 2.25, population std sqrt(4.6875)
+    assert out.loc["t/8", "rarity_target_len_z"] == pytest.approx(3.75 / np.sqrt(4.6875))
+
+
+def _dyn_rows():
+    rows = []
+    # sample s0 (stage 0): learned at end of stage 0, forgotten in stage 1
+    for step, ts, em, loss, p in [(10, 0, 0, 2.0, 0.2), (20, 0, 1, 1.0, 0.6), (30, 1, 1, 1.2, 0.5), (40, 1, 0, 2.5, 0.1)]:
+        rows.append(dict(sample_id="s0", task="qa", stage=0, train_stage=ts, step=step, epoch=step / 20,
+                         loss=loss, mean_token_prob=p, exact_match=em))
+    # sample s1 (stage 1): never learned, loss still falling; the stage-0 point is ignored
+    for step, ts, em, loss, p in [(10, 0, 0, 9.0, 0.0), (30, 1, 0, 3.0, 0.1), (40, 1, 0, 2.0, 0.3)]:
+        rows.append(dict(sample_id="s1", task="math", stage=1, train_stage=ts, step=step, epoch=step / 20,
+                         loss=loss, mean_token_prob=p, exact_match=em))
+    return rows
+
+
+def test_dynamics_signals_by_hand():
+    out = sg.dynamics_signals(sg.read_dynamics(_dyn_rows()), end_window=2)
+    s0, s1 = out.loc["s0"], out.loc["s1"]
+    assert s0["dyn_confidence"] == pytest.approx(np.mean([0.2, 0.6, 0.5, 0.1]))
+    assert s0["dyn_variability"] == pytest.approx(np.std([0.2, 0.6, 0.5, 0.1]))
+    assert s0["dyn_correctness"] == pytest.approx(0.5)
+    assert s0["dyn_forgetting_events"] == 1
+    assert s0["dyn_learned_in_stage"] == 1.0 and s0["dyn_stage_forgotten"]
+    assert s0["dyn_loss_slope_end"] == pytest.approx(-10.0)   # loss 2.0 -> 1.0 over 10 steps, per 100
+    assert s1["dyn_n_points"] == 2 and s1["dyn_correctness"] == 0.0
+    assert not s1["dyn_stage_forgotten"]
+    assert s1["dyn_loss_slope_end"] == pytest.approx(-10.0)
+
+
+def test_dynamics_file_with_missing_field_names_file_line_and_field(tmp_path):
+    path = tmp_path / "dyn.jsonl"
+    rows = _dyn_rows()
+    del rows[2]["mean_token_prob"]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(sg.SignalInputError, match=r"dyn.jsonl, line 3: missing field\(s\) \['mean_token_prob'\]"):
+        sg.read_dynamics(path)
+    with pytest.raises(sg.SignalInputError, match="does not exist"):
+        sg.read_dynamics(tmp_path / "nope.jsonl")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(sg.SignalInputError, match="no records"):
+        sg.read_dynamics(empty)
+
+
+def test_sample_ids_that_do_not_match_the_data():
+    samples = _samples()
+    dyn = pd.DataFrame(_dyn_rows())   # ids s0/s1 are not in the samples
+    with pytest.raises(sg.SignalInputError, match="do not match the data"):
+        sg.signal_table(samples, dynamics=dyn)
+    with pytest.raises(sg.SignalInputError, match="have no records"):
+        sg.signal_table(samples, correct={"t/0": True})
+
+
+def _probe(samples):
+    return pd.DataFrame({
+        "sample_id": ["t/4", "t/0", "t/2"],
+        "target_prob": [0.9, 0.05, 0.3],
+        "target_rank": [1, 7, 2],
+        "base_answer": ["Ada Lovelace", "purple", "yellow"],
+        "base_answer_prob": [0.9, 0.8, 0.3],
+    })
+
+
+def test_probe_categories_and_conflict():
+    s = _samples()
+    out = sg.signal_table(s, correct={i: i != "t/0" for i in s["sample_id"]}, probe=_probe(s))
+    assert out.loc["t/4", "probe_category"] == "known"           # normalised greedy answer = target
+    assert out.loc["t/0", "probe_category"] == "unknown"         # rank 7, prob 0.05
+    assert out.loc["t/2", "probe_category"] == "maybe_known"     # rank 2
+    assert out.loc["t/0", "conflict_flag"] and not out.loc["t/2", "conflict_flag"]  # 0.8 vs 0.3 confidence
+    assert out.loc["t/5", "probe_category"] == "not_probed" and not out.loc["t/5", "conflict_flag"]
+    assert not out.loc["t/0", "learned"] and out.loc["t/1", "learned"]
