@@ -202,7 +202,7 @@ def load_profile(nb_path: Path | str, profile: str) -> dict[str, Any]:
     path = profiles_dir(nb_path) / f"{profile}.yaml"
     if not path.is_file():
         raise ParameterError(f"profile {profile!r} not found for {Path(nb_path).name}: no file {path}; "
-                             f"available profiles: {available_profiles(nb_path) or 'none'}")
+                             f"available profiles: {', '.join(available_profiles(nb_path)) or 'none'}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:

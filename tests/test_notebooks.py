@@ -1,0 +1,32 @@
+"""Smoke run of every notebook through papermill on the ``smoke`` profile.
+
+Each run must succeed, carry the provenance fields in ``metrics.json``, render ``report.html``
+and (for the studies) save at least one figure. ``make reports`` runs the same notebooks on
+the default ``cpu`` profile.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from epi_utils.report import run_notebook
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+PROVENANCE = ("study", "profile", "parameters", "seed", "git_commit", "git_dirty", "versions", "device",
+              "threads", "started_at", "wall_time_s", "status", "metrics")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_smoke_run(nb_path, tmp_path):
+    run_dir = run_notebook(nb_path, profile="smoke", reports_dir=tmp_path / "reports", progress=False)
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "success", f"{nb_path.name} failed: {record.get('error')}"
+    for key in PROVENANCE:
+        assert key in record, key
+    assert record["metrics"], f"{nb_path.name} saved no headline numbers"
+    assert (run_dir / "report.html").stat().st_size > 0
+    assert list((run_dir / "figures").glob("*.png")), f"{nb_path.name} saved no figure"
