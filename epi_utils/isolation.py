@@ -1,0 +1,388 @@
+"""Isolation policies for SFT, as hooks of the testbed's engine (``epi_utils.lm.train.TrainHook``).
+
+Every masking policy keeps, per task ``t``, a *critical set* ``M_t``: the top ``isolation_ratio``
+share of that task's importance (the same ratio for every policy, so that only *which*
+parameters are isolated differs). A task's critical parameters are protected from the other
+tasks' updates: on a step whose task-homogeneous batch belongs to task ``s`` an element may move
+iff it is free or owned by ``s``. Overlaps (an element critical for several tasks) are resolved
+by ``overlap``: ``"owner"`` (default; the element goes to the claimant with the highest
+layer-normalised score and only that task may move it) or ``"freeze"`` (nobody may move it).
+The engine guarantees that a masked element does not change at all (gradient, AdamW moments,
+decoupled weight decay).
+
+Policies (``make_policy(name, ...)``):
+
+- ``full_sft``: no isolation.
+- ``static_cpi``: CPI-FT (arXiv 2508.21741) style. Before training, a probe fine-tune per task
+  (``probe_steps`` AdamW steps at ``probe_lr`` on that task's probe batches, from the same
+  starting weights, which are restored afterwards) finds the task's core region as the top share
+  of update magnitude ``|theta_probe - theta_0|``. Cores stay protected for the whole run.
+  Deviation: CPI-FT also transplants cores and merges the probe models before a final mixed SFT;
+  here only the isolation part is kept, so that all policies start from the same weights.
+- ``static_grad``: masks from gradient importance (first-order Taylor ``|theta * grad|``,
+  averaged over the probe batches) measured once at the start, then fixed.
+- ``epi``: Evolving Parameter Isolation (arXiv 2604.14010): an online per-task EMA of gradient
+  importance (:class:`epi_utils.importance.ImportanceTracker`, layer-wise normalised) is updated
+  after every backward pass of that task; after ``warmup_steps`` the per-task masks are recomputed
+  every ``mask_update_interval`` steps, so emerging critical parameters become protected and
+  parameters that stopped being critical are released. No protection before the warmup ends.
+  Tasks that are not being trained (finished stages of a sequential schedule) would otherwise
+  keep a stale EMA: with ``replay`` (a few probe batches per task, default 2) their importance is
+  re-measured at every mask update from gradients on that small replay buffer. The replay
+  batches are used ONLY to measure gradients (``torch.autograd.grad``; ``.grad`` and the
+  optimizer are untouched): they never train the model, so EPI sees no extra training data.
+- ``random_mask``: per-task random critical sets of the same share (seeded), fixed: the control
+  that separates "which parameters" from "how many".
+- ``ewc``: Elastic Weight Consolidation (Kirkpatrick et al. 2017) as the regularisation
+  baseline, via ``extra_loss``: ``lambda/2 * sum_i F_i (theta_i - theta*_i)^2`` with the diagonal
+  Fisher ``F`` (mean squared gradient over probe batches). Sequential schedules: at each stage
+  start, ``F`` of the tasks trained in the previous stage is added (online EWC) and
+  ``theta*`` is reset to the current weights. Mixed SFT (one stage): ``F`` of all tasks at the
+  pretrained weights, anchored at ``theta_0`` (keeps what every task relies on at the start).
+
+Probe batches: ``probe_data`` maps task -> list of batches (dicts with ``input_ids``,
+``attention_mask``, ``labels``); :func:`epi_utils.isolation_data.probe_batches` builds them.
+Batch tasks come from ``state.batch_task``; ``None`` raises (masks need task-homogeneous batches).
+Gradient accumulation: EPI updates importance once per ``after_backward`` call.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import torch
+
+from epi_utils.importance import ImportanceTracker, normalize_scores, top_share_mask
+from epi_utils.importance_drift import turnover
+
+try:  # the testbed's hook base class (issue 3)
+    from epi_utils.lm.train import TrainHook
+except ImportError:  # pragma: no cover - only while the testbed is not there yet
+    class TrainHook:  # minimal stand-in with the contract's no-op methods
+        def on_train_begin(self, state): ...
+        def on_stage_begin(self, state): ...
+        def extra_loss(self, state): return None
+        def after_backward(self, state): ...
+        def update_mask(self, state): return None
+        def on_step_end(self, state): ...
+        def on_evaluate(self, state, records): ...
+        def on_train_end(self, state): ...
+
+POLICIES = ("full_sft", "static_cpi", "static_grad", "epi", "random_mask", "ewc")
+OVERLAPS = ("owner", "freeze")
+MODEL_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def batch_loss(model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean token loss of a causal LM on a batch dict (moved to the model's device).
+
+    A ``DistributedDataParallel`` wrapper is bypassed (``model.module``): measurement passes
+    must not trigger DDP's gradient reducer; under DDP every rank measures on the same batches."""
+    model = getattr(model, "module", model)
+    dev = next(model.parameters()).device
+    return model(**{k: batch[k].to(dev) for k in MODEL_KEYS if k in batch}).loss
+
+
+def _check_probe(probe_data, tasks, who: str) -> None:
+    if probe_data is None:
+        raise ValueError(f"{who} needs probe_data: a mapping task -> list of batches")
+    missing = [t for t in tasks if not probe_data.get(t)]
+    if missing:
+        raise ValueError(f"{who}: probe_data has no batches for tasks {missing}")
+
+
+class IsolationPolicy(TrainHook):
+    """Base of the masking policies: per-task critical sets -> owner map -> per-step masks.
+
+    ``owner[name]``: int16 tensor (parameter shape); -1 free, t >= 0 owned by ``tasks[t]``,
+    -2 frozen for everybody (``overlap="freeze"``). Memory: 2 bytes/param, plus a cached bool
+    mask per task (1 byte/param/task) and the previous critical sets for turnover.
+    """
+
+    name = "base"
+
+    def __init__(self, *, tasks: Sequence[str], isolation_ratio: float = 0.05, overlap: str = "owner",
+                 scope: str = "global", record: bool = True):
+        if not tasks or len(set(tasks)) != len(tasks):
+            raise ValueError(f"tasks must be a non-empty list of distinct names, got {tasks!r}")
+        if not 0.0 <= isolation_ratio <= 1.0:
+            raise ValueError(f"isolation_ratio must be in [0, 1], got {isolation_ratio}")
+        if overlap not in OVERLAPS:
+            raise ValueError(f"overlap must be one of {OVERLAPS}, got {overlap!r}")
+        self.tasks, self.isolation_ratio, self.overlap, self.scope = list(tasks), float(isolation_ratio), overlap, scope
+        self.owner: dict[str, torch.Tensor] | None = None
+        self.critical: dict[str, dict[str, torch.Tensor]] = {}
+        self._allowed: dict[str, dict[str, torch.Tensor]] = {}
+        self.history: list[dict] = []
+        self.record = record
+        self.n_mask_updates = 0
+
+    # -- mask bookkeeping ----------------------------------------------------------------------
+    def set_critical(self, scores: Mapping[str, Mapping[str, torch.Tensor]], *, step: int = 0) -> None:
+        """Per-task scores (task -> name -> tensor, already normalised) -> critical sets + owners."""
+        new = {t: top_share_mask(s, ratio=self.isolation_ratio, scope=self.scope) for t, s in scores.items()}
+        if self.record:
+            row = {"step": int(step), "update": self.n_mask_updates}
+            for t, m in new.items():
+                if t in self.critical:
+                    row[f"turnover/{t}"] = turnover(self.critical[t], m)["turnover"]
+            vals = [v for k, v in row.items() if k.startswith("turnover/")]
+            row["turnover"] = sum(vals) / len(vals) if vals else float("nan")
+        self.critical.update(new)
+        names = list(next(iter(self.critical.values())))
+        owner, best, count = {}, {}, {}
+        for n in names:
+            ref = self.critical[next(iter(self.critical))][n]
+            owner[n] = torch.full(ref.shape, -1, dtype=torch.int16, device=ref.device)
+            best[n] = torch.full(ref.shape, -math.inf, device=ref.device)
+            count[n] = torch.zeros(ref.shape, dtype=torch.int16, device=ref.device)
+        for t, masks in self.critical.items():
+            tid = self.tasks.index(t)
+            sc = scores.get(t)
+            for n in names:
+                m = masks[n]
+                s = sc[n].float() if sc is not None else torch.zeros(m.shape, device=m.device)
+                better = m & (s > best[n]) if sc is not None else m & (owner[n] < 0)
+                owner[n][better] = tid
+                best[n] = torch.where(better, s, best[n])
+                count[n] += m.to(torch.int16)
+        if self.overlap == "freeze":
+            for n in names:
+                owner[n][count[n] > 1] = -2
+        self.owner = owner
+        self._allowed = {}
+        self.n_mask_updates += 1
+        if self.record:
+            n_all = sum(o.numel() for o in owner.values())
+            row["protected_share"] = sum(int((o != -1).sum()) for o in owner.values()) / n_all
+            self.history.append(row)
+
+    def allowed_for(self, task: str | None) -> dict[str, torch.Tensor] | None:
+        """name -> bool (True = may move) for a step of ``task``; None when nothing is protected."""
+        if self.owner is None:
+            return None
+        if task is None:
+            raise ValueError(f"{self.name}: state.batch_task is None; isolation needs task-homogeneous batches "
+                             "(TrainConfig.task_homogeneous_batches=True)")
+        if task not in self._allowed:
+            tid = self.tasks.index(task) if task in self.tasks else -3
+            self._allowed[task] = {n: (o == -1) | (o == tid) for n, o in self.owner.items()}
+        return self._allowed[task]
+
+    def update_mask(self, state):
+        return self.allowed_for(state.batch_task)
+
+
+class FullSFT(IsolationPolicy):
+    """No isolation."""
+
+    name = "full_sft"
+
+    def update_mask(self, state):
+        return None
+
+
+class RandomMask(IsolationPolicy):
+    """Per-task random critical sets of the same share, fixed for the run."""
+
+    name = "random_mask"
+
+    def __init__(self, *, seed: int = 0, **kw):
+        super().__init__(**kw)
+        self.seed = seed
+
+    def on_train_begin(self, state):
+        g = torch.Generator().manual_seed(self.seed)
+        scores = {t: {n: torch.rand(p.shape, generator=g).to(p.device) for n, p in state.named_params.items()}
+                  for t in self.tasks}
+        self.set_critical(scores, step=state.step)
+
+
+class StaticGrad(IsolationPolicy):
+    """Masks from Taylor importance averaged over probe batches at the start, then fixed."""
+
+    name = "static_grad"
+
+    def __init__(self, *, probe_data: Mapping[str, Sequence[Mapping]] | None = None, normalize: str = "layer_mean", **kw):
+        super().__init__(**kw)
+        _check_probe(probe_data, self.tasks, self.name)
+        self.probe_data, self.normalize = probe_data, normalize
+
+    def on_train_begin(self, state):
+        names, params = list(state.named_params), list(state.named_params.values())
+        scores = {}
+        for t in self.tasks:
+            acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+            for batch in self.probe_data[t]:
+                grads = torch.autograd.grad(batch_loss(state.model, batch), params, allow_unused=True)
+                grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+                imp = torch._foreach_mul([p.detach() for p in params], grads)
+                torch._foreach_abs_(imp)
+                torch._foreach_add_(acc, imp, alpha=1.0 / len(self.probe_data[t]))
+            scores[t] = normalize_scores(dict(zip(names, acc)), how=self.normalize)
+        self.set_critical(scores, step=state.step)
+
+
+class StaticCPI(IsolationPolicy):
+    """CPI-FT core regions: top share of ``|theta_probe - theta_0|`` after a per-task probe fine-tune."""
+
+    name = "static_cpi"
+
+    def __init__(self, *, probe_data: Mapping[str, Sequence[Mapping]] | None = None, probe_steps: int = 20,
+                 probe_lr: float = 1e-3, normalize: str = "layer_mean", **kw):
+        super().__init__(**kw)
+        _check_probe(probe_data, self.tasks, self.name)
+        if probe_steps < 1:
+            raise ValueError(f"probe_steps must be >= 1, got {probe_steps}")
+        self.probe_data, self.probe_steps, self.probe_lr, self.normalize = probe_data, probe_steps, probe_lr, normalize
+
+    def on_train_begin(self, state):
+        names, params = list(state.named_params), list(state.named_params.values())
+        theta0 = [p.detach().clone() for p in params]
+        scores = {}
+        for t in self.tasks:
+            opt = torch.optim.AdamW(params, lr=self.probe_lr, weight_decay=0.0)
+            batches = self.probe_data[t]
+            for i in range(self.probe_steps):
+                opt.zero_grad(set_to_none=True)
+                batch_loss(state.model, batches[i % len(batches)]).backward()
+                opt.step()
+            moved = {n: (p.detach() - p0).abs() for n, p, p0 in zip(names, params, theta0)}
+            scores[t] = normalize_scores(moved, how=self.normalize)
+            with torch.no_grad():
+                for p, p0 in zip(params, theta0):
+                    p.copy_(p0)
+            opt.zero_grad(set_to_none=True)
+            del opt
+        self.set_critical(scores, step=state.step)
+
+
+class EPI(IsolationPolicy):
+    """Evolving Parameter Isolation: per-task masks from online EMA importance, refreshed."""
+
+    name = "epi"
+
+    def __init__(self, *, mask_update_interval: int = 20, warmup_steps: int = 20, estimator: str = "taylor",
+                 beta: float = 0.9, normalize: str = "layer_mean", state_dtype: torch.dtype = torch.float32,
+                 block_size: int | None = None, replay: Mapping[str, Sequence[Mapping]] | None = None, **kw):
+        super().__init__(**kw)
+        if mask_update_interval < 1 or warmup_steps < 0:
+            raise ValueError(f"mask_update_interval must be >= 1 and warmup_steps >= 0, got "
+                             f"{mask_update_interval}, {warmup_steps}")
+        self.interval, self.warmup = int(mask_update_interval), int(warmup_steps)
+        self.tracker_kw = dict(estimator=estimator, beta=beta, normalize=normalize, state_dtype=state_dtype,
+                               block_size=block_size)
+        self.replay = replay
+        self.tracker: ImportanceTracker | None = None
+        self.last_seen: dict[str, int] = {}
+        self._last_update_step = -1
+
+    def on_train_begin(self, state):
+        self.tracker = ImportanceTracker(state.named_params, **self.tracker_kw)
+
+    def after_backward(self, state):
+        if state.batch_task is None:
+            raise ValueError("epi: state.batch_task is None; EPI needs task-homogeneous batches")
+        self.tracker.update(state.batch_task)
+        self.last_seen[state.batch_task] = state.step
+
+    def refresh_from_replay(self, state) -> list[str]:
+        """Re-measure the importance of tasks not trained for ``interval`` steps from replay
+        batches (gradients only, nothing is trained); returns the refreshed tasks."""
+        if not self.replay:
+            return []
+        stale = [t for t, s in self.last_seen.items() if state.step - s > self.interval and self.replay.get(t)]
+        params = list(self.tracker.params)
+        for t in stale:
+            for batch in self.replay[t]:
+                grads = torch.autograd.grad(batch_loss(state.model, batch), params, allow_unused=True)
+                self.tracker.update(t, [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)])
+        return stale
+
+    def update_mask(self, state):
+        due = state.step >= self.warmup and (state.step - self.warmup) % self.interval == 0
+        if due and state.step != self._last_update_step and self.tracker.tasks:
+            self.refresh_from_replay(state)
+            self.set_critical({t: self.tracker.scores(t) for t in self.tracker.tasks}, step=state.step)
+            self._last_update_step = state.step
+        return self.allowed_for(state.batch_task)
+
+    def state_bytes_per_param(self) -> dict[str, float]:
+        """EPI state per parameter element: tracker (per task x tasks), owner map, cached masks."""
+        per_task = self.tracker.bytes_per_param() if self.tracker else float("nan")
+        n_tasks = len(self.tracker.tasks) if self.tracker else len(self.tasks)
+        return {"tracker_per_task": per_task, "tracker_total": per_task * n_tasks, "owner_map": 2.0,
+                "cached_masks": float(len(self._allowed)), "critical_sets": float(len(self.critical))}
+
+
+class EWC(IsolationPolicy):
+    """Diagonal-Fisher penalty ``lambda/2 sum F (theta - theta*)^2`` (no masks).
+
+    ``schedule="mixed"``: ``F`` of all tasks at the start, anchored at ``theta_0``.
+    ``schedule="sequential"``: no penalty in stage 0; at each later stage start the Fisher of the
+    tasks trained in the previous stage is added (online EWC) and ``theta*`` = current weights.
+    """
+
+    name = "ewc"
+
+    def __init__(self, *, probe_data: Mapping[str, Sequence[Mapping]] | None = None, ewc_lambda: float = 100.0,
+                 schedule: str = "mixed", **kw):
+        super().__init__(**kw)
+        _check_probe(probe_data, self.tasks, self.name)
+        if schedule not in ("mixed", "sequential"):
+            raise ValueError(f"schedule must be one of ('mixed', 'sequential'), got {schedule!r}")
+        self.probe_data, self.ewc_lambda, self.schedule = probe_data, float(ewc_lambda), schedule
+        self.fisher: list[torch.Tensor] | None = None
+        self.anchor: list[torch.Tensor] | None = None
+        self.stage_tasks: set[str] = set()
+
+    def _fisher(self, state, tasks) -> list[torch.Tensor]:
+        params = list(state.named_params.values())
+        acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        batches = [b for t in tasks for b in self.probe_data[t]]
+        for batch in batches:
+            grads = torch.autograd.grad(batch_loss(state.model, batch), params, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, params)]
+            torch._foreach_addcmul_(acc, grads, grads, value=1.0 / len(batches))
+        return acc
+
+    def on_train_begin(self, state):
+        if self.schedule == "mixed":
+            self.fisher = self._fisher(state, self.tasks)
+            self.anchor = [p.detach().clone() for p in state.named_params.values()]
+
+    def on_stage_begin(self, state):
+        if self.schedule == "mixed" or state.stage == 0 or not self.stage_tasks:
+            return
+        new = self._fisher(state, sorted(self.stage_tasks))
+        if self.fisher is None:
+            self.fisher = new
+        else:
+            torch._foreach_add_(self.fisher, new)
+        self.anchor = [p.detach().clone() for p in state.named_params.values()]
+        self.stage_tasks = set()
+
+    def on_step_end(self, state):
+        if state.batch_task is not None:
+            self.stage_tasks.add(state.batch_task)
+
+    def extra_loss(self, state):
+        if self.fisher is None:
+            return None
+        total = 0.0
+        for p, f, a in zip(state.named_params.values(), self.fisher, self.anchor):
+            total = total + (f * (p - a).pow(2)).sum()
+        return 0.5 * self.ewc_lambda * total
+
+    def update_mask(self, state):
+        return None
+
+
+_CLASSES = {c.name: c for c in (FullSFT, StaticCPI, StaticGrad, EPI, RandomMask, EWC)}
+
+
+def make_policy(name: str, **kw) -> IsolationPolicy:
+    """Build a policy by name (one of ``POLICIES``) with its keyword options."""
+    if name not in _CLASSES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {name!r}")
+    return _CLASSES[name](**kw)

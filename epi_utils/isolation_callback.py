@@ -1,0 +1,187 @@
+"""Apply isolation policies outside the testbed engine: exact masked optimizer steps and a
+``transformers.TrainerCallback`` (works in ``Trainer`` and TRL's ``SFTTrainer``).
+
+:class:`MaskedStepGuard` makes ANY optimizer respect a mask bit-exactly: before ``step()`` it
+zeroes the gradient of masked (False) elements and saves their values and their optimizer state
+(every state tensor of the parameter's shape: AdamW's ``exp_avg``, ``exp_avg_sq``; state created
+by this step starts at 0 there); after ``step()`` it writes them back. Decoupled weight decay,
+momentum and Adam's bias correction therefore cannot move a masked element. Cost: a gather and
+a scatter of the masked elements per step.
+
+:class:`IsolationCallback` drives any :class:`epi_utils.isolation.IsolationPolicy` from a
+``Trainer``: ``on_train_begin`` -> ``policy.on_train_begin``; ``on_pre_optimizer_step`` (gradients
+are complete and, under DDP, all-reduced; after clipping) -> ``after_backward``, ``update_mask`` and
+the guard; ``on_optimizer_step`` -> restore, ``on_step_end``. The task of each step comes from
+:class:`TaskRecordingCollator`, which wraps the data collator, pops the ``task`` column of every
+batch into a FIFO queue and requires each batch to hold one task; the callback pops
+``gradient_accumulation_steps`` entries per optimizer step (robust to the one-batch look-ahead of
+accelerate's data loader). Build task-homogeneous batches with :func:`task_homogeneous_order`
+and keep the order with ``Trainer``'s sequential sampler (see :func:`sequential_trainer_class`).
+
+Example (README)::
+
+    policy = make_policy("epi", tasks=tasks, isolation_ratio=0.05, mask_update_interval=20)
+    collator = TaskRecordingCollator(DataCollatorForLanguageModeling(tok, mlm=False))
+    trainer = sequential_trainer_class(Trainer)(model=model, args=args, train_dataset=ds,
+                                                data_collator=collator,
+                                                callbacks=[IsolationCallback(policy, collator)])
+    trainer.train()
+"""
+from __future__ import annotations
+
+import collections
+import types
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+try:
+    from transformers import TrainerCallback
+except ImportError:  # pragma: no cover - transformers is a pinned requirement
+    TrainerCallback = object
+
+
+class MaskedStepGuard:
+    """Bit-exact freezing of masked elements across one ``optimizer.step()``."""
+
+    def __init__(self):
+        self._saved: list[tuple] = []
+
+    @torch.no_grad()
+    def before_step(self, optimizer: torch.optim.Optimizer, params: Mapping[str, torch.Tensor],
+                    masks: Mapping[str, torch.Tensor] | None) -> int:
+        """Zero masked gradients and save masked values/state; returns the number of frozen elements."""
+        self._saved = []
+        if not masks:
+            return 0
+        n_frozen = 0
+        for name, allowed in masks.items():
+            if name not in params:
+                raise KeyError(f"mask for unknown parameter {name!r}")
+            p = params[name]
+            if allowed.shape != p.shape:
+                raise ValueError(f"mask for {name!r} has shape {tuple(allowed.shape)}, parameter {tuple(p.shape)}")
+            frozen = ~allowed.to(p.device)
+            if not bool(frozen.any()):
+                continue
+            n_frozen += int(frozen.sum())
+            if p.grad is not None:
+                p.grad.masked_fill_(frozen, 0)
+            st = optimizer.state.get(p, {})
+            saved_state = {k: v[frozen].clone() for k, v in st.items() if torch.is_tensor(v) and v.shape == p.shape}
+            self._saved.append((p, frozen, p.detach()[frozen].clone(), saved_state))
+        return n_frozen
+
+    @torch.no_grad()
+    def after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Write the saved values and optimizer state of masked elements back."""
+        for p, frozen, values, saved_state in self._saved:
+            p.data[frozen] = values
+            for k, v in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(v) and v.shape == p.shape:
+                    v[frozen] = saved_state[k] if k in saved_state else 0
+        self._saved = []
+
+
+def task_homogeneous_order(tasks: Sequence[str], *, batch_size: int, seed: int = 0,
+                           drop_last: bool = True) -> list[int]:
+    """Example indices ordered so that every consecutive ``batch_size`` chunk holds one task.
+
+    ``tasks``: the task of each example. Batches are shuffled across tasks with ``seed``
+    (``numpy.random.default_rng``); incomplete last batches of a task are dropped with ``drop_last``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rng = np.random.default_rng(seed)
+    by_task: dict[str, list[int]] = collections.defaultdict(list)
+    for i, t in enumerate(tasks):
+        by_task[t].append(i)
+    batches = []
+    for t in sorted(by_task):
+        idx = rng.permutation(by_task[t]).tolist()
+        for s in range(0, len(idx), batch_size):
+            chunk = idx[s:s + batch_size]
+            if len(chunk) == batch_size or not drop_last:
+                batches.append(chunk)
+    if not drop_last and any(len(b) != batch_size for b in batches[:-1]):
+        raise ValueError("drop_last=False leaves incomplete batches inside the order; use drop_last=True")
+    return [i for b in (batches[j] for j in rng.permutation(len(batches))) for i in b]
+
+
+class TaskRecordingCollator:
+    """Wraps a data collator: removes the ``task`` field of each feature, checks the batch is
+    task-homogeneous and appends its task to ``self.queue``."""
+
+    def __init__(self, collator, *, task_key: str = "task"):
+        self.collator, self.task_key = collator, task_key
+        self.queue: collections.deque[str] = collections.deque()
+
+    def __call__(self, features):
+        tasks = {f[self.task_key] for f in features}
+        if len(tasks) != 1:
+            raise ValueError(f"batch mixes tasks {sorted(tasks)}: order the data with task_homogeneous_order "
+                             "and a sequential sampler")
+        self.queue.append(tasks.pop())
+        return self.collator([{k: v for k, v in f.items() if k != self.task_key} for f in features])
+
+
+def sequential_trainer_class(base):
+    """A subclass of ``base`` (``Trainer``/``SFTTrainer``) that keeps the dataset order (no shuffle)."""
+
+    class SequentialOrderTrainer(base):
+        def _get_train_sampler(self, *args, **kwargs):
+            return torch.utils.data.SequentialSampler(self.train_dataset)
+
+    SequentialOrderTrainer.__name__ = f"Sequential{base.__name__}"
+    return SequentialOrderTrainer
+
+
+class IsolationCallback(TrainerCallback):
+    """Runs an isolation policy (a ``TrainHook``) inside ``transformers.Trainer``; see module doc."""
+
+    def __init__(self, policy, collator: TaskRecordingCollator | None = None, *, task_fn=None):
+        if collator is None and task_fn is None:
+            raise ValueError("IsolationCallback needs a TaskRecordingCollator or task_fn(step) -> task")
+        self.policy, self.collator, self.task_fn = policy, collator, task_fn
+        self.guard = MaskedStepGuard()
+        self.state = types.SimpleNamespace(model=None, optimizer=None, step=0, stage=0, epoch=0.0, batch_task=None,
+                                           batch=None, loss=None, named_params={})
+        self.frozen_counts: list[int] = []
+
+    def _sync(self, hf_state, kwargs):
+        model = kwargs.get("model")
+        self.state.model = model
+        self.state.optimizer = kwargs.get("optimizer")
+        self.state.step = hf_state.global_step
+        self.state.epoch = hf_state.epoch or 0.0
+        if not self.state.named_params and model is not None:
+            self.state.named_params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._sync(state, kwargs)
+        self.policy.on_train_begin(self.state)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self._sync(state, kwargs)
+        if self.task_fn is not None:
+            self.state.batch_task = self.task_fn(state.global_step)
+        else:
+            tasks = [self.collator.queue.popleft() for _ in range(args.gradient_accumulation_steps)
+                     if self.collator.queue]
+            if len(set(tasks)) > 1:
+                raise ValueError(f"one optimizer step mixed tasks {tasks}")
+            self.state.batch_task = tasks[0] if tasks else None
+        self.policy.after_backward(self.state)
+        masks = self.policy.update_mask(self.state)
+        self.frozen_counts.append(self.guard.before_step(kwargs["optimizer"], self.state.named_params, masks))
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.guard.after_step(kwargs["optimizer"])
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._sync(state, kwargs)
+        self.policy.on_step_end(self.state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.policy.on_train_end(self.state)

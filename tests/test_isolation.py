@@ -1,0 +1,190 @@
+"""Isolation policies: protected parameters bit-identical, planted critical sets, EWC by hand."""
+import types
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Two cores shared with other jobs: one intra-op thread avoids oversubscription (40x slower)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+from epi_utils import isolation as iso
+from epi_utils.distributed import hooked_steps, synthetic_task_batches, tiny_gpt2
+from epi_utils.isolation_callback import MaskedStepGuard
+
+TASKS = ["a", "b"]
+
+
+def _probe(seed=7):
+    sched = synthetic_task_batches(vocab=64, n_steps=4, batch_size=2, seq_len=8, tasks=TASKS, seed=seed)
+    return {t: [b for tt, b in sched if tt == t] for t in TASKS}
+
+
+class _BitCheck:
+    """Hook placed after the policy: snapshots masked elements before the step, compares after."""
+
+    def __init__(self):
+        self.n_checked = 0
+        self.n_moved_allowed = 0
+
+    def on_train_begin(self, state): ...
+    def on_stage_begin(self, state): ...
+    def extra_loss(self, state): return None
+    def after_backward(self, state): ...
+    def on_train_end(self, state): ...
+
+    def update_mask(self, state):
+        self.state = state
+        return None
+
+    def snapshot(self, step, masks):
+        self.masks = masks
+        opt = self.state.optimizer
+        self.before = {}
+        if masks is None:
+            return
+        for n, p in self.state.named_params.items():
+            st = opt.state.get(p, {})
+            self.before[n] = (p.detach().clone(), {k: v.clone() for k, v in st.items() if torch.is_tensor(v)
+                                                   and v.shape == p.shape})
+
+    def on_step_end(self, state):
+        if self.masks is None:
+            return
+        for n, p in state.named_params.items():
+            frozen = ~self.masks[n]
+            val, st = self.before[n]
+            assert torch.equal(p.detach()[frozen], val[frozen]), n
+            for k, v in state.optimizer.state[p].items():
+                if torch.is_tensor(v) and v.shape == p.shape:
+                    prev = st[k][frozen] if k in st else torch.zeros_like(v[frozen])
+                    assert torch.equal(v[frozen], prev), (n, k)
+            self.n_checked += int(frozen.sum())
+            self.n_moved_allowed += int((p.detach() != val)[~frozen].sum())
+
+
+@pytest.mark.parametrize("name", ["epi", "static_grad", "static_cpi", "random_mask"])
+def test_protected_parameters_bit_identical(name):
+    model = tiny_gpt2(seed=1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.5)
+    kw = dict(tasks=TASKS, isolation_ratio=0.2)
+    if name == "epi":
+        kw.update(mask_update_interval=2, warmup_steps=2)
+    elif name in ("static_grad", "static_cpi"):
+        kw.update(probe_data=_probe())
+        if name == "static_cpi":
+            kw.update(probe_steps=3)
+    policy = iso.make_policy(name, **kw)
+    check = _BitCheck()
+    sched = synthetic_task_batches(vocab=64, n_steps=10, batch_size=2, seq_len=8, tasks=TASKS, seed=0)
+    hooked_steps(model, opt, sched, hooks=[policy, check], on_mask=check.snapshot)
+    assert check.n_checked > 0 and check.n_moved_allowed > 0
+    assert policy.history and policy.history[-1]["protected_share"] > 0
+
+
+def test_static_cpi_restores_start_weights():
+    model = tiny_gpt2(seed=1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    pol = iso.make_policy("static_cpi", tasks=TASKS, isolation_ratio=0.1, probe_data=_probe(), probe_steps=2)
+    state = types.SimpleNamespace(model=model, step=0, named_params=dict(model.named_parameters()))
+    pol.on_train_begin(state)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    for t in TASKS:  # each task's core has the ratio's share
+        n = sum(m.numel() for m in pol.critical[t].values())
+        assert sum(int(m.sum()) for m in pol.critical[t].values()) == round(0.1 * n)
+
+
+class _Toy(torch.nn.Module):
+    """Two tasks: task 0's loss uses w[:, 0] (features in input_ids), task 1's uses w[:, 1]."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(10, 2))
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        k = int(attention_mask.reshape(-1)[0])
+        pred = input_ids @ self.w[:, k]
+        return types.SimpleNamespace(loss=((pred - labels) ** 2).mean())
+
+
+def _toy_batch(task_id, coords):
+    x = torch.zeros(4, 10)
+    x[:, coords] = 1.0
+    return {"input_ids": x, "attention_mask": torch.full((1,), task_id), "labels": torch.full((4,), 10.0)}
+
+
+def test_epi_planted_critical_sets_evolve_and_release():
+    model = _Toy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    pol = iso.make_policy("epi", tasks=TASKS, isolation_ratio=0.15, mask_update_interval=4, warmup_steps=4,
+                          beta=0.5, normalize="none")
+    # phase 1: task a uses coords 0-2; phase 2: coords 5-7; task b always 8-9
+    sched = [("a", _toy_batch(0, [0, 1, 2])) if s % 2 == 0 else ("b", _toy_batch(1, [8, 9])) for s in range(12)]
+    sched += [("a", _toy_batch(0, [5, 6, 7])) if s % 2 == 0 else ("b", _toy_batch(1, [8, 9])) for s in range(16)]
+    seen = []
+    hooked_steps(model, opt, sched, hooks=[pol], on_mask=lambda step, m: seen.append((step, pol.critical.get("a"))))
+    first = next(m for s, m in seen if m is not None)["w"]
+    last = pol.critical["a"]["w"]
+    # 20 elements, 15% -> 3 critical per task; a's are in column 0, first at rows 0-2, finally at 5-7
+    assert first[:, 0].nonzero().flatten().tolist() == [0, 1, 2] and not first[:, 1].any()
+    assert last[:, 0].nonzero().flatten().tolist() == [5, 6, 7]  # old ones released, new protected
+    assert pol.critical["b"]["w"][8:, 1].all()
+    assert any(r.get("turnover", 0) > 0 for r in pol.history)
+    # on b's steps a's critical elements cannot move
+    allowed_b = pol.allowed_for("b")["w"]
+    assert not allowed_b[5:8, 0].any() and allowed_b[:, 1].all()
+
+
+def test_epi_replay_refreshes_finished_task_without_training():
+    model = _Toy()
+    replay = {"a": [_toy_batch(0, [3, 4])]}
+    pol = iso.make_policy("epi", tasks=TASKS, isolation_ratio=0.1, mask_update_interval=2, warmup_steps=2,
+                          beta=0.0, normalize="none", replay=replay)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sched = [("a", _toy_batch(0, [0, 1]))] + [("b", _toy_batch(1, [8, 9]))] * 7  # a finished after step 0
+    hooked_steps(model, opt, sched, hooks=[pol])
+    # a's EMA (beta 0 = last measurement) now comes from the replay batch: coords 3, 4
+    assert pol.critical["a"]["w"][:, 0].nonzero().flatten().tolist() == [3, 4]
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_ewc_penalty_by_hand():
+    model = _Toy()
+    probe = {"a": [_toy_batch(0, [0])], "b": [_toy_batch(1, [9])]}
+    pol = iso.make_policy("ewc", tasks=TASKS, isolation_ratio=0.0, probe_data=probe, ewc_lambda=2.0)
+    state = types.SimpleNamespace(model=model, step=0, stage=0, named_params=dict(model.named_parameters()))
+    pol.on_train_begin(state)
+    # loss_a = (w00 - 10)^2, grad at w=1: -18 -> F = 324 at (0,0); same at (9,1); mean over 2 batches: 162
+    f = pol.fisher[0]
+    assert f[0, 0] == 162.0 and f[9, 1] == 162.0 and f.sum() == 324.0
+    with torch.no_grad():
+        model.w[0, 0] += 0.5
+    # 0.5 * 2 * 162 * 0.25 = 40.5
+    assert float(pol.extra_loss(state)) == pytest.approx(40.5)
+
+
+def test_guard_fresh_optimizer_state_and_bad_masks():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([p], lr=0.1, weight_decay=0.5)
+    p.grad = torch.tensor([1.0, 1.0, 1.0])
+    g = MaskedStepGuard()
+    g.before_step(opt, {"p": p}, {"p": torch.tensor([True, False, True])})
+    opt.step()
+    g.after_step(opt)
+    assert p[1] == 1.0 and p[0] != 1.0
+    assert opt.state[p]["exp_avg"][1] == 0 and opt.state[p]["exp_avg_sq"][1] == 0
+    with pytest.raises(ValueError, match="shape"):
+        g.before_step(opt, {"p": p}, {"p": torch.ones(2, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="policy must be one of"):
+        iso.make_policy("magic", tasks=TASKS)
+    with pytest.raises(ValueError, match="probe_data"):
+        iso.make_policy("static_cpi", tasks=TASKS)
+    pol = iso.make_policy("random_mask", tasks=TASKS, isolation_ratio=0.5)
+    pol.set_critical({"a": {"p": torch.rand(3)}})
+    with pytest.raises(ValueError, match="task-homogeneous"):
+        pol.allowed_for(None)
