@@ -17,8 +17,6 @@ def use_style() -> None:
     global _STYLE_APPLIED
     import matplotlib
 
-    if not os.environ.get("DISPLAY") and "ipykernel" not in os.environ.get("JPY_PARENT_PID", "ipykernel"):
-        matplotlib.use("Agg")
     import seaborn as sns
 
     sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE)
@@ -28,8 +26,11 @@ def use_style() -> None:
 
 
 def save_figure(fig, name: str, *, run_dir: os.PathLike | str | None = None,
-                formats: Sequence[str] = ("png", "pdf")) -> Path:
-    """Save ``fig`` as ``<run_dir>/figures/<name>.<fmt>`` for each format; return the PNG path.
+                formats: Sequence[str] = ("png", "pdf")) -> None:
+    """Save ``fig`` as ``<run_dir>/figures/<name>.<fmt>`` for each format.
+
+    Returns nothing (a notebook cell ending with this call shows only the figure); the files
+    are ``figure_paths(name)``.
 
     ``name`` may contain letters, digits, ``-`` and ``_`` only (it becomes a file name).
     ``run_dir`` defaults to :func:`epi_utils.runs.current_run_dir`.
@@ -42,9 +43,11 @@ def save_figure(fig, name: str, *, run_dir: os.PathLike | str | None = None,
     folder = Path(run_dir) if run_dir is not None else current_run_dir()
     folder = folder / "figures"
     folder.mkdir(parents=True, exist_ok=True)
-    first = None
     for fmt in formats:
-        path = folder / f"{name}.{fmt}"
-        fig.savefig(path, format=fmt)
-        first = first or path
-    return first
+        fig.savefig(folder / f"{name}.{fmt}", format=fmt)
+
+
+def figure_paths(name: str, *, run_dir: os.PathLike | str | None = None) -> list[Path]:
+    """The files :func:`save_figure` wrote for ``name`` in the run folder."""
+    folder = (Path(run_dir) if run_dir is not None else current_run_dir()) / "figures"
+    return sorted(folder.glob(f"{name}.*"))

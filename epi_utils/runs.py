@@ -154,17 +154,18 @@ def _json_safe(obj: Any) -> Any:
     return str(obj)
 
 
-def save_metrics(metrics: Mapping[str, Any], *, run_dir: os.PathLike | str | None = None) -> Path:
+def save_metrics(metrics: Mapping[str, Any], *, run_dir: os.PathLike | str | None = None) -> None:
     """Record a notebook's headline numbers for its run (``results.json``, written atomically).
 
     ``metrics`` is a (possibly nested) mapping of names to numbers, lists or strings, e.g.
     ``{"epi": {"seq_acc": 0.61, "seq_acc_ci95": [0.55, 0.66]}}``. The runner merges it into the
     run's ``metrics.json`` under ``"metrics"``. Calling it again replaces the earlier numbers.
+    Returns nothing, so a notebook cell ending with it shows no stray output.
     """
     if not isinstance(metrics, Mapping):
         raise TypeError(f"metrics must be a mapping of name -> value, got {type(metrics).__name__}")
     folder = Path(run_dir) if run_dir is not None else current_run_dir()
-    return atomic_write_json(folder / "results.json", dict(metrics))
+    atomic_write_json(folder / "results.json", dict(metrics))
 
 
 def git_state(root: Path | None = None) -> dict[str, Any]:

@@ -16,10 +16,12 @@ if [ "$want" = "$have" ]; then
   echo "bootstrap: requirements unchanged since the last install; skipping pip"
   exit 0
 fi
+# pip here warns about local index folders that do not exist; keep the log readable.
+quiet_pip() { "$VENV/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 echo "bootstrap: installing pinned requirements into $VENV (first time: a few minutes)"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -r requirements.txt
-"$VENV/bin/python" -m pip install --quiet --no-deps -r requirements-nodeps.txt
-"$VENV/bin/python" -m pip install --quiet --no-deps -e .
+quiet_pip install --quiet --upgrade pip
+quiet_pip install --quiet -r requirements.txt
+quiet_pip install --quiet --no-deps -r requirements-nodeps.txt
+quiet_pip install --quiet --no-deps -e .
 echo "$want" > "$VENV/.requirements.sha256"
 echo "bootstrap: done"
