@@ -21,7 +21,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from epi_utils.isolation_callback import MaskedStepGuard
+from epi_utils.isolation import MaskedStepGuard
 
 
 def digest(tensors: Mapping[str, torch.Tensor] | None) -> str:
@@ -96,6 +96,29 @@ def synthetic_task_batches(*, vocab: int, n_steps: int, batch_size: int, seq_len
     return out
 
 
+class TinyLM(torch.nn.Module):
+    """A two-layer next-token model in plain torch (fast to import and run; HF-style ``.loss``)."""
+
+    def __init__(self, *, vocab: int = 64, dim: int = 32, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.h = torch.nn.ModuleList([torch.nn.Linear(dim, dim) for _ in range(2)])
+        self.lm_head = torch.nn.Linear(dim, vocab)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        x = self.embed(input_ids)
+        for layer in self.h:
+            x = x + torch.tanh(layer(x))
+        logits = self.lm_head(x)
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                 labels[:, 1:].reshape(-1))
+        return types.SimpleNamespace(loss=loss, logits=logits)
+
+
 def tiny_gpt2(*, vocab: int = 64, n_embd: int = 32, n_layer: int = 2, seed: int = 0):
     """A small random GPT-2 (no dropout) for checks that need no pretrained weights."""
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -121,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(1)
-    model = DDP(tiny_gpt2(seed=0))  # same init on every rank (DDP also broadcasts rank 0's weights)
+    model = DDP(TinyLM(seed=0))  # same init on every rank (DDP also broadcasts rank 0's weights)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     tasks = ["a", "b"]
     policy = make_policy("epi", tasks=tasks, isolation_ratio=0.1, mask_update_interval=args.interval,

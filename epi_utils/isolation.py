@@ -91,6 +91,54 @@ def _check_probe(probe_data, tasks, who: str) -> None:
         raise ValueError(f"{who}: probe_data has no batches for tasks {missing}")
 
 
+class MaskedStepGuard:
+    """Bit-exact freezing of masked elements across one ``optimizer.step()`` of ANY optimizer.
+
+    ``before_step`` zeroes the gradient of masked (False) elements and saves their values and
+    optimizer state (every state tensor of the parameter's shape: AdamW's ``exp_avg``,
+    ``exp_avg_sq``); ``after_step`` writes them back (state created by this step is set to 0
+    there). Decoupled weight decay, momentum and bias correction cannot move a masked element.
+    Used by the Trainer callback and the DDP check; the testbed engine has its own guarantee."""
+
+    def __init__(self):
+        self._saved: list[tuple] = []
+
+    @torch.no_grad()
+    def before_step(self, optimizer: torch.optim.Optimizer, params: Mapping[str, torch.Tensor],
+                    masks: Mapping[str, torch.Tensor] | None) -> int:
+        """Zero masked gradients and save masked values/state; returns the number of frozen elements."""
+        self._saved = []
+        if not masks:
+            return 0
+        n_frozen = 0
+        for name, allowed in masks.items():
+            if name not in params:
+                raise KeyError(f"mask for unknown parameter {name!r}")
+            p = params[name]
+            if allowed.shape != p.shape:
+                raise ValueError(f"mask for {name!r} has shape {tuple(allowed.shape)}, parameter {tuple(p.shape)}")
+            frozen = ~allowed.to(p.device)
+            if not bool(frozen.any()):
+                continue
+            n_frozen += int(frozen.sum())
+            if p.grad is not None:
+                p.grad.masked_fill_(frozen, 0)
+            st = optimizer.state.get(p, {})
+            saved_state = {k: v[frozen].clone() for k, v in st.items() if torch.is_tensor(v) and v.shape == p.shape}
+            self._saved.append((p, frozen, p.detach()[frozen].clone(), saved_state))
+        return n_frozen
+
+    @torch.no_grad()
+    def after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Write the saved values and optimizer state of masked elements back."""
+        for p, frozen, values, saved_state in self._saved:
+            p.data[frozen] = values
+            for k, v in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(v) and v.shape == p.shape:
+                    v[frozen] = saved_state[k] if k in saved_state else 0
+        self._saved = []
+
+
 class IsolationPolicy(TrainHook):
     """Base of the masking policies: per-task critical sets -> owner map -> per-step masks.
 

@@ -1,7 +1,7 @@
 """Apply isolation policies outside the testbed engine: exact masked optimizer steps and a
 ``transformers.TrainerCallback`` (works in ``Trainer`` and TRL's ``SFTTrainer``).
 
-:class:`MaskedStepGuard` makes ANY optimizer respect a mask bit-exactly: before ``step()`` it
+:class:`~epi_utils.isolation.MaskedStepGuard` (re-exported here) makes ANY optimizer respect a mask bit-exactly: before ``step()`` it
 zeroes the gradient of masked (False) elements and saves their values and their optimizer state
 (every state tensor of the parameter's shape: AdamW's ``exp_avg``, ``exp_avg_sq``; state created
 by this step starts at 0 there); after ``step()`` it writes them back. Decoupled weight decay,
@@ -36,52 +36,12 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from epi_utils.isolation import MaskedStepGuard  # noqa: F401  (re-exported)
+
 try:
     from transformers import TrainerCallback
 except ImportError:  # pragma: no cover - transformers is a pinned requirement
     TrainerCallback = object
-
-
-class MaskedStepGuard:
-    """Bit-exact freezing of masked elements across one ``optimizer.step()``."""
-
-    def __init__(self):
-        self._saved: list[tuple] = []
-
-    @torch.no_grad()
-    def before_step(self, optimizer: torch.optim.Optimizer, params: Mapping[str, torch.Tensor],
-                    masks: Mapping[str, torch.Tensor] | None) -> int:
-        """Zero masked gradients and save masked values/state; returns the number of frozen elements."""
-        self._saved = []
-        if not masks:
-            return 0
-        n_frozen = 0
-        for name, allowed in masks.items():
-            if name not in params:
-                raise KeyError(f"mask for unknown parameter {name!r}")
-            p = params[name]
-            if allowed.shape != p.shape:
-                raise ValueError(f"mask for {name!r} has shape {tuple(allowed.shape)}, parameter {tuple(p.shape)}")
-            frozen = ~allowed.to(p.device)
-            if not bool(frozen.any()):
-                continue
-            n_frozen += int(frozen.sum())
-            if p.grad is not None:
-                p.grad.masked_fill_(frozen, 0)
-            st = optimizer.state.get(p, {})
-            saved_state = {k: v[frozen].clone() for k, v in st.items() if torch.is_tensor(v) and v.shape == p.shape}
-            self._saved.append((p, frozen, p.detach()[frozen].clone(), saved_state))
-        return n_frozen
-
-    @torch.no_grad()
-    def after_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Write the saved values and optimizer state of masked elements back."""
-        for p, frozen, values, saved_state in self._saved:
-            p.data[frozen] = values
-            for k, v in optimizer.state.get(p, {}).items():
-                if torch.is_tensor(v) and v.shape == p.shape:
-                    v[frozen] = saved_state[k] if k in saved_state else 0
-        self._saved = []
 
 
 def task_homogeneous_order(tasks: Sequence[str], *, batch_size: int, seed: int = 0,
