@@ -1,0 +1,1 @@
+"""Data: the synthetic knowledge world (``world``) and real-data loaders."""
