@@ -8,7 +8,8 @@ from epi_utils.ilp import diagnosis as dg
 
 def _table():
     base = dict(task="qa", stage=1, learned=False, incons_flag=False, incons_group_size=1, incons_n_targets=1,
-                incons_partner=None, incons_max_similarity=0.0, dyn_stage_forgotten=False,
+                incons_partner=None, incons_max_similarity=0.0, dyn_stage_forgotten=False, overwrite_later=False,
+                overwrite_by=None,
                 dyn_forgetting_events=0, dyn_max_in_stage=0.0, conflict_flag=False, probe_category="known",
                 probe_target_prob=0.9, probe_target_rank=1, probe_base_answer="x", probe_base_conf=0.9,
                 rarity_group_share=0.3, rarity_group_size=30, rarity_target_len_z=0.0, dyn_loss_slope_end=0.0,
@@ -25,6 +26,7 @@ def _table():
         "maybe": dict(probe_category="maybe_known", planted_cause="missing_knowledge"),
         "rare": dict(rarity_group_share=0.02, rarity_group_size=2, planted_cause="rare_complex"),
         "long": dict(rarity_target_len_z=3.0, planted_cause="rare_complex"),
+        "overwritten": dict(stage=0, overwrite_later=True, overwrite_by="late/1", planted_cause="forgetting"),
         "plain": dict(),
         "learned": dict(learned=True, conflict_flag=True),
     }
@@ -36,11 +38,12 @@ def test_cascade_on_hand_made_table():
     assert "learned" not in out.index
     expect = {"incons": "inconsistency", "forget": "forgetting", "conflict": "conflict",
               "missing": "missing_knowledge", "maybe": "unexplained", "rare": "rare_complex",
-              "long": "rare_complex", "plain": "unexplained"}
+              "long": "rare_complex", "plain": "unexplained", "overwritten": "forgetting"}
     assert out["diagnosis"].to_dict() == expect
     assert "2 copies with 2 distinct targets" in out.loc["incons", "evidence"]
     assert "'paris'" in out.loc["conflict", "evidence"]
     assert "rank 40" in out.loc["missing", "evidence"]
+    assert "later stage (late/1)" in out.loc["overwritten", "evidence"]
     assert "template share 0.020" in out.loc["rare", "evidence"]
 
 
@@ -58,7 +61,7 @@ def test_thresholds_are_parameters():
 def test_empty_set_of_unlearned_samples_is_a_clear_error():
     t = _table()
     t["learned"] = True
-    with pytest.raises(dg.DiagnosisInputError, match="no unlearned samples among 9"):
+    with pytest.raises(dg.DiagnosisInputError, match="no unlearned samples among 10"):
         dg.diagnose(t)
     with pytest.raises(dg.DiagnosisInputError, match="no 'learned' column"):
         dg.diagnose(t.drop(columns="learned"))

@@ -48,13 +48,25 @@ def test_every_duplicated_prompt_with_conflicting_targets_is_flagged():
     assert out.loc["t/0", "incons_is_majority"] and not out.loc["t/1", "incons_is_majority"]
 
 
+def test_prompt_retrained_in_a_later_stage_is_an_overwrite_not_an_inconsistency():
+    frame = pd.DataFrame({"sample_id": ["early", "late", "other"], "task": ["x"] * 3, "stage": [0, 1, 0],
+                          "prompt": ["compute 3 plus 4", "compute 3 plus 4", "compute 5 plus 1"],
+                          "response": ["7", "9", "6"]})
+    out = sg.inconsistency_signals(frame, similarity_threshold=1.0)
+    assert not out["incons_flag"].any()
+    assert out.loc["early", "overwrite_later"] and out.loc["early", "overwrite_by"] == "late"
+    assert not out.loc["late", "overwrite_later"] and not out.loc["other", "overwrite_later"]
+    # one block for all stages: the pair becomes an internal inconsistency
+    assert sg.inconsistency_signals(frame, similarity_threshold=1.0, block_cols=())["incons_flag"].sum() == 2
+
+
 def test_near_duplicates_found_by_similarity():
     frame = pd.DataFrame({"sample_id": ["a", "b", "c"], "task": ["x"] * 3,
                           "prompt": ["what is the capital city of the land of zorbania",
                                      "what is the capital city of the land of zorbania please",
                                      "name a prime number"],
                           "response": ["blip", "blop", "7"]})
-    out = sg.inconsistency_signals(frame, similarity_threshold=0.8)
+    out = sg.inconsistency_signals(frame, similarity_threshold=0.8, block_cols=("task",))
     assert out.loc["a", "incons_flag"] and out.loc["b", "incons_flag"] and not out.loc["c", "incons_flag"]
     assert out.loc["a", "incons_partner"] == "b"
     assert 0.8 <= out.loc["a", "incons_max_similarity"] < 1.0

@@ -11,8 +11,10 @@ in this order (the first rule that fires decides, and its evidence is recorded):
 1. ``inconsistency``: the prompt appears elsewhere with a different target (``incons_flag``);
    evidence: copies, distinct targets, partner id, similarity.
 2. ``forgetting``: the sample was learned at the end of its own stage and is unlearned after a
-   later stage (``dyn_stage_forgotten``), or had ``>= min_forgetting_events`` forgetting events
-   and an own-stage correctness of at least ``forgetting_min_correctness``.
+   later stage (``dyn_stage_forgotten``); or its prompt is retrained with another target in a
+   later stage (``overwrite_later``, when ``overwrite_is_forgetting``); or it had
+   ``>= min_forgetting_events`` forgetting events, an own-stage best exact match of at least
+   ``forgetting_min_correctness`` and is not in the last stage.
 3. ``conflict``: the base model confidently answers something else (``conflict_flag``).
 4. ``missing_knowledge``: the base model's knowledge probe says ``unknown`` (or ``maybe_known``
    when ``maybe_known_is_missing``).
@@ -52,7 +54,8 @@ class CascadeThresholds:
     rare_max_share: float = 0.05                # template group share of its task
     rare_max_size: int = 0                      # absolute template group size (0 = off)
     complex_min_len_z: float = 2.0              # target length z-score within the task
-    min_loss_drop: float = float("inf")         # loss drop per 100 steps at the end (inf = off)
+    min_loss_drop: float = 0.0                  # loss drop per 100 steps at the end (0 = off)
+    overwrite_is_forgetting: bool = True        # a later-stage copy with another target -> forgetting
 
     def __post_init__(self):
         if self.min_forgetting_events < 1:
@@ -63,8 +66,8 @@ class CascadeThresholds:
             raise DiagnosisInputError(f"rare_max_share must be in [0, 1], got {self.rare_max_share}")
         if self.rare_max_size < 0:
             raise DiagnosisInputError(f"rare_max_size must be >= 0, got {self.rare_max_size}")
-        if self.min_loss_drop <= 0:
-            raise DiagnosisInputError(f"min_loss_drop must be > 0 (inf = off), got {self.min_loss_drop}")
+        if self.min_loss_drop < 0:
+            raise DiagnosisInputError(f"min_loss_drop must be >= 0 (0 = off), got {self.min_loss_drop}")
 
     @classmethod
     def from_mapping(cls, values) -> "CascadeThresholds":
@@ -103,6 +106,10 @@ def diagnose_row(row: pd.Series, th: CascadeThresholds) -> tuple[str, str]:
     if bool(_get(row, "dyn_stage_forgotten", False)):
         return "forgetting", (f"learned at the end of its stage {int(_get(row, 'stage', 0))}, "
                               f"unlearned after later stage(s); {int(_get(row, 'dyn_forgetting_events', 0))} forgetting events")
+    if th.overwrite_is_forgetting and bool(_get(row, "overwrite_later", False)):
+        return "forgetting", (f"its prompt is retrained with another target in a later stage "
+                              f"({_get(row, 'overwrite_by', '-')}); own-stage best exact match "
+                              f"{float(_get(row, 'dyn_max_in_stage', float('nan'))):.0f}")
     events = int(_get(row, "dyn_forgetting_events", 0))
     if events >= th.min_forgetting_events and float(_get(row, "dyn_max_in_stage", 0.0)) >= th.forgetting_min_correctness \
             and int(_get(row, "stage", 0)) < int(_get(row, "n_stages", 1)) - 1:
@@ -125,7 +132,7 @@ def diagnose_row(row: pd.Series, th: CascadeThresholds) -> tuple[str, str]:
         reasons.append(f"template group size {size} <= {th.rare_max_size}")
     if len_z >= th.complex_min_len_z:
         reasons.append(f"target length z {len_z:.1f} >= {th.complex_min_len_z}")
-    if slope <= -th.min_loss_drop:
+    if th.min_loss_drop > 0 and slope <= -th.min_loss_drop:
         reasons.append(f"loss still falling ({slope:.3f}/100 steps)")
     if reasons:
         return "rare_complex", "; ".join(reasons)

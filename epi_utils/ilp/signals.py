@@ -266,8 +266,8 @@ def probe_signals(probe: pd.DataFrame, *, maybe_rank: int = 3, maybe_prob: float
     ``target_prob >= maybe_prob`` or a temperature sample hit the target; ``unknown`` otherwise.
     Conflict (``conflict_flag``): the greedy answer differs from the target *and* its
     probability is at least ``conflict_confidence``.
-    Returns columns ``probe_category, probe_target_prob, probe_target_rank, probe_base_answer,
-    probe_base_conf, conflict_flag`` indexed by ``sample_id``.
+    Returns columns ``probe_category, probe_target (the compared target), probe_target_prob,
+    probe_target_rank, probe_base_answer, probe_base_conf, conflict_flag`` indexed by ``sample_id``.
     """
     _require_columns(probe, PROBE_FIELDS + ("response",), source="probe table")
     if maybe_rank < 1:
@@ -288,6 +288,7 @@ def probe_signals(probe: pd.DataFrame, *, maybe_rank: int = 3, maybe_prob: float
             cat = "unknown"
         rows[rec.sample_id] = {
             "probe_category": cat,
+            "probe_target": rec.response,
             "probe_target_prob": float(rec.target_prob),
             "probe_target_rank": float(rec.target_rank),
             "probe_base_answer": rec.base_answer,
@@ -301,26 +302,34 @@ def probe_signals(probe: pd.DataFrame, *, maybe_rank: int = 3, maybe_prob: float
 
 # --------------------------------------------------------------------------- inconsistency
 def inconsistency_signals(samples: pd.DataFrame, *, normalize: str = "alnum", similarity_threshold: float = 0.95,
-                          ngram: int = 3, block_col: str | None = "task") -> pd.DataFrame:
+                          ngram: int = 3, block_cols: Sequence[str] = ("stage", "task")) -> pd.DataFrame:
     """Flag samples whose prompt occurs elsewhere in the SFT data with a different target.
 
     Exact duplicates: prompts with equal normalised-text hash (:func:`text_hash`). Near
     duplicates: character ``ngram`` Jaccard similarity >= ``similarity_threshold`` between
-    prompts in the same ``block_col`` group (``None`` = one block); set the threshold to 1.0 to
-    use exact hashing only. Targets are compared after the same normalisation.
+    prompts. Both only *within* a block of ``block_cols`` (default: the same stage and task, so
+    that a prompt retrained with another answer in a *later* stage counts as an overwrite, not as
+    an internal inconsistency; ``()`` = one block). Set the threshold to 1.0 to use exact
+    hashing only. Targets are compared after the same normalisation.
     Columns (index ``sample_id``): ``incons_group_size`` (copies of the normalised prompt),
     ``incons_n_targets`` (distinct targets among them), ``incons_max_similarity`` (highest
     similarity to a prompt with a *different* target, 0 if none), ``incons_partner`` (that
-    prompt's sample id), ``incons_flag``, ``incons_majority_target`` (most frequent target in the
-    exact group, ties broken by first occurrence), ``incons_is_majority``.
+    prompt's sample id), ``incons_flag``, ``incons_group_key`` (block + prompt hash), ``incons_majority_target`` (most frequent target in the
+    exact group, ties broken by first occurrence), ``incons_is_majority``, and
+    ``overwrite_later`` / ``overwrite_by``: the same normalised prompt appears in a *later* stage
+    with a different target (and the id of the first such sample); needs a ``stage`` column.
     """
     _require_columns(samples, ("sample_id", "prompt", "response"), source="samples")
     if not 0.0 < similarity_threshold <= 1.0:
         raise SignalInputError(f"similarity_threshold must be in (0, 1], got {similarity_threshold}")
+    block_cols = list(block_cols)
+    _require_columns(samples, block_cols, source="samples")
     frame = samples.reset_index(drop=True)
     norm_p = frame["prompt"].map(lambda t: normalize_text(t, mode=normalize))
     norm_r = frame["response"].map(lambda t: normalize_text(t, mode=normalize))
-    keys = norm_p.map(lambda t: hashlib.sha1(t.encode()).hexdigest()[:16])
+    prompt_hash = norm_p.map(lambda t: hashlib.sha1(t.encode()).hexdigest()[:16])
+    block = frame[block_cols].astype(str).agg("|".join, axis=1) if block_cols else pd.Series([""] * len(frame))
+    keys = block + "#" + prompt_hash
     group_size = keys.map(keys.value_counts())
     n_targets = pd.Series([0] * len(frame))
     majority = pd.Series([""] * len(frame), dtype=object)
@@ -333,7 +342,7 @@ def inconsistency_signals(samples: pd.DataFrame, *, normalize: str = "alnum", si
         majority.loc[idx] = best
     max_sim = np.zeros(len(frame))
     partner = np.array([None] * len(frame), dtype=object)
-    blocks = frame.groupby(block_col).indices if block_col else {None: np.arange(len(frame))}
+    blocks = block.groupby(block).indices
     for _, idx in blocks.items():
         idx = np.asarray(idx)
         sims = _pairwise_jaccard(norm_p.iloc[idx].tolist(), n=ngram)
@@ -346,12 +355,34 @@ def inconsistency_signals(samples: pd.DataFrame, *, normalize: str = "alnum", si
             has = max_sim[idx] > 0
             partner[idx[has]] = frame["sample_id"].iloc[idx[best[has]]].to_numpy()
     flag = (n_targets.to_numpy() > 1) | (max_sim >= similarity_threshold)
+    over, over_by = _later_overwrites(frame, prompt_hash, norm_r)
     out = pd.DataFrame({
         "incons_group_size": group_size.to_numpy(int), "incons_n_targets": n_targets.to_numpy(int),
         "incons_max_similarity": max_sim, "incons_partner": partner, "incons_flag": flag,
         "incons_majority_target": majority.to_numpy(), "incons_is_majority": (norm_r == majority).to_numpy(),
+        "overwrite_later": over, "overwrite_by": over_by, "incons_group_key": keys.to_numpy(),
     }, index=pd.Index(frame["sample_id"], name="sample_id"))
     return out
+
+
+def _later_overwrites(frame: pd.DataFrame, prompt_hash: pd.Series, norm_r: pd.Series):
+    """For each row: does a later-stage row have the same prompt hash and another target?"""
+    n = len(frame)
+    over = np.zeros(n, dtype=bool)
+    by = np.array([None] * n, dtype=object)
+    if "stage" not in frame.columns:
+        return over, by
+    stage = frame["stage"].to_numpy()
+    for _, idx in prompt_hash.groupby(prompt_hash).groups.items():
+        idx = np.asarray(list(idx))
+        if len(idx) < 2:
+            continue
+        for i in idx:
+            later = [j for j in idx if stage[j] > stage[i] and norm_r.iloc[j] != norm_r.iloc[i]]
+            if later:
+                over[i] = True
+                by[i] = frame["sample_id"].iloc[later[0]]
+    return over, by
 
 
 def _pairwise_jaccard(texts: list[str], *, n: int) -> np.ndarray:

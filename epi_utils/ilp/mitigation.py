@@ -1,0 +1,222 @@
+"""Targeted mitigations of incomplete learning as causal interventions, with compute-matched controls.
+
+Every intervention continues training the fine-tuned model for exactly ``steps`` optimizer steps
+of ``batch_size`` rows (:func:`continue_training`). A *fix* arm fills a share ``fix_share`` of
+each batch with its cause-specific *focus* rows and the rest with rows of the (possibly cleaned)
+SFT training set; the *control* arm uses the same number of steps and rows, all drawn uniformly
+from the original SFT training set. The difference in recovery rate
+(:mod:`epi_utils.ilp.recovery`) is then the effect of the targeting, not of extra compute.
+
+Fixes, one per cause of the ILP taxonomy (ILP study, 2026):
+
+``missing_knowledge``  knowledge injection: continued *pretraining* (next-token loss on the whole
+                       sentence) on statements of the missing facts, in the corpus' templates,
+                       with the SFT target as the value.
+``conflict``           conflict resolution by knowledge update: the same, stating the SFT target
+                       version of the conflicting fact, so that the model's parametric knowledge
+                       agrees with the supervision.
+``inconsistency``      majority relabelling: every group of same-stage duplicate prompts gets the
+                       group's majority target (ties: first occurrence); focus = the relabelled
+                       groups. Recovery is measured against the relabelled target in both arms.
+``forgetting``         replay: the forgotten earlier-stage samples plus a random buffer of
+                       earlier-stage samples (``replay_buffer`` rows).
+``rare_complex``       up-sampling: the rare/complex samples themselves.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from epi_utils.ilp.diagnosis import CAUSES
+
+ARMS = ("fix", "control")
+
+
+@dataclass(frozen=True)
+class InterventionConfig:
+    """Extra training of every arm (validated)."""
+    steps: int = 60             # optimizer steps per arm (the compute budget, equal for fix and control)
+    batch_size: int = 16        # rows per step
+    lr: float = 5e-4            # constant AdamW learning rate
+    weight_decay: float = 0.0
+    fix_share: float = 0.5      # share of each fix batch drawn from the focus rows
+    replay_buffer: int = 32     # extra random earlier-stage samples in the forgetting fix
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"InterventionConfig.steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if not 0.0 < self.fix_share <= 1.0:
+            raise ValueError(f"InterventionConfig.fix_share must be in (0, 1], got {self.fix_share}")
+        if self.lr <= 0:
+            raise ValueError(f"InterventionConfig.lr must be > 0, got {self.lr}")
+        if self.replay_buffer < 0:
+            raise ValueError(f"InterventionConfig.replay_buffer must be >= 0, got {self.replay_buffer}")
+
+
+@dataclass
+class FixPlan:
+    """What one fix trains on and how its recovery is judged.
+
+    ``focus``: rows ``("sft", prompt, response)`` or ``("lm", sentence, None)``; ``train``: the
+    SFT rows the rest of each batch is drawn from; ``targets``: sample id -> the target recovery
+    is measured against (the original target except for relabelled samples)."""
+    cause: str
+    focus: list[tuple] = field(default_factory=list)
+    train: list[tuple] = field(default_factory=list)
+    targets: dict[str, str] = field(default_factory=dict)
+
+
+def _fact_templates(world) -> Sequence[str]:
+    if getattr(world, "kind", "synthetic") == "real":
+        from epi_utils.data.world_real import REAL_TEMPLATES
+        return REAL_TEMPLATES
+    from epi_utils.data.world import PRETRAIN_TEMPLATES
+    return PRETRAIN_TEMPLATES
+
+
+def fact_statements(world, samples: Sequence, *, table: pd.DataFrame) -> list[tuple]:
+    """Corpus-style sentences stating each sample's fact with the value its SFT target asks for
+    (``table.probe_target`` when present, else the response)."""
+    facts = {f.fact_id: f for f in world.facts}
+    rows = []
+    for s in samples:
+        if not s.fact_id:
+            continue
+        f = facts[s.fact_id]
+        value = table.loc[s.id, "probe_target"] if "probe_target" in table.columns and \
+            isinstance(table.loc[s.id, "probe_target"], str) else s.response
+        rows.extend(("lm", t.format(attr=f.attribute, ent=f.entity, value=value), None) for t in _fact_templates(world))
+    return rows
+
+
+def plan_fix(cause: str, *, world, train_samples: Sequence, table: pd.DataFrame, diagnosis: pd.DataFrame,
+             config: InterventionConfig, rng: np.random.Generator) -> FixPlan:
+    """The fix for ``cause`` applied to the samples diagnosed with it (``diagnosis['diagnosis']``).
+
+    ``table``: the per-sample signal table (index ``sample_id``; needs ``incons_majority_target``
+    and ``stage``). Returns a :class:`FixPlan` (empty ``targets`` when nothing was diagnosed)."""
+    if cause not in CAUSES:
+        raise ValueError(f"cause must be one of {CAUSES}, got {cause!r}")
+    by_id = {s.id: s for s in train_samples}
+    ids = [i for i in diagnosis.index[diagnosis["diagnosis"] == cause] if i in by_id]
+    chosen = [by_id[i] for i in ids]
+    train = [("sft", s.prompt, s.response) for s in train_samples]
+    plan = FixPlan(cause=cause, train=train, targets={s.id: s.response for s in chosen})
+    if not chosen:
+        return plan
+    if cause in ("missing_knowledge", "conflict"):
+        plan.focus = fact_statements(world, chosen, table=table)
+    elif cause == "inconsistency":
+        relabel = _majority_relabel(train_samples, table)
+        plan.train = [("sft", s.prompt, relabel.get(s.id, s.response)) for s in train_samples]
+        groups = set(table.loc[ids, "incons_group_key"]) if "incons_group_key" in table else set()
+        members = [s for s in train_samples if s.id in relabel and
+                   (not groups or table.loc[s.id, "incons_group_key"] in groups)]
+        plan.focus = [("sft", s.prompt, relabel[s.id]) for s in (members or chosen)]
+        plan.targets = {s.id: relabel.get(s.id, s.response) for s in chosen}
+    elif cause == "forgetting":
+        last = max(s.stage for s in train_samples)
+        early = [s for s in train_samples if s.stage < last and s.id not in plan.targets]
+        pick = rng.choice(len(early), size=min(config.replay_buffer, len(early)), replace=False) if early else []
+        plan.focus = [("sft", s.prompt, s.response) for s in chosen] + \
+                     [("sft", early[int(i)].prompt, early[int(i)].response) for i in pick]
+    else:  # rare_complex
+        plan.focus = [("sft", s.prompt, s.response) for s in chosen]
+    return plan
+
+
+def _majority_relabel(train_samples: Sequence, table: pd.DataFrame) -> dict[str, str]:
+    """sample id -> majority target for every sample in an inconsistent duplicate group.
+
+    The majority is taken over the *original* (un-normalised) responses of the group, ties broken
+    by the first occurrence; samples already carrying it are included (they are focus rows)."""
+    flagged = set(table.index[table["incons_flag"].astype(bool)]) if "incons_flag" in table else set()
+    if not flagged:
+        return {}
+    key = table["incons_group_key"] if "incons_group_key" in table else \
+        table["task"].astype(str) + "|" + table["stage"].astype(str) + "|" + table["prompt"].str.strip().str.lower()
+    groups: dict[str, list] = {}
+    for s in train_samples:
+        if s.id in flagged:
+            groups.setdefault(key[s.id], []).append(s)
+    out = {}
+    for members in groups.values():
+        counts: dict[str, int] = {}
+        for s in members:
+            counts[s.response] = counts.get(s.response, 0) + 1
+        best = max(counts, key=lambda r: (counts[r], -[m.response for m in members].index(r)))
+        out.update({s.id: best for s in members})
+    return out
+
+
+# --------------------------------------------------------------------------- training loop
+def _encode(tokenizer, row: tuple) -> tuple[list[int], list[int]]:
+    from epi_utils.lm.sft_format import encode_example
+
+    kind, text, response = row
+    if kind == "sft":
+        return encode_example(tokenizer, text, response)
+    if kind == "lm":
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        return ids, list(ids)
+    raise ValueError(f"row kind must be 'sft' or 'lm', got {kind!r}")
+
+
+def continue_training(model, tokenizer, *, focus: Sequence[tuple], train: Sequence[tuple], config: InterventionConfig,
+                      fix_share: float | None, rng: np.random.Generator) -> list[float]:
+    """``config.steps`` AdamW steps on batches of ``config.batch_size`` rows; returns the losses.
+
+    ``fix_share`` rows of each batch (rounded, at least 1 when focus rows exist) come from
+    ``focus`` (with replacement), the rest from ``train``; ``fix_share=None`` or no focus rows:
+    all rows from ``train`` (the compute-matched control). Mean token loss over the labelled
+    tokens (response + EOS for SFT rows, every token for ``lm`` rows)."""
+    if not train:
+        raise ValueError("continue_training: no training rows")
+    dev = next(model.parameters()).device
+    enc_train = [_encode(tokenizer, r) for r in train]
+    enc_focus = [_encode(tokenizer, r) for r in focus]
+    n_focus = 0
+    if fix_share is not None and enc_focus:
+        n_focus = max(1, int(round(fix_share * config.batch_size)))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                            weight_decay=config.weight_decay)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.train()
+    losses = []
+    for _ in range(config.steps):
+        rows = [enc_focus[int(i)] for i in rng.integers(len(enc_focus), size=n_focus)] if n_focus else []
+        rows += [enc_train[int(i)] for i in rng.integers(len(enc_train), size=config.batch_size - n_focus)]
+        L = max(len(r[0]) for r in rows)
+        ids = torch.full((len(rows), L), pad, dtype=torch.long)
+        lab = torch.full((len(rows), L), -100, dtype=torch.long)
+        att = torch.zeros((len(rows), L), dtype=torch.long)
+        for i, (x, y) in enumerate(rows):
+            ids[i, :len(x)] = torch.tensor(x)
+            lab[i, :len(y)] = torch.tensor(y)
+            att[i, :len(x)] = 1
+        out = model(input_ids=ids.to(dev), attention_mask=att.to(dev), labels=lab.to(dev))
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(out.loss))
+    model.eval()
+    return losses
+
+
+def run_arm(model, tokenizer, *, plan: FixPlan | None, train_samples: Sequence, config: InterventionConfig,
+            rng: np.random.Generator) -> tuple[object, list[float]]:
+    """Copy ``model`` and train one arm: the fix of ``plan``, or (``plan=None``) the control."""
+    arm_model = copy.deepcopy(model)
+    if plan is None:
+        train = [("sft", s.prompt, s.response) for s in train_samples]
+        losses = continue_training(arm_model, tokenizer, focus=[], train=train, config=config, fix_share=None, rng=rng)
+    else:
+        losses = continue_training(arm_model, tokenizer, focus=plan.focus, train=plan.train, config=config,
+                                   fix_share=config.fix_share, rng=rng)
+    return arm_model, losses
