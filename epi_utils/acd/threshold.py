@@ -1,0 +1,140 @@
+"""Turning class probabilities into a multi-label prediction: static and learned thresholds.
+
+Prediction rule (:func:`predict`): class j is predicted for a query when ``p_j > tau``; with
+``min_one=True`` the arg-max class is always predicted as well (every FewAsp sentence has at
+least one aspect). The same rule is used for every method, so only the threshold differs.
+
+* Static threshold (:func:`tune_static_threshold`): one ``tau`` for a setting, the grid value
+  that maximises mean episode macro-F1 on validation episodes.
+* Dynamic threshold (Hu et al. 2021): a policy network maps the query's state to a per-instance
+  threshold. Design here: state = the query's N probabilities sorted in decreasing order, its N
+  negative distances (logits) sorted and standardised per row, and the normalised entropy
+  (:func:`policy_state`); a 2-layer MLP outputs the mean ``m`` of a Gaussian over the logit of
+  the threshold, ``z ~ N(m, sigma^2)``, ``tau = sigmoid(z)``; at test time ``tau = sigmoid(m)``.
+  Reward = instance F1 of the resulting prediction; REINFORCE (Williams 1992) with, as the
+  baseline, the mean reward of the ``n_samples`` thresholds drawn for the same instance:
+  ``loss = -mean((r - mean_s r) * log pi(z | state))``.
+Deviations from the paper, for CPU budget and stability: the policy is trained after the
+encoder, on frozen model outputs of validation episodes (the paper trains it on the training
+episodes with the network), its output layer starts at zero weights with bias ``logit(tau_static)``
+(so it starts from the tuned static threshold), and ``sigma`` is fixed.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .metrics import episode_macro_f1
+
+
+def predict(probs, tau, *, min_one: bool = True):
+    """Multi-hot prediction ``probs > tau`` (numpy or torch; ``tau`` scalar or broadcastable, e.g.
+    ``(M, 1)``), plus the arg-max class per row when ``min_one``."""
+    if isinstance(probs, torch.Tensor):
+        pred = probs > tau
+        if min_one:
+            top = torch.zeros_like(pred)
+            top.scatter_(-1, probs.expand_as(pred).argmax(-1, keepdim=True), True)
+            pred = pred | top
+        return pred
+    probs = np.asarray(probs)
+    pred = probs > tau
+    if min_one:
+        np.put_along_axis(pred, np.broadcast_to(probs, pred.shape).argmax(-1)[..., None], True, axis=-1)
+    return pred
+
+
+def tune_static_threshold(probs: Sequence[np.ndarray], labels: Sequence[np.ndarray], *,
+                          grid: np.ndarray | None = None, min_one: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
+    """Grid search of one threshold over episodes (lists of ``(M, N)`` arrays).
+
+    Returns ``(best_tau, grid, mean macro-F1 per grid value)``; ties go to the smallest tau.
+    """
+    if len(probs) == 0 or len(probs) != len(labels):
+        raise ValueError(f"need equally many probability and label arrays (>0), got {len(probs)} and {len(labels)}")
+    grid = np.round(np.linspace(0.02, 0.98, 49), 4) if grid is None else np.asarray(grid, dtype=float)
+    scores = np.array([np.mean([episode_macro_f1(y, predict(p, t, min_one=min_one)) for p, y in zip(probs, labels)])
+                       for t in grid])
+    return float(grid[int(np.argmax(scores))]), grid, scores
+
+
+def policy_state(probs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """State ``(M, 2N + 1)``: sorted probs, standardised sorted logits, normalised entropy."""
+    n = probs.shape[-1]
+    sp = probs.sort(-1, descending=True).values
+    sl = logits.sort(-1, descending=True).values
+    sl = (sl - sl.mean(-1, keepdim=True)) / (sl.std(-1, keepdim=True, unbiased=False) + 1e-6)
+    ent = -(probs * probs.clamp_min(1e-12).log()).sum(-1, keepdim=True) / math.log(max(n, 2))
+    return torch.cat([sp, sl, ent], dim=-1)
+
+
+class ThresholdPolicy(nn.Module):
+    """Per-instance threshold policy for a fixed ``n_way``: ``state (M, 2N+1) -> mean logit (M,)``."""
+
+    def __init__(self, n_way: int, *, hidden: int = 32, init_threshold: float = 0.5, sigma: float = 0.5):
+        super().__init__()
+        if not 0.0 < init_threshold < 1.0:
+            raise ValueError(f"init_threshold must be in (0, 1), got {init_threshold}")
+        self.n_way, self.sigma = n_way, float(sigma)
+        self.net = nn.Sequential(nn.Linear(2 * n_way + 1, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.constant_(self.net[2].bias, math.log(init_threshold / (1 - init_threshold)))
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return self.net(state).squeeze(-1)
+
+    @torch.no_grad()
+    def threshold(self, probs: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Deterministic test-time threshold ``sigmoid(m)``, shape ``(M,)``."""
+        return torch.sigmoid(self(policy_state(probs, logits)))
+
+
+def instance_f1_torch(labels: torch.Tensor, preds: torch.Tensor) -> torch.Tensor:
+    """Row-wise F1 over the last dim (any leading shape)."""
+    y, p = labels.bool(), preds.bool()
+    tp = (y & p).sum(-1).float()
+    den = 2 * tp + (~y & p).sum(-1) + (y & ~p).sum(-1)
+    return torch.where(den > 0, 2 * tp / den.clamp_min(1), torch.zeros_like(tp))
+
+
+def reinforce_step(policy: ThresholdPolicy, optimizer: torch.optim.Optimizer, probs: torch.Tensor,
+                   logits: torch.Tensor, labels: torch.Tensor, *, n_samples: int = 8, min_one: bool = True,
+                   generator: torch.Generator | None = None) -> float:
+    """One REINFORCE update on a batch of instances (``probs``, ``logits``, ``labels``: ``(M, N)``).
+
+    Returns the mean sampled reward (instance F1) before the update.
+    """
+    m = policy(policy_state(probs, logits))                                   # (M,)
+    eps = torch.randn((n_samples, m.shape[0]), generator=generator)
+    z = (m.detach() + policy.sigma * eps)                                     # (S, M)
+    logp = -0.5 * ((z - m) / policy.sigma) ** 2                               # up to a constant
+    preds = predict(probs.unsqueeze(0), torch.sigmoid(z).unsqueeze(-1), min_one=min_one)
+    reward = instance_f1_torch(labels.unsqueeze(0).expand_as(preds), preds)   # (S, M)
+    advantage = reward - reward.mean(0, keepdim=True)
+    loss = -(advantage * logp).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(reward.mean())
+
+
+def train_policy(policy: ThresholdPolicy, probs: np.ndarray, logits: np.ndarray, labels: np.ndarray, *,
+                 epochs: int = 5, batch_size: int = 256, lr: float = 1e-2, n_samples: int = 8,
+                 min_one: bool = True, seed: int = 0) -> list[float]:
+    """Train ``policy`` on stacked instances ``(R, N)`` of frozen-model outputs; returns mean reward per epoch."""
+    if probs.shape != labels.shape or probs.shape != logits.shape or probs.shape[1] != policy.n_way:
+        raise ValueError(f"probs/logits/labels must be (R, {policy.n_way}); got {probs.shape}, {logits.shape}, {labels.shape}")
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    P, L, Y = (torch.as_tensor(a, dtype=torch.float32) for a in (probs, logits, labels))
+    history = []
+    for _ in range(epochs):
+        order = torch.randperm(P.shape[0], generator=gen)
+        rewards = [reinforce_step(policy, opt, P[idx], L[idx], Y[idx], n_samples=n_samples, min_one=min_one,
+                                  generator=gen) for idx in order.split(batch_size)]
+        history.append(float(np.mean(rewards)))
+    return history

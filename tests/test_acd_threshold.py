@@ -1,0 +1,65 @@
+"""Static threshold tuning and the REINFORCE policy update direction."""
+import numpy as np
+import pytest
+import torch
+
+from epi_utils.acd.threshold import (ThresholdPolicy, instance_f1_torch, policy_state, predict,
+                                     reinforce_step, train_policy, tune_static_threshold)
+
+
+def test_predict_min_one():
+    p = np.array([[0.5, 0.3, 0.2], [0.4, 0.35, 0.25]])
+    assert predict(p, 0.6).tolist() == [[True, False, False], [True, False, False]]
+    assert predict(p, 0.3).tolist() == [[True, False, False], [True, True, False]]
+    assert predict(p, 0.6, min_one=False).sum() == 0
+    tp = predict(torch.tensor(p), torch.tensor([[0.6], [0.3]]))
+    assert tp.tolist() == [[True, False, False], [True, True, False]]
+
+
+def test_static_threshold_by_hand():
+    # single-label episodes: any tau above the second-largest prob (0.3) is perfect; smallest on grid wins
+    p = [np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7]])]
+    y = [np.eye(3)]
+    tau, grid, scores = tune_static_threshold(p, y, grid=np.array([0.1, 0.25, 0.35, 0.5]))
+    assert tau == 0.35 and scores[2] == pytest.approx(1.0) and scores[0] < 1.0
+
+
+def _case(two_labels: bool):
+    """Probabilities (0.5, 0.4, 0.1): the right threshold is below 0.4 if both top classes are true,
+    above 0.4 if only the first is."""
+    probs = torch.tensor([[0.5, 0.4, 0.1]]).repeat(64, 1)
+    labels = torch.tensor([[1.0, 1.0 if two_labels else 0.0, 0.0]]).repeat(64, 1)
+    return probs, probs.log(), labels
+
+
+@pytest.mark.parametrize("two_labels, init, direction", [(False, 0.3, +1), (True, 0.5, -1)])
+def test_reinforce_moves_threshold_the_right_way(two_labels, init, direction):
+    probs, logits, labels = _case(two_labels)
+    torch.manual_seed(0)
+    policy = ThresholdPolicy(3, init_threshold=init, sigma=0.5)
+    opt = torch.optim.SGD(policy.parameters(), lr=0.5)
+    before = float(policy.threshold(probs, logits).mean())
+    gen = torch.Generator().manual_seed(0)
+    rewards = [reinforce_step(policy, opt, probs, logits, labels, n_samples=16, generator=gen) for _ in range(30)]
+    after = float(policy.threshold(probs, logits).mean())
+    assert direction * (after - before) > 0.05
+    assert np.mean(rewards[-5:]) >= np.mean(rewards[:5])
+    final = predict(probs, policy.threshold(probs, logits)[:, None])
+    assert torch.all(instance_f1_torch(labels, final) == 1.0)
+
+
+def test_policy_learns_per_instance_thresholds():
+    """Confident rows are single-label, flat rows two-label: one static threshold cannot fit both."""
+    rng = np.random.default_rng(0)
+    conf = np.tile([0.8, 0.15, 0.05], (200, 1))
+    flat = np.tile([0.45, 0.4, 0.15], (200, 1))
+    probs = np.vstack([conf, flat]).astype(np.float32)
+    labels = np.vstack([np.tile([1, 0, 0], (200, 1)), np.tile([1, 1, 0], (200, 1))]).astype(np.float32)
+    perm = rng.permutation(400)
+    probs, labels = probs[perm], labels[perm]
+    policy = ThresholdPolicy(3, init_threshold=0.5)
+    train_policy(policy, probs, np.log(probs), labels, epochs=30, batch_size=100, lr=3e-2, seed=0)
+    tau = policy.threshold(torch.tensor(probs), torch.tensor(np.log(probs))).numpy()
+    pred = predict(probs, tau[:, None])
+    assert (pred == labels.astype(bool)).all()
+    assert policy_state(torch.tensor(probs), torch.tensor(np.log(probs))).shape == (400, 7)
