@@ -31,7 +31,8 @@ Mask selection (:func:`top_share_mask`)
 ---------------------------------------
 The top ``ratio`` share of scores, ``scope="global"`` (one threshold over all tensors) or
 ``scope="layer"`` (the top share of each tensor). ``method="exact"`` finds the k-th largest value
-with ``torch.kthvalue`` (selection, no full sort) and breaks ties at the threshold by flat index
+with ``torch.kthvalue`` (selection, no full sort; above 200k scores only on the candidates above a
+sampled lower bound, still exact) and breaks ties at the threshold by flat index
 order, so the mask has exactly ``k = round(ratio * n)`` elements and equals the top-k of a stable
 descending sort. ``method="sample"`` estimates the threshold as a quantile of ``sample_size``
 uniformly drawn scores (``generator`` required); the selected share then deviates from ``ratio``
@@ -90,13 +91,19 @@ class ImportanceTracker:
     state_dtype: ``torch.float32`` (default) or ``torch.bfloat16`` (lean).
     block_size: ``None`` (element-wise) or B >= 2: one score per block of B flattened elements.
     normalize: layer-wise normalisation when reading scores, one of ``NORMALIZATIONS``.
+    layout: ``"flat"`` (default: each task's state is one contiguous buffer; an update is a
+        handful of whole-model kernels after concatenating parameters and gradients: fastest on
+        CPU, where ``_foreach`` ops loop over tensors) or ``"foreach"`` (a list of per-parameter
+        tensors updated with ``torch._foreach_*`` multi-tensor kernels, fused on CUDA; forced
+        with ``block_size``). Both give the same values up to float rounding.
     """
 
     def __init__(self, named_params: Mapping[str, torch.nn.Parameter], *, estimator: str = "taylor",
                  beta: float = 0.85, beta_unc: float = 0.85, state_dtype: torch.dtype = torch.float32,
-                 block_size: int | None = None, normalize: str = "layer_mean"):
+                 block_size: int | None = None, normalize: str = "layer_mean", layout: str = "flat"):
         _check_choice("estimator", estimator, ("taylor", "fisher", "sensitivity"))
         _check_choice("normalize", normalize, NORMALIZATIONS)
+        _check_choice("layout", layout, ("flat", "foreach"))
         _check_choice("state_dtype", state_dtype, (torch.float32, torch.bfloat16))
         if not 0.0 <= beta < 1.0 or not 0.0 <= beta_unc < 1.0:
             raise ValueError(f"beta and beta_unc must be in [0, 1), got {beta}, {beta_unc}")
@@ -108,6 +115,9 @@ class ImportanceTracker:
         self.params = [named_params[n] for n in self.names]
         self.estimator, self.beta, self.beta_unc = estimator, float(beta), float(beta_unc)
         self.state_dtype, self.block_size, self.normalize = state_dtype, block_size, normalize
+        self.layout = "foreach" if block_size is not None else layout
+        self._flat: dict[str, torch.Tensor] = {}
+        self._flat_unc: dict[str, torch.Tensor] = {}
         self.ema: dict[str, list[torch.Tensor]] = {}
         self.unc: dict[str, list[torch.Tensor]] = {}
         self.n_updates: dict[str, int] = {}
@@ -118,6 +128,15 @@ class ImportanceTracker:
 
     def _new_state(self) -> list[torch.Tensor]:
         return [torch.zeros(self._state_shape(p), dtype=self.state_dtype, device=p.device) for p in self.params]
+
+    def _new_flat(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """A zero buffer over all parameters and its per-parameter views."""
+        buf = torch.zeros(sum(p.numel() for p in self.params), dtype=self.state_dtype, device=self.params[0].device)
+        views, off = [], 0
+        for p in self.params:
+            views.append(buf[off:off + p.numel()].view(p.shape))
+            off += p.numel()
+        return buf, views
 
     @property
     def tasks(self) -> list[str]:
@@ -170,6 +189,8 @@ class ImportanceTracker:
         """Fold the current gradients (``p.grad`` unless ``grads`` is given) into ``task``'s EMA."""
         if not isinstance(task, str) or not task:
             raise ValueError(f"task must be a non-empty string, got {task!r}")
+        if self.layout == "flat":
+            return self._update_flat(task, grads)
         imp = self.instantaneous(grads)
         if task not in self.ema:
             self.ema[task] = self._new_state()
@@ -196,6 +217,31 @@ class ImportanceTracker:
             torch._foreach_copy_(ema, ema32)
         self.n_updates[task] += 1
 
+    @torch.no_grad()
+    def _update_flat(self, task: str, grads) -> None:
+        g = torch.cat([t.reshape(-1) for t in self._grads(grads)]).float()
+        if self.estimator == "fisher":
+            imp = g.mul_(g)
+        else:
+            imp = torch.cat([p.detach().reshape(-1) for p in self.params]).float().mul_(g).abs_()
+        if task not in self._flat:
+            self._flat[task], self.ema[task] = self._new_flat()
+            if self.estimator == "sensitivity":
+                self._flat_unc[task], self.unc[task] = self._new_flat()
+            self.n_updates[task] = 0
+        buf = self._flat[task]
+        ema = buf if buf.dtype == torch.float32 else buf.float()
+        ema.mul_(self.beta).add_(imp, alpha=1.0 - self.beta)
+        if self.estimator == "sensitivity":
+            ubuf = self._flat_unc[task]
+            unc = ubuf if ubuf.dtype == torch.float32 else ubuf.float()
+            unc.mul_(self.beta_unc).add_(imp.sub_(ema).abs_(), alpha=1.0 - self.beta_unc)
+            if unc is not ubuf:
+                ubuf.copy_(unc)
+        if ema is not buf:
+            buf.copy_(ema)
+        self.n_updates[task] += 1
+
     # -- reading -----------------------------------------------------------------------------
     @torch.no_grad()
     def raw_scores(self, task: str) -> dict[str, torch.Tensor]:
@@ -217,7 +263,7 @@ class ImportanceTracker:
 
     def reset(self, task: str | None = None) -> None:
         """Forget ``task`` (or every task)."""
-        for store in (self.ema, self.unc, self.n_updates):
+        for store in (self.ema, self.unc, self.n_updates, self._flat, self._flat_unc):
             if task is None:
                 store.clear()
             else:
@@ -246,19 +292,33 @@ def normalize_scores(scores: Mapping[str, torch.Tensor], *, how: str = "layer_me
 
 # ---------------------------------------------------------------------------------------------
 def _exact_topk_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask of the k largest entries of a 1-D tensor, ties broken by lower index first."""
+    """Bool mask of the k largest entries of a 1-D tensor, ties broken by lower index first.
+
+    Above 200k entries a two-stage selection is used: a lower bound of the threshold from a
+    sample (fixed internal generator), then ``torch.kthvalue`` on the candidates above it only;
+    the result is still exact (full ``kthvalue`` when the bound turns out too high).
+    """
     n = flat.numel()
     mask = torch.zeros(n, dtype=torch.bool, device=flat.device)
     if k <= 0:
         return mask
     if k >= n:
         return ~mask
-    thr = torch.kthvalue(flat, n - k + 1).values  # k-th largest
+    thr = None
+    if n > 200_000:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        sample = flat[torch.randint(0, n, (20_000,), generator=g).to(flat.device)]
+        lo = torch.quantile(sample, max(0.0, 1.0 - 1.5 * k / n - 0.005))
+        cand = flat[flat >= lo]
+        if cand.numel() >= k:
+            thr = torch.kthvalue(cand, cand.numel() - k + 1).values
+    if thr is None:
+        thr = torch.kthvalue(flat, n - k + 1).values  # k-th largest
     mask = flat > thr
     need = k - int(mask.sum())
     if need > 0:
-        eq = flat == thr
-        mask |= eq & (torch.cumsum(eq, 0) <= need)
+        ties = (flat == thr).nonzero().squeeze(1)[:need]
+        mask[ties] = True
     return mask
 
 

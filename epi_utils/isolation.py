@@ -55,18 +55,7 @@ import torch
 from epi_utils.importance import ImportanceTracker, normalize_scores, top_share_mask
 from epi_utils.importance_drift import turnover
 
-try:  # the testbed's hook base class (issue 3)
-    from epi_utils.lm.train import TrainHook
-except ImportError:  # pragma: no cover - only while the testbed is not there yet
-    class TrainHook:  # minimal stand-in with the contract's no-op methods
-        def on_train_begin(self, state): ...
-        def on_stage_begin(self, state): ...
-        def extra_loss(self, state): return None
-        def after_backward(self, state): ...
-        def update_mask(self, state): return None
-        def on_step_end(self, state): ...
-        def on_evaluate(self, state, records): ...
-        def on_train_end(self, state): ...
+from epi_utils.lm.train import TrainHook
 
 POLICIES = ("full_sft", "static_cpi", "static_grad", "epi", "random_mask", "ewc")
 OVERLAPS = ("owner", "freeze")
@@ -102,6 +91,19 @@ class MaskedStepGuard:
 
     def __init__(self):
         self._saved: list[tuple] = []
+        self._index_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _frozen_index(self, allowed: torch.Tensor) -> torch.Tensor:
+        """Flat positions of the masked elements, cached per mask tensor object (policies return
+        the same tensors until their next refresh)."""
+        hit = self._index_cache.get(id(allowed))
+        if hit is not None and hit[0] is allowed:
+            return hit[1]
+        if len(self._index_cache) > 4096:
+            self._index_cache.clear()
+        idx = (~allowed).reshape(-1).nonzero().squeeze(1)
+        self._index_cache[id(allowed)] = (allowed, idx)
+        return idx
 
     @torch.no_grad()
     def before_step(self, optimizer: torch.optim.Optimizer, params: Mapping[str, torch.Tensor],
@@ -117,33 +119,39 @@ class MaskedStepGuard:
             p = params[name]
             if allowed.shape != p.shape:
                 raise ValueError(f"mask for {name!r} has shape {tuple(allowed.shape)}, parameter {tuple(p.shape)}")
-            frozen = ~allowed.to(p.device)
-            if not bool(frozen.any()):
+            if not p.is_contiguous():
+                raise ValueError(f"parameter {name!r} is not contiguous; masked steps need contiguous parameters")
+            idx = self._frozen_index(allowed).to(p.device)
+            if idx.numel() == 0:
                 continue
-            n_frozen += int(frozen.sum())
+            n_frozen += idx.numel()
             if p.grad is not None:
-                p.grad.masked_fill_(frozen, 0)
+                p.grad.view(-1).index_fill_(0, idx, 0)
             st = optimizer.state.get(p, {})
-            saved_state = {k: v[frozen].clone() for k, v in st.items() if torch.is_tensor(v) and v.shape == p.shape}
-            self._saved.append((p, frozen, p.detach()[frozen].clone(), saved_state))
+            saved_state = {k: v.view(-1).index_select(0, idx) for k, v in st.items()
+                           if torch.is_tensor(v) and v.shape == p.shape}
+            self._saved.append((p, idx, p.detach().view(-1).index_select(0, idx), saved_state))
         return n_frozen
 
     @torch.no_grad()
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Write the saved values and optimizer state of masked elements back."""
-        for p, frozen, values, saved_state in self._saved:
-            p.data[frozen] = values
+        for p, idx, values, saved_state in self._saved:
+            p.data.view(-1).index_copy_(0, idx, values)
             for k, v in optimizer.state.get(p, {}).items():
                 if torch.is_tensor(v) and v.shape == p.shape:
-                    v[frozen] = saved_state[k] if k in saved_state else 0
+                    if k in saved_state:
+                        v.view(-1).index_copy_(0, idx, saved_state[k])
+                    else:
+                        v.view(-1).index_fill_(0, idx, 0)
         self._saved = []
 
 
 class IsolationPolicy(TrainHook):
     """Base of the masking policies: per-task critical sets -> owner map -> per-step masks.
 
-    ``owner[name]``: int16 tensor (parameter shape); -1 free, t >= 0 owned by ``tasks[t]``,
-    -2 frozen for everybody (``overlap="freeze"``). Memory: 2 bytes/param, plus a cached bool
+    ``owner[name]``: int8 tensor (parameter shape); -1 free, t >= 0 owned by ``tasks[t]``,
+    -2 frozen for everybody (``overlap="freeze"``). Memory: 1 byte/param, plus a cached bool
     mask per task (1 byte/param/task) and the previous critical sets for turnover.
     """
 
@@ -153,6 +161,8 @@ class IsolationPolicy(TrainHook):
                  scope: str = "global", record: bool = True):
         if not tasks or len(set(tasks)) != len(tasks):
             raise ValueError(f"tasks must be a non-empty list of distinct names, got {tasks!r}")
+        if len(tasks) > 127:
+            raise ValueError(f"at most 127 tasks (int8 owner map), got {len(tasks)}")
         if not 0.0 <= isolation_ratio <= 1.0:
             raise ValueError(f"isolation_ratio must be in [0, 1], got {isolation_ratio}")
         if overlap not in OVERLAPS:
@@ -181,9 +191,9 @@ class IsolationPolicy(TrainHook):
         owner, best, count = {}, {}, {}
         for n in names:
             ref = self.critical[next(iter(self.critical))][n]
-            owner[n] = torch.full(ref.shape, -1, dtype=torch.int16, device=ref.device)
+            owner[n] = torch.full(ref.shape, -1, dtype=torch.int8, device=ref.device)
             best[n] = torch.full(ref.shape, -math.inf, device=ref.device)
-            count[n] = torch.zeros(ref.shape, dtype=torch.int16, device=ref.device)
+            count[n] = torch.zeros(ref.shape, dtype=torch.int8, device=ref.device)
         for t, masks in self.critical.items():
             tid = self.tasks.index(t)
             sc = scores.get(t)
@@ -193,7 +203,7 @@ class IsolationPolicy(TrainHook):
                 better = m & (s > best[n]) if sc is not None else m & (owner[n] < 0)
                 owner[n][better] = tid
                 best[n] = torch.where(better, s, best[n])
-                count[n] += m.to(torch.int16)
+                count[n] += m.to(torch.int8)
         if self.overlap == "freeze":
             for n in names:
                 owner[n][count[n] > 1] = -2
@@ -359,7 +369,7 @@ class EPI(IsolationPolicy):
         """EPI state per parameter element: tracker (per task x tasks), owner map, cached masks."""
         per_task = self.tracker.bytes_per_param() if self.tracker else float("nan")
         n_tasks = len(self.tracker.tasks) if self.tracker else len(self.tasks)
-        return {"tracker_per_task": per_task, "tracker_total": per_task * n_tasks, "owner_map": 2.0,
+        return {"tracker_per_task": per_task, "tracker_total": per_task * n_tasks, "owner_map": 1.0,
                 "cached_masks": float(len(self._allowed)), "critical_sets": float(len(self.critical))}
 
 

@@ -155,3 +155,30 @@ def test_drift_metrics_by_hand():
     assert set(ms) == {"attention", "mlp", "embedding"} and ms["mlp"]["of_mask"] == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="different parameter names"):
         drift.jaccard(a, {"x": a["h.0.attn.w"]})
+
+
+@pytest.mark.parametrize("estimator", ["taylor", "fisher", "sensitivity"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flat_and_foreach_layouts_agree(estimator, dtype):
+    g = torch.Generator().manual_seed(0)
+    params = {n: torch.nn.Parameter(torch.randn(s, generator=g)) for n, s in {"a": (4, 3), "b": (7,)}.items()}
+    trackers = [imp.ImportanceTracker(params, estimator=estimator, state_dtype=dtype, layout=lay)
+                for lay in ("flat", "foreach")]
+    for step in range(3):
+        grads = [torch.randn(p.shape, generator=g) for p in params.values()]
+        for tr in trackers:
+            tr.update("t", grads)
+    a, b = (tr.raw_scores("t") for tr in trackers)
+    tol = 1e-6 if dtype == torch.float32 else 2e-2
+    assert all(torch.allclose(a[n], b[n], rtol=tol, atol=tol) for n in params)
+    assert trackers[0].bytes_per_param() == trackers[1].bytes_per_param()
+
+
+def test_two_stage_exact_selection_on_large_tensor():
+    g = torch.Generator().manual_seed(1)
+    scores = {"a": torch.rand(300_000, generator=g), "b": torch.randint(0, 50, (100_000,), generator=g).float()}
+    got = imp.top_share_mask(scores, ratio=0.05)
+    flat = torch.cat([s for s in scores.values()])
+    exp = torch.zeros(flat.numel(), dtype=torch.bool)
+    exp[torch.sort(flat, descending=True, stable=True).indices[:20_000]] = True
+    assert torch.equal(torch.cat(list(got.values())), exp)
