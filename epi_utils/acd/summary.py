@@ -52,19 +52,22 @@ def over_seeds(seed_table: pd.DataFrame) -> pd.DataFrame:
 
 
 def results_table(summary: pd.DataFrame, *, dataset: str, digits: int = 3) -> pd.DataFrame:
-    """Wide table for one dataset: rows = method, columns = setting x {AUC, macro-F1} as
-    ``"mean [lo, hi]"`` strings, plus the paper's figures where :data:`PAPER_REPORTED` has them."""
-    sub = summary[summary.dataset == dataset]
-    cells = {}
-    for _, r in sub.iterrows():
+    """Table for one dataset: rows = (setting, method); columns AUC and macro-F1 as
+    ``"mean [lo, hi]"`` strings, and the paper's figures where :data:`PAPER_REPORTED` has them
+    (``"unknown"`` otherwise)."""
+    rows = []
+    for _, r in summary[summary.dataset == dataset].iterrows():
+        row = {"setting": r.setting, "method": r.method}
         for m, label in (("auc", "AUC"), ("macro_f1", "macro-F1")):
             lo, hi = r[f"{m}_ci95"]
-            cells.setdefault(r.method, {})[(r.setting, label)] = f"{r[m]:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+            row[label] = f"{r[m]:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
             paper = PAPER_REPORTED.get(dataset, {}).get(r.method, {}).get(r.setting, {}).get(m)
-            cells[r.method][(r.setting, f"paper {label}")] = "unknown" if paper is None else f"{paper:.{digits}f}"
-    table = pd.DataFrame(cells).T
-    table.columns = pd.MultiIndex.from_tuples(table.columns)
-    return table.sort_index(axis=1, level=0, sort_remaining=False)
+            row[f"paper {label}"] = "unknown" if paper is None else f"{paper:.{digits}f}"
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    order = {s: i for i, s in enumerate(["5way5shot", "5way10shot", "10way5shot", "10way10shot"])}
+    table = table.sort_values(["setting", "method"], key=lambda c: c.map(order).fillna(99) if c.name == "setting" else c)
+    return table.set_index(["setting", "method"])[["AUC", "paper AUC", "macro-F1", "paper macro-F1"]]
 
 
 def headline_metrics(summary: pd.DataFrame, *, dataset: str = "FewAsp(single)") -> dict:
@@ -96,3 +99,61 @@ def per_class_f1(per_class: pd.DataFrame, *, method: str, dataset: str) -> pd.Da
     den = 2 * g.tp + g.fp + g.fn
     g["f1"] = np.where(den > 0, 2 * g.tp / den.where(den > 0, 1), 0.0)
     return g.reset_index().sort_values("f1")
+
+
+def policy_verdict(comparison: pd.DataFrame) -> str:
+    """One computed sentence: does the policy threshold beat the static one (macro-F1)?"""
+    n = len(comparison)
+    wins = int((comparison["f1_policy_minus_static"] > 0).sum())
+    sig_better = int(sum(lo > 0 for lo, _ in comparison["ci95"]))
+    sig_worse = int(sum(hi < 0 for _, hi in comparison["ci95"]))
+    mean = float(comparison["f1_policy_minus_static"].mean())
+    if sig_better > sig_worse and sig_better > n / 2:
+        verdict = "beats"
+    elif sig_worse > sig_better:
+        verdict = "does not beat (it is significantly worse more often than better than)"
+    else:
+        verdict = "does not clearly beat"
+    note = " (one seed: the intervals are degenerate, so 'significant' means little)" if comparison["n_seeds"].max() < 2 else ""
+    return (f"The policy threshold {verdict} the static threshold: its mean macro-F1 is higher in {wins} of {n} "
+            f"(setting, dataset) pairs, significantly higher (seed 95% CI above 0) in {sig_better}, significantly "
+            f"lower in {sig_worse}; average difference {mean:+.4f}{note}.")
+
+
+def method_means(episodes: pd.DataFrame, *, columns=("auc", "macro_f1", "instance_f1")) -> pd.DataFrame:
+    """Mean of each metric per (dataset, method) over all settings, seeds and episodes."""
+    return episodes.groupby(["dataset", "method"])[list(columns)].mean().round(4)
+
+
+def transfer_metrics(summary: pd.DataFrame) -> dict:
+    """``{dataset: {method: {setting: {...}}}}`` for every dataset other than FewAsp(single),
+    with ``train_dataset`` so a reader sees which are transfer results."""
+    out = {}
+    for ds in sorted(set(summary.dataset) - {"FewAsp(single)"}):
+        block = headline_metrics(summary, dataset=ds)
+        src = summary[summary.dataset == ds]["train_dataset"].iloc[0]
+        out[ds] = {"train_dataset": src, "transfer": src != ds, **block}
+    return out
+
+
+def split_table(data) -> pd.DataFrame:
+    """Classes, instances, unique sentences and label-count histogram of each loaded split."""
+    rows = []
+    for (ds, sp), split in sorted(data.splits.items()):
+        counts = pd.Series(split.label_counts()).value_counts().sort_index()
+        rows.append({"dataset": ds, "split": sp, "classes": len(split.classes), "instances": split.n_instances,
+                     "sentences": len(split), "labels per sentence": " ".join(f"{k}:{v}" for k, v in counts.items())})
+    return pd.DataFrame(rows)
+
+
+def threshold_by_labels(thresholds: pd.DataFrame) -> pd.DataFrame:
+    """Mean policy threshold and count per (dataset, true label count), plus the Spearman
+    correlation of threshold and label count per dataset (negative = fewer classes pass for
+    single-aspect sentences, as a per-instance threshold should)."""
+    from scipy.stats import spearmanr
+
+    tab = thresholds.groupby(["dataset", "n_labels"]).threshold.agg(["mean", "count"]).round(4)
+    rho = {ds: spearmanr(g.threshold, g.n_labels).statistic if g.n_labels.nunique() > 1 else float("nan")
+           for ds, g in thresholds.groupby("dataset")}
+    tab["spearman_rho_dataset"] = [round(float(rho[ds]), 4) for ds, _ in tab.index]
+    return tab
