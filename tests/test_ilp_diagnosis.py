@@ -18,7 +18,10 @@ def _table():
         "incons": dict(incons_flag=True, incons_group_size=2, incons_n_targets=2, incons_partner="p",
                        conflict_flag=True, planted_cause="inconsistency"),   # inconsistency beats conflict
         "forget": dict(stage=0, dyn_stage_forgotten=True, dyn_forgetting_events=1, dyn_max_in_stage=1.0,
-                       probe_category="unknown", planted_cause="forgetting"),
+                       planted_cause="forgetting"),
+        # memorised for a while, then lost, but the base model never knew the fact: knowledge first
+        "fragile": dict(stage=0, dyn_stage_forgotten=True, dyn_forgetting_events=1, dyn_max_in_stage=1.0,
+                        probe_category="unknown", planted_cause="missing_knowledge"),
         "conflict": dict(conflict_flag=True, probe_category="unknown", probe_base_answer="paris",
                          planted_cause="conflict"),
         "missing": dict(probe_category="unknown", probe_target_prob=0.01, probe_target_rank=40,
@@ -38,7 +41,8 @@ def test_cascade_on_hand_made_table():
     assert "learned" not in out.index
     expect = {"incons": "inconsistency", "forget": "forgetting", "conflict": "conflict",
               "missing": "missing_knowledge", "maybe": "unexplained", "rare": "rare_complex",
-              "long": "rare_complex", "plain": "unexplained", "overwritten": "forgetting"}
+              "long": "rare_complex", "plain": "unexplained", "overwritten": "forgetting",
+              "fragile": "missing_knowledge"}
     assert out["diagnosis"].to_dict() == expect
     assert "2 copies with 2 distinct targets" in out.loc["incons", "evidence"]
     assert "'paris'" in out.loc["conflict", "evidence"]
@@ -52,6 +56,8 @@ def test_thresholds_are_parameters():
     out = dg.diagnose(_table(), thresholds=th)
     assert out.loc["maybe", "diagnosis"] == "missing_knowledge"
     assert out.loc["long", "diagnosis"] == "unexplained" and out.loc["rare", "diagnosis"] == "unexplained"
+    off = dg.diagnose(_table(), thresholds=dg.CascadeThresholds(dynamics_forgetting=False, overwrite_is_forgetting=False))
+    assert off.loc["forget", "diagnosis"] == "unexplained" and off.loc["overwritten", "diagnosis"] == "unexplained"
     with pytest.raises(dg.DiagnosisInputError, match="rare_max_share must be in"):
         dg.CascadeThresholds(rare_max_share=2.0)
     with pytest.raises(dg.DiagnosisInputError, match="unknown cascade threshold"):
@@ -61,7 +67,7 @@ def test_thresholds_are_parameters():
 def test_empty_set_of_unlearned_samples_is_a_clear_error():
     t = _table()
     t["learned"] = True
-    with pytest.raises(dg.DiagnosisInputError, match="no unlearned samples among 10"):
+    with pytest.raises(dg.DiagnosisInputError, match="no unlearned samples among 11"):
         dg.diagnose(t)
     with pytest.raises(dg.DiagnosisInputError, match="no 'learned' column"):
         dg.diagnose(t.drop(columns="learned"))

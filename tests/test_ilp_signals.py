@@ -152,3 +152,22 @@ def test_probe_categories_and_conflict():
     assert out.loc["t/0", "conflict_flag"] and not out.loc["t/2", "conflict_flag"]  # 0.8 vs 0.3 confidence
     assert out.loc["t/5", "probe_category"] == "not_probed" and not out.loc["t/5", "conflict_flag"]
     assert not out.loc["t/0", "learned"] and out.loc["t/1", "learned"]
+
+
+def test_conflict_threshold_self_calibrates_on_known_facts():
+    probe = pd.DataFrame({
+        "sample_id": [f"k{i}" for i in range(5)] + ["conf", "miss"],
+        "response": ["a"] * 5 + ["a", "a"],
+        "base_answer": ["a"] * 5 + ["b", "c"],
+        "base_answer_prob": [0.99, 0.98, 0.995, 0.97, 0.99, 0.985, 0.8],
+        "target_prob": [0.99] * 5 + [0.01, 0.01],
+        "target_rank": [1] * 5 + [5, 6],
+    })
+    out = sg.probe_signals(probe, conflict_quantile=0.0, maybe_rank=1, maybe_prob=0.3)
+    # threshold = min confidence on the 5 known samples = 0.97
+    assert out["conflict_threshold"].iloc[0] == pytest.approx(0.97)
+    assert out.loc["conf", "conflict_flag"] and not out.loc["miss", "conflict_flag"]
+    assert out.loc["miss", "probe_category"] == "unknown"
+    # too few known samples: the absolute threshold is used
+    few = sg.probe_signals(probe.iloc[3:], conflict_quantile=0.0, conflict_confidence=0.5)
+    assert few["conflict_threshold"].iloc[0] == 0.5 and few.loc["miss", "conflict_flag"]

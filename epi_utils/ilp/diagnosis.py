@@ -8,25 +8,28 @@ complex patterns. Each unlearned sample is mapped to one of them or to ``unexpla
 The cascade reads the per-sample table of :func:`epi_utils.ilp.signals.signal_table` and checks,
 in this order (the first rule that fires decides, and its evidence is recorded):
 
-1. ``inconsistency``: the prompt appears elsewhere with a different target (``incons_flag``);
-   evidence: copies, distinct targets, partner id, similarity.
-2. ``forgetting``: the sample was learned at the end of its own stage and is unlearned after a
-   later stage (``dyn_stage_forgotten``); or its prompt is retrained with another target in a
-   later stage (``overwrite_later``, when ``overwrite_is_forgetting``); or it had
-   ``>= min_forgetting_events`` forgetting events, an own-stage best exact match of at least
-   ``forgetting_min_correctness`` and is not in the last stage.
+1. ``inconsistency``: the prompt appears elsewhere in the same stage with a different target
+   (``incons_flag``); evidence: copies, distinct targets, partner id, similarity.
+2. ``forgetting`` (data): the prompt is retrained with another target in a later stage
+   (``overwrite_later``, when ``overwrite_is_forgetting``).
 3. ``conflict``: the base model confidently answers something else (``conflict_flag``).
 4. ``missing_knowledge``: the base model's knowledge probe says ``unknown`` (or ``maybe_known``
    when ``maybe_known_is_missing``).
-5. ``rare_complex``: the template group is small (``rarity_group_share <= rare_max_share`` or
+5. ``forgetting`` (dynamics, when ``dynamics_forgetting``): learned at the end of its own stage
+   and unlearned after a later one (``dyn_stage_forgotten``), or ``>= min_forgetting_events``
+   forgetting events with an own-stage best exact match of at least
+   ``forgetting_min_correctness``, outside the last stage.
+6. ``rare_complex``: the template group is small (``rarity_group_share <= rare_max_share`` or
    ``rarity_group_size <= rare_max_size``) or the target is long (``rarity_target_len_z >=
    complex_min_len_z``) or the loss is still falling (``dyn_loss_slope_end <= -min_loss_drop``).
-6. ``unexplained`` otherwise.
+7. ``unexplained`` otherwise.
 
-Data-level causes go first because they are certain (the SFT data itself shows them); forgetting
-before the probe-based causes because a sample that was once learned cannot lack the knowledge
-it needs; conflict before missing knowledge because a confident wrong base answer is the more
-specific finding.
+Data-level causes go first because they are certain (the SFT data itself shows them). The
+knowledge probe comes before the dynamics-based forgetting rule: a sample whose prerequisite
+knowledge is absent or contradicted is often memorised for a while and then lost (the model falls
+back to its prior), which looks like forgetting in the dynamics but is explained by the knowledge
+problem; the forgetting diagnosis is kept for samples without one. Conflict comes before missing
+knowledge because a confident wrong base answer is the more specific finding.
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ class CascadeThresholds:
     complex_min_len_z: float = 2.0              # target length z-score within the task
     min_loss_drop: float = 0.0                  # loss drop per 100 steps at the end (0 = off)
     overwrite_is_forgetting: bool = True        # a later-stage copy with another target -> forgetting
+    dynamics_forgetting: bool = True            # learned in its stage, unlearned later -> forgetting
 
     def __post_init__(self):
         if self.min_forgetting_events < 1:
@@ -103,24 +107,27 @@ def diagnose_row(row: pd.Series, th: CascadeThresholds) -> tuple[str, str]:
                                  f"{int(_get(row, 'incons_n_targets', 1))} distinct targets; most similar prompt with "
                                  f"another target: {_get(row, 'incons_partner', '-')} "
                                  f"(sim {float(_get(row, 'incons_max_similarity', 0.0)):.2f})")
-    if bool(_get(row, "dyn_stage_forgotten", False)):
-        return "forgetting", (f"learned at the end of its stage {int(_get(row, 'stage', 0))}, "
-                              f"unlearned after later stage(s); {int(_get(row, 'dyn_forgetting_events', 0))} forgetting events")
     if th.overwrite_is_forgetting and bool(_get(row, "overwrite_later", False)):
         return "forgetting", (f"its prompt is retrained with another target in a later stage "
                               f"({_get(row, 'overwrite_by', '-')}); own-stage best exact match "
                               f"{float(_get(row, 'dyn_max_in_stage', float('nan'))):.0f}")
-    events = int(_get(row, "dyn_forgetting_events", 0))
-    if events >= th.min_forgetting_events and float(_get(row, "dyn_max_in_stage", 0.0)) >= th.forgetting_min_correctness \
-            and int(_get(row, "stage", 0)) < int(_get(row, "n_stages", 1)) - 1:
-        return "forgetting", f"{events} forgetting event(s) after being learned in its own stage"
     if bool(_get(row, "conflict_flag", False)):
         return "conflict", (f"base model answers '{_get(row, 'probe_base_answer', '')}' with confidence "
-                            f"{float(_get(row, 'probe_base_conf', 0.0)):.2f} instead of the target")
+                            f"{float(_get(row, 'probe_base_conf', 0.0)):.3f} instead of the target")
     cat = _get(row, "probe_category", "not_probed")
     if cat == "unknown" or (cat == "maybe_known" and th.maybe_known_is_missing):
         return "missing_knowledge", (f"base model probe: {cat} (target prob {float(_get(row, 'probe_target_prob', 0.0)):.3f}, "
-                                     f"rank {float(_get(row, 'probe_target_rank', float('nan'))):.0f})")
+                                     f"rank {float(_get(row, 'probe_target_rank', float('nan'))):.0f}; its own answer "
+                                     f"'{_get(row, 'probe_base_answer', '')}' has confidence "
+                                     f"{float(_get(row, 'probe_base_conf', 0.0)):.3f}, below the conflict threshold)")
+    if th.dynamics_forgetting and bool(_get(row, "dyn_stage_forgotten", False)):
+        return "forgetting", (f"learned at the end of its stage {int(_get(row, 'stage', 0))}, "
+                              f"unlearned after later stage(s); {int(_get(row, 'dyn_forgetting_events', 0))} forgetting events")
+    events = int(_get(row, "dyn_forgetting_events", 0))
+    if th.dynamics_forgetting and events >= th.min_forgetting_events \
+            and float(_get(row, "dyn_max_in_stage", 0.0)) >= th.forgetting_min_correctness \
+            and int(_get(row, "stage", 0)) < int(_get(row, "n_stages", 1)) - 1:
+        return "forgetting", f"{events} forgetting event(s) after being learned in its own stage"
     share = float(_get(row, "rarity_group_share", 1.0))
     size = int(_get(row, "rarity_group_size", 10 ** 9))
     len_z = float(_get(row, "rarity_target_len_z", 0.0))

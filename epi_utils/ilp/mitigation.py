@@ -204,7 +204,7 @@ def continue_training(model, tokenizer, *, focus: Sequence[tuple], train: Sequen
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(float(out.loss))
+        losses.append(float(out.loss.detach()))
     model.eval()
     return losses
 

@@ -251,7 +251,8 @@ def dynamics_signals(dynamics: pd.DataFrame, *, end_window: int = 3, per_steps: 
 
 # --------------------------------------------------------------------------- knowledge probe
 def probe_signals(probe: pd.DataFrame, *, maybe_rank: int = 3, maybe_prob: float = 0.2,
-                  conflict_confidence: float = 0.5, normalize: str = "alnum") -> pd.DataFrame:
+                  conflict_confidence: float = 0.5, conflict_quantile: float | None = None,
+                  min_known: int = 5, normalize: str = "alnum") -> pd.DataFrame:
     """Categorise the base model's knowledge of each sample's target and flag conflicts.
 
     ``probe``: one row per probed sample with ``PROBE_FIELDS`` (+ ``response``, the SFT target;
@@ -265,7 +266,11 @@ def probe_signals(probe: pd.DataFrame, *, maybe_rank: int = 3, maybe_prob: float
     greedy answer equals the target; ``maybe_known`` if not, but ``target_rank <= maybe_rank``,
     ``target_prob >= maybe_prob`` or a temperature sample hit the target; ``unknown`` otherwise.
     Conflict (``conflict_flag``): the greedy answer differs from the target *and* its
-    probability is at least ``conflict_confidence``.
+    probability is at least the conflict threshold: ``conflict_confidence``, or, with
+    ``conflict_quantile = q``, the q-quantile of the base model's confidence on the samples it
+    already knows (at least ``min_known`` of them; label-free self-calibration: "as confident as
+    on facts it demonstrably knows"). A hallucinated answer to an unknown fact is usually less
+    confident than that, a pretraining fact that the SFT target contradicts is not.
     Returns columns ``probe_category, probe_target (the compared target), probe_target_prob,
     probe_target_rank, probe_base_answer, probe_base_conf, conflict_flag`` indexed by ``sample_id``.
     """
@@ -275,6 +280,13 @@ def probe_signals(probe: pd.DataFrame, *, maybe_rank: int = 3, maybe_prob: float
     for name, val in (("maybe_prob", maybe_prob), ("conflict_confidence", conflict_confidence)):
         if not 0.0 <= val <= 1.0:
             raise SignalInputError(f"{name} must be in [0, 1], got {val}")
+    if conflict_quantile is not None and not 0.0 <= conflict_quantile <= 1.0:
+        raise SignalInputError(f"conflict_quantile must be None or in [0, 1], got {conflict_quantile}")
+    known = probe["base_answer"].map(lambda a: normalize_text(a, mode=normalize)) == \
+        probe["response"].map(lambda a: normalize_text(a, mode=normalize))
+    threshold = conflict_confidence
+    if conflict_quantile is not None and known.sum() >= min_known:
+        threshold = float(np.quantile(probe.loc[known, "base_answer_prob"].astype(float), conflict_quantile))
     rows = {}
     for rec in probe.itertuples(index=False):
         target = normalize_text(rec.response, mode=normalize)
@@ -293,7 +305,8 @@ def probe_signals(probe: pd.DataFrame, *, maybe_rank: int = 3, maybe_prob: float
             "probe_target_rank": float(rec.target_rank),
             "probe_base_answer": rec.base_answer,
             "probe_base_conf": float(rec.base_answer_prob),
-            "conflict_flag": bool(answer != target and answer != "" and rec.base_answer_prob >= conflict_confidence),
+            "conflict_flag": bool(answer != target and answer != "" and rec.base_answer_prob >= threshold),
+            "conflict_threshold": threshold,
         }
     result = pd.DataFrame.from_dict(rows, orient="index")
     result.index.name = "sample_id"

@@ -8,6 +8,7 @@ pretrained base model are shared by all seeds (the base model is cached by the t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass, field, fields
@@ -38,6 +39,7 @@ class StudyConfig:
     forgetting_rate: float = 0.1
     rare_complex_rate: float = 0.1
     n_stages: int = 2
+    pretrain_epochs: int = 60              # tiny: pretraining epochs on the world's corpus (cached)
     sft_epochs: float = 12.0               # per stage
     sft_lr: float = 1e-3
     sft_batch_size: int = 16
@@ -49,6 +51,7 @@ class StudyConfig:
     maybe_rank: int = 1
     maybe_prob: float = 0.3
     conflict_confidence: float = 0.5
+    conflict_quantile: float = 0.05        # < 0 = use conflict_confidence; else quantile of known-fact confidence
     thresholds: diagnosis.CascadeThresholds = field(default_factory=diagnosis.CascadeThresholds)
     intervention: InterventionConfig = field(default_factory=InterventionConfig)
     mitigate: bool = True
@@ -117,6 +120,11 @@ def load_base(cfg: StudyConfig, world):
 
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    if cfg.backend == "tiny":
+        from epi_utils.lm.models import TINY_PRETRAIN
+        pre = dataclasses.replace(TINY_PRETRAIN, epochs=cfg.pretrain_epochs)
+        return load_model("tiny", world=world, device=str(runs.resolve_device(cfg.device)), tiny_pretrain=pre,
+                          progress=False)
     return load_model(cfg.backend, world=world, device=str(runs.resolve_device(cfg.device)))
 
 
@@ -153,7 +161,8 @@ def run_seed(cfg: StudyConfig, *, seed: int, world, base_model, tokenizer, workd
         train, correct=learned, dynamics=dyn_path, probe=probe.probe_table_for_signals(raw_probe),
         inconsistency_kwargs={"similarity_threshold": cfg.similarity_threshold},
         probe_kwargs={"maybe_rank": cfg.maybe_rank, "maybe_prob": cfg.maybe_prob,
-                      "conflict_confidence": cfg.conflict_confidence})
+                      "conflict_confidence": cfg.conflict_confidence,
+                      "conflict_quantile": cfg.conflict_quantile if cfg.conflict_quantile >= 0 else None})
     if cfg.pass_n:
         gen = torch.Generator().manual_seed(seed)
         table[f"pass_at_{cfg.pass_n}"] = detection.pass_at_n_learned(
