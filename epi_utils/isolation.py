@@ -40,6 +40,10 @@ Policies (``make_policy(name, ...)``):
   ``theta*`` is reset to the current weights. Mixed SFT (one stage): ``F`` of all tasks at the
   pretrained weights, anchored at ``theta_0`` (keeps what every task relies on at the start).
 
+In a sequential schedule the static policies (and mixed-mode EWC) measure every task's probe
+batches at the start, i.e. they see later tasks' data before training on them; EPI measures a task
+only from its own training steps (and its replay buffer once it is finished).
+
 Probe batches: ``probe_data`` maps task -> list of batches (dicts with ``input_ids``,
 ``attention_mask``, ``labels``); :func:`epi_utils.isolation_data.probe_batches` builds them.
 Batch tasks come from ``state.batch_task``; ``None`` raises (masks need task-homogeneous batches).

@@ -78,3 +78,25 @@ def test_drift_table_and_seed_noise_by_hand():
     assert n.loc[10, "spearman"] == pytest.approx(-1.0)
     heat = snaps.layer_share_matrix(a)
     assert heat.loc["other", 10] == 0.5
+
+
+def test_hf_world_with_a_stub_loader(monkeypatch):
+    """The gpu profile's data path, with ``datasets.load_dataset`` stubbed (no hub access here)."""
+    import datasets
+
+    from epi_utils.isolation_hf import hf_world
+
+    def fake(ds_id, conf=None, split=None):
+        if "gsm8k" in ds_id:
+            return [{"question": f"q{i}", "answer": f"work #### {i}"} for i in range(10)]
+        return [{"instruction": f"do {i}", "input": "", "output": f"out {i}"} for i in range(10)]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    w = hf_world(["gsm8k", "codealpaca"], n_train=4, n_heldout=2, n_stages=2, seed=0)
+    assert len(w.split("train")) == 8 and len(w.split("heldout", task="gsm8k")) == 2
+    assert w.stage_tasks() == [("gsm8k",), ("codealpaca",)]
+    g = w.split("train", task="gsm8k")[0]
+    assert g.response == g.prompt[1:]  # "q7" -> "7": only the final answer after ####
+    assert [len(s) for s in w.stages()] == [4, 4] and len(w.mixed()[0]) == 8
+    with pytest.raises(ValueError, match="unknown HF tasks"):
+        hf_world(["mmlu"])
