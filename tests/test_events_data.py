@@ -1,0 +1,167 @@
+"""Loader, validation (one malformed document per error kind), split, synthetic layout, fetch."""
+import copy
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from epi_utils.events import fetch as fetch_mod
+from epi_utils.events.data import (DocumentError, load_documents, parse_document, split_documents,
+                                   truncate_document, reachable_share)
+from epi_utils.events.schema import load_schema, schema_from_dict
+from epi_utils.events.synthetic import generate_documents
+
+SCHEMA = schema_from_dict({"events": [{"event_type": "Pay", "roles": ["Payer", "Amount"]},
+                                      {"event_type": "Move", "roles": ["Mover", "Place", "Date"]}],
+                           "common_fields_entity_only": ["Code"]})
+
+
+def good_doc():
+    return {"sentences": ["张三付了100元。", "李四搬到北京。"],
+            "ann_valid_mspans": ["张三", "100元", "李四", "北京"],
+            "ann_valid_dranges": [[0, 0, 2], [0, 4, 8], [1, 0, 2], [1, 4, 6]],
+            "ann_mspan2dranges": {"张三": [[0, 0, 2]], "100元": [[0, 4, 8]], "李四": [[1, 0, 2]], "北京": [[1, 4, 6]]},
+            "ann_mspan2guess_field": {"张三": "Payer", "100元": "Amount", "李四": "Mover", "北京": "Place"},
+            "recguid_eventname_eventdict_list": [[0, "Pay", {"Payer": "张三", "Amount": "100元"}],
+                                                 [1, "Move", {"Mover": "李四", "Place": "北京", "Date": None}]]}
+
+
+def bad(kind):
+    d = good_doc()
+    if kind == "range_out_of_bounds":
+        d["ann_mspan2dranges"]["北京"] = [[1, 4, 60]]
+    elif kind == "range_text_mismatch":
+        d["ann_mspan2dranges"]["北京"] = [[1, 3, 5]]
+    elif kind == "unknown_role":
+        d["recguid_eventname_eventdict_list"][0][2]["Victim"] = None
+    elif kind == "unknown_event_type":
+        d["recguid_eventname_eventdict_list"][0][1] = "Explode"
+    elif kind == "argument_not_mention":
+        d["recguid_eventname_eventdict_list"][1][2]["Date"] = "昨天"
+    elif kind == "structure":
+        d["sentences"] = "not a list"
+    return d
+
+
+KINDS = ["range_out_of_bounds", "range_text_mismatch", "unknown_role", "unknown_event_type",
+         "argument_not_mention", "structure"]
+
+
+def test_good_document_parses_in_schema_role_order():
+    doc = parse_document(7, good_doc(), SCHEMA)
+    assert doc.doc_id == "7" and doc.records[1] == ("Move", ("李四", "北京", None))
+    assert doc.is_multi and doc.records_by_type(SCHEMA)[0] == [("张三", "100元")]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_error_names_document_and_field(kind):
+    with pytest.raises(DocumentError) as info:
+        parse_document("doc-42", bad(kind), SCHEMA)
+    err = info.value
+    assert err.kind == kind and err.doc_id == "doc-42"
+    assert "doc-42" in str(err) and err.field in str(err)
+
+
+def _write_jsonl(path, pairs):
+    path.write_text("\n".join(json.dumps(p, ensure_ascii=False) for p in pairs) + "\n", encoding="utf-8")
+
+
+def test_skip_counts_every_error_kind_and_raise_fails(tmp_path):
+    pairs = [[0, good_doc()]] + [[i + 1, bad(k)] for i, k in enumerate(KINDS)]
+    f = tmp_path / "docs.jsonl"
+    _write_jsonl(f, pairs)
+    docs, rep = load_documents(f, SCHEMA, on_error="skip")
+    assert len(docs) == 1 and rep.n_read == 7 and rep.n_skipped == 6
+    assert dict(rep.skipped) == {k: 1 for k in KINDS}
+    assert "skipped 6" in rep.summary()
+    with pytest.raises(DocumentError, match="document '1'"):
+        load_documents(f, SCHEMA, on_error="raise")
+    with pytest.raises(ValueError, match="on_error"):
+        load_documents(f, SCHEMA, on_error="ignore")
+
+
+def test_json_array_and_jsonl_give_the_same_documents(tmp_path):
+    pairs = [[i, good_doc()] for i in range(3)]
+    a, b = tmp_path / "train.json", tmp_path / "test.jsonl"
+    a.write_text(json.dumps(pairs, ensure_ascii=False), encoding="utf-8")
+    _write_jsonl(b, pairs)
+    da, _ = load_documents(a, SCHEMA, on_error="raise")
+    db, _ = load_documents(b, SCHEMA, on_error="raise")
+    assert [d.records for d in da] == [d.records for d in db] and len(da) == 3
+
+
+def test_truncation_keeps_gold_records_and_reports_reachability():
+    doc = parse_document(1, good_doc(), SCHEMA)
+    t = truncate_document(doc, max_sentences=1, max_sentence_chars=100)
+    assert set(t.mentions) == {"张三", "100元"} and t.records == doc.records
+    assert reachable_share([doc], [t]) == pytest.approx(2 / 4)
+
+
+def test_split_is_seeded_stratified_and_disjoint():
+    raw = generate_documents(SCHEMA, n_docs=50, rng=np.random.default_rng(0), min_events=1, max_events=3)
+    docs = [parse_document(i, d, SCHEMA) for i, d in raw]
+    a, b = split_documents(docs, seed=3), split_documents(docs, seed=3)
+    assert [d.doc_id for d in a["test"]] == [d.doc_id for d in b["test"]]
+    ids = [d.doc_id for part in a.values() for d in part]
+    assert sorted(ids) == sorted(d.doc_id for d in docs)
+    assert split_documents(docs, seed=4)["test"] != a["test"]
+    with pytest.raises(ValueError):
+        split_documents(docs, seed=0, fractions=(0.5, 0.5, 0.5))
+
+
+def test_synthetic_documents_validate_and_plant_records():
+    rng = np.random.default_rng(1)
+    raw = generate_documents(SCHEMA, n_docs=30, rng=rng, min_events=2, max_events=4, share_prob=1.0)
+    docs = [parse_document(i, d, SCHEMA) for i, d in raw]
+    assert all(2 <= d.num_records <= 4 for d in docs)
+    shared = sum(len(set(a[0] for t, a in d.records if t == "Pay")) < sum(t == "Pay" for t, _ in d.records) for d in docs)
+    assert shared > 0  # argument sharing between records happens
+
+
+def test_real_schema_file_loads(tmp_path):
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps(SCHEMA.to_dict()), encoding="utf-8")
+    s = load_schema(p)
+    assert s.event_types == ("Pay", "Move") and s.roles_of("Move") == ("Mover", "Place", "Date")
+    with pytest.raises(ValueError, match="roles"):
+        schema_from_dict({"events": [{"event_type": "X", "roles": "abc"}]})
+    with pytest.raises(KeyError, match="allowed"):
+        s.type_index("Nope")
+
+
+def _zip_bytes():
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("Data/train.json", json.dumps([[0, good_doc()]], ensure_ascii=False))
+        zf.writestr("Data/test.json", json.dumps([[1, good_doc()]], ensure_ascii=False))
+    return buf.getvalue()
+
+
+def test_fetch_from_file_url_with_sha256(tmp_path):
+    z = tmp_path / "Data.zip"
+    z.write_bytes(_zip_bytes())
+    digest = fetch_mod.sha256_of(z)
+    dest = fetch_mod.fetch_chfinann(tmp_path / "out", url=z.as_uri(), sha256=digest)
+    assert (dest / "train.json").exists() and (dest / "test.json").exists()
+    assert (dest / "chfinann_event_schema.json").exists()
+    docs, rep = load_documents(dest / "train.json", SCHEMA, on_error="raise")
+    assert rep.n_kept == 1
+    with pytest.raises(ValueError, match="sha256"):
+        fetch_mod.fetch_chfinann(tmp_path / "out2", url=z.as_uri(), sha256="0" * 64)
+    assert not list((tmp_path / "out2").glob("*.json"))
+
+
+def test_fetch_with_injected_downloader_warns_without_digest(tmp_path):
+    calls = []
+
+    def fake(url, target):
+        calls.append(url)
+        target.write_bytes(_zip_bytes())
+
+    with pytest.warns(UserWarning, match="not checked"):
+        fetch_mod.fetch_chfinann(tmp_path / "d", downloader=fake, sha256=None)
+    assert calls == [fetch_mod.DOC2EDAG_DATA_URL]
+    fetch_mod.fetch_chfinann(tmp_path / "d", downloader=fake)  # already fetched: no new download
+    assert len(calls) == 1

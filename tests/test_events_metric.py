@@ -1,0 +1,85 @@
+"""Doc2EDAG protocol: hand-computed TP/FP/FN and P/R/F1 (Zheng et al., EMNLP 2019)."""
+import pytest
+
+from epi_utils.events.metric import agg_role_stats, evaluate_documents, prf, recall_by_event_count
+from epi_utils.events.schema import schema_from_dict
+
+
+def totals(stats):
+    return [sum(s[i] for s in stats) for i in range(3)]
+
+
+def test_no_gold_every_filled_prediction_slot_is_fp():
+    assert agg_role_stats([("a", "b", None)], None, 3) == [[0, 1, 0], [0, 1, 0], [0, 0, 0]]
+    assert agg_role_stats([("a", "b", None)], [], 3) == [[0, 1, 0], [0, 1, 0], [0, 0, 0]]
+
+
+def test_no_prediction_every_filled_gold_slot_is_fn():
+    assert agg_role_stats(None, [("a", None, "c")], 3) == [[0, 0, 1], [0, 0, 0], [0, 0, 1]]
+    assert agg_role_stats(None, None, 3) == [[0, 0, 0]] * 3
+
+
+def test_duplicate_prediction_counts_as_false_positives():
+    stats = agg_role_stats([("a", "b", "c"), ("a", "b", "c")], [("a", "b", "c")], 3)
+    assert stats == [[1, 1, 0]] * 3
+    s = prf(*totals(stats))
+    assert s["p"] == pytest.approx(0.5) and s["r"] == pytest.approx(1.0) and s["f1"] == pytest.approx(2 / 3)
+
+
+def test_partially_filled_record():
+    # role 0 equal -> TP; role 1 wrong -> FP+FN; role 2 gold empty, predicted -> FP
+    stats = agg_role_stats([("a", "x", "c")], [("a", "b", None)], 3)
+    assert stats == [[1, 0, 0], [0, 1, 1], [0, 1, 0]]
+    s = prf(*totals(stats))
+    assert (s["p"], s["r"], s["f1"]) == pytest.approx((1 / 3, 1 / 2, 0.4))
+
+
+def test_empty_slots_count_as_matches_when_choosing_the_gold_record():
+    # Doc2EDAG's similarity counts None == None: the prediction ties (2 vs 2) and takes the
+    # first gold record, so 'b' is not credited even though it is gold[1]'s first argument.
+    stats = agg_role_stats([("b", None, None)], [("a", None, None), ("b", "c", None)], 3)
+    assert totals(stats) == [0, 1, 3]
+
+
+def test_predictions_are_matched_in_order_of_filled_slots():
+    golds = [("a", "b", "x"), ("a", "b", "c")]
+    # the fuller prediction is matched first and takes the exact gold record
+    stats = agg_role_stats([("a", "b", None), ("a", "b", "c")], golds, 3)
+    assert totals(stats) == [5, 0, 1]
+
+
+def test_wrong_slot_count_raises():
+    with pytest.raises(ValueError, match="slots"):
+        agg_role_stats([("a",)], [("a", "b")], 2)
+
+
+SCHEMA = schema_from_dict({"events": [{"event_type": "A", "roles": ["r1", "r2"]},
+                                      {"event_type": "B", "roles": ["s1", "s2", "s3"]}]})
+
+
+def test_document_level_micro_single_multi_per_type_macro():
+    gold = [[("A", ("x", "y"))],
+            [("A", ("p", "q")), ("B", ("u", None, "w"))]]
+    pred = [[("A", ("x", "y"))],
+            [("A", ("p", None)), ("B", ("u", "v", "z"))]]
+    r = evaluate_documents(pred, gold, SCHEMA)
+    # doc1: A tp2. doc2: A tp1 fn1; B s1 tp, s2 fp, s3 fp+fn -> tp1 fp2 fn1
+    assert (r["micro_p"], r["micro_r"], r["micro_f1"]) == pytest.approx((4 / 6, 4 / 6, 2 / 3))
+    assert r["single_f1"] == pytest.approx(1.0)
+    assert (r["multi_p"], r["multi_r"], r["multi_f1"]) == pytest.approx((0.5, 0.5, 0.5))
+    assert r["multi_recall"] == r["multi_r"]
+    assert r["per_type"]["A"]["f1"] == pytest.approx(2 * 0.75 / 1.75)
+    assert r["per_type"]["B"]["f1"] == pytest.approx(0.4)
+    assert r["macro_f1"] == pytest.approx((2 * 0.75 / 1.75 + 0.4) / 2)
+    assert (r["n_single"], r["n_multi"]) == (1, 1)
+    by = recall_by_event_count(pred, gold, SCHEMA, bins=(1, 2))
+    assert by["1"]["r"] == pytest.approx(1.0) and by["2+"]["r"] == pytest.approx(0.5)
+
+
+def test_perfect_and_empty_predictions():
+    gold = [[("A", ("x", "y"))], [("B", ("u", None, "w")), ("B", ("u", "k", None))]]
+    assert evaluate_documents(gold, gold, SCHEMA)["micro_f1"] == 1.0
+    r = evaluate_documents([[], []], gold, SCHEMA)
+    assert (r["micro_p"], r["micro_r"], r["micro_f1"]) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError):
+        evaluate_documents([[]], gold, SCHEMA)

@@ -1,0 +1,72 @@
+"""Alignment, losses, and the whole pipeline on a made-up schema (schema-driven, tiny)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from epi_utils.events.alignment import assign, best_record
+from epi_utils.events.data import parse_document, truncate_document
+from epi_utils.events.losses import slot_nll, supcon
+from epi_utils.events.metric import evaluate_documents
+from epi_utils.events.schema import schema_from_dict
+from epi_utils.events.synthetic import generate_documents
+from epi_utils.events import training as tr
+
+
+def test_hungarian_finds_the_cheapest_assignment_and_fixed_keeps_order():
+    cost = np.array([[4.0, 1.0], [2.0, 8.0], [3.0, 3.0]])  # 3 probes, 2 records
+    assert sorted(assign(cost, mode="hungarian")) == [(0, 1), (1, 0)]  # total 3
+    assert assign(cost, mode="fixed") == [(0, 0), (1, 1)]
+    assert assign(np.zeros((3, 0))) == []
+    assert best_record(cost).tolist() == [1, 0, 0]
+    with pytest.raises(ValueError, match="alignment mode"):
+        assign(cost, mode="greedy")
+
+
+def test_supcon_hand_computed():
+    x = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    # anchors 0 and 1: -log(e^1 / (e^1 + e^0)); anchor 2 has no positive and is skipped
+    assert float(supcon(x, torch.tensor([0, 0, 1]), temperature=1.0)) == pytest.approx(math.log(1 + math.e) - 1)
+    assert float(supcon(x, torch.tensor([0, 1, 2]))) == 0.0
+
+
+def test_slot_nll_masks_padding_roles():
+    logp = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]]))  # 1 probe, 2 roles, M=2 + null
+    assert float(slot_nll(logp, torch.tensor([[0, 2]]), torch.tensor([[True, False]]))) == pytest.approx(math.log(2))
+
+
+MADE_UP = schema_from_dict({"events": [{"event_type": "Launch", "roles": ["Rocket", "Site", "Day", "Crew"]},
+                                       {"event_type": "Dock", "roles": ["Ship", "Port"]},
+                                       {"event_type": "Recall", "roles": ["Product", "Maker", "Count"]}],
+                            "common_fields_entity_only": ["Ticker"]})
+
+
+def test_whole_pipeline_runs_on_a_made_up_schema():
+    torch.set_num_threads(1)
+    raw = generate_documents(MADE_UP, n_docs=24, rng=np.random.default_rng(0), min_events=1, max_events=3)
+    docs = [truncate_document(parse_document(i, d, MADE_UP), max_sentences=8, max_sentence_chars=64) for i, d in raw]
+    train, test = docs[:18], docs[18:]
+    cfg = tr.EventConfig(dim=32, hidden=32, enc_layers=1, dec_layers=1, heads=2, max_sentence_chars=64,
+                         max_sentences=8, enc_epochs=1, dec_epochs=2, num_probes=3, eval_every=1).validate()
+    enc = tr.train_encoder(train, MADE_UP, cfg, seed=0)
+    f_train = tr.extract_features(enc, train, MADE_UP, candidates="gold")
+    f_test = tr.extract_features(enc, test, MADE_UP, candidates="predicted")
+    assert f_train[0]["gold"][0].shape[1] == MADE_UP.max_roles
+    for variant in tr.default_variants():
+        dec, info = tr.train_decoder(f_train, MADE_UP, variant, cfg, seed=0, d_in=32, num_fields=len(enc.labels),
+                                     dev_feats=f_test, dev_docs=test)
+        preds = tr.decode(dec, f_test, MADE_UP, cfg)
+        for recs in preds:
+            for etype, args in recs:
+                assert etype in MADE_UP.event_types and len(args) == len(MADE_UP.roles_of(etype))
+        scores = evaluate_documents(preds, [d.records for d in test], MADE_UP)
+        assert 0.0 <= scores["micro_f1"] <= 1.0 and set(scores["per_type"]) == set(MADE_UP.event_types)
+        assert "slot" in info["history"][0] and ("role_contrastive" in info["history"][0]) == variant.role_contrastive
+
+
+def test_config_validation_names_the_parameter():
+    with pytest.raises(ValueError, match="candidates"):
+        tr.EventConfig(candidates="oracle").validate()
+    with pytest.raises(ValueError, match="heads"):
+        tr.EventConfig(dim=30, heads=4).validate()
