@@ -23,9 +23,9 @@ def threshold_vs_labels(thresholds: pd.DataFrame):
         for i, (setting, g) in enumerate(sub.groupby("setting", sort=False)):
             ax.axhline(g["static_threshold"].mean(), ls="--", lw=0.8, color=f"C{i}")
         counts = sub.groupby("n_labels").size()
-        ax.set_xticks(range(len(counts)), [f"{k}\n(n={v})" for k, v in counts.items()])
+        ax.set_xticks(range(len(counts)), [f"{k}\n({v})" for k, v in counts.items()], fontsize=8)
         ax.set_title(ds)
-        ax.set_xlabel("aspects in the query sentence")
+        ax.set_xlabel("aspects in the query sentence (queries)")
         ax.set_ylabel("policy threshold (dashed: static)")
         if ax is not axes[0][-1] and ax.get_legend():
             ax.get_legend().remove()
@@ -42,8 +42,9 @@ def attention_tokens(examples: list[dict], *, max_tokens: int = 30):
     for ax, ex in zip(axes[:, 0], examples):
         toks, w = ex["tokens"][:max_tokens], np.asarray(ex["weights"][:max_tokens])
         ax.imshow(w[None, :], aspect="auto", cmap="Reds", vmin=0, vmax=max(w.max(), 1e-6))
-        ax.set_xticks(range(len(toks)), toks, rotation=60, fontsize=8, ha="right")
+        ax.set_xticks(range(len(toks)), toks, rotation=60, fontsize=8, ha="right", rotation_mode="anchor")
         ax.set_yticks([])
+        ax.grid(False)
         ax.set_title(f"prototype of {ex['class']}  (sentence aspects: {', '.join(ex['aspects'])})", fontsize=9, loc="left")
     fig.tight_layout()
     return fig
