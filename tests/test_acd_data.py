@@ -80,15 +80,17 @@ def test_fetch_verifies_hashes_and_falls_back(tmp_path):
         import urllib.parse
         return files[urllib.parse.unquote(url.split("/good/", 1)[1])]
 
-    report = D.fetch_fewasp(tmp_path, mirrors=("https://bad/x", "https://good/"), downloader=fake, hashes=hashes)
+    root = D.fetch_fewasp(tmp_path / "data", mirrors=("https://bad/x", "https://good/"), downloader=fake, hashes=hashes)
+    assert root == tmp_path / "data" / "fewasp"
+    report = json.loads((root / "FETCHED.json").read_text())
     assert set(report) == set(files)
     assert report["FewAsp/val.json"]["verified"] == "yes"
     # train files have no reference hash: the corrupted first mirror fails validation, the second wins
     assert report["FewAsp(multi)/train.json"]["verified"] == "no-reference"
     assert report["FewAsp(multi)/train.json"]["source"].startswith("https://good/")
     assert "FewAsp%28multi%29/train.json" in report["FewAsp(multi)/train.json"]["source"]
-    assert D.load_split("FewAsp(multi)", "train", root=tmp_path).n_instances == 4
-    again = D.fetch_fewasp(tmp_path, mirrors=("https://bad/x",), downloader=fake, hashes=hashes)
+    assert D.load_split("FewAsp(multi)", "train", root=root).n_instances == 4
+    again = D.download_fewasp(root, mirrors=("https://bad/x",), downloader=fake, hashes=hashes)
     assert all(v["source"] == "existing" for v in again.values())
     with pytest.raises(D.FewAspError, match=r"sha256 .* != expected"):
-        D.fetch_fewasp(tmp_path / "new", mirrors=("https://bad/x",), downloader=fake, hashes=hashes)
+        D.download_fewasp(tmp_path / "new", mirrors=("https://bad/x",), downloader=fake, hashes=hashes)

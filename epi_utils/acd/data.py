@@ -17,7 +17,8 @@ sentence out of both the support and the query set.
 Validation (:func:`parse_split`) raises :class:`FewAspFormatError` naming the file and the
 category for: a key category missing from an instance's aspect list, an empty sentence, an aspect
 outside the split's classes, or the same sentence listed with two different aspect sets.
-A missing split file raises :class:`FewAspMissingError` that says to run ``epi data fetch fewasp``.
+A missing split file raises :class:`FewAspMissingError` that says to run ``epi data fetch fewasp``
+(:func:`fetch_fewasp`, registered in ``epi_utils.datasets``).
 """
 from __future__ import annotations
 
@@ -221,10 +222,24 @@ def _urlopen_bytes(url: str) -> bytes:
         return resp.read()
 
 
-def fetch_fewasp(dest: os.PathLike | str | None = None, *, mirrors: Sequence[str] = MIRRORS,
-                 downloader: Callable[[str], bytes] | None = None, overwrite: bool = False,
-                 hashes: Mapping[str, str] = SHA256) -> dict[str, dict[str, str]]:
-    """Download ``separate.json`` and the 9 split files of the three FewAsp datasets into ``dest``.
+def fetch_fewasp(dest: os.PathLike | str | None = None, **options) -> Path:
+    """``epi data fetch fewasp``: download FewAsp into ``<dest>/fewasp`` (``dest`` defaults to
+    ``$EPI_DATA_DIR``) with :func:`download_fewasp` and return that folder. ``options`` go to
+    :func:`download_fewasp` (``mirrors``, ``downloader``, ``overwrite``, ``hashes``)."""
+    if dest is None:
+        from epi_utils.runs import data_dir
+
+        dest = data_dir()
+    root = Path(dest) / "fewasp"
+    download_fewasp(root, **options)
+    return root
+
+
+def download_fewasp(dest: os.PathLike | str, *, mirrors: Sequence[str] = MIRRORS,
+                    downloader: Callable[[str], bytes] | None = None, overwrite: bool = False,
+                    hashes: Mapping[str, str] = SHA256) -> dict[str, dict[str, str]]:
+    """Download ``separate.json`` and the 9 split files of the three FewAsp datasets into the
+    FewAsp folder ``dest`` (the one holding ``separate.json``).
 
     Each file is tried at every mirror in order; a download whose sha256 differs from ``hashes``
     (where known) is rejected and the next mirror tried. Files without a reference hash are
@@ -233,7 +248,7 @@ def fetch_fewasp(dest: os.PathLike | str | None = None, *, mirrors: Sequence[str
     Returns ``{relative path: {"sha256": ..., "source": url or "existing", "verified": "yes"|"no-reference"}}``
     and writes it to ``dest/FETCHED.json``. Raises :class:`FewAspError` when a file cannot be had.
     """
-    dest = _root(dest)
+    dest = Path(dest)
     get = downloader or _urlopen_bytes
     wanted = ["separate.json"] + [f"{d}/{s}.json" for d in DATASETS for s in SPLITS]
     report: dict[str, dict[str, str]] = {}
