@@ -1,0 +1,40 @@
+"""Shared fixtures of the LM-testbed tests: a small world and its pretrained tiny model.
+
+Import the fixtures into a test module with ``from tests.lm_fixtures import *`` (or
+``from lm_fixtures import ...`` when tests/ is on sys.path). The pretrained model is cached under
+``runs.cache_dir()`` (keyed by the world and pretraining config), so only the first test session
+pays the pretraining time.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from epi_utils.data.world import WorldConfig, build_world
+from epi_utils.lm.models import TinyPretrainConfig
+
+SMALL_WORLD = WorldConfig(seed=0, n_entities=16, n_train_per_task=12, n_heldout_per_task=4,
+                          missing_knowledge_rate=0.1, conflict_rate=0.1, inconsistency_rate=0.2,
+                          forgetting_rate=0.1, rare_complex_rate=0.1, n_stages=2)
+SMALL_PRETRAIN = TinyPretrainConfig(epochs=40, batch_size=64, lr=3e-3, warmup_steps=20)
+
+
+@pytest.fixture(scope="session")
+def small_world():
+    return build_world(SMALL_WORLD)
+
+
+@pytest.fixture(scope="session")
+def small_tiny(small_world):
+    """(model, tokenizer) pretrained on the small world's corpus (cached). Do not train it in place:
+    use the ``fresh_tiny`` fixture for a private copy."""
+    from epi_utils.lm.models import load_model
+
+    return load_model("tiny", world=small_world, device="cpu", tiny_pretrain=SMALL_PRETRAIN, progress=False)
+
+
+@pytest.fixture()
+def fresh_tiny(small_tiny):
+    model, tok = small_tiny
+    return copy.deepcopy(model), tok
