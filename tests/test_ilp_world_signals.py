@@ -80,3 +80,18 @@ def test_fix_plans(world, table):
 def test_intervention_config_validation():
     with pytest.raises(ValueError, match="fix_share"):
         mitigation.InterventionConfig(fix_share=0.0)
+
+
+def test_replay_schedule_keeps_overwritten_prompts_out(world):
+    from epi_utils.ilp.study import schedule
+
+    base = world.stages()
+    full = schedule(world, replay=1.0, rng=np.random.default_rng(0))
+    overwritten = {s.interferes_with for s in world.split("train") if s.interferes_with}
+    replayed = {s.id for s in full[1]} - {s.id for s in base[1]}
+    assert replayed == {s.id for s in base[0]} - overwritten
+    assert [len(st) for st in schedule(world, replay=0.0, rng=np.random.default_rng(0))] == [len(st) for st in base]
+    half = schedule(world, replay=0.5, rng=np.random.default_rng(0))
+    assert len(half[1]) - len(base[1]) == round(0.5 * len(replayed))
+    with pytest.raises(ValueError, match="replay must be in"):
+        schedule(world, replay=1.5, rng=np.random.default_rng(0))
