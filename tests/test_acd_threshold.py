@@ -24,6 +24,18 @@ def test_static_threshold_by_hand():
     assert tau == 0.35 and scores[2] == pytest.approx(1.0) and scores[0] < 1.0
 
 
+def test_static_threshold_vectorised_equals_loop():
+    rng = np.random.default_rng(0)
+    probs = [rng.dirichlet(np.ones(5), size=10) for _ in range(6)]
+    labels = [(rng.random((10, 5)) < 0.3).astype(float) for _ in range(6)]
+    _, grid, fast = tune_static_threshold(probs, labels)
+    _, _, slow = tune_static_threshold(probs + [probs[0][:4]], labels + [labels[0][:4]])  # ragged -> loop path
+    from epi_utils.acd.metrics import episode_macro_f1
+    loop = [np.mean([episode_macro_f1(y, predict(p, t)) for p, y in zip(probs, labels)]) for t in grid]
+    assert np.allclose(fast, loop)
+    assert not np.allclose(slow, loop)
+
+
 def _case(two_labels: bool):
     """Probabilities (0.5, 0.4, 0.1): the right threshold is below 0.4 if both top classes are true,
     above 0.4 if only the first is."""

@@ -57,8 +57,21 @@ def tune_static_threshold(probs: Sequence[np.ndarray], labels: Sequence[np.ndarr
     if len(probs) == 0 or len(probs) != len(labels):
         raise ValueError(f"need equally many probability and label arrays (>0), got {len(probs)} and {len(labels)}")
     grid = np.round(np.linspace(0.02, 0.98, 49), 4) if grid is None else np.asarray(grid, dtype=float)
-    scores = np.array([np.mean([episode_macro_f1(y, predict(p, t, min_one=min_one)) for p, y in zip(probs, labels)])
-                       for t in grid])
+    if len({p.shape for p in probs}) == 1:  # vectorised over episodes: (E, M, N)
+        P, Y = np.stack(probs), np.stack(labels).astype(bool)
+        top = np.zeros_like(Y)
+        np.put_along_axis(top, P.argmax(-1)[..., None], True, axis=-1)
+        scores = []
+        for t in grid:
+            pred = (P > t) | (top if min_one else False)
+            tp, fp, fn = (Y & pred).sum(1), (~Y & pred).sum(1), (Y & ~pred).sum(1)
+            den = 2 * tp + fp + fn
+            f1 = np.divide(2 * tp, den, out=np.zeros(den.shape), where=den > 0)
+            scores.append(f1.mean(-1).mean())
+        scores = np.array(scores)
+    else:
+        scores = np.array([np.mean([episode_macro_f1(y, predict(p, t, min_one=min_one)) for p, y in zip(probs, labels)])
+                           for t in grid])
     return float(grid[int(np.argmax(scores))]), grid, scores
 
 
