@@ -41,6 +41,7 @@ class StudyConfig:
     n_stages: int = 2
     pretrain_epochs: int = 60              # tiny: pretraining epochs on the world's corpus (cached)
     replay: float = 1.0                    # share of earlier-stage samples replayed in each later stage
+    knowledge_replay: float = 0.0          # share of corpus facts mixed into every SFT stage as cloze samples
     sft_epochs: float = 12.0               # per stage
     sft_lr: float = 1e-3
     sft_batch_size: int = 16
@@ -140,6 +141,26 @@ def schedule(world, *, replay: float, rng: np.random.Generator) -> list[list]:
     return out
 
 
+CORPUS_PREFIX = "corpus/"
+
+
+def corpus_samples(world, *, share: float, rng: np.random.Generator) -> list:
+    """Pretraining facts as SFT-format cloze samples (prompt = the recall/probe text of the fact,
+    response = its corpus value), a random ``share`` of the facts stated in the corpus; ids start
+    with ``"corpus/"``. Mixing them into SFT is the usual "pretraining data mixing" that keeps
+    parametric knowledge alive; it also makes the pretraining answer compete with a conflicting
+    SFT target."""
+    from epi_utils.data.world import Sample
+
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"knowledge_replay share must be in (0, 1], got {share}")
+    facts = [f for f in world.facts if f.in_pretrain]
+    pick = sorted(rng.choice(len(facts), size=int(round(share * len(facts))), replace=False).tolist())
+    return [Sample(id=f"{CORPUS_PREFIX}{i:04d}", task="corpus_recall", split="train",
+                   prompt=probe.probe_prompt(world, facts[i]), response=facts[i].value, stage=0, planted_cause=None,
+                   template_id="corpus/recall", fact_id=facts[i].fact_id) for i in pick]
+
+
 def load_base(cfg: StudyConfig, world):
     """The pre-SFT model and tokenizer (tiny: pretrained on the world's corpus, cached)."""
     import torch
@@ -170,6 +191,9 @@ def run_seed(cfg: StudyConfig, *, seed: int, world, base_model, tokenizer, workd
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     stages = schedule(world, replay=cfg.replay, rng=np.random.default_rng([seed, 7]))
+    if cfg.knowledge_replay > 0:
+        extra = corpus_samples(world, share=cfg.knowledge_replay, rng=np.random.default_rng([seed, 8]))
+        stages = [st + [dataclasses.replace(x, stage=k) for x in extra] for k, st in enumerate(stages)]
     train = world.split("train")
     heldout = world.split("heldout")
     raw_probe = probe.knowledge_probe(base_model, tokenizer, world, train)
@@ -186,8 +210,10 @@ def run_seed(cfg: StudyConfig, *, seed: int, world, base_model, tokenizer, workd
 
     t = time.perf_counter()
     learned = detection.detect_unlearned(model, tokenizer, train, normalize=cfg.normalize)
+    dyn = signals.read_dynamics(dyn_path)
+    dyn = dyn[~dyn["sample_id"].astype(str).str.startswith(CORPUS_PREFIX)]
     table = signals.signal_table(
-        train, correct=learned, dynamics=dyn_path, probe=probe.probe_table_for_signals(raw_probe),
+        train, correct=learned, dynamics=dyn, probe=probe.probe_table_for_signals(raw_probe),
         inconsistency_kwargs={"similarity_threshold": cfg.similarity_threshold},
         probe_kwargs={"maybe_rank": cfg.maybe_rank, "maybe_prob": cfg.maybe_prob,
                       "conflict_confidence": cfg.conflict_confidence,
@@ -326,100 +352,3 @@ def run_all(cfg: StudyConfig, *, seeds: Sequence[int], world, base_model, tokeni
 def timing_table(results: Sequence[SeedResult]) -> pd.DataFrame:
     """Seconds per phase and seed."""
     return pd.DataFrame({r.seed: r.timings for r in results}).T.rename_axis("seed").round(1)
-
-
-def unlearned_over_seeds(results: Sequence[SeedResult]) -> pd.DataFrame:
-    """Unlearned rate overall and per task: mean and bootstrap CI over seeds (+ pass@N if present)."""
-    from epi_utils import stats
-
-    rows = []
-    for r in results:
-        rates = detection.unlearned_rates(r.table, by="task")
-        for g, v in rates["unlearned_rate"].items():
-            rows.append({"group": g, "seed": r.seed, "unlearned_rate": float(v)})
-        pcols = [c for c in r.table.columns if c.startswith("pass_at_")]
-        for c in pcols:
-            rows.append({"group": "all", "seed": r.seed, f"unlearned_{c}": float(1 - r.table[c].mean())})
-        rows.append({"group": "heldout", "seed": r.seed, "heldout_accuracy": r.heldout_accuracy})
-    summ = stats.summarize_over_seeds(rows, group_keys=("group",), value_keys=[
-        c for c in pd.DataFrame(rows).columns if c not in ("group", "seed")])
-    return summ.set_index(["group", "metric"])
-
-
-def prevalence_text(rates: pd.DataFrame, prev: pd.DataFrame) -> str:
-    overall = rates.loc[("all", "unlearned_rate")]
-    task_rows = rates.xs("unlearned_rate", level="metric").drop(index="all")
-    worst_task = task_rows["mean"].idxmax()
-    agg = float(prev.loc[prev["subset"] == "aggregate", "accuracy"].iloc[0])
-    lowest = prev[prev["subset"] != "aggregate"].sort_values("accuracy").iloc[0]
-    return (f"Unlearned rate after SFT: {overall['mean']:.3f} (95% CI {overall['ci_low']:.3f}-{overall['ci_high']:.3f}) "
-            f"over {int(overall['n'])} seed(s). Worst task: {worst_task} ({task_rows.loc[worst_task, 'mean']:.3f} "
-            f"unlearned). Aggregate training accuracy {agg:.3f}, but subset {lowest['subset']} reaches only "
-            f"{lowest['accuracy']:.3f} (gap {agg - lowest['accuracy']:.3f}).")
-
-
-def diagnosis_text(diag: Mapping) -> str:
-    from epi_utils.ilp.explorer import confusion_notes
-
-    sc = diag["scores"].dropna(subset=["f1"])
-    best, worst = sc["f1"].idxmax(), sc["f1"].idxmin()
-    lo, hi = diag["macro_f1_seed_ci95"]
-    verdict = "meets" if diag["macro_f1"] >= 0.85 else "misses"
-    lines = [f"Rule-cascade macro-F1 (pooled confusion): {diag['macro_f1']:.3f}; per seed {diag['macro_f1_seed']:.3f} "
-             f"(95% CI {lo:.3f}-{hi:.3f}); this {verdict} the 0.85 target.",
-             f"Best cause: {best} (F1 {sc.loc[best, 'f1']:.2f}); worst: {worst} (F1 {sc.loc[worst, 'f1']:.2f}, "
-             f"precision {sc.loc[worst, 'precision']:.2f}, recall {sc.loc[worst, 'recall']:.2f}).",
-             "Largest confusions:"]
-    lines += [f"  - {n}" for n in confusion_notes(diag["confusion"])]
-    return "\n".join(lines)
-
-
-def learned_text(diag: Mapping) -> str:
-    d = diag["macro_f1_learned"] - diag["macro_f1"]
-    return (f"Learned diagnoser (cross-validated random forest) macro-F1 {diag['macro_f1_learned']:.3f} vs rule cascade "
-            f"{diag['macro_f1']:.3f} ({'+' if d >= 0 else ''}{d:.3f}); the learned variant uses planted labels for "
-            "training, the cascade none.")
-
-
-def mitigation_text(rows: Sequence[Mapping]) -> str:
-    diff = recovery.paired_differences(rows)
-    if diff.empty:
-        return "No cause had diagnosed samples in every arm: no fix-vs-control comparison."
-    lines = []
-    for r in diff.itertuples(index=False):
-        verdict = "beats" if r.fix_better else ("does not beat" if r.ci_high >= 0 else "is worse than")
-        lines.append(f"{r.cause}: fix - control recovery {r.fix_minus_control:+.3f} (95% CI {r.ci_low:+.3f} to "
-                     f"{r.ci_high:+.3f}, {r.n_seeds} seeds): the targeted fix {verdict} the compute-matched control.")
-    frame = pd.DataFrame(list(rows))
-    if "heldout_delta" in frame:
-        hd = frame.groupby("arm")["heldout_delta"].mean()
-        lines.append("Held-out accuracy change (mean over causes and seeds): " +
-                     ", ".join(f"{a} {v:+.3f}" for a, v in hd.items()))
-    return "\n".join(lines)
-
-
-def headline_metrics(results: Sequence[SeedResult], diag: Mapping, cfg: StudyConfig) -> dict:
-    """The metrics.json entries: unlearned_rate (+CI), diagnosis_macro_f1 (+ per-seed CI),
-    diagnosis_confusion (planted -> diagnosed -> count), learned-variant macro-F1, per-cause
-    precision/recall, recovery rates per cause for fix and control (+CI), held-out accuracy."""
-    from epi_utils import stats
-
-    out = {}
-    out.update(stats.with_ci("unlearned_rate", [1 - float(r.table["learned"].mean()) for r in results]))
-    out.update(stats.with_ci("heldout_accuracy", [r.heldout_accuracy for r in results]))
-    out["diagnosis_macro_f1"] = float(diag["macro_f1"])
-    out["diagnosis_macro_f1_ci95"] = diag["macro_f1_seed_ci95"]
-    out["diagnosis_macro_f1_learned"] = float(diag["macro_f1_learned"])
-    out["diagnosis_confusion"] = {p: {d: int(v) for d, v in row.items()} for p, row in diag["confusion"].iterrows()}
-    for cause, row in diag["scores"].iterrows():
-        for k in ("precision", "recall", "f1"):
-            if not np.isnan(row[k]):
-                out[f"diagnosis_{k}_{cause}"] = float(row[k])
-    rows = [row for r in results for row in r.recovery_rows]
-    if rows:
-        out.update(recovery.recovery_metrics(rows))
-        out["recovery_rate"] = {k[len("recovery_rate_"):]: v for k, v in out.items()
-                                if k.startswith("recovery_rate_") and not k.endswith("_ci95")}
-    out["n_seeds"] = len(results)
-    out["backend"] = cfg.backend
-    return out
