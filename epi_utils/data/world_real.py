@@ -69,10 +69,11 @@ def make_real_facts(config, rng: np.random.Generator):
 
 
 def probe_prompt(fact) -> str:
-    """Zero-shot question for the knowledge probe of a real pretrained model."""
+    """Zero-shot cloze for the knowledge probe of a real pretrained model (an instruct model such as
+    SmolLM2 answers ``"Question: ...\nAnswer:"`` with an immediate end-of-turn, so a cloze is used)."""
     ent = " ".join(w.capitalize() for w in fact.entity.split())
     if fact.attribute == "continent":
-        return f"Question: On which continent is {ent}?\nAnswer:"
+        return f"{ent} is a country on the continent of"
     if fact.attribute == "language":
-        return f"Question: What is the main language spoken in {ent}?\nAnswer:"
-    return f"Question: What is the capital of {ent}?\nAnswer:"
+        return f"The main language spoken in {ent} is"
+    return f"The capital of {ent} is"

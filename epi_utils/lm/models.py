@@ -43,17 +43,20 @@ class TinyModelConfig:
     n_head: int = 4
     n_embd: int = 128
     n_positions: int = 128
+    tie_word_embeddings: bool = False  # untied: with tied weights, words absent from the corpus (digits,
+    # letters) are all pushed onto the same "never predicted" direction in pretraining and become
+    # indistinguishable as inputs, which makes reversal/sorting/lookup nearly unlearnable in SFT
 
 
 @dataclass(frozen=True)
 class TinyPretrainConfig:
     """Next-token pretraining of ``tiny`` on the world's corpus (one sentence per row)."""
 
-    epochs: int = 60
-    batch_size: int = 32
+    epochs: int = 40
+    batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 0.01
-    warmup_steps: int = 50
+    warmup_steps: int = 20
     seed: int = 0
 
 
@@ -101,7 +104,7 @@ def _new_tiny(tokenizer, model_cfg: TinyModelConfig, seed: int):
     cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=model_cfg.n_positions, n_embd=model_cfg.n_embd,
                      n_layer=model_cfg.n_layer, n_head=model_cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
                      attn_pdrop=0.0, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                     pad_token_id=tokenizer.pad_token_id)
+                     pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=model_cfg.tie_word_embeddings)
     return GPT2LMHeadModel(cfg)
 
 
