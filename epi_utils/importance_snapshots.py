@@ -79,24 +79,27 @@ def _spearman_vec(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def drift_table(snapshots: Sequence[dict], *, tasks: Sequence[str] | None = None):
     """One row per snapshot and task: ``step, task, jaccard_first, jaccard_prev, spearman_first,
-    turnover_prev, entering_prev, leaving_prev`` (the first snapshot compares with itself)."""
+    turnover_prev, entering_prev, leaving_prev``; "first" = the task's first snapshot (which
+    compares with itself), "prev" = the previous snapshot."""
     import pandas as pd
 
     if not snapshots:
         raise ValueError("no snapshots: train longer than `every` steps")
     rows = []
-    first = snapshots[0]
-    tasks = list(tasks) if tasks is not None else [t for t in first["masks"]]
+    if tasks is None:
+        tasks = list(dict.fromkeys(t for s in snapshots for t in s["masks"]))
+    first: dict[str, dict] = {}  # each task's first snapshot (a task appears once it has had a step)
     for i, snap in enumerate(snapshots):
         prev = snapshots[i - 1] if i > 0 else snap
         for t in tasks:
-            if t not in snap["masks"] or t not in first["masks"]:
+            if t not in snap["masks"]:
                 continue
+            f = first.setdefault(t, snap)
             tv = turnover(prev["masks"].get(t, snap["masks"][t]), snap["masks"][t])
             rows.append({"step": snap["step"], "task": t,
-                         "jaccard_first": jaccard(first["masks"][t], snap["masks"][t]),
+                         "jaccard_first": jaccard(f["masks"][t], snap["masks"][t]),
                          "jaccard_prev": jaccard(prev["masks"].get(t, snap["masks"][t]), snap["masks"][t]),
-                         "spearman_first": _spearman_vec(first["sample"][t], snap["sample"][t]),
+                         "spearman_first": _spearman_vec(f["sample"][t], snap["sample"][t]),
                          "turnover_prev": tv["turnover"], "entering_prev": tv["entering"],
                          "leaving_prev": tv["leaving"]})
     return pd.DataFrame(rows)
