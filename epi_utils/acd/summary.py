@@ -111,7 +111,7 @@ def policy_verdict(comparison: pd.DataFrame) -> str:
     if sig_better > sig_worse and sig_better > n / 2:
         verdict = "beats"
     elif sig_worse > sig_better:
-        verdict = "does not beat (it is significantly worse more often than better than)"
+        verdict = "does not beat"
     else:
         verdict = "does not clearly beat"
     note = " (one seed: the intervals are degenerate, so 'significant' means little)" if comparison["n_seeds"].max() < 2 else ""
