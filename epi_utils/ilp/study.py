@@ -39,7 +39,7 @@ class StudyConfig:
     forgetting_rate: float = 0.1
     rare_complex_rate: float = 0.1
     n_stages: int = 2
-    pretrain_epochs: int = 60              # tiny: pretraining epochs on the world's corpus (cached)
+    pretrain_epochs: int = 0               # tiny: pretraining epochs on the corpus (0 = the testbed's default; cached)
     replay: float = 1.0                    # share of earlier-stage samples replayed in each later stage
     knowledge_replay: float = 0.0          # share of corpus facts mixed into every SFT stage as cloze samples
     sft_epochs: float = 12.0               # per stage
@@ -172,7 +172,7 @@ def load_base(cfg: StudyConfig, world):
         torch.set_num_threads(cfg.threads)
     if cfg.backend == "tiny":
         from epi_utils.lm.models import TINY_PRETRAIN
-        pre = dataclasses.replace(TINY_PRETRAIN, epochs=cfg.pretrain_epochs)
+        pre = dataclasses.replace(TINY_PRETRAIN, epochs=cfg.pretrain_epochs) if cfg.pretrain_epochs else TINY_PRETRAIN
         return load_model("tiny", world=world, device=str(runs.resolve_device(cfg.device)), tiny_pretrain=pre,
                           progress=False)
     return load_model(cfg.backend, world=world, device=str(runs.resolve_device(cfg.device)))
