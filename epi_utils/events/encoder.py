@@ -185,6 +185,10 @@ class DocumentEncoder(nn.Module):
         att = att.masked_fill(~sent_mask.unsqueeze(1), -1e4).softmax(-1)
         return self.type_out(torch.einsum("bts,bsd->btd", att, sent_vec)).squeeze(-1)
 
+    def sentence_type_scores(self, sent_vec: torch.Tensor) -> torch.Tensor:
+        """``[B, S, T]`` per-sentence attention logits of the type detector (sentence-level type evidence)."""
+        return torch.einsum("bsd,td->bst", sent_vec, self.type_query) / math.sqrt(self.dim)
+
     def tag_targets(self, docs: Sequence[Document], starts, L: int) -> torch.Tensor:
         """Gold BIO tag ids ``[B, L]`` over each document's character stream (-100 on padding)."""
         tags = torch.full((len(docs), L), -100, dtype=torch.long)

@@ -3,7 +3,7 @@
 Design (from the event-probe abstract, Findings of NAACL 2025, and the field's practice:
 Doc2EDAG, DE-PPN's parallel decoder, ProCNet's proxy nodes):
 
-* Inputs: sentence vectors ``[B, S, d_in]`` and candidate-mention vectors ``[B, M, d_in]`` with an
+* Inputs: sentence vectors ``[B, S, d_in + T]`` and candidate-mention vectors ``[B, M, 2 d_in + T]`` with an
   entity-field id ``[B, M]``. Both are projected to ``h`` and contextualised jointly by one
   Transformer layer (Doc2EDAG's document-level encoder).
 * **Argument library** of event type t: every candidate with a role-aware representation
@@ -34,7 +34,7 @@ MODES = ("event_specific", "shared")
 class RecordDecoder(nn.Module):
     """Shapes: ``B`` docs, ``T`` types, ``K`` probes, ``R`` max roles, ``M`` candidates, ``S`` sentences."""
 
-    def __init__(self, *, d_in: int, hidden: int, num_types: int, roles_per_type: list[int],
+    def __init__(self, *, d_in: int, d_extra: int = 0, hidden: int, num_types: int, roles_per_type: list[int],
                  num_fields: int, num_probes: int, probe_mode: str = "event_specific",
                  layers: int = 2, heads: int = 4, dropout: float = 0.1, anchor: bool = True):
         super().__init__()
@@ -48,8 +48,8 @@ class RecordDecoder(nn.Module):
         for t, n in enumerate(roles_per_type):
             role_mask[t, :n] = True
         self.register_buffer("role_mask", role_mask)
-        self.sent_in = nn.Linear(d_in, hidden)
-        self.ment_in = nn.Linear(d_in, hidden)
+        self.sent_in = nn.Linear(d_in + d_extra, hidden)         # [sentence ; per-type scores]
+        self.ment_in = nn.Linear(2 * d_in + d_extra, hidden)     # [span ; sentence context ; per-type scores]
         self.field = nn.Embedding(num_fields + 1, hidden)
         self.kind = nn.Embedding(2, hidden)  # 0 sentence, 1 mention
         self.doc = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout, batch_first=True, norm_first=True)

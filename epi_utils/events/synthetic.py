@@ -2,7 +2,7 @@
 
 Used by the tests and the smoke profile, and as the notebook's sanity check (a model that works
 must recover the planted records, F1 near 1). Every name comes from the schema: each event type
-and role gets a short marker derived from its position in the schema (``#a#`` for the first
+and role gets a short marker derived from its position in the schema (``#A#`` for the first
 event type, ``<a>`` for the first field in :meth:`EventSchema.all_fields`), so a made-up schema
 yields made-up documents. Each record is written as one sentence::
 
@@ -33,7 +33,7 @@ def _code(i: int) -> str:
 
 def markers(schema: EventSchema) -> tuple[dict[str, str], dict[str, str]]:
     """``(type -> marker, field -> marker)`` as described in the module docstring."""
-    tmark = {t: f"#{_code(i)}#" for i, t in enumerate(schema.event_types)}
+    tmark = {t: f"#{_code(i).upper()}#" for i, t in enumerate(schema.event_types)}  # no character shared with role markers
     fmark = {f: f"<{_code(i)}>" for i, f in enumerate(schema.all_fields())}
     return tmark, fmark
 

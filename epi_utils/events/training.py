@@ -144,8 +144,10 @@ def extract_features(enc: DocumentEncoder, docs: Sequence[Document], schema: Eve
                      candidates: str, batch: int = 16) -> list[dict]:
     """Frozen stage-1 features per document.
 
-    Each dict: ``sent [S, d]``, ``ment [M, d]`` (mean over the mention's spans of the span's mean
-    character vector plus a sinusoidal code of its sentence index), ``field [M]`` (entity-field id,
+    Each dict: ``sent [S, d]``, ``ment [M, 2d]`` (mean over the mention's spans of
+    ``[span mean character vector ; its sentence's vector + a sinusoidal code of the sentence index ;
+    the stage-1 detector's per-type attention scores of that sentence]``, so a candidate knows its
+    sentence context, position and event-type evidence; ``sent`` carries the same type scores), ``field [M]`` (entity-field id,
     0 unknown), ``strings`` (the M mention texts), ``type_prob [T]``, ``gold``: per type a
     ``[G, R]`` long tensor of candidate indices (-1 = empty or unreachable slot), ``ner``: the
     candidate mentions found (predicted) or given (gold).
@@ -158,6 +160,7 @@ def extract_features(enc: DocumentEncoder, docs: Sequence[Document], schema: Eve
         part = docs[i:i + batch]
         X, xm, sv, sm, starts = enc.encode(part)
         tprob = torch.sigmoid(enc.type_logits(sv, sm)).cpu()
+        tsent = enc.sentence_type_scores(sv)                                       # [B, S, T]
         if candidates == "predicted":
             found = enc.decode_mentions(part, enc.ner(X).argmax(-1), starts)
         else:
@@ -169,9 +172,10 @@ def extract_features(enc: DocumentEncoder, docs: Sequence[Document], schema: Eve
             for m in strings:
                 spans = found[b][m][1]
                 v = torch.stack([(cs[b, st[s] + e] - cs[b, st[s] + a]) / (e - a) for s, a, e in spans])
-                v = v + sinusoid(torch.tensor([s for s, _, _ in spans]), enc.dim).to(v.device)
-                vecs.append(v.mean(0))
-            ment = torch.stack(vecs).cpu() if vecs else torch.zeros(0, enc.dim)
+                sidx = [s for s, _, _ in spans]
+                ctx = sv[b, sidx] + sinusoid(torch.tensor(sidx), enc.dim).to(v.device)
+                vecs.append(torch.cat([v, ctx, tsent[b, sidx]], -1).mean(0))
+            ment = torch.stack(vecs).cpu() if vecs else torch.zeros(0, 2 * enc.dim + schema.num_types)
             field_ids = torch.tensor([enc.labels.index(found[b][m][0]) + 1 if found[b][m][0] in enc.labels else 0
                                       for m in strings], dtype=torch.long)
             pos = {m: j for j, m in enumerate(strings)}
@@ -183,17 +187,17 @@ def extract_features(enc: DocumentEncoder, docs: Sequence[Document], schema: Eve
                         if a is not None and a in pos:
                             g[j, r] = pos[a]
                 gold.append(g)
-            feats.append({"sent": sv[b, :len(d.sentences)].cpu(), "ment": ment, "field": field_ids, "strings": strings,
+            feats.append({"sent": torch.cat([sv[b], tsent[b]], -1)[:len(d.sentences)].cpu(), "ment": ment, "field": field_ids, "strings": strings,
                           "type_prob": tprob[b], "gold": gold, "doc_id": d.doc_id})
     return feats
 
 
 def collate(feats: Sequence[dict], device) -> dict:
     """Pad a list of feature dicts into batch tensors (M is at least 1; padding is masked)."""
-    B, d = len(feats), feats[0]["sent"].shape[-1]
+    B, d, dm = len(feats), feats[0]["sent"].shape[-1], feats[0]["ment"].shape[-1]
     S = max(1, max(f["sent"].shape[0] for f in feats))
     M = max(1, max(f["ment"].shape[0] for f in feats))
-    sent, ment = torch.zeros(B, S, d), torch.zeros(B, M, d)
+    sent, ment = torch.zeros(B, S, d), torch.zeros(B, M, dm)
     sm, mm = torch.zeros(B, S, dtype=torch.bool), torch.zeros(B, M, dtype=torch.bool)
     field_ids = torch.zeros(B, M, dtype=torch.long)
     for b, f in enumerate(feats):
@@ -264,7 +268,7 @@ def train_decoder(train_feats: Sequence[dict], schema: EventSchema, variant: Var
     ``cfg.eval_every`` epochs and at the end) when ``dev_feats``/``dev_docs`` are given."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    dec = RecordDecoder(d_in=d_in, hidden=cfg.hidden, num_types=schema.num_types,
+    dec = RecordDecoder(d_in=d_in, d_extra=schema.num_types, hidden=cfg.hidden, num_types=schema.num_types,
                         roles_per_type=[len(r) for r in schema.roles], num_fields=num_fields,
                         num_probes=cfg.num_probes, probe_mode=variant.probe_mode, layers=cfg.dec_layers,
                         heads=cfg.heads, dropout=cfg.dropout, anchor=cfg.anchor_probes).to(cfg.device)
