@@ -70,3 +70,24 @@ def test_config_validation_names_the_parameter():
         tr.EventConfig(candidates="oracle").validate()
     with pytest.raises(ValueError, match="heads"):
         tr.EventConfig(dim=30, heads=4).validate()
+
+
+def test_hugging_face_encoder_option_with_a_local_tiny_bert(tmp_path):
+    """The GPU option (``hf_encoder``) maps token vectors back to characters; checked offline
+    with a randomly initialised one-layer BERT saved to a temporary folder."""
+    transformers = pytest.importorskip("transformers")
+    schema = schema_from_dict({"events": [{"event_type": "Dock", "roles": ["Ship", "Port"]}]})
+    raw = generate_documents(schema, n_docs=6, rng=np.random.default_rng(0), max_events=2)
+    docs = [parse_document(i, d, schema) for i, d in raw]
+    chars = sorted({c for doc in docs for s in doc.sentences for c in s})
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars), encoding="utf-8")
+    transformers.BertTokenizerFast(str(tmp_path / "vocab.txt"), do_lower_case=False).save_pretrained(tmp_path)
+    config = transformers.BertConfig(vocab_size=5 + len(chars), hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=64)
+    transformers.BertModel(config).save_pretrained(tmp_path)
+    cfg = tr.EventConfig(dim=32, hidden=32, heads=2, enc_epochs=1, dec_epochs=1, hf_encoder=str(tmp_path),
+                         max_sentence_chars=64).validate()
+    enc = tr.train_encoder(docs, schema, cfg, seed=0)
+    feats = tr.extract_features(enc, docs, schema, candidates="gold")
+    assert feats[0]["sent"].shape == (len(docs[0].sentences), 32 + schema.num_types)
+    assert feats[0]["ment"].shape[1] == 2 * 32 + schema.num_types
