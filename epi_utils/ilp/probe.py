@@ -4,7 +4,8 @@ For every training sample that asks about a fact (``Sample.fact_id`` set), the b
 *cloze/QA probe* of that fact (the world's recall template, ``"the {attr} of {ent} is"``, or the
 real-facts QA prompt) and scores every candidate answer of the fact's attribute (the values that
 attribute takes in the world: the answer space, not the truth) by its teacher-forced sequence
-log-likelihood. Softmax over candidates gives a distribution; from it:
+log-likelihood (for a real pretrained model the candidates are scored title-cased, as running
+text writes names). Softmax over candidates gives a distribution; from it:
 
 - ``target_prob``: probability of the SFT target's answer; ``target_rank``: its 1-based rank;
 - ``base_answer`` / ``base_answer_prob``: the model's favourite candidate (its greedy answer
@@ -97,6 +98,7 @@ def knowledge_probe(model, tokenizer, world, samples: Sequence, *, batch_size: i
     :func:`probe_table_for_signals` does it)."""
     facts = {f.fact_id: f for f in world.facts}
     space = answer_space(world)
+    real = getattr(world, "kind", "synthetic") == "real"
     rows, prompts, conts, owner = [], [], [], []
     for s in samples:
         if not s.fact_id:
@@ -113,7 +115,7 @@ def knowledge_probe(model, tokenizer, world, samples: Sequence, *, batch_size: i
                      "candidates": cands})
         for c in cands:
             prompts.append(prompt)
-            conts.append(c)
+            conts.append(c.title() if real else c)   # real model: "Paris", "South America"
             owner.append(len(rows) - 1)
     if not rows:
         return pd.DataFrame(columns=["sample_id", "fact_id", "probe_prompt", "target_answer", "target_prob",
