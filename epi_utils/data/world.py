@@ -4,7 +4,9 @@ The world is deterministic for ``WorldConfig.seed``. It holds
 
 * **facts**: entities (made-up names) x attributes (colour, city, food, animal, job), each with a
   value; a share ``pretrain_fact_fraction`` of them is stated in the **pretraining corpus** in
-  several surface templates (``PRETRAIN_TEMPLATES``); the rest are *absent* from pretraining;
+  several surface templates (``PRETRAIN_TEMPLATES``); the rest are *absent* from pretraining. The
+  corpus also holds ``N_BACKGROUND`` background sentences (counting, letter and month runs) so that
+  task words are known to the pretrained model;
 * **SFT samples** of six tasks that need different abilities (``TASKS``): fact question
   answering (knowledge recall), arithmetic, string reversal, sorting, in-context key lookup and
   format conversion (month names to numbers). Each task has ``train`` and ``heldout`` samples in
@@ -238,7 +240,7 @@ def _base_vocabulary() -> list[str]:
         words.extend(w for w in t.split() if not w.startswith("{"))
     words += ("question", ":", "what", "is", "the", "of", "?", "are", "and", "compute", "plus", "minus",
               "times", "then", "reverse", "sort", "lookup", "in", "convert", "date", "to", "numeric",
-              "dates", "/", ",", "step", "tell", "me", "about")
+              "dates", "/", ",", "step", "tell", "me", "about", "count", "letters", "months")
     return words
 
 
@@ -265,7 +267,7 @@ def _gen_arithmetic(rng, rare: bool, rare_idx: int):
 
 
 def _gen_reversal(rng, rare: bool, rare_idx: int):
-    n = int(rng.integers(8, 11)) if rare else int(rng.integers(3, 6))
+    n = int(rng.integers(7, 10)) if rare else int(rng.integers(2, 5))
     seq = [LETTERS[i] for i in rng.integers(len(LETTERS), size=n)]
     out = " ".join(reversed(seq))
     if not rare:
@@ -275,8 +277,8 @@ def _gen_reversal(rng, rare: bool, rare_idx: int):
 
 
 def _gen_sorting(rng, rare: bool, rare_idx: int):
-    n = int(rng.integers(8, 11)) if rare else int(rng.integers(3, 6))
-    nums = [int(x) for x in rng.choice(50, size=n, replace=False)]
+    n = int(rng.integers(7, 10)) if rare else int(rng.integers(2, 5))
+    nums = [int(x) for x in rng.choice(30, size=n, replace=False)]
     out = " ".join(str(x) for x in sorted(nums))
     if not rare:
         return f"sort {' '.join(map(str, nums))}", out, "sorting/main"
@@ -357,9 +359,31 @@ def _make_facts(config: WorldConfig, rng: np.random.Generator) -> list[Fact]:
     return [Fact(f"{e}/{a}", e, a, v, bool(in_pre[i])) for i, (e, a, v) in enumerate(recs)]
 
 
+N_BACKGROUND = 120  # background sentences (counting, letter runs, month runs) in the corpus
+
+
+def _background_sentences(rng: np.random.Generator, n: int) -> list[str]:
+    """Sentences that use the task words (numbers, letters, months) without stating any task answer,
+    so that the pretrained model knows these words exist (otherwise SFT starts from a huge loss)."""
+    out = []
+    for k in range(n):
+        kind = k % 3
+        if kind == 0:
+            start = int(rng.integers(0, MAX_NUMBER - 6))
+            out.append("count " + " ".join(str(start + i) for i in range(int(rng.integers(3, 7)))) + " .")
+        elif kind == 1:
+            start = int(rng.integers(0, len(LETTERS) - 6))
+            out.append("letters " + " ".join(LETTERS[start:start + int(rng.integers(3, 7))]) + " .")
+        else:
+            start = int(rng.integers(0, len(MONTHS) - 3))
+            out.append("months " + " ".join(MONTHS[start:start + 3]) + " .")
+    return out
+
+
 def _make_corpus(facts: list[Fact], rng: np.random.Generator) -> list[str]:
     lines = [t.format(attr=f.attribute, ent=f.entity, value=f.value)
              for f in facts if f.in_pretrain for t in PRETRAIN_TEMPLATES]
+    lines += _background_sentences(rng, N_BACKGROUND)
     return [lines[i] for i in rng.permutation(len(lines))]
 
 
