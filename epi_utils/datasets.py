@@ -88,6 +88,15 @@ def fetch_dataset(name: str, *, dest: Path | None = None) -> Path:
     return fetch_function(name)(Path(dest) if dest is not None else data_dir())
 
 
+def sha256_file(path: Path | str) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def download_file(url: str, dest: Path | str, *, sha256: str | None = None, timeout: float = 60.0) -> Path:
     """Download ``url`` to ``dest`` atomically, verifying ``sha256`` when given.
 

@@ -33,6 +33,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from epi_utils.datasets import sha256_file
+
 DATASETS = ("FewAsp(single)", "FewAsp(multi)", "FewAsp")
 SPLITS = ("train", "val", "test")
 _SEPARATE_KEY = {"train": "train", "val": "validation", "test": "test"}
@@ -208,15 +210,6 @@ def load_split(dataset: str, split: str, *, root: os.PathLike | str | None = Non
 
 
 # ----------------------------------------------------------------------------------------- fetch
-def sha256_file(path: os.PathLike | str) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _urlopen_bytes(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 (https URLs only)
         return resp.read()
