@@ -52,8 +52,14 @@ def diagnosis_text(diag: Mapping) -> str:
     best, worst = sc["f1"].idxmax(), sc["f1"].idxmin()
     lo, hi = diag["macro_f1_seed_ci95"]
     verdict = "meets" if diag["macro_f1"] >= 0.85 else "misses"
+    conf = diag["confusion"]
+    from epi_utils.ilp.diagnosis import CAUSES
+    absent = [c for c in CAUSES if conf.loc[c].sum() == 0]
     lines = [f"Rule-cascade macro-F1 (pooled confusion): {diag['macro_f1']:.3f}; per seed {diag['macro_f1_seed']:.3f} "
              f"(95% CI {lo:.3f}-{hi:.3f}); this {verdict} the 0.85 target.",
+             f"The macro average covers the causes with unlearned planted or diagnosed samples ({', '.join(sc.index)}). "
+             + (f"Planted but never unlearned (did not manifest, so their diagnosis is not tested here): "
+                f"{', '.join(absent)}." if absent else "Every planted cause manifested."),
              f"Best cause: {best} (F1 {sc.loc[best, 'f1']:.2f}); worst: {worst} (F1 {sc.loc[worst, 'f1']:.2f}, "
              f"precision {sc.loc[worst, 'precision']:.2f}, recall {sc.loc[worst, 'recall']:.2f}).",
              "Largest confusions:"]
