@@ -25,13 +25,14 @@ class DatasetEntry:
     description: str
     files: tuple[str, ...]          # paths relative to $EPI_DATA_DIR that a complete copy has
     fetch: str                      # "module:function" taking (dest: Path) -> Path
+    fetch_subdir: str = ""          # where under $EPI_DATA_DIR the fetch function writes
 
 
 DATASETS: dict[str, DatasetEntry] = {
     "chfinann": DatasetEntry(
         "chfinann", "ChFinAnn (Doc2EDAG, EMNLP 2019): Chinese financial announcements, document-level events",
         ("docee/chfinann/chfinann_event_schema.derived.json",),
-        "epi_utils.events.data:fetch_chfinann"),
+        "epi_utils.events.fetch:fetch_chfinann", fetch_subdir="docee/chfinann"),
     "fewasp": DatasetEntry(
         "fewasp", "FewAsp (Hu et al., ACL 2021): multi-label few-shot aspect category detection (Yelp)",
         tuple(f"fewasp/{sub}/{split}.json" for sub in ("FewAsp(single)", "FewAsp(multi)", "FewAsp")
@@ -84,8 +85,11 @@ def fetch_function(name: str) -> Callable[[Path], Path]:
 
 
 def fetch_dataset(name: str, *, dest: Path | None = None) -> Path:
-    """Download data set ``name`` into ``dest`` (default ``$EPI_DATA_DIR``)."""
-    return fetch_function(name)(Path(dest) if dest is not None else data_dir())
+    """Download data set ``name``; ``dest`` defaults to its folder under ``$EPI_DATA_DIR``."""
+    entry = _entry(name)
+    if dest is None:
+        dest = data_dir() / entry.fetch_subdir if entry.fetch_subdir else data_dir()
+    return fetch_function(name)(Path(dest))
 
 
 def sha256_file(path: Path | str) -> str:

