@@ -85,7 +85,8 @@ def recovery_metrics(rows: Iterable[Mapping]) -> dict:
 
 def paired_differences(rows: Iterable[Mapping]) -> pd.DataFrame:
     """Per cause: mean over seeds of (fix - control) recovery with a bootstrap CI, and whether the
-    CI excludes 0. Seeds where either arm is undefined are dropped."""
+    CI excludes 0 (``fix_better``; never claimed from a single seed, whose CI collapses to a
+    point). Seeds where either arm is undefined are dropped."""
     frame = pd.DataFrame(list(rows))
     if frame.empty:
         raise RecoveryInputError("paired_differences: no rows")
@@ -99,5 +100,5 @@ def paired_differences(rows: Iterable[Mapping]) -> pd.DataFrame:
             continue
         lo, hi = stats.bootstrap_ci(diff)
         out.append({"cause": cause, "fix_minus_control": float(diff.mean()), "ci_low": lo, "ci_high": hi,
-                    "n_seeds": int(diff.size), "fix_better": bool(lo > 0)})
+                    "n_seeds": int(diff.size), "fix_better": bool(lo > 0 and diff.size >= 2)})
     return pd.DataFrame(out)

@@ -81,6 +81,8 @@ def mitigation_text(rows: Sequence[Mapping]) -> str:
     lines = []
     for r in diff.itertuples(index=False):
         verdict = "beats" if r.fix_better else ("does not beat" if r.ci_high >= 0 else "is worse than")
+        if r.n_seeds < 2:
+            verdict = "cannot be compared (one seed, no interval) with"
         lines.append(f"{r.cause}: fix - control recovery {r.fix_minus_control:+.3f} (95% CI {r.ci_low:+.3f} to "
                      f"{r.ci_high:+.3f}, {r.n_seeds} seeds): the targeted fix {verdict} the compute-matched control.")
     frame = pd.DataFrame(list(rows))
