@@ -88,6 +88,7 @@ def side_by_side(docs: Sequence[Document], predictions: dict[str, list], schema:
         for etype, args in predictions[method][i]:
             pred_t[schema.type_index(etype)].append(args)
         for t, etype in enumerate(schema.event_types):
+            pred_t[t] = _pair_with_gold(gold_t[t], pred_t[t])
             n = max(len(gold_t[t]), len(pred_t[t]))
             for j in range(n):
                 for r, role in enumerate(schema.roles[t]):
@@ -97,3 +98,15 @@ def side_by_side(docs: Sequence[Document], predictions: dict[str, list], schema:
                         rows.append({"doc": docs[i].doc_id, "type": etype, "record": j, "role": role,
                                      "gold": g or "-", "predicted": p or "-", "match": "ok" if g == p else "x"})
     return pd.DataFrame(rows)
+
+
+def _pair_with_gold(gold: list, pred: list) -> list:
+    """Reorder predictions so that row j holds the prediction closest to gold record j (most equal
+    filled slots, greedy in gold order); unpaired predictions follow. Display only."""
+    left, out = list(pred), []
+    for g in gold:
+        if not left:
+            break
+        score = [sum(a is not None and a == b for a, b in zip(p, g)) for p in left]
+        out.append(left.pop(int(np.argmax(score))))
+    return out + left
