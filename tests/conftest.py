@@ -13,6 +13,10 @@ SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 if "EPI_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
     os.environ["EPI_DATA_DIR"] = str(SHARED_DATA)
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One intra-op thread for torch in tests and in the notebook kernels they start: the models are
+# tiny, and on a 2-core machine that runs anything else, two threads per process oversubscribe
+# the cores (measured here: a tiny-model SFT step 5-10x slower with 2 threads under load).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
