@@ -34,7 +34,7 @@ import torch
 from epi_utils import continual
 from epi_utils.isolation import POLICIES, make_policy
 from epi_utils.lm.evaluate import response_stats
-from epi_utils.lm.sft_format import encode_example
+from epi_utils.lm.sft_format import encode_example, pad_batch, pad_id
 from epi_utils.lm.train import TrainConfig, TrainHook, train_sft
 
 SCHEDULES = ("mixed", "sequential", "single")
@@ -108,14 +108,7 @@ def batches_for(tokenizer, samples: Sequence, *, batch_size: int, n_batches: int
     out = []
     for k in range(0, len(idx), batch_size):
         enc = [encode_example(tokenizer, samples[i].prompt, samples[i].response) for i in idx[k:k + batch_size]]
-        L = max(len(e[0]) for e in enc)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        ids = torch.full((len(enc), L), pad, dtype=torch.long)
-        lab = torch.full((len(enc), L), -100, dtype=torch.long)
-        att = torch.zeros((len(enc), L), dtype=torch.long)
-        for i, (x, y) in enumerate(enc):
-            ids[i, :len(x)], lab[i, :len(y)], att[i, :len(x)] = torch.tensor(x), torch.tensor(y), 1
-        out.append({"input_ids": ids, "attention_mask": att, "labels": lab})
+        out.append(pad_batch(enc, pad_token_id=pad_id(tokenizer)))
     return out
 
 

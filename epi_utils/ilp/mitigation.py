@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from epi_utils.ilp.diagnosis import CAUSES
+from epi_utils.lm.sft_format import encode_example, pad_batch, pad_id
 
 ARMS = ("fix", "control")
 
@@ -156,8 +157,6 @@ def _majority_relabel(train_samples: Sequence, table: pd.DataFrame) -> dict[str,
 
 # --------------------------------------------------------------------------- training loop
 def _encode(tokenizer, row: tuple) -> tuple[list[int], list[int]]:
-    from epi_utils.lm.sft_format import encode_example
-
     kind, text, response = row
     if kind == "sft":
         return encode_example(tokenizer, text, response)
@@ -185,21 +184,14 @@ def continue_training(model, tokenizer, *, focus: Sequence[tuple], train: Sequen
         n_focus = max(1, int(round(fix_share * config.batch_size)))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                             weight_decay=config.weight_decay)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     model.train()
     losses = []
     for _ in range(config.steps):
         rows = [enc_focus[int(i)] for i in rng.integers(len(enc_focus), size=n_focus)] if n_focus else []
         rows += [enc_train[int(i)] for i in rng.integers(len(enc_train), size=config.batch_size - n_focus)]
-        L = max(len(r[0]) for r in rows)
-        ids = torch.full((len(rows), L), pad, dtype=torch.long)
-        lab = torch.full((len(rows), L), -100, dtype=torch.long)
-        att = torch.zeros((len(rows), L), dtype=torch.long)
-        for i, (x, y) in enumerate(rows):
-            ids[i, :len(x)] = torch.tensor(x)
-            lab[i, :len(y)] = torch.tensor(y)
-            att[i, :len(x)] = 1
-        out = model(input_ids=ids.to(dev), attention_mask=att.to(dev), labels=lab.to(dev))
+        batch = {k: v.to(dev) for k, v in pad_batch(rows, pad_token_id=pad).items()}
+        out = model(**batch)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

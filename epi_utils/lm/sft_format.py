@@ -33,3 +33,28 @@ def encode_example(tokenizer, prompt: str, response: str) -> tuple[list[int], li
     p = encode_prompt(tokenizer, prompt)
     r = tokenizer(" " + response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return p + r, [-100] * len(p) + r
+
+
+def pad_id(tokenizer) -> int:
+    """The padding token id (EOS when the tokenizer has no pad token)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def pad_batch(rows, *, pad_token_id: int) -> dict:
+    """Right-pad encoded examples into tensors.
+
+    ``rows``: sequence of ``(input_ids, labels)`` from :func:`encode_example`. Returns
+    ``{"input_ids", "attention_mask", "labels"}``, each a ``(batch, max_len)`` long tensor; padding
+    positions get ``pad_token_id``, attention 0 and label -100.
+    """
+    import torch
+
+    width = max(len(x) for x, _ in rows)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, :len(x)] = torch.tensor(x)
+        labels[i, :len(y)] = torch.tensor(y)
+        attention[i, :len(x)] = 1
+    return {"input_ids": ids, "attention_mask": attention, "labels": labels}

@@ -41,7 +41,7 @@ import torch
 
 from epi_utils.lm.evaluate import exact_match, response_stats, task_accuracy
 from epi_utils.lm.masked_adamw import MaskedAdamW
-from epi_utils.lm.sft_format import encode_example, format_example  # noqa: F401  (re-exported)
+from epi_utils.lm.sft_format import encode_example, format_example, pad_batch, pad_id  # noqa: F401  (re-exported)
 
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -168,18 +168,9 @@ def _stage_plan(samples: Sequence, config: TrainConfig, stage: int) -> tuple[lis
 
 
 def _collate(tokenizer, samples: Sequence, device) -> dict:
-    enc = [encode_example(tokenizer, s.prompt, s.response) for s in samples]
-    L = max(len(e[0]) for e in enc)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids = torch.full((len(enc), L), pad, dtype=torch.long)
-    lab = torch.full((len(enc), L), -100, dtype=torch.long)
-    att = torch.zeros((len(enc), L), dtype=torch.long)
-    for i, (x, y) in enumerate(enc):
-        ids[i, :len(x)] = torch.tensor(x)
-        lab[i, :len(y)] = torch.tensor(y)
-        att[i, :len(x)] = 1
-    return {"input_ids": ids.to(device), "attention_mask": att.to(device), "labels": lab.to(device),
-            "sample_ids": [s.id for s in samples]}
+    batch = pad_batch([encode_example(tokenizer, s.prompt, s.response) for s in samples],
+                      pad_token_id=pad_id(tokenizer))
+    return {**{k: v.to(device) for k, v in batch.items()}, "sample_ids": [s.id for s in samples]}
 
 
 def _lr_factor(config: TrainConfig, k: int, n: int) -> float:
