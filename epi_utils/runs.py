@@ -122,6 +122,7 @@ def atomic_write_json(path: os.PathLike | str, obj: Any) -> Path:
     text = json.dumps(_json_safe(obj), indent=2, sort_keys=False)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read by others
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text + "\n")
             fh.flush()
