@@ -1,7 +1,7 @@
 """Real SFT data sets for study 02's ``gpu`` profile (GSM8K, CodeAlpaca, Alpaca) via ``datasets``.
 
-:func:`hf_world` builds an object with the part of :class:`epi_utils.data.world.World` that study 02
-uses (``config.tasks``, ``config.n_stages``, ``split``, ``mixed``, ``stages``, ``stage_tasks``) from
+:func:`hf_world` builds a :class:`epi_utils.data.world.World` without facts or corpus (study 02 uses
+only ``config.tasks``, ``config.n_stages``, ``split``, ``mixed``, ``stages`` and ``stage_tasks``) from
 Hugging Face data sets, one task per data set, as :class:`~epi_utils.data.world.Sample` records.
 Needs the data sets in the local HF cache or network access to the hub; it was NOT exercised
 on the development machine (no hub access there). Responses are truncated to ``max_response_words``
@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from epi_utils.data.world import Sample
+from epi_utils.data.world import Sample, World
 
 # task name -> (dataset id, config, split, prompt builder, response builder)
 HF_TASKS = {
@@ -35,31 +35,8 @@ class HFWorldConfig:
     seed: int
 
 
-class HFWorld:
-    """World-like container of real SFT samples (see module doc)."""
-
-    def __init__(self, samples: list[Sample], config: HFWorldConfig):
-        self.samples, self.config = samples, config
-
-    def split(self, split: str, *, task: str | None = None) -> list[Sample]:
-        return [s for s in self.samples if s.split == split and (task is None or s.task == task)]
-
-    def stage_tasks(self) -> list[tuple[str, ...]]:
-        chunks = np.array_split(np.arange(len(self.config.tasks)), self.config.n_stages)
-        return [tuple(self.config.tasks[i] for i in c) for c in chunks]
-
-    def stages(self) -> list[list[Sample]]:
-        out: list[list[Sample]] = [[] for _ in range(self.config.n_stages)]
-        for s in self.split("train"):
-            out[s.stage].append(s)
-        return out
-
-    def mixed(self) -> list[list[Sample]]:
-        return [self.split("train")]
-
-
 def hf_world(tasks: Sequence[str], *, n_train: int = 2000, n_heldout: int = 200, n_stages: int = 2,
-             seed: int = 0, max_response_words: int = 256) -> HFWorld:
+             seed: int = 0, max_response_words: int = 256) -> World:
     """Load ``tasks`` (keys of :data:`HF_TASKS`) with ``datasets.load_dataset`` and sample
     ``n_train`` + ``n_heldout`` examples per task with ``numpy.random.default_rng(seed)``."""
     from datasets import load_dataset
@@ -83,4 +60,6 @@ def hf_world(tasks: Sequence[str], *, n_train: int = 2000, n_heldout: int = 200,
             sp = "train" if j < n_train else "heldout"
             samples.append(Sample(id=f"{task}/{sp}/{j:05d}", task=task, split=sp, prompt=str(prompt_of(row)),
                                   response=resp, stage=stage_of[task], planted_cause=None, template_id=task))
-    return HFWorld(samples, HFWorldConfig(tasks=tuple(tasks), n_stages=n_stages, seed=seed))
+    # A World with no facts or corpus: split/mixed/stages/stage_tasks only read config.tasks and n_stages.
+    return World(config=HFWorldConfig(tasks=tuple(tasks), n_stages=n_stages, seed=seed), facts=[],
+                 pretrain_corpus=[], samples=samples, kind="hf")
