@@ -7,15 +7,6 @@ from epi_utils.acd.encoders import CNNEncoder, EncodedSplit, encode_bank
 from epi_utils.acd.models import ProtoAWATT, ProtoNet, masked_softmax, multilabel_proto_loss
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids oversubscription on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make(model_cls, seed=0):
     torch.manual_seed(seed)
     emb = np.random.default_rng(seed).normal(size=(30, 8)).astype(np.float32)

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from epi_utils.acd import summary
 from epi_utils.acd.training import ACDConfig, load_data, run_study
@@ -44,7 +43,6 @@ def toy_root(tmp_path, monkeypatch):
 
 
 def test_study_protocols_and_summaries(toy_root):
-    torch.set_num_threads(1)
     data = load_data(root=toy_root)
     assert any("FewAsp/train.json is missing" in m for m in data.missing)
     cfg = ACDConfig(settings=["2way2shot", "3way1shot"], seeds=[0, 1], n_query=1, train_episodes=4, val_episodes=3,

@@ -43,7 +43,6 @@ MADE_UP = schema_from_dict({"events": [{"event_type": "Launch", "roles": ["Rocke
 
 
 def test_whole_pipeline_runs_on_a_made_up_schema():
-    torch.set_num_threads(1)
     raw = generate_documents(MADE_UP, n_docs=24, rng=np.random.default_rng(0), min_events=1, max_events=3)
     docs = [truncate_document(parse_document(i, d, MADE_UP), max_sentences=8, max_sentence_chars=64) for i, d in raw]
     train, test = docs[:18], docs[18:]

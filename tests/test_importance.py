@@ -5,14 +5,6 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Two cores shared with other jobs: one intra-op thread avoids oversubscription (40x slower)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 from epi_utils import importance as imp
 from epi_utils import importance_drift as drift
 

@@ -9,13 +9,6 @@ from epi_utils.isolation_callback import (IsolationCallback, TaskRecordingCollat
 TASKS = ["a", "b"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _dataset(n=32, seq=8, seed=0):
     from datasets import Dataset
