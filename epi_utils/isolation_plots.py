@@ -91,14 +91,25 @@ def plot_epi_turnover(rows: Sequence[dict]):
     return fig
 
 
-def plot_ablation(df, *, metric: str = "heldout_acc"):
-    """EPI ablations: ``metric`` over ``mask_update_interval`` and ``isolation_ratio``."""
+def plot_ablation(df, *, metric: str | Sequence[str] = "heldout_acc"):
+    """EPI ablations: each of ``metric`` (one row of panels per metric) over ``mask_update_interval``
+    and ``isolation_ratio`` (columns); mean over seeds with the min-max range. Rows of ``df`` where
+    a metric is NaN (e.g. sequential-only metrics of mixed runs) are skipped for that metric."""
     plt = _plt()
+    metrics = [metric] if isinstance(metric, str) else list(metric)
     groups = list(df["ablation"].unique()) if len(df) else []
-    fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(4.2 * max(1, len(groups)), 3.4), squeeze=False)
-    for ax, g in zip(axes[0], groups):
-        d = df[df["ablation"] == g].groupby("value")[metric].agg(["mean", "min", "max"]).reset_index()
-        ax.errorbar(d["value"], d["mean"], yerr=[d["mean"] - d["min"], d["max"] - d["mean"]], marker="o", capsize=3)
-        ax.set(xlabel=g, ylabel=metric)
+    nc = max(1, len(groups))
+    fig, axes = plt.subplots(len(metrics), nc, figsize=(4.2 * nc, 3.0 * len(metrics)), squeeze=False)
+    for i, m in enumerate(metrics):
+        for ax, g in zip(axes[i], groups):
+            d = df[(df["ablation"] == g)] if m in df else df.iloc[0:0]
+            d = d[d[m].notna()] if len(d) else d
+            if not len(d):
+                ax.set_visible(False)
+                continue
+            d = d.groupby("value")[m].agg(["mean", "min", "max"]).reset_index()
+            ax.errorbar(d["value"], d["mean"], yerr=[d["mean"] - d["min"], d["max"] - d["mean"]], marker="o",
+                        capsize=3)
+            ax.set(xlabel=g, ylabel=m)
     fig.tight_layout()
     return fig
