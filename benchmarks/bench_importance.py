@@ -1,17 +1,20 @@
 """Benchmark of importance tracking and EPI: step overhead, state bytes, PEFT AdaLoRA comparison.
 
 Prints one JSON object measured in one run:
-- ``overhead``: median step time of plain AdamW vs + ImportanceTracker.update vs + EPI (tracker,
-  mask refresh every ``interval`` steps amortised, exact masked step via MaskedStepGuard), as
-  ratios to plain AdamW, on a GPT-2 the size of the testbed's ``tiny`` model (and SmolLM2-135M with
-  ``--smollm2``). Modes are interleaved round-robin so that machine load hits them alike.
+- ``overhead_*``: step time of plain AdamW vs + ImportanceTracker.update vs + EPI (tracker,
+  mask refresh every ``interval`` steps, exact masked step), as ratios to plain AdamW, on a GPT-2
+  the size of the testbed's ``tiny`` model (and SmolLM2-135M with ``--smollm2``). Two routes: the
+  testbed engine's (``MaskedAdamW``; ``overhead_tiny``, ``overhead_smollm2``) and the Trainer
+  callback's (``torch.optim.AdamW`` + ``MaskedStepGuard``; ``overhead_tiny_guard``). Modes are
+  interleaved round-robin so that machine load hits them alike; ``epi_ratio_amortised`` is the
+  ratio of means over whole mask-refresh intervals (the target: <= 1.05 at the default interval).
 - ``bytes_per_param``: tracker state per parameter and task (default fp32, lean bf16, lean
   blocks of 64) and EPI's owner map.
 - ``peft``: ``ImportanceTracker(estimator="sensitivity")`` vs PEFT's AdaLoRA
   ``RankAllocator.update_ipt`` on the same model and gradients: max abs difference of the scores
   and the speed-up of the fused multi-tensor update over PEFT's per-parameter loop.
 
-Usage: ``python benchmarks/bench_importance.py [--steps 30] [--smollm2] [--threads 1]``
+Usage: ``python benchmarks/bench_importance.py [--steps 40] [--interval 20] [--smollm2] [--threads 1]``
 """
 from __future__ import annotations
 
@@ -84,10 +87,17 @@ def _gpt2(n_embd, n_layer, vocab, seed=0):
 
 
 def step_overhead(model, *, steps: int = 30, interval: int = 20, batch: int = 16, seq: int = 32, vocab: int,
-                  tasks=("a", "b", "c")) -> dict:
-    """Median step time per mode (interleaved), and ratios to plain AdamW."""
+                  tasks=("a", "b", "c"), path: str = "engine") -> dict:
+    """Median step time per mode (interleaved round-robin), and ratios to plain AdamW.
+
+    ``path="engine"``: the testbed engine's step (``epi_utils.lm.train``): ``MaskedAdamW`` without
+    masks (plain) vs with the tracker vs EPI (masked gradients ``grad.mul_(mask)`` and
+    ``MaskedAdamW.step(masks)``). ``path="guard"``: ``torch.optim.AdamW`` vs with the tracker vs
+    EPI through :class:`MaskedStepGuard` (the Trainer-callback route)."""
+    from epi_utils.lm.masked_adamw import MaskedAdamW
+
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    opt = torch.optim.AdamW(named.values(), lr=1e-4)
+    opt = MaskedAdamW(named, lr=1e-4) if path == "engine" else torch.optim.AdamW(named.values(), lr=1e-4)
     tracker = ImportanceTracker(named)
     policy = make_policy("epi", tasks=list(tasks), isolation_ratio=0.05, mask_update_interval=interval,
                          warmup_steps=0, record=False)
@@ -105,27 +115,36 @@ def step_overhead(model, *, steps: int = 30, interval: int = 20, batch: int = 16
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             model(**data).loss.backward()
+            masks = None
             if mode == "tracker":
                 tracker.update(tasks[i % len(tasks)])
             if mode == "epi":
                 state.step, state.batch_task = epi_step, tasks[epi_step % len(tasks)]
                 policy.after_backward(state)
-                guard.before_step(opt, named, policy.update_mask(state))
-            opt.step()
+                masks = policy.update_mask(state)
+                if path == "engine":
+                    for name, m in masks.items():
+                        named[name].grad.mul_(m)
+                else:
+                    guard.before_step(opt, named, masks)
+            if path == "engine":
+                opt.step(masks)
+            else:
+                opt.step()
             if mode == "epi":
-                guard.after_step(opt)
+                if path == "guard":
+                    guard.after_step(opt)
                 epi_step += 1
             if i >= 3:  # warm-up steps are not timed
                 times[mode].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    # EPI: the mask refresh happens once per interval; the mean over a multiple of the interval amortises it
-    mean_epi = statistics.mean(times["epi"][: (len(times["epi"]) // interval) * interval] or times["epi"])
-    mean_adamw = statistics.mean(times["adamw"][: len(times["epi"][: (len(times["epi"]) // interval) * interval]
-                                                      or times["epi"])])
-    return {"n_params": sum(p.numel() for p in named.values()), "steps": steps, "interval": interval,
+    # EPI: the mask refresh happens once per interval; means over whole intervals amortise it
+    n_whole = (len(times["epi"]) // interval) * interval or len(times["epi"])
+    mean = {k: statistics.mean(v[:n_whole]) for k, v in times.items()}
+    return {"path": path, "n_params": sum(p.numel() for p in named.values()), "steps": steps, "interval": interval,
             "adamw_ms": 1e3 * med["adamw"], "tracker_ms": 1e3 * med["tracker"], "epi_ms_median": 1e3 * med["epi"],
             "tracker_ratio": med["tracker"] / med["adamw"], "epi_ratio_median": med["epi"] / med["adamw"],
-            "epi_ratio_amortised": mean_epi / mean_adamw,
+            "epi_ratio_amortised": mean["epi"] / mean["adamw"],
             "epi_state_bytes_per_param": policy.state_bytes_per_param()}
 
 
@@ -142,22 +161,27 @@ def bytes_per_param(model) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=40, help="timed steps per mode (tiny)")
     ap.add_argument("--interval", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--smollm2", action="store_true", help="also time SmolLM2-135M (slow on CPU)")
+    ap.add_argument("--smollm2-steps", type=int, default=20, help="timed steps per mode on SmolLM2 "
+                    "(a multiple of --interval amortises the mask refresh)")
+    ap.add_argument("--smollm2-batch", type=int, default=4, help="sequences of 32 tokens per SmolLM2 step")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     tiny = _gpt2(128, 4, 1000)  # the testbed's tiny architecture (4 layers, 128 wide), 1000-word vocabulary
     result = {"threads": args.threads, "bytes_per_param": bytes_per_param(tiny),
               "peft": compare_with_peft(),
-              "overhead_tiny": step_overhead(tiny, steps=args.steps, interval=args.interval, vocab=1000)}
+              "overhead_tiny": step_overhead(tiny, steps=args.steps, interval=args.interval, vocab=1000),
+              "overhead_tiny_guard": step_overhead(tiny, steps=args.steps, interval=args.interval, vocab=1000,
+                                                   path="guard")}
     if args.smollm2:
         from epi_utils.lm.models import load_model
 
         model, tok = load_model("smollm2", device="cpu")
-        result["overhead_smollm2"] = step_overhead(model, steps=max(args.steps // 3, 4), interval=args.interval,
-                                                   batch=2, seq=32, vocab=len(tok))
+        result["overhead_smollm2"] = step_overhead(model, steps=args.smollm2_steps, interval=args.interval,
+                                                   batch=args.smollm2_batch, seq=32, vocab=len(tok))
     print(json.dumps(result, indent=2))
     return result
 

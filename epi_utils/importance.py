@@ -118,6 +118,7 @@ class ImportanceTracker:
         self.layout = "foreach" if block_size is not None else layout
         self._flat: dict[str, torch.Tensor] = {}
         self._flat_unc: dict[str, torch.Tensor] = {}
+        self._scratch_bufs: dict[int, torch.Tensor] = {}
         self.ema: dict[str, list[torch.Tensor]] = {}
         self.unc: dict[str, list[torch.Tensor]] = {}
         self.n_updates: dict[str, int] = {}
@@ -217,13 +218,30 @@ class ImportanceTracker:
             torch._foreach_copy_(ema, ema32)
         self.n_updates[task] += 1
 
+    def _scratch(self, i: int, dtype: torch.dtype) -> torch.Tensor:
+        """Reusable flat work buffer ``i`` (one per tracker): avoids allocating (and, on CPU,
+        page-faulting) two whole-model buffers at every update."""
+        buf = self._scratch_bufs.get(i)
+        if buf is None or buf.dtype != dtype:
+            n = sum(p.numel() for p in self.params)
+            buf = self._scratch_bufs[i] = torch.empty(n, dtype=dtype, device=self.params[0].device)
+        return buf
+
+    def _cat_into(self, tensors: Sequence[torch.Tensor], i: int) -> torch.Tensor:
+        """``torch.cat`` of the flattened tensors, as fp32, into scratch buffer ``i``."""
+        dtype = tensors[0].dtype
+        if any(t.dtype != dtype for t in tensors):
+            return torch.cat([t.reshape(-1).float() for t in tensors])
+        out = torch.cat([t.reshape(-1) for t in tensors], out=self._scratch(i, dtype))
+        return out if dtype == torch.float32 else out.float()
+
     @torch.no_grad()
     def _update_flat(self, task: str, grads) -> None:
-        g = torch.cat([t.reshape(-1) for t in self._grads(grads)]).float()
+        g = self._cat_into(self._grads(grads), 0)
         if self.estimator == "fisher":
             imp = g.mul_(g)
         else:
-            imp = torch.cat([p.detach().reshape(-1) for p in self.params]).float().mul_(g).abs_()
+            imp = self._cat_into([p.detach() for p in self.params], 1).mul_(g).abs_()
         if task not in self._flat:
             self._flat[task], self.ema[task] = self._new_flat()
             if self.estimator == "sensitivity":
@@ -259,6 +277,29 @@ class ImportanceTracker:
         out = normalize_scores(self.raw_scores(task), how=self.normalize)
         if expand and self.block_size is not None:
             out = {n: expand_blocks(s, p.shape, self.block_size) for (n, s), p in zip(out.items(), self.params)}
+        return out
+
+    @torch.no_grad()
+    def flat_scores(self, task: str) -> torch.Tensor:
+        """Layer-normalised scores of ``task`` as one fp32 vector over all parameters, shape
+        ``(n_params,)``, in ``names`` order (blocked scores expanded); equal to
+        ``torch.cat`` of :meth:`scores`, computed on the flat buffer without per-tensor copies."""
+        if self.layout != "flat" or task not in self._flat:
+            return torch.cat([s.reshape(-1) for s in self.scores(task).values()])
+        flat = self._flat[task].float()
+        if self.estimator == "sensitivity":
+            flat = flat * self._flat_unc[task].float()
+        if self.normalize == "none":
+            return flat.clone() if flat is self._flat[task] else flat
+        sizes = [p.numel() for p in self.params]
+        views = torch.split(flat, sizes)
+        denom = torch.stack([v.mean() if self.normalize == "layer_mean" else v.max() for v in views]).tolist()
+        out = torch.empty_like(flat)
+        for v, d, o in zip(views, denom, torch.split(out, sizes)):
+            if d > 0:
+                torch.div(v, d, out=o)
+            else:  # all-zero (or non-positive) tensors score 0, as normalize_scores
+                o.zero_()
         return out
 
     def reset(self, task: str | None = None) -> None:
@@ -308,18 +349,37 @@ def _exact_topk_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
     if n > 200_000:
         g = torch.Generator(device="cpu").manual_seed(0)
         sample = flat[torch.randint(0, n, (20_000,), generator=g).to(flat.device)]
-        lo = torch.quantile(sample, max(0.0, 1.0 - 1.5 * k / n - 0.005))
+        q = max(0.0, 1.0 - 1.5 * k / n - 0.005)  # sample quantile below the true threshold (w.h.p.)
+        lo = torch.kthvalue(sample, max(1, int(q * sample.numel()))).values
         cand = flat[flat >= lo]
         if cand.numel() >= k:
             thr = torch.kthvalue(cand, cand.numel() - k + 1).values
     if thr is None:
         thr = torch.kthvalue(flat, n - k + 1).values  # k-th largest
-    mask = flat > thr
-    need = k - int(mask.sum())
-    if need > 0:
-        ties = (flat == thr).nonzero().squeeze(1)[:need]
-        mask[ties] = True
+    mask = flat >= thr
+    excess = int(torch.count_nonzero(mask)) - k
+    if excess > 0:  # ties at the threshold: keep the lowest indices, drop the last `excess` ties
+        ties = (flat == thr).nonzero().squeeze(1)
+        mask[ties[ties.numel() - excess:]] = False
     return mask
+
+
+def top_share_flat(flat: torch.Tensor, *, ratio: float, scope: str = "global",
+                   sizes: Sequence[int] | None = None) -> torch.Tensor:
+    """Exact top-``ratio`` mask of a flat score vector: bool, shape ``(n,)``.
+
+    ``scope="global"``: one threshold over all ``n`` entries (``k = round(ratio * n)``);
+    ``scope="layer"``: the top share of each consecutive segment of length ``sizes[i]``. Equal to
+    ``torch.cat`` of :func:`top_share_mask` (method ``exact``) over the same tensors."""
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+    _check_choice("scope", scope, SCOPES)
+    flat = flat.detach().float().reshape(-1)
+    if scope == "global":
+        return _exact_topk_mask(flat, int(round(ratio * flat.numel())))
+    if sizes is None or sum(sizes) != flat.numel():
+        raise ValueError(f"scope='layer' needs sizes summing to {flat.numel()}, got {sizes!r}")
+    return torch.cat([_exact_topk_mask(part, int(round(ratio * part.numel()))) for part in torch.split(flat, sizes)])
 
 
 def top_share_mask(scores: Mapping[str, torch.Tensor], *, ratio: float, scope: str = "global",

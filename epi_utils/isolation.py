@@ -56,7 +56,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from epi_utils.importance import ImportanceTracker, normalize_scores, top_share_mask
+from epi_utils.importance import ImportanceTracker, normalize_scores, top_share_flat
 from epi_utils.importance_drift import turnover
 
 from epi_utils.lm.train import TrainHook
@@ -95,19 +95,32 @@ class MaskedStepGuard:
 
     def __init__(self):
         self._saved: list[tuple] = []
-        self._index_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._plans: dict[tuple, tuple[list, list]] = {}
 
-    def _frozen_index(self, allowed: torch.Tensor) -> torch.Tensor:
-        """Flat positions of the masked elements, cached per mask tensor object (policies return
-        the same tensors until their next refresh)."""
-        hit = self._index_cache.get(id(allowed))
-        if hit is not None and hit[0] is allowed:
+    def _frozen_plan(self, params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]):
+        """``[(param, flat positions of its masked elements)]``, validated and built once per set
+        of mask tensors (policies return the same tensors until their next refresh; the cache
+        holds references to the masks, so an ``id`` cannot be reused while it is cached)."""
+        key = tuple((name, id(m)) for name, m in masks.items())
+        hit = self._plans.get(key)
+        if hit is not None:
             return hit[1]
-        if len(self._index_cache) > 4096:
-            self._index_cache.clear()
-        idx = (~allowed).reshape(-1).nonzero().squeeze(1)
-        self._index_cache[id(allowed)] = (allowed, idx)
-        return idx
+        if len(self._plans) >= 16:  # bounds the mask sets kept alive by the cache
+            self._plans.clear()
+        plan = []
+        for name, allowed in masks.items():
+            if name not in params:
+                raise KeyError(f"mask for unknown parameter {name!r}")
+            p = params[name]
+            if allowed.shape != p.shape:
+                raise ValueError(f"mask for {name!r} has shape {tuple(allowed.shape)}, parameter {tuple(p.shape)}")
+            if not p.is_contiguous():
+                raise ValueError(f"parameter {name!r} is not contiguous; masked steps need contiguous parameters")
+            idx = (~allowed).reshape(-1).nonzero().squeeze(1).to(p.device)
+            if idx.numel():
+                plan.append((p, idx))
+        self._plans[key] = (list(masks.values()), plan)
+        return plan
 
     @torch.no_grad()
     def before_step(self, optimizer: torch.optim.Optimizer, params: Mapping[str, torch.Tensor],
@@ -117,23 +130,14 @@ class MaskedStepGuard:
         if not masks:
             return 0
         n_frozen = 0
-        for name, allowed in masks.items():
-            if name not in params:
-                raise KeyError(f"mask for unknown parameter {name!r}")
-            p = params[name]
-            if allowed.shape != p.shape:
-                raise ValueError(f"mask for {name!r} has shape {tuple(allowed.shape)}, parameter {tuple(p.shape)}")
-            if not p.is_contiguous():
-                raise ValueError(f"parameter {name!r} is not contiguous; masked steps need contiguous parameters")
-            idx = self._frozen_index(allowed).to(p.device)
-            if idx.numel() == 0:
-                continue
+        state = optimizer.state
+        for p, idx in self._frozen_plan(params, masks):
             n_frozen += idx.numel()
             if p.grad is not None:
                 p.grad.view(-1).index_fill_(0, idx, 0)
-            st = optimizer.state.get(p, {})
+            st = state.get(p)
             saved_state = {k: v.view(-1).index_select(0, idx) for k, v in st.items()
-                           if torch.is_tensor(v) and v.shape == p.shape}
+                           if torch.is_tensor(v) and v.shape == p.shape} if st else {}
             self._saved.append((p, idx, p.detach().view(-1).index_select(0, idx), saved_state))
         return n_frozen
 
@@ -182,42 +186,65 @@ class IsolationPolicy(TrainHook):
     # -- mask bookkeeping ----------------------------------------------------------------------
     def set_critical(self, scores: Mapping[str, Mapping[str, torch.Tensor]], *, step: int = 0) -> None:
         """Per-task scores (task -> name -> tensor, already normalised) -> critical sets + owners."""
-        new = {t: top_share_mask(s, ratio=self.isolation_ratio, scope=self.scope) for t, s in scores.items()}
+        names = list(next(iter(scores.values())))
+        shapes = [tuple(next(iter(scores.values()))[n].shape) for n in names]
+        flat = {t: torch.cat([s[n].detach().float().reshape(-1) for n in names]) for t, s in scores.items()}
+        self.set_critical_flat(flat, names=names, shapes=shapes, step=step)
+
+    @torch.no_grad()
+    def set_critical_flat(self, scores: Mapping[str, torch.Tensor], *, names: Sequence[str],
+                          shapes: Sequence[Sequence[int]], step: int = 0) -> None:
+        """:meth:`set_critical` on flat score vectors: task -> fp32 ``(n,)`` with the tensors
+        ``names`` (of ``shapes``) concatenated in that order. All bookkeeping (critical sets,
+        owners, allowed masks) is done on flat vectors; the per-parameter dicts hold views."""
+        names, shapes = list(names), [tuple(sh) for sh in shapes]
+        sizes = [math.prod(sh) for sh in shapes]
+        if (names, shapes) != (getattr(self, "_names", None), getattr(self, "_shapes", None)):
+            self._names, self._shapes, self._sizes = names, shapes, sizes
+            self._crit_flat: dict[str, torch.Tensor] = {}
+        for t, f in scores.items():
+            if f.numel() != sum(sizes):
+                raise ValueError(f"scores of task {t!r} have {f.numel()} entries, parameters {sum(sizes)}")
+        new = {t: top_share_flat(f, ratio=self.isolation_ratio, scope=self.scope, sizes=sizes)
+               for t, f in scores.items()}
         if self.record:
             row = {"step": int(step), "update": self.n_mask_updates}
             for t, m in new.items():
-                if t in self.critical:
-                    row[f"turnover/{t}"] = turnover(self.critical[t], m)["turnover"]
+                if t in self._crit_flat:
+                    row[f"turnover/{t}"] = turnover({"all": self._crit_flat[t]}, {"all": m})["turnover"]
             vals = [v for k, v in row.items() if k.startswith("turnover/")]
             row["turnover"] = sum(vals) / len(vals) if vals else float("nan")
-        self.critical.update(new)
-        names = list(next(iter(self.critical.values())))
-        owner, best, count = {}, {}, {}
-        for n in names:
-            ref = self.critical[next(iter(self.critical))][n]
-            owner[n] = torch.full(ref.shape, -1, dtype=torch.int8, device=ref.device)
-            best[n] = torch.full(ref.shape, -math.inf, device=ref.device)
-            count[n] = torch.zeros(ref.shape, dtype=torch.int8, device=ref.device)
-        for t, masks in self.critical.items():
-            tid = self.tasks.index(t)
-            sc = scores.get(t)
-            for n in names:
-                m = masks[n]
-                s = sc[n].float() if sc is not None else torch.zeros(m.shape, device=m.device)
-                better = m & (s > best[n]) if sc is not None else m & (owner[n] < 0)
-                owner[n][better] = tid
-                best[n] = torch.where(better, s, best[n])
-                count[n] += m.to(torch.int8)
+        self._crit_flat.update(new)
+        ref = next(iter(self._crit_flat.values()))
+        owner = torch.full(ref.shape, -1, dtype=torch.int8, device=ref.device)
+        best = torch.full(ref.shape, -math.inf, device=ref.device)
+        count = torch.zeros(ref.shape, dtype=torch.int8, device=ref.device)
+        for t, m in self._crit_flat.items():  # highest score wins; tasks without new scores claim free elements
+            s = scores.get(t)
+            if s is not None:
+                s = s.float()
+                better = m & (s > best)
+                best = torch.where(better, s, best)
+            else:
+                better = m & (owner < 0)
+                best.masked_fill_(better, 0.0)
+            # owner <- tid where better (int8 arithmetic: vectorised, unlike masked_fill_ on CPU)
+            owner.add_(better.to(torch.int8) * (self.tasks.index(t) - owner))
+            if self.overlap == "freeze":
+                count += m.to(torch.int8)
         if self.overlap == "freeze":
-            for n in names:
-                owner[n][count[n] > 1] = -2
-        self.owner = owner
+            owner.masked_fill_(count > 1, -2)
+        self._owner_flat = owner
+        self.critical = {t: self._unflatten(m) for t, m in self._crit_flat.items()}
+        self.owner = self._unflatten(owner)
         self._allowed = {}
         self.n_mask_updates += 1
         if self.record:
-            n_all = sum(o.numel() for o in owner.values())
-            row["protected_share"] = sum(int((o != -1).sum()) for o in owner.values()) / n_all
+            row["protected_share"] = int(torch.count_nonzero(owner != -1)) / max(owner.numel(), 1)
             self.history.append(row)
+
+    def _unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {n: v.view(sh) for n, v, sh in zip(self._names, torch.split(flat, self._sizes), self._shapes)}
 
     def allowed_for(self, task: str | None) -> dict[str, torch.Tensor] | None:
         """name -> bool (True = may move) for a step of ``task``; None when nothing is protected."""
@@ -228,7 +255,7 @@ class IsolationPolicy(TrainHook):
                              "(TrainConfig.task_homogeneous_batches=True)")
         if task not in self._allowed:
             tid = self.tasks.index(task) if task in self.tasks else -3
-            self._allowed[task] = {n: (o == -1) | (o == tid) for n, o in self.owner.items()}
+            self._allowed[task] = self._unflatten((self._owner_flat == -1) | (self._owner_flat == tid))
         return self._allowed[task]
 
     def update_mask(self, state):
@@ -365,7 +392,9 @@ class EPI(IsolationPolicy):
         due = state.step >= self.warmup and (state.step - self.warmup) % self.interval == 0
         if due and state.step != self._last_update_step and self.tracker.tasks:
             self.refresh_from_replay(state)
-            self.set_critical({t: self.tracker.scores(t) for t in self.tracker.tasks}, step=state.step)
+            tr = self.tracker
+            self.set_critical_flat({t: tr.flat_scores(t) for t in tr.tasks}, names=tr.names,
+                                   shapes=[p.shape for p in tr.params], step=state.step)
             self._last_update_step = state.step
         return self.allowed_for(state.batch_task)
 

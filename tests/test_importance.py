@@ -174,3 +174,32 @@ def test_two_stage_exact_selection_on_large_tensor():
     exp = torch.zeros(flat.numel(), dtype=torch.bool)
     exp[torch.sort(flat, descending=True, stable=True).indices[:20_000]] = True
     assert torch.equal(torch.cat(list(got.values())), exp)
+
+
+@pytest.mark.parametrize("normalize", ["layer_mean", "layer_max", "none"])
+def test_flat_scores_equal_concatenated_scores_including_zero_tensors(normalize):
+    g = torch.Generator().manual_seed(3)
+    params = {"a": torch.nn.Parameter(torch.randn(4, 3, generator=g)), "z": torch.nn.Parameter(torch.randn(5, generator=g)),
+              "b": torch.nn.Parameter(torch.randn(7, generator=g))}
+    tr = imp.ImportanceTracker(params, normalize=normalize)
+    for _ in range(3):
+        for n, p in params.items():
+            p.grad = torch.zeros(p.shape) if n == "z" else torch.randn(p.shape, generator=g)  # "z": all-zero scores
+        tr.update("t")
+    flat = tr.flat_scores("t")
+    assert flat.shape == (24,)
+    assert torch.equal(flat, torch.cat([s.reshape(-1) for s in tr.scores("t").values()]))
+    assert not flat[12:17].any() and torch.isfinite(flat).all()  # zero tensor scores 0, never NaN
+    if normalize == "layer_mean":
+        assert float(flat[:12].mean()) == pytest.approx(1.0)
+
+
+def test_top_share_flat_equals_top_share_mask_both_scopes():
+    g = torch.Generator().manual_seed(4)
+    scores = {"a": torch.rand(6, 5, generator=g), "b": torch.rand(11, generator=g)}
+    flat = torch.cat([s.reshape(-1) for s in scores.values()])
+    for scope in ("global", "layer"):
+        want = torch.cat([m.reshape(-1) for m in imp.top_share_mask(scores, ratio=0.3, scope=scope).values()])
+        assert torch.equal(imp.top_share_flat(flat, ratio=0.3, scope=scope, sizes=[30, 11]), want)
+    with pytest.raises(ValueError, match="sizes"):
+        imp.top_share_flat(flat, ratio=0.3, scope="layer", sizes=[3])

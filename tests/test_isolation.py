@@ -170,6 +170,13 @@ def test_guard_fresh_optimizer_state_and_bad_masks():
     g.after_step(opt)
     assert p[1] == 1.0 and p[0] != 1.0
     assert opt.state[p]["exp_avg"][1] == 0 and opt.state[p]["exp_avg_sq"][1] == 0
+    other = torch.tensor([False, True, True])  # a different mask for the same parameter: no stale cached plan
+    frozen0 = p[0].item()
+    p.grad = torch.tensor([1.0, 1.0, 1.0])
+    g.before_step(opt, {"p": p}, {"p": other})
+    opt.step()
+    g.after_step(opt)
+    assert p[0] == frozen0 and p[1] != 1.0
     with pytest.raises(ValueError, match="shape"):
         g.before_step(opt, {"p": p}, {"p": torch.ones(2, dtype=torch.bool)})
     with pytest.raises(ValueError, match="policy must be one of"):

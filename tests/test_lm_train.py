@@ -163,3 +163,22 @@ def test_format_and_bad_config(small_tiny, small_world):
         TrainConfig(batch_size=0).validate()
     with pytest.raises(ValueError, match="stages must be a non-empty list"):
         train_sft(small_tiny[0], tok, [], config=TrainConfig(), progress=False)
+
+
+def test_masked_adamw_zero_masked_grads_and_changing_masks():
+    p = torch.nn.Parameter(torch.ones(5))
+    opt = MaskedAdamW({"p": p}, lr=0.1, weight_decay=0.0)
+    first, second = torch.tensor([True, False, True, True, False]), torch.tensor([False, True, True, True, True])
+    p.grad = torch.tensor([1.0, -2.0, 3.0, 4.0, -5.0])
+    opt.zero_masked_grads({"p": first})
+    assert p.grad.tolist() == [1.0, 0.0, 3.0, 4.0, 0.0]
+    opt.step({"p": first})
+    after_first = p.detach().clone()
+    assert after_first[1] == 1.0 and after_first[4] == 1.0 and after_first[0] != 1.0
+    p.grad = torch.ones(5)
+    opt.step({"p": second})  # a new mask tensor: the cached positions must not be reused
+    assert p[0] == after_first[0] and p[1] != 1.0
+    with pytest.raises(ValueError, match="bool tensor"):
+        opt.zero_masked_grads({"p": torch.ones(5)})
+    with pytest.raises(KeyError, match="not among"):
+        opt.zero_masked_grads({"q": first})

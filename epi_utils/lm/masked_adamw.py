@@ -2,8 +2,9 @@
 
 ``MaskedAdamW.step(masks)`` takes ``{param_name: bool tensor}`` (same shape as the parameter;
 True = the element may move). For elements with False, the parameter, ``exp_avg`` and
-``exp_avg_sq`` keep their exact previous values (selected with ``torch.where``, so they are
-bit-identical) and no weight decay is applied. Elements with True get the ordinary AdamW update
+``exp_avg_sq`` keep their exact previous values (saved with ``index_select`` before the in-place
+update and written back with ``index_copy_``, so they are bit-identical) and no weight decay is
+applied; the flat positions of a mask's False elements are cached per mask tensor. Elements with True get the ordinary AdamW update
 
     m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
     p <- p (1 - lr wd) - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
@@ -26,6 +27,39 @@ class MaskedAdamW(torch.optim.Optimizer):
         params = [named_params[n] for n in self.names]
         super().__init__([{"params": params, "names": self.names}],
                          dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        self._index_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _frozen_index(self, name: str, p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Flat positions of the False elements of ``mask``, validated and cached per mask tensor
+        (hooks return the same mask tensors until they refresh; the cache holds a reference, so a
+        cached ``id`` cannot be reused by another tensor)."""
+        hit = self._index_cache.get(id(mask))
+        if hit is not None:
+            return hit[1]
+        if mask.shape != p.shape or mask.dtype != torch.bool:
+            raise ValueError(f"update mask for {name!r} must be a bool tensor of shape {tuple(p.shape)}, "
+                             f"got {mask.dtype} {tuple(mask.shape)}")
+        if not p.is_contiguous():
+            raise ValueError(f"parameter {name!r} is not contiguous; masked steps need contiguous parameters")
+        if len(self._index_cache) >= 8 * len(self.names):  # at most ~8 mask sets kept alive
+            self._index_cache.clear()
+        idx = (~mask).reshape(-1).nonzero().squeeze(1).to(p.device)
+        self._index_cache[id(mask)] = (mask, idx)
+        return idx
+
+    @torch.no_grad()
+    def zero_masked_grads(self, masks: dict[str, torch.Tensor] | None) -> None:
+        """Set the gradient of every masked (False) element to 0 (in place; positions cached per
+        mask tensor), e.g. so that gradient clipping ignores protected elements."""
+        params = dict(zip(self.names, self.param_groups[0]["params"]))
+        for name, mask in (masks or {}).items():
+            if name not in params:
+                raise KeyError(f"update mask name not among the optimised parameters: {name!r}")
+            p = params[name]
+            if p.grad is not None:
+                idx = self._frozen_index(name, p, mask)
+                if idx.numel():
+                    p.grad.view(-1).index_fill_(0, idx, 0)
 
     @torch.no_grad()
     def step(self, masks: dict[str, torch.Tensor] | None = None, closure=None):  # type: ignore[override]
@@ -39,32 +73,30 @@ class MaskedAdamW(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 mask = masks.get(name)
+                frozen = None
                 if mask is not None:
-                    if mask.shape != p.shape or mask.dtype != torch.bool:
-                        raise ValueError(f"update mask for {name!r} must be a bool tensor of shape {tuple(p.shape)}, "
-                                         f"got {mask.dtype} {tuple(mask.shape)}")
-                    mask = mask.to(p.device)
-                    if not bool(mask.any()):
+                    frozen = self._frozen_index(name, p, mask)
+                    if frozen.numel() == p.numel():
                         continue  # nothing may move: skip entirely (moments and step count unchanged)
+                    if frozen.numel() == 0:
+                        frozen = None
                 st = self.state[p]
                 if not st:
                     st["step"] = torch.zeros((), dtype=torch.float32)
                     st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                m, v = st["exp_avg"], st["exp_avg_sq"]
+                if frozen is not None:  # save the masked elements; written back after the update
+                    saved = [(t, t.view(-1).index_select(0, frozen)) for t in (p.data, m, v)]
                 st["step"] += 1
                 t = float(st["step"])
                 g = p.grad
-                m_new = st["exp_avg"].mul(b1).add_(g, alpha=1 - b1)
-                v_new = st["exp_avg_sq"].mul(b2).addcmul_(g, g, value=1 - b2)
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
-                denom = (v_new / bc2).sqrt_().add_(eps)
-                p_new = p.mul(1 - lr * wd).addcdiv_(m_new, denom, value=-lr / bc1)
-                if mask is None:
-                    st["exp_avg"].copy_(m_new)
-                    st["exp_avg_sq"].copy_(v_new)
-                    p.copy_(p_new)
-                else:
-                    st["exp_avg"].copy_(torch.where(mask, m_new, st["exp_avg"]))
-                    st["exp_avg_sq"].copy_(torch.where(mask, v_new, st["exp_avg_sq"]))
-                    p.copy_(torch.where(mask, p_new, p))
+                denom = (v / bc2).sqrt_().add_(eps)
+                p.mul_(1 - lr * wd).addcdiv_(m, denom, value=-lr / bc1)
+                if frozen is not None:
+                    for tensor, values in saved:
+                        tensor.view(-1).index_copy_(0, frozen, values)
         return None

@@ -323,9 +323,7 @@ def train_sft(model, tokenizer, stages: Sequence[Sequence], *, config: TrainConf
                         raise KeyError(f"update_mask of {type(h).__name__} names unknown parameter {name!r}")
                     m = m.to(device=device, dtype=torch.bool)
                     masks[name] = masks[name] & m if name in masks else m
-            for name, m in masks.items():
-                if named[name].grad is not None:
-                    named[name].grad.mul_(m)
+            opt.zero_masked_grads(masks)
             if config.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(list(named.values()), config.max_grad_norm)
             opt.step(masks)
