@@ -8,6 +8,10 @@ Prints one JSON object measured in one run:
   callback's (``torch.optim.AdamW`` + ``MaskedStepGuard``; ``overhead_tiny_guard``). Modes are
   interleaved round-robin so that machine load hits them alike; ``epi_ratio_amortised`` is the
   ratio of means over whole mask-refresh intervals (the target: <= 1.05 at the default interval).
+  EPI's extra cost is per parameter (passes over parameters, gradients and importance state),
+  while forward+backward grows with the tokens of a step: ``tokens_per_step_for_5pct`` solves, from
+  forward+backward timed at 1x and 4x the benchmark batch in the same run, for the tokens per step
+  at which the measured extra cost is 5% of a step.
 - ``bytes_per_param``: tracker state per parameter and task (default fp32, lean bf16, lean
   blocks of 64) and EPI's owner map.
 - ``peft``: ``ImportanceTracker(estimator="sensitivity")`` vs PEFT's AdaLoRA
@@ -87,12 +91,12 @@ def _gpt2(n_embd, n_layer, vocab, seed=0):
 
 
 def step_overhead(model, *, steps: int = 30, interval: int = 20, batch: int = 16, seq: int = 32, vocab: int,
-                  tasks=("a", "b", "c"), path: str = "engine") -> dict:
+                  tasks=("a", "b", "c"), path: str = "engine", fwd_bwd_scaling: bool = False) -> dict:
     """Median step time per mode (interleaved round-robin), and ratios to plain AdamW.
 
     ``path="engine"``: the testbed engine's step (``epi_utils.lm.train``): ``MaskedAdamW`` without
-    masks (plain) vs with the tracker vs EPI (masked gradients ``grad.mul_(mask)`` and
-    ``MaskedAdamW.step(masks)``). ``path="guard"``: ``torch.optim.AdamW`` vs with the tracker vs
+    masks (plain) vs with the tracker vs EPI (``MaskedAdamW.zero_masked_grads`` and
+    ``MaskedAdamW.step(masks)``, as the engine does). ``path="guard"``: ``torch.optim.AdamW`` vs with the tracker vs
     EPI through :class:`MaskedStepGuard` (the Trainer-callback route)."""
     from epi_utils.lm.masked_adamw import MaskedAdamW
 
@@ -109,12 +113,14 @@ def step_overhead(model, *, steps: int = 30, interval: int = 20, batch: int = 16
     ids = torch.randint(0, vocab, (batch, seq), generator=g)
     data = {"input_ids": ids, "labels": ids}
     times = {"adamw": [], "tracker": [], "epi": []}
+    fwd_bwd: list[float] = []
     epi_step = 0
     for i in range(steps + 3):
         for mode in times:
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             model(**data).loss.backward()
+            t_fb = time.perf_counter()
             masks = None
             if mode == "tracker":
                 tracker.update(tasks[i % len(tasks)])
@@ -123,8 +129,7 @@ def step_overhead(model, *, steps: int = 30, interval: int = 20, batch: int = 16
                 policy.after_backward(state)
                 masks = policy.update_mask(state)
                 if path == "engine":
-                    for name, m in masks.items():
-                        named[name].grad.mul_(m)
+                    opt.zero_masked_grads(masks)
                 else:
                     guard.before_step(opt, named, masks)
             if path == "engine":
@@ -137,15 +142,39 @@ def step_overhead(model, *, steps: int = 30, interval: int = 20, batch: int = 16
                 epi_step += 1
             if i >= 3:  # warm-up steps are not timed
                 times[mode].append(time.perf_counter() - t0)
+                fwd_bwd.append(t_fb - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     # EPI: the mask refresh happens once per interval; means over whole intervals amortise it
     n_whole = (len(times["epi"]) // interval) * interval or len(times["epi"])
     mean = {k: statistics.mean(v[:n_whole]) for k, v in times.items()}
-    return {"path": path, "n_params": sum(p.numel() for p in named.values()), "steps": steps, "interval": interval,
-            "adamw_ms": 1e3 * med["adamw"], "tracker_ms": 1e3 * med["tracker"], "epi_ms_median": 1e3 * med["epi"],
-            "tracker_ratio": med["tracker"] / med["adamw"], "epi_ratio_median": med["epi"] / med["adamw"],
-            "epi_ratio_amortised": mean["epi"] / mean["adamw"],
-            "epi_state_bytes_per_param": policy.state_bytes_per_param()}
+    extra = mean["epi"] - mean["adamw"]  # seconds EPI adds to a step, refresh amortised
+    out = {"path": path, "n_params": sum(p.numel() for p in named.values()), "steps": steps, "interval": interval,
+           "tokens_per_step": batch * seq, "fwd_bwd_ms": 1e3 * statistics.median(fwd_bwd),
+           "epi_extra_ms_amortised": 1e3 * extra}
+    if fwd_bwd_scaling:
+        # forward+backward time grows with tokens per step, EPI's cost does not (it is per parameter):
+        # time forward+backward at 4x the tokens, interleaved, and solve for the tokens per step at
+        # which EPI's amortised extra cost is 5% of a step.
+        big = {"input_ids": ids.repeat(4, 1), "labels": ids.repeat(4, 1)}
+        fb = {1: [], 4: []}
+        for _ in range(3):
+            for mult, d in ((1, data), (4, big)):
+                t0 = time.perf_counter()
+                model.zero_grad(set_to_none=True)
+                model(**d).loss.backward()
+                fb[mult].append(time.perf_counter() - t0)
+        fb1, fb4 = min(fb[1]), min(fb[4])
+        per_token = (fb4 - fb1) / (3 * batch * seq)
+        rest = mean["adamw"] - fb1  # optimizer, zero_grad: independent of tokens
+        need_fb = extra / 0.05 - rest
+        out.update(fwd_bwd_4x_ms=1e3 * fb4, fwd_bwd_ms_per_token=1e3 * per_token,
+                   tokens_per_step_for_5pct=max(batch * seq, int(batch * seq + (need_fb - fb1) / per_token))
+                   if per_token > 0 else None)
+    model.zero_grad(set_to_none=True)
+    return out | {"adamw_ms": 1e3 * med["adamw"], "tracker_ms": 1e3 * med["tracker"], "epi_ms_median": 1e3 * med["epi"],
+                  "tracker_ratio": med["tracker"] / med["adamw"], "epi_ratio_median": med["epi"] / med["adamw"],
+                  "epi_ratio_amortised": mean["epi"] / mean["adamw"],
+                  "epi_state_bytes_per_param": policy.state_bytes_per_param()}
 
 
 def bytes_per_param(model) -> dict:
@@ -173,7 +202,8 @@ def main(argv=None) -> dict:
     tiny = _gpt2(128, 4, 1000)  # the testbed's tiny architecture (4 layers, 128 wide), 1000-word vocabulary
     result = {"threads": args.threads, "bytes_per_param": bytes_per_param(tiny),
               "peft": compare_with_peft(),
-              "overhead_tiny": step_overhead(tiny, steps=args.steps, interval=args.interval, vocab=1000),
+              "overhead_tiny": step_overhead(tiny, steps=args.steps, interval=args.interval, vocab=1000,
+                                             fwd_bwd_scaling=True),
               "overhead_tiny_guard": step_overhead(tiny, steps=args.steps, interval=args.interval, vocab=1000,
                                                    path="guard")}
     if args.smollm2:
@@ -181,7 +211,8 @@ def main(argv=None) -> dict:
 
         model, tok = load_model("smollm2", device="cpu")
         result["overhead_smollm2"] = step_overhead(model, steps=args.smollm2_steps, interval=args.interval,
-                                                   batch=args.smollm2_batch, seq=32, vocab=len(tok))
+                                                   batch=args.smollm2_batch, seq=32, vocab=len(tok),
+                                                   fwd_bwd_scaling=True)
     print(json.dumps(result, indent=2))
     return result
 
