@@ -35,13 +35,13 @@ def _check_same(a: Mapping, b: Mapping) -> None:
 
 def _counts(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> tuple[int, int, int, int]:
     _check_same(a, b)
-    inter = union = na = nb = 0
+    inter = na = nb = 0
     for n in a:
         ma, mb = a[n].bool(), b[n].bool()
-        inter += int((ma & mb).sum())
-        union += int((ma | mb).sum())
-        na += int(ma.sum())
-        nb += int(mb.sum())
+        inter += int(torch.count_nonzero(ma & mb))  # count_nonzero: vectorised, bool .sum() is not on CPU
+        na += int(torch.count_nonzero(ma))
+        nb += int(torch.count_nonzero(mb))
+    union = na + nb - inter
     return inter, union, na, nb
 
 
@@ -115,11 +115,11 @@ def module_of(name: str) -> str:
 
 
 def _group_shares(mask: Mapping[str, torch.Tensor], key) -> dict[str, dict[str, float]]:
-    tot_in = sum(int(m.sum()) for m in mask.values())
+    tot_in = sum(int(torch.count_nonzero(m)) for m in mask.values())
     groups: dict[str, list[int]] = {}
     for n, m in mask.items():
         g = groups.setdefault(key(n), [0, 0])
-        g[0] += int(m.sum())
+        g[0] += int(torch.count_nonzero(m))
         g[1] += m.numel()
     return {g: {"density": c / max(t, 1), "of_mask": c / max(tot_in, 1)} for g, (c, t) in groups.items()}
 

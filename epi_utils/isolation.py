@@ -215,25 +215,7 @@ class IsolationPolicy(TrainHook):
             vals = [v for k, v in row.items() if k.startswith("turnover/")]
             row["turnover"] = sum(vals) / len(vals) if vals else float("nan")
         self._crit_flat.update(new)
-        ref = next(iter(self._crit_flat.values()))
-        owner = torch.full(ref.shape, -1, dtype=torch.int8, device=ref.device)
-        best = torch.full(ref.shape, -math.inf, device=ref.device)
-        count = torch.zeros(ref.shape, dtype=torch.int8, device=ref.device)
-        for t, m in self._crit_flat.items():  # highest score wins; tasks without new scores claim free elements
-            s = scores.get(t)
-            if s is not None:
-                s = s.float()
-                better = m & (s > best)
-                best = torch.where(better, s, best)
-            else:
-                better = m & (owner < 0)
-                best.masked_fill_(better, 0.0)
-            # owner <- tid where better (int8 arithmetic: vectorised, unlike masked_fill_ on CPU)
-            owner.add_(better.to(torch.int8) * (self.tasks.index(t) - owner))
-            if self.overlap == "freeze":
-                count += m.to(torch.int8)
-        if self.overlap == "freeze":
-            owner.masked_fill_(count > 1, -2)
+        owner = self._resolve_owners(scores)
         self._owner_flat = owner
         self.critical = {t: self._unflatten(m) for t, m in self._crit_flat.items()}
         self.owner = self._unflatten(owner)
@@ -242,6 +224,40 @@ class IsolationPolicy(TrainHook):
         if self.record:
             row["protected_share"] = int(torch.count_nonzero(owner != -1)) / max(owner.numel(), 1)
             self.history.append(row)
+
+    def _resolve_owners(self, scores: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """int8 owner vector from the flat critical sets: an element claimed by one task belongs
+        to it; an overlap (claimed by several) goes, with ``overlap="owner"``, to the claimant with
+        the highest score (claimants in task order; a task without new scores takes an overlap
+        element only if no earlier claimant took it, at score 0), with ``"freeze"`` to nobody (-2).
+        Only int8/bool passes over all parameters; scores are compared at overlaps only."""
+        ref = next(iter(self._crit_flat.values()))
+        count = torch.zeros(ref.shape, dtype=torch.int8, device=ref.device)
+        owner = torch.zeros(ref.shape, dtype=torch.int8, device=ref.device)
+        for t, m in self._crit_flat.items():
+            m8 = m.view(torch.int8)  # bool -> 0/1 bytes, no copy
+            count.add_(m8)
+            owner.add_(m8 * (self.tasks.index(t) + 1))  # exact where count == 1; overlaps fixed below
+        owner.sub_(1)
+        overlap = (count > 1).nonzero().squeeze(1)
+        if overlap.numel():
+            if self.overlap == "freeze":
+                owner[overlap] = -2
+            else:
+                own = torch.full(overlap.shape, -1, dtype=torch.int8, device=ref.device)
+                best = torch.full(overlap.shape, -math.inf, device=ref.device)
+                for t, m in self._crit_flat.items():
+                    m_at, s = m[overlap], scores.get(t)
+                    if s is not None:
+                        s_at = s[overlap].float()
+                        better = m_at & (s_at > best)
+                        best = torch.where(better, s_at, best)
+                    else:
+                        better = m_at & (own < 0)
+                        best = torch.where(better, torch.zeros_like(best), best)
+                    own[better] = self.tasks.index(t)
+                owner[overlap] = own
+        return owner
 
     def _unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         return {n: v.view(sh) for n, v, sh in zip(self._names, torch.split(flat, self._sizes), self._shapes)}
