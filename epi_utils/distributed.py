@@ -3,12 +3,13 @@
 Under ``DistributedDataParallel`` the gradients are all-reduced in ``backward()``, so every rank
 sees the same (averaged) gradients; EPI's tracker reads them after the reduction and computes its
 masks deterministically from them, so the masks agree without any extra communication. This
-module verifies it: :func:`hooked_steps` is a minimal loop that follows the testbed's
-``TrainHook`` contract (``extra_loss``, ``after_backward``, ``update_mask`` + bit-exact
-:class:`~epi_utils.isolation_callback.MaskedStepGuard`, ``on_step_end``) around a DDP-wrapped
-model; :func:`main` (run with ``torchrun --nproc_per_node 2 -m epi_utils.distributed --out f.json``)
-trains a small GPT-2 on two synthetic tasks with different data on each rank and compares a
-SHA-256 digest of the masks (and of the weights) across ranks after every mask update.
+module verifies it on an existing engine: :func:`main` (run with ``torchrun --nproc_per_node 2 -m
+epi_utils.distributed --out f.json``) trains with ``transformers.Trainer`` and the
+:class:`~epi_utils.isolation_callback.IsolationCallback` (:func:`trainer_check`; the Trainer wraps
+the model in DDP through accelerate and gives each process different batches of the same task) and
+compares a SHA-256 digest of the masks, of the weights and the step's task across ranks after
+every mask update. ``--engine loop`` runs the same check with :func:`hooked_steps`, a minimal loop
+with the testbed's ``TrainHook`` contract around a ``DistributedDataParallel`` model.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from epi_utils.isolation import MaskedStepGuard
+from epi_utils.lm.train import TrainHook
 
 
 def digest(tensors: Mapping[str, torch.Tensor] | None) -> str:
@@ -129,6 +131,88 @@ def tiny_gpt2(*, vocab: int = 64, n_embd: int = 32, n_layer: int = 2, seed: int 
     return GPT2LMHeadModel(cfg)
 
 
+def _compare_across_ranks(step: int, task, masks, model, world: int) -> dict:
+    """all_gather the digests of ``masks``, the weights and the step's task; compare them."""
+    import torch.distributed as dist
+
+    mine = [digest(masks), digest({n: p.detach() for n, p in model.named_parameters()}), task]
+    everyone = [None] * world
+    dist.all_gather_object(everyone, mine)
+    return {"step": step, "masks_equal": all(e[0] == mine[0] for e in everyone),
+            "weights_equal": all(e[1] == mine[1] for e in everyone),
+            "task_equal": all(e[2] == mine[2] for e in everyone), "task": task,
+            "protected": sum(int((~m).sum()) for m in masks.values())}
+
+
+def trainer_check(*, steps: int, interval: int, world: int, batch_size: int = 4,
+                  seq_len: int = 12) -> tuple[list[dict], dict]:
+    """EPI inside ``transformers.Trainer`` launched by ``torchrun``: the Trainer (through
+    accelerate) wraps the model in ``DistributedDataParallel`` (gloo on CPU) and deals the batches
+    of one shared, task-homogeneously ordered dataset round-robin to the processes, so every rank
+    trains on different examples of the same task at each step. After every mask refresh the masks,
+    the weights and the step's task are compared across ranks (:func:`_compare_across_ranks`).
+    Returns the checks and a summary over all steps: whether every step had one task on all ranks,
+    and the share of steps at which the ranks' batches differed (equal weights then show that the
+    gradients were synchronised, not merely computed on identical data)."""
+    import tempfile
+
+    from datasets import Dataset
+    from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+
+    from epi_utils.isolation import make_policy
+    from epi_utils.isolation_callback import (IsolationCallback, TaskRecordingCollator, sequential_trainer_class,
+                                              task_homogeneous_order)
+
+    tasks = ["a", "b"]
+    rows = {"input_ids": [], "attention_mask": [], "labels": [], "task": []}
+    for task, batch in synthetic_task_batches(vocab=64, n_steps=2 * steps * world, batch_size=batch_size,
+                                              seq_len=seq_len, tasks=tasks, seed=0):
+        for ids in batch["input_ids"].tolist():
+            rows["input_ids"].append(ids)
+            rows["attention_mask"].append([1] * seq_len)
+            rows["labels"].append(ids)
+            rows["task"].append(task)
+    order = task_homogeneous_order(rows["task"], batch_size=batch_size, world_size=world, seed=0)
+    ds = Dataset.from_dict(rows).select(order)
+    policy = make_policy("epi", tasks=tasks, isolation_ratio=0.1, mask_update_interval=interval,
+                         warmup_steps=interval)
+    seen: list[tuple[str, str]] = []  # (task, digest of input_ids) of every batch this process collated
+
+    def recording_collator(features):
+        batch = default_data_collator(features)
+        seen.append((collator.queue[-1], digest({"input_ids": batch["input_ids"]})))
+        return batch
+
+    collator = TaskRecordingCollator(recording_collator)
+    iso = IsolationCallback(policy, collator)
+    checks: list[dict] = []
+
+    class CompareAfterRefresh(TrainerCallback):  # runs after IsolationCallback (registered later)
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            if policy._last_update_step == iso.state.step:
+                masks = policy.update_mask(iso.state)  # the masks of this step (no second refresh)
+                checks.append(_compare_across_ranks(iso.state.step, iso.state.batch_task, masks, model, world))
+
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=batch_size,
+                                 learning_rate=1e-2, weight_decay=0.1, report_to=[], save_strategy="no",
+                                 logging_strategy="no", use_cpu=True, ddp_backend="gloo",
+                                 remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True)
+        trainer = sequential_trainer_class(Trainer)(model=tiny_gpt2(seed=0), args=args, train_dataset=ds,
+                                                    data_collator=collator, callbacks=[iso, CompareAfterRefresh()])
+        trainer.train()
+    import torch.distributed as dist
+
+    everyone = [None] * world
+    dist.all_gather_object(everyone, seen[:steps])
+    per_step = list(zip(*everyone))
+    summary = {"steps": len(per_step),
+               "same_task_every_step": all(len({t for t, _ in step}) == 1 for step in per_step),
+               "different_batches_share": sum(len({d for _, d in step}) == world for step in per_step)
+               / max(len(per_step), 1)}
+    return checks, summary
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """torchrun entry point: DDP (gloo) + EPI, compare mask and weight digests across ranks."""
     import torch.distributed as dist
@@ -139,11 +223,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--interval", type=int, default=4)
+    ap.add_argument("--engine", choices=("trainer", "loop"), default="trainer",
+                    help="trainer: transformers.Trainer + IsolationCallback (accelerate DDP); "
+                         "loop: the minimal hooked_steps loop around a DDP-wrapped model")
     ap.add_argument("--out", type=str, default="")
     args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.engine == "trainer":
+        checks, summary = trainer_check(steps=args.steps, interval=args.interval,
+                                        world=int(os.environ.get("WORLD_SIZE", 1)))
+        return _finish(checks, rank=dist.get_rank(), world=dist.get_world_size(), out=args.out, engine="trainer",
+                       **summary)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.set_num_threads(1)
     model = DDP(TinyLM(seed=0))  # same init on every rank (DDP also broadcasts rank 0's weights)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     tasks = ["a", "b"]
@@ -154,20 +246,32 @@ def main(argv: Sequence[str] | None = None) -> dict:
     checks = []
 
     def on_mask(step, masks):
-        if masks is None or policy._last_update_step != step:
-            return
-        mine = [digest(masks), digest({n: p.detach() for n, p in model.named_parameters()})]
-        everyone = [None] * world
-        dist.all_gather_object(everyone, mine)
-        checks.append({"step": step, "masks_equal": all(e[0] == mine[0] for e in everyone),
-                       "weights_equal": all(e[1] == mine[1] for e in everyone),
-                       "protected": sum(int((~m).sum()) for m in masks.values())})
+        if masks is not None and policy._last_update_step == step:
+            checks.append(_compare_across_ranks(step, policy.last_task, masks, model.module, world))
 
-    hooked_steps(model, opt, schedule, hooks=[policy], on_mask=on_mask)
-    result = {"world_size": world, "n_checks": len(checks), "checks": checks,
-              "all_equal": all(c["masks_equal"] and c["weights_equal"] for c in checks) and bool(checks)}
-    if rank == 0 and args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
+    policy.last_task = None
+    hooked_steps(model, opt, schedule, hooks=[_TaskNote(policy), policy], on_mask=on_mask)
+    return _finish(checks, rank=rank, world=world, out=args.out, engine="loop")
+
+
+class _TaskNote(TrainHook):
+    """Hook that notes the step's task on ``policy.last_task`` (for the loop engine's checks)."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def after_backward(self, state):
+        self.policy.last_task = state.batch_task
+
+
+def _finish(checks: list[dict], *, rank: int, world: int, out: str, engine: str, **extra) -> dict:
+    import torch.distributed as dist
+
+    result = {"engine": engine, "world_size": world, "n_checks": len(checks), "checks": checks, **extra,
+              "all_equal": bool(checks) and all(c["masks_equal"] and c["weights_equal"] and c["task_equal"]
+                                                for c in checks)}
+    if rank == 0 and out:
+        with open(out, "w", encoding="utf-8") as fh:
             json.dump(result, fh, indent=2)
     dist.barrier()
     dist.destroy_process_group()

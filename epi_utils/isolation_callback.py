@@ -45,14 +45,20 @@ except ImportError:  # pragma: no cover - transformers is a pinned requirement
 
 
 def task_homogeneous_order(tasks: Sequence[str], *, batch_size: int, seed: int = 0,
-                           drop_last: bool = True) -> list[int]:
-    """Example indices ordered so that every consecutive ``batch_size`` chunk holds one task.
+                           drop_last: bool = True, world_size: int = 1) -> list[int]:
+    """Example indices ordered so that every consecutive ``batch_size * world_size`` chunk holds
+    one task.
 
     ``tasks``: the task of each example. Batches are shuffled across tasks with ``seed``
     (``numpy.random.default_rng``); incomplete last batches of a task are dropped with ``drop_last``.
+    ``world_size``: data-parallel processes. ``Trainer`` (through accelerate) deals consecutive
+    per-device batches round-robin to the processes, so chunks of ``world_size`` batches give every
+    process a batch of the SAME task at each optimizer step, as the masks require (the all-reduced
+    gradient of a step must belong to one task).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size < 1 or world_size < 1:
+        raise ValueError(f"batch_size and world_size must be >= 1, got {batch_size}, {world_size}")
+    batch_size = batch_size * world_size
     rng = np.random.default_rng(seed)
     by_task: dict[str, list[int]] = collections.defaultdict(list)
     for i, t in enumerate(tasks):
