@@ -110,7 +110,7 @@ def test_sft_trainer_callback(tmp_path):
 def test_task_homogeneous_order_chunks_per_world_size():
     tasks = ["a"] * 20 + ["b"] * 13 + ["c"] * 9
     order = task_homogeneous_order(tasks, batch_size=2, world_size=2, seed=3)
-    assert len(order) == 16 + 12 + 8 and len(set(order)) == len(order)  # incomplete chunks of 4 dropped
+    assert len(order) == 20 + 12 + 8 and len(set(order)) == len(order)  # incomplete chunks of 4 dropped
     for s in range(0, len(order), 4):  # every 2 processes x 2 examples: one task
         assert len({tasks[i] for i in order[s:s + 4]}) == 1
     with pytest.raises(ValueError, match="world_size"):
