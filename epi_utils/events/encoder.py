@@ -1,11 +1,29 @@
 """Document encoder, entity (NER) head and event-type detection (stage 1 of the pipeline).
 
-Follows Doc2EDAG's front end (Zheng et al., EMNLP 2019): each sentence is encoded on its own
-(characters -> Transformer encoder, trained from scratch; or a Hugging Face encoder given by id),
-a BIO sequence-labelling head tags entity mentions with their field, sentences are max-pooled
-into sentence vectors, and one attention-pooled logit per event type detects which types the
-document holds. Shapes: ``N`` sentences in a batch, ``L`` characters, ``d`` hidden size,
-``B`` documents, ``S`` sentences per document, ``T`` event types.
+Follows Doc2EDAG's front end (Zheng et al., EMNLP 2019): the document's characters are encoded in
+windows (character Transformer trained from scratch, or a Hugging Face encoder given by id), a
+BIO sequence-labelling head tags entity mentions with their field, and sentences are max-pooled
+into sentence vectors. Shapes: ``N`` windows in a batch, ``L`` characters, ``d`` hidden size,
+``B`` documents, ``S`` sentences per document, ``T`` event types, ``K`` entity fields.
+
+Design decisions (each measured on this project's data, see the Study 04 notebook):
+
+* **Span decoding is field-agnostic** (:meth:`DocumentEncoder.decode_mentions`): boundaries come
+  from O / B / I probabilities summed over fields, the field from the span's summed field
+  probabilities. Per-field argmax decoding cut long company names into pieces wherever
+  neighbouring characters preferred different fields with the same surface (Pledger vs Pledgee).
+  The stage-1 loss trains the O/B/I marginals directly (``training.ner_loss``). Identical strings
+  are merged into one candidate (as Doc2EDAG does) and spans shorter than ``min_chars`` dropped.
+* **Event types are detected per sentence** (:meth:`DocumentEncoder.sentence_type_scores`), with
+  dense targets (which sentences hold arguments of which type) and the document-level logit as
+  the maximum over sentences. Two paths are summed: a contextual one (each type's query attends
+  over the sentence's characters, log-sum-exp pooled) and a lexical one (a linear bag of hashed
+  character uni- and bigrams). Reason: a document-level attention-pooled detector, trained
+  jointly with the NER head for a few hundred steps, stayed at the majority-class rate (measured
+  on synthetic documents: type accuracy 0.58-0.76 after 4 epochs), so types with identical role
+  lists (EquityOverweight / EquityUnderweight) were told apart by chance; with the lexical path
+  and sentence targets every type is detected after the same 4 epochs. The sentence scores are
+  every candidate's type evidence in stage 2.
 """
 from __future__ import annotations
 
@@ -17,6 +35,9 @@ import torch
 from torch import nn
 
 from .data import Document
+
+
+NGRAM_BUCKETS = 1 << 15  # hashed character n-gram buckets of the lexical type detector
 
 
 class CharVocab:
@@ -129,8 +150,12 @@ class DocumentEncoder(nn.Module):
         else:
             self.sent = CharTransformer(vocab, dim=dim, layers=layers, heads=heads, max_len=max_len, dropout=dropout)
         self.ner = nn.Linear(dim, 1 + 2 * len(self.labels))
-        self.type_query = nn.Parameter(torch.randn(num_types, dim) / math.sqrt(dim))
-        self.type_out = nn.Linear(dim, 1)
+        self.vocab = vocab
+        self.type_query = nn.Parameter(torch.randn(num_types, dim))  # unit-variance entries: sharp initial attention
+        self.type_key = nn.Linear(dim, dim)
+        self.type_lex = nn.Embedding(NGRAM_BUCKETS, num_types)       # bag of character uni/bigrams -> type logit
+        nn.init.zeros_(self.type_lex.weight)
+        self.type_sent_b = nn.Parameter(torch.full((num_types,), -3.0))  # sentence-level type logits start low
         self.spos = nn.Embedding(max_sentences, dim)
 
     def encode(self, docs: Sequence[Document]):
@@ -139,8 +164,9 @@ class DocumentEncoder(nn.Module):
         The sentences of a document are concatenated (a window may span sentences, giving
         cross-sentence context, and no compute is spent on padding short sentences). Returns
         ``X [B, Lmax, d]`` character vectors, ``xmask [B, Lmax]``, ``sent_vec [B, S, d]``
-        (max-pooled sentences + sentence-position embedding), ``sent_mask [B, S]`` and ``starts``:
-        per document the stream offset of each sentence.
+        (max-pooled sentences + sentence-position embedding), ``sent_mask [B, S]``, ``starts``:
+        per document the stream offset of each sentence, and ``seg [B, Lmax]`` the sentence index
+        of every character (``S`` on padding).
         """
         W = self.sent.max_len
         texts, starts, windows = [], [], []
@@ -177,17 +203,64 @@ class DocumentEncoder(nn.Module):
             sent_mask[b, :len(d.sentences)] = True
         sent_vec = pooled[:, :S].clamp(min=-1e3) * sent_mask.unsqueeze(-1)
         sent_vec = sent_vec + self.spos(torch.arange(S, device=H.device).clamp(max=self.max_sentences - 1))
-        return X, xmask, sent_vec, sent_mask, starts
+        return X, xmask, sent_vec, sent_mask, starts, seg
 
-    def type_logits(self, sent_vec: torch.Tensor, sent_mask: torch.Tensor) -> torch.Tensor:
-        """``[B, T]`` event-type logits from attention pooling over sentences (one query per type)."""
-        att = torch.einsum("bsd,td->bts", sent_vec, self.type_query) / math.sqrt(self.dim)
-        att = att.masked_fill(~sent_mask.unsqueeze(1), -1e4).softmax(-1)
-        return self.type_out(torch.einsum("bts,bsd->btd", att, sent_vec)).squeeze(-1)
+    def type_char_scores(self, X: torch.Tensor, xmask: torch.Tensor) -> torch.Tensor:
+        """``[B, T, L]`` attention logits of each event type's query over the document's characters."""
+        sc = torch.einsum("bld,td->btl", self.type_key(X), self.type_query) / math.sqrt(self.dim)
+        return sc.masked_fill(~xmask.unsqueeze(1), -1e4)
 
-    def sentence_type_scores(self, sent_vec: torch.Tensor) -> torch.Tensor:
-        """``[B, S, T]`` per-sentence attention logits of the type detector (sentence-level type evidence)."""
-        return torch.einsum("bsd,td->bst", sent_vec, self.type_query) / math.sqrt(self.dim)
+    def ngram_ids(self, docs: Sequence[Document], L: int) -> torch.Tensor:
+        """``[B, L, 2]`` hashed unigram and bigram bucket of every character of the document stream
+        (bigram = this character and the next; bucket 0 on padding). Deterministic (vocabulary ids)."""
+        ids, _ = self.vocab.encode(["".join(d.sentences) for d in docs], max_len=L)
+        if ids.shape[1] < L:
+            ids = torch.nn.functional.pad(ids, (0, L - ids.shape[1]))
+        nxt = torch.nn.functional.pad(ids[:, 1:], (0, 1))
+        uni = ids % NGRAM_BUCKETS
+        bi = (ids * 1000003 + nxt * 7919 + 17) % NGRAM_BUCKETS
+        out = torch.stack([uni, bi], -1)
+        return (out * (ids != 0).unsqueeze(-1)).to(self.type_query.device)
+
+    def sentence_type_scores(self, X: torch.Tensor, xmask: torch.Tensor, seg: torch.Tensor, S: int,
+                             ngrams: torch.Tensor) -> torch.Tensor:
+        """``[B, S, T]`` sentence-level type logits (does this sentence hold arguments of that type?).
+
+        Sum of two paths plus a per-type bias, clipped at -20: a *contextual* one, the log-sum-exp
+        over the sentence's characters of each type query's attention logit (a soft max, so every
+        character gets gradient), and a *lexical* one, a linear bag of hashed character uni- and
+        bigrams (``ngrams`` from :meth:`ngram_ids`; trigger words such as 增持/减持 or a synthetic
+        type marker are separable by it from the first steps, while the from-scratch contextual path
+        alone stayed at the majority-class rate for ~200 steps in our measurements). Trained with
+        :meth:`sentence_type_targets`; fed to the decoder as every candidate's type evidence.
+        """
+        sc = self.type_char_scores(X, xmask)                                   # [B, T, L]
+        B, T, _ = sc.shape
+        top = sc.amax(-1, keepdim=True).detach()
+        idx = seg.unsqueeze(1).expand(-1, T, -1)
+        tot = sc.new_zeros(B, T, S + 1).scatter_add(2, idx, (sc - top).exp() * xmask.unsqueeze(1))
+        ctx = (tot.clamp(min=1e-30).log() + top)[:, :, :S].transpose(1, 2)
+        lex = self.type_lex(ngrams).sum(2) * xmask.unsqueeze(-1)               # [B, L, T]
+        lex = lex.new_zeros(B, S + 1, T).scatter_add(1, seg.unsqueeze(-1).expand(-1, -1, T), lex)[:, :S]
+        return (ctx + lex + self.type_sent_b).clamp(min=-20.0)
+
+    def type_logits(self, sent_scores: torch.Tensor, sent_mask: torch.Tensor) -> torch.Tensor:
+        """``[B, T]`` document-level type logits: the highest sentence-level logit (a document holds
+        type t when one of its sentences does; multiple-instance pooling)."""
+        return sent_scores.masked_fill(~sent_mask.unsqueeze(-1), -20.0).amax(1)
+
+    def sentence_type_targets(self, docs: Sequence[Document], schema_types: Sequence[str], S: int) -> torch.Tensor:
+        """``[B, S, T]`` 0/1 targets: sentence s of document b holds a mention that fills a role of a
+        type-t record (dense, sentence-level supervision derived from the record annotations)."""
+        y = torch.zeros(len(docs), S, len(schema_types))
+        for b, d in enumerate(docs):
+            for etype, args in d.records:
+                t = schema_types.index(etype)
+                for a in args:
+                    for s, _, _ in d.mentions.get(a, []) if a is not None else []:
+                        if s < S:
+                            y[b, s, t] = 1.0
+        return y
 
     def tag_targets(self, docs: Sequence[Document], starts, L: int) -> torch.Tensor:
         """Gold BIO tag ids ``[B, L]`` over each document's character stream (-100 on padding)."""
@@ -205,24 +278,44 @@ class DocumentEncoder(nn.Module):
                     tags[b, st[s] + a + 1:st[s] + e] = 2 + 2 * k
         return tags
 
-    def decode_mentions(self, docs: Sequence[Document], tag_ids: torch.Tensor, starts) -> list[dict]:
-        """Greedy BIO decoding (within sentences) -> per document ``{mention: (field, [(s, a, b), ...])}``."""
+    def decode_mentions(self, docs: Sequence[Document], tag_logits: torch.Tensor, starts, *,
+                        min_chars: int = 1) -> list[dict]:
+        """Field-agnostic BIO span decoding -> per document ``{mention: (field, [(s, a, b), ...])}``.
+
+        ``tag_logits [B, L, 1 + 2K]``. Boundaries first: per character the tag probabilities are
+        summed into O / B (any field) / I (any field) and the most probable of the three is taken;
+        a span starts at B (or at an I that follows O, lenient decoding) and runs over the following
+        I characters, within a sentence. The span's field is then the field with the most summed
+        B+I probability over its characters. Decoding per field (argmax over all ``1 + 2K`` tags)
+        instead cuts a long company name into pieces wherever neighbouring characters prefer
+        different fields with the same role-like meaning (Pledger vs Pledgee), which was the main
+        source of false mentions. Identical strings are merged into one candidate with every span
+        (as Doc2EDAG merges mentions by text); the first span's field wins. Spans shorter than
+        ``min_chars`` are dropped (ChFinAnn has no one-character mention; such spans are fragments).
+        """
+        prob = tag_logits.float().softmax(-1)
+        K = len(self.labels)
+        pb = prob[..., 1::2][..., :K]                       # [B, L, K] B-field probabilities
+        pi = prob[..., 2::2][..., :K]                       # [B, L, K] I-field probabilities
+        bnd = torch.stack([prob[..., 0], pb.sum(-1), pi.sum(-1)], -1).argmax(-1).cpu().tolist()  # 0 O, 1 B, 2 I
+        fld = (pb + pi).cpu()
         out = []
-        tag_ids = tag_ids.cpu().tolist()
         for b, (d, st) in enumerate(zip(docs, starts)):
             found: dict[str, tuple[str, list]] = {}
             for s, sent in enumerate(d.sentences):
-                tags = tag_ids[b][st[s]:st[s] + len(sent)]
+                tags = bnd[b][st[s]:st[s] + len(sent)]
                 c = 0
                 while c < len(sent):
-                    t = tags[c]
-                    if t == 0:
+                    if tags[c] == 0:
                         c += 1
                         continue
-                    k = (t - 1) // 2
                     e = c + 1
-                    while e < len(sent) and tags[e] == 2 + 2 * k:
+                    while e < len(sent) and tags[e] == 2:
                         e += 1
+                    if e - c < min_chars:
+                        c = e
+                        continue
+                    k = int(fld[b, st[s] + c:st[s] + e].sum(0).argmax())
                     m = sent[c:e]
                     entry = found.setdefault(m, (self.labels[k], []))
                     entry[1].append((s, c, e))

@@ -134,3 +134,24 @@ def recall_by_event_count(predictions: Sequence[Sequence], golds: Sequence[Seque
                 cur[0] += tp; cur[1] += fp; cur[2] += fn
         cur[3] += 1
     return {k: {**prf(*v[:3]), "n_docs": v[3]} for k, v in acc.items()}
+
+
+def mention_scores(predicted: Sequence[Mapping[str, object]], gold: Sequence[Mapping[str, object]], *,
+                   gold_fields: Sequence[Mapping[str, str]] | None = None) -> dict[str, float]:
+    """Mention-level micro P/R/F1 of candidate extraction, at the level the decoder uses it:
+    per document the *set of distinct mention strings* (identical strings are one candidate),
+    predicted vs gold. With ``gold_fields`` (per document mention -> field) and predicted values
+    of the form ``(field, spans)``, ``field_acc`` is the share of correct strings whose field is
+    also right. Returns ``p, r, f1, n_pred, n_gold`` (and ``field_acc``)."""
+    tp = fp = fn = ok = 0
+    for i, (p, g) in enumerate(zip(predicted, gold)):
+        ps, gs = set(p), set(g)
+        tp += len(ps & gs)
+        fp += len(ps - gs)
+        fn += len(gs - ps)
+        if gold_fields is not None:
+            ok += sum(1 for m in ps & gs if p[m][0] == gold_fields[i].get(m))
+    out = {**prf(tp, fp, fn), "n_pred": tp + fp, "n_gold": tp + fn}
+    if gold_fields is not None:
+        out["field_acc"] = ok / tp if tp else 0.0
+    return out

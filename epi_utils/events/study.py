@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from .data import Document, LoadReport, load_documents, parse_document, reachable_share, split_documents, truncate_document
-from .metric import evaluate_documents, recall_by_event_count
+from .metric import evaluate_documents, mention_scores, recall_by_event_count
 from .schema import EventSchema, load_schema
 from .synthetic import generate_documents
-from .training import EventConfig, Variant, decode, default_variants, extract_features, train_decoder, train_encoder
+from .training import (EventConfig, Variant, decode, default_variants, extract_features, predict_mentions,
+                       train_decoder, train_encoder)
 
 
 @dataclass
@@ -72,6 +73,7 @@ class StudyResult:
     predictions: dict[str, list] = field(default_factory=dict)   # method -> test predictions (first seed)
     histories: dict[str, list] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    ner: list[dict] = field(default_factory=list)                 # mention P/R/F1 of the NER head per encoder
 
 
 def _flat(scores: dict) -> dict:
@@ -82,12 +84,19 @@ def _flat(scores: dict) -> dict:
 
 
 def run_study(data: PreparedData, cfg: EventConfig, *, seeds: Sequence[int], variants: Sequence[Variant] | None = None,
-              shared_encoder: bool = True, progress: bool = True) -> StudyResult:
+              shared_encoder: bool = True, progress: bool = True,
+              gold_mention_methods: Sequence[str] = ()) -> StudyResult:
     """Train and evaluate every variant for every seed on ``data``.
 
     ``shared_encoder=True`` trains the stage-1 encoder once (with the first seed) and reuses it
     for every seed, so the seeds vary the decoder only (the CPU budget); ``False`` retrains it
     per seed. Test documents are evaluated against their untruncated gold records.
+
+    Each stage-1 encoder's NER head is scored on the dev split (mention strings, see
+    :func:`~.metric.mention_scores`) into ``ner``. With ``cfg.candidates == "predicted"``, every
+    method named in ``gold_mention_methods`` is also decoded (same trained decoder, no retraining)
+    from the annotated test mentions and reported as ``"<method> (gold mentions)"``: the upper
+    bound that a perfect entity head would give.
     """
     variants = list(variants or default_variants())
     schema, res = data.schema, StudyResult()
@@ -100,10 +109,17 @@ def run_study(data: PreparedData, cfg: EventConfig, *, seeds: Sequence[int], var
             enc = train_encoder(data.cut["train"], schema, cfg, seed=seed, progress=progress)
             res.seconds[f"encoder_seed{seed}"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            feats = {"train": extract_features(enc, data.cut["train"], schema, candidates="gold"),
-                     "dev": extract_features(enc, data.cut["dev"], schema, candidates=cfg.candidates),
-                     "test": extract_features(enc, data.cut["test"], schema, candidates=cfg.candidates)}
+            kw = {"candidates": cfg.candidates, "min_mention_chars": cfg.min_mention_chars}
+            feats = {"train": extract_features(enc, data.cut["train"], schema, candidates=cfg.train_candidates,
+                                               min_mention_chars=cfg.min_mention_chars),
+                     "dev": extract_features(enc, data.cut["dev"], schema, **kw),
+                     "test": extract_features(enc, data.cut["test"], schema, **kw)}
+            if cfg.candidates == "predicted" and gold_mention_methods:
+                feats["test_gold"] = extract_features(enc, data.cut["test"], schema, candidates="gold")
             res.seconds[f"features_seed{seed}"] = time.perf_counter() - t0
+            found = predict_mentions(enc, data.cut["dev"], min_mention_chars=cfg.min_mention_chars)
+            res.ner.append({"seed": seed, "split": "dev", **mention_scores(
+                found, [d.mentions for d in data.cut["dev"]], gold_fields=[d.fields for d in data.cut["dev"]])})
         for v in variants:
             t0 = time.perf_counter()
             dec, info = train_decoder(feats["train"], schema, v, cfg, seed=seed, dev_feats=feats["dev"],
@@ -119,6 +135,10 @@ def run_study(data: PreparedData, cfg: EventConfig, *, seeds: Sequence[int], var
             for k, s in recall_by_event_count(preds, gold_test, schema).items():
                 res.by_count.append({"seed": seed, "method": v.name, "n_events": k, "recall": s["r"],
                                      "f1": s["f1"], "n_docs": s["n_docs"]})
+            if v.name in gold_mention_methods and "test_gold" in feats:
+                gscores = evaluate_documents(decode(dec, feats["test_gold"], schema, cfg), gold_test, schema)
+                res.rows.append({"seed": seed, "method": f"{v.name} (gold mentions)", **_flat(gscores),
+                                 "best_dev_f1": info["best_dev_f1"], "train_seconds": secs, "infer_seconds": float("nan")})
             if si == 0:
                 res.predictions[v.name] = preds
                 res.histories[v.name] = info["history"]

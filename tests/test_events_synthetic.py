@@ -1,0 +1,33 @@
+"""Planted-truth test: the pipeline recovers the records planted in synthetic documents.
+
+The made-up schema has two event types with *identical* role lists (like ChFinAnn's
+EquityOverweight / EquityUnderweight): only the type cue in the text (the synthetic type marker)
+tells their records apart, so this checks that the stage-1 type evidence reaches the decoder.
+Before the sentence-level lexical type detector (see ``events/encoder.py``) such twin types were
+confused about half of the time.
+"""
+import numpy as np
+
+from epi_utils.events import study
+from epi_utils.events.schema import schema_from_dict
+from epi_utils.events.training import EventConfig, default_variants
+
+TWINS = schema_from_dict({"events": [{"event_type": "Buy", "roles": ["Trader", "Item", "Price", "Day"]},
+                                     {"event_type": "Sell", "roles": ["Trader", "Item", "Price", "Day"]},
+                                     {"event_type": "Dock", "roles": ["Ship", "Port"]}],
+                          "common_fields_entity_only": ["Ticker"]})
+
+
+def test_synthetic_planted_records_are_recovered():
+    data = study.synthetic_data(TWINS, n_docs=400, seed=0, max_sentences=8, max_sentence_chars=64,
+                                min_events=1, max_events=3, share_prob=0.3)
+    cfg = EventConfig(dim=32, hidden=64, heads=2, enc_layers=1, dec_layers=2, dropout=0.0, max_sentences=8,
+                      max_sentence_chars=64, enc_epochs=6, enc_lr=3e-3, dec_epochs=30, dec_lr=3e-3, dec_batch=16,
+                      num_probes=4, eval_every=2, type_gate=False, candidates="predicted").validate()
+    res = study.run_study(data, cfg, seeds=[0], variants=default_variants()[:1], progress=False,
+                          gold_mention_methods=("probes",))
+    by = {r["method"]: r for r in res.rows}
+    assert res.ner[0]["f1"] >= 0.95, res.ner                      # the NER head finds the planted spans
+    gold = by["probes (gold mentions)"]
+    assert gold["micro_f1"] >= 0.95, gold                          # records recovered from the mentions
+    assert gold["f1_Buy"] >= 0.9 and gold["f1_Sell"] >= 0.9        # the twin types are told apart
