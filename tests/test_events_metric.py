@@ -83,3 +83,14 @@ def test_perfect_and_empty_predictions():
     assert (r["micro_p"], r["micro_r"], r["micro_f1"]) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError):
         evaluate_documents([[]], gold, SCHEMA)
+
+
+def test_mention_scores_hand_computed():
+    from epi_utils.events.metric import mention_scores
+    pred = [{"甲公司": ("Pledger", []), "乙": ("Pledgee", []), "100股": ("PledgedShares", [])}, {}]
+    gold = [{"甲公司": [], "100股": []}, {"丙": []}]
+    fields = [{"甲公司": "Pledger", "100股": "TotalHoldingShares"}, {"丙": "Pledger"}]
+    s = mention_scores(pred, gold, gold_fields=fields)
+    # tp 2 (甲公司, 100股), fp 1 (乙), fn 1 (丙): P 2/3, R 2/3; one of the two correct strings has the right field
+    assert (s["tp"], s["fp"], s["fn"]) == (2, 1, 1)
+    assert s["p"] == pytest.approx(2 / 3) and s["r"] == pytest.approx(2 / 3) and s["field_acc"] == 0.5

@@ -90,3 +90,21 @@ def test_hugging_face_encoder_option_with_a_local_tiny_bert(tmp_path):
     feats = tr.extract_features(enc, docs, schema, candidates="gold")
     assert feats[0]["sent"].shape == (len(docs[0].sentences), 32 + schema.num_types)
     assert feats[0]["ment"].shape[1] == 2 * 32 + schema.num_types
+
+
+def test_span_decoding_is_field_agnostic_merges_strings_and_drops_short_spans():
+    """A name whose characters prefer different fields (B-Pledger, I-Pledgee, I-Pledger) is one span;
+    its field is the one with the most summed probability; a repeated string is one candidate with
+    two spans; a one-character span is dropped with ``min_chars=2``."""
+    from epi_utils.events.data import Document
+    from epi_utils.events.encoder import CharVocab, DocumentEncoder
+    enc = DocumentEncoder(CharVocab(list("甲乙丙丁X")), ["Pledgee", "Pledger"], 1, dim=8, layers=1, heads=2)
+    doc = Document("d", ["甲乙丙X丁", "甲乙丙"], {}, {}, [])
+    tag = {"O": 0, "B-Pledgee": 1, "I-Pledgee": 2, "B-Pledger": 3, "I-Pledger": 4}
+    seq = ["B-Pledger", "I-Pledgee", "I-Pledger", "O", "B-Pledgee", "B-Pledger", "I-Pledger", "I-Pledger"]
+    logits = torch.full((1, len(seq), 5), -5.0)
+    for i, t in enumerate(seq):
+        logits[0, i, tag[t]] = 5.0
+    found = enc.decode_mentions([doc], logits, [[0, 5]], min_chars=2)[0]
+    assert found == {"甲乙丙": ("Pledger", [(0, 0, 3), (1, 0, 3)])}
+    assert "丁" in enc.decode_mentions([doc], logits, [[0, 5]], min_chars=1)[0]
