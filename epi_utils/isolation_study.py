@@ -366,7 +366,8 @@ def conclusions(head: dict, verdict: Sequence[str], *, suffix: str = "", learned
     if fit is not None:
         ok = fit >= learned_floor
         out.append(f"full SFT reaches {fit:.3f} mean accuracy on the evaluation samples after mixed SFT: "
-                   + ("the tasks are learned, so the comparisons below are meaningful." if ok else
+                   + ("the model does the tasks after SFT, so the comparisons below can show differences (how much "
+                      "of this the model could do before SFT is not measured here)." if ok else
                       f"below {learned_floor}: the tasks are NOT learned and the comparisons below are not meaningful."))
     for metric in ("interference", "seq_forgetting", "seq_bwt", "seq_acc", "mixed_acc", "heldout_acc"):
         k = metric + suffix

@@ -68,7 +68,7 @@ def test_conclusions_decided_only_when_intervals_apart():
             "epi": {"mixed_acc": 0.8, "mixed_acc_ci95": [0.7, 0.9],
                     "seq_forgetting": 0.3, "seq_forgetting_ci95": [0.2, 0.4]}}
     lines = study.conclusions(head, study.epi_verdict(head, baselines=("full_sft",)))
-    assert "the tasks are learned" in lines[0]
+    assert "the model does the tasks after SFT" in lines[0]
     assert any(l.startswith("seq_forgetting (lower is better): epi leads, decided") for l in lines)
     assert any(l.startswith("mixed_acc (higher is better): full_sft leads, NOT decided") for l in lines)
     assert any("EPI beats a baseline in 1 and is beaten in 0 of 2" in l for l in lines)
