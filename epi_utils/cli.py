@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, default=None)
 
     pub = sub.add_parser("publish", help="copy the newest successful run of each study into reports/published/")
-    pub.add_argument("--profile", default="cpu")
+    pub.add_argument("--profile", default="cpu",
+                     help="cpu (default) -> reports/published/; any other profile -> reports/published/<profile>/")
     pub.add_argument("--out", type=Path, default=None)
 
     par = sub.add_parser("params", help="list a notebook's parameters and available profiles")

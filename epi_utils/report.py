@@ -255,13 +255,14 @@ def write_index(reports_dir: Path | str | None = None) -> Path:
 
 
 def publish(reports_dir: Path | str | None = None, *, profile: str = "cpu") -> Path:
-    """Copy the newest successful ``profile`` run of each study into ``<reports>/published/``.
+    """Copy the newest successful ``profile`` run of each study into ``<reports>/published/``
+    (the default ``cpu`` profile) or ``<reports>/published/<profile>/`` (any other profile).
 
-    Each study gets ``published/<study>/report.html`` (self-contained, figures embedded, naming
-    the commit that produced it) and ``metrics.json``; ``published/index.html`` lists them.
+    Each study gets ``<target>/<study>/report.html`` (self-contained, figures embedded, naming
+    the commit that produced it) and ``metrics.json``; ``<target>/index.html`` lists them.
     """
     reports_dir = Path(reports_dir) if reports_dir is not None else default_reports_dir()
-    target = reports_dir / "published"
+    target = reports_dir / "published" if profile == "cpu" else reports_dir / "published" / profile
     chosen: dict[str, RunRecord] = {}
     for run in collect_runs(reports_dir):
         if run.status == STATUS_SUCCESS and run.profile == profile and run.study not in chosen:

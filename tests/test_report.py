@@ -152,3 +152,7 @@ def test_publish_copies_newest_successful_run(toy_notebook, tmp_path):
     assert (published["git_commit"] or "unknown")[:12] in (target / "index.html").read_text()
     with pytest.raises(FileNotFoundError, match="no successful 'gpu' run"):
         publish(reports, profile="gpu")
+    other = run_notebook(toy_notebook, profile="smoke", reports_dir=reports, progress=False)
+    side = publish(reports, profile="smoke")  # other profiles go beside the cpu pages, never over them
+    assert side == target / "smoke" and json.loads((side / "99_toy" / "metrics.json").read_text())["run_id"] == other.name
+    assert json.loads((target / "99_toy" / "metrics.json").read_text())["run_id"] == newest.name
