@@ -20,7 +20,7 @@ from .data import Document, LoadReport, load_documents, parse_document, reachabl
 from .metric import evaluate_documents, mention_scores, recall_by_event_count
 from .schema import EventSchema, load_schema
 from .synthetic import generate_documents
-from .training import (EventConfig, Variant, decode, default_variants, extract_features, predict_mentions,
+from .training import (CANDIDATES, EventConfig, Variant, decode, default_variants, extract_features, predict_mentions,
                        train_decoder, train_encoder)
 
 
@@ -85,7 +85,7 @@ def _flat(scores: dict) -> dict:
 
 def run_study(data: PreparedData, cfg: EventConfig, *, seeds: Sequence[int], variants: Sequence[Variant] | None = None,
               shared_encoder: bool = True, progress: bool = True,
-              gold_mention_methods: Sequence[str] = ()) -> StudyResult:
+              gold_mention_methods: Sequence[str] = (), dev_candidates: str | None = None) -> StudyResult:
     """Train and evaluate every variant for every seed on ``data``.
 
     ``shared_encoder=True`` trains the stage-1 encoder once (with the first seed) and reuses it
@@ -96,8 +96,13 @@ def run_study(data: PreparedData, cfg: EventConfig, *, seeds: Sequence[int], var
     :func:`~.metric.mention_scores`) into ``ner``. With ``cfg.candidates == "predicted"``, every
     method named in ``gold_mention_methods`` is also decoded (same trained decoder, no retraining)
     from the annotated test mentions and reported as ``"<method> (gold mentions)"``: the upper
-    bound that a perfect entity head would give.
+    bound that a perfect entity head would give. ``dev_candidates`` (default: ``cfg.candidates``)
+    sets the dev-split candidates on which each decoder's checkpoint and existence threshold are
+    chosen: ``"gold"`` selects the decoder for decoding from annotated mentions (the synthetic
+    sanity check, which asks whether the decoder recovers planted records from their mentions).
     """
+    if dev_candidates is not None and dev_candidates not in CANDIDATES:
+        raise ValueError(f"dev_candidates must be None or one of {CANDIDATES}, got {dev_candidates!r}")
     variants = list(variants or default_variants())
     schema, res = data.schema, StudyResult()
     gold_test = [d.records for d in data.full["test"]]
@@ -112,7 +117,8 @@ def run_study(data: PreparedData, cfg: EventConfig, *, seeds: Sequence[int], var
             kw = {"candidates": cfg.candidates, "min_mention_chars": cfg.min_mention_chars}
             feats = {"train": extract_features(enc, data.cut["train"], schema, candidates=cfg.train_candidates,
                                                min_mention_chars=cfg.min_mention_chars),
-                     "dev": extract_features(enc, data.cut["dev"], schema, **kw),
+                     "dev": extract_features(enc, data.cut["dev"], schema,
+                                             **{**kw, "candidates": dev_candidates or cfg.candidates}),
                      "test": extract_features(enc, data.cut["test"], schema, **kw)}
             if cfg.candidates == "predicted" and gold_mention_methods:
                 feats["test_gold"] = extract_features(enc, data.cut["test"], schema, candidates="gold")
