@@ -156,6 +156,7 @@ def trainer_check(*, steps: int, interval: int, world: int, batch_size: int = 4,
     gradients were synchronised, not merely computed on identical data)."""
     import tempfile
 
+    import torch.distributed as dist
     from datasets import Dataset
     from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
@@ -201,8 +202,6 @@ def trainer_check(*, steps: int, interval: int, world: int, batch_size: int = 4,
         trainer = sequential_trainer_class(Trainer)(model=tiny_gpt2(seed=0), args=args, train_dataset=ds,
                                                     data_collator=collator, callbacks=[iso, CompareAfterRefresh()])
         trainer.train()
-    import torch.distributed as dist
-
     everyone = [None] * world
     dist.all_gather_object(everyone, seen[:steps])
     per_step = list(zip(*everyone))

@@ -59,6 +59,7 @@ import torch
 from epi_utils.importance import ImportanceTracker, normalize_scores, top_share_flat
 from epi_utils.importance_drift import turnover
 
+from epi_utils.lm.masked_adamw import FrozenPositions
 from epi_utils.lm.train import TrainHook
 
 POLICIES = ("full_sft", "static_cpi", "static_grad", "epi", "random_mask", "ewc")
@@ -95,32 +96,7 @@ class MaskedStepGuard:
 
     def __init__(self):
         self._saved: list[tuple] = []
-        self._plans: dict[tuple, tuple[list, list]] = {}
-
-    def _frozen_plan(self, params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]):
-        """``[(param, flat positions of its masked elements)]``, validated and built once per set
-        of mask tensors (policies return the same tensors until their next refresh; the cache
-        holds references to the masks, so an ``id`` cannot be reused while it is cached)."""
-        key = tuple((name, id(m)) for name, m in masks.items())
-        hit = self._plans.get(key)
-        if hit is not None:
-            return hit[1]
-        if len(self._plans) >= 16:  # bounds the mask sets kept alive by the cache
-            self._plans.clear()
-        plan = []
-        for name, allowed in masks.items():
-            if name not in params:
-                raise KeyError(f"mask for unknown parameter {name!r}")
-            p = params[name]
-            if allowed.shape != p.shape:
-                raise ValueError(f"mask for {name!r} has shape {tuple(allowed.shape)}, parameter {tuple(p.shape)}")
-            if not p.is_contiguous():
-                raise ValueError(f"parameter {name!r} is not contiguous; masked steps need contiguous parameters")
-            idx = (~allowed).reshape(-1).nonzero().squeeze(1).to(p.device)
-            if idx.numel():
-                plan.append((p, idx))
-        self._plans[key] = (list(masks.values()), plan)
-        return plan
+        self._frozen_index = FrozenPositions(max_entries=4096)
 
     @torch.no_grad()
     def before_step(self, optimizer: torch.optim.Optimizer, params: Mapping[str, torch.Tensor],
@@ -131,7 +107,13 @@ class MaskedStepGuard:
             return 0
         n_frozen = 0
         state = optimizer.state
-        for p, idx in self._frozen_plan(params, masks):
+        for name, allowed in masks.items():
+            if name not in params:
+                raise KeyError(f"mask for unknown parameter {name!r}")
+            p = params[name]
+            idx = self._frozen_index(name, p, allowed)
+            if idx.numel() == 0:
+                continue
             n_frozen += idx.numel()
             if p.grad is not None:
                 p.grad.view(-1).index_fill_(0, idx, 0)
@@ -178,6 +160,12 @@ class IsolationPolicy(TrainHook):
         self.tasks, self.isolation_ratio, self.overlap, self.scope = list(tasks), float(isolation_ratio), overlap, scope
         self.owner: dict[str, torch.Tensor] | None = None
         self.critical: dict[str, dict[str, torch.Tensor]] = {}
+        # flat bookkeeping (set_critical_flat): parameter layout, critical sets, owner vector
+        self._names: list[str] | None = None
+        self._shapes: list[tuple[int, ...]] | None = None
+        self._sizes: list[int] = []
+        self._crit_flat: dict[str, torch.Tensor] = {}
+        self._owner_flat: torch.Tensor | None = None
         self._allowed: dict[str, dict[str, torch.Tensor]] = {}
         self.history: list[dict] = []
         self.record = record
@@ -186,8 +174,9 @@ class IsolationPolicy(TrainHook):
     # -- mask bookkeeping ----------------------------------------------------------------------
     def set_critical(self, scores: Mapping[str, Mapping[str, torch.Tensor]], *, step: int = 0) -> None:
         """Per-task scores (task -> name -> tensor, already normalised) -> critical sets + owners."""
-        names = list(next(iter(scores.values())))
-        shapes = [tuple(next(iter(scores.values()))[n].shape) for n in names]
+        first = next(iter(scores.values()))
+        names = list(first)
+        shapes = [tuple(first[n].shape) for n in names]
         flat = {t: torch.cat([s[n].detach().float().reshape(-1) for n in names]) for t, s in scores.items()}
         self.set_critical_flat(flat, names=names, shapes=shapes, step=step)
 
@@ -199,9 +188,9 @@ class IsolationPolicy(TrainHook):
         owners, allowed masks) is done on flat vectors; the per-parameter dicts hold views."""
         names, shapes = list(names), [tuple(sh) for sh in shapes]
         sizes = [math.prod(sh) for sh in shapes]
-        if (names, shapes) != (getattr(self, "_names", None), getattr(self, "_shapes", None)):
+        if (names, shapes) != (self._names, self._shapes):  # a new parameter layout: old sets do not apply
             self._names, self._shapes, self._sizes = names, shapes, sizes
-            self._crit_flat: dict[str, torch.Tensor] = {}
+            self._crit_flat = {}
         for t, f in scores.items():
             if f.numel() != sum(sizes):
                 raise ValueError(f"scores of task {t!r} have {f.numel()} entries, parameters {sum(sizes)}")

@@ -47,12 +47,12 @@ import torch
 
 from epi_utils import continual
 from epi_utils.isolation import POLICIES, make_policy
-from epi_utils.lm.evaluate import response_stats
+from epi_utils.lm.evaluate import exact_match, response_stats, task_accuracy
 from epi_utils.lm.sft_format import encode_example, pad_batch, pad_id
-from epi_utils.lm.evaluate import exact_match, task_accuracy
 from epi_utils.lm.train import TrainConfig, TrainHook, train_sft
 
 SCHEDULES = ("mixed", "sequential", "single")
+LOWER_IS_BETTER = ("interference", "seq_forgetting")
 
 
 def study_world_config(*, tasks: Sequence[str], n_train_per_task: int, n_heldout_per_task: int,
@@ -259,6 +259,13 @@ def _single_refs(rows: Sequence[dict], kind: str) -> dict:
     return single
 
 
+def _sequential_metrics(acc_per_stage: Sequence[dict], world, *, suffix: str = "") -> dict:
+    """ACC, BWT and forgetting (:mod:`epi_utils.continual`) of a sequential run's per-stage accuracies."""
+    R = continual.accuracy_matrix(acc_per_stage, world.stage_tasks())
+    return {"seq_acc" + suffix: continual.average_accuracy(R), "seq_bwt" + suffix: continual.backward_transfer(R),
+            "seq_forgetting" + suffix: continual.forgetting(R)}
+
+
 def _interference(ref: dict, acc: dict, tasks: Sequence[str]) -> float:
     return float(np.mean([ref[t] - acc[t] for t in tasks])) if all(t in ref for t in tasks) else float("nan")
 
@@ -293,10 +300,7 @@ def run_metrics(rows: Sequence[dict], world) -> "object":
                 if kind == "acc":
                     d.update({f"acc/{t}": acc[t] for t in tasks})
             else:
-                R = continual.accuracy_matrix(r[kind], world.stage_tasks())
-                d.update({"seq_acc" + suffix: continual.average_accuracy(R),
-                          "seq_bwt" + suffix: continual.backward_transfer(R),
-                          "seq_forgetting" + suffix: continual.forgetting(R)})
+                d.update(_sequential_metrics(r[kind], world, suffix=suffix))
     return pd.DataFrame(list(table.values()))
 
 
@@ -314,9 +318,7 @@ def ablation_table(rows: Sequence[dict], world):
             continue
         d = {"ablation": r["ablation"], "value": r[r["ablation"]], "schedule": r["schedule"], "seed": r["seed"]}
         if r["schedule"] == "sequential":
-            R = continual.accuracy_matrix(r["acc"], world.stage_tasks())
-            d.update(seq_acc=continual.average_accuracy(R), seq_bwt=continual.backward_transfer(R),
-                     seq_forgetting=continual.forgetting(R))
+            d.update(_sequential_metrics(r["acc"], world))
         else:
             acc, ho = r["acc"][-1], r.get("acc_heldout", r["acc"])[-1]
             d.update(interference=_interference(single.get(r["seed"], {}), acc, tasks),
@@ -351,9 +353,6 @@ def epi_verdict(head: dict, *, baselines: Sequence[str] = ("full_sft", "static_c
             word = "beats" if win else ("is beaten by" if lose else "is not distinguishable from")
             out.append(f"{k}: EPI {head['epi'][k]:.3f} {word} {b} {head[b][k]:.3f}")
     return out
-
-
-LOWER_IS_BETTER = ("interference", "seq_forgetting")
 
 
 def conclusions(head: dict, verdict: Sequence[str], *, suffix: str = "", learned_floor: float = 0.5) -> list[str]:

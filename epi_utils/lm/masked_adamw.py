@@ -4,7 +4,9 @@
 True = the element may move). For elements with False, the parameter, ``exp_avg`` and
 ``exp_avg_sq`` keep their exact previous values (saved with ``index_select`` before the in-place
 update and written back with ``index_copy_``, so they are bit-identical) and no weight decay is
-applied; the flat positions of a mask's False elements are cached per mask tensor. Elements with True get the ordinary AdamW update
+applied; the flat positions of a mask's False elements are cached per mask tensor
+(:class:`FrozenPositions`, shared with ``epi_utils.isolation.MaskedStepGuard``). Elements with
+True get the ordinary AdamW update
 
     m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
     p <- p (1 - lr wd) - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
@@ -14,6 +16,33 @@ with ``t`` the parameter's step count (bias correction per tensor, as in ``torch
 from __future__ import annotations
 
 import torch
+
+
+class FrozenPositions:
+    """Flat positions of the False (frozen) elements of bool masks, validated and cached per mask
+    tensor: masking hooks return the same mask tensors until their next refresh. The cache holds a
+    reference to each mask, so a cached ``id`` cannot be reused by another tensor; it is cleared
+    when it holds ``max_entries`` masks (bounding the mask memory it keeps alive)."""
+
+    def __init__(self, *, max_entries: int):
+        self.max_entries = max_entries
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, name: str, p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """1-D int64 positions (on ``p``'s device) of ``mask``'s False elements in ``p.view(-1)``."""
+        hit = self._cache.get(id(mask))
+        if hit is not None:
+            return hit[1]
+        if mask.shape != p.shape or mask.dtype != torch.bool:
+            raise ValueError(f"update mask for {name!r} must be a bool tensor of shape {tuple(p.shape)}, "
+                             f"got {mask.dtype} {tuple(mask.shape)}")
+        if not p.is_contiguous():
+            raise ValueError(f"parameter {name!r} is not contiguous; masked steps need contiguous parameters")
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()
+        idx = (~mask).reshape(-1).nonzero().squeeze(1).to(p.device)
+        self._cache[id(mask)] = (mask, idx)
+        return idx
 
 
 class MaskedAdamW(torch.optim.Optimizer):
@@ -27,25 +56,7 @@ class MaskedAdamW(torch.optim.Optimizer):
         params = [named_params[n] for n in self.names]
         super().__init__([{"params": params, "names": self.names}],
                          dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
-        self._index_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def _frozen_index(self, name: str, p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Flat positions of the False elements of ``mask``, validated and cached per mask tensor
-        (hooks return the same mask tensors until they refresh; the cache holds a reference, so a
-        cached ``id`` cannot be reused by another tensor)."""
-        hit = self._index_cache.get(id(mask))
-        if hit is not None:
-            return hit[1]
-        if mask.shape != p.shape or mask.dtype != torch.bool:
-            raise ValueError(f"update mask for {name!r} must be a bool tensor of shape {tuple(p.shape)}, "
-                             f"got {mask.dtype} {tuple(mask.shape)}")
-        if not p.is_contiguous():
-            raise ValueError(f"parameter {name!r} is not contiguous; masked steps need contiguous parameters")
-        if len(self._index_cache) >= 8 * len(self.names):  # at most ~8 mask sets kept alive
-            self._index_cache.clear()
-        idx = (~mask).reshape(-1).nonzero().squeeze(1).to(p.device)
-        self._index_cache[id(mask)] = (mask, idx)
-        return idx
+        self._frozen_index = FrozenPositions(max_entries=8 * len(self.names))  # ~8 mask sets kept alive
 
     @torch.no_grad()
     def zero_masked_grads(self, masks: dict[str, torch.Tensor] | None) -> None:
