@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from epi_utils import runs
+from epi_utils.workbench import runs
 from epi_utils.events import study
 from epi_utils.events.fetch import SCHEMA_RESOURCE
 from epi_utils.events.training import EventConfig, decode, default_variants, extract_features, train_decoder, train_encoder

@@ -29,8 +29,8 @@ import time
 
 import torch
 
-from epi_utils.importance import ImportanceTracker
-from epi_utils.isolation import MaskedStepGuard, make_policy
+from epi_utils.epi.importance import ImportanceTracker
+from epi_utils.epi.isolation import MaskedStepGuard, make_policy
 
 
 def adalora_model(*, n_embd: int = 128, n_layer: int = 4, r: int = 8, seed: int = 0):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from epi_utils import continual
+from epi_utils.epi import continual
 
 # R[i, j]: accuracy on task j after stage i. Note R[1, 0] = 0.95 > R[0, 0]: the max-based
 # forgetting (Chaudhry et al. 2018) uses 0.95, backward transfer uses the diagonal 0.9.

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 import yaml
 
-from epi_utils.notebook_params import REQUIRED_PARAMETERS, available_profiles, parse_parameters, resolve_parameters
+from epi_utils.workbench.params import REQUIRED_PARAMETERS, available_profiles, parse_parameters, resolve_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))

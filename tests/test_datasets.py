@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from epi_utils import cli, datasets
+from epi_utils.workbench import cli, datasets
 
 
 def test_check_reports_present_and_missing(tmp_path):

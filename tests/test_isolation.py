@@ -5,9 +5,9 @@ import pytest
 import torch
 
 
-from epi_utils import isolation as iso
-from epi_utils.distributed import hooked_steps, synthetic_task_batches, tiny_gpt2
-from epi_utils.isolation_callback import MaskedStepGuard
+from epi_utils.epi import isolation as iso
+from epi_utils.epi.distributed import hooked_steps, synthetic_task_batches, tiny_gpt2
+from epi_utils.epi.isolation_callback import MaskedStepGuard
 
 TASKS = ["a", "b"]
 

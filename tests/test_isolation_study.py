@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from epi_utils import importance_snapshots as snaps
-from epi_utils import isolation_study as study
+from epi_utils.epi import importance_snapshots as snaps
+from epi_utils.epi import isolation_study as study
 
 
 def _world():
@@ -84,7 +84,7 @@ def test_hf_world_with_a_stub_loader(monkeypatch):
     """The gpu profile's data path, with ``datasets.load_dataset`` stubbed (no hub access here)."""
     import datasets
 
-    from epi_utils.isolation_hf import hf_world
+    from epi_utils.epi.isolation_hf import hf_world
 
     def fake(ds_id, conf=None, split=None):
         if "gsm8k" in ds_id:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from epi_utils.report import run_notebook
+from epi_utils.workbench.report import run_notebook
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from conftest import write_notebook
-from epi_utils import cli
-from epi_utils.notebook_params import (NotebookConventionError, ParameterError, parse_parameters,
+from epi_utils.workbench import cli
+from epi_utils.workbench.params import (NotebookConventionError, ParameterError, parse_parameters,
                                        resolve_parameters)
-from epi_utils.report import collect_runs, publish, run_notebook, write_index
-from epi_utils.sweep import expand_grid, sweep
+from epi_utils.workbench.report import collect_runs, publish, run_notebook, write_index
+from epi_utils.workbench.sweep import expand_grid, sweep
 
 PROVENANCE = ("study", "profile", "parameters", "seed", "git_commit", "git_dirty", "versions", "device",
               "threads", "started_at", "wall_time_s", "status", "metrics")
@@ -100,7 +100,7 @@ def test_failing_notebook_gives_failed_run_in_index(toy_notebook, tmp_path, caps
 
 def test_killed_run_never_claims_success(toy_notebook, tmp_path):
     reports = tmp_path / "r"
-    proc = subprocess.Popen([sys.executable, "-m", "epi_utils.cli", "run", str(toy_notebook), "--profile", "smoke",
+    proc = subprocess.Popen([sys.executable, "-m", "epi_utils.workbench.cli", "run", str(toy_notebook), "--profile", "smoke",
                              "-p", "sleep_s", "60", "--out", str(reports)], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from epi_utils import runs
+from epi_utils.workbench import runs
 
 
 def test_seed_everything_reproduces_all_generators():

@@ -3,7 +3,7 @@ import types
 
 import pytest
 
-from epi_utils import isolation_study as study
+from epi_utils.epi import isolation_study as study
 from epi_utils.data.world import WorldConfig, build_world
 
 

@@ -18,7 +18,7 @@ Validation (:func:`parse_split`) raises :class:`FewAspFormatError` naming the fi
 category for: a key category missing from an instance's aspect list, an empty sentence, an aspect
 outside the split's classes, or the same sentence listed with two different aspect sets.
 A missing split file raises :class:`FewAspMissingError` that says to run ``epi data fetch fewasp``
-(:func:`fetch_fewasp`, registered in ``epi_utils.datasets``).
+(:func:`fetch_fewasp`, registered in ``epi_utils.workbench.datasets``).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from epi_utils.datasets import sha256_file
+from epi_utils.workbench.datasets import sha256_file
 
 DATASETS = ("FewAsp(single)", "FewAsp(multi)", "FewAsp")
 SPLITS = ("train", "val", "test")
@@ -155,7 +155,7 @@ def parse_split(obj: object, *, source: str, classes: Sequence[str] | None = Non
 def _root(root: os.PathLike | str | None) -> Path:
     if root is not None:
         return Path(root)
-    from epi_utils.runs import data_dir
+    from epi_utils.workbench.runs import data_dir
 
     return data_dir() / "fewasp"
 
@@ -220,7 +220,7 @@ def fetch_fewasp(dest: os.PathLike | str | None = None, **options) -> Path:
     ``$EPI_DATA_DIR``) with :func:`download_fewasp` and return that folder. ``options`` go to
     :func:`download_fewasp` (``mirrors``, ``downloader``, ``overwrite``, ``hashes``)."""
     if dest is None:
-        from epi_utils.runs import data_dir
+        from epi_utils.workbench.runs import data_dir
 
         dest = data_dir()
     root = Path(dest) / "fewasp"

@@ -80,7 +80,7 @@ def glove_vocab_and_matrix(splits: Sequence[FewAspSplit], *, cache: os.PathLike 
     ``cache``: folder for the cached matrix (default ``runs.cache_dir()/acd``).
     """
     if cache is None:
-        from epi_utils.runs import cache_dir
+        from epi_utils.workbench.runs import cache_dir
 
         cache = cache_dir() / "acd"
     cache = Path(cache)

@@ -1,5 +1,5 @@
 """Figures of Study 05 (each returns a matplotlib Figure; the notebook saves it with
-``epi_utils.plots.save_figure``)."""
+``epi_utils.workbench.plots.save_figure``)."""
 from __future__ import annotations
 
 import numpy as np

@@ -72,7 +72,7 @@ def instance_f1(labels: np.ndarray, preds: np.ndarray) -> np.ndarray:
 
 def episode_summary(values, *, confidence: float = 0.95) -> dict[str, float | list[float] | int]:
     """``{"mean", "ci95": [lo, hi], "n"}`` over episodes with a Student-t interval."""
-    from epi_utils.stats import t_ci
+    from epi_utils.workbench.stats import t_ci
 
     arr = np.asarray(values, dtype=float)
     arr = arr[~np.isnan(arr)]

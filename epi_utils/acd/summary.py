@@ -2,7 +2,7 @@
 
 Aggregation: per (method, setting, dataset, seed) the mean over test episodes (with a Student-t
 95% interval over episodes); over seeds the mean of those per-seed means with a percentile
-bootstrap 95% interval over seeds (``epi_utils.stats``). With 3 seeds the seed interval is
+bootstrap 95% interval over seeds (``epi_utils.workbench.stats``). With 3 seeds the seed interval is
 coarse; the episode interval is also reported.
 
 Paper figures: Hu et al. (2021), Table of results on FewAsp(single), FewAsp(multi), FewAsp. The
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from epi_utils.stats import bootstrap_ci, t_ci
+from epi_utils.workbench.stats import bootstrap_ci, t_ci
 
 PAPER_REPORTED: dict = {}
 

@@ -43,6 +43,9 @@ from typing import Any
 
 import numpy as np
 
+from epi_utils.data.facts import Fact
+from epi_utils.data.world_real import REAL_TEMPLATES, make_real_facts
+
 PLANTED_CAUSES = ("missing_knowledge", "conflict", "inconsistency", "forgetting", "rare_complex")
 TASKS = ("fact_qa", "arithmetic", "reversal", "sorting", "key_lookup", "format_conversion")
 SPLITS = ("train", "heldout")
@@ -139,20 +142,6 @@ def _cause_counts(config: WorldConfig, task: str, *, stage0: bool) -> dict[str, 
         counts["forgetting"] = int(round(config.forgetting_rate * n))
     counts["rare_complex"] = int(round(config.rare_complex_rate * n))
     return counts
-
-
-@dataclass(frozen=True)
-class Fact:
-    """One entity/attribute/value record; ``in_pretrain``: stated in the pretraining corpus."""
-
-    fact_id: str
-    entity: str
-    attribute: str
-    value: str
-    in_pretrain: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -439,7 +428,6 @@ def build_world(config: WorldConfig | None = None, *, facts: str = "synthetic") 
         raise ValueError(f"facts must be one of ('synthetic', 'real'), got {facts!r}")
     rng = np.random.default_rng(config.seed)
     if facts == "real":
-        from epi_utils.data.world_real import make_real_facts
         fact_list, values = make_real_facts(config, rng)
         corpus = _make_real_corpus(fact_list, rng)
     else:
@@ -451,7 +439,6 @@ def build_world(config: WorldConfig | None = None, *, facts: str = "synthetic") 
 
 
 def _make_real_corpus(facts: list[Fact], rng) -> list[str]:
-    from epi_utils.data.world_real import REAL_TEMPLATES
     lines = [t.format(attr=f.attribute, ent=f.entity, value=f.value) for f in facts if f.in_pretrain
              for t in REAL_TEMPLATES]
     return [lines[i] for i in rng.permutation(len(lines))]

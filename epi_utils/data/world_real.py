@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from epi_utils.data.facts import Fact
+
 REAL_TABLE: tuple[tuple[str, str, str, str], ...] = (
     # country, capital, continent, language
     ("france", "paris", "europe", "french"), ("germany", "berlin", "europe", "german"),
@@ -54,8 +56,6 @@ def _fictional_name(rng: np.random.Generator, taken: set[str]) -> str:
 def make_real_facts(config, rng: np.random.Generator):
     """``(facts, values)``: real facts (in_pretrain=True) of up to ``config.n_entities`` countries plus
     fictional countries (in_pretrain=False); ``values[attribute]`` = the value set of each attribute."""
-    from epi_utils.data.world import Fact
-
     rows = REAL_TABLE[: max(4, min(config.n_entities, len(REAL_TABLE)))]
     facts = [Fact(f"{c}/{a}", c, a, v, True) for c, *vals in rows for a, v in zip(REAL_ATTRIBUTES, vals)]
     values = {a: tuple(sorted({r[i + 1] for r in REAL_TABLE})) for i, a in enumerate(REAL_ATTRIBUTES)}

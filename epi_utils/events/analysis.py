@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..stats import bootstrap_ci, with_ci
+from ..workbench.stats import bootstrap_ci, with_ci
 from .data import Document
 from .schema import EventSchema
 

@@ -1,7 +1,7 @@
 """Figures and tables of the ILP notebook: prevalence, taxonomy, confusion, mitigation, explorer.
 
 Each function takes the tables built by :mod:`epi_utils.ilp.study` and returns a matplotlib
-``Figure`` (saved by the notebook with :func:`epi_utils.plots.save_figure`) or a DataFrame.
+``Figure`` (saved by the notebook with :func:`epi_utils.workbench.plots.save_figure`) or a DataFrame.
 """
 from __future__ import annotations
 

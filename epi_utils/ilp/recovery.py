@@ -13,7 +13,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from epi_utils import stats
+from epi_utils.workbench import stats
 
 
 class RecoveryInputError(ValueError):

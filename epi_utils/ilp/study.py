@@ -165,7 +165,7 @@ def load_base(cfg: StudyConfig, world):
     """The pre-SFT model and tokenizer (tiny: pretrained on the world's corpus, cached)."""
     import torch
 
-    from epi_utils import runs
+    from epi_utils.workbench import runs
     from epi_utils.lm.models import load_model
 
     if cfg.threads > 0:
@@ -295,7 +295,7 @@ def pooled_table(results: Sequence[SeedResult]) -> pd.DataFrame:
 def diagnosis_summary(results: Sequence[SeedResult]) -> dict:
     """Pooled confusion (planted x diagnosed counts over seeds), per-cause scores, macro-F1 per seed
     and pooled, and the learned (cross-validated) variant's macro-F1 on the pooled unlearned rows."""
-    from epi_utils import stats
+    from epi_utils.workbench import stats
 
     pooled = pooled_table(results)
     unl = pooled[~pooled["learned"].astype(bool)]

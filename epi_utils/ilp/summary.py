@@ -17,7 +17,7 @@ from epi_utils.ilp.study import SeedResult, StudyConfig, pooled_table
 
 def unlearned_over_seeds(results: Sequence[SeedResult]) -> pd.DataFrame:
     """Unlearned rate overall and per task: mean and bootstrap CI over seeds (+ pass@N if present)."""
-    from epi_utils import stats
+    from epi_utils.workbench import stats
 
     rows = []
     for r in results:
@@ -97,7 +97,7 @@ def headline_metrics(results: Sequence[SeedResult], diag: Mapping, cfg: StudyCon
     """The metrics.json entries: unlearned_rate (+CI), diagnosis_macro_f1 (+ per-seed CI),
     diagnosis_confusion (planted -> diagnosed -> count), learned-variant macro-F1, per-cause
     precision/recall, recovery rates per cause for fix and control (+CI), held-out accuracy."""
-    from epi_utils import stats
+    from epi_utils.workbench import stats
 
     out = {}
     out.update(stats.with_ci("unlearned_rate", [1 - float(r.table["learned"].mean()) for r in results]))

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from epi_utils import runs
+from epi_utils.workbench import runs
 
 BACKENDS = ("tiny", "smollm2", "<HF id>", "<local folder>")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -33,7 +33,7 @@ def save_figure(fig, name: str, *, run_dir: os.PathLike | str | None = None,
     are ``figure_paths(name)``.
 
     ``name`` may contain letters, digits, ``-`` and ``_`` only (it becomes a file name).
-    ``run_dir`` defaults to :func:`epi_utils.runs.current_run_dir`.
+    ``run_dir`` defaults to :func:`epi_utils.workbench.runs.current_run_dir`.
     """
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", name or ""):
         raise ValueError(f"figure name {name!r} must use only letters, digits, '-' and '_'")

@@ -20,7 +20,7 @@ Metrics (all accuracies = greedy exact match on the evaluation samples):
   equal to ``mixed_acc`` when ``eval_split="heldout"``.
 - ``seq_acc``, ``seq_bwt``, ``seq_forgetting``: ACC, BWT (Lopez-Paz & Ranzato 2017) and
   forgetting (Chaudhry et al. 2018) of the accuracy matrix ``R[i, j]`` (stage-``j`` task group
-  after stage ``i``; :mod:`epi_utils.continual`) of the sequential schedule, on ``eval_split``.
+  after stage ``i``; :mod:`epi_utils.epi.continual`) of the sequential schedule, on ``eval_split``.
 - ``interference``, ``mixed_acc`` and the ``seq_*`` metrics with suffix ``_prob`` use, instead of
   exact-match accuracy, the geometric-mean probability of the reference response tokens
   (``exp(-mean NLL)``, teacher-forced, on ``eval_split``, :class:`StageEvalHook`): a graded
@@ -45,8 +45,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from epi_utils import continual
-from epi_utils.isolation import POLICIES, make_policy
+from epi_utils.epi import continual
+from epi_utils.epi.isolation import POLICIES, make_policy
 from epi_utils.lm.evaluate import exact_match, response_stats, task_accuracy
 from epi_utils.lm.sft_format import encode_example, pad_batch, pad_id
 from epi_utils.lm.train import TrainConfig, TrainHook, train_sft
@@ -195,7 +195,7 @@ def run_one(policy: str, *, world, cfg: StudyConfig, seed: int, schedule: str, t
     """Train one run; returns ``{policy, schedule, seed, task, acc: [per stage {task: acc}] on
     eval_split, acc_heldout: the same on held-out samples, eval_split, prob: [per stage {task: prob}],
     mask_history, seconds, isolation_ratio, mask_update_interval}``."""
-    from epi_utils import runs
+    from epi_utils.workbench import runs
     from epi_utils.lm.models import load_model
 
     if schedule not in SCHEDULES:
@@ -260,7 +260,7 @@ def _single_refs(rows: Sequence[dict], kind: str) -> dict:
 
 
 def _sequential_metrics(acc_per_stage: Sequence[dict], world, *, suffix: str = "") -> dict:
-    """ACC, BWT and forgetting (:mod:`epi_utils.continual`) of a sequential run's per-stage accuracies."""
+    """ACC, BWT and forgetting (:mod:`epi_utils.epi.continual`) of a sequential run's per-stage accuracies."""
     R = continual.accuracy_matrix(acc_per_stage, world.stage_tasks())
     return {"seq_acc" + suffix: continual.average_accuracy(R), "seq_bwt" + suffix: continual.backward_transfer(R),
             "seq_forgetting" + suffix: continual.forgetting(R)}
@@ -398,7 +398,7 @@ def headline(metrics, *, keys: Sequence[str] = ("interference", "seq_acc", "seq_
                                                   "seq_bwt_prob", "seq_forgetting_prob", "heldout_acc_prob",
                                                   "mixed_acc_prob")) -> dict:
     """``{policy: {key: mean, key_ci95: [lo, hi]}}`` over seeds (bootstrap, :func:`stats.with_ci`)."""
-    from epi_utils import stats
+    from epi_utils.workbench import stats
 
     out = {}
     for pol, grp in metrics.groupby("policy", sort=False):

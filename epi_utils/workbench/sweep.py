@@ -4,7 +4,7 @@
 then writes ``<reports>/<study>/_sweeps/<sweep-id>/summary.csv`` and ``summary.html``: for each
 combination of the non-seed parameters and each numeric headline in the runs' ``metrics.json``,
 the mean over seeds and its 95% percentile-bootstrap confidence interval
-(:func:`epi_utils.stats.bootstrap_ci`). Failed runs are listed and left out of the statistics.
+(:func:`epi_utils.workbench.stats.bootstrap_ci`). Failed runs are listed and left out of the statistics.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import runs
-from .notebook_params import resolve_parameters, study_name
+from .params import resolve_parameters, study_name
 from .report import PAGE_STYLE, default_reports_dir, flatten_metrics, run_notebook, write_index
 from .stats import bootstrap_ci
 

@@ -1,6 +1,6 @@
 """Runs: seeds, devices, folders, provenance and crash-safe metric files.
 
-A *run* is one execution of a study notebook. The runner (:mod:`epi_utils.report`) creates
+A *run* is one execution of a study notebook. The runner (:mod:`epi_utils.workbench.report`) creates
 ``reports/<study>/<run-id>/`` and exports its path in the environment variable ``EPI_RUN_DIR``
 before the notebook starts; code inside the notebook finds it with :func:`current_run_dir`.
 A notebook opened by hand in JupyterLab has no such variable and writes to
@@ -12,7 +12,7 @@ Files in a run folder:
 ``metrics.json``   written by the runner: provenance + status + the headline numbers. It is
                    written with ``status: "running"`` before execution and replaced atomically
                    at the end, so a killed run never leaves a file that claims success.
-``figures/``       PNG and PDF figures (:func:`epi_utils.plots.save_figure`).
+``figures/``       PNG and PDF figures (:func:`epi_utils.workbench.plots.save_figure`).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import random
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Sequence, Mapping
 
 RUN_DIR_ENV = "EPI_RUN_DIR"
 DATA_DIR_ENV = "EPI_DATA_DIR"
@@ -155,18 +155,41 @@ def _json_safe(obj: Any) -> Any:
     return str(obj)
 
 
-def save_metrics(metrics: Mapping[str, Any], *, run_dir: os.PathLike | str | None = None) -> None:
-    """Record a notebook's headline numbers for its run (``results.json``, written atomically).
+def save_metrics(metrics: Mapping[str, Any], *, headlines: Sequence[str] = (),
+                 timings: Mapping[str, float] | None = None,
+                 run_dir: os.PathLike | str | None = None) -> None:
+    """Record a notebook's numbers for its run (``results.json``, written atomically).
 
     ``metrics`` is a (possibly nested) mapping of names to numbers, lists or strings, e.g.
     ``{"epi": {"seq_acc": 0.61, "seq_acc_ci95": [0.55, 0.66]}}``. The runner merges it into the
-    run's ``metrics.json`` under ``"metrics"``. Calling it again replaces the earlier numbers.
+    run's ``metrics.json`` under ``"metrics"``. ``headlines``: the few flattened metric names
+    (``"epi.seq_acc"``) the index shows for this study; each must exist in ``metrics``.
+    ``timings``: seconds spent (per run, per stage): provenance, kept out of ``metrics`` so that no
+    sweep computes an interval of wall time. Calling it again replaces the earlier numbers.
     Returns nothing, so a notebook cell ending with it shows no stray output.
     """
     if not isinstance(metrics, Mapping):
         raise TypeError(f"metrics must be a mapping of name -> value, got {type(metrics).__name__}")
+    flat = _flatten(metrics)
+    unknown = [h for h in headlines if h not in flat]
+    if unknown:
+        raise KeyError(f"headline(s) {unknown} not among the metrics; flattened names are "
+                       f"{sorted(flat)[:40]}")
     folder = Path(run_dir) if run_dir is not None else current_run_dir()
-    atomic_write_json(folder / "results.json", dict(metrics))
+    atomic_write_json(folder / "results.json", {"metrics": dict(metrics), "headlines": list(headlines),
+                                                 "timings": dict(timings or {})})
+
+
+def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and scalars are leaves)."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, prefix=f"{name}."))
+        else:
+            out[name] = value
+    return out
 
 
 def git_state(root: Path | None = None) -> dict[str, Any]:

@@ -39,7 +39,7 @@ uniformly drawn scores (``generator`` required); the selected share then deviate
 by about ``sqrt(ratio (1-ratio) / sample_size)`` (binomial standard error; 0.0007 for ratio 0.05
 and 100k samples), and ties at the threshold are all included.
 
-Drift metrics (:mod:`epi_utils.importance_drift`) live beside this module.
+Drift metrics (:mod:`epi_utils.epi.importance_drift`) live beside this module.
 """
 from __future__ import annotations
 

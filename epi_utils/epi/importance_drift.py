@@ -1,7 +1,7 @@
 """Drift metrics between two importance snapshots (study 01).
 
 All functions take dicts ``name -> tensor`` with matching names and shapes (bool masks or float
-scores, as :func:`epi_utils.importance.top_share_mask` and ``ImportanceTracker.scores`` return).
+scores, as :func:`epi_utils.epi.importance.top_share_mask` and ``ImportanceTracker.scores`` return).
 
 - :func:`jaccard`: ``|A & B| / |A | B|`` of two masks (1.0 when both are empty).
 - :func:`spearman`: Spearman rank correlation of two score snapshots, computed on a uniform

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from .notebook_params import NotebookConventionError, ParameterError
+from .params import NotebookConventionError, ParameterError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,7 +115,7 @@ def _dispatch(args) -> int:
         print(publish(args.out, profile=args.profile) / "index.html")
         return 0
     if args.command == "params":
-        from .notebook_params import available_profiles, parse_parameters
+        from .params import available_profiles, parse_parameters
 
         for spec in parse_parameters(args.notebook).values():
             print(f"{spec.name}: {spec.type_name} = {spec.default!r}  # {spec.comment}")

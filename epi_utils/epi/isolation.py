@@ -22,7 +22,7 @@ Policies (``make_policy(name, ...)``):
 - ``static_grad``: masks from gradient importance (first-order Taylor ``|theta * grad|``,
   averaged over the probe batches) measured once at the start, then fixed.
 - ``epi``: Evolving Parameter Isolation (arXiv 2604.14010): an online per-task EMA of gradient
-  importance (:class:`epi_utils.importance.ImportanceTracker`, layer-wise normalised) is updated
+  importance (:class:`epi_utils.epi.importance.ImportanceTracker`, layer-wise normalised) is updated
   after every backward pass of that task; after ``warmup_steps`` the per-task masks are recomputed
   every ``mask_update_interval`` steps, so emerging critical parameters become protected and
   parameters that stopped being critical are released. No protection before the warmup ends.
@@ -56,8 +56,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from epi_utils.importance import ImportanceTracker, normalize_scores, top_share_flat
-from epi_utils.importance_drift import turnover
+from epi_utils.epi.importance import ImportanceTracker, normalize_scores, top_share_flat
+from epi_utils.epi.importance_drift import turnover
 
 from epi_utils.lm.masked_adamw import FrozenPositions
 from epi_utils.lm.train import TrainHook

@@ -4,8 +4,8 @@ One run = one folder ``<reports>/<study>/<run-id>/`` holding
 
 ``notebook.ipynb``  the executed notebook (kept even when execution fails, up to the failing cell)
 ``report.html``     rendered with code cells hidden, so it reads as a report
-``figures/``        PNG/PDF files the notebook saved with :func:`epi_utils.plots.save_figure`
-``results.json``    the notebook's headline numbers (:func:`epi_utils.runs.save_metrics`)
+``figures/``        PNG/PDF files the notebook saved with :func:`epi_utils.workbench.plots.save_figure`
+``results.json``    the notebook's headline numbers (:func:`epi_utils.workbench.runs.save_metrics`)
 ``metrics.json``    provenance + status + headline numbers, written by :func:`run_notebook`
 
 ``metrics.json`` is first written with ``"status": "running"`` and the runner's process id, and
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import runs
-from .notebook_params import resolve_parameters, study_name
+from .params import resolve_parameters, study_name
 
 STATUS_RUNNING, STATUS_SUCCESS, STATUS_FAILED, STATUS_INTERRUPTED = "running", "success", "failed", "interrupted"
 
@@ -41,7 +41,7 @@ def run_notebook(nb_path: Path | str, *, profile: str = "cpu", overrides: Mappin
     """Execute one notebook through papermill and render it; return the run folder.
 
     Parameters are validated before anything runs (see
-    :func:`epi_utils.notebook_params.resolve_parameters`). A notebook that raises gives a run with
+    :func:`epi_utils.workbench.params.resolve_parameters`). A notebook that raises gives a run with
     ``status: failed``; this function then returns normally (the caller reads the status).
     """
     import papermill as pm
@@ -80,7 +80,12 @@ def run_notebook(nb_path: Path | str, *, profile: str = "cpu", overrides: Mappin
     record["wall_time_s"] = round(time.time() - started, 2)
     record["finished_at"] = runs.utc_now()
     results_path = run_dir / "results.json"
-    record["metrics"] = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if "metrics" not in results or set(results) - {"metrics", "headlines", "timings"}:
+        results = {"metrics": results}  # results.json written by an older save_metrics
+    record["metrics"] = results.get("metrics", {})
+    record["headlines"] = results.get("headlines", [])
+    record["timings"] = results.get("timings", {})
     if error is None and not results_path.exists():
         error = {"type": "MissingResults", "message": "the notebook finished without calling runs.save_metrics(...)"}
     record["status"] = STATUS_FAILED if error else STATUS_SUCCESS

@@ -1,9 +1,9 @@
 """Importance snapshots during SFT and the drift tables of study 01.
 
-:class:`SnapshotHook` (a ``TrainHook``) keeps an :class:`~epi_utils.importance.ImportanceTracker`
+:class:`SnapshotHook` (a ``TrainHook``) keeps an :class:`~epi_utils.epi.importance.ImportanceTracker`
 with one EMA per task plus one pseudo-task ``"all"`` updated on every step, and every
 ``every`` optimizer steps stores, for each of them, the top-``ratio`` mask
-(:func:`~epi_utils.importance.top_share_mask`, layer-normalised scores, global scope; bool, on
+(:func:`~epi_utils.epi.importance.top_share_mask`, layer-normalised scores, global scope; bool, on
 the CPU) and the raw scores at a fixed random sample of ``sample_size`` element positions (for
 Spearman). Memory per snapshot: 1 byte/param per task for the masks plus 4 bytes per sampled
 position.
@@ -20,8 +20,8 @@ from typing import Sequence
 
 import torch
 
-from epi_utils.importance import ImportanceTracker, top_share_mask
-from epi_utils.importance_drift import jaccard, layer_shares, turnover
+from epi_utils.epi.importance import ImportanceTracker, top_share_mask
+from epi_utils.epi.importance_drift import jaccard, layer_shares, turnover
 from epi_utils.lm.train import TrainHook
 
 ALL = "all"
@@ -144,7 +144,7 @@ def run_drift(world, *, model: str = "tiny", seed: int = 0, steps: int = 200, lr
     """Mixed multi-task SFT of a fresh ``model`` with a :class:`SnapshotHook`; returns
     ``{"seed", "snapshots", "history", "seconds", "n_params"}``. The sampled positions of the
     Spearman sample are the same for every seed (``SnapshotHook(seed=0)``)."""
-    from epi_utils import runs
+    from epi_utils.workbench import runs
     from epi_utils.lm.models import load_model
     from epi_utils.lm.train import TrainConfig, train_sft
 

@@ -1,14 +1,14 @@
 """Apply isolation policies outside the testbed engine: exact masked optimizer steps and a
 ``transformers.TrainerCallback`` (works in ``Trainer`` and TRL's ``SFTTrainer``).
 
-:class:`~epi_utils.isolation.MaskedStepGuard` (re-exported here) makes ANY optimizer respect a mask bit-exactly: before ``step()`` it
+:class:`~epi_utils.epi.isolation.MaskedStepGuard` (re-exported here) makes ANY optimizer respect a mask bit-exactly: before ``step()`` it
 zeroes the gradient of masked (False) elements and saves their values and their optimizer state
 (every state tensor of the parameter's shape: AdamW's ``exp_avg``, ``exp_avg_sq``; state created
 by this step starts at 0 there); after ``step()`` it writes them back. Decoupled weight decay,
 momentum and Adam's bias correction therefore cannot move a masked element. Cost: a gather and
 a scatter of the masked elements per step.
 
-:class:`IsolationCallback` drives any :class:`epi_utils.isolation.IsolationPolicy` from a
+:class:`IsolationCallback` drives any :class:`epi_utils.epi.isolation.IsolationPolicy` from a
 ``Trainer``: ``on_train_begin`` -> ``policy.on_train_begin``; ``on_pre_optimizer_step`` (gradients
 are complete and, under DDP, all-reduced; after clipping) -> ``after_backward``, ``update_mask`` and
 the guard; ``on_optimizer_step`` -> restore, ``on_step_end``. The task of each step comes from
@@ -36,7 +36,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from epi_utils.isolation import MaskedStepGuard  # noqa: F401  (re-exported)
+from epi_utils.epi.isolation import MaskedStepGuard  # noqa: F401  (re-exported)
 
 try:
     from transformers import TrainerCallback

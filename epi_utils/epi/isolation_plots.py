@@ -1,8 +1,8 @@
 """Figures of studies 01 (importance drift) and 02 (EPI vs static isolation).
 
-Every function takes tables produced by :mod:`epi_utils.importance_snapshots` or
-:mod:`epi_utils.isolation_study` and returns a ``matplotlib`` figure; the notebook saves it with
-:func:`epi_utils.plots.save_figure`.
+Every function takes tables produced by :mod:`epi_utils.epi.importance_snapshots` or
+:mod:`epi_utils.epi.isolation_study` and returns a ``matplotlib`` figure; the notebook saves it with
+:func:`epi_utils.workbench.plots.save_figure`.
 """
 from __future__ import annotations
 
