@@ -1,9 +1,13 @@
 """Notebook parameters: read the ``parameters`` cell, load profiles, validate values.
 
 Papermill injects parameters *after* the cell tagged ``parameters`` and only warns about names
-it does not know, so a typo silently runs the defaults. This module reads the declared
-parameters from the notebook itself (``name: type = literal  # comment`` lines, parsed with
-``ast``), so every value can be checked by name and type *before* anything runs.
+it does not know, so a typo silently runs the defaults. This module builds on papermill's own
+reader (``papermill.inspect_notebook``): every parameter papermill sees must be one this module
+parses (``name: type = literal  # comment`` lines, read with ``ast`` for exact literal values) and
+the other way round, so a line papermill cannot read is refused instead of being injected
+wrongly. Every value is then checked by name and type *before* anything runs.
+
+A study builds its config object from the parameters with :func:`config_from_params`.
 
 Profiles live in ``notebooks/params/<notebook stem>/<profile>.yaml``: flat mappings of
 parameter name to value, validated the same way.
@@ -74,11 +78,40 @@ def _annotation(node: ast.expr, where: str) -> tuple[str, str | None]:
                                   f"got {ast.unparse(node)!r}")
 
 
+def _papermill_view(nb_path: Path, specs: Mapping[str, "ParameterSpec"]) -> None:
+    """Refuse a parameters cell that papermill reads differently from :func:`parse_parameters`."""
+    import logging
+
+    import papermill as pm
+
+    logging.getLogger("papermill.translators").setLevel(logging.ERROR)
+    seen = pm.inspect_notebook(str(nb_path))
+    missing = [n for n in specs if n not in seen]
+    if missing:
+        raise NotebookConventionError(
+            f"{nb_path.name}: papermill cannot read parameter(s) {missing} of the parameters cell, so it "
+            "would not inject them (papermill's parser refuses some comments, e.g. ones containing '='); "
+            "rewrite those lines as 'name: type = literal  # comment'")
+    extra = [n for n in seen if n not in specs]
+    if extra:
+        raise NotebookConventionError(f"{nb_path.name}: papermill sees parameter(s) {extra} that are not "
+                                      "'name: type = literal  # comment' lines")
+    for name, spec in specs.items():
+        try:
+            pm_default = ast.literal_eval(seen[name]["default"])
+        except (ValueError, SyntaxError):
+            pm_default = object()
+        if pm_default != spec.default:
+            raise NotebookConventionError(f"{nb_path.name}: papermill reads the default of {name!r} as "
+                                          f"{seen[name]['default']!r}, not {spec.default!r}")
+
+
 def parse_parameters(nb_path: Path | str) -> dict[str, ParameterSpec]:
     """Declared parameters of a notebook, in order.
 
     Every statement of the parameters cell must be ``name: type = literal`` with a trailing
-    ``# comment``; anything else raises :class:`NotebookConventionError` naming the line.
+    ``# comment``; anything else raises :class:`NotebookConventionError` naming the line. The
+    result must agree with papermill's ``inspect_notebook`` (names and defaults).
     """
     nb_path = Path(nb_path)
     source = parameters_cell_source(nb_path)
@@ -111,7 +144,49 @@ def parse_parameters(nb_path: Path | str) -> dict[str, ParameterSpec]:
     missing = [p for p in REQUIRED_PARAMETERS if p not in specs]
     if missing:
         raise NotebookConventionError(f"{nb_path}: parameters cell must define {list(REQUIRED_PARAMETERS)}; missing {missing}")
+    _papermill_view(nb_path, specs)
     return specs
+
+
+def config_from_params(config_class: type, namespace: Mapping[str, Any], **extra: Any):
+    """Build a study's config dataclass from a notebook's parameters (its ``globals()``).
+
+    Takes every field of ``config_class`` found in ``namespace`` (plus ``extra``), and calls the
+    constructor, whose ``__post_init__`` validates. A field that is neither in the namespace nor has
+    a default raises :class:`ParameterError` naming it. Names in the namespace that are not fields
+    are ignored (a notebook's globals hold much else).
+    """
+    import dataclasses
+
+    if not dataclasses.is_dataclass(config_class):
+        raise TypeError(f"config_from_params needs a dataclass, got {config_class!r}")
+    kwargs: dict[str, Any] = {}
+    missing = []
+    for f in dataclasses.fields(config_class):
+        if not f.init:
+            continue
+        if f.name in extra:
+            kwargs[f.name] = extra[f.name]
+        elif f.name in namespace:
+            kwargs[f.name] = namespace[f.name]
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            missing.append(f.name)
+    if missing:
+        raise ParameterError(f"{config_class.__name__} needs parameter(s) {missing}, not set by the notebook")
+    return config_class(**kwargs)
+
+
+def profile_redundancies(nb_path: Path | str, profile: str) -> list[str]:
+    """Names in a profile YAML whose value equals the notebook's default (a profile holds only
+    what differs from the defaults; ``profile`` itself is exempt)."""
+    specs = parse_parameters(nb_path)
+    out = []
+    for name, raw in load_profile(nb_path, profile).items():
+        if name == "profile" or name not in specs:
+            continue
+        if coerce_value(specs[name], raw, origin=f"profile {profile}") == specs[name].default:
+            out.append(name)
+    return out
 
 
 def _coerce_scalar(type_name: str, value: Any, what: str) -> Any:

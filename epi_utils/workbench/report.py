@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import runs
+from .progress import batch_environment
 from .params import resolve_parameters, study_name
 
 STATUS_RUNNING, STATUS_SUCCESS, STATUS_FAILED, STATUS_INTERRUPTED = "running", "success", "failed", "interrupted"
@@ -63,20 +64,16 @@ def run_notebook(nb_path: Path | str, *, profile: str = "cpu", overrides: Mappin
         **runs.provenance(device=str(parameters.get("device", "auto"))),
     }
     runs.atomic_write_json(run_dir / "metrics.json", record)
-    env_before = os.environ.get(runs.RUN_DIR_ENV)
-    os.environ[runs.RUN_DIR_ENV] = str(run_dir.resolve())
     error = None
-    try:
-        pm.execute_notebook(str(nb_path), str(run_dir / "notebook.ipynb"), parameters=parameters,
-                            kernel_name=kernel_name, cwd=str(nb_path.parent), progress_bar=progress,
-                            log_output=False)
-    except Exception as exc:  # papermill.PapermillExecutionError and kernel failures
-        error = {"type": type(exc).__name__, "message": _short_error(exc)}
-    finally:
-        if env_before is None:
-            os.environ.pop(runs.RUN_DIR_ENV, None)
-        else:
-            os.environ[runs.RUN_DIR_ENV] = env_before
+    # The kernel inherits EPI_RUN_DIR and a quiet environment (no library progress bars or warnings
+    # in the report); the study's progress lines reach this terminal through progress.log.
+    with batch_environment(run_dir, prefix=f"[{study} {run_id}] " if not progress else ""):
+        try:
+            pm.execute_notebook(str(nb_path), str(run_dir / "notebook.ipynb"), parameters=parameters,
+                                kernel_name=kernel_name, cwd=str(nb_path.parent), progress_bar=progress,
+                                log_output=False)
+        except Exception as exc:  # papermill.PapermillExecutionError and kernel failures
+            error = {"type": type(exc).__name__, "message": _short_error(exc)}
     record["wall_time_s"] = round(time.time() - started, 2)
     record["finished_at"] = runs.utc_now()
     results_path = run_dir / "results.json"
