@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="override one parameter (repeatable)")
     run.add_argument("--out", type=Path, default=None, help="reports folder (default <repo>/reports)")
     run.add_argument("--run-id", default=None, help=argparse.SUPPRESS)
+    run.add_argument("--rehearse", action="store_true",
+                     help="run the profile's code path on CPU at toy scale (a tiny random model of the same "
+                          "family, 8 local samples per data set) and print its full-scale GPU memory and GPU-hours")
 
     sw = sub.add_parser("sweep", help="run a cartesian grid of parameters and summarise over seeds")
     sw.add_argument("notebook", type=Path)
@@ -82,6 +85,10 @@ def _dispatch(args) -> int:
         dup = {n for n, _ in args.param if sum(1 for m, _ in args.param if m == n) > 1}
         if dup:
             raise ParameterError(f"parameter(s) {sorted(dup)} given more than once")
+        if args.rehearse:
+            from .rehearsal import rehearsal_overrides
+
+            overrides.update(rehearsal_overrides(args.notebook, overrides))
         run_dir = run_notebook(args.notebook, profile=args.profile, overrides=overrides, reports_dir=args.out,
                                run_id=args.run_id)
         record = json.loads((run_dir / "metrics.json").read_text())
