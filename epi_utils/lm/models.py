@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,11 +199,28 @@ def _load_tiny(world, device, cache_dir: Path | None, pretrain: bool, progress: 
     return model.to(device).eval(), tok
 
 
+def tiny_pretrain_config(tiny_pretrain: TinyPretrainConfig | None = None, *,
+                         pretrain_seed: int | None = None) -> TinyPretrainConfig:
+    """``tiny_pretrain`` (default :data:`TINY_PRETRAIN`) with its seed replaced by ``pretrain_seed`` if given.
+
+    The seed drives both the initialisation and the batch order of pretraining; it is part of the
+    config and therefore of the cache key, so each pretraining seed is cached separately. Seed 0 is
+    today's model.
+    """
+    cfg = tiny_pretrain or TINY_PRETRAIN
+    if pretrain_seed is None:
+        return cfg
+    if isinstance(pretrain_seed, bool) or not isinstance(pretrain_seed, int) or pretrain_seed < 0:
+        raise ValueError(f"pretrain_seed must be a non-negative int, got {pretrain_seed!r}")
+    return replace(cfg, seed=pretrain_seed)
+
+
 def tiny_pretrain_meta(world, *, cache_dir: Path | None = None, tiny_model: TinyModelConfig | None = None,
-                       tiny_pretrain: TinyPretrainConfig | None = None) -> dict[str, Any]:
+                       tiny_pretrain: TinyPretrainConfig | None = None,
+                       pretrain_seed: int | None = None) -> dict[str, Any]:
     """The cached pretraining record (time, losses, fact recall pretrain vs unseen) of ``world``'s tiny model."""
     root = Path(cache_dir) if cache_dir is not None else runs.cache_dir()
-    key = tiny_cache_key(world, tiny_model or TINY_MODEL, tiny_pretrain or TINY_PRETRAIN)
+    key = tiny_cache_key(world, tiny_model or TINY_MODEL, tiny_pretrain_config(tiny_pretrain, pretrain_seed=pretrain_seed))
     path = root / "tiny" / key / "pretrain_meta.json"
     if not path.exists():
         raise FileNotFoundError(f"no pretrained tiny model cached at {path.parent}; call load_model('tiny', world=...)")
@@ -278,11 +295,13 @@ def check_tokenizer_matches(model, tokenizer) -> None:
 
 def load_model(name: str, *, world=None, device: str = "auto", cache_dir: Path | None = None,
                pretrain: bool = True, progress: bool = True, tiny_model: TinyModelConfig | None = None,
-               tiny_pretrain: TinyPretrainConfig | None = None):
+               tiny_pretrain: TinyPretrainConfig | None = None, pretrain_seed: int | None = None):
     """Load ``(model, tokenizer)`` for ``name`` (see the module docstring); the model is in eval mode on ``device``.
 
     ``tiny_model`` / ``tiny_pretrain`` override :data:`TINY_MODEL` / :data:`TINY_PRETRAIN` (tests use
-    a smaller pretraining budget); both enter the cache key.
+    a smaller pretraining budget); both enter the cache key. ``pretrain_seed`` (``tiny`` only) replaces
+    the pretraining seed (initialisation and batch order; ``None`` keeps ``tiny_pretrain.seed``, 0 by
+    default = today's model); different seeds are cached separately.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"model name must be one of {BACKENDS}, got {name!r}")
@@ -292,7 +311,9 @@ def load_model(name: str, *, world=None, device: str = "auto", cache_dir: Path |
             raise ValueError("model 'tiny' needs a synthetic world (build_world(config)), got a world with "
                              f"facts={world.kind!r}")
         model, tok = _load_tiny(world, dev, cache_dir, pretrain, progress, tiny_model or TINY_MODEL,
-                                tiny_pretrain or TINY_PRETRAIN)
+                                tiny_pretrain_config(tiny_pretrain, pretrain_seed=pretrain_seed))
+    elif pretrain_seed is not None:
+        raise ValueError(f"pretrain_seed applies only to model 'tiny' (pretrained here), got model {name!r}")
     elif name == "smollm2":
         model, tok = _load_smollm2(dev, cache_dir)
     else:
