@@ -48,7 +48,7 @@ fail: bool = False  # raise on purpose
 sleep_s: float = 0.0  # seconds to sleep before finishing'''
 
 TOY_CELLS = [
-    "import time\nfrom epi_utils import runs, plots\nimport matplotlib.pyplot as plt",
+    "import time\nfrom epi_utils.workbench import runs, plots\nimport matplotlib.pyplot as plt",
     "time.sleep(sleep_s)\nif fail:\n    raise RuntimeError('planted failure')",
     "fig, ax = plt.subplots()\nax.plot([0, 1], [0, seed])\nplots.save_figure(fig, 'line')",
     "runs.save_metrics({'value': seed * scale, 'nested': {'half': seed * scale / 2, 'half_ci95': [0, 1]}})",
