@@ -23,7 +23,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from . import runs
 from .progress import batch_environment
@@ -124,9 +124,31 @@ def _banner(record: Mapping[str, Any]) -> str:
             f"border-left:6px solid {colour};background:#fafafa'>" + " · ".join(parts) + err + "</div>")
 
 
+def _scrub_paths(text: str) -> str:
+    """Replace this machine's paths (data folder, repository, home) in rendered text with names
+    that mean the same on any machine: ``$EPI_DATA_DIR``, ``<repo>``, ``~``."""
+    subs = []
+    for path, name in ((runs.data_dir(), "$EPI_DATA_DIR"), (runs.repo_root(), "&lt;repo&gt;"),
+                       (Path.home(), "~")):
+        for variant in {str(path), str(Path(path).resolve())}:
+            if len(variant) > 1:
+                subs.append((variant, name))
+    for variant, name in sorted(subs, key=lambda s: -len(s[0])):
+        text = text.replace(variant, name)
+    return text
+
+
+def report_title(record: Mapping[str, Any] | None, fallback: str) -> str:
+    """``"02_epi_vs_static · cpu profile"``: the page title of a report."""
+    if not record:
+        return fallback
+    return f"{record.get('study', fallback)} · {record.get('profile', '?')} profile"
+
+
 def render_html(nb_file: Path | str, html_file: Path | str, *, record: Mapping[str, Any] | None = None,
                 embed_images: bool = True) -> Path:
-    """Render an executed notebook as a report: code cells hidden, a provenance banner on top.
+    """Render an executed notebook as a report: code cells hidden, a provenance banner on top, the
+    page titled with the study and profile, and machine paths replaced (:func:`_scrub_paths`).
 
     Images in outputs are embedded (the HTML is self-contained).
     """
@@ -136,13 +158,14 @@ def render_html(nb_file: Path | str, html_file: Path | str, *, record: Mapping[s
     nb = nbformat.read(str(nb_file), as_version=4)
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True,
                             embed_images=embed_images)
-    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": Path(nb_file).parent.name}})
+    title = report_title(record, Path(nb_file).parent.name)
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
     if record is not None:
         marker = "<body"
         pos = body.find(marker)
         end = body.find(">", pos) + 1 if pos >= 0 else 0
         body = body[:end] + _banner(record) + body[end:]
-    Path(html_file).write_text(body, encoding="utf-8")
+    Path(html_file).write_text(_scrub_paths(body), encoding="utf-8")
     return Path(html_file)
 
 
@@ -209,11 +232,32 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
-def _headline_html(metrics: Mapping[str, Any], limit: int = 6) -> str:
+def _headline_html(metrics: Mapping[str, Any], headlines: Sequence[str] = (), limit: int = 6) -> str:
+    """The study's declared headline metrics (``runs.save_metrics(..., headlines=[...])``) with their
+    intervals where recorded (``name_ci95``); the first numeric leaves for a run that declared none."""
     flat = flatten_metrics(metrics)
-    items = list(flat.items())[:limit]
-    more = f" … (+{len(flat) - limit})" if len(flat) > limit else ""
-    return "<br>".join(f"{html.escape(k)} = {_fmt(v)}" for k, v in items) + more
+    intervals = _intervals(metrics)
+    names = [h for h in headlines if h in flat] or list(flat)[:limit]
+    more = f" … (+{len(flat) - len(names)} more in metrics.json)" if len(flat) > len(names) else ""
+    lines = []
+    for name in names:
+        ci = intervals.get(name)
+        lines.append(f"{html.escape(name)} = {_fmt(flat[name])}" + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""))
+    return "<br>".join(lines) + (f"<br><small>{more}</small>" if more and not headlines else "")
+
+
+def _intervals(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, tuple[float, float]]:
+    out: dict[str, tuple[float, float]] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_intervals(value, prefix=f"{name}."))
+        elif key.endswith("_ci95") and isinstance(value, (list, tuple)) and len(value) == 2:
+            try:
+                out[name[: -len("_ci95")]] = (float(value[0]), float(value[1]))
+            except (TypeError, ValueError):
+                pass
+    return out
 
 
 PAGE_STYLE = ("<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
@@ -240,7 +284,7 @@ def write_index(reports_dir: Path | str | None = None) -> Path:
                     f"<td class='{run.status}'>{run.status}"
                     f"{'<br><small>' + html.escape(err[:200]) + '</small>' if err else ''}</td>"
                     f"<td>{html.escape(str(run.profile))}</td><td>{run.record.get('wall_time_s', '')}</td>"
-                    f"<td>{_headline_html(run.metrics)}</td><td>{' · '.join(links)}</td></tr>")
+                    f"<td>{_headline_html(run.metrics, run.record.get('headlines') or ())}</td><td>{' · '.join(links)}</td></tr>")
     sweeps = sorted(reports_dir.glob("*/_sweeps/*/summary.html"), reverse=True)
     sweep_html = "".join(f"<li><a href='{p.relative_to(reports_dir).as_posix()}'>{html.escape(p.parent.parent.parent.name)}"
                          f" / {html.escape(p.parent.name)}</a></li>" for p in sweeps)
@@ -261,10 +305,13 @@ def publish(reports_dir: Path | str | None = None, *, profile: str = "cpu") -> P
     (the default ``cpu`` profile) or ``<reports>/published/<profile>/`` (any other profile).
 
     Each study gets ``<target>/<study>/report.html`` (self-contained, figures embedded, naming
-    the commit that produced it) and ``metrics.json``; ``<target>/index.html`` lists them.
+    the commit that produced it) and ``metrics.json``. Studies without a new run keep their
+    published pages: ``<target>/index.html`` lists every study published there, and the top
+    published index links every published profile.
     """
     reports_dir = Path(reports_dir) if reports_dir is not None else default_reports_dir()
-    target = reports_dir / "published" if profile == "cpu" else reports_dir / "published" / profile
+    root = reports_dir / "published"
+    target = root if profile == "cpu" else root / profile
     chosen: dict[str, RunRecord] = {}
     for run in collect_runs(reports_dir):
         if run.status == STATUS_SUCCESS and run.profile == profile and run.study not in chosen:
@@ -272,7 +319,6 @@ def publish(reports_dir: Path | str | None = None, *, profile: str = "cpu") -> P
     if not chosen:
         raise FileNotFoundError(f"no successful '{profile}' run under {reports_dir} to publish; run `epi run` first")
     target.mkdir(parents=True, exist_ok=True)
-    rows = []
     for study, run in sorted(chosen.items()):
         dest = target / study
         if dest.exists():
@@ -280,15 +326,47 @@ def publish(reports_dir: Path | str | None = None, *, profile: str = "cpu") -> P
         dest.mkdir(parents=True)
         render_html(run.path / "notebook.ipynb", dest / "report.html", record=run.record, embed_images=True)
         shutil.copy2(run.path / "metrics.json", dest / "metrics.json")
-        commit = (run.record.get("git_commit") or "unknown")[:12]
-        dirty = " (dirty tree)" if run.record.get("git_dirty") else ""
-        rows.append(f"<tr><td>{html.escape(study)}</td><td>{html.escape(run.run_id)}</td><td><code>{commit}</code>{dirty}</td>"
-                    f"<td>{run.record.get('wall_time_s', '')}</td><td>{_headline_html(run.metrics, limit=8)}</td>"
-                    f"<td><a href='{study}/report.html'>report</a> · <a href='{study}/metrics.json'>metrics.json</a></td></tr>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>published results</title>" + PAGE_STYLE +
-            f"</head><body><h1>Published results ({html.escape(profile)} profile)</h1>"
-            "<p>Each page was rendered from the run named here; the commit column names the code that produced it.</p>"
-            "<table><tr><th>study</th><th>run</th><th>commit</th><th>wall s</th><th>headline numbers</th><th>links</th></tr>"
-            + "".join(rows) + "</table></body></html>")
-    (target / "index.html").write_text(page, encoding="utf-8")
+    write_published_index(root)
     return target
+
+
+def _published_profiles(root: Path) -> list[str]:
+    """Profiles published under ``root``: ``cpu`` (root itself) and each ``root/<profile>/``."""
+    found = ["cpu"] if any(root.glob("*/metrics.json")) else []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        if any(sub.glob("*/metrics.json")) and not (sub / "metrics.json").exists():
+            found.append(sub.name)
+    return found
+
+
+def write_published_index(root: Path | str) -> None:
+    """(Re)write ``index.html`` of every published profile under ``root`` from the pages on disk."""
+    root = Path(root)
+    profiles = _published_profiles(root)
+    for profile in profiles:
+        target = root if profile == "cpu" else root / profile
+        up = "" if profile == "cpu" else "../"
+        rows = []
+        for metrics_file in sorted(target.glob("*/metrics.json")):
+            study = metrics_file.parent.name
+            try:
+                rec = json.loads(metrics_file.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            commit = (rec.get("git_commit") or "unknown")[:12]
+            dirty = " (dirty tree)" if rec.get("git_dirty") else ""
+            rows.append(f"<tr><td>{html.escape(study)}</td><td>{html.escape(str(rec.get('run_id')))}</td>"
+                        f"<td><code>{commit}</code>{dirty}</td><td>{rec.get('wall_time_s', '')}</td>"
+                        f"<td>{_headline_html(rec.get('metrics') or {}, rec.get('headlines') or (), limit=8)}</td>"
+                        f"<td><a href='{study}/report.html'>report</a> · <a href='{study}/metrics.json'>metrics.json</a></td></tr>")
+        others = " · ".join(f"<a href='{up}{'' if p == 'cpu' else p + '/'}index.html'>{html.escape(p)}</a>"
+                            for p in profiles if p != profile)
+        page = ("<!doctype html><html><head><meta charset='utf-8'><title>published results · "
+                f"{html.escape(profile)} profile</title>" + PAGE_STYLE +
+                f"</head><body><h1>Published results ({html.escape(profile)} profile)</h1>"
+                + (f"<p>Other published profiles: {others}</p>" if others else "") +
+                "<p>Each page was rendered from the run named here; the commit column names the code that "
+                "produced it. Intervals are 95%; each report says over which unit (seeds, episodes, documents).</p>"
+                "<table><tr><th>study</th><th>run</th><th>commit</th><th>wall s</th><th>headline numbers</th>"
+                "<th>links</th></tr>" + "".join(rows) + "</table></body></html>")
+        (target / "index.html").write_text(page, encoding="utf-8")

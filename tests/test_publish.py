@@ -1,0 +1,68 @@
+"""Reports a researcher reads: declared headlines in the index, publishing keeps other studies,
+titles name study and profile, no machine paths, progress reaches the terminal and not the report."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+
+from conftest import TOY_PARAMS, write_notebook
+
+from epi_utils.workbench import progress
+from epi_utils.workbench.report import publish, run_notebook, write_index
+
+HEADLINE_CELLS = [
+    "from epi_utils.workbench import runs\nfrom epi_utils.workbench.progress import progress\n"
+    "import os, warnings\nfrom tqdm.auto import tqdm",
+    "for _ in progress(range(3), desc='unit of work'):\n    pass\n"
+    "for _ in tqdm(range(3), desc='library bar'):\n    pass\n"
+    "warnings.warn('a library warning')\nprint('data at', os.environ['EPI_DATA_DIR'])",
+    "runs.save_metrics({'zz_first': 1.0, 'main': {'acc': seed * scale, 'acc_ci95': [0.5, 1.5]}},\n"
+    "                  headlines=['main.acc'], timings={'seconds': 0.1})",
+]
+
+
+def test_index_shows_declared_headlines_and_publish_keeps_other_studies(tmp_path, monkeypatch):
+    monkeypatch.setenv("EPI_DATA_DIR", str(tmp_path / "machine-specific-data"))
+    nbs = tmp_path / "notebooks"
+    a = write_notebook(nbs, "91_alpha", TOY_PARAMS, HEADLINE_CELLS)
+    b = write_notebook(nbs, "92_beta", TOY_PARAMS, HEADLINE_CELLS)
+    reports = tmp_path / "r"
+    stream = io.StringIO()
+    monkeypatch.setattr(progress.sys, "stderr", stream)
+    run_a = run_notebook(a, profile="cpu", overrides={"seed": 1}, reports_dir=reports, progress=False)
+    run_notebook(b, profile="cpu", overrides={"seed": 2}, reports_dir=reports, progress=False)
+    record = json.loads((run_a / "metrics.json").read_text())
+    assert record["status"] == "success", record.get("error")
+    assert record["headlines"] == ["main.acc"] and record["timings"] == {"seconds": 0.1}
+    assert "seconds" not in json.dumps(record["metrics"])
+    # progress: one terminal line per unit with an ETA, and nothing of it (or of tqdm/warnings) in the report
+    assert "unit of work: 3/3 it" in stream.getvalue() and "ETA" in stream.getvalue()
+    page = (run_a / "report.html").read_text()
+    for spam in ("unit of work", "library bar", "a library warning", "machine-specific-data", str(tmp_path)):
+        assert spam not in page, spam
+    assert "$EPI_DATA_DIR" in page
+    assert "<title>91_alpha · cpu profile</title>" in page
+    index = write_index(reports).read_text()
+    assert "main.acc = 10 [0.5, 1.5]" in index and "zz_first" not in index
+    # publish both, then rerun only alpha: beta stays published and listed
+    publish(reports, profile="cpu")
+    shutil.rmtree(reports / "92_beta")
+    run_notebook(a, profile="cpu", overrides={"seed": 3}, reports_dir=reports, progress=False)
+    target = publish(reports, profile="cpu")
+    listed = (target / "index.html").read_text()
+    assert "92_beta" in listed and "91_alpha" in listed and "main.acc = 30" in listed
+    assert (target / "92_beta" / "report.html").exists()
+    # another profile is linked from the top published index, and links back
+    run_notebook(a, profile="smoke", reports_dir=reports, progress=False)
+    publish(reports, profile="smoke")
+    assert "smoke/index.html" in (target / "index.html").read_text()
+    assert "../index.html" in (target / "smoke" / "index.html").read_text()
+
+
+def test_progress_is_a_bar_outside_batch_runs(monkeypatch, capsys):
+    monkeypatch.delenv("EPI_RUN_DIR", raising=False)
+    assert not progress.quiet()
+    assert list(progress.progress(range(2), desc="x")) == [0, 1]
+    assert os.environ.get("EPI_RUN_DIR") is None
