@@ -3,8 +3,9 @@
 ``epi sweep NB -p seed 0,1,2 -p isolation_ratio 0.02,0.05`` runs 6 runs in worker processes,
 then writes ``<reports>/<study>/_sweeps/<sweep-id>/summary.csv`` and ``summary.html``: for each
 combination of the non-seed parameters and each numeric headline in the runs' ``metrics.json``,
-the mean over seeds and its 95% percentile-bootstrap confidence interval
-(:func:`epi_utils.workbench.stats.bootstrap_ci`). Failed runs are listed and left out of the statistics.
+the mean over seeds and its 95% Student-t interval over seeds (:func:`epi_utils.workbench.stats.interval`;
+a bootstrap over a few seeds under-covers). Timings are provenance, not metrics, and are not
+summarised. Failed runs are listed and left out of the statistics.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any, Mapping, Sequence
 from . import runs
 from .params import resolve_parameters, study_name
 from .report import PAGE_STYLE, default_reports_dir, flatten_metrics, run_notebook, write_index
-from .stats import bootstrap_ci
+from .stats import interval
 
 
 def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -60,7 +61,7 @@ def sweep(nb_path: Path | str, *, grid: Mapping[str, Sequence[Any]], profile: st
 
 
 def summarize_runs(run_dirs: Sequence[Path], *, out_dir: Path, sweep_keys: Sequence[str] = ()):
-    """Mean and 95% bootstrap CI over seeds of every numeric headline, per sweep-key combination.
+    """Mean and 95% t-interval over seeds of every numeric headline, per sweep-key combination.
 
     Writes ``summary.csv``, ``summary.html`` and ``runs.json`` into ``out_dir``; returns the
     summary ``pandas.DataFrame`` (columns: sweep keys, metric, mean, ci_low, ci_high, n_seeds).
@@ -87,9 +88,9 @@ def summarize_runs(run_dirs: Sequence[Path], *, out_dir: Path, sweep_keys: Seque
         records = []
         for key, sub in frame.groupby([*sweep_keys, "metric"], sort=False, dropna=False):
             key = key if isinstance(key, tuple) else (key,)
-            lo, hi = bootstrap_ci(sub["value"].to_numpy())
-            records.append({**dict(zip([*sweep_keys, "metric"], key)), "mean": float(sub["value"].mean()),
-                            "ci_low": lo, "ci_high": hi, "n_seeds": int(sub["seed"].nunique())})
+            iv = interval(sub["value"].to_numpy(), unit="seeds", method="t")
+            records.append({**dict(zip([*sweep_keys, "metric"], key)), "mean": iv.mean,
+                            "ci_low": iv.low, "ci_high": iv.high, "n_seeds": int(sub["seed"].nunique())})
         summary = pd.DataFrame(records, columns=columns)
     summary.to_csv(out_dir / "summary.csv", index=False)
     failed = [r for r in listing if r["status"] != "success"]
@@ -97,7 +98,7 @@ def summarize_runs(run_dirs: Sequence[Path], *, out_dir: Path, sweep_keys: Seque
                                                                     for r in failed) + "</ul>") if failed else ""
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>sweep summary</title>" + PAGE_STYLE +
             f"</head><body><h1>Sweep {html.escape(out_dir.name)}</h1><p>{len(listing)} runs, {len(failed)} failed. "
-            "Mean over seeds with 95% percentile-bootstrap confidence interval.</p>"
+            "Mean over seeds with its 95% Student-t interval over seeds.</p>"
             + summary.to_html(index=False, float_format=lambda v: f"{v:.4g}") + failed_html + "</body></html>")
     (out_dir / "summary.html").write_text(page, encoding="utf-8")
     return summary
