@@ -119,3 +119,21 @@ def test_compare_mappings_and_errors():
     with pytest.raises(ValueError, match="3 vs 2"):
         compare([1, 2, 3], [1, 2], unit="seeds")
     assert compare([1.0], [0.0], unit="seeds").verdict is Verdict.NOT_ENOUGH_DATA
+
+
+def test_plots_matrix_has_colour_bar_no_grid_and_checks_shape():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from epi_utils.workbench import plots
+
+    fig, ax = plt.subplots()
+    plots.matrix(ax, [[1, 2], [3, 4]], xlabels=["a long label", "b"], ylabels=["x", "y"], cbar_label="count")
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "count"
+    assert not any(line.get_visible() for line in ax.get_xgridlines())
+    assert [t.get_text() for t in ax.texts] == ["1", "2", "3", "4"]
+    with pytest.raises(ValueError, match="do not match"):
+        plots.matrix(ax, [[1, 2]], xlabels=["a"], ylabels=["x"])
+    plt.close(fig)

@@ -51,3 +51,32 @@ def figure_paths(name: str, *, run_dir: os.PathLike | str | None = None) -> list
     """The files :func:`save_figure` wrote for ``name`` in the run folder."""
     folder = (Path(run_dir) if run_dir is not None else current_run_dir()) / "figures"
     return sorted(folder.glob(f"{name}.*"))
+
+
+def matrix(ax, values, *, xlabels: Sequence[str], ylabels: Sequence[str], cbar_label: str = "",
+           cmap: str = "viridis", annotate: bool = True, fmt: str = ".2g", vmin: float | None = None,
+           vmax: float | None = None):
+    """Draw ``values`` (shape ``(len(ylabels), len(xlabels))``) as a heatmap the project's way: a
+    colour bar with ``cbar_label``, no grid lines, x tick labels rotated and right-aligned so long
+    names do not overlap, cell values written in when ``annotate``. Returns the image."""
+    import numpy as np
+
+    arr = np.asarray(values, dtype=float)
+    if arr.shape != (len(ylabels), len(xlabels)):
+        raise ValueError(f"matrix: values of shape {arr.shape} do not match {len(ylabels)} y labels x "
+                         f"{len(xlabels)} x labels")
+    image = ax.imshow(arr, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.grid(False)
+    ax.set_xticks(range(len(xlabels)), labels=list(xlabels), rotation=40, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(len(ylabels)), labels=list(ylabels))
+    bar = ax.figure.colorbar(image, ax=ax)
+    if cbar_label:
+        bar.set_label(cbar_label)
+    if annotate and arr.size <= 400:
+        finite = arr[np.isfinite(arr)]
+        mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+        for (i, j), v in np.ndenumerate(arr):
+            if np.isfinite(v):
+                ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=8,
+                        color="white" if v < mid else "black")
+    return image
