@@ -66,3 +66,15 @@ def test_progress_is_a_bar_outside_batch_runs(monkeypatch, capsys):
     assert not progress.quiet()
     assert list(progress.progress(range(2), desc="x")) == [0, 1]
     assert os.environ.get("EPI_RUN_DIR") is None
+
+
+def test_a_rehearsal_is_never_published(tmp_path):
+    nb = write_notebook(tmp_path / "notebooks", "93_gamma", TOY_PARAMS + "\nrehearse: bool = False  # rehearsal",
+                        HEADLINE_CELLS, profiles={"cpu": "seed: 1\n", "gpu": "seed: 2\n"})
+    reports = tmp_path / "r"
+    run_notebook(nb, profile="gpu", overrides={"rehearse": True}, reports_dir=reports, progress=False)
+    assert "gpu (rehearsal)" in write_index(reports).read_text()
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match="no successful 'gpu' run"):
+        publish(reports, profile="gpu")

@@ -283,7 +283,7 @@ def write_index(reports_dir: Path | str | None = None) -> Path:
         rows.append(f"<tr><td>{html.escape(run.study)}</td><td>{html.escape(run.run_id)}</td>"
                     f"<td class='{run.status}'>{run.status}"
                     f"{'<br><small>' + html.escape(err[:200]) + '</small>' if err else ''}</td>"
-                    f"<td>{html.escape(str(run.profile))}</td><td>{run.record.get('wall_time_s', '')}</td>"
+                    f"<td>{html.escape(str(run.profile))}{' (rehearsal)' if (run.record.get('parameters') or {}).get('rehearse') else ''}</td><td>{run.record.get('wall_time_s', '')}</td>"
                     f"<td>{_headline_html(run.metrics, run.record.get('headlines') or ())}</td><td>{' · '.join(links)}</td></tr>")
     sweeps = sorted(reports_dir.glob("*/_sweeps/*/summary.html"), reverse=True)
     sweep_html = "".join(f"<li><a href='{p.relative_to(reports_dir).as_posix()}'>{html.escape(p.parent.parent.parent.name)}"
@@ -314,7 +314,8 @@ def publish(reports_dir: Path | str | None = None, *, profile: str = "cpu") -> P
     target = root if profile == "cpu" else root / profile
     chosen: dict[str, RunRecord] = {}
     for run in collect_runs(reports_dir):
-        if run.status == STATUS_SUCCESS and run.profile == profile and run.study not in chosen:
+        rehearsal = bool((run.record.get("parameters") or {}).get("rehearse"))
+        if run.status == STATUS_SUCCESS and run.profile == profile and run.study not in chosen and not rehearsal:
             chosen[run.study] = run
     if not chosen:
         raise FileNotFoundError(f"no successful '{profile}' run under {reports_dir} to publish; run `epi run` first")
