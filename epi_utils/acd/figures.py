@@ -7,28 +7,84 @@ import pandas as pd
 
 
 def threshold_vs_labels(thresholds: pd.DataFrame):
-    """Policy thresholds of test queries grouped by their true number of aspects (one panel per
-    dataset, boxes per label count, the tuned static thresholds as dashed lines).
+    """Policy thresholds of test queries grouped by their true number of aspects: one panel per
+    (policy, dataset), boxes per label count coloured by setting, the tuned static thresholds as
+    dashed lines in the setting's colour.
 
-    ``thresholds``: columns ``dataset, setting, n_labels, threshold, static_threshold``.
+    ``thresholds``: columns ``method, dataset, setting, n_labels, threshold, static_threshold``.
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    datasets = list(dict.fromkeys(thresholds["dataset"]))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.6), squeeze=False, sharey=True)
-    for ax, ds in zip(axes[0], datasets):
-        sub = thresholds[thresholds.dataset == ds]
-        sns.boxplot(data=sub, x="n_labels", y="threshold", hue="setting", ax=ax, fliersize=1, linewidth=0.8)
-        for i, (setting, g) in enumerate(sub.groupby("setting", sort=False)):
-            ax.axhline(g["static_threshold"].mean(), ls="--", lw=0.8, color=f"C{i}")
+    panels = list(dict.fromkeys(zip(thresholds["method"], thresholds["dataset"])))
+    settings = list(dict.fromkeys(thresholds["setting"]))
+    ncol = min(3, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol, 3.6 * nrow), squeeze=False, sharey=True)
+    for ax, (method, ds) in zip(axes.flat, panels):
+        sub = thresholds[(thresholds.method == method) & (thresholds.dataset == ds)]
+        sns.boxplot(data=sub, x="n_labels", y="threshold", hue="setting", hue_order=settings, ax=ax, fliersize=1,
+                    linewidth=0.8, palette=[f"C{i}" for i in range(len(settings))])
+        for i, setting in enumerate(settings):
+            g = sub[sub.setting == setting]
+            if len(g):
+                ax.axhline(g["static_threshold"].mean(), ls="--", lw=0.8, color=f"C{i}")
         counts = sub.groupby("n_labels").size()
         ax.set_xticks(range(len(counts)), [f"{k}\n({v})" for k, v in counts.items()], fontsize=8)
-        ax.set_title(ds)
-        ax.set_xlabel("aspects in the query sentence (queries)")
+        ax.set_title(f"{method.replace('proto_awatt_', '')} | {ds}", fontsize=9)
+        ax.set_xlabel("aspects in the query (number of queries)")
         ax.set_ylabel("policy threshold (dashed: static)")
-        if ax is not axes[0][-1] and ax.get_legend():
+        if ax is not axes.flat[0] and ax.get_legend():
             ax.get_legend().remove()
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def paired_differences(comparisons: list[dict], *, unit: str = "seeds"):
+    """Forest plot of each claim's paired difference A - B per setting (one panel per claim and
+    metric) with its 95% interval over ``unit``; the dotted line is no difference."""
+    import matplotlib.pyplot as plt
+
+    sel = [c for c in comparisons if c["diff"]["unit"] == unit]
+    panels = list(dict.fromkeys((c["claim"], c["metric"]) for c in sel))
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(3.6 * max(len(panels), 1), 3.0), squeeze=False)
+    for ax, (claim, metric) in zip(axes[0], panels):
+        cs = [c for c in sel if c["claim"] == claim and c["metric"] == metric]
+        y = np.arange(len(cs))
+        d = np.array([c["diff"]["mean"] for c in cs])
+        err = np.array([[c["diff"]["mean"] - c["diff"]["low"], c["diff"]["high"] - c["diff"]["mean"]] for c in cs]).T
+        ax.errorbar(d, y, xerr=err, fmt="o", color="C0", capsize=3, label=f"A - B, 95% CI over {unit}")
+        ax.axvline(0, ls=":", color="k", lw=0.8)
+        ax.set_yticks(y, [c["setting"] for c in cs], fontsize=8)
+        ax.set_xlabel(f"{metric}: A - B")
+        ax.set_title(f"{claim}\nA={cs[0]['a_name']}\nB={cs[0]['b_name']}", fontsize=8)
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(training: pd.DataFrame):
+    """Validation AUC per epoch of every trained model (one panel per architecture; a line per
+    (settings, seed), coloured by settings; the restored best epoch marked with a dot)."""
+    import matplotlib.pyplot as plt
+
+    archs = list(dict.fromkeys(training["arch"]))
+    groups = list(dict.fromkeys(training["settings"]))
+    fig, axes = plt.subplots(1, len(archs), figsize=(4.6 * len(archs), 3.3), squeeze=False, sharey=True)
+    for ax, arch in zip(axes[0], archs):
+        sub = training[training.arch == arch]
+        for (settings, seed, src), g in sub.groupby(["settings", "seed", "train_dataset"], sort=False):
+            color = f"C{groups.index(settings)}"
+            label = settings if seed == sub[sub.settings == settings].seed.min() else None
+            ax.plot(g.epoch, g.val_auc, color=color, lw=0.9, alpha=0.8, label=label)
+            best = g[g.best]
+            ax.plot(best.epoch, best.val_auc, "o", color=color, ms=4)
+        ax.set_title(arch)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation AUC (dot: restored epoch)")
+        ax.legend(fontsize=7, title="settings", title_fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -41,7 +97,8 @@ def attention_tokens(examples: list[dict], *, max_tokens: int = 30):
     fig, axes = plt.subplots(n, 1, figsize=(12, 1.25 * n + 0.4), squeeze=False)
     for ax, ex in zip(axes[:, 0], examples):
         toks, w = ex["tokens"][:max_tokens], np.asarray(ex["weights"][:max_tokens])
-        ax.imshow(w[None, :], aspect="auto", cmap="Reds", vmin=0, vmax=max(w.max(), 1e-6))
+        im = ax.imshow(w[None, :], aspect="auto", cmap="Reds", vmin=0, vmax=max(w.max(), 1e-6))
+        fig.colorbar(im, ax=ax, fraction=0.02, pad=0.01, label="weight")
         ax.set_xticks(range(len(toks)), toks, rotation=60, fontsize=8, ha="right", rotation_mode="anchor")
         ax.set_yticks([])
         ax.grid(False)
@@ -68,6 +125,7 @@ def results_bars(summary: pd.DataFrame, *, dataset: str, metric: str = "macro_f1
     import matplotlib.pyplot as plt
 
     sub = summary[summary.dataset == dataset]
+    unit = sub["ci"].iloc[0] if len(sub) else "seeds"
     settings = list(dict.fromkeys(sub.setting))
     methods = list(dict.fromkeys(sub.method))
     fig, ax = plt.subplots(figsize=(7, 3.4))
@@ -79,7 +137,7 @@ def results_bars(summary: pd.DataFrame, *, dataset: str, metric: str = "macro_f1
         ax.bar(np.arange(len(settings)) + i * width, g[metric], width, yerr=err, label=m, capsize=2)
     ax.set_xticks(np.arange(len(settings)) + width * (len(methods) - 1) / 2, settings)
     ax.set_ylabel(metric)
-    ax.set_title(f"{dataset}: {metric} (mean over seeds, 95% CI)")
+    ax.set_title(f"{dataset}: {metric} (mean over seeds, {unit})", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

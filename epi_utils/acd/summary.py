@@ -1,139 +1,193 @@
-"""Tables and headline numbers from the episode records of :func:`~epi_utils.acd.training.run_study`.
+"""Tables, paired comparisons and verdicts of Study 05, from :class:`~epi_utils.acd.study.StudyResult`.
 
-Aggregation: per (method, setting, dataset, seed) the mean over test episodes (with a Student-t
-95% interval over episodes); over seeds the mean of those per-seed means with a percentile
-bootstrap 95% interval over seeds (``epi_utils.workbench.stats``). With 3 seeds the seed interval is
-coarse; the episode interval is also reported.
+Units: a test episode's score is one unit within a seed; a seed's mean over its test episodes is
+one unit across seeds. Intervals over seeds are Student-t (``stats.interval(unit="seeds")``);
+over episodes (>= 30) the bootstrap.
 
-Paper figures: Hu et al. (2021), Table of results on FewAsp(single), FewAsp(multi), FewAsp. The
-numbers could not be verified from any source reachable while this was written, so
-:data:`PAPER_REPORTED` is empty and the notebook prints "unknown" beside every setting.
-Fill it only from the paper itself (``{dataset: {method: {setting: {"auc": x, "macro_f1": y}}}}``).
+The paper's two claims (Hu et al. 2021) are tested as paired differences on the *same* test
+episodes and seeds with ``epi_utils.workbench.stats.compare`` (:data:`CLAIMS`):
+
+* ``attention_helps``: Proto-AWATT (static threshold) minus ProtoNet (static threshold), on
+  macro-F1 and AUC;
+* ``learned_threshold_joint`` / ``learned_threshold_posthoc``: Proto-AWATT with the policy threshold
+  (trained with the encoder / afterwards) minus the same Proto-AWATT with the static threshold, on
+  macro-F1 (AUC does not depend on the threshold).
+The verdicts are :class:`~epi_utils.workbench.stats.Comparison` dicts; :func:`claim_verdicts`
+counts them over settings. Nothing here turns numbers into sentences.
+
+Paper figures: Hu et al. (2021) report results on FewAsp(single), FewAsp(multi), FewAsp; they could
+not be verified from any source reachable here, so :data:`PAPER_REPORTED` is empty and tables print
+"unknown". Fill it only from the paper (``{dataset: {method: {setting: {"auc": x, "macro_f1": y}}}}``).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from epi_utils.workbench.stats import bootstrap_ci, t_ci
+from epi_utils.workbench.stats import Verdict, compare, interval
 
 PAPER_REPORTED: dict = {}
-
 KEYS = ("method", "setting", "dataset")
+SETTING_ORDER = ("5way5shot", "5way10shot", "10way5shot", "10way10shot")
+#: claim -> (A, B, metrics): A - B, higher is better.
+CLAIMS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "attention_helps": ("proto_awatt_static", "protonet", ("macro_f1", "auc")),
+    "learned_threshold_joint": ("proto_awatt_policy_joint", "proto_awatt_static", ("macro_f1",)),
+    "learned_threshold_posthoc": ("proto_awatt_policy_posthoc", "proto_awatt_static", ("macro_f1",)),
+}
+
+
+def _setting_key(values: pd.Series) -> pd.Series:
+    order = {s: i for i, s in enumerate(SETTING_ORDER)}
+    return values.map(lambda s: order.get(s, len(order)))
 
 
 def per_seed(episodes: pd.DataFrame) -> pd.DataFrame:
-    """Mean AUC / macro-F1 over episodes for each (method, setting, dataset, seed) plus the
-    episode-level t interval: columns ``auc, auc_lo, auc_hi, macro_f1, macro_f1_lo, macro_f1_hi, n_episodes``."""
-    out = []
-    for key, g in episodes.groupby([*KEYS, "seed", "train_dataset"], sort=True):
-        row = dict(zip([*KEYS, "seed", "train_dataset"], key))
-        for m in ("auc", "macro_f1"):
-            lo, hi = t_ci(g[m].to_numpy())
-            row.update({m: float(g[m].mean()), f"{m}_lo": lo, f"{m}_hi": hi})
-        row["n_episodes"] = len(g)
-        out.append(row)
-    return pd.DataFrame(out)
+    """Mean over test episodes per (method, setting, dataset, seed): ``auc, macro_f1, instance_f1, n_episodes``."""
+    g = episodes.groupby([*KEYS, "seed", "train_dataset"], sort=True)
+    out = g[["auc", "macro_f1", "instance_f1"]].mean()
+    out["n_episodes"] = g.size()
+    return out.reset_index()
 
 
 def over_seeds(seed_table: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds with bootstrap 95% interval: columns ``auc, auc_ci95, macro_f1, macro_f1_ci95, n_seeds``."""
-    out = []
+    """Mean over seeds with its t-interval over seeds: ``auc, auc_ci95, macro_f1, macro_f1_ci95, n_seeds, n_episodes, ci``."""
+    rows = []
     for key, g in seed_table.groupby([*KEYS, "train_dataset"], sort=True):
         row = dict(zip([*KEYS, "train_dataset"], key))
         for m in ("auc", "macro_f1"):
-            vals = g[m].to_numpy()
-            row[m] = float(vals.mean())
-            row[f"{m}_ci95"] = list(bootstrap_ci(vals))
-        row["n_seeds"] = len(g)
-        row["n_episodes"] = int(g["n_episodes"].iloc[0])
-        out.append(row)
-    return pd.DataFrame(out)
+            iv = interval(g[m].to_numpy(), unit="seeds")
+            row.update({m: iv.mean, f"{m}_ci95": [iv.low, iv.high]})
+            row["ci"] = iv.label()
+        row.update(n_seeds=len(g), n_episodes=int(g["n_episodes"].iloc[0]))
+        rows.append(row)
+    cols = [*KEYS, "train_dataset", "auc", "auc_ci95", "macro_f1", "macro_f1_ci95", "ci", "n_seeds", "n_episodes"]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def results_table(summary: pd.DataFrame, *, dataset: str, digits: int = 3) -> pd.DataFrame:
-    """Table for one dataset: rows = (setting, method); columns AUC and macro-F1 as
-    ``"mean [lo, hi]"`` strings, and the paper's figures where :data:`PAPER_REPORTED` has them
-    (``"unknown"`` otherwise)."""
+    """Rows (setting, method) of one dataset; AUC and macro-F1 as ``"mean [lo, hi]"`` (t-interval over
+    seeds, column ``interval``) beside the paper's figures (``"unknown"`` where not verified).
+    A dataset that was not evaluated gives an empty table with the same columns."""
+    cols = ["AUC", "paper AUC", "macro-F1", "paper macro-F1", "interval"]
     rows = []
     for _, r in summary[summary.dataset == dataset].iterrows():
-        row = {"setting": r.setting, "method": r.method}
+        row = {"setting": r.setting, "method": r.method, "interval": r.ci}
         for m, label in (("auc", "AUC"), ("macro_f1", "macro-F1")):
             lo, hi = r[f"{m}_ci95"]
             row[label] = f"{r[m]:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
             paper = PAPER_REPORTED.get(dataset, {}).get(r.method, {}).get(r.setting, {}).get(m)
             row[f"paper {label}"] = "unknown" if paper is None else f"{paper:.{digits}f}"
         rows.append(row)
-    table = pd.DataFrame(rows)
-    order = {s: i for i, s in enumerate(["5way5shot", "5way10shot", "10way5shot", "10way10shot"])}
-    table = table.sort_values(["setting", "method"], key=lambda c: c.map(order).fillna(99) if c.name == "setting" else c)
-    return table.set_index(["setting", "method"])[["AUC", "paper AUC", "macro-F1", "paper macro-F1"]]
+    if not rows:
+        return pd.DataFrame(columns=["setting", "method", *cols]).set_index(["setting", "method"])
+    table = pd.DataFrame(rows).sort_values(["setting", "method"], key=lambda c: _setting_key(c) if c.name == "setting" else c)
+    return table.set_index(["setting", "method"])[cols]
 
 
-def headline_metrics(summary: pd.DataFrame, *, dataset: str = "FewAsp(single)") -> dict:
-    """``{method: {setting: {"auc", "auc_ci95", "macro_f1", "macro_f1_ci95", "n_seeds"}}}`` for ``dataset``."""
-    out: dict = {}
-    for _, r in summary[summary.dataset == dataset].iterrows():
-        out.setdefault(r.method, {})[r.setting] = {
-            "auc": r.auc, "auc_ci95": list(r.auc_ci95), "macro_f1": r.macro_f1,
-            "macro_f1_ci95": list(r.macro_f1_ci95), "n_seeds": int(r.n_seeds), "n_episodes": int(r.n_episodes)}
+def transfer_tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """``{dataset: results_table}`` for every evaluated dataset other than FewAsp(single) (empty
+    dict when only FewAsp(single) was evaluated)."""
+    return {ds: results_table(summary, dataset=ds) for ds in sorted(set(summary.dataset) - {"FewAsp(single)"})}
+
+
+def paired_comparisons(episodes: pd.DataFrame, *, dataset: str = "FewAsp(single)") -> list[dict]:
+    """Every claim x metric x setting of ``dataset`` compared twice with ``stats.compare``:
+    over seeds (unit = a seed's mean over its test episodes; t-interval) and over episodes (unit =
+    one (seed, episode) pair; bootstrap when >= 30, else t). Each entry is
+    ``{"claim", "setting", "dataset", **Comparison.to_dict()}``."""
+    sub = episodes[episodes.dataset == dataset]
+    out = []
+    for claim, (a, b, metrics) in CLAIMS.items():
+        for setting in sorted(set(sub.setting), key=lambda s: (SETTING_ORDER + (s,)).index(s)):
+            cell = sub[sub.setting == setting]
+            if not {a, b} <= set(cell.method):
+                continue
+            for metric in metrics:
+                pa = cell[cell.method == a].set_index(["seed", "episode"])[metric]
+                pb = cell[cell.method == b].set_index(["seed", "episode"])[metric]
+                seeds_a, seeds_b = pa.groupby(level=0).mean().to_dict(), pb.groupby(level=0).mean().to_dict()
+                by_seed = compare(seeds_a, seeds_b, unit="seeds", metric=metric, a_name=a, b_name=b)
+                n_eps = len(pa)
+                by_episode = compare(pa.to_dict(), pb.to_dict(), unit="episodes", metric=metric, a_name=a, b_name=b,
+                                     method="bootstrap" if n_eps >= 30 else "t")
+                for c in (by_seed, by_episode):
+                    out.append({"claim": claim, "setting": setting, "dataset": dataset, **c.to_dict()})
     return out
 
 
-def policy_vs_static(seed_table: pd.DataFrame) -> pd.DataFrame:
-    """Per (setting, dataset): macro-F1 of policy minus static threshold, mean over seeds with a
-    bootstrap interval, and how many seeds the policy wins."""
-    piv = seed_table.pivot_table(index=["setting", "dataset", "seed"], columns="method", values="macro_f1")
-    diff = (piv["proto_awatt_policy"] - piv["proto_awatt_static"]).rename("diff").reset_index()
-    rows = []
-    for (setting, dataset), g in diff.groupby(["setting", "dataset"]):
-        lo, hi = bootstrap_ci(g["diff"].to_numpy())
-        rows.append({"setting": setting, "dataset": dataset, "f1_policy_minus_static": float(g["diff"].mean()),
-                     "ci95": [lo, hi], "policy_wins": int((g["diff"] > 0).sum()), "n_seeds": len(g)})
+def comparison_table(comparisons: list[dict], *, digits: int = 4) -> pd.DataFrame:
+    """The comparisons as a table: difference ``mean [lo, hi]``, interval label, p, detectable effect, verdict."""
+    rows = [{"claim": c["claim"], "setting": c["setting"], "metric": c["metric"], "unit": c["diff"]["unit"],
+             "A": c["a_name"], "B": c["b_name"], "A mean": round(c["a_mean"], digits), "B mean": round(c["b_mean"], digits),
+             "A - B [95% CI]": f"{c['diff']['mean']:+.{digits}f} [{c['diff']['low']:+.{digits}f}, {c['diff']['high']:+.{digits}f}]",
+             "interval": f"{c['diff']['method']} over {c['diff']['n']} {c['diff']['unit']}", "p": c["p_value"],
+             "detectable": round(c["detectable"], digits), "verdict": c["verdict"]} for c in comparisons]
     return pd.DataFrame(rows)
+
+
+def claim_verdicts(comparisons: list[dict], *, unit: str = "seeds", metric: str = "macro_f1") -> dict[str, dict]:
+    """Per claim, the verdict of each setting on ``metric`` over ``unit`` and their counts:
+    ``{claim: {"a", "b", "metric", "unit", "by_setting": {setting: verdict}, "counts": {verdict: n},
+    "largest_detectable": x, "overall": verdict}}``. ``overall`` is the common verdict when every
+    setting agrees, else ``"mixed"``. Verdict values are :class:`~epi_utils.workbench.stats.Verdict`'s."""
+    out: dict[str, dict] = {}
+    for c in comparisons:
+        if c["diff"]["unit"] != unit or c["metric"] != metric:
+            continue
+        block = out.setdefault(c["claim"], {"a": c["a_name"], "b": c["b_name"], "metric": metric, "unit": unit,
+                                            "by_setting": {}, "diff_by_setting": {}, "detectable_by_setting": {}})
+        block["by_setting"][c["setting"]] = c["verdict"]
+        block["diff_by_setting"][c["setting"]] = c["diff"]["mean"]
+        block["detectable_by_setting"][c["setting"]] = c["detectable"]
+    for block in out.values():
+        verdicts = list(block["by_setting"].values())
+        block["counts"] = {v.value: verdicts.count(v.value) for v in Verdict}
+        block["largest_detectable"] = float(max(block["detectable_by_setting"].values()))
+        block["overall"] = verdicts[0] if len(set(verdicts)) == 1 else "mixed"
+    return out
+
+
+def headline_metrics(summary: pd.DataFrame, *, dataset: str = "FewAsp(single)") -> dict:
+    """``{method: {setting: {"auc", "auc_ci95", "macro_f1", "macro_f1_ci95", "ci_unit", "n_seeds", "n_episodes"}}}``."""
+    out: dict = {}
+    for _, r in summary[summary.dataset == dataset].iterrows():
+        out.setdefault(r.method, {})[r.setting] = {
+            "auc": r.auc, "auc_ci95": list(r.auc_ci95), "macro_f1": r.macro_f1, "macro_f1_ci95": list(r.macro_f1_ci95),
+            "ci_unit": f"{int(r.n_seeds)} seeds (t)", "n_seeds": int(r.n_seeds), "n_episodes": int(r.n_episodes)}
+    return out
+
+
+def transfer_metrics(summary: pd.DataFrame) -> dict:
+    """``{dataset: {"train_dataset", "transfer", method: {setting: {...}}}}`` for every evaluated
+    dataset other than FewAsp(single) (``{}`` when there is none)."""
+    out = {}
+    for ds in sorted(set(summary.dataset) - {"FewAsp(single)"}):
+        src = summary[summary.dataset == ds]["train_dataset"].iloc[0]
+        out[ds] = {"train_dataset": src, "transfer": src != ds, **headline_metrics(summary, dataset=ds)}
+    return out
+
+
+def training_summary(training: pd.DataFrame) -> pd.DataFrame:
+    """Per (arch, settings): epochs run and best epoch (mean, min, max over seeds) and mean seconds per epoch."""
+    per_run = training.groupby(["arch", "train_dataset", "settings", "seed"]).agg(
+        epochs=("epoch", "max"), best_epoch=("best", lambda b: int(np.argmax(b.to_numpy())) + 1),
+        seconds_per_epoch=("seconds", "mean"), best_val_auc=("val_auc", "max")).reset_index()
+    return per_run.groupby(["arch", "train_dataset", "settings"]).agg(
+        epochs_mean=("epochs", "mean"), epochs_max=("epochs", "max"), best_epoch_mean=("best_epoch", "mean"),
+        seconds_per_epoch=("seconds_per_epoch", "mean"), best_val_auc=("best_val_auc", "mean"),
+        n_seeds=("seed", "nunique")).round(3)
 
 
 def per_class_f1(per_class: pd.DataFrame, *, method: str, dataset: str) -> pd.DataFrame:
     """F1 of each test class pooled over settings, seeds and episodes: ``class, f1, tp, fp, fn``."""
-    g = per_class[(per_class.method == method) & (per_class.dataset == dataset)].groupby("class")[["tp", "fp", "fn"]].sum()
+    if per_class.empty:
+        return pd.DataFrame(columns=["class", "tp", "fp", "fn", "f1"])
+    sel = per_class[(per_class.method == method) & (per_class.dataset == dataset)]
+    g = sel.groupby("class_name")[["tp", "fp", "fn"]].sum()
     den = 2 * g.tp + g.fp + g.fn
     g["f1"] = np.where(den > 0, 2 * g.tp / den.where(den > 0, 1), 0.0)
-    return g.reset_index().sort_values("f1")
-
-
-def policy_verdict(comparison: pd.DataFrame) -> str:
-    """One computed sentence: does the policy threshold beat the static one (macro-F1)?"""
-    n = len(comparison)
-    wins = int((comparison["f1_policy_minus_static"] > 0).sum())
-    sig_better = int(sum(lo > 0 for lo, _ in comparison["ci95"]))
-    sig_worse = int(sum(hi < 0 for _, hi in comparison["ci95"]))
-    mean = float(comparison["f1_policy_minus_static"].mean())
-    if sig_better > sig_worse and sig_better > n / 2:
-        verdict = "beats"
-    elif sig_worse > sig_better:
-        verdict = "does not beat"
-    else:
-        verdict = "does not clearly beat"
-    note = " (one seed: the intervals are degenerate, so 'significant' means little)" if comparison["n_seeds"].max() < 2 else ""
-    return (f"The policy threshold {verdict} the static threshold: its mean macro-F1 is higher in {wins} of {n} "
-            f"(setting, dataset) pairs, significantly higher (seed 95% CI above 0) in {sig_better}, significantly "
-            f"lower in {sig_worse}; average difference {mean:+.4f}{note}.")
-
-
-def method_means(episodes: pd.DataFrame, *, columns=("auc", "macro_f1", "instance_f1")) -> pd.DataFrame:
-    """Mean of each metric per (dataset, method) over all settings, seeds and episodes."""
-    return episodes.groupby(["dataset", "method"])[list(columns)].mean().round(4)
-
-
-def transfer_metrics(summary: pd.DataFrame) -> dict:
-    """``{dataset: {method: {setting: {...}}}}`` for every dataset other than FewAsp(single),
-    with ``train_dataset`` so a reader sees which are transfer results."""
-    out = {}
-    for ds in sorted(set(summary.dataset) - {"FewAsp(single)"}):
-        block = headline_metrics(summary, dataset=ds)
-        src = summary[summary.dataset == ds]["train_dataset"].iloc[0]
-        out[ds] = {"train_dataset": src, "transfer": src != ds, **block}
-    return out
+    return g.reset_index().rename(columns={"class_name": "class"}).sort_values("f1")
 
 
 def split_table(data) -> pd.DataFrame:
@@ -147,13 +201,29 @@ def split_table(data) -> pd.DataFrame:
 
 
 def threshold_by_labels(thresholds: pd.DataFrame) -> pd.DataFrame:
-    """Mean policy threshold and count per (dataset, true label count), plus the Spearman
-    correlation of threshold and label count per dataset (negative = fewer classes pass for
-    single-aspect sentences, as a per-instance threshold should)."""
+    """Mean policy threshold and count per (method, dataset, true label count), with the Spearman
+    correlation of threshold and label count per (method, dataset) (negative: lower thresholds for
+    sentences with more aspects, as a per-instance threshold should do)."""
     from scipy.stats import spearmanr
 
-    tab = thresholds.groupby(["dataset", "n_labels"]).threshold.agg(["mean", "count"]).round(4)
-    rho = {ds: spearmanr(g.threshold, g.n_labels).statistic if g.n_labels.nunique() > 1 else float("nan")
-           for ds, g in thresholds.groupby("dataset")}
-    tab["spearman_rho_dataset"] = [round(float(rho[ds]), 4) for ds, _ in tab.index]
+    if thresholds.empty:
+        return pd.DataFrame()
+    tab = thresholds.groupby(["method", "dataset", "n_labels"]).threshold.agg(["mean", "count"]).round(4)
+    rho = {k: (spearmanr(g.threshold, g.n_labels).statistic if g.n_labels.nunique() > 1 and g.threshold.nunique() > 1
+               else float("nan")) for k, g in thresholds.groupby(["method", "dataset"])}
+    tab["spearman_rho"] = [round(float(rho[(m, d)]), 4) for m, d, _ in tab.index]
     return tab
+
+
+def claims_metrics(comparisons: list[dict], *, unit: str = "seeds") -> dict:
+    """``{claim: {metric: {setting: {"diff", "diff_ci95", "p_value", "detectable", "verdict", "a_mean",
+    "b_mean", "n", "unit"}}}}`` of the comparisons over ``unit`` -- the metrics.json block."""
+    out: dict = {}
+    for c in comparisons:
+        if c["diff"]["unit"] != unit:
+            continue
+        out.setdefault(c["claim"], {}).setdefault(c["metric"], {})[c["setting"]] = {
+            "diff": c["diff"]["mean"], "diff_ci95": [c["diff"]["low"], c["diff"]["high"]], "p_value": c["p_value"],
+            "detectable": c["detectable"], "verdict": c["verdict"], "a": c["a_name"], "b": c["b_name"],
+            "a_mean": c["a_mean"], "b_mean": c["b_mean"], "n": c["diff"]["n"], "unit": unit}
+    return out

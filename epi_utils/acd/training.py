@@ -1,131 +1,97 @@
-"""Episodic training and evaluation of the few-shot ACD study (Study 05).
+"""Episodic training of ProtoNet / Proto-AWATT (Study 05) and scoring of episodes.
 
-Protocol (Hu et al. 2021, adapted to a CPU budget): for each setting (N-way K-shot) and seed,
-train ProtoNet and Proto-AWATT on episodes of the training split; tune a static threshold and
-train the threshold policy on validation episodes of the evaluated dataset; score
-``test_episodes`` test episodes. Methods reported:
+Protocol of the public re-implementations of Hu et al. (ACL 2021): epochs of ``episodes_per_epoch``
+training episodes with Adam; after every epoch the mean episode AUC on fixed validation episodes
+(classes disjoint from training) decides early stopping with ``patience``; the best epoch's weights
+are restored (:func:`fit_model`).
 
-* ``protonet``           -- ProtoNet + static threshold,
-* ``proto_awatt_static`` -- Proto-AWATT + static threshold,
-* ``proto_awatt_policy`` -- Proto-AWATT + per-instance policy threshold (same AUC as static:
-  AUC does not depend on the threshold).
-
-Datasets: the model that scores a dataset is trained on that dataset's ``train.json`` when it
-exists (and ``protocol="auto"``), else on FewAsp(single)/train -- a *transfer* setting
-(train: single-label sentences; test: multi-label sentences of unseen classes). Thresholds are
-always tuned on the evaluated dataset's own validation split (its classes are disjoint from test).
-Records: ``episodes`` (one row per method, setting, seed, dataset, episode: ``auc``, ``macro_f1``),
-``thresholds`` (policy threshold and label count of each test query), ``per_class`` (TP/FP/FN per
-test class), ``attention`` (support-attention weights on a few sentences).
+Threshold policy trained *jointly* (the paper's design: the policy learns during meta-training,
+on the training episodes): with ``policies`` given, every training episode also makes one
+REINFORCE step (:func:`~epi_utils.acd.threshold.reinforce_step`, baseline = mean reward of the
+samples drawn for the same query) on that episode's query outputs. Choice made here: the policy's
+state is detached, so the policy loss does not reach the encoder -- the static and joint-policy
+rows then share one encoder and differ only in the threshold, which is what the comparison tests.
+The policy is saved and restored with the encoder at the best epoch.
 """
 from __future__ import annotations
 
-import re
+import copy
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from . import data as D
 from .embeddings import EncodedSplit, encode_split, glove_vocab_and_matrix
-from .encoders import TokenBank, build_encoder, encode_bank
+from .encoders import TokenBank, encode_bank
 from .episodes import Episode, sample_episodes
-from .metrics import confusion_counts, episode_auc, episode_macro_f1, instance_f1
-from .models import build_model, multilabel_proto_loss
-from .threshold import ThresholdPolicy, predict, train_policy, tune_static_threshold
+from .metrics import episode_auc
+from .models import multilabel_proto_loss
+from .threshold import ThresholdPolicy, reinforce_step
 
-METHODS = ("protonet", "proto_awatt_static", "proto_awatt_policy")
-_SETTING = re.compile(r"^(\d+)way(\d+)shot$")
-
-
-def parse_setting(name: str) -> tuple[int, int]:
-    """``"5way10shot" -> (5, 10)``; raises ``ValueError`` naming the allowed form."""
-    m = _SETTING.match(name)
-    if not m:
-        raise ValueError(f"setting must look like '5way5shot', got {name!r}")
-    return int(m.group(1)), int(m.group(2))
-
-
-@dataclass
-class ACDConfig:
-    """Validated study parameters (see the notebook's parameters cell for meanings)."""
-
-    settings: list[str]
-    seeds: list[int]
-    n_query: int = 5
-    train_episodes: int = 300
-    val_episodes: int = 100
-    test_episodes: int = 600
-    transfer_test_episodes: int = 600
-    eval_datasets: list[str] = field(default_factory=lambda: list(D.DATASETS))
-    protocol: str = "auto"
-    encoder: str = "cnn"
-    hidden: int = 128
-    attn_dim: int = 64
-    dropout: float = 0.1
-    lr: float = 1e-3
-    policy_epochs: int = 5
-    policy_sigma: float = 0.5
-    shared_training: bool = True
-    device: str = "cpu"
-    num_threads: int = 2
-
-    def __post_init__(self):
-        for s in self.settings:
-            parse_setting(s)
-        if not self.seeds:
-            raise ValueError("seeds must be a non-empty list of ints")
-        bad = [d for d in self.eval_datasets if d not in D.DATASETS]
-        if bad:
-            raise ValueError(f"eval_datasets must be among {D.DATASETS}, got {bad}")
-        if self.protocol not in ("auto", "transfer"):
-            raise ValueError(f"protocol must be 'auto' or 'transfer', got {self.protocol!r}")
-        if self.encoder not in ("cnn", "minilm"):
-            raise ValueError(f"encoder must be 'cnn' or 'minilm', got {self.encoder!r}")
-        for name in ("n_query", "train_episodes", "val_episodes", "test_episodes", "transfer_test_episodes",
-                     "hidden", "attn_dim", "policy_epochs", "num_threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+FETCH_HINT = ("run `epi data fetch fewasp` (epi_utils.acd.data.fetch_fewasp) to download the three FewAsp "
+              "datasets; the shared copy lacks FewAsp(multi)/train.json and FewAsp/train.json")
 
 
 @dataclass
 class ACDData:
-    """Loaded splits ``{(dataset, split): FewAspSplit}``, their token ids, the vocabulary and
-    embedding matrix, and the messages of the splits that are missing."""
+    """Loaded splits ``{(dataset, split): FewAspSplit}``, their token ids, the vocabulary (or
+    tokenizer) and embedding matrix, and the relative names of the split files that are missing."""
 
     splits: dict
     encoded: dict
     vocab: object
     matrix: np.ndarray | None
-    missing: list[str]
+    missing: list[str] = field(default_factory=list)
+    where: str = "$EPI_DATA_DIR/fewasp"
 
     def has(self, dataset: str, split: str) -> bool:
         return (dataset, split) in self.splits
 
+    @property
+    def missing_note(self) -> str:
+        """One line naming every missing file and saying once how to get them ("" when none)."""
+        if not self.missing:
+            return ""
+        return f"missing under {self.where}: {', '.join(self.missing)}; {FETCH_HINT}"
 
-def load_data(*, root=None, datasets=D.DATASETS, encoder: str = "cnn") -> ACDData:
-    """Load every present split of ``datasets``; missing ones are recorded, not fatal (except
-    FewAsp(single)/train, needed for training)."""
+
+def load_data(*, root=None, datasets=D.DATASETS, encoder: str = "cnn", tokenizer=None,
+              model_id: str = "bert-base-uncased") -> ACDData:
+    """Load every present split of ``datasets``; missing ones are recorded, not fatal, except
+    FewAsp(single)/train (needed to train): then :class:`~epi_utils.acd.data.FewAspMissingError`
+    names every missing file and gives the fetch hint once. ``encoder``: ``"cnn"`` (GloVe ids) or
+    ``"minilm"`` / ``"bert"`` (WordPiece ids from ``tokenizer``; default: the MiniLM tokenizer, or
+    ``model_id``'s for ``"bert"``)."""
     splits, missing = {}, []
     for ds in datasets:
         for sp in D.SPLITS:
-            try:
+            if D.has_split(ds, sp, root=root):
                 splits[(ds, sp)] = D.load_split(ds, sp, root=root)
-            except D.FewAspMissingError as err:
-                missing.append(str(err))
+            else:
+                missing.append(f"{ds}/{sp}.json")
+    where = "$EPI_DATA_DIR/fewasp" if root is None else Path(root).name
     if ("FewAsp(single)", "train") not in splits:
-        raise D.FewAspMissingError("FewAsp(single)/train.json is needed to train; " + " ".join(missing))
-    if encoder == "minilm":
-        from .encoders import encode_split_wordpiece, minilm_tokenizer
+        raise D.FewAspMissingError(f"FewAsp(single)/train.json is needed to train; "
+                                   + ACDData({}, {}, None, None, missing, where).missing_note)
+    if encoder in ("minilm", "bert"):
+        if tokenizer is None and encoder == "bert":
+            from transformers import AutoTokenizer
 
-        tok = minilm_tokenizer()
-        encoded = {k: encode_split_wordpiece(v, tok) for k, v in splits.items()}
-        return ACDData(splits, encoded, tok, None, missing)
+            tokenizer = AutoTokenizer.from_pretrained(model_id)
+        elif tokenizer is None:
+            from .encoders import minilm_tokenizer
+
+            tokenizer = minilm_tokenizer()
+        from .encoders import encode_split_wordpiece
+
+        encoded = {k: encode_split_wordpiece(v, tokenizer) for k, v in splits.items()}
+        return ACDData(splits, encoded, tokenizer, None, missing, where)
     vocab, matrix = glove_vocab_and_matrix(list(splits.values()))
     encoded = {k: encode_split(v, vocab) for k, v in splits.items()}
-    return ACDData(splits, encoded, vocab, matrix, missing)
+    return ACDData(splits, encoded, vocab, matrix, missing, where)
 
 
 def episode_tensors(ep: Episode, enc: EncodedSplit, device) -> dict:
@@ -137,182 +103,116 @@ def episode_tensors(ep: Episode, enc: EncodedSplit, device) -> dict:
             "labels": t(ep.query_labels), "n_way": ep.support.shape[0], "k_shot": ep.support.shape[1]}
 
 
-def _forward(model, b):
-    return model(b["support_ids"], b["support_mask"], b["query_ids"], b["query_mask"], n_way=b["n_way"], k_shot=b["k_shot"])
-
-
-def train_model(model, split, enc, *, shapes: list[tuple[int, int]], n_query: int, n_episodes: int, lr: float,
-                rng: np.random.Generator, device="cpu") -> list[float]:
-    """Episodic training with Adam; episode ``i`` has ``(n_way, k_shot) = shapes[i % len(shapes)]``.
-    Returns the loss of each episode."""
-    model.train()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for i in range(n_episodes):
-        n_way, k_shot = shapes[i % len(shapes)]
-        ep = sample_episodes(split, 1, n_way=n_way, k_shot=k_shot, n_query=n_query, rng=rng)[0]
-        b = episode_tensors(ep, enc, device)
-        loss = multilabel_proto_loss(_forward(model, b)["logits"], b["labels"])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    model.eval()
-    return losses
+def forward(model, b: dict) -> dict:
+    """``model`` on the tensors of :func:`episode_tensors`."""
+    return model(b["support_ids"], b["support_mask"], b["query_ids"], b["query_mask"],
+                 n_way=b["n_way"], k_shot=b["k_shot"])
 
 
 @torch.no_grad()
 def score_episodes(model, episodes, bank: TokenBank) -> list[dict]:
     """``[{"probs", "logits", "labels"} (M, N) numpy arrays]`` for each episode, from the token
-    states in ``bank`` (see :func:`~epi_utils.acd.encoders.encode_bank`)."""
+    states in ``bank`` (see :func:`~epi_utils.acd.encoders.encode_bank`); runs on the model's device."""
     model.eval()
+    dev = next(model.parameters()).device
     out = []
     for ep in episodes:
         hs, sm = bank.batch(ep.support.reshape(-1))
         hq, qm = bank.batch(ep.query)
-        r = model.head(hs, sm, hq, qm, n_way=ep.support.shape[0], k_shot=ep.support.shape[1])
+        r = model.head(hs.to(dev), sm.to(dev), hq.to(dev), qm.to(dev), n_way=ep.support.shape[0],
+                       k_shot=ep.support.shape[1])
         out.append({"probs": r["probs"].cpu().numpy(), "logits": r["logits"].cpu().numpy(), "labels": ep.query_labels})
     return out
 
 
-def _stack(scores, key):
-    return np.concatenate([s[key] for s in scores])
+def validation_auc(model, episodes: list[Episode], enc: EncodedSplit) -> float:
+    """Mean episode AUC of ``model`` on ``episodes`` (the early-stopping criterion)."""
+    dev = next(model.parameters()).device
+    bank = encode_bank(model.encoder, enc, device=dev)
+    scores = score_episodes(model, episodes, bank)
+    return float(np.nanmean([episode_auc(s["labels"], s["probs"]) for s in scores]))
 
 
-def evaluate_setting(models: dict, banks: dict, data: ACDData, cfg: ACDConfig, *, setting: str, seed: int,
-                     dataset: str, train_dataset: str) -> tuple[list[dict], pd.DataFrame, pd.DataFrame]:
-    """Score ``models`` (``{"protonet": m, "proto_awatt": m}``) on ``dataset`` using their token banks
-    ``banks[(arch, split)]``; returns episode rows, the policy thresholds of the test queries and
-    per-class counts."""
-    n_way, k_shot = parse_setting(setting)
-    n_test = cfg.test_episodes if dataset == train_dataset else cfg.transfer_test_episodes
-    ekw = dict(n_way=n_way, k_shot=k_shot, n_query=cfg.n_query)
-    val_eps = sample_episodes(data.splits[(dataset, "val")], cfg.val_episodes, rng=np.random.default_rng([seed, 1, n_way, k_shot]), **ekw)
-    test_split = data.splits[(dataset, "test")]
-    test_eps = sample_episodes(test_split, n_test, rng=np.random.default_rng([seed, 2, n_way, k_shot]), **ekw)
-    rows, per_class, thr = [], [], pd.DataFrame()
-    base = {"setting": setting, "seed": seed, "dataset": dataset, "train_dataset": train_dataset}
-    for name, model in models.items():
-        val = score_episodes(model, val_eps, banks[(name, "val")])
-        test = score_episodes(model, test_eps, banks[(name, "test")])
-        tau, _, _ = tune_static_threshold([s["probs"] for s in val], [s["labels"] for s in val])
-        preds = {("protonet" if name == "protonet" else "proto_awatt_static"): [predict(s["probs"], tau) for s in test]}
-        taus = {("protonet" if name == "protonet" else "proto_awatt_static"): tau}
-        if name == "proto_awatt":
-            policy = ThresholdPolicy(n_way, init_threshold=min(max(tau, 0.02), 0.98), sigma=cfg.policy_sigma)
-            torch.manual_seed(seed)
-            train_policy(policy, _stack(val, "probs"), _stack(val, "logits"), _stack(val, "labels"),
-                         epochs=cfg.policy_epochs, seed=seed)
-            dyn = [policy.threshold(torch.as_tensor(s["probs"]), torch.as_tensor(s["logits"])).numpy() for s in test]
-            preds["proto_awatt_policy"] = [predict(s["probs"], d[:, None]) for s, d in zip(test, dyn)]
-            taus["proto_awatt_policy"] = float(np.concatenate(dyn).mean())
-            thr = pd.DataFrame({**base, "threshold": np.concatenate(dyn), "static_threshold": tau,
-                                "n_labels": _stack(test, "labels").sum(1).astype(int),
-                                "max_prob": _stack(test, "probs").max(1)})
-        aucs = [episode_auc(s["labels"], s["probs"]) for s in test]
-        for method, plist in preds.items():
-            for e, (s, p) in enumerate(zip(test, plist)):
-                rows.append({**base, "method": method, "episode": e, "auc": aucs[e],
-                             "macro_f1": episode_macro_f1(s["labels"], p),
-                             "instance_f1": float(instance_f1(s["labels"], p).mean()), "threshold": taus[method]})
-            counts = {}
-            for ep, s, p in zip(test_eps, test, plist):
-                tp, fp, fn = confusion_counts(s["labels"], p, axis=0)
-                for j, c in enumerate(ep.classes):
-                    acc = counts.setdefault(c, np.zeros(3))
-                    acc += (tp[j], fp[j], fn[j])
-            per_class += [{**base, "method": method, "class": c, "tp": v[0], "fp": v[1], "fn": v[2]} for c, v in counts.items()]
-    return rows, thr, pd.DataFrame(per_class)
+@dataclass
+class FitResult:
+    """What :func:`fit_model` did: per-episode losses, per-epoch validation AUC, seconds and mean
+    policy reward (joint policy; empty without), the best epoch (1-based) and whether it stopped early."""
+
+    losses: list[float]
+    val_auc: list[float]
+    epoch_seconds: list[float]
+    policy_reward: list[float]
+    best_epoch: int
+    stopped_early: bool
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.epoch_seconds)
 
 
-@torch.no_grad()
-def attention_examples(model, data: ACDData, *, dataset: str, n_way: int, k_shot: int, n_examples: int = 4,
-                       seed: int = 0) -> list[dict]:
-    """Support-attention weights of Proto-AWATT on the first support sentence of a few classes of
-    one ``dataset`` test episode, preferring multi-aspect sentences: ``[{"class", "aspects", "tokens", "weights"}]``."""
-    split = data.splits[(dataset, "test")]
-    rng = np.random.default_rng(seed)
-    ep = sample_episodes(split, 1, n_way=n_way, k_shot=k_shot, n_query=1, rng=rng)[0]
-    r = _forward(model, episode_tensors(ep, data.encoded[(dataset, "test")], "cpu"))
-    out = []
-    order = sorted(range(n_way * k_shot), key=lambda i: -len(split.aspects[int(ep.support.reshape(-1)[i])]))
-    for i in order[:n_examples]:
-        c, k = divmod(i, k_shot)
-        sid = int(ep.support[c, k])
-        toks = list(split.sentences[sid])
-        out.append({"class": ep.classes[c], "aspects": sorted(split.aspects[sid]), "tokens": toks,
-                    "weights": r["support_attn"][c, k, :len(toks)].numpy().tolist()})
-    return out
+def fit_model(model, split, enc: EncodedSplit, *, shapes: list[tuple[int, int]], n_query: int,
+              episodes_per_epoch: int, max_epochs: int, patience: int, lr: float, rng: np.random.Generator,
+              val_episodes: list[Episode] | None = None, val_enc: EncodedSplit | None = None,
+              policies: dict[int, ThresholdPolicy] | None = None, policy_lr: float = 1e-2,
+              policy_samples: int = 8, policy_seed: int = 0, device="cpu", progress=None) -> FitResult:
+    """Episodic training with Adam; training episode ``i`` has ``(n_way, k_shot) = shapes[i % len(shapes)]``.
 
-
-def _new_model(arch: str, cfg: ACDConfig, data: ACDData, seed: int):
-    torch.manual_seed(seed)
-    enc = build_encoder(cfg.encoder, embeddings=data.matrix, hidden=cfg.hidden, dropout=cfg.dropout)
-    return build_model(arch, enc, attn_dim=cfg.attn_dim).to(cfg.device)
-
-
-def run_study(cfg: ACDConfig, data: ACDData, *, progress: bool = True) -> dict:
-    """Run every seed x setting. Returns ``{"episodes", "thresholds", "per_class", "timing"}``
-    DataFrames and ``"attention"`` (list of dicts, from the first seed).
-
-    With ``cfg.shared_training`` one model per (architecture, seed) is trained on episodes that
-    cycle through all settings' (N, K) and is evaluated in every setting (CPU budget); otherwise
-    one model per setting, as in the paper.
+    With ``val_episodes`` (and their ``val_enc``), early stopping on validation AUC with
+    ``patience`` epochs and restoration of the best epoch (model and ``policies``); without, all
+    ``max_epochs`` run. ``policies``: ``{n_way: ThresholdPolicy}`` trained jointly (module docstring).
+    ``progress(epoch, val_auc)`` is called after each epoch when given.
     """
-    from tqdm.auto import tqdm
-
-    torch.set_num_threads(cfg.num_threads)
-    rows, thrs, pcs, timing, attention = [], [], [], [], []
-    evals = [d for d in cfg.eval_datasets if data.has(d, "val") and data.has(d, "test")]
-    sources = sorted({_train_source(d, data, cfg) for d in evals})
-    groups = [cfg.settings] if cfg.shared_training else [[s] for s in cfg.settings]
-    jobs = [(g, seed) for seed in cfg.seeds for g in groups]
-    bar = tqdm(total=len(jobs) * len(sources) * 2 + len(cfg.seeds) * len(cfg.settings) * len(evals),
-               desc="train/evaluate", disable=not progress)
-    for group, seed in jobs:
-        shapes = [parse_setting(s) for s in group]
-        models = {}
-        for src in sources:
-            for arch in ("protonet", "proto_awatt"):
-                model = _new_model(arch, cfg, data, seed)
-                t0 = time.perf_counter()
-                train_model(model, data.splits[(src, "train")], data.encoded[(src, "train")], shapes=shapes,
-                            n_query=cfg.n_query, n_episodes=cfg.train_episodes, lr=cfg.lr,
-                            rng=np.random.default_rng([seed, 0, *np.ravel(shapes)]), device=cfg.device)
-                timing.append({"seed": seed, "phase": "train", "what": f"{arch} on {src} ({'+'.join(group)})",
-                               "seconds": time.perf_counter() - t0, "episodes": cfg.train_episodes})
-                models[(src, arch)] = model.cpu().eval()
-                bar.update()
-        for d in evals:
-            src = _train_source(d, data, cfg)
-            t0 = time.perf_counter()
-            banks = {(a, sp): encode_bank(models[(src, a)].encoder, data.encoded[(d, sp)])
-                     for a in ("protonet", "proto_awatt") for sp in ("val", "test")}
-            timing.append({"seed": seed, "phase": "encode", "what": f"token banks of {d}",
-                           "seconds": time.perf_counter() - t0, "episodes": None})
-            for setting in group:
-                t0 = time.perf_counter()
-                r, t, p = evaluate_setting({a: models[(src, a)] for a in ("protonet", "proto_awatt")}, banks, data,
-                                           cfg, setting=setting, seed=seed, dataset=d, train_dataset=src)
-                n_eps = len({x["episode"] for x in r})
-                timing.append({"seed": seed, "phase": "evaluate", "what": f"{setting} on {d}",
-                               "seconds": time.perf_counter() - t0, "episodes": 2 * (n_eps + cfg.val_episodes)})
-                rows += r
-                thrs.append(t)
-                pcs.append(p)
-                bar.update()
-            del banks
-        if not attention and data.has("FewAsp(multi)", "test"):
-            n_way, k_shot = shapes[0]
-            attention = attention_examples(models[(sources[0], "proto_awatt")], data, dataset="FewAsp(multi)",
-                                           n_way=n_way, k_shot=k_shot, seed=seed)
-    bar.close()
-    return {"episodes": pd.DataFrame(rows), "thresholds": pd.concat(thrs, ignore_index=True),
-            "per_class": pd.concat(pcs, ignore_index=True), "timing": pd.DataFrame(timing), "attention": attention}
-
-
-def _train_source(dataset: str, data: ACDData, cfg: ACDConfig) -> str:
-    """Which training split scores ``dataset``: its own when present (protocol 'auto'), else FewAsp(single)."""
-    if cfg.protocol == "auto" and data.has(dataset, "train"):
-        return dataset
-    return "FewAsp(single)"
+    if val_episodes and val_enc is None:
+        raise ValueError("val_episodes need val_enc (the token ids of their split)")
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    popt = {n: torch.optim.Adam(p.parameters(), lr=policy_lr) for n, p in (policies or {}).items()}
+    missing = sorted({n for n, _ in shapes} - set(popt)) if policies is not None else []
+    if missing:
+        raise ValueError(f"policies lack n_way {missing}; have {sorted(popt)}")
+    gen = torch.Generator().manual_seed(policy_seed)
+    losses, vals, secs, rewards = [], [], [], []
+    best, best_epoch, bad, best_state = -np.inf, 0, 0, None
+    step = 0
+    for epoch in range(1, max_epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        epoch_rewards = []
+        for _ in range(episodes_per_epoch):
+            n_way, k_shot = shapes[step % len(shapes)]
+            step += 1
+            ep = sample_episodes(split, 1, n_way=n_way, k_shot=k_shot, n_query=n_query, rng=rng)[0]
+            b = episode_tensors(ep, enc, device)
+            out = forward(model, b)
+            loss = multilabel_proto_loss(out["logits"], b["labels"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            if policies is not None:
+                epoch_rewards.append(reinforce_step(
+                    policies[n_way], popt[n_way], out["probs"].detach().cpu(), out["logits"].detach().cpu(),
+                    b["labels"].cpu(), n_samples=policy_samples, generator=gen))
+        rewards.append(float(np.mean(epoch_rewards)) if epoch_rewards else float("nan"))
+        auc = validation_auc(model, val_episodes, val_enc) if val_episodes else float("nan")
+        vals.append(auc)
+        secs.append(time.perf_counter() - t0)
+        if progress is not None:
+            progress(epoch, auc)
+        if not val_episodes:
+            best_epoch = epoch
+            continue
+        if auc > best:
+            best, best_epoch, bad = auc, epoch, 0
+            best_state = (copy.deepcopy(model.state_dict()),
+                          {n: copy.deepcopy(p.state_dict()) for n, p in (policies or {}).items()})
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    if best_state is not None and best_epoch != len(secs):
+        model.load_state_dict(best_state[0])
+        for n, sd in best_state[1].items():
+            policies[n].load_state_dict(sd)
+    model.eval()
+    return FitResult(losses, vals, secs, [r for r in rewards if policies is not None], best_epoch,
+                     stopped_early=len(secs) < max_epochs)

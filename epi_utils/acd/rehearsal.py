@@ -1,0 +1,120 @@
+"""GPU rehearsal of Study 05 (``epi run notebooks/05_fewshot_acd.ipynb --profile gpu --rehearse``).
+
+The gpu profile fine-tunes a BERT encoder (``model_id``, ``bert-base-uncased``) under ProtoNet and
+Proto-AWATT. The rehearsal runs the same code on the CPU at toy scale: a tiny random-initialised
+BERT (``workbench.rehearsal.tiny_model_config``, the real uncased WordPiece vocabulary of the
+offline MiniLM tokenizer), a local FewAsp(single) copy of 8 synthetic sentences per class in the
+real file layout (``{category: [[tokens, aspects], ...]}`` + ``separate.json``), one short
+seed x setting through :func:`~epi_utils.acd.study.run_study` (training with early stopping and
+the joint policy, thresholds, scoring), timed by ``workbench.rehearsal.meter``. Then
+:func:`estimate_full_scale` feeds the gpu profile's full sizes to ``workbench.rehearsal.estimate``.
+
+Full-scale token counts (assumptions, stated in the estimate): every training episode is one
+batch of ``N*(K+Q)`` sentences padded to :data:`SEQ_LEN` WordPieces; every epoch runs all
+``max_epochs`` (early stopping only shortens it); validation encodes the training dataset's
+validation split once per epoch; evaluation encodes each evaluated dataset's val and test splits
+once per (seed, group, architecture); every dataset trains on its own train split (files fetched).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .config import ACDConfig
+from .training import ACDData, load_data
+
+#: padded WordPiece length of an episode batch (FewAsp sentences: mean 16-24 words, max 99).
+SEQ_LEN = 64
+#: sentences per split of the full data (SOURCE.md of the shared copy; train of multi/FewAsp: instances).
+FULL_SENTENCES = {("FewAsp(single)", "train"): 12800, ("FewAsp(single)", "val"): 3200, ("FewAsp(single)", "test"): 4000,
+                  ("FewAsp(multi)", "train"): 25600, ("FewAsp(multi)", "val"): 6261, ("FewAsp(multi)", "test"): 7809,
+                  ("FewAsp", "train"): 40320, ("FewAsp", "val"): 9899, ("FewAsp", "test"): 12383}
+_WORDS = ["the", "food", "was", "great", "staff", "friendly", "room", "clean", "price", "too", "high", "pool",
+          "nice", "service", "slow", "music", "loud", "bed", "comfy", "parking", "easy", "view", "amazing"]
+
+
+@dataclass
+class Rehearsal:
+    """The full-scale config, the toy config and data that run instead, and the tiny backbone factory."""
+
+    full: ACDConfig
+    toy: ACDConfig
+    data: ACDData
+    backbone: Callable
+    root: Path
+
+
+def write_toy_fewasp(folder: Path | str, *, per_class: int = 8, seed: int = 0) -> Path:
+    """A FewAsp root with FewAsp(single)/{train,val,test}.json (6/4/4 classes, ``per_class``
+    single-label sentences each) and separate.json, in the real layout; returns the root."""
+    root = Path(folder)
+    rng = np.random.default_rng(seed)
+    classes = {"train": [f"train_{i}" for i in range(6)], "val": [f"val_{i}" for i in range(4)],
+               "test": [f"test_{i}" for i in range(4)]}
+    (root / "FewAsp(single)").mkdir(parents=True, exist_ok=True)
+    (root / "separate.json").write_text(json.dumps({"train": classes["train"], "validation": classes["val"],
+                                                     "test": classes["test"]}))
+    for split, names in classes.items():
+        obj = {c: [[[c.replace("_", " ").split()[0], c[-1]] + list(rng.choice(_WORDS, 6)), [c]]
+                   for _ in range(per_class)] for c in names}
+        (root / "FewAsp(single)" / f"{split}.json").write_text(json.dumps(obj))
+    return root
+
+
+def prepare(cfg: ACDConfig, folder: Path | str) -> Rehearsal:
+    """Toy config (one seed, ``3way2shot``, Q=2, 4 episodes x 2 epochs, CPU), local data and the
+    tiny random BERT factory for a rehearsal of ``cfg``. Raises ``ValueError`` unless
+    ``cfg.encoder == "bert"`` (the gpu profile's encoder)."""
+    if cfg.encoder != "bert":
+        raise ValueError(f"the GPU rehearsal of study 05 rehearses the BERT encoder; encoder is {cfg.encoder!r} "
+                         "(set encoder: bert in the gpu profile)")
+    from transformers import AutoModel
+
+    from epi_utils.workbench.rehearsal import tiny_model_config
+
+    from .encoders import minilm_tokenizer
+
+    root = write_toy_fewasp(Path(folder) / "fewasp")
+    tok = minilm_tokenizer()  # uncased WordPiece, the vocabulary of bert-base-uncased
+    toy = replace(cfg, settings=["3way2shot"], n_seeds=1, n_query=2, train_episodes=4, max_epochs=2, patience=1,
+                  val_episodes=2, test_episodes=3, transfer_test_episodes=3, eval_datasets=["FewAsp(single)"],
+                  hidden=32, attn_dim=16, policy_epochs=1, device="cpu", num_threads=1)
+    data = load_data(root=root, datasets=("FewAsp(single)",), encoder="bert", tokenizer=tok)
+    config = tiny_model_config(cfg.model_id, vocab_size=tok.vocab_size)
+    return Rehearsal(full=cfg, toy=toy, data=data, backbone=lambda: AutoModel.from_config(config), root=root)
+
+
+def full_scale_tokens(cfg: ACDConfig) -> dict[str, float]:
+    """Training and forward-only WordPiece tokens, and the largest episode batch, of ``cfg`` at full scale."""
+    from .config import parse_setting
+
+    shapes = [parse_setting(s) for s in cfg.settings]
+    groups = [shapes] if cfg.shared_training else [[s] for s in shapes]
+    sources = list(cfg.eval_datasets) if cfg.protocol == "auto" else ["FewAsp(single)"]
+    train = forward = 0.0
+    for group in groups:
+        per_episode = np.mean([n * (k + cfg.n_query) for n, k in group])
+        for src in sources:
+            models = 2 * cfg.n_seeds
+            train += models * cfg.max_epochs * cfg.train_episodes * per_episode * SEQ_LEN
+            forward += models * cfg.max_epochs * FULL_SENTENCES[(src, "val")] * SEQ_LEN
+        for d in cfg.eval_datasets:
+            forward += 2 * cfg.n_seeds * (FULL_SENTENCES[(d, "val")] + FULL_SENTENCES[(d, "test")]) * SEQ_LEN
+    return {"train_tokens": float(train), "forward_tokens": float(forward),
+            "micro_batch": int(max(n * (k + cfg.n_query) for n, k in shapes))}
+
+
+def estimate_full_scale(r: Rehearsal, measured) -> dict:
+    """``workbench.rehearsal.estimate`` for ``r.full`` with the rehearsal's :class:`Meter`; returns
+    the estimate's dict plus ``toy`` (what ran) -- the ``rehearsal`` entry of metrics.json."""
+    from epi_utils.workbench.rehearsal import estimate
+
+    sizes = full_scale_tokens(r.full)
+    est = estimate(model_id=r.full.model_id, train_tokens=sizes["train_tokens"], forward_tokens=sizes["forward_tokens"],
+                   micro_batch=sizes["micro_batch"], seq_len=SEQ_LEN, measured=measured)
+    return {**est.to_dict(), "toy": {"settings": r.toy.settings, "train_episodes": r.toy.train_episodes,
+                                     "max_epochs": r.toy.max_epochs, "sentences_per_class": 8}}
