@@ -1,22 +1,21 @@
-"""Benchmark of importance tracking and EPI: step overhead, state bytes, PEFT AdaLoRA comparison.
+"""Benchmark of EPI's state memory and step cost (issues 14, 19) and of the tracker against PEFT's AdaLoRA.
 
-Prints one JSON object measured in one run:
-- ``overhead_*``: step time of plain AdamW vs + ImportanceTracker.update vs + EPI (tracker,
-  mask refresh every ``interval`` steps, exact masked step), as ratios to plain AdamW, on a GPT-2
-  the size of the testbed's ``tiny`` model (and SmolLM2-135M with ``--smollm2``). Two routes: the
-  testbed engine's (``MaskedAdamW``; ``overhead_tiny``, ``overhead_smollm2``) and the Trainer
-  callback's (``torch.optim.AdamW`` + ``MaskedStepGuard``; ``overhead_tiny_guard``). Modes are
-  interleaved round-robin so that machine load hits them alike; ``epi_ratio_amortised`` is the
-  ratio of means over whole mask-refresh intervals (the target: <= 1.05 at the default interval).
-  EPI's extra cost is per parameter (passes over parameters, gradients and importance state),
-  while forward+backward grows with the tokens of a step: ``tokens_per_step_for_5pct`` solves, from
-  forward+backward timed at 1x and 4x the benchmark batch in the same run, for the tokens per step
-  at which the measured extra cost is 5% of a step.
-- ``bytes_per_param``: tracker state per parameter and task (default fp32, lean bf16, lean
-  blocks of 64) and EPI's owner map.
+Prints one JSON object measured in one run (modes interleaved round-robin so that machine load
+hits them alike; one thread by default). Modes: ``legacy`` (EPI's state before issue 19: bool
+critical sets, int8 owner map, a cached bool mask per task, frozen positions cached across steps,
+importance as its own tracker pass), ``fp32`` (the EPI policy's default: bit-packed critical sets,
+owners derived from them, masks built per step, importance fused into ``MaskedAdamW``'s gradient
+pass), ``bf16`` (fp32 with a bf16 EMA), ``lean`` (an fp32 EMA per block of 64 elements).
+
+- ``memory``: EPI state in bytes per parameter for T = 3 and T = 7 tasks in each mode, measured
+  (``epi_state.measured_bytes_per_param``) on the tiny model, beside the memory model
+  (``epi_state.epi_state_bytes_per_param``) at the measured overlap share and AdamW's own state.
+- ``refresh_*``: a mask refresh in ms per million parameters, today's path vs the compact modes.
+- ``step_*``: EPI's extra time per step against the memory-traffic bound of its extra passes
+  (bytes moved per step / copy bandwidth measured in the same run; target <= 2x) and, with the
+  refresh amortised, as a share of a step at 1024 tokens (target <= 5%).
 - ``peft``: ``ImportanceTracker(estimator="sensitivity")`` vs PEFT's AdaLoRA
-  ``RankAllocator.update_ipt`` on the same model and gradients: max abs difference of the scores
-  and the speed-up of the fused multi-tensor update over PEFT's per-parameter loop.
+  ``RankAllocator.update_ipt`` on the same gradients: max abs difference, speed-up.
 
 Usage: ``python benchmarks/bench_importance.py [--steps 40] [--interval 20] [--smollm2] [--threads 1]``
 """
@@ -26,11 +25,13 @@ import argparse
 import json
 import statistics
 import time
+import types
 
 import torch
 
+from epi_utils.epi.epi_state import epi_state_bytes_per_param, measured_bytes_per_param
 from epi_utils.epi.importance import ImportanceTracker
-from epi_utils.epi.isolation import MaskedStepGuard, make_policy
+from epi_utils.epi.isolation import make_policy
 
 
 def adalora_model(*, n_embd: int = 128, n_layer: int = 4, r: int = 8, seed: int = 0):
@@ -90,102 +91,229 @@ def _gpt2(n_embd, n_layer, vocab, seed=0):
                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
 
 
-def step_overhead(model, *, steps: int = 30, interval: int = 20, batch: int = 16, seq: int = 32, vocab: int,
-                  tasks=("a", "b", "c"), path: str = "engine", fwd_bwd_scaling: bool = False) -> dict:
-    """Median step time per mode (interleaved round-robin), and ratios to plain AdamW.
+MODES = ("legacy", "fp32", "bf16", "lean")
 
-    ``path="engine"``: the testbed engine's step (``epi_utils.lm.train``): ``MaskedAdamW`` without
-    masks (plain) vs with the tracker vs EPI (``MaskedAdamW.zero_masked_grads`` and
-    ``MaskedAdamW.step(masks)``, as the engine does). ``path="guard"``: ``torch.optim.AdamW`` vs with the tracker vs
-    EPI through :class:`MaskedStepGuard` (the Trainer-callback route)."""
+
+def _epi(mode: str, named, tasks, *, interval: int, ratio: float, lr: float = 1e-4):
+    """EPI policy and MaskedAdamW of ``mode``: ``legacy`` = the state before issue 19 (bool critical
+    sets, int8 owner map, a cached mask per task, positions cached across steps, importance as a
+    separate tracker pass); the others are compact (packed sets, derived owners, importance fused
+    into ``zero_masked_grads``) with an fp32, bf16 or block-wise (64) EMA."""
+    from epi_utils.lm.masked_adamw import MaskedAdamW
+
+    kw = {"fp32": {}, "legacy": {}, "bf16": {"state_dtype": torch.bfloat16}, "lean": {"block_size": 64}}[mode]
+    pol = make_policy("epi", tasks=list(tasks), isolation_ratio=ratio, mask_update_interval=interval, warmup_steps=0,
+                      compact_state=mode != "legacy", fuse_importance=mode != "legacy", **kw)
+    opt = MaskedAdamW(named, lr=lr, frozen_cache="persistent" if mode == "legacy" else "step")
+    return pol, opt
+
+
+def _batches(tasks, *, vocab: int, batch: int, seq: int, seed: int = 0) -> dict:
+    """One fixed batch per task; task k draws tokens from its own slice of the vocabulary."""
+    g = torch.Generator().manual_seed(seed)
+    width = max(vocab // len(tasks), 2)
+    out = {}
+    for k, t in enumerate(tasks):
+        ids = torch.randint(k * width, (k + 1) * width, (batch, seq), generator=g)
+        out[t] = {"input_ids": ids, "labels": ids}
+    return out
+
+
+def _state(model, opt, named, task):
+    return types.SimpleNamespace(model=model, optimizer=opt, named_params=named, step=0, stage=0, batch_task=task)
+
+
+def copy_bandwidth(*, n: int = 8_000_000, reps: int = 7) -> float:
+    """Bytes per second of ``dst.copy_(src)`` on fp32 buffers of ``n`` elements (read + write)."""
+    src, dst = torch.rand(n), torch.empty(n)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 8 * n / best
+
+
+def extra_bytes_per_param(mode: str, *, n_tasks: int, frozen_share: float) -> dict[str, float]:
+    """Bytes per parameter that EPI's extra passes of one (non-refresh) step move, read + written,
+    pass by pass as implemented (``f`` = frozen share of the step's task):
+
+    - importance: ``legacy`` concatenates parameters and gradients (2 x 8 B) then multiplies, takes
+      the absolute value, scales and adds the EMA (12 + 8 + 8 + 12 B) = 56; compact fp32 the same
+      passes per tensor without the concatenations = 40; bf16 adds the up/down casts of the EMA
+      (6 + 6) = 52; lean: product and abs (20), block means (4), the EMA of 1/64 = 25.
+    - masks (compact only; legacy caches one per task): OR of the other tasks' packed sets
+      (3/8 B each), one unpack (int64 spread, select, compare: 7.1 B), negation (2), exceptions
+      (unpack + masked write: 9.1) = 18.2 + 0.375 (T - 1).
+    - masking: positions of frozen elements (compact: read the mask, write int64: 1 + 8f; legacy:
+      cached), zero their gradients (12f), save and restore parameter, exp_avg, exp_avg_sq
+      (3 x 2 x (8 + 4 + 4) f = 96f).
+    """
+    f = frozen_share
+    if mode == "legacy":
+        return {"importance": 56.0, "masks": 0.0, "masking": 108 * f, "total": 56.0 + 108 * f}
+    imp = {"fp32": 40.0, "bf16": 52.0, "lean": 25.0}[mode]
+    masks = 18.2 + 0.375 * (n_tasks - 1)
+    masking = 1 + 8 * f + 108 * f
+    return {"importance": imp, "masks": masks, "masking": masking, "total": imp + masks + masking}
+
+
+def step_cost(model, *, vocab: int, steps: int, interval: int, batch: int, seq: int, tasks=("a", "b", "c"),
+              ratio: float = 0.05, modes=("legacy", "fp32", "bf16"), tokens_target: int = 1024) -> dict:
+    """EPI's extra time per step, interleaved round-robin with plain MaskedAdamW (``adamw``).
+
+    Each step is timed in two segments: zero_grad + forward + backward, and the post-backward
+    segment (``after_backward``, ``update_mask``, ``zero_masked_grads``, clipping, the masked step)
+    where all of EPI's work happens. ``extra_ms``: median post-backward time on non-refresh steps
+    minus AdamW's; ``refresh_ms``: median extra on refresh steps (mask recomputation) minus that;
+    ``extra_amortised_ms = extra_ms + refresh_ms / interval``. ``bound_ms``: the byte model
+    (:func:`extra_bytes_per_param`, with the measured frozen share) over the copy bandwidth measured
+    here; ``extra_over_bound``: the target is <= 2. ``share_of_step_at_1k``: amortised extra over
+    an AdamW step at ``tokens_target`` tokens (forward+backward timed at that size here)."""
     from epi_utils.lm.masked_adamw import MaskedAdamW
 
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    opt = MaskedAdamW(named, lr=1e-4) if path == "engine" else torch.optim.AdamW(named.values(), lr=1e-4)
-    tracker = ImportanceTracker(named)
-    policy = make_policy("epi", tasks=list(tasks), isolation_ratio=0.05, mask_update_interval=interval,
-                         warmup_steps=0, record=False)
-    state = type("S", (), {})()
-    state.model, state.named_params, state.step, state.batch_task = model, named, 0, tasks[0]
-    policy.on_train_begin(state)
-    guard = MaskedStepGuard()
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (batch, seq), generator=g)
-    data = {"input_ids": ids, "labels": ids}
-    times = {"adamw": [], "tracker": [], "epi": []}
-    fwd_bwd: list[float] = []
-    epi_step = 0
-    for i in range(steps + 3):
-        for mode in times:
+    n = sum(p.numel() for p in named.values())
+    data = _batches(tasks, vocab=vocab, batch=batch, seq=seq)
+    runs = {"adamw": (None, MaskedAdamW(named, lr=1e-4))} | {m: _epi(m, named, tasks, interval=interval, ratio=ratio)
+                                                              for m in modes}
+    states = {m: _state(model, opt, named, tasks[0]) for m, (pol, opt) in runs.items()}
+    for m, (pol, opt) in runs.items():
+        if pol is not None:
+            pol.on_train_begin(states[m])
+            pol.on_stage_begin(states[m])
+    post = {m: [] for m in runs}
+    refresh = {m: [] for m in runs}
+    frozen = {m: [] for m in runs}
+    fwd = []
+    for i in range(steps + 2):
+        task = tasks[i % len(tasks)]
+        for m, (pol, opt) in runs.items():
+            st = states[m]
+            st.batch_task = task
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            model(**data).loss.backward()
-            t_fb = time.perf_counter()
-            masks = None
-            if mode == "tracker":
-                tracker.update(tasks[i % len(tasks)])
-            if mode == "epi":
-                state.step, state.batch_task = epi_step, tasks[epi_step % len(tasks)]
-                policy.after_backward(state)
-                masks = policy.update_mask(state)
-                if path == "engine":
-                    opt.zero_masked_grads(masks)
-                else:
-                    guard.before_step(opt, named, masks)
-            if path == "engine":
-                opt.step(masks)
+            model(**data[task]).loss.backward()
+            t1 = time.perf_counter()
+            masks, n_up = {}, 0
+            if pol is not None:
+                n_up = pol.n_mask_updates
+                pol.after_backward(st)
+                masks = pol.update_mask(st) or {}
+            opt.zero_masked_grads(masks)
+            torch.nn.utils.clip_grad_norm_(list(named.values()), 1.0)
+            opt.step(masks)
+            t2 = time.perf_counter()
+            st.step += 1
+            if i < 2:  # warm-up steps are not timed
+                continue
+            fwd.append(t1 - t0)
+            if pol is not None and pol.n_mask_updates > n_up:
+                refresh[m].append(t2 - t1)
             else:
-                opt.step()
-            if mode == "epi":
-                if path == "guard":
-                    guard.after_step(opt)
-                epi_step += 1
-            if i >= 3:  # warm-up steps are not timed
-                times[mode].append(time.perf_counter() - t0)
-                fwd_bwd.append(t_fb - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    # EPI: the mask refresh happens once per interval; means over whole intervals amortise it
-    n_whole = (len(times["epi"]) // interval) * interval or len(times["epi"])
-    mean = {k: statistics.mean(v[:n_whole]) for k, v in times.items()}
-    extra = mean["epi"] - mean["adamw"]  # seconds EPI adds to a step, refresh amortised
-    out = {"path": path, "n_params": sum(p.numel() for p in named.values()), "steps": steps, "interval": interval,
-           "tokens_per_step": batch * seq, "fwd_bwd_ms": 1e3 * statistics.median(fwd_bwd),
-           "epi_extra_ms_amortised": 1e3 * extra}
-    if fwd_bwd_scaling:
-        # forward+backward time grows with tokens per step, EPI's cost does not (it is per parameter):
-        # time forward+backward at 4x the tokens, interleaved, and solve for the tokens per step at
-        # which EPI's amortised extra cost is 5% of a step.
-        big = {"input_ids": ids.repeat(4, 1), "labels": ids.repeat(4, 1)}
-        fb = {1: [], 4: []}
-        for _ in range(3):
-            for mult, d in ((1, data), (4, big)):
-                t0 = time.perf_counter()
-                model.zero_grad(set_to_none=True)
-                model(**d).loss.backward()
-                fb[mult].append(time.perf_counter() - t0)
-        fb1, fb4 = min(fb[1]), min(fb[4])
-        per_token = (fb4 - fb1) / (3 * batch * seq)
-        rest = mean["adamw"] - fb1  # optimizer, zero_grad: independent of tokens
-        need_fb = extra / 0.05 - rest
-        out.update(fwd_bwd_4x_ms=1e3 * fb4, fwd_bwd_ms_per_token=1e3 * per_token,
-                   tokens_per_step_for_5pct=max(batch * seq, int(batch * seq + (need_fb - fb1) / per_token))
-                   if per_token > 0 else None)
+                post[m].append(t2 - t1)
+                if masks:
+                    frozen[m].append(sum(int((~v).sum()) for v in masks.values()) / n)
+    bw = copy_bandwidth()
+    fb = {1: [], tokens_target: []}
+    big = {"input_ids": data[tasks[0]]["input_ids"].repeat(-(-tokens_target // (batch * seq)), 1)[:, :seq]}
+    big["input_ids"] = big["input_ids"][: max(1, tokens_target // seq)]
+    big["labels"] = big["input_ids"]
+    for _ in range(2):
+        for key, d in ((1, data[tasks[0]]), (tokens_target, big)):
+            t0 = time.perf_counter()
+            model.zero_grad(set_to_none=True)
+            model(**d).loss.backward()
+            fb[key].append(time.perf_counter() - t0)
     model.zero_grad(set_to_none=True)
-    return out | {"adamw_ms": 1e3 * med["adamw"], "tracker_ms": 1e3 * med["tracker"], "epi_ms_median": 1e3 * med["epi"],
-                  "tracker_ratio": med["tracker"] / med["adamw"], "epi_ratio_median": med["epi"] / med["adamw"],
-                  "epi_ratio_amortised": mean["epi"] / mean["adamw"],
-                  "epi_state_bytes_per_param": policy.state_bytes_per_param()}
-
-
-def bytes_per_param(model) -> dict:
-    named = {n: p for n, p in model.named_parameters()}
-    out = {}
-    for label, kw in {"default_fp32": {}, "lean_bf16": {"state_dtype": torch.bfloat16},
-                      "lean_block64": {"block_size": 64}, "sensitivity_fp32": {"estimator": "sensitivity"}}.items():
-        out[label] = ImportanceTracker(named, **kw).bytes_per_param()
-    out["epi_owner_map"] = 1.0
-    out["note"] = "tracker bytes are per parameter AND per task; EPI adds 1 byte/param (owner map)"
+    base = statistics.median(post["adamw"])
+    step_1k = min(fb[tokens_target]) + base
+    out = {"n_params": n, "tokens_per_step": batch * seq, "steps": steps, "interval": interval, "ratio": ratio,
+           "n_tasks": len(tasks), "copy_bandwidth_gb_s": bw / 1e9, "fwd_bwd_ms": 1e3 * statistics.median(fwd),
+           "adamw_post_ms": 1e3 * base, "tokens_1k": big["input_ids"].numel(),
+           "step_ms_at_1k": 1e3 * step_1k, "modes": {}}
+    for m in modes:
+        extra = statistics.median(post[m]) - base
+        ref = (statistics.median(refresh[m]) - statistics.median(post[m])) if refresh[m] else 0.0
+        f = statistics.mean(frozen[m]) if frozen[m] else 0.0
+        bytes_pp = extra_bytes_per_param(m, n_tasks=len(tasks), frozen_share=f)
+        bound = bytes_pp["total"] * n / bw
+        amort = extra + ref / interval
+        out["modes"][m] = {"extra_ms": 1e3 * extra, "refresh_ms": 1e3 * ref, "extra_amortised_ms": 1e3 * amort,
+                           "frozen_share": f, "bytes_per_param": bytes_pp, "bound_ms": 1e3 * bound,
+                           "extra_over_bound": extra / bound, "share_of_step_at_1k": amort / step_1k,
+                           "n_timed": len(post[m]), "n_refresh": len(refresh[m])}
     return out
+
+
+def memory(model, *, n_tasks: int, vocab: int, ratio: float = 0.05, steps: int = 2, interval: int = 1) -> dict:
+    """EPI state bytes per parameter measured after ``steps`` rounds over ``n_tasks`` tasks (every
+    task has an EMA and a critical set) in each mode, beside the memory model with the measured
+    share of overlapping elements, and AdamW's own state."""
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    tasks = [f"t{k}" for k in range(n_tasks)]
+    data = _batches(tasks, vocab=vocab, batch=4, seq=32, seed=1)
+    out = {"n_tasks": n_tasks, "ratio": ratio}
+    for m in MODES:
+        pol, opt = _epi(m, named, tasks, interval=interval, ratio=ratio)
+        st = _state(model, opt, named, tasks[0])
+        pol.on_train_begin(st)
+        for i in range(steps * n_tasks + 1):
+            st.batch_task = tasks[i % n_tasks]
+            opt.zero_grad(set_to_none=True)
+            model(**data[st.batch_task]).loss.backward()
+            pol.after_backward(st)
+            masks = pol.update_mask(st) or {}
+            opt.zero_masked_grads(masks)
+            opt.step(masks)
+            st.step += 1
+        for t in tasks:  # legacy caches one mask per task once each task has stepped
+            pol.allowed_for(t)
+        owner = pol._owner_flat.to_int8()
+        claims = sum(pol._crit_flat[t].to(torch.int8) for t in pol._crit_flat)
+        ovl = int((claims > 1).sum()) / owner.numel()
+        measured = measured_bytes_per_param(pol, optimizer=opt)
+        adamw = sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values()
+                    if torch.is_tensor(v) and v.dim() > 0) / owner.numel()
+        out[m] = {"measured": measured, "model": epi_state_bytes_per_param(n_tasks, mode=m, ratio=ratio,
+                                                                             overlap_share=ovl),
+                  "model_worst_overlap": epi_state_bytes_per_param(n_tasks, mode=m, ratio=ratio)["total"],
+                  "overlap_share": ovl, "adamw_measured": adamw}
+        model.zero_grad(set_to_none=True)
+    out["target"] = {"bf16": 2 * n_tasks + 1, "lean": 0.5 * n_tasks + 1}
+    return out
+
+
+def refresh_time(model, *, vocab: int, n_tasks: int = 3, ratio: float = 0.05, reps: int = 5) -> dict:
+    """Mask refresh (scores -> critical sets -> owners, turnover recorded) in ms per million
+    parameters, interleaved: ``today`` (legacy state, every task's fp32 scores built at once, as
+    before issue 19) vs the compact modes (one task's scores at a time)."""
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    n = sum(p.numel() for p in named.values())
+    tasks = [f"t{k}" for k in range(n_tasks)]
+    data = _batches(tasks, vocab=vocab, batch=4, seq=32, seed=2)
+    pols = {"today": _epi("legacy", named, tasks, interval=10 ** 6, ratio=ratio)[0]}
+    pols |= {m: _epi(m, named, tasks, interval=10 ** 6, ratio=ratio)[0] for m in ("fp32", "bf16", "lean")}
+    for pol in pols.values():
+        pol.on_train_begin(_state(model, None, named, tasks[0]))
+    for t in tasks:
+        model.zero_grad(set_to_none=True)
+        model(**data[t]).loss.backward()
+        for pol in pols.values():
+            pol.tracker.update(t)
+    model.zero_grad(set_to_none=True)
+    times = {m: [] for m in pols}
+    for _ in range(reps):
+        for m, pol in pols.items():
+            tr = pol.tracker
+            t0 = time.perf_counter()
+            scores = {t: (tr.flat_scores(t) if m == "today" else tr.lazy_flat_scores(t)) for t in tr.tasks}
+            pol.set_critical_flat(scores, names=tr.names, shapes=[p.shape for p in tr.params])
+            del scores
+            times[m].append(time.perf_counter() - t0)
+    med = {m: statistics.median(v) for m, v in times.items()}
+    return {"n_params": n, "n_tasks": n_tasks, "ms_per_million_params": {m: 1e3 * v / (n / 1e6) for m, v in med.items()},
+            "ratio_to_today": {m: v / med["today"] for m, v in med.items()}}
 
 
 def main(argv=None) -> dict:
@@ -194,25 +322,26 @@ def main(argv=None) -> dict:
     ap.add_argument("--interval", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--smollm2", action="store_true", help="also time SmolLM2-135M (slow on CPU)")
-    ap.add_argument("--smollm2-steps", type=int, default=20, help="timed steps per mode on SmolLM2 "
-                    "(a multiple of --interval amortises the mask refresh)")
-    ap.add_argument("--smollm2-batch", type=int, default=4, help="sequences of 32 tokens per SmolLM2 step")
+    ap.add_argument("--smollm2-steps", type=int, default=20, help="timed steps per mode on SmolLM2")
+    ap.add_argument("--smollm2-batch", type=int, default=4, help="sequences of 32 tokens per SmolLM2 step "
+                    "(EPI's extra work does not depend on it; forward+backward is also timed at 1024 tokens)")
+    ap.add_argument("--skip-peft", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     tiny = _gpt2(128, 4, 1000)  # the testbed's tiny architecture (4 layers, 128 wide), 1000-word vocabulary
-    result = {"threads": args.threads, "bytes_per_param": bytes_per_param(tiny),
-              "peft": compare_with_peft(),
-              "overhead_tiny": step_overhead(tiny, steps=args.steps, interval=args.interval, vocab=1000,
-                                             fwd_bwd_scaling=True),
-              "overhead_tiny_guard": step_overhead(tiny, steps=args.steps, interval=args.interval, vocab=1000,
-                                                   path="guard")}
+    result = {"threads": args.threads,
+              "memory": {f"T{t}": memory(tiny, n_tasks=t, vocab=1000) for t in (3, 7)},
+              "refresh_tiny": refresh_time(tiny, vocab=1000),
+              "step_tiny": step_cost(tiny, vocab=1000, steps=args.steps, interval=args.interval, batch=32, seq=32)}
+    if not args.skip_peft:
+        result["peft"] = compare_with_peft()
     if args.smollm2:
         from epi_utils.lm.models import load_model
 
         model, tok = load_model("smollm2", device="cpu")
-        result["overhead_smollm2"] = step_overhead(model, steps=args.smollm2_steps, interval=args.interval,
-                                                   batch=args.smollm2_batch, seq=32, vocab=len(tok),
-                                                   fwd_bwd_scaling=True)
+        result["refresh_smollm2"] = refresh_time(model, vocab=len(tok), reps=3)
+        result["step_smollm2"] = step_cost(model, vocab=len(tok), steps=args.smollm2_steps, interval=args.interval,
+                                           batch=args.smollm2_batch, seq=32)
     print(json.dumps(result, indent=2))
     return result
 

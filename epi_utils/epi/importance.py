@@ -91,11 +91,12 @@ class ImportanceTracker:
     state_dtype: ``torch.float32`` (default) or ``torch.bfloat16`` (lean).
     block_size: ``None`` (element-wise) or B >= 2: one score per block of B flattened elements.
     normalize: layer-wise normalisation when reading scores, one of ``NORMALIZATIONS``.
-    layout: ``"flat"`` (default: each task's state is one contiguous buffer; an update is a
-        handful of whole-model kernels after concatenating parameters and gradients: fastest on
-        CPU, where ``_foreach`` ops loop over tensors) or ``"foreach"`` (a list of per-parameter
-        tensors updated with ``torch._foreach_*`` multi-tensor kernels, fused on CUDA; forced
-        with ``block_size``). Both give the same values up to float rounding.
+    layout: ``"flat"`` (default: each task's state is one contiguous buffer, read as one vector
+        at a refresh; updated one tensor at a time with temporaries of that tensor's size, no
+        whole-model scratch) or ``"foreach"`` (a list of per-parameter tensors updated with
+        ``torch._foreach_*`` multi-tensor kernels, fused on CUDA, with whole-model temporaries;
+        forced with ``block_size``, which updates one tensor at a time). Both give the same values
+        up to float rounding.
     """
 
     def __init__(self, named_params: Mapping[str, torch.nn.Parameter], *, estimator: str = "taylor",
@@ -118,7 +119,7 @@ class ImportanceTracker:
         self.layout = "foreach" if block_size is not None else layout
         self._flat: dict[str, torch.Tensor] = {}
         self._flat_unc: dict[str, torch.Tensor] = {}
-        self._scratch_bufs: dict[int, torch.Tensor] = {}
+        self._denom_cache: dict[str, tuple] = {}  # task -> (n_updates, normalisers) of its last flat_scores
         self.ema: dict[str, list[torch.Tensor]] = {}
         self.unc: dict[str, list[torch.Tensor]] = {}
         self.n_updates: dict[str, int] = {}
@@ -185,24 +186,99 @@ class ImportanceTracker:
             counts[-1] = self.block_size - pad
         return sums / counts
 
-    @torch.no_grad()
-    def update(self, task: str, grads: Sequence[torch.Tensor] | None = None) -> None:
-        """Fold the current gradients (``p.grad`` unless ``grads`` is given) into ``task``'s EMA."""
+    def begin_update(self, task: str) -> None:
+        """Create ``task``'s state if needed (before :meth:`update_param` calls)."""
         if not isinstance(task, str) or not task:
             raise ValueError(f"task must be a non-empty string, got {task!r}")
+        self._denom_cache.pop(task, None)
+        if task in self.ema:
+            return
         if self.layout == "flat":
-            return self._update_flat(task, grads)
-        imp = self.instantaneous(grads)
-        if task not in self.ema:
+            self._flat[task], self.ema[task] = self._new_flat()
+            if self.estimator == "sensitivity":
+                self._flat_unc[task], self.unc[task] = self._new_flat()
+        else:
             self.ema[task] = self._new_state()
             if self.estimator == "sensitivity":
                 self.unc[task] = self._new_state()
-            self.n_updates[task] = 0
-        ema = self.ema[task]
-        if self.state_dtype != torch.float32:
-            ema32 = [e.float() for e in ema]
+        self.n_updates[task] = 0
+
+    def end_update(self, task: str) -> None:
+        """Count one update of ``task`` (after its :meth:`update_param` calls)."""
+        self.n_updates[task] += 1
+
+    @torch.no_grad()
+    def update_param(self, task: str, i: int, grad: torch.Tensor) -> None:
+        """Fold the gradient of parameter ``i`` (shape of ``params[i]``) into ``task``'s EMA, one
+        tensor at a time (no whole-model scratch buffers; temporaries of this tensor's size only).
+        Used by :meth:`update` and, fused into its pass over the gradients, by
+        ``MaskedAdamW.zero_masked_grads`` (see ``MaskedAdamW.defer_importance``)."""
+        g = grad.detach().float()
+        if self.estimator == "fisher":
+            imp = g * g
         else:
-            ema32 = ema
+            imp = self.params[i].detach().float().mul(g).abs_()
+        if self.block_size is not None:
+            imp = self._block_mean(imp)
+        e = self.ema[task][i]
+        e32 = e if e.dtype == torch.float32 else e.float()
+        e32.mul_(self.beta).add_(imp, alpha=1.0 - self.beta)
+        if self.estimator == "sensitivity":
+            u = self.unc[task][i]
+            u32 = u if u.dtype == torch.float32 else u.float()
+            u32.mul_(self.beta_unc).add_(imp.sub_(e32).abs_(), alpha=1.0 - self.beta_unc)
+            if u32 is not u:
+                u.copy_(u32)
+        if e32 is not e:
+            e.copy_(e32)
+
+    @torch.no_grad()
+    def update_params(self, task: str, indices: Sequence[int], grads: Sequence[torch.Tensor], *,
+                      chunk_elements: int = 1 << 24) -> None:
+        """:meth:`update_param` for several parameters with ``torch._foreach_*`` kernels (one call per
+        operation for a chunk of tensors of at most ``chunk_elements`` elements, which bounds the
+        temporaries); the same values as :meth:`update_param`. Sensitivity and block-wise state
+        go one tensor at a time."""
+        if self.estimator == "sensitivity" or self.block_size is not None:
+            for i, g in zip(indices, grads):
+                self.update_param(task, i, g)
+            return
+        chunk: list[tuple[int, torch.Tensor]] = []
+        size = 0
+        for i, g in zip(indices, grads):
+            chunk.append((i, g))
+            size += g.numel()
+            if size >= chunk_elements:
+                self._update_chunk(task, chunk)
+                chunk, size = [], 0
+        if chunk:
+            self._update_chunk(task, chunk)
+
+    def _update_chunk(self, task: str, chunk: Sequence[tuple[int, torch.Tensor]]) -> None:
+        gs = [g.detach().float() for _, g in chunk]
+        if self.estimator == "fisher":
+            imp = torch._foreach_mul(gs, gs)
+        else:
+            imp = torch._foreach_mul([self.params[i].detach().float() for i, _ in chunk], gs)
+            torch._foreach_abs_(imp)
+        ema = [self.ema[task][i] for i, _ in chunk]
+        ema32 = ema if self.state_dtype == torch.float32 else [e.float() for e in ema]
+        torch._foreach_mul_(ema32, self.beta)
+        torch._foreach_add_(ema32, imp, alpha=1.0 - self.beta)
+        if ema32 is not ema:
+            torch._foreach_copy_(ema, ema32)
+
+    @torch.no_grad()
+    def update(self, task: str, grads: Sequence[torch.Tensor] | None = None) -> None:
+        """Fold the current gradients (``p.grad`` unless ``grads`` is given) into ``task``'s EMA."""
+        grads = self._grads(grads)
+        self.begin_update(task)
+        if self.layout == "flat" or self.block_size is not None:
+            self.update_params(task, range(len(grads)), grads)
+            return self.end_update(task)
+        imp = self.instantaneous(grads)  # foreach: multi-tensor kernels (fused on CUDA)
+        ema = self.ema[task]
+        ema32 = [e.float() for e in ema] if self.state_dtype != torch.float32 else ema
         torch._foreach_mul_(ema32, self.beta)
         torch._foreach_add_(ema32, imp, alpha=1.0 - self.beta)
         if self.estimator == "sensitivity":
@@ -216,49 +292,7 @@ class ImportanceTracker:
                 torch._foreach_copy_(unc, unc32)
         if ema32 is not ema:
             torch._foreach_copy_(ema, ema32)
-        self.n_updates[task] += 1
-
-    def _scratch(self, i: int, dtype: torch.dtype) -> torch.Tensor:
-        """Reusable flat work buffer ``i`` (one per tracker): avoids allocating (and, on CPU,
-        page-faulting) two whole-model buffers at every update."""
-        buf = self._scratch_bufs.get(i)
-        if buf is None or buf.dtype != dtype:
-            n = sum(p.numel() for p in self.params)
-            buf = self._scratch_bufs[i] = torch.empty(n, dtype=dtype, device=self.params[0].device)
-        return buf
-
-    def _cat_into(self, tensors: Sequence[torch.Tensor], i: int) -> torch.Tensor:
-        """``torch.cat`` of the flattened tensors, as fp32, into scratch buffer ``i``."""
-        dtype = tensors[0].dtype
-        if any(t.dtype != dtype for t in tensors):
-            return torch.cat([t.reshape(-1).float() for t in tensors])
-        out = torch.cat([t.reshape(-1) for t in tensors], out=self._scratch(i, dtype))
-        return out if dtype == torch.float32 else out.float()
-
-    @torch.no_grad()
-    def _update_flat(self, task: str, grads) -> None:
-        g = self._cat_into(self._grads(grads), 0)
-        if self.estimator == "fisher":
-            imp = g.mul_(g)
-        else:
-            imp = self._cat_into([p.detach() for p in self.params], 1).mul_(g).abs_()
-        if task not in self._flat:
-            self._flat[task], self.ema[task] = self._new_flat()
-            if self.estimator == "sensitivity":
-                self._flat_unc[task], self.unc[task] = self._new_flat()
-            self.n_updates[task] = 0
-        buf = self._flat[task]
-        ema = buf if buf.dtype == torch.float32 else buf.float()
-        ema.mul_(self.beta).add_(imp, alpha=1.0 - self.beta)
-        if self.estimator == "sensitivity":
-            ubuf = self._flat_unc[task]
-            unc = ubuf if ubuf.dtype == torch.float32 else ubuf.float()
-            unc.mul_(self.beta_unc).add_(imp.sub_(ema).abs_(), alpha=1.0 - self.beta_unc)
-            if unc is not ubuf:
-                ubuf.copy_(unc)
-        if ema is not buf:
-            buf.copy_(ema)
-        self.n_updates[task] += 1
+        self.end_update(task)
 
     # -- reading -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -279,6 +313,12 @@ class ImportanceTracker:
             out = {n: expand_blocks(s, p.shape, self.block_size) for (n, s), p in zip(out.items(), self.params)}
         return out
 
+    def _flat_raw(self, task: str) -> torch.Tensor:
+        flat = self._flat[task].float()
+        if self.estimator == "sensitivity":
+            flat = flat * self._flat_unc[task].float()
+        return flat
+
     @torch.no_grad()
     def flat_scores(self, task: str) -> torch.Tensor:
         """Layer-normalised scores of ``task`` as one fp32 vector over all parameters, shape
@@ -286,14 +326,13 @@ class ImportanceTracker:
         ``torch.cat`` of :meth:`scores`, computed on the flat buffer without per-tensor copies."""
         if self.layout != "flat" or task not in self._flat:
             return torch.cat([s.reshape(-1) for s in self.scores(task).values()])
-        flat = self._flat[task].float()
-        if self.estimator == "sensitivity":
-            flat = flat * self._flat_unc[task].float()
+        flat = self._flat_raw(task)
         if self.normalize == "none":
             return flat.clone() if flat is self._flat[task] else flat
         sizes = [p.numel() for p in self.params]
         views = torch.split(flat, sizes)
-        denom = torch.stack([v.mean() if self.normalize == "layer_mean" else v.max() for v in views]).tolist()
+        denom = self._denominators(views)
+        self._denom_cache[task] = (self.n_updates.get(task), denom)
         out = torch.empty_like(flat)
         for v, d, o in zip(views, denom, torch.split(out, sizes)):
             if d > 0:
@@ -302,13 +341,58 @@ class ImportanceTracker:
                 o.zero_()
         return out
 
+    def _denominators(self, views) -> list[float]:
+        """Per-tensor normalisers (mean or max of each view), as Python floats."""
+        return torch.stack([v.mean() if self.normalize == "layer_mean" else v.max() for v in views]).tolist()
+
+    def lazy_flat_scores(self, task: str) -> "LazyFlatScores":
+        """:meth:`flat_scores` of ``task`` computed when needed: ``materialize()`` gives the whole
+        vector (one task at a time, so a refresh holds one fp32 score vector, not one per task),
+        ``scores[idx]`` only the entries at int positions ``idx`` (equal to ``flat_scores(task)[idx]``)."""
+        if task not in self.ema:
+            raise KeyError(f"task {task!r} has no importance yet; tracked tasks: {self.tasks}")
+        return LazyFlatScores(self, task)
+
     def reset(self, task: str | None = None) -> None:
         """Forget ``task`` (or every task)."""
-        for store in (self.ema, self.unc, self.n_updates, self._flat, self._flat_unc):
+        for store in (self.ema, self.unc, self.n_updates, self._flat, self._flat_unc, self._denom_cache):
             if task is None:
                 store.clear()
             else:
                 store.pop(task, None)
+
+
+class LazyFlatScores:
+    """Deferred :meth:`ImportanceTracker.flat_scores` of one task (see ``lazy_flat_scores``)."""
+
+    def __init__(self, tracker: ImportanceTracker, task: str):
+        self.tracker, self.task = tracker, task
+        self._n = sum(p.numel() for p in tracker.params)
+
+    def numel(self) -> int:
+        return self._n
+
+    def materialize(self) -> torch.Tensor:
+        return self.tracker.flat_scores(self.task)
+
+    @torch.no_grad()
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        tr = self.tracker
+        idx = torch.as_tensor(idx).reshape(-1).to(torch.int64)
+        if tr.layout != "flat" or tr.normalize == "none" or self.task not in tr._flat:
+            return self.materialize()[idx]
+        flat = tr._flat_raw(self.task)  # a no-op view for fp32 taylor/fisher state
+        sizes = [p.numel() for p in tr.params]
+        views = torch.split(flat, sizes)
+        last = tr._denom_cache.get(self.task)  # from materialize() of the same state, if any
+        if last is not None and last[0] == tr.n_updates.get(self.task):
+            denom = torch.tensor(last[1], dtype=torch.float32, device=flat.device)
+        else:
+            denom = torch.tensor(tr._denominators(views), dtype=torch.float32, device=flat.device)
+        ends = torch.tensor(sizes, device=idx.device).cumsum(0)
+        d = denom[torch.searchsorted(ends, idx, right=True)]
+        val = flat[idx]
+        return torch.where(d > 0, val / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(val))
 
 
 def expand_blocks(block_scores: torch.Tensor, shape: Sequence[int], block_size: int) -> torch.Tensor:
@@ -374,6 +458,8 @@ def top_share_flat(flat: torch.Tensor, *, ratio: float, scope: str = "global",
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"ratio must be in [0, 1], got {ratio}")
     _check_choice("scope", scope, SCOPES)
+    if isinstance(flat, LazyFlatScores):
+        flat = flat.materialize()
     flat = flat.detach().float().reshape(-1)
     if scope == "global":
         return _exact_topk_mask(flat, int(round(ratio * flat.numel())))

@@ -12,6 +12,17 @@ True get the ordinary AdamW update
     p <- p (1 - lr wd) - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 
 with ``t`` the parameter's step count (bias correction per tensor, as in ``torch.optim.AdamW``).
+
+Frozen positions are cached per mask tensor for one step (``frozen_cache="step"``, the default:
+``zero_masked_grads`` and ``step`` of the same step share them; nothing is kept between steps, so
+no int64 positions per task stay allocated) or across steps (``"persistent"``: up to ~8 mask sets,
+for callers that return the same mask tensors at every step).
+
+Fused importance (EPI, arXiv 2604.14010): ``defer_importance(tracker, task)`` makes the next
+``zero_masked_grads`` (or, if it is not called, ``step``) fold each gradient into ``task``'s
+importance EMA (``ImportanceTracker.update_param``) in the same per-parameter pass that zeroes its
+masked entries, i.e. on the raw gradients (before masking and clipping), exactly as a separate
+``tracker.update(task)`` after the backward pass would, without a second pass over the gradients.
 """
 from __future__ import annotations
 
@@ -39,35 +50,73 @@ class FrozenPositions:
         if not p.is_contiguous():
             raise ValueError(f"parameter {name!r} is not contiguous; masked steps need contiguous parameters")
         if len(self._cache) >= self.max_entries:
-            self._cache.clear()
+            self.clear()
         idx = (~mask).reshape(-1).nonzero().squeeze(1).to(p.device)
         self._cache[id(mask)] = (mask, idx)
         return idx
+
+    def clear(self) -> None:
+        """Forget every cached mask (and release the references to them)."""
+        self._cache.clear()
 
 
 class MaskedAdamW(torch.optim.Optimizer):
     """AdamW over named parameters; ``step(masks=None)`` (see the module docstring)."""
 
     def __init__(self, named_params: dict[str, torch.nn.Parameter], *, lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01,
+                 frozen_cache: str = "step"):
+        if frozen_cache not in ("step", "persistent"):
+            raise ValueError(f"frozen_cache must be 'step' or 'persistent', got {frozen_cache!r}")
         if lr < 0 or eps < 0 or weight_decay < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"invalid AdamW settings lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}")
         self.names = list(named_params)
         params = [named_params[n] for n in self.names]
         super().__init__([{"params": params, "names": self.names}],
                          dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
-        self._frozen_index = FrozenPositions(max_entries=8 * len(self.names))  # ~8 mask sets kept alive
+        self.frozen_cache = frozen_cache
+        n_sets = 8 if frozen_cache == "persistent" else 1  # ~8 mask sets kept alive, or this step's
+        self._frozen_index = FrozenPositions(max_entries=n_sets * len(self.names) + 1)
+        self._pending: tuple | None = None
+
+    def defer_importance(self, tracker, task: str) -> None:
+        """Fold the gradients into ``tracker``'s EMA of ``task`` during the next
+        ``zero_masked_grads`` (or ``step``), fused into its per-parameter pass (see the module
+        docstring). ``tracker``: an ``ImportanceTracker`` over (a subset of) these parameters."""
+        self.flush_importance()  # an earlier deferred update that no step consumed
+        index = {n: i for i, n in enumerate(tracker.names)}
+        unknown = [n for n in tracker.names if n not in self.names]
+        if unknown:
+            raise KeyError(f"tracker parameters not among the optimised parameters: {unknown[:5]}")
+        tracker.begin_update(task)
+        self._pending = (tracker, task, index)
+
+    @torch.no_grad()
+    def flush_importance(self) -> None:
+        """Apply a deferred importance update now, on the current gradients (e.g. before a mask
+        refresh that must see this step's importance); a no-op when none is pending."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        tracker, task, index = pending
+        pairs = [(index[name], torch.zeros_like(p) if p.grad is None else p.grad)
+                 for name, p in zip(self.names, self.param_groups[0]["params"]) if name in index]
+        tracker.update_params(task, [i for i, _ in pairs], [g for _, g in pairs])
+        tracker.end_update(task)
 
     @torch.no_grad()
     def zero_masked_grads(self, masks: dict[str, torch.Tensor] | None) -> None:
         """Set the gradient of every masked (False) element to 0 (in place; positions cached per
-        mask tensor), e.g. so that gradient clipping ignores protected elements."""
-        params = dict(zip(self.names, self.param_groups[0]["params"]))
-        for name, mask in (masks or {}).items():
-            if name not in params:
-                raise KeyError(f"update mask name not among the optimised parameters: {name!r}")
-            p = params[name]
-            if p.grad is not None:
+        mask tensor), e.g. so that gradient clipping ignores protected elements; first folds each
+        raw gradient into the deferred importance EMA, if any (one pass per parameter)."""
+        masks = masks or {}
+        unknown = set(masks) - set(self.names)
+        if unknown:
+            raise KeyError(f"update mask name not among the optimised parameters: {sorted(unknown)[0]!r}")
+        self.flush_importance()  # fold the raw gradients first (multi-tensor kernels)
+        for name, p in zip(self.names, self.param_groups[0]["params"]):
+            mask = masks.get(name)
+            if mask is not None and p.grad is not None:
                 idx = self._frozen_index(name, p, mask)
                 if idx.numel():
                     p.grad.view(-1).index_fill_(0, idx, 0)
@@ -78,6 +127,8 @@ class MaskedAdamW(torch.optim.Optimizer):
         unknown = set(masks) - set(self.names)
         if unknown:
             raise KeyError(f"update mask names not among the optimised parameters: {sorted(unknown)[:5]}")
+        if self._pending is not None:  # importance deferred but zero_masked_grads not called
+            self.zero_masked_grads(None)
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for name, p in zip(group["names"], group["params"]):
@@ -110,4 +161,6 @@ class MaskedAdamW(torch.optim.Optimizer):
                 if frozen is not None:
                     for tensor, values in saved:
                         tensor.view(-1).index_copy_(0, frozen, values)
+        if self.frozen_cache == "step":
+            self._frozen_index.clear()
         return None

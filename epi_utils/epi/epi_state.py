@@ -1,0 +1,327 @@
+"""Compact EPI state: bit-packed critical sets, an owner map derived from them, and the memory model.
+
+EPI (arXiv 2604.14010) keeps, per parameter element and task, an importance EMA and a critical
+set (the task's top ``isolation_ratio`` share), and one owner per element. Stored naively that is
+``4T`` (fp32 EMA) + ``T`` (bool critical sets) + ``T`` (cached bool masks) + 1 (int8 owner map)
+= ``6T + 1`` bytes per parameter. Here:
+
+- :class:`TaskSet`: a subset of ``{0, ..., n-1}`` stored as packed bits (``n / 8`` bytes) or as
+  sorted int32 indices (``4 k`` bytes), whichever is smaller (indices win below a share of 1/32).
+- :class:`PackedSets`: ``task -> TaskSet``; reading a task returns its bool ``(n,)`` mask
+  (unpacked on the fly, a transient), writing packs it.
+- :class:`CompactOwners`: the owner vector (int8 ``(n,)``: -1 free, -2 frozen for all, ``t >= 0``
+  owned by task ``t``) derived from the critical sets: where exactly one task claims an element it
+  owns it, where none does it is free; every other element (overlaps: resolved by score, pinning
+  or freezing) is an *exception* stored sparsely (its position as a :class:`TaskSet` and its owner
+  as int8). ``allowed(t)`` builds the per-step bool mask of task ``t`` from these, so no mask per
+  task is cached. ``legacy=True`` keeps today's int8 vector and a cached bool mask per task (the
+  reference for the equality test).
+- :func:`epi_state_bytes_per_param`: the memory model (bytes per parameter element) for ``T``
+  tasks in each mode, for memory estimates (the GPU rehearsal) and the benchmark.
+
+Bit order: element ``i`` is bit ``i % 8`` (least significant first) of byte ``i // 8``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import MutableMapping
+from typing import Callable, Iterable, Mapping
+
+import torch
+
+_PACK = 0x0102040810204080              # gathers the low bit of 8 bytes into the top byte
+_REPEAT = 0x0101010101010101            # repeats one byte 8 times
+_SELECT = 0x8040201008040201 - (1 << 64)  # bit i of byte i (as a signed int64)
+_LOW7 = 0x7F7F7F7F7F7F7F7F
+_HIGH = 0x8080808080808080 - (1 << 64)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """Bool ``(n,)`` (any shape, flattened) -> uint8 ``(ceil(n / 8),)``; element ``i`` is bit
+    ``i % 8`` of byte ``i // 8``. One int64 multiply per 8 elements."""
+    m = mask.reshape(-1)
+    if m.dtype != torch.bool:
+        raise ValueError(f"pack_bits needs a bool tensor, got {m.dtype}")
+    pad = (-m.numel()) % 8
+    if pad:
+        m = torch.cat([m, m.new_zeros(pad)])
+    words = m.contiguous().view(torch.int64)
+    return (words * _PACK).bitwise_right_shift_(56).bitwise_and_(0xFF).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """uint8 ``(ceil(n / 8),)`` -> bool ``(n,)`` (inverse of :func:`pack_bits`)."""
+    if packed.dtype != torch.uint8 or packed.numel() != math.ceil(n / 8):
+        raise ValueError(f"unpack_bits needs uint8 of {math.ceil(n / 8)} bytes for n={n}, got "
+                         f"{packed.dtype} of {packed.numel()}")
+    words = (packed.to(torch.int64) * _REPEAT).bitwise_and_(_SELECT)  # byte i holds bit i (0 or 2^i)
+    # byte-wise "!= 0" without a per-byte pass: +0x7F sets bit 7 of every nonzero byte (no carry out
+    # of a byte: at most 0x80 + 0x7F), then move bit 7 to bit 0; every byte is then exactly 0 or 1
+    words.add_(_LOW7).bitwise_and_(_HIGH).bitwise_right_shift_(7).bitwise_and_(_REPEAT)
+    return words.view(torch.bool)[:n]
+
+
+def bits_at(packed: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Bool values of the packed set at int positions ``idx`` (same shape as ``idx``)."""
+    idx = idx.to(torch.int64)
+    return packed[idx >> 3].bitwise_right_shift(idx & 7).bitwise_and_(1).bool()
+
+
+class TaskSet:
+    """A subset of ``{0, ..., n-1}``: packed bits or sorted int32 indices, whichever is smaller."""
+
+    __slots__ = ("n", "bits", "idx", "count")
+
+    def __init__(self, n: int, *, bits: torch.Tensor | None = None, idx: torch.Tensor | None = None, count: int):
+        self.n, self.bits, self.idx, self.count = int(n), bits, idx, int(count)
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor, *, form: str = "auto") -> "TaskSet":
+        """``form``: ``"auto"`` (smaller of the two), ``"bits"`` or ``"indices"``."""
+        m = mask.reshape(-1)
+        n, k = m.numel(), int(torch.count_nonzero(m))
+        if form not in ("auto", "bits", "indices"):
+            raise ValueError(f"form must be 'auto', 'bits' or 'indices', got {form!r}")
+        if n >= 2 ** 31:
+            form = "bits"  # int32 positions cannot address it
+        if form == "indices" or (form == "auto" and 4 * k < math.ceil(n / 8)):
+            return cls(n, idx=m.nonzero().squeeze(1).to(torch.int32), count=k)
+        return cls(n, bits=pack_bits(m), count=k)
+
+    @classmethod
+    def from_indices(cls, idx: torch.Tensor, n: int) -> "TaskSet":
+        """From sorted distinct int positions ``idx`` in ``[0, n)``, in the smaller form."""
+        k = idx.numel()
+        if 4 * k < math.ceil(n / 8) and n < 2 ** 31:
+            return cls(n, idx=idx.to(torch.int32), count=k)
+        mask = torch.zeros(n, dtype=torch.bool, device=idx.device).index_fill_(0, idx.to(torch.int64), True)
+        return cls(n, bits=pack_bits(mask), count=k)
+
+    def to_mask(self) -> torch.Tensor:
+        if self.bits is not None:
+            return unpack_bits(self.bits, self.n)
+        out = torch.zeros(self.n, dtype=torch.bool, device=self.idx.device)
+        return out.index_fill_(0, self.idx.to(torch.int64), True)
+
+    def or_into(self, acc: torch.Tensor) -> None:
+        """``acc |= self`` for a bool ``(n,)`` accumulator."""
+        if self.bits is not None:
+            acc |= unpack_bits(self.bits, self.n)
+        elif self.count:
+            acc.index_fill_(0, self.idx.to(torch.int64), True)
+
+    def at(self, pos: torch.Tensor) -> torch.Tensor:
+        """Membership of int positions ``pos`` (bool, shape of ``pos``)."""
+        if self.bits is not None:
+            return bits_at(self.bits, pos)
+        if self.count == 0:
+            return torch.zeros(pos.shape, dtype=torch.bool, device=pos.device)
+        i = torch.searchsorted(self.idx, pos.to(torch.int32)).clamp_(max=self.count - 1)
+        return self.idx[i] == pos.to(torch.int32)
+
+    @property
+    def nbytes(self) -> int:
+        t = self.bits if self.bits is not None else self.idx
+        return t.numel() * t.element_size()
+
+
+class PackedSets(MutableMapping):
+    """``task -> TaskSet``; ``sets[t]`` returns the bool ``(n,)`` mask (a transient), ``sets[t] = m``
+    packs it. ``packed=False`` stores the bool tensors themselves (today's layout)."""
+
+    def __init__(self, *, packed: bool = True):
+        self.packed = packed
+        self._d: dict = {}
+
+    def __getitem__(self, task):
+        v = self._d[task]
+        return v.to_mask() if isinstance(v, TaskSet) else v
+
+    def __setitem__(self, task, mask: torch.Tensor) -> None:
+        self._d[task] = TaskSet.from_mask(mask) if self.packed else mask.reshape(-1)
+
+    def __delitem__(self, task) -> None:
+        del self._d[task]
+
+    def __iter__(self):
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def stored(self, task):
+        """The stored form of ``task`` (:class:`TaskSet`, or a bool tensor when not packed)."""
+        return self._d[task]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes if isinstance(v, TaskSet) else v.numel() * v.element_size() for v in self._d.values())
+
+
+class CompactOwners:
+    """Owner vector derived from critical sets plus sparse exceptions (see the module docstring).
+
+    ``owner``: int8 ``(n,)``; ``sets``: ``task id -> TaskSet or bool (n,)`` (the critical sets the
+    owner vector was resolved from). ``legacy=True`` stores ``owner`` as is and caches one bool
+    mask per task, as before."""
+
+    def __init__(self, owner: torch.Tensor, sets: Mapping[int, "TaskSet | torch.Tensor"], *, legacy: bool = False):
+        owner = owner.reshape(-1)
+        self.n, self.legacy, self.device = owner.numel(), legacy, owner.device
+        self._allowed: dict[int, torch.Tensor] = {}
+        if legacy:
+            self._owner = owner
+            return
+        self._owner = None
+        self.sets = dict(sets)
+        pos = (owner != self._naive()).nonzero().squeeze(1)
+        self.exc_pos = TaskSet.from_indices(pos, self.n)
+        self.exc_owner = owner[pos].to(torch.int8)
+
+    def _masks(self) -> Iterable[tuple[int, torch.Tensor]]:
+        for tid, s in self.sets.items():
+            yield tid, (s.to_mask() if isinstance(s, TaskSet) else s)
+
+    def _naive(self) -> torch.Tensor:
+        """Owner by the unique-claimant rule: the claimant where one task claims, -1 where none,
+        -3 (never a valid owner) where several do."""
+        count = torch.zeros(self.n, dtype=torch.int8, device=self.device)
+        claim = torch.zeros(self.n, dtype=torch.int8, device=self.device)
+        for tid, m in self._masks():
+            m8 = m.view(torch.int8)
+            count.add_(m8)
+            claim.add_(m8 * (tid + 1))
+        claim.sub_(1)
+        return claim.masked_fill_(count > 1, -3)
+
+    def to_int8(self) -> torch.Tensor:
+        """The full int8 owner vector ``(n,)`` (a transient when not legacy)."""
+        if self.legacy:
+            return self._owner
+        owner = self._naive()
+        if self.exc_pos.count:
+            owner[self.exc_pos.to_mask()] = self.exc_owner
+        return owner
+
+    def allowed(self, tid: int) -> torch.Tensor:
+        """Bool ``(n,)``: True where a step of task id ``tid`` may move the element (free or owned
+        by ``tid``). Legacy: cached per task; compact: built from the sets (a transient)."""
+        if self.legacy:
+            if tid not in self._allowed:
+                self._allowed[tid] = (self._owner == -1) | (self._owner == tid)
+            return self._allowed[tid]
+        others = [s for t, s in self.sets.items() if t != tid]
+        packed = [s.bits for s in others if isinstance(s, TaskSet) and s.bits is not None]
+        if packed:  # OR the packed bytes (n/8 each), then unpack once
+            acc = packed[0].clone()
+            for b in packed[1:]:
+                acc |= b
+            blocked = unpack_bits(acc, self.n)
+        else:
+            blocked = torch.zeros(self.n, dtype=torch.bool, device=self.device)
+        for s in others:
+            if isinstance(s, TaskSet):
+                if s.bits is None:
+                    s.or_into(blocked)
+            else:
+                blocked |= s
+        allowed = blocked.logical_not_()
+        if self.exc_pos.count:
+            pos = self.exc_pos.to_mask()
+            allowed[pos] = (self.exc_owner == -1) | (self.exc_owner == tid)
+        return allowed
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held beyond the critical sets (which the policy holds anyway)."""
+        if self.legacy:  # its cached masks are the policy's cached masks (counted there)
+            return self._owner.numel()
+        return self.exc_pos.nbytes + self.exc_owner.numel()
+
+
+class LazyMapping(Mapping):
+    """Read-only mapping whose values are computed on access by ``fn(key)`` (not cached)."""
+
+    def __init__(self, keys: Iterable, fn: Callable):
+        self._keys, self._fn = list(keys), fn
+
+    def __getitem__(self, key):
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._fn(key)
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+# ---------------------------------------------------------------------------------------------
+MODES = ("legacy", "fp32", "bf16", "lean")
+
+
+def epi_state_bytes_per_param(n_tasks: int, *, mode: str = "fp32", ratio: float = 0.05,
+                              overlap_share: float | None = None, block_size: int = 64,
+                              estimator: str = "taylor") -> dict[str, float]:
+    """EPI's persistent state in bytes per parameter element for ``n_tasks`` tasks (a model).
+
+    ``mode``: ``"legacy"`` (fp32 EMA, bool critical sets, a cached bool mask per task, int8 owner
+    map: ``6T + 1``; the layout before issue 19), ``"fp32"`` (fp32 EMA, compact sets and owners:
+    the EPI policy's default, whose masks equal the legacy ones), ``"bf16"`` (bf16 EMA, compact:
+    ``state_dtype=torch.bfloat16``; masks differ from fp32 in ~0.01-0.4% of critical elements,
+    measured in ``tests/test_epi_state_memory.py``), ``"lean"`` (fp32 EMA per block of
+    ``block_size`` elements, compact).
+    ``ratio``: the isolation ratio (critical-set share per task). ``overlap_share``: share of
+    elements claimed by two or more tasks (the owner exceptions); ``None`` takes the worst case
+    ``min(1, T * ratio / 2)``. ``estimator="sensitivity"`` doubles the EMA (uncertainty EMA).
+    Returns the parts (``ema``, ``critical_sets``, ``owners``, ``cached_masks``) and ``total``;
+    AdamW's own moments are 8 bytes per parameter (fp32 ``exp_avg`` + ``exp_avg_sq``)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if n_tasks < 1 or not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"n_tasks must be >= 1 and ratio in [0, 1], got {n_tasks}, {ratio}")
+    T = int(n_tasks)
+    ema_per_task = {"legacy": 4.0, "fp32": 4.0, "bf16": 2.0, "lean": 4.0 / block_size}[mode]
+    ema = T * ema_per_task * (2 if estimator == "sensitivity" else 1)
+    if mode == "legacy":
+        parts = {"ema": ema, "critical_sets": float(T), "owners": 1.0, "cached_masks": float(T)}
+    else:
+        ovl = min(1.0, T * ratio / 2) if overlap_share is None else float(overlap_share)
+        sets = T * min(1 / 8, 4 * ratio)
+        owners = min(1 / 8, 4 * ovl) + ovl  # exception positions + their int8 owner
+        parts = {"ema": ema, "critical_sets": sets, "owners": owners, "cached_masks": 0.0}
+    parts["total"] = sum(parts.values())
+    parts["adamw"] = 8.0
+    return parts
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def measured_bytes_per_param(policy, *, optimizer=None) -> dict[str, float]:
+    """Bytes per parameter element that an isolation ``policy`` (and, if given, the frozen-position
+    cache of a ``MaskedAdamW`` ``optimizer``) holds now, by part: ``ema`` (tracker state, all
+    tasks), ``critical_sets``, ``owners``, ``cached_masks``, ``optimizer_positions``; ``total``."""
+    tr = getattr(policy, "tracker", None)
+    n = sum(policy._sizes) if policy._sizes else (sum(p.numel() for p in tr.params) if tr is not None else 0)
+    if n == 0:
+        return {"ema": 0.0, "critical_sets": 0.0, "owners": 0.0, "cached_masks": 0.0, "optimizer_positions": 0.0,
+                "total": 0.0}
+    ema = 0
+    if tr is not None:
+        for task in tr.ema:
+            if task in tr._flat:
+                ema += _nbytes(tr._flat[task]) + (_nbytes(tr._flat_unc[task]) if task in tr._flat_unc else 0)
+            else:
+                ema += sum(_nbytes(t) for t in tr.ema[task]) + sum(_nbytes(t) for t in tr.unc.get(task, []))
+    owners = policy._owner_flat.nbytes if policy._owner_flat is not None else 0
+    cached = sum(sum(v.numel() for v in d.values()) for d in policy._allowed.values())
+    positions = 0
+    if optimizer is not None and hasattr(optimizer, "_frozen_index"):
+        positions = sum(_nbytes(idx) for _, idx in optimizer._frozen_index._cache.values())
+    out = {"ema": ema / n, "critical_sets": policy._crit_flat.nbytes / n, "owners": owners / n,
+           "cached_masks": cached / n, "optimizer_positions": positions / n}
+    out["total"] = sum(out.values())
+    return out
