@@ -1,0 +1,50 @@
+"""GPU rehearsal of Study 05: the toy FewAsp copy has the real layout, the full-scale token counts
+match a hand count, and a rehearsal runs the study's code path with a tiny random BERT in < 60 s."""
+import json
+import time
+
+import pytest
+
+from epi_utils.acd import rehearsal, study
+from epi_utils.acd.config import ACDConfig
+from epi_utils.acd.data import load_split
+from epi_utils.workbench.rehearsal import meter
+
+
+def test_full_scale_tokens_by_hand():
+    cfg = ACDConfig(settings=["5way5shot"], n_seeds=1, n_query=5, max_epochs=2, train_episodes=10,
+                    eval_datasets=["FewAsp(single)"], encoder="bert")
+    sizes = rehearsal.full_scale_tokens(cfg)
+    assert sizes["micro_batch"] == 50
+    assert sizes["train_tokens"] == 2 * 2 * 10 * 50 * 64                      # archs x epochs x episodes x sentences x len
+    assert sizes["forward_tokens"] == 2 * 2 * 3200 * 64 + 2 * (3200 + 4000) * 64  # validation per epoch + evaluation
+
+
+def test_toy_copy_has_the_real_layout(tmp_path):
+    root = rehearsal.write_toy_fewasp(tmp_path)
+    assert set(json.loads((root / "separate.json").read_text())) == {"train", "validation", "test"}
+    split = load_split("FewAsp(single)", "test", root=root)  # validates against separate.json
+    assert len(split.classes) == 4 and all(len(v) == 8 for v in split.by_class.values())
+
+
+def test_rehearsal_needs_the_bert_encoder(tmp_path):
+    with pytest.raises(ValueError, match="encoder"):
+        rehearsal.prepare(ACDConfig(settings=["5way5shot"], encoder="cnn"), tmp_path)
+
+
+def test_rehearsal_runs_the_study_and_estimates(tmp_path, monkeypatch):
+    monkeypatch.setenv("EPI_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = ACDConfig(settings=["5way5shot", "10way10shot"], encoder="bert", hidden=128, attn_dim=64, device="cpu")
+    t0 = time.perf_counter()
+    reh = rehearsal.prepare(cfg, tmp_path)
+    with meter() as m:
+        res = study.run_study(reh.toy, reh.data, backbone=reh.backbone)
+        m.steps = sum(len(r.epoch_seconds) * r.episodes_per_epoch for r in res.training)
+    est = rehearsal.estimate_full_scale(reh, m)
+    assert time.perf_counter() - t0 < 60
+    assert {r.arch for r in res.training} == {"protonet", "proto_awatt"} and m.steps == 2 * 4 * len(res.training[0].epoch_seconds)
+    assert set(res.episode_frame().method) == set(study.METHODS)
+    backbone = next(iter(study.new_model("protonet", reh.toy, reh.data, 0, backbone=reh.backbone).encoder.children()))
+    assert backbone.config.model_type == "bert" and backbone.config.hidden_size == 64
+    assert est["gpu_hours"] > 0 and est["gpu_memory_gb"] > 0 and est["host_memory_gb"] > 0
+    assert est["assumptions"]["micro_batch"] == 150 and est["model_id"] == "bert-base-uncased"
