@@ -9,29 +9,26 @@ from epi_utils.ilp import diagnosis as dg
 def _table():
     base = dict(task="qa", stage=1, learned=False, incons_flag=False, incons_group_size=1, incons_n_targets=1,
                 incons_partner=None, incons_max_similarity=0.0, dyn_stage_forgotten=False, overwrite_later=False,
-                overwrite_by=None,
-                dyn_forgetting_events=0, dyn_max_in_stage=0.0, conflict_flag=False, probe_category="known",
-                probe_target_prob=0.9, probe_target_rank=1, probe_base_answer="x", probe_base_conf=0.9,
-                rarity_group_share=0.3, rarity_group_size=30, rarity_target_len_z=0.0, dyn_loss_slope_end=0.0,
-                planted_cause=None)
+                overwrite_by=None, dyn_forgetting_events=0, dyn_max_in_stage=0.0, probe_category="known",
+                probe_target_prob=0.9, probe_base_answer="x", probe_base_conf=0.9, probe_conflict_threshold=0.8,
+                rarity_skeleton="the * of * is", rarity_group_size=200, rarity_ratio=1.0, rarity_target_len_z=0.0)
     rows = {
         "incons": dict(incons_flag=True, incons_group_size=2, incons_n_targets=2, incons_partner="p",
-                       conflict_flag=True, planted_cause="inconsistency"),   # inconsistency beats conflict
-        "forget": dict(stage=0, dyn_stage_forgotten=True, dyn_forgetting_events=1, dyn_max_in_stage=1.0,
-                       planted_cause="forgetting"),
+                       probe_category="conflict"),                        # inconsistency beats conflict
+        "forget": dict(stage=0, dyn_stage_forgotten=True, dyn_forgetting_events=1, dyn_max_in_stage=1.0),
         # memorised for a while, then lost, but the base model never knew the fact: knowledge first
         "fragile": dict(stage=0, dyn_stage_forgotten=True, dyn_forgetting_events=1, dyn_max_in_stage=1.0,
-                        probe_category="unknown", planted_cause="missing_knowledge"),
-        "conflict": dict(conflict_flag=True, probe_category="unknown", probe_base_answer="paris",
-                         planted_cause="conflict"),
-        "missing": dict(probe_category="unknown", probe_target_prob=0.01, probe_target_rank=40,
-                        planted_cause="missing_knowledge"),
-        "maybe": dict(probe_category="maybe_known", planted_cause="missing_knowledge"),
-        "rare": dict(rarity_group_share=0.02, rarity_group_size=2, planted_cause="rare_complex"),
-        "long": dict(rarity_target_len_z=3.0, planted_cause="rare_complex"),
-        "overwritten": dict(stage=0, overwrite_later=True, overwrite_by="late/1", planted_cause="forgetting"),
+                        probe_category="unknown"),
+        "conflict": dict(probe_category="conflict", probe_base_answer="paris"),
+        "missing": dict(probe_category="unknown", probe_target_prob=0.01, probe_base_conf=0.3),
+        "skill": dict(probe_category="not_applicable"),
+        "rare": dict(rarity_skeleton="* sort *", rarity_group_size=9, rarity_ratio=0.04),
+        "long": dict(rarity_target_len_z=3.5),
+        # a rare form that was reproduced and then lost: forgetting comes first
+        "rare_forgot": dict(stage=0, rarity_ratio=0.04, dyn_stage_forgotten=True),
+        "overwritten": dict(stage=0, overwrite_later=True, overwrite_by="late/1"),
         "plain": dict(),
-        "learned": dict(learned=True, conflict_flag=True),
+        "learned": dict(learned=True, probe_category="conflict"),
     }
     return pd.DataFrame.from_dict({k: {**base, **v} for k, v in rows.items()}, orient="index")
 
@@ -39,27 +36,26 @@ def _table():
 def test_cascade_on_hand_made_table():
     out = dg.diagnose(_table())
     assert "learned" not in out.index
-    expect = {"incons": "inconsistency", "forget": "forgetting", "conflict": "conflict",
-              "missing": "missing_knowledge", "maybe": "unexplained", "rare": "rare_complex",
-              "long": "rare_complex", "plain": "unexplained", "overwritten": "forgetting",
-              "fragile": "missing_knowledge"}
+    expect = {"incons": "inconsistency", "forget": "forgetting", "conflict": "conflict", "fragile": "missing_knowledge",
+              "missing": "missing_knowledge", "skill": "unexplained", "rare": "rare_complex", "long": "rare_complex",
+              "rare_forgot": "forgetting", "overwritten": "forgetting", "plain": "unexplained"}
     assert out["diagnosis"].to_dict() == expect
     assert "2 copies with 2 distinct targets" in out.loc["incons", "evidence"]
     assert "'paris'" in out.loc["conflict", "evidence"]
-    assert "rank 40" in out.loc["missing", "evidence"]
     assert "later stage (late/1)" in out.loc["overwritten", "evidence"]
-    assert "template share 0.020" in out.loc["rare", "evidence"]
+    assert "'* sort *' has 9 samples, 0.040 of the task's dominant form" in out.loc["rare", "evidence"]
+    assert "never reproduced" in out.loc["rare", "evidence"]
 
 
 def test_thresholds_are_parameters():
-    th = dg.CascadeThresholds(maybe_known_is_missing=True, complex_min_len_z=5.0, rare_max_share=0.01)
+    th = dg.CascadeThresholds(complex_min_len_z=5.0, rare_max_ratio=0.01)
     out = dg.diagnose(_table(), thresholds=th)
-    assert out.loc["maybe", "diagnosis"] == "missing_knowledge"
     assert out.loc["long", "diagnosis"] == "unexplained" and out.loc["rare", "diagnosis"] == "unexplained"
     off = dg.diagnose(_table(), thresholds=dg.CascadeThresholds(dynamics_forgetting=False, overwrite_is_forgetting=False))
     assert off.loc["forget", "diagnosis"] == "unexplained" and off.loc["overwritten", "diagnosis"] == "unexplained"
-    with pytest.raises(dg.DiagnosisInputError, match="rare_max_share must be in"):
-        dg.CascadeThresholds(rare_max_share=2.0)
+    assert off.loc["rare_forgot", "diagnosis"] == "rare_complex"
+    with pytest.raises(dg.DiagnosisInputError, match="rare_max_ratio must be in"):
+        dg.CascadeThresholds(rare_max_ratio=2.0)
     with pytest.raises(dg.DiagnosisInputError, match="unknown cascade threshold"):
         dg.CascadeThresholds.from_mapping({"rare_share": 0.1})
 
@@ -67,7 +63,7 @@ def test_thresholds_are_parameters():
 def test_empty_set_of_unlearned_samples_is_a_clear_error():
     t = _table()
     t["learned"] = True
-    with pytest.raises(dg.DiagnosisInputError, match="no unlearned samples among 11"):
+    with pytest.raises(dg.DiagnosisInputError, match="no unlearned samples among 12"):
         dg.diagnose(t)
     with pytest.raises(dg.DiagnosisInputError, match="no 'learned' column"):
         dg.diagnose(t.drop(columns="learned"))

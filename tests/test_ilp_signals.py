@@ -74,12 +74,29 @@ def test_near_duplicates_found_by_similarity():
 
 def test_rarity_by_hand():
     out = sg.rarity_signals(_samples())
-    assert out.loc["t/8", "rarity_group_size"] == 1
+    # math prompts: "3 + 4 =", "3 + 5 =", "12 + 30 =", "list the steps for 12 + 30"; words in >= 2 of 4
+    # prompts: "3", "+", "=", "12", "30" -> skeletons "3 + * =" (x2), "12 + 30 =", "* 12 + 30"
+    assert out.loc["t/5", "rarity_skeleton"] == "3 + * ="
+    assert out.loc["t/8", "rarity_skeleton"] == "* 12 + 30"
+    assert out.loc["t/5", "rarity_group_size"] == 2 and out.loc["t/8", "rarity_group_size"] == 1
     assert out.loc["t/8", "rarity_group_share"] == pytest.approx(1 / 4)
-    assert out.loc["t/5", "rarity_group_share"] == pytest.approx(3 / 4)
+    assert out.loc["t/8", "rarity_ratio"] == pytest.approx(1 / 2)
     assert out.loc["t/8", "rarity_target_len"] == 6
     # math lengths [1, 1, 1, 6]: mean 2.25, population std sqrt(4.6875)
     assert out.loc["t/8", "rarity_target_len_z"] == pytest.approx(3.75 / np.sqrt(4.6875))
+
+
+def test_skeleton_masks_content_words_and_ignores_template_ids():
+    assert sg.prompt_skeleton("the color of zabok is", {"the", "of", "is"}) == "the * of * is"
+    assert sg.prompt_skeleton("please sort the numbers 3 17 5", {"sort"}) == "* sort *"
+    prompts = [f"sort {i} {i + 1}" for i in range(20)] + ["please sort the numbers 1 2 3 4 5 6 7"]
+    frame = pd.DataFrame({"sample_id": [f"s{i}" for i in range(21)], "task": "sorting", "prompt": prompts,
+                          "response": ["x"] * 21})
+    out = sg.rarity_signals(frame.assign(template_id="same"))
+    assert out.loc["s20", "rarity_ratio"] == pytest.approx(1 / 20)
+    assert (out["rarity_ratio"].iloc[:20] == 1.0).all()
+    with pytest.raises(sg.SignalInputError, match="template_df"):
+        sg.rarity_signals(frame, template_df=0.0)
 
 
 def _dyn_rows():
@@ -133,41 +150,31 @@ def test_sample_ids_that_do_not_match_the_data():
         sg.signal_table(samples, correct={"t/0": True})
 
 
-def _probe(samples):
-    return pd.DataFrame({
-        "sample_id": ["t/4", "t/0", "t/2"],
-        "target_prob": [0.9, 0.05, 0.3],
-        "target_rank": [1, 7, 2],
-        "base_answer": ["Ada Lovelace", "purple", "yellow"],
-        "base_answer_prob": [0.9, 0.8, 0.3],
-    })
+def _raw_probe(ids, answers, confs, targets):
+    return pd.DataFrame({"sample_id": ids, "response": targets, "base_answer": answers, "base_conf": confs,
+                         "target_prob": [0.1] * len(ids),
+                         "known": [a.lower() == t.lower() for a, t in zip(answers, targets)]})
 
 
-def test_probe_categories_and_conflict():
-    s = _samples()
-    out = sg.signal_table(s, correct={i: i != "t/0" for i in s["sample_id"]}, probe=_probe(s))
-    assert out.loc["t/4", "probe_category"] == "known"           # normalised greedy answer = target
-    assert out.loc["t/0", "probe_category"] == "unknown"         # rank 7, prob 0.05
-    assert out.loc["t/2", "probe_category"] == "maybe_known"     # rank 2
-    assert out.loc["t/0", "conflict_flag"] and not out.loc["t/2", "conflict_flag"]  # 0.8 vs 0.3 confidence
-    assert out.loc["t/5", "probe_category"] == "not_probed" and not out.loc["t/5", "conflict_flag"]
-    assert not out.loc["t/0", "learned"] and out.loc["t/1", "learned"]
-
-
-def test_conflict_threshold_self_calibrates_on_known_facts():
-    probe = pd.DataFrame({
-        "sample_id": [f"k{i}" for i in range(5)] + ["conf", "miss"],
-        "response": ["a"] * 5 + ["a", "a"],
-        "base_answer": ["a"] * 5 + ["b", "c"],
-        "base_answer_prob": [0.99, 0.98, 0.995, 0.97, 0.99, 0.985, 0.8],
-        "target_prob": [0.99] * 5 + [0.01, 0.01],
-        "target_rank": [1] * 5 + [5, 6],
-    })
-    out = sg.probe_signals(probe, conflict_quantile=0.0, maybe_rank=1, maybe_prob=0.3)
+def test_probe_categories_self_calibrate_on_known_prompts():
+    ids = [f"k{i}" for i in range(5)] + ["conf", "miss"]
+    probe = _raw_probe(ids, ["a"] * 5 + ["b", "c"], [0.99, 0.98, 0.995, 0.97, 0.99, 0.985, 0.8], ["a"] * 7)
+    samples = pd.DataFrame({"sample_id": ids, "task": "qa"})
+    out = sg.probe_signals(probe, samples, conflict_quantile=0.0, min_known_share=0.2)
     # threshold = min confidence on the 5 known samples = 0.97
-    assert out["conflict_threshold"].iloc[0] == pytest.approx(0.97)
-    assert out.loc["conf", "conflict_flag"] and not out.loc["miss", "conflict_flag"]
-    assert out.loc["miss", "probe_category"] == "unknown"
-    # too few known samples: the absolute threshold is used
-    few = sg.probe_signals(probe.iloc[3:], conflict_quantile=0.0, conflict_confidence=0.5)
-    assert few["conflict_threshold"].iloc[0] == 0.5 and few.loc["miss", "conflict_flag"]
+    assert out["probe_conflict_threshold"].iloc[0] == pytest.approx(0.97)
+    assert out.loc["conf", "probe_category"] == "conflict" and out.loc["conf", "conflict_flag"]
+    assert out.loc["miss", "probe_category"] == "unknown" and not out.loc["miss", "conflict_flag"]
+    assert (out.loc[ids[:5], "probe_category"] == "known").all()
+    assert out["probe_group_known_share"].iloc[0] == pytest.approx(5 / 7)
+
+
+def test_probe_does_not_apply_where_the_base_model_knows_nothing():
+    ids = [f"k{i}" for i in range(5)] + [f"s{i}" for i in range(5)]
+    probe = _raw_probe(ids, ["a"] * 5 + ["zz"] * 5, [0.9] * 10, ["a"] * 5 + ["b"] * 5)
+    samples = pd.DataFrame({"sample_id": ids, "task": ["qa"] * 5 + ["sorting"] * 5})
+    out = sg.probe_signals(probe, samples, min_known_share=0.2)
+    assert (out.loc[[f"s{i}" for i in range(5)], "probe_category"] == "not_applicable").all()
+    assert not out["conflict_flag"].any()
+    with pytest.raises(sg.SignalInputError, match="not among the samples"):
+        sg.probe_signals(probe, samples.iloc[:3])

@@ -1,52 +1,70 @@
-"""Study summaries on hand-made per-seed results (no model): metrics keys, signal validation."""
+"""Study summaries on hand-made per-world records (no model): scores with intervals, buckets, metrics."""
 import numpy as np
 import pandas as pd
 import pytest
 
 from epi_utils.ilp import explorer, study, summary
 
+CAUSES = ["conflict", "missing_knowledge", "inconsistency", "forgetting", "rare_complex"]
 
-def _table(seed):
+
+def _table(seed, *, wrong=0):
+    """Four unlearned samples per cause and three unlearned 'none' samples, plus three learned ones;
+    ``wrong`` missing-knowledge samples are diagnosed as conflict."""
     rows = []
-    causes = ["conflict", "missing_knowledge", "inconsistency", "forgetting", "rare_complex", None]
-    for i, cause in enumerate(causes * 4):
-        learned = i >= 18 and cause is None
-        rows.append(dict(sample_id=f"t/{i}", task="fact_qa" if i % 2 else "sorting", stage=0, template_id="m",
-                         prompt=f"p{i}", response="r", planted_cause=cause, learned=learned,
-                         planted=cause or "none", incons_flag=cause == "inconsistency",
-                         overwrite_later=cause == "forgetting", rarity_group_share=0.01 if cause == "rare_complex" else 0.5,
-                         rarity_target_len_z=0.0, conflict_flag=cause == "conflict",
-                         probe_category="unknown" if cause == "missing_knowledge" else "known",
-                         diagnosis=None if learned else (cause or "unexplained"), evidence="-"))
+    for i, cause in enumerate(CAUSES * 4 + [None] * 6):
+        learned = cause is None and i >= 23
+        truth = "learned" if learned else (cause or "none")
+        diag = None if learned else (cause or "unexplained")
+        rows.append(dict(sample_id=f"t/{i}", task="fact_qa", stage=0, prompt=f"p{i}", response="r",
+                         planted_cause=cause, learned=learned, truth=truth, diagnosis=diag, evidence="-",
+                         dyn_correctness=0.0, dyn_forgetting_events=0))
     t = pd.DataFrame(rows).set_index("sample_id")
-    t.loc[t["learned"], "diagnosis"] = np.nan
+    mk = t.index[t["truth"] == "missing_knowledge"][:wrong]
+    t.loc[mk, "diagnosis"] = "conflict"
     return t
 
 
-def _results():
+def _records(wrong=(0, 0, 0)):
     out = []
-    for seed in (0, 1, 2):
-        rec = [dict(seed=seed, cause="conflict", arm="fix", n=4, recovery_rate=0.5 + 0.1 * seed, heldout_delta=0.0),
-               dict(seed=seed, cause="conflict", arm="control", n=4, recovery_rate=0.0, heldout_delta=0.01)]
-        out.append(study.SeedResult(seed=seed, table=_table(seed), heldout_accuracy=0.8, task_heldout={},
-                                    recovery_rows=rec, stage_end_eval=[], timings={"sft": 1.0}))
+    for seed, w in zip((0, 1, 2), wrong):
+        rec = [study.RecoveryRecord(seed, "conflict", "fix", 4, 0.5 + 0.1 * seed, 0.8),
+               study.RecoveryRecord(seed, "conflict", "control", 4, 0.1 * seed ** 2, 0.8)]
+        out.append(study.SeedRecord(seed=seed, table=_table(seed, wrong=w), heldout_accuracy=0.8, base_recall={},
+                                    stages=[study.StageRun(0, 10, 1.0, 0.96, True)], recovery=rec,
+                                    timings={"sft": 1.0}))
     return out
 
 
 def test_perfect_diagnosis_gives_macro_f1_one_and_metrics():
-    res = _results()
-    diag = study.diagnosis_summary(res)
-    assert diag["macro_f1"] == pytest.approx(1.0)
-    assert diag["confusion"].loc["none", "unexplained"] == 3 * 3       # 3 unlearned unplanted per seed
-    cfg = study.StudyConfig()
-    m = summary.headline_metrics(res, diag, cfg)
-    assert m["unlearned_rate"] == pytest.approx(23 / 24)
-    assert m["diagnosis_confusion"]["conflict"]["conflict"] == 12
-    assert m["recovery_rate"]["conflict_fix"] == pytest.approx(0.6)
-    assert m["recovery_rate_conflict_control"] == 0.0 and "recovery_rate_conflict_fix_ci95" in m
-    assert "the targeted fix beats" in summary.mitigation_text([r for x in res for r in x.recovery_rows])
-    val = summary.signal_validation(res, cfg)
-    assert (val["precision"] == 1.0).all() and (val["recall"] == 1.0).all()
-    assert "meets the 0.85 target" in summary.diagnosis_text(diag)
-    assert explorer.confusion_notes(diag["confusion"]) == ["no off-diagonal confusions"]
-    assert len(explorer.explorer_table(study.pooled_table(res), limit=5)) == 5
+    recs = _records()
+    diag = summary.diagnosis_summary(recs)
+    assert diag.macro_f1.mean == pytest.approx(1.0) and diag.macro_f1.n == 3 and diag.macro_f1.unit == "worlds"
+    assert diag.confusion.loc["none", "unexplained"] == 3 * 3
+    assert (diag.none_bucket["truth_none"] == 3).all() and (diag.none_bucket["diagnosed_unexplained"] == 3).all()
+    manif = summary.manifestation(recs)
+    assert manif.loc["conflict", "unlearned_min"] == 4
+    assert manif.loc["none", "prevalence"] == pytest.approx(3 / 23)
+    cmp = summary.mitigation_comparisons(recs)
+    # paired differences 0.5, 0.5, 0.3: mean 0.433, sd 0.1155, t(2) 4.303 -> half-width 0.287
+    assert cmp["conflict"].diff.mean == pytest.approx(1.3 / 3) and cmp["conflict"].a_name == "targeted fix"
+    assert cmp["conflict"].detectable == pytest.approx(4.303 * 0.11547 / np.sqrt(3), rel=1e-3)
+    metrics, heads = summary.headline_metrics(recs, diag, manif, cmp)
+    assert metrics["min_unlearned_per_cause_per_world"] == 4
+    assert metrics["mitigation"]["conflict"]["verdict"] == "a_better"
+    assert "diagnosis.macro_f1.mean" in heads
+    assert len(explorer.explorer_table(study.pooled_table(recs), limit=5)) == 5
+
+
+def test_scores_by_hand_with_interval_over_worlds():
+    # world 0: 2 of 4 missing-knowledge samples diagnosed conflict; worlds 1, 2 perfect
+    diag = summary.diagnosis_summary(_records(wrong=(2, 0, 0)))
+    # world 0: conflict P = 4/6, R = 1 -> F1 0.8; missing P = 1, R = 0.5 -> F1 2/3
+    f1_w0 = (0.8 + 2 / 3 + 1 + 1 + 1) / 5
+    assert diag.macro_f1_per_world[0] == pytest.approx(f1_w0)
+    assert diag.macro_f1.mean == pytest.approx((f1_w0 + 2) / 3)
+    assert diag.per_cause.loc["conflict", "precision"] == pytest.approx((4 / 6 + 2) / 3)
+    assert diag.per_cause.loc["conflict", "precision_low"] < diag.per_cause.loc["conflict", "precision"]
+    assert diag.macro_f1_close.mean == pytest.approx(1.0)
+    assert diag.macro_f1_inferred.mean == pytest.approx(((0.8 + 2 / 3 + 1) / 3 + 2) / 3)
+    assert diag.confusion.loc["missing_knowledge", "conflict"] == 2

@@ -35,10 +35,10 @@ def test_later_stage_overwrite_flags_exactly_the_planted_forgetting_samples(worl
     assert all(table.loc[b, "stage"] == world.config.n_stages - 1 for b in by)
 
 
-def test_rarity_flags_the_rare_templates(table):
+def test_rarity_from_text_flags_exactly_the_rare_prompt_forms(table):
     planted = table["planted_cause"] == "rare_complex"
-    rare = table["rarity_group_share"] <= 0.05
-    assert (rare == planted).all()
+    rare = table["rarity_ratio"] <= 0.25
+    assert planted.sum() > 0 and (rare == planted).all()
 
 
 def test_cascade_on_data_signals_alone_recovers_data_level_causes(table):
@@ -54,7 +54,7 @@ def test_fix_plans(world, table):
     diag = pd.DataFrame({"diagnosis": table["planted_cause"].fillna("unexplained")}, index=table.index)
     cfg = mitigation.InterventionConfig(replay_buffer=5)
     rng = np.random.default_rng(0)
-    inc = mitigation.plan_fix("inconsistency", world=world, train_samples=train, table=table, diagnosis=diag,
+    inc = mitigation.plan_fix("inconsistency", train_samples=train, table=table, diagnosis=diag,
                               config=cfg, rng=rng)
     # every duplicated pair is relabelled to one target, in the training rows and in the judged targets
     relabelled = {(p, r) for _, p, r in inc.train}
@@ -64,17 +64,17 @@ def test_fix_plans(world, table):
     for sid, tgt in inc.targets.items():
         pair_targets.setdefault(table.loc[sid, "incons_group_key"], set()).add(tgt)
     assert all(len(v) == 1 for v in pair_targets.values())
-    fo = mitigation.plan_fix("forgetting", world=world, train_samples=train, table=table, diagnosis=diag,
+    fo = mitigation.plan_fix("forgetting", train_samples=train, table=table, diagnosis=diag,
                              config=cfg, rng=rng)
     n_forgot = int((table["planted_cause"] == "forgetting").sum())
     assert len(fo.focus) == n_forgot + 5 and set(fo.targets) == set(table.index[table["planted_cause"] == "forgetting"])
-    mk = mitigation.plan_fix("missing_knowledge", world=world, train_samples=train, table=table, diagnosis=diag,
+    mk = mitigation.plan_fix("missing_knowledge", train_samples=train, table=table, diagnosis=diag,
                              config=cfg, rng=rng)
     assert mk.focus and all(kind == "lm" for kind, _, _ in mk.focus)
     sid = next(iter(mk.targets))
     assert any(table.loc[sid, "response"] in text.split() for _, text, _ in mk.focus)
     with pytest.raises(ValueError, match="cause must be one of"):
-        mitigation.plan_fix("typo", world=world, train_samples=train, table=table, diagnosis=diag, config=cfg, rng=rng)
+        mitigation.plan_fix("typo", train_samples=train, table=table, diagnosis=diag, config=cfg, rng=rng)
 
 
 def test_intervention_config_validation():

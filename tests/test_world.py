@@ -148,3 +148,21 @@ def test_real_facts_world():
     assert paris and paris[0].value == "paris" and paris[0].in_pretrain
     mk = [s for s in w.split("train") if s.planted_cause == "missing_knowledge"]
     assert mk and all(not w.fact(s.fact_id).in_pretrain for s in mk)
+
+
+def test_cloze_fact_prompts_are_additive(world):
+    # the default keeps the question form (studies 01 and 02 build this world)
+    assert "fact_prompt" in CFG.to_dict() and CFG.fact_prompt == "question"
+    qa = [s for s in world.split("train", task="fact_qa") if s.template_id == "fact_qa/main"]
+    assert qa and all(s.prompt.startswith("question : what is the ") for s in qa)
+    cloze = build_world(WorldConfig(**{**CFG.to_dict(), "tasks": CFG.tasks, "fact_prompt": "cloze"}))
+    main = [s for s in cloze.split("train", task="fact_qa") if s.template_id == "fact_qa/main"]
+    f = cloze.fact(main[0].fact_id)
+    assert main[0].prompt == f"the {f.attribute} of {f.entity} is"
+    # only the fact prompts change: same facts, corpus, targets and other tasks
+    assert cloze.pretrain_corpus == world.pretrain_corpus
+    assert [s.response for s in cloze.samples] == [s.response for s in world.samples]
+    assert [s.prompt for s in cloze.samples if s.task != "fact_qa"] == [s.prompt for s in world.samples
+                                                                         if s.task != "fact_qa"]
+    with pytest.raises(ValueError, match=r"fact_prompt must be one of \('question', 'cloze'\)"):
+        WorldConfig(fact_prompt="essay")

@@ -50,6 +50,7 @@ PLANTED_CAUSES = ("missing_knowledge", "conflict", "inconsistency", "forgetting"
 TASKS = ("fact_qa", "arithmetic", "reversal", "sorting", "key_lookup", "format_conversion")
 SPLITS = ("train", "heldout")
 FACT_CAUSES = ("missing_knowledge", "conflict")
+FACT_PROMPTS = ("question", "cloze")
 
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "color": ("red", "blue", "green", "yellow", "black", "white", "purple", "orange"),
@@ -90,6 +91,8 @@ class WorldConfig:
     forgetting_rate: float = 0.1       # share of a stage-0 task's train samples overwritten later
     rare_complex_rate: float = 0.1     # share of a task's train samples with rare template + long output
     n_stages: int = 2                  # sequential schedule: tasks split into this many stages
+    fact_prompt: str = "question"      # fact-QA prompt: "question" (QA form) | "cloze" (the corpus' recall
+    #                                    form RECALL_TEMPLATE, so the base model's knowledge applies to it)
 
     def __post_init__(self) -> None:
         def _int(name: str, lo: int, hi: int | None = None) -> None:
@@ -111,6 +114,8 @@ class WorldConfig:
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"WorldConfig.tasks must not repeat a task, got {self.tasks!r}")
         _int("n_stages", 1, len(self.tasks))
+        if self.fact_prompt not in FACT_PROMPTS:
+            raise ValueError(f"WorldConfig.fact_prompt must be one of {FACT_PROMPTS}, got {self.fact_prompt!r}")
         for name in ("pretrain_fact_fraction", *[f"{c}_rate" for c in PLANTED_CAUSES]):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.0 <= float(v) <= 1.0):
@@ -376,8 +381,10 @@ def _make_corpus(facts: list[Fact], rng: np.random.Generator) -> list[str]:
     return [lines[i] for i in rng.permutation(len(lines))]
 
 
-def fact_question(attribute: str, entity: str) -> str:
-    """The main fact-QA prompt."""
+def fact_question(attribute: str, entity: str, *, form: str = "question") -> str:
+    """The main fact-QA prompt: ``"question"`` form (default) or the corpus' ``"cloze"`` recall form."""
+    if form == "cloze":
+        return RECALL_TEMPLATE.format(attr=attribute, ent=entity)
     return f"question : what is the {attribute} of {entity} ?"
 
 
@@ -399,7 +406,7 @@ def _fact_qa_samples(config, facts, rng, values_of, *, n_train_counts, n_heldout
         for _ in range(k):
             f = next(it)
             ans = f.value if cause == "plain" else _alternate_response("fact_qa", "", f.value, rng, values_of(f))
-            items.append([cause, fact_question(f.attribute, f.entity), ans, "fact_qa/main", f.fact_id, f.value])
+            items.append([cause, fact_question(f.attribute, f.entity, form=config.fact_prompt), ans, "fact_qa/main", f.fact_id, f.value])
     attrs = sorted({f.attribute for f in facts})
     for j in range(n_train_counts["rare_complex"]):
         f = next(it)
@@ -409,8 +416,8 @@ def _fact_qa_samples(config, facts, rng, values_of, *, n_train_counts, n_heldout
         items.append(["rare_complex", f"{RARE_PREFIXES[k]} tell me about {f.entity} : what are the {f.attribute} "
                       f"and the {other} of it ?", f"{f.value} and {ov}", f"fact_qa/rare{k}", f.fact_id, f.value])
     for f in absent[: n_train_counts["missing_knowledge"]]:
-        items.append(["missing_knowledge", fact_question(f.attribute, f.entity), f.value, "fact_qa/main", f.fact_id, None])
-    heldout = [(fact_question(f.attribute, f.entity), f.value, "fact_qa/main", f.fact_id, f.value)
+        items.append(["missing_knowledge", fact_question(f.attribute, f.entity, form=config.fact_prompt), f.value, "fact_qa/main", f.fact_id, None])
+    heldout = [(fact_question(f.attribute, f.entity, form=config.fact_prompt), f.value, "fact_qa/main", f.fact_id, f.value)
                for f in (next(it) for _ in range(n_heldout))]
     return items, heldout
 

@@ -5,31 +5,34 @@ missing prerequisite knowledge, conflict with pre-training knowledge, internal i
 the SFT data, left-side forgetting in sequential fine-tuning, insufficient optimisation of rare or
 complex patterns. Each unlearned sample is mapped to one of them or to ``unexplained``.
 
-The cascade reads the per-sample table of :func:`epi_utils.ilp.signals.signal_table` and checks,
-in this order (the first rule that fires decides, and its evidence is recorded):
+The cascade reads the per-sample table of :func:`epi_utils.ilp.signals.signal_table` (signals a
+user has: the SFT data, the base model, the training dynamics; no generator field) and checks, in
+this order (the first rule that fires decides, and its evidence is recorded):
 
-1. ``inconsistency``: the prompt appears elsewhere in the same stage with a different target
-   (``incons_flag``); evidence: copies, distinct targets, partner id, similarity.
+1. ``inconsistency``: the prompt (or a near-identical one) appears elsewhere in the same stage
+   and task with a different target (``incons_flag``).
 2. ``forgetting`` (data): the prompt is retrained with another target in a later stage
    (``overwrite_later``, when ``overwrite_is_forgetting``).
-3. ``conflict``: the base model confidently answers something else (``conflict_flag``).
-4. ``missing_knowledge``: the base model's knowledge probe says ``unknown`` (or ``maybe_known``
-   when ``maybe_known_is_missing``).
-5. ``forgetting`` (dynamics, when ``dynamics_forgetting``): learned at the end of its own stage
-   and unlearned after a later one (``dyn_stage_forgotten``), or ``>= min_forgetting_events``
-   forgetting events with an own-stage best exact match of at least
-   ``forgetting_min_correctness``, outside the last stage.
-6. ``rare_complex``: the template group is small (``rarity_group_share <= rare_max_share`` or
-   ``rarity_group_size <= rare_max_size``) or the target is long (``rarity_target_len_z >=
-   complex_min_len_z``) or the loss is still falling (``dyn_loss_slope_end <= -min_loss_drop``).
-7. ``unexplained`` otherwise.
+3. ``conflict``: the base model answers the prompt with something else, as confidently as it
+   answers the prompts it knows (``probe_category == "conflict"``).
+4. ``missing_knowledge``: the base model answers something else with less confidence
+   (``probe_category == "unknown"``), in a prompt form where it demonstrably knows others.
+5. ``forgetting`` (dynamics, when ``dynamics_forgetting``): reproduced at the end of its own
+   stage and no longer at the end of training (``dyn_stage_forgotten``).
+6. ``rare_complex``: the prompt's surface form is rare in its task (``rarity_ratio <=
+   rare_max_ratio``: its skeleton group is at most that share of the task's dominant form) or
+   the target is unusually long (``rarity_target_len_z >= complex_min_len_z``).
+7. ``unexplained`` otherwise (the "none of the five" bucket).
 
-Data-level causes go first because they are certain (the SFT data itself shows them). The
-knowledge probe comes before the dynamics-based forgetting rule: a sample whose prerequisite
-knowledge is absent or contradicted is often memorised for a while and then lost (the model falls
-back to its prior), which looks like forgetting in the dynamics but is explained by the knowledge
-problem; the forgetting diagnosis is kept for samples without one. Conflict comes before missing
-knowledge because a confident wrong base answer is the more specific finding.
+Data-level causes go first because the SFT data itself shows them. The knowledge probe comes
+before the dynamics-based forgetting rule: a sample whose prerequisite knowledge is absent or
+contradicted is often memorised for a while and then lost (the model falls back to its prior),
+which looks like forgetting in the dynamics but is explained by the knowledge problem. Forgetting
+comes before rarity: a rare sample that was reproduced and then lost was optimised enough.
+Conflict comes before missing knowledge because a confident wrong base answer is the more
+specific finding. Every threshold is relative to the run itself (shares of the task's dominant
+form, z-scores within the task, the probe's confidence on known samples), so no number is tuned
+to one world.
 """
 from __future__ import annotations
 
@@ -51,27 +54,16 @@ class DiagnosisInputError(ValueError):
 @dataclass(frozen=True)
 class CascadeThresholds:
     """Thresholds of the rule cascade (see module docstring). Validated on construction."""
-    min_forgetting_events: int = 1              # forgetting events that count, with the next one
-    forgetting_min_correctness: float = 0.5     # own-stage max exact match needed with events
-    maybe_known_is_missing: bool = False        # treat maybe_known as missing knowledge
-    rare_max_share: float = 0.05                # template group share of its task
-    rare_max_size: int = 0                      # absolute template group size (0 = off)
-    complex_min_len_z: float = 2.0              # target length z-score within the task
-    min_loss_drop: float = 0.0                  # loss drop per 100 steps at the end (0 = off)
+    rare_max_ratio: float = 0.25                # skeleton group size / the task's dominant form
+    complex_min_len_z: float = 3.0              # target length z-score within the task
     overwrite_is_forgetting: bool = True        # a later-stage copy with another target -> forgetting
     dynamics_forgetting: bool = True            # learned in its stage, unlearned later -> forgetting
 
     def __post_init__(self):
-        if self.min_forgetting_events < 1:
-            raise DiagnosisInputError(f"min_forgetting_events must be >= 1, got {self.min_forgetting_events}")
-        if not 0.0 <= self.forgetting_min_correctness <= 1.0:
-            raise DiagnosisInputError(f"forgetting_min_correctness must be in [0, 1], got {self.forgetting_min_correctness}")
-        if not 0.0 <= self.rare_max_share <= 1.0:
-            raise DiagnosisInputError(f"rare_max_share must be in [0, 1], got {self.rare_max_share}")
-        if self.rare_max_size < 0:
-            raise DiagnosisInputError(f"rare_max_size must be >= 0, got {self.rare_max_size}")
-        if self.min_loss_drop < 0:
-            raise DiagnosisInputError(f"min_loss_drop must be >= 0 (0 = off), got {self.min_loss_drop}")
+        if not 0.0 <= self.rare_max_ratio <= 1.0:
+            raise DiagnosisInputError(f"rare_max_ratio must be in [0, 1], got {self.rare_max_ratio}")
+        if not self.complex_min_len_z > 0:
+            raise DiagnosisInputError(f"complex_min_len_z must be > 0, got {self.complex_min_len_z}")
 
     @classmethod
     def from_mapping(cls, values) -> "CascadeThresholds":
@@ -109,39 +101,32 @@ def diagnose_row(row: pd.Series, th: CascadeThresholds) -> tuple[str, str]:
                                  f"(sim {float(_get(row, 'incons_max_similarity', 0.0)):.2f})")
     if th.overwrite_is_forgetting and bool(_get(row, "overwrite_later", False)):
         return "forgetting", (f"its prompt is retrained with another target in a later stage "
-                              f"({_get(row, 'overwrite_by', '-')}); own-stage best exact match "
-                              f"{float(_get(row, 'dyn_max_in_stage', float('nan'))):.0f}")
-    if bool(_get(row, "conflict_flag", False)):
-        return "conflict", (f"base model answers '{_get(row, 'probe_base_answer', '')}' with confidence "
-                            f"{float(_get(row, 'probe_base_conf', 0.0)):.3f} instead of the target")
+                              f"({_get(row, 'overwrite_by', '-')})")
     cat = _get(row, "probe_category", "not_probed")
-    if cat == "unknown" or (cat == "maybe_known" and th.maybe_known_is_missing):
-        return "missing_knowledge", (f"base model probe: {cat} (target prob {float(_get(row, 'probe_target_prob', 0.0)):.3f}, "
-                                     f"rank {float(_get(row, 'probe_target_rank', float('nan'))):.0f}; its own answer "
-                                     f"'{_get(row, 'probe_base_answer', '')}' has confidence "
-                                     f"{float(_get(row, 'probe_base_conf', 0.0)):.3f}, below the conflict threshold)")
+    probe_txt = (f"base model answers '{_get(row, 'probe_base_answer', '')}' with confidence "
+                 f"{float(_get(row, 'probe_base_conf', 0.0)):.3f} (threshold from known samples "
+                 f"{float(_get(row, 'probe_conflict_threshold', float('nan'))):.3f}); target prob "
+                 f"{float(_get(row, 'probe_target_prob', 0.0)):.3f}")
+    if cat == "conflict":
+        return "conflict", probe_txt
+    if cat == "unknown":
+        return "missing_knowledge", probe_txt
     if th.dynamics_forgetting and bool(_get(row, "dyn_stage_forgotten", False)):
         return "forgetting", (f"learned at the end of its stage {int(_get(row, 'stage', 0))}, "
-                              f"unlearned after later stage(s); {int(_get(row, 'dyn_forgetting_events', 0))} forgetting events")
-    events = int(_get(row, "dyn_forgetting_events", 0))
-    if th.dynamics_forgetting and events >= th.min_forgetting_events \
-            and float(_get(row, "dyn_max_in_stage", 0.0)) >= th.forgetting_min_correctness \
-            and int(_get(row, "stage", 0)) < int(_get(row, "n_stages", 1)) - 1:
-        return "forgetting", f"{events} forgetting event(s) after being learned in its own stage"
-    share = float(_get(row, "rarity_group_share", 1.0))
-    size = int(_get(row, "rarity_group_size", 10 ** 9))
+                              f"unlearned after later stage(s); {int(_get(row, 'dyn_forgetting_events', 0))} "
+                              "forgetting events")
+    ratio = float(_get(row, "rarity_ratio", 1.0))
     len_z = float(_get(row, "rarity_target_len_z", 0.0))
-    slope = float(_get(row, "dyn_loss_slope_end", 0.0))
     reasons = []
-    if share <= th.rare_max_share:
-        reasons.append(f"template share {share:.3f} <= {th.rare_max_share}")
-    if th.rare_max_size and size <= th.rare_max_size:
-        reasons.append(f"template group size {size} <= {th.rare_max_size}")
+    if ratio <= th.rare_max_ratio:
+        reasons.append(f"prompt form '{_get(row, 'rarity_skeleton', '')}' has {int(_get(row, 'rarity_group_size', 0))} "
+                       f"samples, {ratio:.3f} of the task's dominant form")
     if len_z >= th.complex_min_len_z:
         reasons.append(f"target length z {len_z:.1f} >= {th.complex_min_len_z}")
-    if th.min_loss_drop > 0 and slope <= -th.min_loss_drop:
-        reasons.append(f"loss still falling ({slope:.3f}/100 steps)")
     if reasons:
+        never = float(_get(row, "dyn_max_in_stage", float("nan")))
+        if never == 0.0:
+            reasons.append("never reproduced during its stage")
         return "rare_complex", "; ".join(reasons)
     return UNEXPLAINED, "no rule fired"
 
@@ -158,10 +143,7 @@ def diagnose(table: pd.DataFrame, *, thresholds: CascadeThresholds | None = None
     rows = unlearned_rows(table) if only_unlearned else table
     if rows.empty:
         raise DiagnosisInputError("diagnose: the table is empty")
-    n_stages = int(rows["stage"].max()) + 1 if "stage" in rows else 1
-    if "stage" in table:
-        n_stages = int(table["stage"].max()) + 1
-    out = [diagnose_row(pd.concat([row, pd.Series({"n_stages": n_stages})]), th) for _, row in rows.iterrows()]
+    out = [diagnose_row(row, th) for _, row in rows.iterrows()]
     return pd.DataFrame(out, index=rows.index, columns=["diagnosis", "evidence"])
 
 

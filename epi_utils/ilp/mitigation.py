@@ -10,11 +10,10 @@ from the original SFT training set. The difference in recovery rate
 Fixes, one per cause of the ILP taxonomy (ILP study, 2026):
 
 ``missing_knowledge``  knowledge injection: continued *pretraining* (next-token loss on the whole
-                       sentence) on statements of the missing facts, in the corpus' templates,
-                       with the SFT target as the value.
-``conflict``           conflict resolution by knowledge update: the same, stating the SFT target
-                       version of the conflicting fact, so that the model's parametric knowledge
-                       agrees with the supervision.
+                       sentence) on each diagnosed sample written as a statement, prompt followed
+                       by its target (for a cloze prompt, the corpus' own form of the fact).
+``conflict``           conflict resolution by knowledge update: the same, so that the model's
+                       parametric knowledge agrees with the supervision.
 ``inconsistency``      majority relabelling: every group of same-stage duplicate prompts gets the
                        group's majority target (ties: first occurrence); focus = the relabelled
                        groups. Recovery is measured against the relabelled target in both arms.
@@ -72,30 +71,12 @@ class FixPlan:
     targets: dict[str, str] = field(default_factory=dict)
 
 
-def _fact_templates(world) -> Sequence[str]:
-    if getattr(world, "kind", "synthetic") == "real":
-        from epi_utils.data.world_real import REAL_TEMPLATES
-        return REAL_TEMPLATES
-    from epi_utils.data.world import PRETRAIN_TEMPLATES
-    return PRETRAIN_TEMPLATES
+def statements(samples: Sequence) -> list[tuple]:
+    """Language-model rows stating each sample as running text: ``prompt + " " + response + " ."``."""
+    return [("lm", f"{s.prompt} {s.response} .", None) for s in samples]
 
 
-def fact_statements(world, samples: Sequence, *, table: pd.DataFrame) -> list[tuple]:
-    """Corpus-style sentences stating each sample's fact with the value its SFT target asks for
-    (``table.probe_target`` when present, else the response)."""
-    facts = {f.fact_id: f for f in world.facts}
-    rows = []
-    for s in samples:
-        if not s.fact_id:
-            continue
-        f = facts[s.fact_id]
-        value = table.loc[s.id, "probe_target"] if "probe_target" in table.columns and \
-            isinstance(table.loc[s.id, "probe_target"], str) else s.response
-        rows.extend(("lm", t.format(attr=f.attribute, ent=f.entity, value=value), None) for t in _fact_templates(world))
-    return rows
-
-
-def plan_fix(cause: str, *, world, train_samples: Sequence, table: pd.DataFrame, diagnosis: pd.DataFrame,
+def plan_fix(cause: str, *, train_samples: Sequence, table: pd.DataFrame, diagnosis: pd.DataFrame,
              config: InterventionConfig, rng: np.random.Generator) -> FixPlan:
     """The fix for ``cause`` applied to the samples diagnosed with it (``diagnosis['diagnosis']``).
 
@@ -111,7 +92,7 @@ def plan_fix(cause: str, *, world, train_samples: Sequence, table: pd.DataFrame,
     if not chosen:
         return plan
     if cause in ("missing_knowledge", "conflict"):
-        plan.focus = fact_statements(world, chosen, table=table)
+        plan.focus = statements(chosen)
     elif cause == "inconsistency":
         relabel = _majority_relabel(train_samples, table)
         plan.train = [("sft", s.prompt, relabel.get(s.id, s.response)) for s in train_samples]

@@ -13,7 +13,6 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from epi_utils.workbench import stats
 
 
 class RecoveryInputError(ValueError):
@@ -52,53 +51,3 @@ def recovery_row(*, seed: int, cause: str, arm: str, unlearned_before: Sequence[
         row.update(heldout_before=heldout_before, heldout_after=heldout_after,
                    heldout_delta=heldout_after - heldout_before)
     return row
-
-
-def summarize_recovery(rows: Iterable[Mapping], *, confidence: float = 0.95) -> pd.DataFrame:
-    """Mean and bootstrap CI over seeds of the recovery rate (and held-out change) per cause and
-    arm. Columns: ``cause, arm, metric, mean, ci_low, ci_high, n`` (n = seeds with a defined value)."""
-    frame = pd.DataFrame(list(rows))
-    if frame.empty:
-        raise RecoveryInputError("summarize_recovery: no rows")
-    values = [c for c in ("recovery_rate", "heldout_delta") if c in frame.columns]
-    return stats.summarize_over_seeds(frame[["cause", "arm"] + values].to_dict("records"),
-                                      group_keys=("cause", "arm"), value_keys=values, confidence=confidence)
-
-
-def recovery_metrics(rows: Iterable[Mapping]) -> dict:
-    """``metrics.json`` entries: ``recovery_rate_<cause>_<arm>`` and ``..._ci95`` (mean over
-    seeds with a bootstrap CI), plus ``heldout_delta_<cause>_<arm>`` when available."""
-    frame = pd.DataFrame(list(rows))
-    if frame.empty:
-        raise RecoveryInputError("recovery_metrics: no rows")
-    out = {}
-    for (cause, arm), sub in frame.groupby(["cause", "arm"], sort=True):
-        vals = sub["recovery_rate"].dropna().to_numpy(float)
-        if vals.size:
-            out.update(stats.with_ci(f"recovery_rate_{cause}_{arm}", vals))
-        if "heldout_delta" in sub:
-            hv = sub["heldout_delta"].dropna().to_numpy(float)
-            if hv.size:
-                out.update(stats.with_ci(f"heldout_delta_{cause}_{arm}", hv))
-    return out
-
-
-def paired_differences(rows: Iterable[Mapping]) -> pd.DataFrame:
-    """Per cause: mean over seeds of (fix - control) recovery with a bootstrap CI, and whether the
-    CI excludes 0 (``fix_better``; never claimed from a single seed, whose CI collapses to a
-    point). Seeds where either arm is undefined are dropped."""
-    frame = pd.DataFrame(list(rows))
-    if frame.empty:
-        raise RecoveryInputError("paired_differences: no rows")
-    wide = frame.pivot_table(index=["cause", "seed"], columns="arm", values="recovery_rate", aggfunc="mean")
-    out = []
-    for cause, sub in wide.groupby(level="cause"):
-        if not {"fix", "control"} <= set(sub.columns):
-            continue
-        diff = (sub["fix"] - sub["control"]).dropna().to_numpy(float)
-        if not diff.size:
-            continue
-        lo, hi = stats.bootstrap_ci(diff)
-        out.append({"cause": cause, "fix_minus_control": float(diff.mean()), "ci_low": lo, "ci_high": hi,
-                    "n_seeds": int(diff.size), "fix_better": bool(lo > 0 and diff.size >= 2)})
-    return pd.DataFrame(out)

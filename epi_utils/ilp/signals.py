@@ -16,16 +16,20 @@ Signals (column prefix -> source):
               stage-level version for sequential schedules (learned at the end of the sample's
               own stage, unlearned after a later one); the least-squares slope of the loss over
               the last evaluation points (still falling = under-optimised).
-``probe_*``   knowledge of the base model before SFT, categorised as in Gekhman et al. 2024
-              ("Does fine-tuning LLMs on new knowledge encourage hallucinations?"):
-              ``known`` (greedy answer = target), ``maybe_known`` (greedy wrong, but the target
-              is ranked high / sampled / likely), ``unknown`` (none of these).
-``conflict_*`` the base model confidently gives a different answer than the SFT target.
+``probe_*``   knowledge of the base model before SFT, read from the sample's own prompt
+              (:mod:`epi_utils.ilp.probe`), categorised as in Gekhman et al. 2024 ("Does
+              fine-tuning LLMs on new knowledge encourage hallucinations?"): ``known``,
+              ``conflict`` (another answer, as confident as on known samples), ``unknown``,
+              ``not_applicable`` (a task where the base model knows nothing: a skill);
 ``incons_*``  the same (after normalisation) or a near-identical prompt appears elsewhere in the
               SFT data with a different target: normalised-text hashing plus character n-gram
               Jaccard similarity.
-``rarity_*``  size of the sample's template group (absolute and as a share of its task),
-              target length in words and its z-score within the task.
+``rarity_*``  rarity of the prompt's surface form (skeleton of the task's template words, from
+              word document frequencies), target length and its z-score within the task.
+
+No signal reads a generator field of the synthetic world (template ids, planted causes, fact
+ids): everything comes from the prompts, responses, the task name, the stage of the schedule,
+the base model and the training dynamics, which a user has for their own SFT run.
 """
 from __future__ import annotations
 
@@ -42,10 +46,9 @@ import pandas as pd
 
 DYNAMICS_FIELDS = ("sample_id", "task", "stage", "train_stage", "step", "epoch", "loss",
                    "mean_token_prob", "exact_match")
-SAMPLE_FIELDS = ("sample_id", "task", "prompt", "response", "stage", "template_id")
+SAMPLE_FIELDS = ("sample_id", "task", "prompt", "response", "stage")
 NORMALIZATIONS = ("none", "strip", "lower", "alnum")
-PROBE_FIELDS = ("sample_id", "target_prob", "target_rank", "base_answer", "base_answer_prob")
-PROBE_CATEGORIES = ("known", "maybe_known", "unknown", "not_probed")
+PROBE_CATEGORIES = ("known", "conflict", "unknown", "not_applicable", "not_probed")
 
 
 class SignalInputError(ValueError):
@@ -250,67 +253,60 @@ def dynamics_signals(dynamics: pd.DataFrame, *, end_window: int = 3, per_steps: 
 
 
 # --------------------------------------------------------------------------- knowledge probe
-def probe_signals(probe: pd.DataFrame, *, maybe_rank: int = 3, maybe_prob: float = 0.2,
-                  conflict_confidence: float = 0.5, conflict_quantile: float | None = None,
-                  min_known: int = 5, normalize: str = "alnum") -> pd.DataFrame:
+PROBE_FIELDS = ("sample_id", "base_answer", "base_conf", "target_prob", "known")
+
+
+def probe_signals(probe: pd.DataFrame, samples: pd.DataFrame, *, min_known_share: float = 0.2,
+                  conflict_quantile: float = 0.1, min_known: int = 5, group_col: str = "task") -> pd.DataFrame:
     """Categorise the base model's knowledge of each sample's target and flag conflicts.
 
-    ``probe``: one row per probed sample with ``PROBE_FIELDS`` (+ ``response``, the SFT target;
-    optional ``sample_hits``: share of temperature samples equal to the target).
-    ``target_prob`` = mean token probability of the target given the probe prompt;
-    ``target_rank`` = 1-based rank of the target among the candidate answers (1 = the model's
-    favourite); ``base_answer`` / ``base_answer_prob``: the base model's own greedy answer and
-    its mean token probability.
+    ``probe``: raw rows of :func:`epi_utils.ilp.probe.knowledge_probe` (``PROBE_FIELDS``);
+    ``samples``: the SFT samples (``sample_id`` and ``group_col``, by default ``task``; the signal
+    table uses the task and the prompt's surface form, ``rarity_skeleton``). Everything is
+    calibrated per group on the base model's own behaviour, without labels (Gekhman et al. 2024 categorise by what the base
+    model answers; here the threshold comes from the samples it demonstrably knows):
 
-    Categories (Gekhman et al. 2024, simplified to what a greedy probe shows): ``known`` if the
-    greedy answer equals the target; ``maybe_known`` if not, but ``target_rank <= maybe_rank``,
-    ``target_prob >= maybe_prob`` or a temperature sample hit the target; ``unknown`` otherwise.
-    Conflict (``conflict_flag``): the greedy answer differs from the target *and* its
-    probability is at least the conflict threshold: ``conflict_confidence``, or, with
-    ``conflict_quantile = q``, the q-quantile of the base model's confidence on the samples it
-    already knows (at least ``min_known`` of them; label-free self-calibration: "as confident as
-    on facts it demonstrably knows"). A hallucinated answer to an unknown fact is usually less
-    confident than that, a pretraining fact that the SFT target contradicts is not.
-    Returns columns ``probe_category, probe_target (the compared target), probe_target_prob,
-    probe_target_rank, probe_base_answer, probe_base_conf, conflict_flag`` indexed by ``sample_id``.
+    - a group where the base model answers fewer than ``min_known_share`` of the prompts (or fewer
+      than ``min_known`` samples) exactly holds no probe-able knowledge (a *skill*, e.g. sorting,
+      or a prompt form the base model cannot read): category ``not_applicable``;
+    - otherwise ``known`` (base answer = target); ``conflict`` when the base model answers
+      something else with a confidence at least the ``conflict_quantile``-quantile of its
+      confidence on the samples it knows ("as sure as on facts it demonstrably holds");
+      ``unknown`` when it answers something else less confidently (missing knowledge).
+
+    Returns (index ``sample_id``) ``probe_category``, ``probe_base_answer``, ``probe_base_conf``,
+    ``probe_target_prob``, ``probe_conflict_threshold``, ``probe_group_known_share``, ``conflict_flag``.
     """
-    _require_columns(probe, PROBE_FIELDS + ("response",), source="probe table")
-    if maybe_rank < 1:
-        raise SignalInputError(f"maybe_rank must be >= 1, got {maybe_rank}")
-    for name, val in (("maybe_prob", maybe_prob), ("conflict_confidence", conflict_confidence)):
-        if not 0.0 <= val <= 1.0:
-            raise SignalInputError(f"{name} must be in [0, 1], got {val}")
-    if conflict_quantile is not None and not 0.0 <= conflict_quantile <= 1.0:
-        raise SignalInputError(f"conflict_quantile must be None or in [0, 1], got {conflict_quantile}")
-    known = probe["base_answer"].map(lambda a: normalize_text(a, mode=normalize)) == \
-        probe["response"].map(lambda a: normalize_text(a, mode=normalize))
-    threshold = conflict_confidence
-    if conflict_quantile is not None and known.sum() >= min_known:
-        threshold = float(np.quantile(probe.loc[known, "base_answer_prob"].astype(float), conflict_quantile))
-    rows = {}
-    for rec in probe.itertuples(index=False):
-        target = normalize_text(rec.response, mode=normalize)
-        answer = normalize_text(rec.base_answer, mode=normalize)
-        hits = float(getattr(rec, "sample_hits", 0.0) or 0.0)
-        if answer == target:
-            cat = "known"
-        elif rec.target_rank <= maybe_rank or rec.target_prob >= maybe_prob or hits > 0:
-            cat = "maybe_known"
-        else:
-            cat = "unknown"
-        rows[rec.sample_id] = {
-            "probe_category": cat,
-            "probe_target": rec.response,
-            "probe_target_prob": float(rec.target_prob),
-            "probe_target_rank": float(rec.target_rank),
-            "probe_base_answer": rec.base_answer,
-            "probe_base_conf": float(rec.base_answer_prob),
-            "conflict_flag": bool(answer != target and answer != "" and rec.base_answer_prob >= threshold),
-            "conflict_threshold": threshold,
-        }
-    result = pd.DataFrame.from_dict(rows, orient="index")
-    result.index.name = "sample_id"
-    return result
+    _require_columns(probe, PROBE_FIELDS, source="probe table")
+    _require_columns(samples, ("sample_id", group_col), source="samples")
+    if not 0.0 <= min_known_share <= 1.0:
+        raise SignalInputError(f"min_known_share must be in [0, 1], got {min_known_share}")
+    if not 0.0 <= conflict_quantile <= 1.0:
+        raise SignalInputError(f"conflict_quantile must be in [0, 1], got {conflict_quantile}")
+    frame = probe.merge(samples[["sample_id", group_col]].rename(columns={group_col: "_group"}), on="sample_id",
+                        how="left")
+    if frame["_group"].isna().any():
+        raise SignalInputError("probe table: sample_id(s) not among the samples, e.g. "
+                               f"{frame.loc[frame['_group'].isna(), 'sample_id'].head(3).tolist()}")
+    rows = []
+    for _, g in frame.groupby("_group", sort=False):
+        known = g["known"].astype(bool).to_numpy()
+        conf = g["base_conf"].astype(float).to_numpy()
+        share = float(known.mean())
+        applicable = share >= min_known_share and known.sum() >= min_known
+        thr = float(np.quantile(conf[known], conflict_quantile)) if applicable else float("nan")
+        for rec, k, c in zip(g.itertuples(index=False), known, conf):
+            if not applicable:
+                cat = "not_applicable"
+            elif k:
+                cat = "known"
+            else:
+                cat = "conflict" if c >= thr else "unknown"
+            rows.append({"sample_id": rec.sample_id, "probe_category": cat, "probe_base_answer": rec.base_answer,
+                         "probe_base_conf": float(c), "probe_target_prob": float(rec.target_prob),
+                         "probe_conflict_threshold": thr, "probe_group_known_share": share,
+                         "conflict_flag": cat == "conflict"})
+    return pd.DataFrame(rows).set_index("sample_id")
 
 
 # --------------------------------------------------------------------------- inconsistency
@@ -417,24 +413,54 @@ def _pairwise_jaccard(texts: list[str], *, n: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- rarity / complexity
-def rarity_signals(samples: pd.DataFrame, *, template_col: str = "template_id") -> pd.DataFrame:
-    """Rarity and complexity of each sample.
+def prompt_skeleton(prompt: str, frequent: set[str]) -> str:
+    """The prompt's words with every word outside ``frequent`` replaced by ``*`` and runs of ``*``
+    collapsed: ``"the color of zabok is"`` with ``{"the", "of", "is"}`` -> ``"the * of * is"``."""
+    out: list[str] = []
+    for w in normalize_text(prompt, mode="lower").split():
+        tok = w if w in frequent else "*"
+        if not (tok == "*" and out and out[-1] == "*"):
+            out.append(tok)
+    return " ".join(out)
 
-    Columns (index ``sample_id``): ``rarity_group_size`` (samples sharing the template id),
-    ``rarity_group_share`` (that size / samples of the same task), ``rarity_target_len``
-    (whitespace words in the target), ``rarity_target_len_z`` (z-score of the length within the
-    task; 0 when the task's lengths do not vary).
+
+def rarity_signals(samples: pd.DataFrame, *, template_df: float = 0.5) -> pd.DataFrame:
+    """Rarity of each prompt's form and complexity of its target, from the text alone.
+
+    Per task: the *template words* are the words found in at least ``template_df`` of the task's
+    prompts (document frequency); a prompt's *skeleton* keeps those and masks the rest
+    (:func:`prompt_skeleton`), so prompts written in the same surface form share a skeleton
+    whatever their content (entities, numbers, letters). Columns (index ``sample_id``):
+    ``rarity_skeleton``, ``rarity_group_size`` (prompts of the task with the same skeleton),
+    ``rarity_group_share`` (that size / the task's prompts), ``rarity_ratio`` (that size / the
+    size of the task's most common skeleton: 1 for the dominant form), ``rarity_target_len``
+    (words of the target) and ``rarity_target_len_z`` (its z-score within the task; 0 when the
+    task's lengths do not vary). No generator field (template id) is read.
     """
-    _require_columns(samples, ("sample_id", "task", "response", template_col), source="samples")
+    _require_columns(samples, ("sample_id", "task", "prompt", "response"), source="samples")
+    if not 0.0 < template_df <= 1.0:
+        raise SignalInputError(f"template_df must be in (0, 1], got {template_df}")
     frame = samples.reset_index(drop=True)
-    size = frame.groupby(template_col)["sample_id"].transform("count")
+    skeleton = pd.Series([""] * len(frame), dtype=object)
+    for _, idx in frame.groupby("task", sort=False).indices.items():
+        words = [set(normalize_text(p, mode="lower").split()) for p in frame["prompt"].iloc[idx]]
+        df: dict[str, int] = {}
+        for ws in words:
+            for w in ws:
+                df[w] = df.get(w, 0) + 1
+        frequent = {w for w, c in df.items() if c >= template_df * len(idx)}
+        skeleton.iloc[idx] = [prompt_skeleton(p, frequent) for p in frame["prompt"].iloc[idx]]
+    key = frame["task"].astype(str) + "|" + skeleton
+    size = key.map(key.value_counts())
     task_size = frame.groupby("task")["sample_id"].transform("count")
+    largest = size.groupby(frame["task"]).transform("max")
     length = frame["response"].map(lambda t: len(str(t).split()))
     mean = length.groupby(frame["task"]).transform("mean")
     std = length.groupby(frame["task"]).transform(lambda v: v.std(ddof=0))
     z = np.where(std > 0, (length - mean) / std.replace(0, 1), 0.0)
-    return pd.DataFrame({"rarity_group_size": size.to_numpy(int),
+    return pd.DataFrame({"rarity_skeleton": skeleton.to_numpy(), "rarity_group_size": size.to_numpy(int),
                          "rarity_group_share": (size / task_size).to_numpy(float),
+                         "rarity_ratio": (size / largest).to_numpy(float),
                          "rarity_target_len": length.to_numpy(int), "rarity_target_len_z": z},
                         index=pd.Index(frame["sample_id"], name="sample_id"))
 
@@ -443,20 +469,21 @@ def rarity_signals(samples: pd.DataFrame, *, template_col: str = "template_id") 
 def signal_table(samples, *, correct: Mapping[str, bool] | pd.Series | None = None,
                  dynamics: pd.DataFrame | None = None, probe: pd.DataFrame | None = None,
                  inconsistency_kwargs: Mapping | None = None, probe_kwargs: Mapping | None = None,
-                 dynamics_kwargs: Mapping | None = None) -> pd.DataFrame:
+                 dynamics_kwargs: Mapping | None = None, rarity_kwargs: Mapping | None = None) -> pd.DataFrame:
     """The per-sample table: sample fields + every available signal, one row per sample.
 
     ``samples``: training samples (see :func:`samples_frame`). ``correct``: sample id -> greedy
     exact match after SFT (becomes ``learned``). ``dynamics``: records (validated here);
-    ``probe``: raw knowledge-probe rows. Missing signal sources leave their columns out
-    (probe columns get ``probe_category = "not_probed"`` for unprobed samples).
-    Ids in ``correct``/``dynamics``/``probe`` that are not in ``samples`` raise ``SignalInputError``.
+    ``probe``: raw knowledge-probe rows (:func:`epi_utils.ilp.probe.knowledge_probe`). Missing
+    signal sources leave their columns out (unprobed samples get ``probe_category =
+    "not_probed"``). Ids in ``correct``/``dynamics``/``probe`` that are not in ``samples`` raise
+    ``SignalInputError``.
     """
     base = samples_frame(samples)
     ids = base["sample_id"]
     table = base.set_index("sample_id")
     table = table.join(inconsistency_signals(base, **(inconsistency_kwargs or {})))
-    table = table.join(rarity_signals(base))
+    table = table.join(rarity_signals(base, **(rarity_kwargs or {})))
     if correct is not None:
         corr = pd.Series(correct, dtype=bool) if not isinstance(correct, pd.Series) else correct.astype(bool)
         check_sample_ids(ids, corr.index, source="exact-match results", allow_missing=False)
@@ -467,9 +494,9 @@ def signal_table(samples, *, correct: Mapping[str, bool] | pd.Series | None = No
         table = table.join(dynamics_signals(dyn, **(dynamics_kwargs or {})))
     if probe is not None:
         check_sample_ids(ids, probe["sample_id"], source="probe table")
-        if "response" not in probe.columns:
-            probe = probe.merge(base[["sample_id", "response"]], on="sample_id")
-        table = table.join(probe_signals(probe, **(probe_kwargs or {})))
+        groups = base[["sample_id"]].assign(probe_group=(base["task"].astype(str) + "|" +
+                                                          table["rarity_skeleton"].reindex(ids).to_numpy()))
+        table = table.join(probe_signals(probe, groups, group_col="probe_group", **(probe_kwargs or {})))
         table["probe_category"] = table["probe_category"].fillna("not_probed")
         table["conflict_flag"] = table["conflict_flag"].astype("boolean").fillna(False).astype(bool)
     return table

@@ -1,152 +1,182 @@
-"""Summaries of a study run for the notebook: rates over seeds, computed narrative text,
-signal-level validation, and the ``metrics.json`` headline entries.
+"""Summaries of a study run over seeds (each seed = a different world and a different tiny-model
+pretraining, so intervals are over ``worlds``): manifestation, per-cause diagnosis scores, the
+"none of the five" bucket, mitigation comparisons, and the ``metrics.json`` entries.
 
-Functions take the per-seed results of :func:`epi_utils.ilp.study.run_seed`; every sentence is
-built from the numbers, so the notebook's narrative never hard-codes a result.
+Verdicts are data: mitigation comparisons are :class:`epi_utils.workbench.stats.Comparison`
+objects (paired over worlds); no sentence here decides anything the numbers do not.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from epi_utils.ilp import detection, recovery
-from epi_utils.ilp.study import SeedResult, StudyConfig, pooled_table
+from epi_utils.ilp import diagnosis as dg
+from epi_utils.ilp.diagnosis import CAUSES, NO_CAUSE, UNEXPLAINED
+from epi_utils.ilp.study import CLOSE_TO_RULE, INFERRED, SeedRecord, pooled_table
+from epi_utils.workbench import stats
+
+UNIT = "worlds"   # one seed = one world + one pretraining of the base model
 
 
-def unlearned_over_seeds(results: Sequence[SeedResult]) -> pd.DataFrame:
-    """Unlearned rate overall and per task: mean and bootstrap CI over seeds (+ pass@N if present)."""
-    from epi_utils.workbench import stats
+def _unlearned(table: pd.DataFrame) -> pd.DataFrame:
+    return table[~table["learned"].astype(bool)]
 
+
+def _interval(values, *, unit: str = UNIT) -> stats.Interval | None:
+    vals = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return stats.interval(vals, unit=unit) if len(vals) >= 2 else None
+
+
+def _ci_cols(name: str, iv: stats.Interval | None, values) -> dict:
+    vals = [float(v) for v in values if v is not None and np.isfinite(v)]
+    if iv is None:
+        return {name: float(np.mean(vals)) if vals else float("nan"), f"{name}_low": float("nan"),
+                f"{name}_high": float("nan")}
+    return {name: iv.mean, f"{name}_low": iv.low, f"{name}_high": iv.high}
+
+
+# --------------------------------------------------------------------------- manifestation
+def manifestation(records: Sequence[SeedRecord]) -> pd.DataFrame:
+    """Per truth cause (and ``none``): unlearned samples per world (mean, min, max) and the share
+    of the unlearned samples it makes up (prevalence), mean over worlds."""
     rows = []
-    for r in results:
-        rates = detection.unlearned_rates(r.table, by="task")
-        for g, v in rates["unlearned_rate"].items():
-            rows.append({"group": g, "seed": r.seed, "unlearned_rate": float(v)})
-        pcols = [c for c in r.table.columns if c.startswith("pass_at_")]
-        for c in pcols:
-            rows.append({"group": "all", "seed": r.seed, f"unlearned_{c}": float(1 - r.table[c].mean())})
-        rows.append({"group": "heldout", "seed": r.seed, "heldout_accuracy": r.heldout_accuracy})
-    summ = stats.summarize_over_seeds(rows, group_keys=("group",), value_keys=[
-        c for c in pd.DataFrame(rows).columns if c not in ("group", "seed")])
-    return summ.set_index(["group", "metric"])
+    for c in (*CAUSES, NO_CAUSE):
+        counts = [int((_unlearned(r.table)["truth"] == c).sum()) for r in records]
+        prev = [n / max(1, len(_unlearned(r.table))) for n, r in zip(counts, records)]
+        rows.append({"cause": c, "unlearned_mean": float(np.mean(counts)), "unlearned_min": int(min(counts)),
+                     "unlearned_max": int(max(counts)), **_ci_cols("prevalence", _interval(prev), prev)})
+    return pd.DataFrame(rows).set_index("cause")
 
 
-def prevalence_text(rates: pd.DataFrame, prev: pd.DataFrame) -> str:
-    overall = rates.loc[("all", "unlearned_rate")]
-    task_rows = rates.xs("unlearned_rate", level="metric").drop(index="all")
-    worst_task = task_rows["mean"].idxmax()
-    agg = float(prev.loc[prev["subset"] == "aggregate", "accuracy"].iloc[0])
-    lowest = prev[prev["subset"] != "aggregate"].sort_values("accuracy").iloc[0]
-    return (f"Unlearned rate after SFT: {overall['mean']:.3f} (95% CI {overall['ci_low']:.3f}-{overall['ci_high']:.3f}) "
-            f"over {int(overall['n'])} seed(s). Worst task: {worst_task} ({task_rows.loc[worst_task, 'mean']:.3f} "
-            f"unlearned). Aggregate training accuracy {agg:.3f}, but subset {lowest['subset']} reaches only "
-            f"{lowest['accuracy']:.3f} (gap {agg - lowest['accuracy']:.3f}).")
+def learned_share_by_group(records: Sequence[SeedRecord]) -> pd.DataFrame:
+    """Share of training samples reproduced after SFT per task and planted cause, mean over worlds."""
+    pooled = pooled_table(records)
+    pooled = pooled.assign(planted=pooled["planted_cause"].fillna(NO_CAUSE))
+    return (pooled.groupby(["seed", "task", "planted"])["learned"].mean().groupby(["task", "planted"]).mean()
+            .unstack("planted").round(3))
 
 
-def diagnosis_text(diag: Mapping) -> str:
-    from epi_utils.ilp.explorer import confusion_notes
-
-    sc = diag["scores"].dropna(subset=["f1"])
-    best, worst = sc["f1"].idxmax(), sc["f1"].idxmin()
-    lo, hi = diag["macro_f1_seed_ci95"]
-    verdict = "meets" if diag["macro_f1"] >= 0.85 else "misses"
-    conf = diag["confusion"]
-    from epi_utils.ilp.diagnosis import CAUSES
-    absent = [c for c in CAUSES if conf.loc[c].sum() == 0]
-    lines = [f"Rule-cascade macro-F1 (pooled confusion): {diag['macro_f1']:.3f}; per seed {diag['macro_f1_seed']:.3f} "
-             f"(95% CI {lo:.3f}-{hi:.3f}); this {verdict} the 0.85 target.",
-             f"The macro average covers the causes with unlearned planted or diagnosed samples ({', '.join(sc.index)}). "
-             + (f"Planted but never unlearned (did not manifest, so their diagnosis is not tested here): "
-                f"{', '.join(absent)}." if absent else "Every planted cause manifested."),
-             f"Best cause: {best} (F1 {sc.loc[best, 'f1']:.2f}); worst: {worst} (F1 {sc.loc[worst, 'f1']:.2f}, "
-             f"precision {sc.loc[worst, 'precision']:.2f}, recall {sc.loc[worst, 'recall']:.2f}).",
-             "Largest confusions:"]
-    lines += [f"  - {n}" for n in confusion_notes(diag["confusion"])]
-    return "\n".join(lines)
+# --------------------------------------------------------------------------- diagnosis scores
+@dataclass
+class DiagnosisSummary:
+    confusion: pd.DataFrame           # truth x diagnosis, unlearned samples pooled over worlds
+    per_cause: pd.DataFrame           # per cause: precision/recall/F1 with intervals over worlds, support
+    macro_f1: stats.Interval | None   # macro-F1 over the five causes, one value per world
+    macro_f1_close: stats.Interval | None
+    macro_f1_inferred: stats.Interval | None
+    macro_f1_per_world: list[float]
+    none_bucket: pd.DataFrame         # per world: unlearned with no truth cause, diagnosed unexplained
 
 
-def learned_text(diag: Mapping) -> str:
-    d = diag["macro_f1_learned"] - diag["macro_f1"]
-    return (f"Learned diagnoser (cross-validated random forest) macro-F1 {diag['macro_f1_learned']:.3f} vs rule cascade "
-            f"{diag['macro_f1']:.3f} ({'+' if d >= 0 else ''}{d:.3f}); the learned variant uses planted labels for "
-            "training, the cascade none.")
+def _scores_one(table: pd.DataFrame) -> pd.DataFrame:
+    u = _unlearned(table)
+    return dg.per_cause_scores(dg.confusion(u["truth"], u["diagnosis"]))
 
 
-def mitigation_text(rows: Sequence[Mapping]) -> str:
-    diff = recovery.paired_differences(rows)
-    if diff.empty:
-        return "No cause had diagnosed samples in every arm: no fix-vs-control comparison."
-    lines = []
-    for r in diff.itertuples(index=False):
-        verdict = "beats" if r.fix_better else ("does not beat" if r.ci_high >= 0 else "is worse than")
-        if r.n_seeds < 2:
-            verdict = "cannot be compared (one seed, no interval) with"
-        lines.append(f"{r.cause}: fix - control recovery {r.fix_minus_control:+.3f} (95% CI {r.ci_low:+.3f} to "
-                     f"{r.ci_high:+.3f}, {r.n_seeds} seeds): the targeted fix {verdict} the compute-matched control.")
-    frame = pd.DataFrame(list(rows))
-    if "heldout_delta" in frame:
-        hd = frame.groupby("arm")["heldout_delta"].mean()
-        lines.append("Held-out accuracy change (mean over causes and seeds): " +
-                     ", ".join(f"{a} {v:+.3f}" for a, v in hd.items()))
-    return "\n".join(lines)
+def diagnosis_summary(records: Sequence[SeedRecord]) -> DiagnosisSummary:
+    """Per-cause P/R/F1 computed per world and summarised with t-intervals over worlds; macro-F1
+    per world over the five causes and over the two groups (:data:`CLOSE_TO_RULE`, :data:`INFERRED`)."""
+    per_world = {r.seed: _scores_one(r.table) for r in records if len(_unlearned(r.table))}
+    if not per_world:
+        raise dg.DiagnosisInputError("no unlearned samples in any world: nothing to diagnose")
+    rows = []
+    for c in CAUSES:
+        row = {"cause": c, "group": "close to rule" if c in CLOSE_TO_RULE else "inferred",
+               "support_per_world": float(np.mean([s.loc[c, "support"] for s in per_world.values()]))}
+        for m in ("precision", "recall", "f1"):
+            vals = [s.loc[c, m] for s in per_world.values()]
+            row.update(_ci_cols(m, _interval(vals), vals))
+        rows.append(row)
+
+    def macro(causes) -> list[float]:
+        return [float(np.nanmean(s.loc[list(causes), "f1"])) for s in per_world.values()]
+
+    pooled = pooled_table(records)
+    u = _unlearned(pooled)
+    none = pd.DataFrame([{"seed": r.seed, "unlearned": int(len(_unlearned(r.table))),
+                          "truth_none": int((_unlearned(r.table)["truth"] == NO_CAUSE).sum()),
+                          "diagnosed_unexplained": int((_unlearned(r.table)["diagnosis"] == UNEXPLAINED).sum())}
+                         for r in records]).set_index("seed")
+    m_all = macro(CAUSES)
+    return DiagnosisSummary(confusion=dg.confusion(u["truth"], u["diagnosis"]),
+                            per_cause=pd.DataFrame(rows).set_index("cause"), macro_f1=_interval(m_all),
+                            macro_f1_close=_interval(macro(CLOSE_TO_RULE)),
+                            macro_f1_inferred=_interval(macro(INFERRED)), macro_f1_per_world=m_all, none_bucket=none)
 
 
-def headline_metrics(results: Sequence[SeedResult], diag: Mapping, cfg: StudyConfig) -> dict:
-    """The metrics.json entries: unlearned_rate (+CI), diagnosis_macro_f1 (+ per-seed CI),
-    diagnosis_confusion (planted -> diagnosed -> count), learned-variant macro-F1, per-cause
-    precision/recall, recovery rates per cause for fix and control (+CI), held-out accuracy."""
-    from epi_utils.workbench import stats
+# --------------------------------------------------------------------------- mitigation
+def recovery_frame(records: Sequence[SeedRecord]) -> pd.DataFrame:
+    """All mitigation arms of all worlds, one row each."""
+    from dataclasses import asdict
+    return pd.DataFrame([asdict(x) for r in records for x in r.recovery])
 
+
+def mitigation_comparisons(records: Sequence[SeedRecord]) -> dict[str, stats.Comparison]:
+    """Per cause: recovery rate of the targeted fix vs the compute-matched control, paired over
+    worlds (:func:`epi_utils.workbench.stats.compare`)."""
+    frame = recovery_frame(records)
     out = {}
-    out.update(stats.with_ci("unlearned_rate", [1 - float(r.table["learned"].mean()) for r in results]))
-    out.update(stats.with_ci("heldout_accuracy", [r.heldout_accuracy for r in results]))
-    out["diagnosis_macro_f1"] = float(diag["macro_f1"])
-    out["diagnosis_macro_f1_ci95"] = diag["macro_f1_seed_ci95"]
-    out["diagnosis_macro_f1_learned"] = float(diag["macro_f1_learned"])
-    out["diagnosis_confusion"] = {p: {d: int(v) for d, v in row.items()} for p, row in diag["confusion"].iterrows()}
-    for cause, row in diag["scores"].iterrows():
-        for k in ("precision", "recall", "f1"):
-            if not np.isnan(row[k]):
-                out[f"diagnosis_{k}_{cause}"] = float(row[k])
-    rows = [row for r in results for row in r.recovery_rows]
-    if rows:
-        out.update(recovery.recovery_metrics(rows))
-        out["recovery_rate"] = {k[len("recovery_rate_"):]: v for k, v in out.items()
-                                if k.startswith("recovery_rate_") and not k.endswith("_ci95")}
-    for name, row in signal_validation(results, cfg).iterrows():
-        for k in ("precision", "recall"):
-            if not np.isnan(row[k]):
-                out[f"signal_{k}_{row['planted_cause']}"] = float(row[k])
-    out["n_seeds"] = len(results)
-    out["backend"] = cfg.backend
+    if frame.empty:
+        return out
+    for cause, g in frame.groupby("cause", sort=False):
+        fix = dict(zip(g.loc[g["arm"] == "fix", "seed"], g.loc[g["arm"] == "fix", "recovery_rate"]))
+        ctl = dict(zip(g.loc[g["arm"] == "control", "seed"], g.loc[g["arm"] == "control", "recovery_rate"]))
+        out[cause] = stats.compare(fix, ctl, unit=UNIT, paired=True, metric=f"recovery rate ({cause})",
+                                   a_name="targeted fix", b_name="control")
     return out
 
 
-def signal_validation(results: Sequence[SeedResult], cfg: StudyConfig) -> pd.DataFrame:
-    """Does each signal flag the samples it was built for? Measured on ALL training samples
-    (learned or not), so that a cause that does not manifest can still be checked at the signal
-    level. Rows: signal -> planted cause, with precision, recall, flagged and planted counts,
-    pooled over seeds. Probe signals are scored among the probed (fact) samples only."""
-    pooled = pooled_table(results)
-    th = cfg.thresholds
-    probed = pooled["probe_category"].ne("not_probed") if "probe_category" in pooled else pd.Series(False, index=pooled.index)
-    checks = [
-        ("incons_flag", "inconsistency", pooled["incons_flag"].astype(bool), pd.Series(True, index=pooled.index)),
-        ("overwrite_later", "forgetting", pooled["overwrite_later"].astype(bool), pd.Series(True, index=pooled.index)),
-        ("rare template or long target", "rare_complex",
-         (pooled["rarity_group_share"] <= th.rare_max_share) | (pooled["rarity_target_len_z"] >= th.complex_min_len_z),
-         pd.Series(True, index=pooled.index)),
-    ]
-    if probed.any():
-        checks += [("conflict_flag", "conflict", pooled["conflict_flag"].astype(bool), probed),
-                   ("probe unknown", "missing_knowledge", pooled["probe_category"].eq("unknown"), probed)]
-    rows = []
-    for name, cause, flag, scope in checks:
-        f, p = flag[scope], pooled.loc[scope, "planted"].eq(cause)
-        tp = int((f & p).sum())
-        rows.append({"signal": name, "planted_cause": cause, "flagged": int(f.sum()), "planted": int(p.sum()),
-                     "precision": tp / f.sum() if f.sum() else float("nan"),
-                     "recall": tp / p.sum() if p.sum() else float("nan")})
-    return pd.DataFrame(rows).set_index("signal")
+def mitigation_table(comparisons: dict[str, stats.Comparison]) -> pd.DataFrame:
+    """One row per cause: fix and control means, difference with its interval, p, verdict, detectable."""
+    return pd.DataFrame([{"cause": c, "fix": cmp.a_mean, "control": cmp.b_mean, "diff": cmp.diff.mean,
+                          "diff_low": cmp.diff.low, "diff_high": cmp.diff.high, "n_worlds": cmp.diff.n,
+                          "p_value": cmp.p_value, "verdict": cmp.verdict.value, "detectable": cmp.detectable}
+                         for c, cmp in comparisons.items()]).set_index("cause") if comparisons else pd.DataFrame()
+
+
+# --------------------------------------------------------------------------- metrics.json
+def _iv(iv: stats.Interval | None) -> dict:
+    return iv.to_dict() if iv is not None else {}
+
+
+def headline_metrics(records: Sequence[SeedRecord], diag: DiagnosisSummary, manif: pd.DataFrame,
+                     comparisons: dict[str, stats.Comparison]) -> tuple[dict, list[str]]:
+    """``(metrics, headline names)`` for :func:`epi_utils.workbench.runs.save_metrics`."""
+    conv = [s.converged for r in records for s in r.stages]
+    metrics = {
+        "n_worlds": len(records),
+        "diagnosis": {"macro_f1": _iv(diag.macro_f1), "macro_f1_close_to_rule": _iv(diag.macro_f1_close),
+                      "macro_f1_inferred": _iv(diag.macro_f1_inferred),
+                      "macro_f1_per_world": diag.macro_f1_per_world,
+                      "per_cause": {c: {k: float(v) for k, v in row.items() if k != "group"}
+                                    for c, row in diag.per_cause.iterrows()},
+                      "confusion": diag.confusion.to_dict()},
+        "manifestation": {c: {k: float(v) for k, v in row.items()} for c, row in manif.iterrows()},
+        "min_unlearned_per_cause_per_world": int(manif.loc[list(CAUSES), "unlearned_min"].min()),
+        "none_bucket": {"truth_none_mean": float(diag.none_bucket["truth_none"].mean()),
+                        "diagnosed_unexplained_mean": float(diag.none_bucket["diagnosed_unexplained"].mean()),
+                        "unlearned_mean": float(diag.none_bucket["unlearned"].mean())},
+        "convergence": {"stages_converged_share": float(np.mean(conv)) if conv else float("nan")},
+        "heldout_accuracy": _iv(_interval([r.heldout_accuracy for r in records])),
+        "mitigation": {c: cmp.to_dict() for c, cmp in comparisons.items()},
+    }
+    heads = ["n_worlds", "min_unlearned_per_cause_per_world", "convergence.stages_converged_share"]
+    if diag.macro_f1 is not None:
+        heads += ["diagnosis.macro_f1.mean", "diagnosis.macro_f1.low", "diagnosis.macro_f1.high"]
+    if diag.macro_f1_inferred is not None:
+        heads += ["diagnosis.macro_f1_inferred.mean"]
+    return metrics, heads
+
+
+def diagnosis_sentence(diag: DiagnosisSummary) -> str:
+    """The macro-F1 numbers as one sentence (no judgement beyond the numbers)."""
+    parts = []
+    for name, iv in (("all five causes", diag.macro_f1), ("causes close to their planting rule", diag.macro_f1_close),
+                     ("inferred causes", diag.macro_f1_inferred)):
+        if iv is not None:
+            parts.append(f"{name}: {iv.mean:.3f} [{iv.low:.3f}, {iv.high:.3f}]")
+    label = diag.macro_f1.label() if diag.macro_f1 is not None else "fewer than 2 worlds, no interval"
+    return "Diagnosis macro-F1 (" + label + "): " + "; ".join(parts) + "."
