@@ -70,7 +70,15 @@ def test_document_level_micro_single_multi_per_type_macro():
     assert r["multi_recall"] == r["multi_r"]
     assert r["per_type"]["A"]["f1"] == pytest.approx(2 * 0.75 / 1.75)
     assert r["per_type"]["B"]["f1"] == pytest.approx(0.4)
-    assert r["macro_f1"] == pytest.approx((2 * 0.75 / 1.75 + 0.4) / 2)
+    # the old average (mean over types of each type's micro F1), under its own name
+    assert r["mean_type_micro_f1"] == pytest.approx((2 * 0.75 / 1.75 + 0.4) / 2)
+    # Doc2EDAG's MacroF1: role F1 averaged within the type, then over types.
+    # A: r1 tp2 -> F1 1; r2 tp1 fn1 -> P 1, R 1/2, F1 2/3 => A macro F1 5/6, P 1, R 3/4.
+    # B: s1 tp -> 1; s2 fp only -> P 0, R 0 (undefined), F1 0; s3 fp+fn -> 0 => B macro F1 1/3, P 1/3, R 1/3.
+    assert r["per_type"]["A"]["macro_f1"] == pytest.approx(5 / 6)
+    assert r["per_type"]["B"]["macro_f1"] == pytest.approx(1 / 3)
+    assert r["macro_f1"] == pytest.approx((5 / 6 + 1 / 3) / 2)
+    assert r["macro_p"] == pytest.approx((1 + 1 / 3) / 2) and r["macro_r"] == pytest.approx((3 / 4 + 1 / 3) / 2)
     assert (r["n_single"], r["n_multi"]) == (1, 1)
     by = recall_by_event_count(pred, gold, SCHEMA, bins=(1, 2))
     assert by["1"]["r"] == pytest.approx(1.0) and by["2+"]["r"] == pytest.approx(0.5)
@@ -94,3 +102,15 @@ def test_mention_scores_hand_computed():
     # tp 2 (甲公司, 100股), fp 1 (乙), fn 1 (丙): P 2/3, R 2/3; one of the two correct strings has the right field
     assert (s["tp"], s["fp"], s["fn"]) == (2, 1, 1)
     assert s["p"] == pytest.approx(2 / 3) and s["r"] == pytest.approx(2 / 3) and s["field_acc"] == 0.5
+
+
+def test_doc2edag_macro_counts_never_filled_roles_as_zero():
+    """An exact copy of gold scores micro F1 1 but MacroF1 below 1 when some role (or type) is never
+    filled: Doc2EDAG averages role F1 with those roles at 0. Gold: one B record with s2 empty.
+    B: s1 1, s2 0 (never filled), s3 1 -> 2/3; A never occurs -> 0; MacroF1 = (0 + 2/3) / 2 = 1/3,
+    while the mean of per-type micro F1 is (0 + 1) / 2 = 1/2."""
+    gold = [[("B", ("u", None, "w"))]]
+    r = evaluate_documents(gold, gold, SCHEMA)
+    assert r["micro_f1"] == 1.0
+    assert r["macro_f1"] == pytest.approx(1 / 3)
+    assert r["mean_type_micro_f1"] == pytest.approx(1 / 2)

@@ -12,6 +12,9 @@ from epi_utils.events.metric import evaluate_documents
 from epi_utils.events.schema import schema_from_dict
 from epi_utils.events.synthetic import generate_documents
 from epi_utils.events import training as tr
+from epi_utils.events import frontend as fe
+from epi_utils.events.config import EventConfig
+from epi_utils.events.methods import default_variants
 
 
 def test_hungarian_finds_the_cheapest_assignment_and_fixed_keeps_order():
@@ -46,13 +49,13 @@ def test_whole_pipeline_runs_on_a_made_up_schema():
     raw = generate_documents(MADE_UP, n_docs=24, rng=np.random.default_rng(0), min_events=1, max_events=3)
     docs = [truncate_document(parse_document(i, d, MADE_UP), max_sentences=8, max_sentence_chars=64) for i, d in raw]
     train, test = docs[:18], docs[18:]
-    cfg = tr.EventConfig(dim=32, hidden=32, enc_layers=1, dec_layers=1, heads=2, max_sentence_chars=64,
+    cfg = EventConfig(dim=32, hidden=32, enc_layers=1, dec_layers=1, heads=2, max_sentence_chars=64,
                          max_sentences=8, enc_epochs=1, dec_epochs=2, num_probes=3, eval_every=1).validate()
-    enc = tr.train_encoder(train, MADE_UP, cfg, seed=0)
-    f_train = tr.extract_features(enc, train, MADE_UP, candidates="gold")
-    f_test = tr.extract_features(enc, test, MADE_UP, candidates="predicted")
+    enc = fe.train_encoder(train, MADE_UP, cfg, seed=0)
+    f_train = fe.extract_features(enc, train, MADE_UP, candidates="gold")
+    f_test = fe.extract_features(enc, test, MADE_UP, candidates="predicted")
     assert f_train[0]["gold"][0].shape[1] == MADE_UP.max_roles
-    for variant in tr.default_variants():
+    for variant in default_variants():
         dec, info = tr.train_decoder(f_train, MADE_UP, variant, cfg, seed=0, d_in=32, num_fields=len(enc.labels),
                                      dev_feats=f_test, dev_docs=test)
         preds = tr.decode(dec, f_test, MADE_UP, cfg)
@@ -66,9 +69,16 @@ def test_whole_pipeline_runs_on_a_made_up_schema():
 
 def test_config_validation_names_the_parameter():
     with pytest.raises(ValueError, match="candidates"):
-        tr.EventConfig(candidates="oracle").validate()
+        EventConfig(candidates="oracle")
     with pytest.raises(ValueError, match="heads"):
-        tr.EventConfig(dim=30, heads=4).validate()
+        EventConfig(dim=30, heads=4)
+    with pytest.raises(ValueError, match="type_gate"):
+        EventConfig(type_gate="maybe")
+    with pytest.raises(ValueError, match="methods"):
+        EventConfig(methods=("probes", "crf"))
+    with pytest.raises(ValueError, match="dec_lr_grid"):
+        EventConfig(dec_lr_grid=(0.001, -1.0))
+    assert EventConfig().replace(dec_lr=0.01).dec_lr == 0.01
 
 
 def test_hugging_face_encoder_option_with_a_local_tiny_bert(tmp_path):
@@ -84,10 +94,10 @@ def test_hugging_face_encoder_option_with_a_local_tiny_bert(tmp_path):
     config = transformers.BertConfig(vocab_size=5 + len(chars), hidden_size=32, num_hidden_layers=1,
                                      num_attention_heads=2, intermediate_size=64)
     transformers.BertModel(config).save_pretrained(tmp_path)
-    cfg = tr.EventConfig(dim=32, hidden=32, heads=2, enc_epochs=1, dec_epochs=1, hf_encoder=str(tmp_path),
+    cfg = EventConfig(dim=32, hidden=32, heads=2, enc_epochs=1, dec_epochs=1, hf_encoder=str(tmp_path),
                          max_sentence_chars=64).validate()
-    enc = tr.train_encoder(docs, schema, cfg, seed=0)
-    feats = tr.extract_features(enc, docs, schema, candidates="gold")
+    enc = fe.train_encoder(docs, schema, cfg, seed=0)
+    feats = fe.extract_features(enc, docs, schema, candidates="gold")
     assert feats[0]["sent"].shape == (len(docs[0].sentences), 32 + schema.num_types)
     assert feats[0]["ment"].shape[1] == 2 * 32 + schema.num_types
 

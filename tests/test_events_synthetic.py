@@ -10,7 +10,7 @@ import pytest
 
 from epi_utils.events import study
 from epi_utils.events.schema import schema_from_dict
-from epi_utils.events.training import EventConfig, default_variants
+from epi_utils.events.config import EventConfig
 
 TWINS = schema_from_dict({"events": [{"event_type": "Buy", "roles": ["Trader", "Item", "Price", "Day"]},
                                      {"event_type": "Sell", "roles": ["Trader", "Item", "Price", "Day"]},
@@ -23,13 +23,11 @@ def test_synthetic_planted_records_are_recovered():
                                 min_events=1, max_events=3, share_prob=0.3)
     cfg = EventConfig(dim=32, hidden=64, heads=2, enc_layers=1, dec_layers=2, dropout=0.0, max_sentences=8,
                       max_sentence_chars=64, enc_epochs=6, enc_lr=3e-3, dec_epochs=30, dec_lr=3e-3, dec_batch=16,
-                      num_probes=4, eval_every=2, type_gate=False, candidates="predicted").validate()
-    res = study.run_study(data, cfg, seeds=[0], variants=default_variants()[:1], progress=False,
-                          gold_mention_methods=("probes",), dev_candidates="gold")  # selected as the notebook does
-    by = {r["method"]: r for r in res.rows}
-    assert res.ner[0]["f1"] >= 0.95, res.ner                      # the NER head finds the planted spans
-    gold = by["probes (gold mentions)"]
+                      num_probes=4, eval_every=2, type_gate="dev", candidates="gold", train_candidates="gold",
+                      methods=("probes",), encoder_seeds=1, decoder_seeds=1)
+    res = study.run_study(data, cfg, extra_candidates=("predicted",), log=lambda s: None)
+    assert res.encoders[0].mention["predicted"]["f1"] >= 0.95, res.encoders[0].mention  # NER finds the planted spans
+    gold = res.rows(candidates=study.ANNOTATED)[0].scores
     assert gold["micro_f1"] >= 0.95, gold                          # records recovered from the mentions
     assert gold["f1_Buy"] >= 0.9 and gold["f1_Sell"] >= 0.9        # the twin types are told apart
-    with pytest.raises(ValueError, match="dev_candidates"):
-        study.run_study(data, cfg, seeds=[0], dev_candidates="oracle")
+    assert res.rows(candidates="predicted")[0].scores["micro_f1"] >= 0.0

@@ -7,12 +7,19 @@ Modules (one concept each):
 ``fetch``      download of Doc2EDAG's full ChFinAnn release (``fetch_chfinann``)
 ``synthetic``  synthetic documents with planted records in the same layout
 ``metric``     the Doc2EDAG evaluation protocol (Zheng et al., EMNLP 2019)
+``config``     the one configuration (EventConfig) and the methods (Variant)
 ``encoder``    character vocabulary, document encoder, entity (NER) head, type detection
+``pretrain``   masked-character pretraining on unlabeled text
+``rules``      high-recall rule candidates for values (dates, shares, money, ratios, codes)
+``frontend``   stage 1: encoder training, candidate sets, frozen features
 ``probes``     event-specific probe decoder and the shared no-probe decoder
 ``alignment``  probe-label alignment (Hungarian) and the fixed-order ablation
 ``losses``     role contrastive and probe consistency losses
-``training``   two-stage training, feature extraction, decoding, variants
-``analysis``   tables over seeds, recall by number of events, side-by-side records
+``training``   stage 2: decoder training, dev selection, decoding
+``study``      the experiment: data, encoders x decoders x methods, typed records
+``summary``    tables and paired comparisons (verdicts as data)
+``figures``    the study's figures
+``rehearsal``  the gpu profile's CPU rehearsal (tiny random BERT, local samples, cost estimate)
 """
 from .schema import EventSchema, load_schema
 from .data import Document, LoadReport, DocumentError, load_documents, split_documents, parse_document

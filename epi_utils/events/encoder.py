@@ -41,10 +41,15 @@ NGRAM_BUCKETS = 1 << 15  # hashed character n-gram buckets of the lexical type d
 
 
 class CharVocab:
-    """Characters -> ids; 0 is padding, 1 is unknown. Built from training sentences only."""
+    """Characters -> ids; 0 is padding, 1 is unknown, 2 is the mask of masked-character pretraining.
+
+    Built from the sentences given (unlabeled text: every document's sentences may be used, their
+    labels are not read)."""
+
+    MASK = 2
 
     def __init__(self, chars: Sequence[str]):
-        self.itos = ["<pad>", "<unk>"] + list(chars)
+        self.itos = ["<pad>", "<unk>", "<mask>"] + list(chars)
         self.stoi = {c: i for i, c in enumerate(self.itos)}
 
     @classmethod
@@ -77,7 +82,8 @@ def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class CharTransformer(nn.Module):
-    """Character + position embeddings, one residual 3-wide convolution, ``layers`` Transformer layers."""
+    """Character + position embeddings, one residual 3-wide convolution, ``layers`` Transformer layers
+    (dropout on the embeddings and inside every layer)."""
 
     def __init__(self, vocab: CharVocab, *, dim: int, layers: int, heads: int, max_len: int, dropout: float):
         super().__init__()
@@ -88,17 +94,22 @@ class CharTransformer(nn.Module):
         layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, batch_first=True, norm_first=True)
         self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, sentences: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self.vocab.encode(sentences, max_len=self.max_len)
         dev = self.emb.weight.device
-        ids, mask = ids.to(dev), mask.to(dev)
+        return self.forward_ids(ids.to(dev), mask.to(dev)), mask.to(dev)
+
+    def forward_ids(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``ids [N, L]`` (``mask [N, L]`` true on characters) -> character vectors ``[N, L, d]``."""
+        dev = ids.device
         x = self.emb(ids) + self.pos(torch.arange(ids.shape[1], device=dev))
-        x = x + torch.relu(self.conv(x.transpose(1, 2))).transpose(1, 2)
+        x = self.drop(x + torch.relu(self.conv(x.transpose(1, 2))).transpose(1, 2))
         empty = ~mask.any(1)
         pad = ~mask
         pad[empty, 0] = False  # an empty sentence attends to its padding instead of producing NaN
-        return self.norm(self.enc(x, src_key_padding_mask=pad)), mask
+        return self.norm(self.enc(x, src_key_padding_mask=pad))
 
 
 class HFCharEncoder(nn.Module):
@@ -321,4 +332,17 @@ class DocumentEncoder(nn.Module):
                     entry[1].append((s, c, e))
                     c = e
             out.append(found)
+        return out
+
+    def span_fields(self, tag_logits: torch.Tensor, starts: Sequence[int], spans: dict) -> dict[str, str]:
+        """Field of each candidate in ``spans`` (``{mention: (field, [(s, a, b), ...])}``) read from one
+        document's tag logits ``[L, 1 + 2K]``: the field with the most summed B+I probability over all
+        its spans (as :meth:`decode_mentions` assigns fields)."""
+        prob = tag_logits.float().softmax(-1)
+        K = len(self.labels)
+        fld = (prob[..., 1::2][..., :K] + prob[..., 2::2][..., :K]).cpu()
+        out = {}
+        for m, (_, rgs) in spans.items():
+            tot = sum(fld[starts[s] + a:starts[s] + e].sum(0) for s, a, e in rgs)
+            out[m] = self.labels[int(tot.argmax())] if K else ""
         return out

@@ -8,9 +8,16 @@ gold empty & pred filled -> FP; gold filled & pred empty -> FN; both filled & eq
 filled & different -> FP + FN. Unmatched predictions add an FP per filled slot, unmatched gold
 records an FN per filled slot. TP/FP/FN are summed per role and type over documents.
 
-Reported: micro P/R/F1 over every role of every type, per event type, for single-event documents
-(exactly one gold record) and multi-event documents (more than one), and the macro average of the
-per-type F1 (Doc2EDAG's MacroF1).
+Reported: micro P/R/F1 over every role of every type (Doc2EDAG's MicroF1), per event type, for
+single-event documents (exactly one gold record) and multi-event documents (more than one), and two
+averages over types:
+
+* ``macro_f1`` -- Doc2EDAG's **MacroF1** (``measure_event_table_filling``, ``avg_type="macro"``): per
+  event type the mean over its roles of the role-level F1 (a role never predicted nor annotated has
+  F1 0 and still counts), then the mean over types. ``macro_p``/``macro_r`` likewise. Doc2EDAG rounds
+  each role's score to 0.01 % before averaging; this module does not round.
+* ``mean_type_micro_f1`` -- the mean over types of each type's micro F1 (role counts pooled within
+  the type): what this module reported as ``macro_f1`` before; it is *not* Doc2EDAG's MacroF1.
 """
 from __future__ import annotations
 
@@ -63,6 +70,14 @@ def prf(tp: int, fp: int, fn: int) -> dict[str, float]:
     return {"p": p, "r": r, "f1": f, "tp": tp, "fp": fp, "fn": fn}
 
 
+def role_macro(role_counts: Sequence[Sequence[int]]) -> dict[str, float]:
+    """Doc2EDAG's per-type macro scores: the mean over roles of each role's P, R and F1 (from its
+    ``[tp, fp, fn]``; 0 where undefined, so a role never filled in gold or prediction scores 0)."""
+    scores = [prf(*c) for c in role_counts]
+    n = max(len(scores), 1)
+    return {f"macro_{k}": sum(s[k] for s in scores) / n for k in ("p", "r", "f1")}
+
+
 def _by_type(records: Sequence, schema: EventSchema) -> list[list[tuple]]:
     out: list[list[tuple]] = [[] for _ in schema.event_types]
     for etype, args in records:
@@ -80,21 +95,25 @@ def evaluate_documents(predictions: Sequence[Sequence], golds: Sequence[Sequence
                        ) -> dict[str, object]:
     """Doc2EDAG scores for parallel lists of per-document records ``[(event_type, args), ...]``.
 
-    Returns a flat dict: ``micro_p, micro_r, micro_f1, macro_f1, single_p, single_r, single_f1,
-    multi_p, multi_r, multi_f1, multi_recall`` (= ``multi_r``), ``n_docs, n_single, n_multi``, and
-    ``per_type``: ``{event_type: {p, r, f1, tp, fp, fn}}``.
+    Returns a flat dict: ``micro_p, micro_r, micro_f1, macro_p, macro_r, macro_f1`` (Doc2EDAG's
+    MacroF1), ``mean_type_micro_f1``, ``single_p, single_r, single_f1, multi_p, multi_r, multi_f1,
+    multi_recall`` (= ``multi_r``), ``n_docs, n_single, n_multi``, and ``per_type``:
+    ``{event_type: {p, r, f1, tp, fp, fn, macro_p, macro_r, macro_f1}}`` (micro within the type, and
+    the type's role-averaged scores).
     """
     if len(predictions) != len(golds):
         raise ValueError(f"{len(predictions)} predictions for {len(golds)} gold documents")
     tot = {"all": [0, 0, 0], "single": [0, 0, 0], "multi": [0, 0, 0]}
     per_type = [[0, 0, 0] for _ in schema.event_types]
+    per_role = [[[0, 0, 0] for _ in roles] for roles in schema.roles]
     n_single = n_multi = 0
     for pred, gold in zip(predictions, golds):
         group = "multi" if len(gold) > 1 else "single" if len(gold) == 1 else None
         n_single += group == "single"
         n_multi += group == "multi"
         for t, roles in enumerate(document_stats(pred, gold, schema)):
-            for tp, fp, fn in roles:
+            for r, (tp, fp, fn) in enumerate(roles):
+                per_role[t][r][0] += tp; per_role[t][r][1] += fp; per_role[t][r][2] += fn
                 for key in ("all", group):
                     if key is None:
                         continue
@@ -106,7 +125,11 @@ def evaluate_documents(predictions: Sequence[Sequence], golds: Sequence[Sequence
         out.update({f"{prefix}_p": s["p"], f"{prefix}_r": s["r"], f"{prefix}_f1": s["f1"]})
     out["multi_recall"] = out["multi_r"]
     pt = {t: prf(*per_type[i]) for i, t in enumerate(schema.event_types)}
-    out["macro_f1"] = sum(v["f1"] for v in pt.values()) / len(pt)
+    for i, t in enumerate(schema.event_types):
+        pt[t].update(role_macro(per_role[i]))
+    for k in ("p", "r", "f1"):
+        out[f"macro_{k}"] = sum(v[f"macro_{k}"] for v in pt.values()) / len(pt)
+    out["mean_type_micro_f1"] = sum(v["f1"] for v in pt.values()) / len(pt)
     out["per_type"] = pt
     out.update({"n_docs": len(golds), "n_single": n_single, "n_multi": n_multi})
     return out

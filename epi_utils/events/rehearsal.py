@@ -1,0 +1,96 @@
+"""CPU rehearsal of Study 04's gpu profile (``epi run ... --profile gpu --rehearse``).
+
+The gpu profile reads Doc2EDAG's full ChFinAnn release (``train.json``/``dev.json``/``test.json``)
+and encodes characters with a Chinese pretrained BERT-family encoder (``hf_encoder``, loaded with
+``from_pretrained``). The rehearsal runs the same code on the CPU at toy scale: it writes 8
+synthetic documents per split in the release's layout (JSON arrays of ``[doc_id, doc]`` with
+Doc2EDAG's fields) and a *random-initialised* tiny model of the encoder's family
+(:func:`epi_utils.workbench.rehearsal.tiny_model_config`) with a character tokenizer into a local
+folder, loads both through the profile's path (:func:`.study.prepare_data` with ``split_files``,
+``from_pretrained`` on the folder), times a few encoder and decoder steps, and estimates the full
+run's GPU memory and GPU-hours with :func:`epi_utils.workbench.rehearsal.estimate`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..workbench import rehearsal as wr
+from .config import EventConfig
+from .methods import variants_for
+from .frontend import extract_features, train_encoder
+from .schema import load_schema
+from .study import SCHEMA_DIR, prepare_data
+from .synthetic import generate_documents
+from .training import decode, train_decoder
+
+#: Doc2EDAG's full ChFinAnn release: documents per split (Zheng et al., EMNLP 2019, Table 1).
+FULL_SPLITS = {"train": 25632, "dev": 3204, "test": 3204}
+#: mean characters per document kept at 64 sentences (measured on the 1,424 local ChFinAnn documents: 1,154).
+CHARS_PER_DOC = 1200
+
+
+def write_samples(folder: Path, *, n: int = 8, seed: int = 0) -> Path:
+    """``n`` synthetic documents per split in the release's layout under ``folder/chfinann``, with
+    the shipped ChFinAnn schema beside them; returns the folder."""
+    schema_path = SCHEMA_DIR / "chfinann_event_schema.json"
+    schema = load_schema(schema_path)
+    out = Path(folder) / "chfinann"
+    out.mkdir(parents=True, exist_ok=True)
+    for k, split in enumerate(FULL_SPLITS):
+        raw = generate_documents(schema, n_docs=n, rng=np.random.default_rng(seed + k), max_events=3, id_prefix=split)
+        (out / f"{split}.json").write_text(json.dumps(raw, ensure_ascii=False), encoding="utf-8")
+    (out / schema_path.name).write_text(schema_path.read_text(encoding="utf-8"), encoding="utf-8")
+    return out
+
+
+def tiny_encoder(model_id: str, folder: Path, chars) -> Path:
+    """A random-initialised tiny model of ``model_id``'s family and a character tokenizer, saved to
+    ``folder`` (loadable with ``from_pretrained``)."""
+    import transformers as tf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(chars))
+    (folder / "vocab.txt").write_text("\n".join(vocab), encoding="utf-8")
+    tf.BertTokenizerFast(str(folder / "vocab.txt"), do_lower_case=False).save_pretrained(folder)
+    tf.AutoModel.from_config(wr.tiny_model_config(model_id, vocab_size=len(vocab))).save_pretrained(folder)
+    return folder
+
+
+def rehearse(cfg: EventConfig, *, model_id: str, folder: Path, steps: int = 3, seed: int = 0,
+             chars_per_doc: int = CHARS_PER_DOC) -> wr.Estimate:
+    """Run ``cfg``'s code path with a tiny ``model_id`` stand-in and local samples; return the estimate.
+
+    Full-scale sizes: :data:`FULL_SPLITS` documents of ``chars_per_doc`` characters, cut into windows
+    of ``cfg.max_sentence_chars``; encoder tokens = ``enc_epochs x encoder_seeds`` passes over the train
+    split (plus the per-epoch dev check and the feature passes as forward tokens). The stage-2
+    decoders (a few hundred thousand parameters on frozen features) are not in the estimate.
+    """
+    folder = Path(folder)
+    data_dir = write_samples(folder, seed=seed)
+    data = prepare_data(data_dir, data_dir / "chfinann_event_schema.json", split_seed=seed,
+                        split_files=("train.json", "dev.json", "test.json"), max_sentences=cfg.max_sentences,
+                        max_sentence_chars=cfg.max_sentence_chars, reach_limits=())
+    chars = {c for docs in data.cut.values() for d in docs for s in d.sentences for c in s}
+    local = tiny_encoder(model_id, folder / "tiny_model", chars)
+    tcfg = cfg.replace(hf_encoder=str(local), device="cpu", enc_epochs=1, dec_epochs=1, eval_every=1,
+                       encoder_seeds=1, decoder_seeds=1, dec_lr_grid=())
+    with wr.meter() as m:
+        enc = train_encoder(data.cut["train"], data.schema, tcfg, seed=seed, max_steps=steps)
+        m.steps = min(steps, math.ceil(len(data.cut["train"]) / tcfg.enc_batch))
+        m.tokens = sum(len("".join(d.sentences)) for d in data.cut["train"][:m.steps * tcfg.enc_batch])
+    kw = {"min_mention_chars": cfg.min_mention_chars}
+    f_train = extract_features(enc, data.cut["train"], data.schema, candidates="union", add_gold=True, **kw)
+    f_dev = extract_features(enc, data.cut["dev"], data.schema, candidates=cfg.candidates, **kw)
+    dec, _ = train_decoder(f_train, data.schema, variants_for(cfg.methods[:1])[0], tcfg, seed=seed, dev_feats=f_dev,
+                           dev_docs=data.full["dev"], d_in=enc.dim, num_fields=len(enc.labels), max_steps=2)
+    decode(dec, f_dev, data.schema, tcfg)
+    per_pass = FULL_SPLITS["train"] * chars_per_doc
+    windows = math.ceil(chars_per_doc / cfg.max_sentence_chars)
+    eval_chars = (FULL_SPLITS["dev"] * (cfg.enc_epochs + 2) + FULL_SPLITS["test"] * 2 + FULL_SPLITS["train"]) * chars_per_doc
+    return wr.estimate(model_id=model_id, train_tokens=cfg.enc_epochs * cfg.encoder_seeds * per_pass,
+                       forward_tokens=cfg.encoder_seeds * eval_chars, micro_batch=cfg.enc_batch * windows,
+                       seq_len=cfg.max_sentence_chars + 2, measured=m)
