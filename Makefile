@@ -1,5 +1,5 @@
 # The two commands: `make reports` (run every study, render reports) and `make test`.
-# Both bootstrap .venv themselves (scripts/bootstrap.sh).
+# Both bootstrap .venv themselves (scripts/bootstrap.sh), and so does `make lab` (JupyterLab).
 PROFILE ?= cpu
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -15,11 +15,12 @@ ifeq ($(origin EPI_DATA_DIR), undefined)
 endif
 export EPI_DATA_DIR
 
-.PHONY: reports test venv publish clean-reports help
+.PHONY: reports test venv lab publish clean-reports help
 
 help:
 	@echo "make reports   run every notebook on PROFILE=$(PROFILE) and render reports/index.html"
 	@echo "make test      run the test suite"
+	@echo "make lab       open the notebooks in JupyterLab (same .venv and EPI_DATA_DIR as make reports)"
 	@echo "make publish   copy the newest cpu-profile run of each study into reports/published/"
 
 venv:
@@ -35,6 +36,19 @@ reports: venv
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# JupyterLab on notebooks/ with the data found as in `make reports`: the server (and so every kernel
+# it starts) inherits the exported EPI_DATA_DIR, and the project's kernel, registered inside .venv
+# (--sys-prefix: nothing written to the home folder), carries it too, for a Lab started another way.
+# LAB_ARGS passes options through, e.g. LAB_ARGS="--port=8890 --no-browser"; LAB_DIR is the folder served.
+LAB_KERNEL := epi-workbench
+LAB_DIR ?= notebooks
+LAB_ARGS ?=
+lab: venv
+	@$(PY) -m ipykernel install --sys-prefix --name $(LAB_KERNEL) \
+	  --display-name "Python ($(LAB_KERNEL))" --env EPI_DATA_DIR "$(EPI_DATA_DIR)" >/dev/null
+	@echo "lab: kernel '$(LAB_KERNEL)' registered in $(VENV); data from $(EPI_DATA_DIR)"
+	$(PY) -m jupyterlab --ServerApp.root_dir=$(LAB_DIR) $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 publish: venv
 	$(EPI) publish --profile cpu
