@@ -187,3 +187,111 @@ def test_guard_fresh_optimizer_state_and_bad_masks():
     pol.set_critical({"a": {"p": torch.rand(3)}})
     with pytest.raises(ValueError, match="task-homogeneous"):
         pol.allowed_for(None)
+
+
+# ----------------------------------------------------------------------------- stage boundaries, pinned sets
+def _two_stages(model, opt, stage0, stage1, hooks):
+    """``hooked_steps`` over two stages (``state.stage`` set, ``on_stage_begin`` at each start)."""
+    named = dict(model.named_parameters())
+    state = types.SimpleNamespace(model=model, optimizer=opt, step=0, stage=0, batch_task=None, batch=None,
+                                  named_params=named)
+    guard = MaskedStepGuard()
+    for h in hooks:
+        h.on_train_begin(state)
+    for k, sched in enumerate((stage0, stage1)):
+        state.stage = k
+        for h in hooks:
+            h.on_stage_begin(state)
+        for task, batch in sched:
+            state.batch_task, state.batch = task, batch
+            opt.zero_grad(set_to_none=True)
+            model(**batch).loss.backward()
+            for h in hooks:
+                h.after_backward(state)
+            masks = None
+            for h in hooks:
+                m = h.update_mask(state)
+                if m is not None:
+                    masks = m if masks is None else {n: masks[n] & m[n] for n in masks}
+            guard.before_step(opt, named, masks)
+            opt.step()
+            guard.after_step(opt)
+            state.step += 1
+            for h in hooks:
+                h.on_step_end(state)
+    return state
+
+
+def _rows(mask):
+    return mask[:, 0].nonzero().flatten().tolist()
+
+
+@pytest.mark.parametrize("name", ["cpi_after_stage", "importance_after_stage", "random_after_stage"])
+def test_after_stage_masks_planted_and_pinned(name):
+    """Stage 0 trains task a on coordinates 0-2; stage 1 trains b (column 1) and a conflicting copy
+    of a under its own label, which moves every free element of column 0. The set measured at the
+    end of stage 0 must be the planted one and must not move in stage 1."""
+    model = _Toy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    probe = {"a": [_toy_batch(0, [3, 4])], "b": [_toy_batch(1, [8])], "a~interference": [_toy_batch(0, [5])]}
+    kw = dict(tasks=["a", "b", "a~interference"], isolation_ratio=0.15, normalize="none")
+    if name == "importance_after_stage":
+        kw["probe_data"] = probe
+    pol = iso.make_policy(name, **kw)
+    s0 = [("a", _toy_batch(0, [0, 1, 2]))] * 4
+    s1 = [("b", _toy_batch(1, [8, 9])), ("a~interference", _toy_batch(0, list(range(10))))] * 3
+    after0 = {}
+
+    class Snap:
+        def __getattr__(self, _):
+            return lambda *a, **k: None
+
+        def on_stage_begin(self, state):
+            if state.stage == 1:
+                after0["w"] = model.w.detach().clone()
+    state = _two_stages(model, opt, s0, s1, [pol, Snap()])
+    crit = pol.critical["a"]["w"]
+    assert int(crit.sum()) == 3 and pol.pinned == {"a"}
+    if name == "cpi_after_stage":      # the accumulated update of a lives in rows 0-2 of column 0
+        assert _rows(crit) == [0, 1, 2]
+    elif name == "importance_after_stage":  # |w * grad| on a's probe batch: rows 3, 4 (plus a zero-score tie)
+        assert {3, 4} <= set(_rows(crit))
+    assert torch.equal(model.w.detach()[crit], after0["w"][crit])           # protected all of stage 1
+    assert not torch.equal(model.w.detach()[:, 0][~crit[:, 0]], after0["w"][:, 0][~crit[:, 0]])  # the rest moved
+    assert state.step == 10
+
+
+def test_pinned_set_wins_overlaps_and_is_not_recomputed():
+    pol = iso.make_policy("random_mask", tasks=["a", "b"], isolation_ratio=0.5)
+    pol.set_critical({"a": {"p": torch.tensor([4.0, 3.0, 0.0, 0.0])}, "b": {"p": torch.tensor([0.0, 1.0, 2.0, 0.0])}})
+    assert pol.owner["p"].tolist() == [0, 0, 1, -1]          # overlap at 1 goes to the higher score (a: 3 > 1)
+    pol.pin(["b"])
+    pol.set_critical({"a": {"p": torch.tensor([0.0, 1.0, 9.0, 8.0])}, "b": {"p": torch.tensor([9.0, 9.0, 0.0, 0.0])}})
+    # b is pinned: its set stays {1, 2} and owns the overlap at 2 although a scores 9 there
+    assert pol.critical["b"]["p"].tolist() == [False, True, True, False]
+    assert pol.owner["p"].tolist() == [-1, 1, 1, 0]
+    with pytest.raises(ValueError, match="without a critical set"):
+        pol.pin(["c"])
+
+
+@pytest.mark.parametrize("finished", ["frozen", "replay", "ema"])
+def test_epi_protection_of_a_finished_task(finished):
+    """a trains on rows 0-2 in stage 0; its replay batch points at rows 3-4. Frozen keeps rows 0-2
+    and they never move; replay re-estimates a from its replay data (rows 3-4 enter the set)."""
+    model = _Toy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    name = {"frozen": "epi_frozen", "replay": "epi_replay", "ema": "epi"}[finished]
+    pol = iso.make_policy(name, tasks=TASKS, isolation_ratio=0.15, mask_update_interval=2, warmup_steps=2,
+                          beta=0.5, normalize="none", replay={"a": [_toy_batch(0, [3, 4])]})
+    s0 = [("a", _toy_batch(0, [0, 1, 2]))] * 6
+    s1 = [("b", _toy_batch(1, [8, 9]))] * 8
+    _two_stages(model, opt, s0, s1, [pol])
+    rows = _rows(pol.critical["a"]["w"])
+    if finished == "frozen":
+        assert rows == [0, 1, 2] and "a" in pol.pinned
+    else:
+        assert {3, 4} <= set(rows) and not pol.pinned
+    with pytest.raises(ValueError, match="finished"):
+        iso.make_policy("epi", tasks=TASKS, finished="sometimes")
+    with pytest.raises(ValueError, match="replay"):
+        iso.make_policy("epi_replay", tasks=TASKS)

@@ -1,65 +1,96 @@
-"""Study 02 metrics and study 01 drift tables on hand-made records."""
-import types
-
+"""Study 02 tables and verdicts on hand-made run records; study 01 drift tables; the HF data path."""
 import numpy as np
 import pytest
 import torch
 
 from epi_utils.epi import importance_snapshots as snaps
-from epi_utils.epi import isolation_study as study
+from epi_utils.epi.isolation_study import summary
+from epi_utils.epi.isolation_study.config import StudyConfig
+from epi_utils.epi.isolation_study.study import RunRecord
+
+ST = [("a",), ("b",)]
 
 
-def _world():
-    cfg = types.SimpleNamespace(tasks=("a", "b"), n_stages=2)
-    return types.SimpleNamespace(config=cfg, stage_tasks=lambda: [("a",), ("b",)])
+def _rec(method, seed, ratio, r0a, r1a, r1b, *, tr=None):
+    """R[0] = {a: r0a}, R[1] = {a: r1a, b: r1b} on test; train scores = test unless ``tr``."""
+    test = [{"a": r0a, "b": 0.0}, {"a": r1a, "b": r1b}]
+    return RunRecord(method=method, seed=seed, ratio=ratio, ewc_lambda=None, tuning=False, stage_tasks=ST,
+                     test=test, train=tr or test, moved_owned_stage0=0.0 if ratio else float("nan"))
 
 
-def _rows():
-    rows = []
-    for seed, (ma, mb, sa, sb) in enumerate([(0.5, 0.3, 0.7, 0.5), (0.4, 0.4, 0.6, 0.4)]):
-        rows.append({"policy": "epi", "schedule": "mixed", "seed": seed, "task": None, "ablation": None,
-                     "acc": [{"a": ma, "b": mb}], "prob": [{"a": ma, "b": mb}]})
-        # sequential: after stage 0 a=0.8 b=0.1; after stage 1 a=0.5 b=0.6
-        rows.append({"policy": "epi", "schedule": "sequential", "seed": seed, "task": None, "ablation": None,
-                     "acc": [{"a": 0.8, "b": 0.1}, {"a": 0.5, "b": 0.6}], "prob": [{"a": 0.8, "b": 0.1},
-                                                                                  {"a": 0.5, "b": 0.6}]})
-        for t, v in (("a", sa), ("b", sb)):
-            rows.append({"policy": "full_sft", "schedule": "single", "seed": seed, "task": t, "ablation": None,
-                         "acc": [{t: v}], "prob": [{t: v}]})
-    return rows
+def _records():
+    recs = []
+    for seed, base in enumerate((0.2, 0.3, 0.4)):
+        recs.append(_rec("full_sft", seed, None, 0.8, base, 0.9))
+        recs.append(RunRecord(method="separate", seed=seed, ratio=None, ewc_lambda=None, tuning=False,
+                              stage_tasks=ST, test=[{"a": 0.0, "b": 0.95}], train=[{"a": 0.0, "b": 0.95}]))
+        # epi_frozen retains 0.3, 0.3, 0.4 more than cpi_after_stage at 20%; plasticity equal up to +-0.01
+        recs.append(_rec("cpi_after_stage", seed, 0.2, 0.8, base, 0.85 + 0.01 * (seed - 1)))
+        recs.append(_rec("epi_frozen", seed, 0.2, 0.8, base + (0.3, 0.3, 0.4)[seed], 0.85 - 0.01 * (seed - 1)))
+    recs.append(RunRecord(method="ewc", seed=0, ratio=None, ewc_lambda=10.0, tuning=True, stage_tasks=ST,
+                          val=[{"a": 0.5, "b": 0.5}, {"a": 0.5, "b": 0.5}]))
+    return recs
 
 
-def test_run_metrics_by_hand():
-    m = study.run_metrics(_rows(), _world()).set_index("seed")
-    # seed 0: single (0.7, 0.5) - mixed (0.5, 0.3) -> interference 0.2; heldout 0.4
-    assert m.loc[0, "interference"] == pytest.approx(0.2) and m.loc[0, "heldout_acc"] == pytest.approx(0.4)
-    # seed 1: single (0.6, 0.4) - mixed (0.4, 0.4) -> 0.1
-    assert m.loc[1, "interference"] == pytest.approx(0.1) and m.loc[1, "heldout_acc"] == pytest.approx(0.4)
-    # R = [[0.8, 0.1], [0.5, 0.6]]: ACC 0.55, BWT 0.5 - 0.8 = -0.3, forgetting 0.3
-    assert m.loc[0, "seq_acc"] == pytest.approx(0.55)
-    assert m.loc[0, "seq_bwt"] == pytest.approx(-0.3) and m.loc[0, "seq_forgetting"] == pytest.approx(0.3)
-    assert m.loc[0, "seq_acc_prob"] == pytest.approx(0.55)
-    head = study.headline(m.reset_index())
-    assert head["epi"]["interference"] == pytest.approx(0.15)
-    assert head["epi"]["seq_bwt_ci95"] == pytest.approx([-0.3, -0.3])
+def test_run_table_by_hand():
+    df = summary.run_table(_records(), ST)
+    assert len(df) == 12                                             # the tuning run is not a result
+    f = df[(df.method == "full_sft") & (df.seed == 1)].iloc[0]
+    assert f.learned0 == 0.8 and f.retained0 == 0.3 and f.forgetting0 == pytest.approx(0.5)
+    assert f.plastic == 0.9 and f.final == pytest.approx(0.6)       # (0.3 + 0.9) / 2
+    s = df[(df.method == "separate") & (df.seed == 2)].iloc[0]
+    # one model per stage: stage 0 kept at full SFT's 0.8 after stage 0; stage 1 from its own run
+    assert s.retained0 == 0.8 and s.forgetting0 == 0.0 and s.plastic == 0.95 and s.final == pytest.approx(0.875)
+    assert np.isnan(s.ratio) and df[df.method == "epi_frozen"].ratio.eq(0.2).all()
 
 
-def test_epi_verdict_uses_interval_overlap():
-    head = {"epi": {"seq_acc": 0.6, "seq_acc_ci95": [0.55, 0.65], "interference": 0.1, "interference_ci95": [0.0, 0.2]},
-            "full_sft": {"seq_acc": 0.4, "seq_acc_ci95": [0.35, 0.45], "interference": 0.15,
-                         "interference_ci95": [0.1, 0.2]},
-            "ewc": {"seq_acc": 0.8, "seq_acc_ci95": [0.7, 0.9]}}
-    v = study.epi_verdict(head)
-    assert "seq_acc: EPI 0.600 beats full_sft 0.400" in v
-    assert "seq_acc: EPI 0.600 is beaten by ewc 0.800" in v
-    assert "interference: EPI 0.100 is not distinguishable from full_sft 0.150" in v
+def test_frontier_table_t_interval_over_seeds():
+    fr = summary.frontier_table(summary.run_table(_records(), ST)).set_index("arm")
+    row = fr.loc["full_sft"]
+    # retained0 = 0.2, 0.3, 0.4: mean 0.3, sd 0.1, t_{0.975, 2} = 4.3027 -> half-width 0.2484
+    assert row.retained0 == pytest.approx(0.3) and row.retained0_high - row.retained0 == pytest.approx(0.24841, abs=1e-4)
+    assert row.n == 3 and row.unit == "95% t-interval over 3 seeds"
+    assert fr.loc["epi_frozen@20%"].retained0 == pytest.approx(0.6333333)
+
+
+def test_paired_verdicts_and_equal_plasticity_as_data():
+    df = summary.run_table(_records(), ST)
+    cmp = summary.frontier_comparisons(df)
+    r = cmp[(cmp.ratio == 0.2) & (cmp.metric == "retained0")].iloc[0]
+    # per-seed differences 0.3, 0.3, 0.4: mean 0.3333, sd 0.0577 -> half-width 4.3027 * 0.0577 / sqrt(3) = 0.1434
+    assert (r.a_method, r.b_method) == ("epi_frozen", "cpi_after_stage")
+    assert r["diff"] == pytest.approx(1 / 3) and r.detectable == pytest.approx(0.14343, abs=1e-4)
+    assert r.verdict == "a_better" and r.n == 3
+    p = cmp[(cmp.ratio == 0.2) & (cmp.metric == "plastic")].iloc[0]
+    assert p.verdict == "no_difference" and p["diff"] == pytest.approx(0.0)  # -0.02, 0, +0.02
+    pooled = cmp[cmp.ratio.isna() & (cmp.metric == "retained0")].iloc[0]
+    assert pooled["diff"] == pytest.approx(1 / 3)                   # one ratio: pooled = that ratio
+    eq = summary.equal_plasticity(cmp)
+    row = eq[eq.ratio == 0.2].iloc[0]
+    assert bool(row.equal_plasticity) and bool(row.epi_retains_more) and row.retained0_verdict == "a_better"
+    bounds = summary.bound_comparisons(df).set_index(["a_method", "metric"])
+    # separate - full_sft on retained0: 0.6, 0.5, 0.4 -> mean 0.5
+    assert bounds.loc[("separate", "retained0"), "diff"] == pytest.approx(0.5)
+    assert bounds.loc[("cpi_after_stage", "retained0"), "verdict"] == "no_difference"  # identical: diff 0
+    m = summary.headline_metrics(df, cmp, eq, summary.bound_comparisons(df), ewc_lambda=10.0, ewc_tuning=[],
+                                 pretrain={"n_params": 5, "losses": [1.0]})
+    assert m["arms"]["epi_frozen@20%"]["retained0_ci_unit"] == "3 seeds (t)" and m["n_epi_retains_more"] == 1
+    assert m["pretrain"] == {"n_params": 5}
+    names = summary.headline_names(m)
+    assert "arms.full_sft.forgetting0" in names and "arms.replay.retained0" not in names
 
 
 def test_study_config_validation():
-    with pytest.raises(ValueError, match="policies"):
-        study.StudyConfig(policies=("magic",))
-    with pytest.raises(ValueError, match="eval_split"):
-        study.StudyConfig(eval_split="test")
+    with pytest.raises(ValueError, match="methods"):
+        StudyConfig(methods=("magic",))
+    with pytest.raises(ValueError, match="ratios"):
+        StudyConfig(ratios=(0.0, 0.5))
+    with pytest.raises(ValueError, match="full_sft"):
+        StudyConfig(bounds=("separate",))
+    with pytest.raises(ValueError, match="model_size"):
+        StudyConfig(model_size="huge")
+    cfg = StudyConfig(seed=3, n_seeds=2, ratios=[0.05, 0.5])
+    assert cfg.seeds == (3, 4) and cfg.ratios == (0.05, 0.5) and cfg.tasks == cfg.world_tasks
 
 
 def _snap(step, bits, sample):
@@ -80,23 +111,22 @@ def test_drift_table_and_seed_noise_by_hand():
     assert heat.loc["other", 10] == 0.5
 
 
-def test_hf_world_with_a_stub_loader(monkeypatch):
-    """The gpu profile's data path, with ``datasets.load_dataset`` stubbed (no hub access here)."""
-    import datasets
-
+def test_hf_world_from_local_files(tmp_path):
+    """The gpu profile's data path on local JSONL files in the data sets' layouts (the rehearsal's path)."""
     from epi_utils.epi.isolation_hf import hf_world
+    from epi_utils.workbench.rehearsal import write_local_samples
 
-    def fake(ds_id, conf=None, split=None):
-        if "gsm8k" in ds_id:
-            return [{"question": f"q{i}", "answer": f"work #### {i}"} for i in range(10)]
-        return [{"instruction": f"do {i}", "input": "", "output": f"out {i}"} for i in range(10)]
-
-    monkeypatch.setattr(datasets, "load_dataset", fake)
-    w = hf_world(["gsm8k", "codealpaca"], n_train=4, n_heldout=2, n_stages=2, seed=0)
+    gsm = [{"question": f"q{i}", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(10)]
+    code = [{"instruction": f"do {i}", "input": "x" if i % 2 else "", "output": " ".join(["w"] * 300)} for i in range(10)]
+    files = {"gsm8k": write_local_samples("openai/gsm8k", gsm, tmp_path),
+             "codealpaca": write_local_samples("sahil2801/CodeAlpaca-20k", code, tmp_path)}
+    w = hf_world(["gsm8k", "codealpaca"], n_train=4, n_heldout=2, n_stages=2, seed=0, data_files=files)
     assert len(w.split("train")) == 8 and len(w.split("heldout", task="gsm8k")) == 2
     assert w.stage_tasks() == [("gsm8k",), ("codealpaca",)]
     g = w.split("train", task="gsm8k")[0]
-    assert g.response == g.prompt[1:]  # "q7" -> "7": only the final answer after ####
-    assert [len(s) for s in w.stages()] == [4, 4] and len(w.mixed()[0]) == 8
+    assert "####" in g.response and "+ 1 =" in g.response       # the reasoning stays in the target
+    assert len(w.split("train", task="codealpaca")[0].response.split()) == 256
+    small = hf_world(["gsm8k", "codealpaca"], n_train=2000, n_heldout=200, data_files=files)
+    assert len(small.split("train", task="gsm8k")) == 9 and len(small.split("heldout", task="gsm8k")) == 1
     with pytest.raises(ValueError, match="unknown HF tasks"):
         hf_world(["mmlu"])

@@ -79,3 +79,46 @@ def test_response_stats_matches_manual_nll(memorised):
     lp = np.array([float(logp[t - 1, ids[t]]) for t in range(n_prompt, len(ids))])
     assert stats[2]["loss"] == pytest.approx(-lp.mean(), rel=1e-5)
     assert stats[2]["mean_token_prob"] == pytest.approx(np.exp(lp).mean(), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- left padding, free-form scores
+def test_left_padded_generation_equals_length_grouped_decoding():
+    """Planted truth: the same greedy decoding, with and without padding, on prompts of 4 lengths."""
+    from epi_utils.data.world import WorldConfig, build_world
+    from epi_utils.lm.evaluate import generate_left_padded
+    from epi_utils.lm.models import load_model
+
+    world = build_world(WorldConfig(seed=0, n_entities=8, tasks=("arithmetic", "reversal"), n_train_per_task=6,
+                                    n_heldout_per_task=2, inconsistency_rate=0, rare_complex_rate=0,
+                                    forgetting_rate=0, missing_knowledge_rate=0, conflict_rate=0))
+    torch.manual_seed(0)
+    model, tok = load_model("tiny", world=world, device="cpu", pretrain=False)
+    prompts = ["compute 2 plus 3", "reverse a b c d e f", "reverse q", "compute 7 minus 4", "lookup b in a 4 b 7"]
+    want = greedy_generate(model, tok, prompts, max_new_tokens=5)
+    got = generate_left_padded(model, tok, prompts, max_new_tokens=5, batch_size=3)
+    assert got == want and any(len(w.split()) > 1 for w in want)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate_left_padded(model, tok, prompts, max_new_tokens=0)
+
+
+def test_token_f1_rouge_l_and_gsm8k_by_hand():
+    from epi_utils.lm.evaluate import gsm8k_final_answer, rouge_l, score_predictions, token_f1
+
+    # shared {a, b}: P = R = 2/3 -> F1 2/3
+    assert token_f1("a b c", "A b d.") == pytest.approx(2 / 3)
+    assert token_f1("x", "a b") == 0.0 and token_f1("", "") == 1.0 and token_f1("", "a") == 0.0
+    # multiset: pred "a a" vs ref "a": common 1, P = 1/2, R = 1 -> 2/3
+    assert token_f1("a a", "a") == pytest.approx(2 / 3)
+    # LCS("a b c d", "a c d e") = "a c d" = 3: P = R = 3/4
+    assert rouge_l("a b c d", "a c d e") == pytest.approx(0.75)
+    # LCS("d c b a", "a b c d") = 1: P = R = 1/4 (token F1 would be 1: order matters for ROUGE-L)
+    assert rouge_l("d c b a", "a b c d") == pytest.approx(0.25) and token_f1("d c b a", "a b c d") == 1.0
+    assert gsm8k_final_answer("She pays 3 * 400 = 1,200 dollars.\n#### 1,200") == "1200"
+    assert gsm8k_final_answer("so 5 + 7 = 12. The answer is 12.") == "12"
+    assert gsm8k_final_answer("#### -3.50") == "-3.5" and gsm8k_final_answer("no number") is None
+    s = score_predictions(["the answer is 1200", "#### 7", "x"], ["work 3*400\n#### 1,200", "#### 8", "#### 1"],
+                          metric="gsm8k")
+    assert s.tolist() == [1.0, 0.0, 0.0]
+    assert score_predictions(["a  b", "a"], ["a b", "b"], metric="exact").tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="metric"):
+        score_predictions(["a"], ["a"], metric="bleu")

@@ -1,76 +1,81 @@
-"""Study 02 at CPU scale: the study's world, train/held-out evaluation rows, ablations, conclusions."""
-import types
-
+"""Study 02's design at toy scale: per-seed data splits, interference labels, the protection
+diagnostics as controls that can fail, matched-compute replay, EWC's lambda on validation."""
+import numpy as np
 import pytest
+import torch
 
-from epi_utils.epi import isolation_study as study
-from epi_utils.data.world import WorldConfig, build_world
+from epi_utils.epi.isolation_study import study
+from epi_utils.epi.isolation_study.config import StudyConfig
 
-
-def test_study_world_config_subset_and_clean_tasks():
-    cfg = study.study_world_config(tasks=["fact_qa", "arithmetic", "format_conversion", "key_lookup"],
-                                   n_train_per_task=12, n_heldout_per_task=4)
-    assert cfg.tasks == ("fact_qa", "arithmetic", "format_conversion", "key_lookup")
-    assert cfg.inconsistency_rate == cfg.rare_complex_rate == cfg.missing_knowledge_rate == cfg.conflict_rate == 0
-    w = build_world(cfg)
-    assert w.stage_tasks() == [("fact_qa", "arithmetic"), ("format_conversion", "key_lookup")]
-    planted = {s.planted_cause for s in w.split("train")} - {None}
-    assert planted == {"forgetting"}                       # only the sequential-schedule overwrite copies
-    # round(0.1 * 12) = 1 forgetting sample per stage-0 task, each with one interference copy in stage 1
-    assert sum(s.interferes_with is not None for s in w.split("train")) == 2
-    assert len(w.mixed()[0]) == 4 * 12 and len(w.split("heldout")) == 4 * 4
-    # the default world (studies 01 and 03) is untouched by this helper
-    assert WorldConfig().tasks[0] == "fact_qa" and WorldConfig().rare_complex_rate == 0.1
+CFG = dict(model_size="default", pretrain=False, n_seeds=2, n_train_per_task=8, n_val_per_task=4, n_test_per_task=4,
+           n_train_eval_per_task=2, steps_per_stage=6, batch_size=4, mask_update_interval=2, warmup_steps=1,
+           probe_batches=1, probe_steps=2, replay_batches=1, replay_samples=2, ratios=(0.2,))
 
 
-def _world():
-    cfg = types.SimpleNamespace(tasks=("a", "b"), n_stages=2)
-    return types.SimpleNamespace(config=cfg, stage_tasks=lambda: [("a",), ("b",)])
+@pytest.fixture(scope="module")
+def setup():
+    torch.set_num_threads(1)
+    cfg = StudyConfig(interference_rate=0.25, **CFG)
+    world = study.study_world(cfg)
+    model, tok, _ = study.load_base(cfg, world)
+    return cfg, world, (model, tok)
 
 
-def _row(policy, schedule, acc, *, seed=0, task=None, ablation=None, heldout=None, **kw):
-    return {"policy": policy, "schedule": schedule, "seed": seed, "task": task, "ablation": ablation,
-            "acc": acc, "prob": acc, "acc_heldout": heldout or acc, "eval_split": "train", **kw}
+def test_seed_data_splits_labels_and_buffers(setup):
+    cfg, world, (_, tok) = setup
+    d0, d1 = study.seed_data(world, tok, cfg, 0), study.seed_data(world, tok, cfg, 1)
+    ids = lambda xs: {s.id for s in xs}  # noqa: E731
+    train0 = [s for s in d0.stages[0] + d0.stages[1] if study.INTERFERENCE not in s.task]
+    assert len(train0) == 16 and len(d0.val) == 8 and len(d0.test) == 8
+    assert not ids(train0) & ids(d0.val) and not ids(train0) & ids(d0.test) and not ids(d0.val) & ids(d0.test)
+    assert ids(train0) != ids([s for s in d1.stages[0]] + [s for s in d1.stages[1]])  # seeds resample the data
+    # round(0.25 * 8) = 2 conflicting copies of stage-0 prompts, in stage 1, under their own label
+    copies = [s for s in d0.stages[1] if s.interferes_with]
+    assert len(copies) == 2 and {s.task for s in copies} == {"fact_qa~interference"}
+    orig = {s.id: s for s in d0.stages[0]}
+    assert all(orig[c.interferes_with].prompt == c.prompt and orig[c.interferes_with].response != c.response
+               for c in copies)
+    assert d0.labels == ["fact_qa", "format_conversion", "fact_qa~interference"] and set(d0.probe) == set(d0.labels)
+    assert set(d0.replay) == {"fact_qa"} and len(d0.replay_samples) == 2
+    assert {s.task for s in d0.test} == {"fact_qa", "format_conversion"}
+    assert d0.stage_tasks == [("fact_qa",), ("format_conversion",)]
 
 
-def test_train_split_metrics_and_heldout_by_hand():
-    rows = [_row("epi", "mixed", [{"a": 0.9, "b": 0.7}], heldout=[{"a": 0.2, "b": 0.0}]),
-            _row("epi", "sequential", [{"a": 1.0, "b": 0.0}, {"a": 0.25, "b": 0.75}]),
-            _row("full_sft", "single", [{"a": 1.0}], task="a"), _row("full_sft", "single", [{"b": 0.9}], task="b")]
-    m = study.run_metrics(rows, _world()).iloc[0]
-    assert m["mixed_acc"] == pytest.approx(0.8)            # (0.9 + 0.7) / 2 on the train split
-    assert m["heldout_acc"] == pytest.approx(0.1)          # (0.2 + 0.0) / 2 on held-out samples
-    assert m["interference"] == pytest.approx(0.15)        # ((1.0 - 0.9) + (0.9 - 0.7)) / 2
-    assert "heldout_acc_prob" not in m or m["heldout_acc_prob"] != m["heldout_acc_prob"]
-    # R = [[1.0, 0.0], [0.25, 0.75]]: ACC 0.5, BWT -0.75, forgetting 0.75
-    assert m["seq_acc"] == pytest.approx(0.5) and m["seq_bwt"] == pytest.approx(-0.75)
-    assert m["seq_forgetting"] == pytest.approx(0.75)
+def test_protection_holds_where_defined_and_releases_where_not(setup):
+    """Controls that can fail: the moved share of stage-0-owned elements is 0 for pinned masks and
+    positive for EPI's EMA refresh from one replay batch (the earlier design's release)."""
+    cfg, world, base = setup
+    data = study.seed_data(world, base[1], cfg, 0)
+    moved = {m: study.run_one(m, data=data, base=base, cfg=cfg, ratio=0.2).moved_owned_stage0
+             for m in ("cpi_after_stage", "epi_frozen", "epi")}
+    assert moved["cpi_after_stage"] == 0.0 and moved["epi_frozen"] == 0.0
+    assert moved["epi"] > 0.0
 
 
-def test_ablation_table_both_schedules_by_hand():
-    rows = [_row("full_sft", "single", [{"a": 1.0}], task="a"), _row("full_sft", "single", [{"b": 1.0}], task="b"),
-            _row("epi", "mixed", [{"a": 0.5, "b": 1.0}], ablation="isolation_ratio", isolation_ratio=0.2,
-                 heldout=[{"a": 0.5, "b": 0.5}]),
-            _row("epi", "sequential", [{"a": 0.8, "b": 0.0}, {"a": 0.4, "b": 1.0}], ablation="isolation_ratio",
-                 isolation_ratio=0.2)]
-    t = study.ablation_table(rows, _world()).set_index("schedule")
-    assert t.loc["mixed", "interference"] == pytest.approx(0.25) and t.loc["mixed", "heldout_acc"] == pytest.approx(0.5)
-    assert t.loc["sequential", "seq_forgetting"] == pytest.approx(0.4)
-    assert t.loc["sequential", "seq_acc"] == pytest.approx(0.7)
-    assert t.loc["mixed", "value"] == 0.2 and t.loc["mixed", "seq_acc"] != t.loc["mixed", "seq_acc"]  # NaN
-    with pytest.raises(ValueError, match="ablation_schedules"):
-        study.run_study(None, study.StudyConfig(), ablation_schedules=("single",))
+def test_bounds_matched_compute_and_scores(setup):
+    cfg, world, base = setup
+    data = study.seed_data(world, base[1], cfg, 1)
+    full = study.run_one("full_sft", data=data, base=base, cfg=cfg)
+    rep = study.run_one("replay", data=data, base=base, cfg=cfg)
+    sep = study.run_one("separate", data=data, base=base, cfg=cfg)
+    assert full.steps == rep.steps == 2 * cfg.steps_per_stage and sep.steps == cfg.steps_per_stage
+    assert len(full.test) == 2 and len(sep.test) == 1 and set(full.test[1]) == {"fact_qa", "format_conversion"}
+    assert all(0.0 <= v <= 1.0 for v in full.test[1].values()) and np.isnan(full.moved_owned_stage0)
+    # the base model is copied, never trained in place
+    again = study.run_one("full_sft", data=data, base=base, cfg=cfg)
+    assert again.test == full.test and again.tokens == full.tokens
 
 
-def test_conclusions_decided_only_when_intervals_apart():
-    head = {"full_sft": {"mixed_acc": 0.9, "mixed_acc_ci95": [0.85, 0.95],
-                         "seq_forgetting": 0.6, "seq_forgetting_ci95": [0.5, 0.7]},
-            "epi": {"mixed_acc": 0.8, "mixed_acc_ci95": [0.7, 0.9],
-                    "seq_forgetting": 0.3, "seq_forgetting_ci95": [0.2, 0.4]}}
-    lines = study.conclusions(head, study.epi_verdict(head, baselines=("full_sft",)))
-    assert "the model does the tasks after SFT" in lines[0]
-    assert any(l.startswith("seq_forgetting (lower is better): epi leads, decided") for l in lines)
-    assert any(l.startswith("mixed_acc (higher is better): full_sft leads, NOT decided") for l in lines)
-    assert any("EPI beats a baseline in 1 and is beaten in 0 of 2" in l for l in lines)
-    low = study.conclusions({"full_sft": {"mixed_acc": 0.1, "mixed_acc_ci95": [0.0, 0.2]}}, [])
-    assert "NOT learned" in low[0]
+def test_ewc_lambda_is_chosen_on_validation(monkeypatch, setup):
+    cfg, world, base = setup
+    planted = {1.0: 0.2, 10.0: 0.6, 100.0: 0.6, 1000.0: 0.1}
+
+    def fake(method, *, data, base, cfg, ewc_lambda=None, tuning=False, **kw):
+        assert method == "ewc" and tuning
+        return study.RunRecord(method=method, seed=data.seed, ratio=None, ewc_lambda=ewc_lambda, tuning=True,
+                               stage_tasks=data.stage_tasks, val=[{}, {"fact_qa": planted[ewc_lambda],
+                                                                      "format_conversion": planted[ewc_lambda]}])
+    monkeypatch.setattr(study, "run_one", fake)
+    c = StudyConfig(ewc_lambdas=tuple(planted), **CFG)
+    lam, table, _ = study.choose_ewc_lambda(data=study.seed_data(world, base[1], c, 0), base=base, cfg=c)
+    assert lam == 10.0 and [r["val_score"] for r in table] == [0.2, 0.6, 0.6, 0.1]  # tie -> the smaller lambda

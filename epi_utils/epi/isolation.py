@@ -26,26 +26,35 @@ Policies (``make_policy(name, ...)``):
   after every backward pass of that task; after ``warmup_steps`` the per-task masks are recomputed
   every ``mask_update_interval`` steps, so emerging critical parameters become protected and
   parameters that stopped being critical are released. No protection before the warmup ends.
-  Tasks that are not being trained (finished stages of a sequential schedule) would otherwise
-  keep a stale EMA: with ``replay`` (a few probe batches per task, default 2) their importance is
-  re-measured at every mask update from gradients on that small replay buffer. The replay
-  batches are used ONLY to measure gradients (``torch.autograd.grad``; ``.grad`` and the
-  optimizer are untouched): they never train the model, so EPI sees no extra training data.
+  Replay batches are used ONLY to measure gradients (``torch.autograd.grad``; ``.grad`` and the
+  optimizer are untouched): they never train the model.
+- ``epi_replay`` / ``epi_frozen``: EPI with the protection of *finished* tasks (tasks of earlier
+  stages of a sequential schedule) defined explicitly. ``epi`` (``finished="ema"``) folds one
+  replay batch into a finished task's EMA at each refresh, so its protection drifts with a noisy
+  estimate (measured: most of the weights it owned for stage 0 changed in stage 1).
+  ``epi_replay`` (``finished="replay"``) re-estimates a finished task's importance at each refresh
+  as the mean Taylor score over ALL its ``replay`` batches at the current weights (no EMA with stale
+  values); ``epi_frozen`` (``finished="frozen"``) refreshes every task's mask at the end of its
+  stage and then pins it: a pinned critical set is never recomputed and wins every overlap.
 - ``random_mask``: per-task random critical sets of the same share (seeded), fixed: the control
   that separates "which parameters" from "how many".
-- ``ewc``: Elastic Weight Consolidation (Kirkpatrick et al. 2017) as the regularisation
-  baseline, via ``extra_loss``: ``lambda/2 * sum_i F_i (theta_i - theta*_i)^2`` with the diagonal
-  Fisher ``F`` (mean squared gradient over probe batches). Sequential schedules: at each stage
-  start, ``F`` of the tasks trained in the previous stage is added (online EWC) and
-  ``theta*`` is reset to the current weights. Mixed SFT (one stage): ``F`` of all tasks at the
-  pretrained weights, anchored at ``theta_0`` (keeps what every task relies on at the start).
+- ``cpi_after_stage``, ``importance_after_stage``, ``random_after_stage``
+  (:mod:`epi_utils.epi.isolation_stage`): full SFT within a stage; at the end of a task's stage its
+  critical set is taken from the task's accumulated update during its stage (CPI-FT's criterion
+  ``|sum of its updates|`` in the right place), from checkpoint Taylor importance on its probe
+  batches, or at random, and pinned for the rest of the run.
+- ``ewc`` (:mod:`epi_utils.epi.isolation_stage`): Elastic Weight Consolidation, the
+  regularisation baseline (no masks).
 
 In a sequential schedule the static policies (and mixed-mode EWC) measure every task's probe
 batches at the start, i.e. they see later tasks' data before training on them; EPI measures a task
 only from its own training steps (and its replay buffer once it is finished).
 
+Pinned tasks (:meth:`IsolationPolicy.pin`): a pinned task's critical set is kept as it is (new
+scores for it are ignored) and it owns every element of its set, overlaps included.
+
 Probe batches: ``probe_data`` maps task -> list of batches (dicts with ``input_ids``,
-``attention_mask``, ``labels``); :func:`epi_utils.isolation_data.probe_batches` builds them.
+``attention_mask``, ``labels``); ``isolation_study.study.batches_for`` builds them.
 Batch tasks come from ``state.batch_task``; ``None`` raises (masks need task-homogeneous batches).
 Gradient accumulation: EPI updates importance once per ``after_backward`` call.
 """
@@ -56,13 +65,16 @@ from typing import Mapping, Sequence
 
 import torch
 
+from epi_utils.epi.epi_state import CompactOwners, LazyMapping, PackedSets, measured_bytes_per_param
 from epi_utils.epi.importance import ImportanceTracker, normalize_scores, top_share_flat
 from epi_utils.epi.importance_drift import turnover
 
 from epi_utils.lm.masked_adamw import FrozenPositions
 from epi_utils.lm.train import TrainHook
 
-POLICIES = ("full_sft", "static_cpi", "static_grad", "epi", "random_mask", "ewc")
+POLICIES = ("full_sft", "static_cpi", "static_grad", "epi", "epi_replay", "epi_frozen", "random_mask", "ewc",
+            "cpi_after_stage", "importance_after_stage", "random_after_stage")
+FINISHED = ("ema", "replay", "frozen")
 OVERLAPS = ("owner", "freeze")
 MODEL_KEYS = ("input_ids", "attention_mask", "labels")
 
@@ -83,6 +95,19 @@ def _check_probe(probe_data, tasks, who: str) -> None:
     missing = [t for t in tasks if not probe_data.get(t)]
     if missing:
         raise ValueError(f"{who}: probe_data has no batches for tasks {missing}")
+
+
+def taylor_scores(model, params: Sequence[torch.Tensor], batches: Sequence[Mapping]) -> list[torch.Tensor]:
+    """First-order Taylor importance ``|theta * grad|`` averaged over ``batches`` (one fp32 tensor per
+    parameter, its shape); gradients by ``torch.autograd.grad`` (``.grad`` and the optimizer untouched)."""
+    acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    for batch in batches:
+        grads = torch.autograd.grad(batch_loss(model, batch), list(params), allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+        imp = torch._foreach_mul([p.detach() for p in params], grads)
+        torch._foreach_abs_(imp)
+        torch._foreach_add_(acc, imp, alpha=1.0 / len(batches))
+    return acc
 
 
 class MaskedStepGuard:
@@ -125,7 +150,8 @@ class MaskedStepGuard:
 
     @torch.no_grad()
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Write the saved values and optimizer state of masked elements back."""
+        """Write the saved values and optimizer state of masked elements back (and forget this
+        step's positions: compact policies build new mask tensors at every step)."""
         for p, idx, values, saved_state in self._saved:
             p.data.view(-1).index_copy_(0, idx, values)
             for k, v in optimizer.state.get(p, {}).items():
@@ -135,6 +161,7 @@ class MaskedStepGuard:
                     else:
                         v.view(-1).index_fill_(0, idx, 0)
         self._saved = []
+        self._frozen_index.clear()
 
 
 class IsolationPolicy(TrainHook):
@@ -148,7 +175,7 @@ class IsolationPolicy(TrainHook):
     name = "base"
 
     def __init__(self, *, tasks: Sequence[str], isolation_ratio: float = 0.05, overlap: str = "owner",
-                 scope: str = "global", record: bool = True):
+                 scope: str = "global", record: bool = True, compact_state: bool = True):
         if not tasks or len(set(tasks)) != len(tasks):
             raise ValueError(f"tasks must be a non-empty list of distinct names, got {tasks!r}")
         if len(tasks) > 127:
@@ -164,12 +191,24 @@ class IsolationPolicy(TrainHook):
         self._names: list[str] | None = None
         self._shapes: list[tuple[int, ...]] | None = None
         self._sizes: list[int] = []
-        self._crit_flat: dict[str, torch.Tensor] = {}
-        self._owner_flat: torch.Tensor | None = None
+        # compact_state (epi_state): bit-packed critical sets, owners derived from them, no cached
+        # masks; False keeps bool sets, an int8 owner vector and a cached mask per task
+        self.compact_state = compact_state
+        self._crit_flat = PackedSets(packed=compact_state)
+        self._owner_flat: CompactOwners | None = None
         self._allowed: dict[str, dict[str, torch.Tensor]] = {}
         self.history: list[dict] = []
         self.record = record
         self.n_mask_updates = 0
+        self.pinned: set[str] = set()
+
+    def pin(self, tasks: Sequence[str]) -> None:
+        """Pin ``tasks``: their current critical sets are kept and win every overlap from now on."""
+        missing = [t for t in tasks if t not in self._crit_flat]
+        if missing:
+            raise ValueError(f"{self.name}: cannot pin tasks {missing} without a critical set")
+        self.pinned.update(tasks)
+        self._store_owner(self._resolve_owners({}))
 
     # -- mask bookkeeping ----------------------------------------------------------------------
     def set_critical(self, scores: Mapping[str, Mapping[str, torch.Tensor]], *, step: int = 0) -> None:
@@ -188,9 +227,10 @@ class IsolationPolicy(TrainHook):
         owners, allowed masks) is done on flat vectors; the per-parameter dicts hold views."""
         names, shapes = list(names), [tuple(sh) for sh in shapes]
         sizes = [math.prod(sh) for sh in shapes]
+        scores = {t: f for t, f in scores.items() if t not in self.pinned}
         if (names, shapes) != (self._names, self._shapes):  # a new parameter layout: old sets do not apply
             self._names, self._shapes, self._sizes = names, shapes, sizes
-            self._crit_flat = {}
+            self._crit_flat = PackedSets(packed=self.compact_state)
         for t, f in scores.items():
             if f.numel() != sum(sizes):
                 raise ValueError(f"scores of task {t!r} have {f.numel()} entries, parameters {sum(sizes)}")
@@ -204,11 +244,11 @@ class IsolationPolicy(TrainHook):
             vals = [v for k, v in row.items() if k.startswith("turnover/")]
             row["turnover"] = sum(vals) / len(vals) if vals else float("nan")
         self._crit_flat.update(new)
+        if not self._crit_flat:
+            return
         owner = self._resolve_owners(scores)
-        self._owner_flat = owner
-        self.critical = {t: self._unflatten(m) for t, m in self._crit_flat.items()}
-        self.owner = self._unflatten(owner)
-        self._allowed = {}
+        self._store_owner(owner)
+        self.critical = LazyMapping(list(self._crit_flat), lambda t: self._unflatten(self._crit_flat[t]))
         self.n_mask_updates += 1
         if self.record:
             row["protected_share"] = int(torch.count_nonzero(owner != -1)) / max(owner.numel(), 1)
@@ -237,7 +277,10 @@ class IsolationPolicy(TrainHook):
                 best = torch.full(overlap.shape, -math.inf, device=ref.device)
                 for t, m in self._crit_flat.items():
                     m_at, s = m[overlap], scores.get(t)
-                    if s is not None:
+                    if t in self.pinned:  # a pinned set wins every overlap
+                        better = m_at
+                        best = torch.where(better, torch.full_like(best, math.inf), best)
+                    elif s is not None:
                         s_at = s[overlap].float()
                         better = m_at & (s_at > best)
                         best = torch.where(better, s_at, best)
@@ -247,6 +290,13 @@ class IsolationPolicy(TrainHook):
                     own[better] = self.tasks.index(t)
                 owner[overlap] = own
         return owner
+
+    def _store_owner(self, owner: torch.Tensor) -> None:
+        """Keep the int8 owner vector as :class:`CompactOwners` (derived from the critical sets)."""
+        sets = {self.tasks.index(t): self._crit_flat.stored(t) for t in self._crit_flat}
+        self._owner_flat = CompactOwners(owner, sets, legacy=not self.compact_state)
+        self.owner = LazyMapping(self._names, lambda n: self._unflatten(self._owner_flat.to_int8())[n])
+        self._allowed = {}
 
     def _unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         return {n: v.view(sh) for n, v, sh in zip(self._names, torch.split(flat, self._sizes), self._shapes)}
@@ -258,9 +308,11 @@ class IsolationPolicy(TrainHook):
         if task is None:
             raise ValueError(f"{self.name}: state.batch_task is None; isolation needs task-homogeneous batches "
                              "(TrainConfig.task_homogeneous_batches=True)")
+        tid = self.tasks.index(task) if task in self.tasks else -3
+        if self.compact_state:  # built per call from the packed sets (a transient)
+            return self._unflatten(self._owner_flat.allowed(tid))
         if task not in self._allowed:
-            tid = self.tasks.index(task) if task in self.tasks else -3
-            self._allowed[task] = self._unflatten((self._owner_flat == -1) | (self._owner_flat == tid))
+            self._allowed[task] = self._unflatten(self._owner_flat.allowed(tid))
         return self._allowed[task]
 
     def update_mask(self, state):
@@ -304,16 +356,8 @@ class StaticGrad(IsolationPolicy):
 
     def on_train_begin(self, state):
         names, params = list(state.named_params), list(state.named_params.values())
-        scores = {}
-        for t in self.tasks:
-            acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-            for batch in self.probe_data[t]:
-                grads = torch.autograd.grad(batch_loss(state.model, batch), params, allow_unused=True)
-                grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
-                imp = torch._foreach_mul([p.detach() for p in params], grads)
-                torch._foreach_abs_(imp)
-                torch._foreach_add_(acc, imp, alpha=1.0 / len(self.probe_data[t]))
-            scores[t] = normalize_scores(dict(zip(names, acc)), how=self.normalize)
+        scores = {t: normalize_scores(dict(zip(names, taylor_scores(state.model, params, self.probe_data[t]))),
+                                      how=self.normalize) for t in self.tasks}
         self.set_critical(scores, step=state.step)
 
 
@@ -352,40 +396,65 @@ class StaticCPI(IsolationPolicy):
 
 
 class EPI(IsolationPolicy):
-    """Evolving Parameter Isolation: per-task masks from online EMA importance, refreshed."""
+    """Evolving Parameter Isolation: per-task masks from online EMA importance, refreshed.
+
+    ``finished``: how a task that is no longer trained keeps its protection: ``"ema"`` (fold
+    ``replay`` gradients into its EMA at each refresh), ``"replay"`` (replace its scores by the mean
+    Taylor score over all its ``replay`` batches at each refresh), ``"frozen"`` (refresh its mask
+    at the end of its stage, then pin it; ``replay`` unused)."""
 
     name = "epi"
 
     def __init__(self, *, mask_update_interval: int = 20, warmup_steps: int = 20, estimator: str = "taylor",
                  beta: float = 0.9, normalize: str = "layer_mean", state_dtype: torch.dtype = torch.float32,
-                 block_size: int | None = None, replay: Mapping[str, Sequence[Mapping]] | None = None, **kw):
+                 block_size: int | None = None, replay: Mapping[str, Sequence[Mapping]] | None = None,
+                 finished: str = "ema", fuse_importance: bool = True, **kw):
         super().__init__(**kw)
+        self.fuse_importance = fuse_importance  # fold importance into MaskedAdamW's gradient pass
         if mask_update_interval < 1 or warmup_steps < 0:
             raise ValueError(f"mask_update_interval must be >= 1 and warmup_steps >= 0, got "
                              f"{mask_update_interval}, {warmup_steps}")
-        self.interval, self.warmup = int(mask_update_interval), int(warmup_steps)
+        if finished not in FINISHED:
+            raise ValueError(f"finished must be one of {FINISHED}, got {finished!r}")
+        if finished == "replay" and not replay:
+            raise ValueError("epi with finished='replay' needs replay: a mapping task -> list of batches")
+        self.interval, self.warmup, self.finished = int(mask_update_interval), int(warmup_steps), finished
         self.tracker_kw = dict(estimator=estimator, beta=beta, normalize=normalize, state_dtype=state_dtype,
                                block_size=block_size)
         self.replay = replay
         self.tracker: ImportanceTracker | None = None
         self.last_seen: dict[str, int] = {}
+        self.stage_of: dict[str, int] = {}
         self._last_update_step = -1
 
     def on_train_begin(self, state):
         self.tracker = ImportanceTracker(state.named_params, **self.tracker_kw)
 
+    def on_stage_begin(self, state):
+        done = [t for t, k in self.stage_of.items() if k < state.stage and t not in self.pinned]
+        if self.finished == "frozen" and done:
+            self._refresh(state, replay=False)
+            self.pin([t for t in done if t in self._crit_flat])
+
     def after_backward(self, state):
         if state.batch_task is None:
             raise ValueError("epi: state.batch_task is None; EPI needs task-homogeneous batches")
-        self.tracker.update(state.batch_task)
+        opt = getattr(state, "optimizer", None)
+        if self.fuse_importance and hasattr(opt, "defer_importance"):
+            opt.defer_importance(self.tracker, state.batch_task)  # same gradients, one pass fewer
+        else:
+            self.tracker.update(state.batch_task)
         self.last_seen[state.batch_task] = state.step
+        self.stage_of.setdefault(state.batch_task, state.stage)
+
+    def _stale(self, state) -> list[str]:
+        return [t for t, s in self.last_seen.items() if state.step - s > self.interval and t not in self.pinned
+                and self.replay and self.replay.get(t)]
 
     def refresh_from_replay(self, state) -> list[str]:
-        """Re-measure the importance of tasks not trained for ``interval`` steps from replay
-        batches (gradients only, nothing is trained); returns the refreshed tasks."""
-        if not self.replay:
-            return []
-        stale = [t for t, s in self.last_seen.items() if state.step - s > self.interval and self.replay.get(t)]
+        """``finished="ema"``: fold the replay gradients of tasks not trained for ``interval`` steps
+        into their EMA (gradients only, nothing is trained); returns the refreshed tasks."""
+        stale = self._stale(state)
         params = list(self.tracker.params)
         for t in stale:
             for batch in self.replay[t]:
@@ -393,92 +462,61 @@ class EPI(IsolationPolicy):
                 self.tracker.update(t, [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)])
         return stale
 
+    def _refresh(self, state, *, replay: bool = True) -> None:
+        tr = self.tracker
+        flush = getattr(getattr(state, "optimizer", None), "flush_importance", None)
+        if flush is not None:
+            flush()  # a deferred importance update of this step enters the refresh
+        fresh = {}
+        if replay and self.finished == "ema":
+            self.refresh_from_replay(state)
+        elif replay and self.finished == "replay":
+            for t in self._stale(state):
+                acc = taylor_scores(state.model, tr.params, self.replay[t])
+                fresh[t] = torch.cat([s.reshape(-1) for s in normalize_scores(
+                    dict(zip(tr.names, acc)), how=tr.normalize).values()])
+        scores = {t: fresh[t] if t in fresh else tr.lazy_flat_scores(t) for t in tr.tasks if t not in self.pinned}
+        self.set_critical_flat(scores, names=tr.names, shapes=[p.shape for p in tr.params], step=state.step)
+
     def update_mask(self, state):
         due = state.step >= self.warmup and (state.step - self.warmup) % self.interval == 0
         if due and state.step != self._last_update_step and self.tracker.tasks:
-            self.refresh_from_replay(state)
-            tr = self.tracker
-            self.set_critical_flat({t: tr.flat_scores(t) for t in tr.tasks}, names=tr.names,
-                                   shapes=[p.shape for p in tr.params], step=state.step)
+            self._refresh(state)
             self._last_update_step = state.step
         return self.allowed_for(state.batch_task)
 
     def state_bytes_per_param(self) -> dict[str, float]:
-        """EPI state per parameter element: tracker (per task x tasks), owner map, cached masks."""
-        per_task = self.tracker.bytes_per_param() if self.tracker else float("nan")
-        n_tasks = len(self.tracker.tasks) if self.tracker else len(self.tasks)
-        return {"tracker_per_task": per_task, "tracker_total": per_task * n_tasks, "owner_map": 1.0,
-                "cached_masks": float(len(self._allowed)), "critical_sets": float(len(self.critical))}
+        """EPI state per parameter element, measured (:func:`epi_utils.epi.epi_state.measured_bytes_per_param`)."""
+        return measured_bytes_per_param(self)
 
 
-class EWC(IsolationPolicy):
-    """Diagonal-Fisher penalty ``lambda/2 sum F (theta - theta*)^2`` (no masks).
+class EPIReplay(EPI):
+    """EPI whose finished tasks are re-estimated from all their replay batches at each refresh."""
 
-    ``schedule="mixed"``: ``F`` of all tasks at the start, anchored at ``theta_0``.
-    ``schedule="sequential"``: no penalty in stage 0; at each later stage start the Fisher of the
-    tasks trained in the previous stage is added (online EWC) and ``theta*`` = current weights.
-    """
+    name = "epi_replay"
 
-    name = "ewc"
-
-    def __init__(self, *, probe_data: Mapping[str, Sequence[Mapping]] | None = None, ewc_lambda: float = 100.0,
-                 schedule: str = "mixed", **kw):
-        super().__init__(**kw)
-        _check_probe(probe_data, self.tasks, self.name)
-        if schedule not in ("mixed", "sequential"):
-            raise ValueError(f"schedule must be one of ('mixed', 'sequential'), got {schedule!r}")
-        self.probe_data, self.ewc_lambda, self.schedule = probe_data, float(ewc_lambda), schedule
-        self.fisher: list[torch.Tensor] | None = None
-        self.anchor: list[torch.Tensor] | None = None
-        self.stage_tasks: set[str] = set()
-
-    def _fisher(self, state, tasks) -> list[torch.Tensor]:
-        params = list(state.named_params.values())
-        acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
-        batches = [b for t in tasks for b in self.probe_data[t]]
-        for batch in batches:
-            grads = torch.autograd.grad(batch_loss(state.model, batch), params, allow_unused=True)
-            grads = [torch.zeros_like(p) if g is None else g.detach() for g, p in zip(grads, params)]
-            torch._foreach_addcmul_(acc, grads, grads, value=1.0 / len(batches))
-        return acc
-
-    def on_train_begin(self, state):
-        if self.schedule == "mixed":
-            self.fisher = self._fisher(state, self.tasks)
-            self.anchor = [p.detach().clone() for p in state.named_params.values()]
-
-    def on_stage_begin(self, state):
-        if self.schedule == "mixed" or state.stage == 0 or not self.stage_tasks:
-            return
-        new = self._fisher(state, sorted(self.stage_tasks))
-        if self.fisher is None:
-            self.fisher = new
-        else:
-            torch._foreach_add_(self.fisher, new)
-        self.anchor = [p.detach().clone() for p in state.named_params.values()]
-        self.stage_tasks = set()
-
-    def on_step_end(self, state):
-        if state.batch_task is not None:
-            self.stage_tasks.add(state.batch_task)
-
-    def extra_loss(self, state):
-        if self.fisher is None:
-            return None
-        total = 0.0
-        for p, f, a in zip(state.named_params.values(), self.fisher, self.anchor):
-            total = total + (f * (p - a).pow(2)).sum()
-        return 0.5 * self.ewc_lambda * total
-
-    def update_mask(self, state):
-        return None
+    def __init__(self, **kw):
+        super().__init__(**{**kw, "finished": "replay"})
 
 
-_CLASSES = {c.name: c for c in (FullSFT, StaticCPI, StaticGrad, EPI, RandomMask, EWC)}
+class EPIFrozen(EPI):
+    """EPI whose finished tasks' masks are frozen (pinned) at the end of their stage."""
+
+    name = "epi_frozen"
+
+    def __init__(self, **kw):
+        super().__init__(**{**kw, "finished": "frozen"})
+
+
+_CLASSES = {c.name: c for c in (FullSFT, StaticCPI, StaticGrad, EPI, EPIReplay, EPIFrozen, RandomMask)}
 
 
 def make_policy(name: str, **kw) -> IsolationPolicy:
     """Build a policy by name (one of ``POLICIES``) with its keyword options."""
-    if name not in _CLASSES:
+    if name not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {name!r}")
+    if name not in _CLASSES:
+        from epi_utils.epi import isolation_stage
+
+        _CLASSES.update({c.name: c for c in isolation_stage.STAGE_POLICIES})
     return _CLASSES[name](**kw)

@@ -1,17 +1,21 @@
 """Real SFT data sets for study 02's ``gpu`` profile (GSM8K, CodeAlpaca, Alpaca) via ``datasets``.
 
 :func:`hf_world` builds a :class:`epi_utils.data.world.World` without facts or corpus (study 02 uses
-only ``config.tasks``, ``config.n_stages``, ``split``, ``mixed``, ``stages`` and ``stage_tasks``) from
-Hugging Face data sets, one task per data set, as :class:`~epi_utils.data.world.Sample` records.
-Needs the data sets in the local HF cache or network access to the hub; it was NOT exercised
-on the development machine (no hub access there). Responses are truncated to ``max_response_words``
-words so that greedy exact match stays meaningful (GSM8K keeps only the final answer after
-``####``, as is usual for its exact-match accuracy).
+only ``config.tasks``, ``config.n_stages``, ``split``, ``stages`` and ``stage_tasks``) from Hugging
+Face data sets, one task per data set, as :class:`~epi_utils.data.world.Sample` records. Needs the
+data sets in the local HF cache or network access to the hub, or local JSONL files in the data
+set's field layout (``data_files``; the GPU rehearsal writes 8 rows per data set with
+:func:`epi_utils.workbench.rehearsal.write_local_samples`). Not exercised on the real data sets on
+the development machine (no hub access there).
+
+Targets: GSM8K keeps its reasoning and the ``#### answer`` line (scored on the final answer,
+:func:`epi_utils.lm.evaluate.gsm8k_final_answer`); the free-form tasks are truncated to
+``max_response_words`` words and scored by ROUGE-L (:data:`HF_METRICS`), with exact match beside.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -19,13 +23,16 @@ from epi_utils.data.world import Sample, World
 
 # task name -> (dataset id, config, split, prompt builder, response builder)
 HF_TASKS = {
-    "gsm8k": ("openai/gsm8k", "main", "train",
-              lambda r: r["question"], lambda r: r["answer"].split("####")[-1].strip()),
+    "gsm8k": ("openai/gsm8k", "main", "train", lambda r: r["question"], lambda r: r["answer"].strip()),
     "codealpaca": ("sahil2801/CodeAlpaca-20k", None, "train",
                    lambda r: (r["instruction"] + ("\n" + r["input"] if r.get("input") else "")), lambda r: r["output"]),
     "alpaca": ("tatsu-lab/alpaca", None, "train",
                lambda r: (r["instruction"] + ("\n" + r["input"] if r.get("input") else "")), lambda r: r["output"]),
 }
+#: primary score of each task (one of :data:`epi_utils.lm.evaluate.METRICS`); exact match is kept beside.
+HF_METRICS = {"gsm8k": "gsm8k", "codealpaca": "rouge_l", "alpaca": "rouge_l"}
+#: tasks whose reasoning must stay whole in the target (never truncated)
+KEEP_WHOLE = ("gsm8k",)
 
 
 @dataclass(frozen=True)
@@ -35,12 +42,22 @@ class HFWorldConfig:
     seed: int
 
 
-def hf_world(tasks: Sequence[str], *, n_train: int = 2000, n_heldout: int = 200, n_stages: int = 2,
-             seed: int = 0, max_response_words: int = 256) -> World:
-    """Load ``tasks`` (keys of :data:`HF_TASKS`) with ``datasets.load_dataset`` and sample
-    ``n_train`` + ``n_heldout`` examples per task with ``numpy.random.default_rng(seed)``."""
+def _load(task: str, data_files: Mapping[str, str] | None):
     from datasets import load_dataset
 
+    ds_id, conf, split, _, _ = HF_TASKS[task]
+    if data_files is not None:
+        if task not in data_files:
+            raise ValueError(f"data_files has no file for task {task!r}; it names {sorted(data_files)}")
+        return load_dataset("json", data_files=str(data_files[task]), split="train")
+    return load_dataset(ds_id, conf, split=split) if conf else load_dataset(ds_id, split=split)
+
+
+def hf_world(tasks: Sequence[str], *, n_train: int = 2000, n_heldout: int = 200, n_stages: int = 2,
+             seed: int = 0, max_response_words: int = 256, data_files: Mapping[str, str] | None = None) -> World:
+    """Load ``tasks`` (keys of :data:`HF_TASKS`) and sample ``n_train`` + ``n_heldout`` examples per
+    task with ``numpy.random.default_rng(seed)`` (fewer when the data set is smaller: the held-out
+    share is kept, at least one of each). ``data_files``: task -> local JSONL file instead of the hub."""
     bad = [t for t in tasks if t not in HF_TASKS]
     if bad:
         raise ValueError(f"unknown HF tasks {bad}; allowed values: {tuple(HF_TASKS)}")
@@ -51,13 +68,19 @@ def hf_world(tasks: Sequence[str], *, n_train: int = 2000, n_heldout: int = 200,
                 (tasks[i] for i in chunk)}
     samples: list[Sample] = []
     for task in tasks:
-        ds_id, conf, split, prompt_of, resp_of = HF_TASKS[task]
-        ds = load_dataset(ds_id, conf, split=split) if conf else load_dataset(ds_id, split=split)
-        idx = rng.permutation(len(ds))[: n_train + n_heldout]
+        _, _, _, prompt_of, resp_of = HF_TASKS[task]
+        ds = _load(task, data_files)
+        n_tr, n_ho = n_train, n_heldout
+        if n_tr + n_ho > len(ds):  # a small local file (rehearsal): keep both splits non-empty
+            n_ho = max(1, round(len(ds) * n_heldout / (n_train + n_heldout)))
+            n_tr = max(1, len(ds) - n_ho)
+        idx = rng.permutation(len(ds))[: n_tr + n_ho]
         for j, i in enumerate(idx):
             row = ds[int(i)]
-            resp = " ".join(str(resp_of(row)).split()[:max_response_words])
-            sp = "train" if j < n_train else "heldout"
+            resp = str(resp_of(row))
+            if task not in KEEP_WHOLE:
+                resp = " ".join(resp.split()[:max_response_words])
+            sp = "train" if j < n_tr else "heldout"
             samples.append(Sample(id=f"{task}/{sp}/{j:05d}", task=task, split=sp, prompt=str(prompt_of(row)),
                                   response=resp, stage=stage_of[task], planted_cause=None, template_id=task))
     # A World with no facts or corpus: split/mixed/stages/stage_tasks only read config.tasks and n_stages.

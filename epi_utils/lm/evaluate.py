@@ -1,7 +1,16 @@
-"""Evaluation: batched greedy decoding, exact match, pass@N, per-task accuracy, teacher-forced stats.
+"""Evaluation: batched greedy decoding, exact match, pass@N, per-task accuracy, teacher-forced stats,
+and scores for free-form answers.
 
-Decoding batches group prompts of equal token length, so no padding is ever needed (exact for
-every causal LM, with the KV cache). A generation stops at the tokenizer's EOS token.
+:func:`greedy_generate` groups prompts of equal token length, so no padding is ever needed (exact
+for every causal LM, with the KV cache; fast when prompts share few lengths, as in the synthetic
+world). :func:`generate_left_padded` batches prompts of any length with left padding and
+``model.generate`` (the path for real data sets, whose prompts all differ in length), with a
+capped ``max_new_tokens``. A generation stops at the tokenizer's EOS token.
+
+Free-form answers (Alpaca, CodeAlpaca) are scored beside exact match by :func:`token_f1` (SQuAD's
+bag-of-tokens F1, Rajpurkar et al. 2016) and :func:`rouge_l` (LCS F-measure, Lin 2004); GSM8K by
+its final answer (:func:`gsm8k_final_answer`: the number after ``####``, else the last number),
+so the reasoning can stay in the target. :func:`score_predictions` applies one of ``METRICS``.
 """
 from __future__ import annotations
 
@@ -14,6 +23,7 @@ import torch
 from epi_utils.lm.sft_format import encode_example, encode_prompt
 
 NORMALIZE = ("strip", "lower", "none")
+METRICS = ("exact", "token_f1", "rouge_l", "gsm8k")
 
 
 def _device(model) -> torch.device:
@@ -204,3 +214,124 @@ def probe_knowledge(model, tokenizer, world, *, facts=None, max_new_tokens: int 
         val = f.value.lower().split()
         known[f.fact_id] = any(words[i:i + len(val)] == val for i in range(len(words)))
     return known
+
+
+# ----------------------------------------------------------------------------- left-padded decoding
+@torch.no_grad()
+def generate_left_padded(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 32,
+                         raw: bool = False) -> list[str]:
+    """Greedy continuations of ``prompts`` (in order) in left-padded batches of ``batch_size``.
+
+    Prompts are sorted by token length (less padding), left-padded with the tokenizer's pad id and
+    decoded by ``model.generate`` (greedy; position ids follow the attention mask), up to EOS or
+    ``max_new_tokens`` new tokens. Same text as :func:`greedy_generate` for every causal LM whose
+    ``generate`` handles left padding (GPT-2, Llama, Qwen2 in transformers).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    was_training = model.training
+    model.eval()
+    dev = _device(model)
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] if raw else encode_prompt(tokenizer, p) for p in prompts]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    outs: list[str] = [""] * len(prompts)
+    for k in range(0, len(order), batch_size):
+        idx = order[k:k + batch_size]
+        L = max(len(ids[i]) for i in idx)
+        x = torch.full((len(idx), L), pad, dtype=torch.long)
+        att = torch.zeros((len(idx), L), dtype=torch.long)
+        for r, i in enumerate(idx):
+            x[r, L - len(ids[i]):] = torch.tensor(ids[i])
+            att[r, L - len(ids[i]):] = 1
+        gen = model.generate(input_ids=x.to(dev), attention_mask=att.to(dev), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        for r, i in enumerate(idx):
+            outs[i] = _to_text(tokenizer, gen[r, L:].tolist())
+    model.train(was_training)
+    return outs
+
+
+# ----------------------------------------------------------------------------- free-form scores
+def _words(text: str) -> list[str]:
+    """Lower-cased words with punctuation removed (SQuAD's normalisation, without article removal)."""
+    import string
+
+    table = str.maketrans({c: " " for c in string.punctuation})
+    return text.lower().translate(table).split()
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Bag-of-words F1 between two texts (Rajpurkar et al. 2016): ``2PR/(P+R)`` with ``P`` = shared
+    words / prediction words, ``R`` = shared words / reference words (multiset counts). Two empty
+    texts score 1, one empty text 0."""
+    from collections import Counter
+
+    p, r = _words(prediction), _words(reference)
+    if not p or not r:
+        return float(p == r)
+    common = sum((Counter(p) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    prec, rec = common / len(p), common / len(r)
+    return 2 * prec * rec / (prec + rec)
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure (Lin 2004, beta = 1) on words: ``2PR/(P+R)`` with ``P = LCS/|prediction|``,
+    ``R = LCS/|reference|``, LCS the longest common subsequence. Empty texts as :func:`token_f1`."""
+    p, r = _words(prediction), _words(reference)
+    if not p or not r:
+        return float(p == r)
+    prev = [0] * (len(r) + 1)
+    for a in p:
+        cur = [0]
+        for j, b in enumerate(r):
+            cur.append(prev[j] + 1 if a == b else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    prec, rec = lcs / len(p), lcs / len(r)
+    return 2 * prec * rec / (prec + rec)
+
+
+def gsm8k_final_answer(text: str) -> str | None:
+    """The final answer of a GSM8K solution: the number after the last ``####`` if there is one,
+    else the last number in the text; commas, ``$`` and a trailing ``.`` removed (``"1,200."`` ->
+    ``"1200"``). ``None`` when there is no number."""
+    import re
+
+    tail = text.split("####")[-1] if "####" in text else text
+    nums = re.findall(r"-?\$?\d[\d,]*(?:\.\d+)?", tail)
+    if not nums:
+        return None
+    ans = nums[0] if "####" in text else nums[-1]
+    ans = ans.replace(",", "").replace("$", "").rstrip(".")
+    try:
+        val = float(ans)
+    except ValueError:
+        return None
+    return str(int(val)) if val == int(val) else str(val)
+
+
+def score_predictions(predictions: Sequence[str], references: Sequence[str], *, metric: str) -> np.ndarray:
+    """Per-sample scores in [0, 1], shape ``(n,)``: ``metric`` one of ``METRICS`` (``exact``: whitespace-
+    collapsed equality; ``gsm8k``: equal final answers, :func:`gsm8k_final_answer`)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    if metric == "exact":
+        f = lambda p, r: float(_norm(p, "strip") == _norm(r, "strip"))  # noqa: E731
+    elif metric == "token_f1":
+        f = token_f1
+    elif metric == "rouge_l":
+        f = rouge_l
+    else:
+        def f(p, r):
+            a, b = gsm8k_final_answer(p), gsm8k_final_answer(r)
+            return float(a is not None and a == b)
+    return np.array([f(p, r) for p, r in zip(predictions, references)], dtype=float)

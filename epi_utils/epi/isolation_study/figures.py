@@ -1,0 +1,102 @@
+"""Study 02's figures. Each function takes tables of :mod:`.summary` and returns a ``matplotlib``
+figure; the notebook saves it with :func:`epi_utils.workbench.plots.save_figure`."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+BOUND_STYLE = {"full_sft": ("k", "o"), "separate": ("k", "*"), "replay": ("k", "s"), "ewc": ("k", "D")}
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _err(t, m):
+    return np.vstack([t[m] - t[f"{m}_low"], t[f"{m}_high"] - t[m]])
+
+
+def plot_frontier(frontier, *, x: str = "plastic", y: str = "retained0", title: str = "isolation-ratio frontier"):
+    """Retention of stage 0 (``y``) against stage-1 score (``x``), mean and 95% t-interval over seeds
+    on both axes: one line per masking policy through its ratios (labelled), bounds as black markers."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    masked = frontier[frontier["ratio"].notna()]
+    for k, (method, g) in enumerate(masked.groupby("method", sort=False)):
+        g = g.sort_values("ratio")
+        ax.errorbar(g[x], g[y], xerr=_err(g, x), yerr=_err(g, y), marker="o", ms=4, capsize=2, lw=1.2,
+                    color=f"C{k}", label=method)
+        for _, r in g.iterrows():
+            ax.annotate(f"{100 * r['ratio']:g}%", (r[x], r[y]), textcoords="offset points", xytext=(4, 3),
+                        fontsize=7, color=f"C{k}")
+    for _, r in frontier[frontier["ratio"].isna()].iterrows():
+        color, marker = BOUND_STYLE.get(r["method"], ("k", "x"))
+        ax.errorbar([r[x]], [r[y]], xerr=_err(r.to_frame().T.astype({x: float, y: float}), x),
+                    yerr=_err(r.to_frame().T.astype({x: float, y: float}), y), marker=marker, ms=9, color=color,
+                    capsize=2, ls="none", label=f"{r['method']} (bound)", mfc="white" if marker != "o" else color)
+    ax.set(xlabel=f"{x}: stage-1 held-out score after stage 1", ylabel=f"{y}: stage-0 held-out score after stage 1",
+           title=title)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def plot_paired(cmp, *, metric: str = "retained0"):
+    """Paired differences (EPI variant - static variant) on ``metric`` at each ratio, with their 95%
+    t-intervals over seeds; one line per pair, 0 marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    d = cmp[(cmp["metric"] == metric) & cmp["ratio"].notna()]
+    ratios = sorted(d["ratio"].unique())
+    pairs = list(d.groupby(["a_method", "b_method"], sort=False))
+    width = 0.8 / max(1, len(pairs))
+    for k, ((a, b), g) in enumerate(pairs):
+        g = g.set_index("ratio").reindex(ratios)
+        xs = np.arange(len(ratios)) - 0.4 + width * (k + 0.5)
+        ax.errorbar(xs, g["diff"], yerr=np.vstack([g["diff"] - g["low"], g["high"] - g["diff"]]), marker="o", ms=4,
+                    capsize=2, ls="-", lw=0.8, color=f"C{k}", label=f"{a} - {b}")
+    ax.axhline(0, color="k", lw=0.7)
+    ax.set_xticks(range(len(ratios)), [f"{100 * r:g}%" for r in ratios])
+    ax.set(xlabel="isolation ratio", ylabel=f"paired difference in {metric}",
+           title=f"EPI variants - static masks, {metric} (95% t-interval over seeds)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def plot_moved(frontier, *, methods: Sequence[str] | None = None):
+    """Share of the elements a policy owned for stage-0 tasks at the start of stage 1 that changed
+    during stage 1, per ratio (0 = the protection held)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    masked = frontier[frontier["ratio"].notna()]
+    for k, (method, g) in enumerate(masked.groupby("method", sort=False)):
+        if methods is not None and method not in methods:
+            continue
+        g = g.sort_values("ratio")
+        ax.errorbar(g["ratio"] * 100, g["moved_owned_stage0"], yerr=_err(g, "moved_owned_stage0"), marker="o", ms=4,
+                    capsize=2, color=f"C{k}", label=method)
+    ax.set_xscale("log")
+    ax.set(xlabel="isolation ratio (%)", ylabel="stage-0-owned elements changed in stage 1", ylim=(-0.03, 1.03),
+           title="does the protection of stage 0 hold?")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def plot_ewc_tuning(tuning: Sequence[dict], chosen: float | None):
+    """Validation score after stage 1 for each EWC lambda tried (log x), the chosen one marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    lam = [r["ewc_lambda"] for r in tuning]
+    ax.plot(lam, [r["val_score"] for r in tuning], marker="o", label="validation score")
+    if chosen is not None:
+        ax.axvline(chosen, color="C3", ls="--", label=f"chosen lambda = {chosen:g}")
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set(xlabel="EWC lambda", ylabel="mean validation score after stage 1", title="EWC lambda on the validation split")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

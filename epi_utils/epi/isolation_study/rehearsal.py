@@ -1,0 +1,96 @@
+"""Study 02's GPU rehearsal: the gpu profile's code path on the CPU at toy scale, and its full cost.
+
+:func:`rehearse` writes 8 rows per Hugging Face data set of the profile in the data set's exact
+field layout (:func:`epi_utils.workbench.rehearsal.write_local_samples`), builds a tiny
+random-initialised model of the profile's model family
+(:func:`epi_utils.workbench.rehearsal.tiny_model_config`, ``AutoModelForCausalLM.from_config``)
+with a word-level tokenizer over the samples (the real tokenizer is not available offline), runs
+:func:`.study.run_study` (every bound and masking policy at one ratio, 2 steps per stage,
+left-padded decoding, the same scoring) under :func:`~epi_utils.workbench.rehearsal.meter`, and
+calls :func:`~epi_utils.workbench.rehearsal.estimate` with the profile's full-scale sizes.
+
+Full-scale sizes (the estimate's assumptions, returned with it): every run of the profile
+(``n_seeds x (bounds + methods x ratios)`` plus the EWC candidates) trains ``2 x steps_per_stage``
+steps of ``batch_size`` samples of ``seq_len`` tokens; EPI's replay refreshes and the importance
+probes add their forward+backward tokens; every stage end decodes at most ``max_new_tokens``
+tokens for each test sample (validation samples for the EWC candidates).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from epi_utils.epi.isolation_study.config import StudyConfig
+
+#: 8 rows per data set in its exact column layout (``rehearsal.HF_LAYOUTS``)
+ROWS = {
+    "gsm8k": lambda i: {"question": f"Tom has {i} apples and buys {i + 2} more . How many apples does he have ?",
+                        "answer": f"Tom has {i} + {i + 2} = {2 * i + 2} apples .\n#### {2 * i + 2}"},
+    "codealpaca": lambda i: {"instruction": f"Write a function that returns {i} plus one .",
+                             "input": "" if i % 2 else f"x = {i}", "output": f"def f ( x ) : return x + {i}"},
+    "alpaca": lambda i: {"instruction": f"Name a colour number {i} .", "input": "",
+                         "output": f"Colour {i} is blue .", "text": f"Name a colour number {i} . Colour {i} is blue ."},
+}
+#: assumed tokens per training sample at full scale (prompt + response, GSM8K / CodeAlpaca with a BPE tokenizer)
+SEQ_LEN = 320
+
+
+def toy_config(cfg: StudyConfig) -> StudyConfig:
+    """The profile's config shrunk to toy scale (same methods, bounds, scoring and code path)."""
+    return dataclasses.replace(cfg, device="cpu", n_seeds=1, hf_n_train=6, hf_n_val=1, hf_n_test=1,
+                               steps_per_stage=2, batch_size=2, probe_batches=1, probe_steps=1, replay_batches=1,
+                               replay_samples=1, mask_update_interval=1, warmup_steps=1, ratios=cfg.ratios[:1],
+                               ewc_lambdas=cfg.ewc_lambdas[:2], max_new_tokens=min(cfg.max_new_tokens or 16, 16),
+                               eval_batch_size=4, bf16=False, checkpoint_runs=False)
+
+
+def full_scale(cfg: StudyConfig) -> dict:
+    """Full-scale work of the profile: runs, training tokens, generated tokens (see module docstring)."""
+    from epi_utils.epi.isolation_study.study import jobs
+
+    per_seed = jobs(cfg)
+    n_runs = cfg.n_seeds * len(per_seed) + (len(cfg.ewc_lambdas) if "ewc" in cfg.bounds else 0)
+    n_tasks = len(cfg.hf_tasks)
+    train = n_runs * 2 * cfg.steps_per_stage * cfg.batch_size * SEQ_LEN
+    n_epi = cfg.n_seeds * sum(1 for m, _ in per_seed if m.startswith("epi"))
+    refreshes = cfg.steps_per_stage // max(1, cfg.mask_update_interval)
+    train += n_epi * refreshes * cfg.replay_batches * cfg.batch_size * SEQ_LEN
+    cap = cfg.max_new_tokens or 512
+    gen = cfg.n_seeds * len(per_seed) * 2 * n_tasks * cfg.hf_n_test * cap
+    gen += (len(cfg.ewc_lambdas) if "ewc" in cfg.bounds else 0) * 2 * n_tasks * cfg.hf_n_val * cap
+    return {"n_runs": n_runs, "train_tokens": float(train), "generated_tokens": float(gen), "seq_len": SEQ_LEN}
+
+
+def rehearse(cfg: StudyConfig, *, folder: Path | str):
+    """Run the toy-scale study and estimate the full profile; returns ``(StudyResult, Estimate)``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from epi_utils.epi.isolation_hf import HF_TASKS
+    from epi_utils.epi.isolation_study import study
+    from epi_utils.lm.models import build_word_tokenizer
+    from epi_utils.workbench import rehearsal
+
+    if cfg.data_source != "hf":
+        raise ValueError("the GPU rehearsal rehearses the gpu profile's real-data path: data_source must be 'hf'")
+    toy = toy_config(cfg)
+    files = {t: rehearsal.write_local_samples(HF_TASKS[t][0], [ROWS[t](i) for i in range(8)], folder)
+             for t in toy.hf_tasks}
+    world = study.study_world(toy, data_files=files)
+    words = sorted({w for s in world.samples for w in (s.prompt + " " + s.response).split()})
+    tok = build_word_tokenizer(words)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(rehearsal.tiny_model_config(cfg.model, vocab_size=len(tok)))
+    model.config.pad_token_id = tok.pad_token_id
+    model.config.eos_token_id = tok.eos_token_id
+    with rehearsal.meter() as m:
+        result = study.run_study(toy, world=world, base=(model.eval(), tok, {"rehearsal": True}))
+        m.steps = sum(r.steps for r in result.records)
+        m.tokens = sum(r.tokens for r in result.records)
+    size = full_scale(cfg)
+    est = rehearsal.estimate(model_id=cfg.model, train_tokens=size["train_tokens"], micro_batch=cfg.batch_size,
+                             seq_len=size["seq_len"], generated_tokens=size["generated_tokens"],
+                             generation_batch=cfg.eval_batch_size, extra_state_bytes_per_param=4.0 * 2 + 2.0,
+                             measured=m)
+    est.assumptions["n_runs"] = size["n_runs"]
+    return result, est

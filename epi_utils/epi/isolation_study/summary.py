@@ -1,0 +1,237 @@
+"""Study 02's tables and verdicts, as data: per-run metrics, the frontier with t-intervals over seeds,
+and paired comparisons (:func:`epi_utils.workbench.stats.compare`, unit = seeds).
+
+Per-run metrics of a two-stage run (``R[i][t]`` = held-out test score of task ``t`` after stage
+``i``; a stage's score is the mean over its tasks; GEM's ACC and Chaudhry et al.'s forgetting,
+:mod:`epi_utils.epi.continual`, for two stages):
+
+- ``learned0`` = R[0][stage 0]: stage-0 score after stage 0;
+- ``retained0`` = R[1][stage 0]: stage-0 score after stage 1 (retention, the frontier's y);
+- ``forgetting0`` = learned0 - retained0;
+- ``plastic`` = R[1][stage 1]: stage-1 score after stage 1 (plasticity, the frontier's x);
+- ``final`` = (retained0 + plastic) / 2 (ACC);
+- the same with suffix ``_train`` on train samples (memorisation, secondary), and the diagnostics
+  ``moved_owned_stage0`` (share of the elements owned by stage-0 tasks at the start of stage 1
+  that changed in stage 1) and ``protected_share``.
+
+``separate`` (one model per stage) gets ``learned0 = retained0 =`` full SFT's ``learned0`` on the
+same seed (stage 0's model is never touched again) and ``plastic`` from its own stage-1 run.
+
+Verdicts are :class:`~epi_utils.workbench.stats.Verdict` values in the tables; nothing here turns
+them into or reads them from sentences.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from epi_utils.workbench import stats
+
+METRICS = ("learned0", "retained0", "forgetting0", "plastic", "final")
+HIGHER_IS_BETTER = {"learned0": True, "retained0": True, "forgetting0": False, "plastic": True, "final": True}
+EPI_METHODS = ("epi", "epi_replay", "epi_frozen")
+STATIC_METHODS = ("cpi_after_stage", "importance_after_stage", "random_after_stage", "static_cpi", "static_grad",
+                  "random_mask")
+UNIT = "seeds"
+
+
+def _mean(d: dict, tasks: Sequence[str]) -> float:
+    return float(np.mean([d[t] for t in tasks])) if d and all(t in d for t in tasks) else float("nan")
+
+
+def run_table(records: Sequence, stage_tasks: Sequence[Sequence[str]]):
+    """One row per run (``pandas.DataFrame``): method, ratio (NaN for bounds), seed, the metrics of
+    the module docstring (test and ``_train``), diagnostics, steps, tokens. Tuning runs are skipped."""
+    import pandas as pd
+
+    s0, s1 = list(stage_tasks[0]), list(stage_tasks[-1])
+    rows = []
+    for r in records:
+        if r.tuning:
+            continue
+        row = {"method": r.method, "ratio": np.nan if r.ratio is None else float(r.ratio), "seed": r.seed,
+               "moved_owned_stage0": r.moved_owned_stage0, "protected_share": r.protected_share,
+               "steps": r.steps, "tokens": r.tokens}
+        for split, suffix in (("test", ""), ("train", "_train")):
+            per = getattr(r, split)
+            if r.method == "separate":
+                row["plastic" + suffix] = _mean(per[-1], s1)
+            else:
+                row["learned0" + suffix] = _mean(per[0], s0)
+                row["retained0" + suffix] = _mean(per[-1], s0)
+                row["plastic" + suffix] = _mean(per[-1], s1)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    for suffix in ("", "_train"):
+        full = df[df["method"] == "full_sft"].set_index("seed")["learned0" + suffix]
+        sep = df["method"] == "separate"
+        df.loc[sep, "learned0" + suffix] = df.loc[sep, "seed"].map(full).to_numpy()
+        df.loc[sep, "retained0" + suffix] = df.loc[sep, "learned0" + suffix]
+        df["forgetting0" + suffix] = df["learned0" + suffix] - df["retained0" + suffix]
+        df["final" + suffix] = (df["retained0" + suffix] + df["plastic" + suffix]) / 2
+    return df
+
+
+def arm(method: str, ratio) -> str:
+    """Display name of a (method, ratio) arm: ``"epi_frozen@20%"`` or the bound's name."""
+    return method if ratio is None or ratio != ratio else f"{method}@{100 * ratio:g}%"
+
+
+def frontier_table(df, *, metrics: Sequence[str] = METRICS + ("moved_owned_stage0",)):
+    """Per (method, ratio): for each metric its mean and 95% t-interval over seeds (columns
+    ``<m>``, ``<m>_low``, ``<m>_high``), ``n`` seeds and the interval's ``unit`` label."""
+    import pandas as pd
+
+    out = []
+    for (method, ratio), g in df.groupby(["method", df["ratio"].fillna(-1.0)], sort=False):
+        row = {"method": method, "ratio": np.nan if ratio == -1.0 else ratio, "arm": arm(method, None if ratio == -1.0
+                                                                                          else ratio)}
+        for m in metrics:
+            vals = g[m].to_numpy(dtype=float)
+            if np.isnan(vals).all():
+                row.update({m: np.nan, f"{m}_low": np.nan, f"{m}_high": np.nan})
+                continue
+            iv = stats.interval(vals, unit=UNIT, method="t")
+            row.update({m: iv.mean, f"{m}_low": iv.low, f"{m}_high": iv.high})
+            row["n"], row["unit"] = iv.n, iv.label()
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _by_seed(df, method: str, ratio, metric: str) -> dict:
+    sel = df["method"] == method
+    sel &= df["ratio"].isna() if ratio is None or ratio != ratio else np.isclose(df["ratio"], ratio)
+    return dict(zip(df.loc[sel, "seed"], df.loc[sel, metric].astype(float)))
+
+
+def paired(df, a: tuple[str, float | None], b: tuple[str, float | None], metric: str) -> stats.Comparison:
+    """Paired comparison of arm ``a`` = (method, ratio) with arm ``b`` on ``metric`` over the seeds
+    both have (``stats.compare``, t-interval of the per-seed differences)."""
+    va, vb = _by_seed(df, *a, metric), _by_seed(df, *b, metric)
+    keys = sorted(set(va) & set(vb))
+    return stats.compare({k: va[k] for k in keys}, {k: vb[k] for k in keys}, unit=UNIT, metric=metric,
+                         higher_is_better=HIGHER_IS_BETTER.get(metric, True), a_name=arm(*a), b_name=arm(*b))
+
+
+def _row(c: stats.Comparison, **extra) -> dict:
+    d = c.diff
+    return {**extra, "metric": c.metric, "a": c.a_name, "b": c.b_name, "a_mean": c.a_mean, "b_mean": c.b_mean,
+            "diff": d.mean, "low": d.low, "high": d.high, "n": d.n, "p_value": c.p_value,
+            "verdict": c.verdict.value, "detectable": c.detectable}
+
+
+def frontier_comparisons(df, *, metrics: Sequence[str] = ("retained0", "plastic", "final")):
+    """Paired differences along the frontier (``DataFrame``): at every ratio, each EPI variant
+    against each static / random mask present; plus ``ratio = NaN`` rows pooled over the ratios
+    (per seed, the mean over ratios). Columns: ratio, a_method, b_method, metric, a, b, means,
+    diff, low, high, n, p_value, verdict, detectable."""
+    import pandas as pd
+
+    methods = set(df["method"])
+    epis = [m for m in EPI_METHODS if m in methods]
+    statics = [m for m in STATIC_METHODS if m in methods]
+    ratios = sorted(df["ratio"].dropna().unique())
+    rows = []
+    for e in epis:
+        for s in statics:
+            for m in metrics:
+                for r in ratios:
+                    rows.append(_row(paired(df, (e, r), (s, r), m), ratio=r, a_method=e, b_method=s))
+                pooled = df[df["method"].isin([e, s])].groupby(["method", "seed"])[m].mean().reset_index()
+                pooled["ratio"] = np.nan
+                rows.append(_row(paired(pooled, (e, None), (s, None), m), ratio=np.nan, a_method=e, b_method=s))
+    return pd.DataFrame(rows)
+
+
+def bound_comparisons(df, *, metrics: Sequence[str] = ("retained0", "plastic", "final"), against: str = "full_sft"):
+    """Every other arm against the bound ``against`` (default the floor, full SFT), paired over seeds."""
+    import pandas as pd
+
+    rows = []
+    arms = df[["method", "ratio"]].drop_duplicates().itertuples(index=False)
+    for method, ratio in arms:
+        if method == against:
+            continue
+        r = None if ratio != ratio else ratio
+        for m in metrics:
+            rows.append(_row(paired(df, (method, r), (against, None), m), ratio=ratio, a_method=method,
+                             b_method=against))
+    return pd.DataFrame(rows)
+
+
+def equal_plasticity(cmp):
+    """One row per (ratio, EPI variant, static variant) from :func:`frontier_comparisons`: the
+    retention difference and verdict beside the plasticity difference and verdict, and
+    ``equal_plasticity`` = the plasticity verdict is ``no_difference`` (at this design's
+    resolution, ``plastic_detectable``). ``epi_retains_more`` is the retention verdict
+    ``a_better`` at equal plasticity (``False`` when plasticity differs: the question then has
+    no answer at this ratio)."""
+    import pandas as pd
+
+    rows = []
+    keys = ["ratio", "a_method", "b_method"]
+    for key, g in cmp.groupby(keys, dropna=False, sort=False):
+        g = g.set_index("metric")
+        if "retained0" not in g.index or "plastic" not in g.index:
+            continue
+        ret, pla = g.loc["retained0"], g.loc["plastic"]
+        eq = pla["verdict"] == stats.Verdict.NO_DIFFERENCE.value
+        rows.append({**dict(zip(keys, key)), "retained0_diff": ret["diff"], "retained0_low": ret["low"],
+                     "retained0_high": ret["high"], "retained0_verdict": ret["verdict"],
+                     "retained0_detectable": ret["detectable"], "plastic_diff": pla["diff"],
+                     "plastic_verdict": pla["verdict"], "plastic_detectable": pla["detectable"],
+                     "equal_plasticity": bool(eq),
+                     "epi_retains_more": bool(eq and ret["verdict"] == stats.Verdict.A_BETTER.value),
+                     "n": int(ret["n"])})
+    return pd.DataFrame(rows)
+
+
+def headline_metrics(df, cmp, eqp, bounds_cmp, *, ewc_lambda, ewc_tuning, pretrain: dict) -> dict:
+    """The ``metrics.json`` payload: per arm mean / CI / unit of every metric (``stats.with_ci``),
+    the comparison tables as lists of rows, EWC's choice, pretraining facts, run counts."""
+    arms = {}
+    for (method, ratio), g in df.groupby(["method", df["ratio"].fillna(-1.0)], sort=False):
+        d = {}
+        for m in METRICS + ("retained0_train", "plastic_train", "moved_owned_stage0"):
+            vals = g[m].to_numpy(dtype=float)
+            if not np.isnan(vals).all():
+                d.update(stats.with_ci(m, vals, unit=UNIT, method="t"))
+        arms[arm(method, None if ratio == -1.0 else ratio).replace(".", "_")] = d
+
+    def rows(t):
+        return [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+                for r in t.to_dict(orient="records")] if len(t) else []
+    return {"arms": arms, "frontier_comparisons": rows(cmp), "equal_plasticity": rows(eqp),
+            "bound_comparisons": rows(bounds_cmp),
+            "ewc": {"lambda": ewc_lambda, "tuning": list(ewc_tuning)},
+            "pretrain": {k: v for k, v in pretrain.items() if k in ("n_params", "recall_pretrain_facts",
+                                                                   "recall_unseen_facts", "model", "pretrain")},
+            "n_runs": int(len(df)), "n_seeds": int(df["seed"].nunique()), **_counts(eqp)}
+
+
+def _counts(eqp) -> dict:
+    """How many (ratio, EPI variant, static variant) pairs had equal plasticity, and in how many of
+    those EPI retained more; ``pooled_*``: the same over the ratio-pooled rows."""
+    out = {}
+    for prefix, sel in (("", eqp["ratio"].notna() if len(eqp) else []), ("pooled_", eqp["ratio"].isna() if len(eqp)
+                                                                       else [])):
+        g = eqp[sel] if len(eqp) else eqp
+        out[f"{prefix}n_pairs"] = int(len(g))
+        out[f"{prefix}n_equal_plasticity"] = int(g["equal_plasticity"].sum()) if len(g) else 0
+        out[f"{prefix}n_epi_retains_more"] = int(g["epi_retains_more"].sum()) if len(g) else 0
+    return out
+
+
+def headline_names(metrics: dict) -> list[str]:
+    """Flattened names of the study's headline numbers that exist in ``metrics``: the floor's
+    forgetting, the ceiling's and replay's retention, and the pooled EPI-vs-static verdict counts."""
+    want = ["arms.full_sft.forgetting0", "arms.full_sft.plastic", "arms.separate.retained0", "arms.replay.retained0",
+            "arms.ewc.retained0", "n_epi_retains_more", "n_equal_plasticity", "n_pairs", "pooled_n_epi_retains_more"]
+    arms = metrics.get("arms", {})
+    out = []
+    for name in want:
+        parts = name.split(".")
+        if parts[0] != "arms" or (parts[1] in arms and parts[2] in arms[parts[1]]):
+            out.append(name)
+    return out
