@@ -40,7 +40,7 @@ def rehearse_profile(cfg: IlpConfig, *, folder: Path | None = None):
 
     if not cfg.rehearse:
         raise ValueError("rehearse_profile needs a config with rehearse=True")
-    toy = dataclasses.replace(cfg, n_seeds=1, n_train_per_task=12, n_heldout_per_task=2, max_epochs=1.0,
+    toy = dataclasses.replace(cfg, n_seeds=1, n_train_per_task=10, n_heldout_per_task=2, max_epochs=1.0,
                               eval_every=2, mit_steps=2, mit_batch_size=4, sft_batch_size=4, threads=1,
                               device="cpu", n_entities=min(cfg.n_entities, 20))
     folder = Path(folder or tempfile.mkdtemp(prefix="ilp_rehearsal_"))

@@ -195,7 +195,7 @@ def train_to_convergence(cfg: IlpConfig, model, tokenizer, stages: Sequence[Sequ
 
     frames, runs_out, offset = [], [], 0
     for k, data in enumerate(stages):
-        clean = [s.id for s in data if own_stage[s.id] == k and s.planted_cause is None]
+        clean = [s.id for s in data if own_stage.get(s.id) == k and s.planted_cause is None]
         seen: list = []
         path = workdir / f"dynamics_seed{seed}_stage{k}.jsonl"
         tc = TrainConfig(lr=cfg.sft_lr, batch_size=cfg.sft_batch_size, epochs=cfg.max_epochs,
