@@ -14,10 +14,12 @@ least one aspect). The same rule is used for every method, so only the threshold
   Reward = instance F1 of the resulting prediction; REINFORCE (Williams 1992) with, as the
   baseline, the mean reward of the ``n_samples`` thresholds drawn for the same instance:
   ``loss = -mean((r - mean_s r) * log pi(z | state))``.
-Deviations from the paper, for CPU budget and stability: the policy is trained after the
-encoder, on frozen model outputs of validation episodes (the paper trains it on the training
-episodes with the network), its output layer starts at zero weights with bias ``logit(tau_static)``
-(so it starts from the tuned static threshold), and ``sigma`` is fixed.
+Two ways of training the policy are reported (study 05): *jointly* with the encoder on the
+training episodes (:func:`reinforce_step` once per training episode, from
+:func:`epi_utils.acd.training.fit_model`; the paper's design), its output bias starting at
+``logit(1/N)``; and *post hoc* (:func:`train_policy`) on frozen model outputs of validation
+episodes, its output layer starting at zero weights with bias ``logit(tau_static)`` (so it starts
+from the tuned static threshold). ``sigma`` is fixed in both.
 """
 from __future__ import annotations
 
