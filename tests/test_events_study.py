@@ -144,5 +144,10 @@ def test_a_doc2edag_layout_data_set_with_another_schema_runs_from_a_folder(tmp_p
     assert all(c.verdict in tuple(Verdict) for c in comps)
     table = summary.score_table(res.rows(candidates=study.ANNOTATED))
     assert set(table.index) == {"probes", "no_probe"}
+    e, d = study.frontend_step(data, cfg.replace(candidates="predicted", pretrain_epochs=0), step="no pretraining", seed=0)
+    steps = summary.frontend_table([("no pretraining", e, [d]), ("study", res.encoders[0], [r for r in res.rows() if r.encoder_seed == 0])])
+    assert list(steps["candidates"][:3]) == ["predicted", "rules", "union"]
+    assert steps["decoders"].tolist() == [1, 0, 0] + [2, 2, 2]   # study: probes + no_probe of the first encoder
+    assert not res.encoders[0].history[0].get("dev_mention_f1") is None
     with pytest.raises(FileNotFoundError, match="my_schema_typo.json"):
         study.locate_data("launches", "my_schema_typo.json")
