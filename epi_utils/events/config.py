@@ -6,7 +6,7 @@ in ``__post_init__`` and a bad value raises ``ValueError`` naming the parameter.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 CANDIDATES = ("predicted", "rules", "union", "gold")   # test-time candidate sets (see frontend.extract_features)
