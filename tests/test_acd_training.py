@@ -154,3 +154,10 @@ def test_config_validation_names_the_parameter():
     with pytest.raises(ValueError, match="eval_datasets"):
         ACDConfig(settings=["5way5shot"], eval_datasets=["Yelp"])
     assert ACDConfig(settings=["5way5shot"], seed=3, n_seeds=2).seeds == [3, 4]
+
+
+def test_oracle_count_ceiling_by_hand():
+    probs = np.array([[0.5, 0.3, 0.2], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6]])
+    labels = np.array([[1, 1, 0], [0, 0, 1], [0, 0, 0]])
+    pred = study.oracle_count_predict(probs, labels)
+    assert pred.tolist() == [[True, True, False], [False, True, False], [False, False, True]]

@@ -12,7 +12,9 @@ validation and test episodes once and scores every method on the *same* test epi
 * ``proto_awatt_policy_joint``    -- Proto-AWATT + the policy trained with the encoder (paper's design),
 * ``proto_awatt_policy_posthoc``  -- Proto-AWATT + a policy trained afterwards on frozen validation
   outputs, starting from the static threshold.
-The three Proto-AWATT rows share one encoder; their AUC is identical (AUC ignores thresholds).
+* ``proto_awatt_oracle_count``    -- ceiling of any per-instance threshold: each query predicts its
+  top-``j`` classes with ``j`` its *true* number of aspects (reads the test labels; a bound, not a method).
+The Proto-AWATT rows share one encoder; their AUC is identical (AUC ignores thresholds).
 
 Datasets: a dataset is scored by a model trained on its own ``train.json`` when present (and
 ``protocol="auto"``), else by the FewAsp(single) model -- a labelled *transfer* setting.
@@ -36,7 +38,8 @@ from .threshold import ThresholdPolicy, predict, train_policy, tune_static_thres
 from .training import ACDData, episode_tensors, fit_model, forward, score_episodes
 
 ARCHS = ("protonet", "proto_awatt")
-METHODS = ("protonet", "proto_awatt_static", "proto_awatt_policy_joint", "proto_awatt_policy_posthoc")
+METHODS = ("protonet", "proto_awatt_static", "proto_awatt_policy_joint", "proto_awatt_policy_posthoc",
+           "proto_awatt_oracle_count")
 
 
 @dataclass(slots=True)
@@ -202,6 +205,7 @@ def evaluate_setting(models: dict, policies: dict, banks: dict, data: ACDData, c
                     method=name, static_threshold=float(tau), threshold=flat,
                     n_labels=np.concatenate([s["labels"] for s in test]).sum(1).astype(int),
                     max_prob=np.concatenate([s["probs"] for s in test]).max(1), **base))
+            preds["proto_awatt_oracle_count"] = (float("nan"), [oracle_count_predict(s["probs"], s["labels"]) for s in test])
         for method, (t, plist) in preds.items():
             scores.append(_scores(method, {**base, "train_dataset": train_dataset}, t, test, plist))
             acc: dict[str, np.ndarray] = {}
@@ -212,6 +216,14 @@ def evaluate_setting(models: dict, policies: dict, banks: dict, data: ACDData, c
             counts += [ClassCounts(method=method, class_name=c, tp=int(v[0]), fp=int(v[1]), fn=int(v[2]), **base)
                        for c, v in acc.items()]
     return scores, thresholds, counts
+
+
+def oracle_count_predict(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Multi-hot ``(M, N)``: each row's top-``j`` classes by probability, ``j`` = the row's true label
+    count (at least 1) -- the best a per-instance threshold could do if it knew the count."""
+    j = np.maximum(labels.sum(1).astype(int), 1)
+    rank = np.argsort(np.argsort(-probs, axis=1, kind="stable"), axis=1, kind="stable")
+    return rank < j[:, None]
 
 
 @torch.no_grad()

@@ -12,7 +12,8 @@ episodes and seeds with ``epi_utils.workbench.stats.compare`` (:data:`CLAIMS`):
 * ``learned_threshold_joint`` / ``learned_threshold_posthoc``: Proto-AWATT with the policy threshold
   (trained with the encoder / afterwards) minus the same Proto-AWATT with the static threshold, on
   macro-F1 (AUC does not depend on the threshold).
-The verdicts are :class:`~epi_utils.workbench.stats.Comparison` dicts; :func:`claim_verdicts`
+``threshold_ceiling`` is a bound, not a claim: the oracle that knows each query's number of aspects
+minus the static threshold -- the room any learned threshold had. The verdicts are :class:`~epi_utils.workbench.stats.Comparison` dicts; :func:`claim_verdicts`
 counts them over settings. Nothing here turns numbers into sentences.
 
 Paper figures: Hu et al. (2021) report results on FewAsp(single), FewAsp(multi), FewAsp; they could
@@ -34,6 +35,7 @@ CLAIMS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "attention_helps": ("proto_awatt_static", "protonet", ("macro_f1", "auc")),
     "learned_threshold_joint": ("proto_awatt_policy_joint", "proto_awatt_static", ("macro_f1",)),
     "learned_threshold_posthoc": ("proto_awatt_policy_posthoc", "proto_awatt_static", ("macro_f1",)),
+    "threshold_ceiling": ("proto_awatt_oracle_count", "proto_awatt_static", ("macro_f1",)),
 }
 
 
