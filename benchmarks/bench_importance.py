@@ -123,17 +123,6 @@ def _state(model, opt, named, task):
     return types.SimpleNamespace(model=model, optimizer=opt, named_params=named, step=0, stage=0, batch_task=task)
 
 
-def copy_bandwidth(*, n: int = 8_000_000, reps: int = 7) -> float:
-    """Bytes per second of ``dst.copy_(src)`` on fp32 buffers of ``n`` elements (read + write)."""
-    src, dst = torch.rand(n), torch.empty(n)
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        best = min(best, time.perf_counter() - t0)
-    return 8 * n / best
-
-
 def extra_bytes_per_param(mode: str, *, n_tasks: int, frozen_share: float) -> dict[str, float]:
     """Bytes per parameter that EPI's extra passes of one (non-refresh) step move, read + written,
     pass by pass as implemented (``f`` = frozen share of the step's task):
@@ -183,11 +172,17 @@ def step_cost(model, *, vocab: int, steps: int, interval: int, batch: int, seq: 
             pol.on_train_begin(states[m])
             pol.on_stage_begin(states[m])
     post = {m: [] for m in runs}
+    copies = []
+    src = torch.rand(max(n, 8_000_000))  # larger than the caches: memory bandwidth
+    dst = torch.empty_like(src)
     refresh = {m: [] for m in runs}
     frozen = {m: [] for m in runs}
     fwd = []
     for i in range(steps + 2):
         task = tasks[i % len(tasks)]
+        t0 = time.perf_counter()
+        dst.copy_(src)  # copy bandwidth, interleaved with the modes (same machine load)
+        copies.append(8 * src.numel() / (time.perf_counter() - t0))
         for m, (pol, opt) in runs.items():
             st = states[m]
             st.batch_task = task
@@ -214,11 +209,11 @@ def step_cost(model, *, vocab: int, steps: int, interval: int, batch: int, seq: 
                 post[m].append(t2 - t1)
                 if masks:
                     frozen[m].append(sum(int((~v).sum()) for v in masks.values()) / n)
-    bw = copy_bandwidth()
+    del src, dst
+    bw = statistics.median(copies[2:])
     fb = {1: [], tokens_target: []}
-    big = {"input_ids": data[tasks[0]]["input_ids"].repeat(-(-tokens_target // (batch * seq)), 1)[:, :seq]}
-    big["input_ids"] = big["input_ids"][: max(1, tokens_target // seq)]
-    big["labels"] = big["input_ids"]
+    ids = torch.randint(0, vocab, (max(1, tokens_target // seq), seq), generator=torch.Generator().manual_seed(3))
+    big = {"input_ids": ids, "labels": ids}
     for _ in range(2):
         for key, d in ((1, data[tasks[0]]), (tokens_target, big)):
             t0 = time.perf_counter()
@@ -229,7 +224,8 @@ def step_cost(model, *, vocab: int, steps: int, interval: int, batch: int, seq: 
     base = statistics.median(post["adamw"])
     step_1k = min(fb[tokens_target]) + base
     out = {"n_params": n, "tokens_per_step": batch * seq, "steps": steps, "interval": interval, "ratio": ratio,
-           "n_tasks": len(tasks), "copy_bandwidth_gb_s": bw / 1e9, "fwd_bwd_ms": 1e3 * statistics.median(fwd),
+           "n_tasks": len(tasks), "copy_bandwidth_gb_s": bw / 1e9, "copy_bandwidth_best_gb_s": max(copies) / 1e9,
+           "fwd_bwd_ms": 1e3 * statistics.median(fwd),
            "adamw_post_ms": 1e3 * base, "tokens_1k": big["input_ids"].numel(),
            "step_ms_at_1k": 1e3 * step_1k, "modes": {}}
     for m in modes:
@@ -284,7 +280,8 @@ def memory(model, *, n_tasks: int, vocab: int, ratio: float = 0.05, steps: int =
     return out
 
 
-def refresh_time(model, *, vocab: int, n_tasks: int = 3, ratio: float = 0.05, reps: int = 5) -> dict:
+def refresh_time(model, *, vocab: int, n_tasks: int = 3, ratio: float = 0.05, reps: int = 5,
+                 modes=("fp32", "bf16", "lean")) -> dict:
     """Mask refresh (scores -> critical sets -> owners, turnover recorded) in ms per million
     parameters, interleaved: ``today`` (legacy state, every task's fp32 scores built at once, as
     before issue 19) vs the compact modes (one task's scores at a time)."""
@@ -293,7 +290,7 @@ def refresh_time(model, *, vocab: int, n_tasks: int = 3, ratio: float = 0.05, re
     tasks = [f"t{k}" for k in range(n_tasks)]
     data = _batches(tasks, vocab=vocab, batch=4, seq=32, seed=2)
     pols = {"today": _epi("legacy", named, tasks, interval=10 ** 6, ratio=ratio)[0]}
-    pols |= {m: _epi(m, named, tasks, interval=10 ** 6, ratio=ratio)[0] for m in ("fp32", "bf16", "lean")}
+    pols |= {m: _epi(m, named, tasks, interval=10 ** 6, ratio=ratio)[0] for m in modes}
     for pol in pols.values():
         pol.on_train_begin(_state(model, None, named, tasks[0]))
     for t in tasks:
@@ -326,22 +323,25 @@ def main(argv=None) -> dict:
     ap.add_argument("--smollm2-batch", type=int, default=4, help="sequences of 32 tokens per SmolLM2 step "
                     "(EPI's extra work does not depend on it; forward+backward is also timed at 1024 tokens)")
     ap.add_argument("--skip-peft", action="store_true")
+    ap.add_argument("--only-smollm2", action="store_true", help="skip the tiny model's sections")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    tiny = _gpt2(128, 4, 1000)  # the testbed's tiny architecture (4 layers, 128 wide), 1000-word vocabulary
-    result = {"threads": args.threads,
-              "memory": {f"T{t}": memory(tiny, n_tasks=t, vocab=1000) for t in (3, 7)},
-              "refresh_tiny": refresh_time(tiny, vocab=1000),
-              "step_tiny": step_cost(tiny, vocab=1000, steps=args.steps, interval=args.interval, batch=32, seq=32)}
-    if not args.skip_peft:
+    result = {"threads": args.threads}
+    if not args.only_smollm2:
+        tiny = _gpt2(128, 4, 1000)  # the testbed's tiny architecture (4 layers, 128 wide), 1000-word vocabulary
+        result |= {"memory": {f"T{t}": memory(tiny, n_tasks=t, vocab=1000) for t in (3, 7)},
+                   "refresh_tiny": refresh_time(tiny, vocab=1000),
+                   "step_tiny": step_cost(tiny, vocab=1000, steps=args.steps, interval=args.interval, batch=32,
+                                          seq=32)}
+    if not (args.skip_peft or args.only_smollm2):
         result["peft"] = compare_with_peft()
     if args.smollm2:
         from epi_utils.lm.models import load_model
 
         model, tok = load_model("smollm2", device="cpu")
-        result["refresh_smollm2"] = refresh_time(model, vocab=len(tok), reps=3)
+        result["refresh_smollm2"] = refresh_time(model, vocab=len(tok), reps=3, modes=("fp32",))
         result["step_smollm2"] = step_cost(model, vocab=len(tok), steps=args.smollm2_steps, interval=args.interval,
-                                           batch=args.smollm2_batch, seq=32)
+                                           batch=args.smollm2_batch, seq=32, modes=("legacy", "fp32"))
     print(json.dumps(result, indent=2))
     return result
 

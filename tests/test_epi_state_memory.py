@@ -18,9 +18,11 @@ def test_pack_bits_by_hand():
     assert p.tolist() == [1, 2 + 128, 1]
     assert torch.equal(es.unpack_bits(p, 17), m)
     assert es.bits_at(p, torch.tensor([0, 1, 9, 15, 16])).tolist() == [True, False, True, True, True]
+    assert es.packed_positions(p, 17).tolist() == [0, 9, 15, 16]
     g = torch.Generator().manual_seed(0)
     r = torch.rand(1001, generator=g) < 0.3
     assert torch.equal(es.unpack_bits(es.pack_bits(r), 1001), r)
+    assert torch.equal(es.packed_positions(es.pack_bits(r), 1001), r.nonzero().squeeze(1))
     with pytest.raises(ValueError, match="bool"):
         es.pack_bits(torch.zeros(3))
 
@@ -48,7 +50,8 @@ def test_compact_owners_reproduce_planted_owner_vector():
     owner = torch.tensor([0, 0, 1, 1, -1, -2, -1, 2, -1, -1], dtype=torch.int8)
     sets = {t: es.TaskSet.from_mask(m, form="bits") for t, m in masks.items()}
     co = es.CompactOwners(owner, sets)
-    assert co.exc_pos.count == 2 and co.exc_owner.tolist() == [1, -2]  # only the overlaps are stored
+    assert co.overlap_owner.tolist() == [1, -2] and co.exc_pos.count == 0  # only the overlaps' owners
+    assert co.nbytes == 2
     assert torch.equal(co.to_int8(), owner)
     legacy = es.CompactOwners(owner, masks, legacy=True)
     for tid in (0, 1, 2, -3):
@@ -60,10 +63,12 @@ def test_compact_owners_reproduce_planted_owner_vector():
 def test_memory_model_by_hand():
     legacy = es.epi_state_bytes_per_param(3, mode="legacy")
     assert legacy["total"] == 19.0 and es.epi_state_bytes_per_param(7, mode="legacy")["total"] == 43.0
-    # bf16 EMA 2 B/task; 5% sets as bits (1/8 B < 0.2 B of int32); overlaps 2%: 0.08 + 0.02
+    # bf16 EMA 2 B/task; 5% sets as bits (1/8 B < 0.2 B of int32); overlaps 2%: one int8 owner each
     d = es.epi_state_bytes_per_param(3, mode="bf16", ratio=0.05, overlap_share=0.02)
-    assert d["ema"] == 6.0 and d["critical_sets"] == pytest.approx(0.375) and d["owners"] == pytest.approx(0.1)
-    assert d["total"] == pytest.approx(6.475)
+    assert d["ema"] == 6.0 and d["critical_sets"] == pytest.approx(0.375) and d["owners"] == pytest.approx(0.02)
+    assert d["total"] == pytest.approx(6.395)
+    # worst-case overlap T * ratio / 2 = 0.175 at T = 7: 14 + 0.875 + 0.175
+    assert es.epi_state_bytes_per_param(7, mode="bf16")["total"] == pytest.approx(15.05)
     # 1% sets as indices: 0.04 B/task; lean: 4/64 B/task
     assert es.epi_state_bytes_per_param(7, mode="lean", ratio=0.01, overlap_share=0.0)["total"] == \
         pytest.approx(7 * 4 / 64 + 7 * 0.04)

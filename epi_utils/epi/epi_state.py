@@ -11,10 +11,10 @@ set (the task's top ``isolation_ratio`` share), and one owner per element. Store
   (unpacked on the fly, a transient), writing packs it.
 - :class:`CompactOwners`: the owner vector (int8 ``(n,)``: -1 free, -2 frozen for all, ``t >= 0``
   owned by task ``t``) derived from the critical sets: where exactly one task claims an element it
-  owns it, where none does it is free; every other element (overlaps: resolved by score, pinning
-  or freezing) is an *exception* stored sparsely (its position as a :class:`TaskSet` and its owner
-  as int8). ``allowed(t)`` builds the per-step bool mask of task ``t`` from these, so no mask per
-  task is cached. ``legacy=True`` keeps today's int8 vector and a cached bool mask per task (the
+  owns it, where none does it is free; only the owners of *overlap* elements (claimed by several
+  tasks: resolved by score, pinning or freezing) are stored, int8 in position order (the overlap
+  positions are recomputed from the packed sets). ``allowed(t)`` builds the per-step bool mask of
+  task ``t`` from these, so no mask per task is cached. ``legacy=True`` keeps today's int8 vector and a cached bool mask per task (the
   reference for the equality test).
 - :func:`epi_state_bytes_per_param`: the memory model (bytes per parameter element) for ``T``
   tasks in each mode, for memory estimates (the GPU rehearsal) and the benchmark.
@@ -59,6 +59,16 @@ def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
     # of a byte: at most 0x80 + 0x7F), then move bit 7 to bit 0; every byte is then exactly 0 or 1
     words.add_(_LOW7).bitwise_and_(_HIGH).bitwise_right_shift_(7).bitwise_and_(_REPEAT)
     return words.view(torch.bool)[:n]
+
+
+def packed_positions(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """Sorted int64 positions of the set bits of a packed set of ``n`` elements; scans the
+    ``n / 8`` bytes and expands only the nonzero ones (cheaper than ``nonzero`` on ``n`` bools)."""
+    nzb = packed.nonzero().squeeze(1)
+    shifts = torch.arange(8, device=packed.device)
+    bits = packed[nzb].to(torch.int64).unsqueeze(1).bitwise_right_shift(shifts).bitwise_and_(1).bool()
+    pos = (nzb.unsqueeze(1) * 8 + shifts)[bits]
+    return pos[pos < n]
 
 
 def bits_at(packed: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -159,11 +169,14 @@ class PackedSets(MutableMapping):
 
 
 class CompactOwners:
-    """Owner vector derived from critical sets plus sparse exceptions (see the module docstring).
+    """Owner vector derived from critical sets (see the module docstring).
 
     ``owner``: int8 ``(n,)``; ``sets``: ``task id -> TaskSet or bool (n,)`` (the critical sets the
-    owner vector was resolved from). ``legacy=True`` stores ``owner`` as is and caches one bool
-    mask per task, as before."""
+    owner vector was resolved from). Stored beyond the sets: the owner of each *overlap* element
+    (claimed by two or more tasks), int8 in position order (1 byte per overlap element; the overlap
+    positions themselves are recomputed from the sets), and any element whose owner breaks the
+    unique-claimant rule elsewhere (none with the policies of ``isolation``) as a sparse exception.
+    ``legacy=True`` stores ``owner`` as is and caches one bool mask per task, as before."""
 
     def __init__(self, owner: torch.Tensor, sets: Mapping[int, "TaskSet | torch.Tensor"], *, legacy: bool = False):
         owner = owner.reshape(-1)
@@ -174,31 +187,53 @@ class CompactOwners:
             return
         self._owner = None
         self.sets = dict(sets)
-        pos = (owner != self._naive()).nonzero().squeeze(1)
+        multi = self._multi()
+        self.overlap_owner = owner[multi].to(torch.int8)
+        naive = self._naive(multi)
+        pos = ((owner != naive) & ~multi).nonzero().squeeze(1)
         self.exc_pos = TaskSet.from_indices(pos, self.n)
         self.exc_owner = owner[pos].to(torch.int8)
 
-    def _masks(self) -> Iterable[tuple[int, torch.Tensor]]:
-        for tid, s in self.sets.items():
-            yield tid, (s.to_mask() if isinstance(s, TaskSet) else s)
+    def _packed(self, s) -> torch.Tensor:
+        if isinstance(s, TaskSet):
+            return s.bits if s.bits is not None else pack_bits(s.to_mask())
+        return pack_bits(s)
 
-    def _naive(self) -> torch.Tensor:
+    def _multi_packed(self) -> torch.Tensor:
+        """Packed set of the elements claimed by two or more sets (on packed bytes)."""
+        seen = multi = None
+        for s in self.sets.values():
+            b = self._packed(s)
+            if seen is None:
+                seen, multi = b.clone(), torch.zeros_like(b)
+            else:
+                multi |= seen & b
+                seen |= b
+        if seen is None:
+            return torch.zeros(math.ceil(self.n / 8), dtype=torch.uint8, device=self.device)
+        return multi
+
+    def _multi(self) -> torch.Tensor:
+        """Bool ``(n,)``: elements claimed by two or more sets."""
+        return unpack_bits(self._multi_packed(), self.n)
+
+    def _naive(self, multi: torch.Tensor) -> torch.Tensor:
         """Owner by the unique-claimant rule: the claimant where one task claims, -1 where none,
         -3 (never a valid owner) where several do."""
-        count = torch.zeros(self.n, dtype=torch.int8, device=self.device)
         claim = torch.zeros(self.n, dtype=torch.int8, device=self.device)
-        for tid, m in self._masks():
-            m8 = m.view(torch.int8)
-            count.add_(m8)
-            claim.add_(m8 * (tid + 1))
+        for tid, s in self.sets.items():
+            m = s.to_mask() if isinstance(s, TaskSet) else s
+            claim.add_(m.view(torch.int8) * (tid + 1))
         claim.sub_(1)
-        return claim.masked_fill_(count > 1, -3)
+        return claim.masked_fill_(multi, -3)
 
     def to_int8(self) -> torch.Tensor:
         """The full int8 owner vector ``(n,)`` (a transient when not legacy)."""
         if self.legacy:
             return self._owner
-        owner = self._naive()
+        multi = self._multi()
+        owner = self._naive(multi)
+        owner.masked_scatter_(multi, self.overlap_owner)
         if self.exc_pos.count:
             owner[self.exc_pos.to_mask()] = self.exc_owner
         return owner
@@ -210,22 +245,18 @@ class CompactOwners:
             if tid not in self._allowed:
                 self._allowed[tid] = (self._owner == -1) | (self._owner == tid)
             return self._allowed[tid]
-        others = [s for t, s in self.sets.items() if t != tid]
-        packed = [s.bits for s in others if isinstance(s, TaskSet) and s.bits is not None]
-        if packed:  # OR the packed bytes (n/8 each), then unpack once
-            acc = packed[0].clone()
-            for b in packed[1:]:
+        others = [self._packed(s) for t, s in self.sets.items() if t != tid]
+        if others:  # OR the packed bytes (n/8 each), then unpack once
+            acc = others[0].clone()
+            for b in others[1:]:
                 acc |= b
-            blocked = unpack_bits(acc, self.n)
+            allowed = unpack_bits(acc, self.n).logical_not_()
         else:
-            blocked = torch.zeros(self.n, dtype=torch.bool, device=self.device)
-        for s in others:
-            if isinstance(s, TaskSet):
-                if s.bits is None:
-                    s.or_into(blocked)
-            else:
-                blocked |= s
-        allowed = blocked.logical_not_()
+            allowed = torch.ones(self.n, dtype=torch.bool, device=self.device)
+        if self.overlap_owner.numel():
+            ov = self.overlap_owner
+            pos = packed_positions(self._multi_packed(), self.n)
+            allowed.index_put_((pos,), (ov == -1) | (ov == tid))
         if self.exc_pos.count:
             pos = self.exc_pos.to_mask()
             allowed[pos] = (self.exc_owner == -1) | (self.exc_owner == tid)
@@ -236,7 +267,8 @@ class CompactOwners:
         """Bytes held beyond the critical sets (which the policy holds anyway)."""
         if self.legacy:  # its cached masks are the policy's cached masks (counted there)
             return self._owner.numel()
-        return self.exc_pos.nbytes + self.exc_owner.numel()
+        extra = self.exc_pos.nbytes + self.exc_owner.numel() if self.exc_pos.count else 0
+        return self.overlap_owner.numel() + extra
 
 
 class LazyMapping(Mapping):
@@ -289,7 +321,7 @@ def epi_state_bytes_per_param(n_tasks: int, *, mode: str = "fp32", ratio: float 
     else:
         ovl = min(1.0, T * ratio / 2) if overlap_share is None else float(overlap_share)
         sets = T * min(1 / 8, 4 * ratio)
-        owners = min(1 / 8, 4 * ovl) + ovl  # exception positions + their int8 owner
+        owners = ovl  # the int8 owner of each overlap element (positions recomputed from the sets)
         parts = {"ema": ema, "critical_sets": sets, "owners": owners, "cached_masks": 0.0}
     parts["total"] = sum(parts.values())
     parts["adamw"] = 8.0

@@ -16,12 +16,15 @@ ImportanceTracker
 -----------------
 Per-task EMA of an estimator over the steps of that task (task-homogeneous batches: a task's EMA
 moves only on its own steps, ``Ibar_t = beta Ibar_{t-1} + (1-beta) I_t``, EPI's "EMA smoothing").
-Updates use fused multi-tensor kernels (``torch._foreach_*``), one call per operation for all
-parameters. Layer-wise normalisation (EPI: "layer-wise normalisation") is applied when scores are
+Updates use multi-tensor kernels (``torch._foreach_*``, one call per operation for a chunk of
+parameters; no whole-model scratch buffers); ``MaskedAdamW.defer_importance`` folds them into the
+optimizer's pass over the gradients (:meth:`ImportanceTracker.update_params`). A refresh reads one
+task's scores at a time (:meth:`ImportanceTracker.lazy_flat_scores`). Layer-wise normalisation (EPI: "layer-wise normalisation") is applied when scores are
 read (:meth:`ImportanceTracker.scores`): each parameter tensor's score is divided by its mean, so
 that a global top share is not dominated by the layers with the largest gradient scale.
 
-Memory per parameter, per tracked task (``ImportanceTracker.bytes_per_param``):
+Memory per parameter, per tracked task (``ImportanceTracker.bytes_per_param``; EPI's whole state,
+critical sets and owners included, is modelled by :func:`epi_utils.epi.epi_state.epi_state_bytes_per_param`):
 - default (fp32 state): 4 bytes for taylor/fisher, 8 for sensitivity (EMA + uncertainty);
 - lean ``state_dtype=torch.bfloat16``: 2 bytes (4 for sensitivity);
 - lean ``block_size=B``: one fp32 score per block of B consecutive elements of a flattened tensor:
@@ -381,17 +384,19 @@ class LazyFlatScores:
         idx = torch.as_tensor(idx).reshape(-1).to(torch.int64)
         if tr.layout != "flat" or tr.normalize == "none" or self.task not in tr._flat:
             return self.materialize()[idx]
-        flat = tr._flat_raw(self.task)  # a no-op view for fp32 taylor/fisher state
+        buf = tr._flat[self.task]
         sizes = [p.numel() for p in tr.params]
-        views = torch.split(flat, sizes)
         last = tr._denom_cache.get(self.task)  # from materialize() of the same state, if any
         if last is not None and last[0] == tr.n_updates.get(self.task):
-            denom = torch.tensor(last[1], dtype=torch.float32, device=flat.device)
+            denom = torch.tensor(last[1], dtype=torch.float32, device=buf.device)
         else:
-            denom = torch.tensor(tr._denominators(views), dtype=torch.float32, device=flat.device)
+            denom = torch.tensor(tr._denominators(torch.split(tr._flat_raw(self.task), sizes)),
+                                 dtype=torch.float32, device=buf.device)
         ends = torch.tensor(sizes, device=idx.device).cumsum(0)
         d = denom[torch.searchsorted(ends, idx, right=True)]
-        val = flat[idx]
+        val = buf[idx].float()  # the entries of _flat_raw at idx, without converting the whole buffer
+        if tr.estimator == "sensitivity":
+            val = val * tr._flat_unc[self.task][idx].float()
         return torch.where(d > 0, val / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(val))
 
 

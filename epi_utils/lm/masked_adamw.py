@@ -19,10 +19,11 @@ no int64 positions per task stay allocated) or across steps (``"persistent"``: u
 for callers that return the same mask tensors at every step).
 
 Fused importance (EPI, arXiv 2604.14010): ``defer_importance(tracker, task)`` makes the next
-``zero_masked_grads`` (or, if it is not called, ``step``) fold each gradient into ``task``'s
-importance EMA (``ImportanceTracker.update_param``) in the same per-parameter pass that zeroes its
-masked entries, i.e. on the raw gradients (before masking and clipping), exactly as a separate
-``tracker.update(task)`` after the backward pass would, without a second pass over the gradients.
+``zero_masked_grads`` (or, if it is not called, ``step``; or ``flush_importance`` before a mask
+refresh) fold the gradients into ``task``'s importance EMA (``ImportanceTracker.update_params``,
+multi-tensor kernels) at the start of its pass over the gradients, i.e. on the raw gradients
+(before masking and clipping): the same values as ``tracker.update(task)`` after the backward
+pass, without the tracker's own pass and its whole-model scratch buffers.
 """
 from __future__ import annotations
 
@@ -39,16 +40,37 @@ class FrozenPositions:
         self.max_entries = max_entries
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def prepare(self, masks: dict[str, torch.Tensor]) -> None:
+        """Compute the positions of every mask in ``masks`` that is a contiguous view of one shared
+        1-D bool base (as a compact isolation policy returns them) with ONE pass over that base,
+        instead of one ``nonzero`` per tensor; other masks are left to :meth:`__call__`."""
+        groups: dict[int, list] = {}
+        for name, m in masks.items():
+            base = m._base
+            if (id(m) not in self._cache and base is not None and base.dim() == 1 and base.dtype == torch.bool
+                    and m.dtype == torch.bool and m.is_contiguous()):
+                groups.setdefault(id(base), [base, []])[1].append(m)
+        for base, views in groups.values():
+            if len(views) < 2:
+                continue
+            if len(self._cache) + len(views) > self.max_entries:
+                self.clear()
+            frozen = (~base).nonzero().squeeze(1)
+            starts = torch.tensor([m.storage_offset() - base.storage_offset() for m in views])
+            bounds = torch.searchsorted(frozen, torch.stack([starts, starts + torch.tensor([m.numel() for m in views])]))
+            for m, start, lo, hi in zip(views, starts.tolist(), bounds[0].tolist(), bounds[1].tolist()):
+                self._cache[id(m)] = (m, frozen[lo:hi] - start)
+
     def __call__(self, name: str, p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """1-D int64 positions (on ``p``'s device) of ``mask``'s False elements in ``p.view(-1)``."""
-        hit = self._cache.get(id(mask))
-        if hit is not None:
-            return hit[1]
         if mask.shape != p.shape or mask.dtype != torch.bool:
             raise ValueError(f"update mask for {name!r} must be a bool tensor of shape {tuple(p.shape)}, "
                              f"got {mask.dtype} {tuple(mask.shape)}")
         if not p.is_contiguous():
             raise ValueError(f"parameter {name!r} is not contiguous; masked steps need contiguous parameters")
+        hit = self._cache.get(id(mask))
+        if hit is not None:
+            return hit[1].to(p.device)
         if len(self._cache) >= self.max_entries:
             self.clear()
         idx = (~mask).reshape(-1).nonzero().squeeze(1).to(p.device)
@@ -114,6 +136,7 @@ class MaskedAdamW(torch.optim.Optimizer):
         if unknown:
             raise KeyError(f"update mask name not among the optimised parameters: {sorted(unknown)[0]!r}")
         self.flush_importance()  # fold the raw gradients first (multi-tensor kernels)
+        self._frozen_index.prepare(masks)
         for name, p in zip(self.names, self.param_groups[0]["params"]):
             mask = masks.get(name)
             if mask is not None and p.grad is not None:
