@@ -177,3 +177,35 @@ def test_bf16_ema_masks_against_fp32(ratio):
         differ = int((m32 & ~m16).sum()) / max(int(m32.sum()), 1)
         print(f"ratio {ratio} task {t}: {differ:.4f} of the fp32 critical set differs in bf16")
         assert differ <= 0.02
+
+
+@pytest.mark.parametrize("estimator", ["taylor", "fisher", "sensitivity"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tracker_update_equals_whole_model_formula_and_lazy_scores_equal_flat(estimator, dtype):
+    """The per-tensor/foreach update gives bit-for-bit the values of the formula on concatenated
+    vectors (the tracker before issue 19); lazy scores at positions equal the full vector there."""
+    from epi_utils.epi.importance import ImportanceTracker
+
+    g = torch.Generator().manual_seed(2)
+    params = {n: torch.nn.Parameter(torch.randn(s, generator=g)) for n, s in {"a": (30, 7), "z": (5,), "b": (91,)}.items()}
+    tr = ImportanceTracker(params, estimator=estimator, state_dtype=dtype, beta=0.8, beta_unc=0.7)
+    ema = torch.zeros(306, dtype=dtype)
+    unc = torch.zeros(306, dtype=dtype)
+    for _ in range(4):
+        grads = [torch.randn(p.shape, generator=g) * (0 if n == "z" else 1) for n, p in params.items()]
+        tr.update("t", grads)
+        gc = torch.cat([x.reshape(-1) for x in grads])
+        imp = gc * gc if estimator == "fisher" else (torch.cat([p.detach().reshape(-1) for p in params.values()]) * gc).abs()
+        e32 = ema.float().mul_(0.8).add_(imp, alpha=0.2)
+        if estimator == "sensitivity":
+            unc.copy_(unc.float().mul_(0.7).add_((imp - e32).abs(), alpha=0.3))
+        ema.copy_(e32)
+    assert torch.equal(tr._flat["t"], ema)
+    if estimator == "sensitivity":
+        assert torch.equal(tr._flat_unc["t"], unc)
+    full = tr.flat_scores("t")
+    lazy = tr.lazy_flat_scores("t")
+    idx = torch.tensor([0, 5, 209, 210, 214, 215, 305])
+    assert torch.equal(lazy[idx], full[idx]) and torch.equal(lazy.materialize(), full)
+    tr._denom_cache.clear()  # without the normalisers of the last materialize()
+    assert torch.equal(tr.lazy_flat_scores("t")[idx], full[idx])
