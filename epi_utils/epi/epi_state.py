@@ -30,10 +30,6 @@ from typing import Callable, Iterable, Mapping
 import torch
 
 _PACK = 0x0102040810204080              # gathers the low bit of 8 bytes into the top byte
-_REPEAT = 0x0101010101010101            # repeats one byte 8 times
-_SELECT = 0x8040201008040201 - (1 << 64)  # bit i of byte i (as a signed int64)
-_LOW7 = 0x7F7F7F7F7F7F7F7F
-_HIGH = 0x8080808080808080 - (1 << 64)
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
@@ -49,16 +45,25 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     return (words * _PACK).bitwise_right_shift_(56).bitwise_and_(0xFF).to(torch.uint8)
 
 
+_ROWS: dict = {}
+
+
+def _byte_rows(device) -> torch.Tensor:
+    """int64 ``(256,)``: the 8 bools (bytes 0/1) of every byte value, as one int64 each."""
+    key = str(device)
+    if key not in _ROWS:
+        table = (torch.arange(256).unsqueeze(1).bitwise_right_shift(torch.arange(8)).bitwise_and(1)).to(torch.uint8)
+        _ROWS[key] = table.view(torch.int64).reshape(256).to(device)
+    return _ROWS[key]
+
+
 def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
-    """uint8 ``(ceil(n / 8),)`` -> bool ``(n,)`` (inverse of :func:`pack_bits`)."""
+    """uint8 ``(ceil(n / 8),)`` -> bool ``(n,)`` (inverse of :func:`pack_bits`): one table lookup
+    of 8 bools per byte."""
     if packed.dtype != torch.uint8 or packed.numel() != math.ceil(n / 8):
         raise ValueError(f"unpack_bits needs uint8 of {math.ceil(n / 8)} bytes for n={n}, got "
                          f"{packed.dtype} of {packed.numel()}")
-    words = (packed.to(torch.int64) * _REPEAT).bitwise_and_(_SELECT)  # byte i holds bit i (0 or 2^i)
-    # byte-wise "!= 0" without a per-byte pass: +0x7F sets bit 7 of every nonzero byte (no carry out
-    # of a byte: at most 0x80 + 0x7F), then move bit 7 to bit 0; every byte is then exactly 0 or 1
-    words.add_(_LOW7).bitwise_and_(_HIGH).bitwise_right_shift_(7).bitwise_and_(_REPEAT)
-    return words.view(torch.bool)[:n]
+    return _byte_rows(packed.device).index_select(0, packed.to(torch.int32)).view(torch.bool)[:n]
 
 
 def packed_positions(packed: torch.Tensor, n: int) -> torch.Tensor:
@@ -250,16 +255,21 @@ class CompactOwners:
             acc = others[0].clone()
             for b in others[1:]:
                 acc |= b
-            allowed = unpack_bits(acc, self.n).logical_not_()
+            blocked = packed_positions(acc, self.n)  # candidates for the frozen positions
+            allowed = unpack_bits(acc.bitwise_not_(), self.n)
         else:
+            blocked = torch.zeros(0, dtype=torch.int64, device=self.device)
             allowed = torch.ones(self.n, dtype=torch.bool, device=self.device)
         if self.overlap_owner.numel():
             ov = self.overlap_owner
             pos = packed_positions(self._multi_packed(), self.n)
-            allowed.index_put_((pos,), (ov == -1) | (ov == tid))
+            allowed.index_put_((pos,), (ov == -1) | (ov == tid))  # overlaps lie inside the OR: in `blocked`
         if self.exc_pos.count:
             pos = self.exc_pos.to_mask()
             allowed[pos] = (self.exc_owner == -1) | (self.exc_owner == tid)
+            blocked = torch.cat([blocked, pos.nonzero().squeeze(1)]).unique()
+        # the False positions, sorted, for MaskedAdamW (FrozenPositions.prepare) without a nonzero over n
+        allowed.frozen_positions = blocked[~allowed[blocked]]
         return allowed
 
     @property
