@@ -19,20 +19,21 @@ class IlpConfig:
     n_seeds: int = 5
     device: str = "auto"
     threads: int = 1
+    workers: int = 2
     backend: str = "tiny"
     rehearse: bool = False
     # world (each seed builds its own world and pretrains its own tiny model)
-    n_entities: int = 60
-    tasks: tuple[str, ...] = ("format_conversion", "reversal", "fact_qa")
+    n_entities: int = 50
+    tasks: tuple[str, ...] = ("reversal", "fact_qa")
     n_stages: int = 2
-    n_train_per_task: int = 220
+    n_train_per_task: int = 230
     n_heldout_per_task: int = 10
     pretrain_fact_fraction: float = 0.75
     missing_knowledge_rate: float = 0.2
     conflict_rate: float = 0.2
     inconsistency_rate: float = 0.12
     rare_complex_rate: float = 0.1
-    pretrain_epochs: int = 40
+    pretrain_epochs: int = 25
     # SFT
     replay: float = 0.25
     knowledge_mix: float = 1.0
@@ -68,7 +69,7 @@ class IlpConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 bad(name, "an integer >= 0")
         for name in ("n_seeds", "n_entities", "n_stages", "n_train_per_task", "pretrain_epochs", "sft_batch_size",
-                     "eval_every", "mit_steps", "mit_batch_size", "explorer_rows"):
+                     "eval_every", "workers", "mit_steps", "mit_batch_size", "explorer_rows"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 bad(name, "an integer >= 1")

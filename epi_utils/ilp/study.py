@@ -318,11 +318,16 @@ def run_seed(cfg: IlpConfig, seed: int, *, world=None, base=None, workdir: Path 
         rec.recovery = mitigate(cfg, seed=seed, model=model, tokenizer=tok, train=train, heldout=heldout, table=table)
         times["mitigation"] = time.perf_counter() - t
     if verbose:
-        unl = table[~table["learned"]]
-        print(f"seed {seed}: {len(unl)} unlearned of {len(table)}; stages "
-              + ", ".join(f"{r.epochs:.1f} ep ({'converged' if r.converged else 'not converged'})" for r in stage_runs)
-              + f"; {sum(times.values()):.0f} s", flush=True)
+        print(seed_line(rec), flush=True)
     return rec
+
+
+def seed_line(rec: SeedRecord) -> str:
+    """One line about a finished world: unlearned samples, stage lengths, convergence, seconds."""
+    unl = int((~rec.table["learned"]).sum())
+    stages = ", ".join(f"stage {r.stage} {r.epochs:.1f} epochs ({'converged' if r.converged else 'NOT converged'})"
+                       for r in rec.stages)
+    return f"world {rec.seed}: {unl} of {len(rec.table)} training samples unlearned; {stages}; {sum(rec.timings.values()):.0f} s"
 
 
 def mitigate(cfg: IlpConfig, *, seed: int, model, tokenizer, train, heldout, table) -> list[RecoveryRecord]:
@@ -359,9 +364,26 @@ def mitigate(cfg: IlpConfig, *, seed: int, model, tokenizer, train, heldout, tab
     return out
 
 
+def _run_one(args) -> SeedRecord:
+    cfg, seed, verbose = args
+    import torch
+
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    return run_seed(cfg, seed, verbose=verbose)
+
+
 def run_all(cfg: IlpConfig, *, verbose: bool = True) -> list[SeedRecord]:
-    """:func:`run_seed` for every seed of ``cfg`` (one line per seed when ``verbose``)."""
-    return [run_seed(cfg, s, verbose=verbose) for s in cfg.seeds]
+    """:func:`run_seed` for every seed of ``cfg`` (one line per seed when ``verbose``), in
+    ``cfg.workers`` processes (seeds are independent; results in seed order)."""
+    jobs = [(cfg, s, verbose) for s in cfg.seeds]
+    if cfg.workers <= 1 or len(jobs) == 1:
+        return [_run_one(j) for j in jobs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=min(cfg.workers, len(jobs)), mp_context=mp.get_context("spawn")) as ex:
+        return list(ex.map(_run_one, jobs))
 
 
 # --------------------------------------------------------------------------- tables over seeds
