@@ -68,12 +68,13 @@ def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
 
 def packed_positions(packed: torch.Tensor, n: int) -> torch.Tensor:
     """Sorted int64 positions of the set bits of a packed set of ``n`` elements; scans the
-    ``n / 8`` bytes and expands only the nonzero ones (cheaper than ``nonzero`` on ``n`` bools)."""
+    ``n / 8`` bytes and expands only the nonzero ones (cheaper than ``nonzero`` on ``n`` bools
+    for sparse sets)."""
     nzb = packed.nonzero().squeeze(1)
-    shifts = torch.arange(8, device=packed.device)
-    bits = packed[nzb].to(torch.int64).unsqueeze(1).bitwise_right_shift(shifts).bitwise_and_(1).bool()
-    pos = (nzb.unsqueeze(1) * 8 + shifts)[bits]
-    return pos[pos < n]
+    rows = _byte_rows(packed.device).index_select(0, packed.index_select(0, nzb).to(torch.int32))
+    r = rows.view(torch.bool).nonzero().squeeze(1)  # (byte rank * 8 + bit) of each set bit
+    pos = nzb.index_select(0, r.div(8, rounding_mode="floor")).mul_(8).add_(r.remainder(8))
+    return pos[: int(torch.searchsorted(pos, n))] if pos.numel() and int(pos[-1]) >= n else pos
 
 
 def bits_at(packed: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -255,21 +256,16 @@ class CompactOwners:
             acc = others[0].clone()
             for b in others[1:]:
                 acc |= b
-            blocked = packed_positions(acc, self.n)  # candidates for the frozen positions
             allowed = unpack_bits(acc.bitwise_not_(), self.n)
         else:
-            blocked = torch.zeros(0, dtype=torch.int64, device=self.device)
             allowed = torch.ones(self.n, dtype=torch.bool, device=self.device)
         if self.overlap_owner.numel():
             ov = self.overlap_owner
             pos = packed_positions(self._multi_packed(), self.n)
-            allowed.index_put_((pos,), (ov == -1) | (ov == tid))  # overlaps lie inside the OR: in `blocked`
+            allowed.index_put_((pos,), (ov == -1) | (ov == tid))
         if self.exc_pos.count:
             pos = self.exc_pos.to_mask()
             allowed[pos] = (self.exc_owner == -1) | (self.exc_owner == tid)
-            blocked = torch.cat([blocked, pos.nonzero().squeeze(1)]).unique()
-        # the False positions, sorted, for MaskedAdamW (FrozenPositions.prepare) without a nonzero over n
-        allowed.frozen_positions = blocked[~allowed[blocked]]
         return allowed
 
     @property

@@ -43,8 +43,7 @@ class FrozenPositions:
     def prepare(self, masks: dict[str, torch.Tensor]) -> None:
         """Compute the positions of every mask in ``masks`` that is a contiguous view of one shared
         1-D bool base (as a compact isolation policy returns them) with ONE pass over that base,
-        instead of one ``nonzero`` per tensor (none when the base carries its sorted int64 False
-        positions as the attribute ``frozen_positions``); other masks are left to :meth:`__call__`."""
+        instead of one ``nonzero`` per tensor; other masks are left to :meth:`__call__`."""
         groups: dict[int, list] = {}
         for name, m in masks.items():
             base = m._base
@@ -56,9 +55,7 @@ class FrozenPositions:
                 continue
             if len(self._cache) + len(views) > self.max_entries:
                 self.clear()
-            frozen = getattr(base, "frozen_positions", None)  # sorted False positions, if the maker knew them
-            if not (torch.is_tensor(frozen) and frozen.dtype == torch.int64 and frozen.device == base.device):
-                frozen = (~base).nonzero().squeeze(1)
+            frozen = (~base).nonzero().squeeze(1)
             starts = torch.tensor([m.storage_offset() - base.storage_offset() for m in views])
             bounds = torch.searchsorted(frozen, torch.stack([starts, starts + torch.tensor([m.numel() for m in views])]))
             for m, start, lo, hi in zip(views, starts.tolist(), bounds[0].tolist(), bounds[1].tolist()):
