@@ -13,9 +13,22 @@ scores, as :func:`epi_utils.epi.importance.top_share_mask` and ``ImportanceTrack
 - :func:`layer_shares` / :func:`module_shares`: for each transformer block (``h.3.``,
   ``layers.3.``) or module kind (attention, mlp, embedding, norm, head), the share of its
   elements inside the mask (``density``) and its share of the mask (``of_mask``).
+
+Rankings (sorted flat indices, :func:`epi_utils.epi.checkpoint_importance.top_ranking`), the
+study-01 checkpoint protocol:
+
+- :func:`topk_jaccard`: Jaccard of the top-``k`` prefixes of two rankings, overall and per group
+  of elements (layer type).
+- :func:`rbo`: rank-biased overlap of two rankings truncated at depth ``k`` (Webber, Moffat & Zobel
+  2010, "A similarity measure for indefinite rankings", Eq. 7), normalised so that identical
+  prefixes give 1 and disjoint ones 0, with persistence ``phi = 0.1 ** (1 / k)`` (the first ``k``
+  ranks carry 90% of the untruncated weight).
+- :func:`drift_index`: ``D_ts = 1 - C_ts / sqrt(R_t * R_s)``, cross-time agreement relative to the
+  estimator's own reliability at the two checkpoints (0: no drift beyond noise; 1: unrelated sets).
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Mapping
 
@@ -133,3 +146,89 @@ def layer_shares(mask: Mapping[str, torch.Tensor]) -> dict[str, dict[str, float]
 def module_shares(mask: Mapping[str, torch.Tensor]) -> dict[str, dict[str, float]]:
     """Per module kind (:func:`module_of`): ``density`` and ``of_mask`` as :func:`layer_shares`."""
     return _group_shares(mask, module_of)
+
+
+# --------------------------------------------------------------------------------------------- rankings
+def _prefix(ranking: torch.Tensor, k: int) -> torch.Tensor:
+    if k < 1 or k > ranking.numel():
+        raise ValueError(f"k must be in [1, {ranking.numel()}] (the stored ranking's length), got {k}")
+    return ranking[:k].long()
+
+
+def inverse_ranking(ranking: torch.Tensor, *, n: int) -> torch.Tensor:
+    """Position of every element ``0..n-1`` in ``ranking`` (``len(ranking)`` for elements not in
+    it): shape ``(n,)``, int32 below 2**31 elements. Pass as ``inv_b`` to reuse it across shares."""
+    dtype = torch.int32 if n < 2 ** 31 else torch.int64
+    inv = torch.full((n,), ranking.numel(), dtype=dtype)
+    inv[ranking.long()] = torch.arange(ranking.numel(), dtype=dtype)
+    return inv
+
+
+def topk_jaccard(rank_a: torch.Tensor, rank_b: torch.Tensor, *, k: int, n: int,
+                 groups: tuple[list[str], torch.Tensor] | None = None,
+                 inv_b: torch.Tensor | None = None) -> dict[str, float]:
+    """Jaccard of the top-``k`` sets of two rankings over ``n`` elements: ``{"all": J}``, plus one
+    entry per group when ``groups`` (from :func:`epi_utils.epi.checkpoint_importance.group_ids`) is
+    given: ``|A & B & G| / |(A | B) & G|`` (NaN when neither set has an element in ``G``).
+    ``inv_b``: :func:`inverse_ranking` of ``rank_b`` (computed when not given)."""
+    a, b = _prefix(rank_a, k), _prefix(rank_b, k)
+    inv_b = inverse_ranking(rank_b, n=n) if inv_b is None else inv_b
+    hit = inv_b[a] < k
+    inter = int(torch.count_nonzero(hit))
+    out = {"all": inter / (2 * k - inter)}
+    if groups is not None:
+        names, elem = groups
+        ga = elem[a].long()
+        ca = torch.bincount(ga, minlength=len(names))
+        cb = torch.bincount(elem[b].long(), minlength=len(names))
+        ci = torch.bincount(ga[hit], minlength=len(names))
+        for i, g in enumerate(names):
+            union = int(ca[i] + cb[i] - ci[i])
+            out[g] = float("nan") if union == 0 else int(ci[i]) / union
+    return out
+
+
+def rbo(rank_a: torch.Tensor, rank_b: torch.Tensor, *, k: int, n: int, inv_b: torch.Tensor | None = None) -> float:
+    """Rank-biased overlap at depth ``k`` (see the module docstring), in [0, 1].
+
+    ``RBO@k = (1 - phi) / (1 - phi**k) * sum_{d=1..k} phi**(d-1) * |A_:d & B_:d| / d``.
+    Example: ``[0, 1]`` vs ``[1, 0]`` at ``k = 2``: ``phi = 0.1**0.5``, overlaps 0 and 1, so
+    ``RBO = phi / (1 + phi) = 0.2403``. ``inv_b`` as in :func:`topk_jaccard`.
+    """
+    a = _prefix(rank_a, k)
+    _prefix(rank_b, k)
+    inv_b = inverse_ranking(rank_b, n=n) if inv_b is None else inv_b
+    depth = torch.maximum(torch.arange(k), inv_b[a].long())  # a[i] is in both prefixes from depth+1 on
+    hist = torch.bincount(depth[depth < k], minlength=k).double()
+    overlap = hist.cumsum(0)  # overlap[d-1] = |A_:d & B_:d|
+    return float((_rbo_weights(k) * overlap).sum())
+
+
+@functools.lru_cache(maxsize=16)
+def _rbo_weights(k: int) -> torch.Tensor:
+    """``(1 - phi) / (1 - phi**k) * phi**(d-1) / d`` for ``d = 1..k``, ``phi = 0.1**(1/k)``."""
+    d = torch.arange(1, k + 1, dtype=torch.float64)
+    log_phi = np.log(0.1) / k
+    norm = (1 - np.exp(log_phi)) / (1 - np.exp(k * log_phi))
+    return norm * torch.exp((d - 1) * log_phi) / d
+
+
+def spearman_vectors(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two score vectors of the same shape (average ranks for ties;
+    NaN when either is constant)."""
+    x, y = a.detach().float().reshape(-1).cpu().numpy(), b.detach().float().reshape(-1).cpu().numpy()
+    if x.shape != y.shape:
+        raise ValueError(f"spearman_vectors: shapes differ, {x.shape} vs {y.shape}")
+    if x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(_ranks(x), _ranks(y))[0, 1])
+
+
+def drift_index(cross: float, rel_t: float, rel_s: float) -> float:
+    """``1 - cross / sqrt(rel_t * rel_s)``; NaN when a reliability is not positive.
+
+    Example: reliabilities 0.8 and 0.5, cross-time overlap 0.16: ``1 - 0.16 / 0.632 = 0.747``.
+    """
+    if not (rel_t > 0 and rel_s > 0) or any(np.isnan(v) for v in (cross, rel_t, rel_s)):
+        return float("nan")
+    return float(1.0 - cross / np.sqrt(rel_t * rel_s))

@@ -1,0 +1,101 @@
+"""GPU rehearsal of study 01 on the CPU (``epi run ... --profile gpu --rehearse``).
+
+The gpu profile's code path at toy scale: a random-initialised model of the profile model's family
+(:func:`epi_utils.workbench.rehearsal.tiny_model_config`; SmolLM2 -> Llama) with the world's word
+tokenizer (vocabulary = the world's words, so one core suffices; the estimate uses the full model's sizes), 8 training and 8 held-out samples per task written locally in the world's ``Sample``
+field layout and read back, and :func:`epi_utils.epi.drift.study.run_one` (the same function as the
+full run: checkpoint rankings, pairs, both controls, the functional test) for two SFT seeds in every
+regime, 4 steps each. Then :func:`epi_utils.workbench.rehearsal.estimate` with the full profile's
+sizes. The host memory of the full run is dominated by the stored rankings:
+``measurements x (2 halves x (tasks + 1) x gradient estimators + 1) x 4 bytes x max(top_shares) x
+n_params`` (the data-free ``magnitude`` ranking is one per measurement)
+(measurements held at once: all checkpoints for ``pairs="all"``, three for ``"anchored"``, plus
+the permuted copy's), plus the per-element layer-type map (1 byte) and one model copy (4 bytes).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from epi_utils.epi.drift.config import DriftConfig
+from epi_utils.epi.drift.study import StudyResult, run_one
+
+N_SAMPLES = 8
+REHEARSAL_STEPS = 4
+
+
+def _local_samples(world, folder) -> tuple[list, list]:
+    """8 train and 8 held-out samples per task, written as JSON lines in the ``Sample`` layout and
+    read back (the rehearsal reads the same fields as the full run)."""
+    from epi_utils.data.world import Sample
+    from epi_utils.workbench import rehearsal
+
+    out = []
+    for split, pool in (("train", world.mixed()[0]), ("heldout", world.split("heldout"))):
+        rows = []
+        for task in world.config.tasks:
+            rows += [s.to_dict() for s in pool if s.task == task][:N_SAMPLES]
+        path = rehearsal.write_local_samples(f"world_{world.kind}", rows, folder, split=split)
+        out.append([Sample(**json.loads(line)) for line in path.read_text().splitlines()])
+    return out[0], out[1]
+
+
+def _estimate(cfg: DriftConfig, world, meter, n_grad_est: int):
+    from epi_utils.workbench import rehearsal
+
+    spec = rehearsal.model_spec(cfg.model)
+    n = float(spec["n_params"])
+    train = world.mixed()[0]
+    n_tasks = len(world.config.tasks)
+    words = [len((s.prompt + " " + s.response).split()) for s in train]
+    seq = 2.0 * max(words) + 8  # subword tokens: ~2 per word of the world's text + format tokens (assumption)
+    avg = 2.0 * float(sum(words)) / len(words) + 8
+    runs = len(cfg.regimes) * len(cfg.pretrain_seeds) * cfg.n_seeds
+    passes = len(cfg.checkpoints) + 2  # halves at every checkpoint, quarters, the permuted copy
+    train_tokens = runs * (cfg.steps * cfg.batch_size + passes * len(train)) * avg
+    forward_tokens = runs * 2 * len(world.split("heldout")) * 4 * avg  # functional test: base + 3 masks, per task and all
+    held = (len(cfg.checkpoints) if cfg.pairs == "all" else 3) + 1
+    per_measurement = 2 * (n_tasks + 1) * n_grad_est + ("magnitude" in cfg.estimators)  # |theta|: one, shared
+    ranking_bytes = held * per_measurement * 4 * max(cfg.top_shares) * n
+    host_extra = ranking_bytes + 1 * n + 4 * n  # layer-type map + permuted model copy
+    device_state = 4 * (3 + 2 * n_grad_est + 2)  # theta, grad, per-task and "all" sums, normalised copy, sort
+    return rehearsal.estimate(model_id=cfg.model, train_tokens=train_tokens, micro_batch=cfg.batch_size,
+                              seq_len=int(seq), forward_tokens=forward_tokens,
+                              extra_state_bytes_per_param=device_state, extra_host_bytes=host_extra,
+                              measured=meter)
+
+
+def rehearse(cfg: DriftConfig, world) -> StudyResult:
+    """Run the toy-scale rehearsal of ``cfg`` (module docstring); ``result.rehearsal`` holds the
+    estimate (``Estimate.to_dict()``)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from epi_utils.lm.models import build_word_tokenizer
+    from epi_utils.workbench import rehearsal, runs
+
+    tok = build_word_tokenizer(world.vocabulary())
+    model_cfg = rehearsal.tiny_model_config(cfg.model, vocab_size=len(tok))  # the world's words only: fast on one core
+    train, heldout = _local_samples(world, runs.current_run_dir() / "rehearsal_data")
+    small = dataclasses.replace(cfg, rehearse=False, pretrain_seeds=[0], n_seeds=2, steps=REHEARSAL_STEPS,
+                                batch_size=min(cfg.batch_size, 4), checkpoints=[0, 2, REHEARSAL_STEPS],
+                                probe_batch=min(cfg.probe_batch, 4), spearman_sample=min(cfg.spearman_sample, 2000))
+
+    def model_fn(_pretrain_seed: int):
+        torch.manual_seed(0)
+        return AutoModelForCausalLM.from_config(model_cfg).to("cpu").eval(), tok
+
+    result = StudyResult(config=small)
+    with rehearsal.meter() as m:
+        for regime, lr in small.regimes:
+            for seed in small.sft_seeds:
+                rec, pairs, abl = run_one(small, world, regime=regime, lr=lr, pretrain_seed=0, seed=seed,
+                                          model_fn=model_fn, train_samples=train, heldout=heldout, device="cpu")
+                result.runs.append(rec)
+                result.pairs.extend(pairs)
+                result.ablations.extend(abl)
+                m.steps += small.steps
+                m.tokens += small.steps * small.batch_size
+    n_grad = sum(e != "magnitude" for e in cfg.estimators)
+    result.rehearsal = _estimate(cfg, world, m, n_grad).to_dict()
+    return result

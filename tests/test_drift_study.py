@@ -1,0 +1,254 @@
+"""Study 01 (importance drift): hand-computed statistics, the checkpoint estimator against autograd,
+a function-preserving permutation, the two controls on planted truth, verdicts as data."""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from epi_utils.epi import checkpoint_importance as ci
+from epi_utils.epi import importance_drift as dr
+from epi_utils.epi.drift import study, summary
+from epi_utils.epi.drift.config import DriftConfig
+from epi_utils.workbench import stats
+from tests.lm_fixtures import small_tiny, small_world  # noqa: F401  (fixtures)
+
+
+# --- statistics by hand ---------------------------------------------------------------------------
+def test_topk_jaccard_overall_and_per_group_by_hand():
+    a, b = torch.tensor([0, 1, 2, 4]), torch.tensor([2, 3, 0, 1])
+    groups = (["x", "y"], torch.tensor([0, 0, 1, 1, 1], dtype=torch.uint8))
+    # top-3: {0,1,2} vs {2,3,0}: intersection {0,2}, union {0,1,2,3} -> 2/4
+    out = dr.topk_jaccard(a, b, k=3, n=5, groups=groups)
+    assert out == {"all": 0.5, "x": 0.5, "y": 0.5}  # x={0,1}: {0,1} vs {0} -> 1/2; y: {2} vs {2,3} -> 1/2
+    assert dr.topk_jaccard(a, b, k=1, n=5)["all"] == 0.0
+    assert dr.topk_jaccard(a, b, k=4, n=5)["all"] == pytest.approx(3 / 5)  # {0,1,2,4} vs {0,1,2,3}
+    with pytest.raises(ValueError, match="k must be"):
+        dr.topk_jaccard(a, b, k=5, n=5)
+
+
+def test_rbo_by_hand():
+    phi = 0.1 ** 0.5
+    assert dr.rbo(torch.tensor([0, 1]), torch.tensor([1, 0]), k=2, n=2) == pytest.approx(phi / (1 + phi))
+    assert dr.rbo(torch.tensor([3, 1, 2]), torch.tensor([3, 1, 2]), k=3, n=4) == pytest.approx(1.0)
+    assert dr.rbo(torch.tensor([0, 1]), torch.tensor([2, 3]), k=2, n=4) == 0.0
+    # k = 3, [0,1,2] vs [0,2,1]: overlaps 1, 1, 3 -> A_d = 1, 1/2, 1
+    phi3 = 0.1 ** (1 / 3)
+    want = (1 - phi3) / (1 - phi3 ** 3) * (1 + phi3 * 0.5 + phi3 ** 2 * 1)
+    assert dr.rbo(torch.tensor([0, 1, 2]), torch.tensor([0, 2, 1]), k=3, n=3) == pytest.approx(want)
+
+
+def test_drift_index_and_spearman_by_hand():
+    assert dr.drift_index(0.16, 0.8, 0.5) == pytest.approx(1 - 0.16 / math.sqrt(0.4))  # 0.747
+    assert dr.drift_index(0.5, 0.5, 0.5) == pytest.approx(0.0)
+    assert math.isnan(dr.drift_index(0.1, 0.0, 0.5))
+    assert dr.spearman_vectors(torch.tensor([1., 2, 3, 4]), torch.tensor([1., 3, 2, 4])) == pytest.approx(0.8)
+
+
+def test_top_ranking_is_a_stable_descending_sort_prefix():
+    x = torch.tensor([1., 3., 3., 0., 2., 3.])
+    assert ci.top_ranking(x, max_share=0.5).tolist() == [1, 2, 5]
+    assert ci.top_ranking(x, max_share=4 / 6).tolist() == [1, 2, 5, 4]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        y = torch.randint(0, 5, (40,), generator=g).float()
+        assert ci.top_ranking(y, max_share=0.3).long().tolist() == torch.sort(-y, stable=True).indices[:12].tolist()
+
+
+def test_normalize_flat_and_split_parts():
+    out = ci.normalize_flat(torch.tensor([1., 3., 2., 2., 2., 0., 0.]), [2, 3, 2])
+    assert out.tolist() == [0.5, 1.5, 1.0, 1.0, 1.0, 0.0, 0.0]
+
+    class S:
+        def __init__(self, task, i):
+            self.task, self.id = task, f"{task}{i}"
+    samples = [S("a", i) for i in range(9)] + [S("b", i) for i in range(4)]
+    parts = ci.split_parts(samples, n_parts=2, rng=np.random.default_rng(0))
+    assert [sum(s.task == "a" for s in p) for p in parts] == [4, 4]  # 9 // 2, remainder dropped
+    assert [sum(s.task == "b" for s in p) for p in parts] == [2, 2]
+    assert not {s.id for s in parts[0]} & {s.id for s in parts[1]}
+    with pytest.raises(ValueError, match="fewer than n_parts"):
+        ci.split_parts(samples, n_parts=5, rng=np.random.default_rng(0))
+
+
+# --- the estimator ----------------------------------------------------------------------------------
+def test_checkpoint_importance_equals_autograd_by_hand(small_tiny, small_world):
+    model, tok = copy.deepcopy(small_tiny[0]), small_tiny[1]
+    train = small_world.mixed()[0]
+    samples = [s for s in train if s.task == "sorting"][:3]
+    imp = ci.checkpoint_importance(model, tok, samples, probe_batch=2)
+    assert all(p.grad is None for p in model.parameters())  # gradients cleared
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    want_t, want_f = torch.zeros_like(theta), torch.zeros_like(theta)
+    for batch in (samples[:2], samples[2:]):  # two micro-batches of probe_batch = 2
+        model.zero_grad()
+        ci._loss(model, ci._batches(tok, batch, 2, "cpu")[0]).backward()
+        g = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        want_t += (theta * g).abs()
+        want_f += g * g
+    assert torch.allclose(imp.scores[("sorting", "taylor")], want_t, rtol=1e-5, atol=1e-9)
+    assert torch.allclose(imp.scores[("sorting", "fisher")], want_f, rtol=1e-5, atol=1e-12)
+    assert torch.equal(imp.scores[("sorting", "magnitude")], theta.abs())
+    assert torch.equal(imp.scores[("all", "taylor")], imp.scores[("sorting", "taylor")])  # one task: all = it
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_permutation_preserves_the_function_and_moves_the_elements(family):
+    from transformers import AutoModelForCausalLM
+
+    from epi_utils.workbench import rehearsal
+
+    model_id = "gpt2" if family == "gpt2" else "HuggingFaceTB/SmolLM2-360M-Instruct"
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(rehearsal.tiny_model_config(model_id, vocab_size=50)).eval()
+    with torch.no_grad():  # non-trivial norm weights, so the permutation of the norms is tested
+        for n, p in model.named_parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.3)
+    perm = copy.deepcopy(model)
+    ci.permute_hidden_units(perm, generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, perm(ids).logits, atol=1e-4)
+    before = torch.cat([p.reshape(-1) for p in model.parameters()])
+    after = torch.cat([p.reshape(-1) for p in perm.parameters()])
+    assert (before != after).float().mean() > 0.9
+
+
+# --- the drift index on planted truth (statistic only) ---------------------------------------------
+def _halves(base: torch.Tensor, noise: float, g: torch.Generator):
+    """Two noisy measurements (halves A and B) of the same true importance ``base``."""
+    return [ci.top_ranking(base + noise * torch.randn(base.shape, generator=g), max_share=0.2) for _ in range(2)]
+
+
+def test_drift_index_is_zero_without_drift_and_near_one_for_unrelated_sets():
+    g = torch.Generator().manual_seed(0)
+    n, k = 20_000, 1000
+    base_t = torch.randn(n, generator=g)
+    base_u = torch.randn(n, generator=g)  # unrelated importance
+    a_t, b_t = _halves(base_t, 0.5, g)
+    a_s, b_s = _halves(base_t, 0.5, g)  # the same truth, measured again
+    a_u, b_u = _halves(base_u, 0.5, g)
+
+    def d(x, y):
+        r_x = dr.topk_jaccard(x[0], x[1], k=k, n=n)["all"]
+        r_y = dr.topk_jaccard(y[0], y[1], k=k, n=n)["all"]
+        c = 0.5 * (dr.topk_jaccard(x[0], y[1], k=k, n=n)["all"] + dr.topk_jaccard(x[1], y[0], k=k, n=n)["all"])
+        return dr.drift_index(c, r_x, r_y), r_x
+
+    d_same, r = d((a_t, b_t), (a_s, b_s))
+    d_unrel, _ = d((a_t, b_t), (a_u, b_u))
+    assert 0.2 < r < 0.9  # the noise is real: the raw overlap is far from 1 ...
+    assert abs(d_same) < 0.1  # ... yet D sees no drift
+    assert d_unrel > 0.85
+
+
+# --- the study's controls on the real model ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def control_runs(small_tiny, small_world):
+    cfg = DriftConfig(pretrain_seeds=[0], n_seeds=3, steps=6, batch_size=4, high_lr=0.0, sft_lr=1e-3,
+                      checkpoints=[0, 6], probe_batch=3, spearman_sample=2000, top_shares=[0.05],
+                      estimators=["taylor", "magnitude"])
+    result = study.StudyResult(config=cfg)
+    train, heldout = small_world.mixed()[0], small_world.split("heldout")
+    for seed in cfg.sft_seeds:
+        rec, pairs, abl = study.run_one(cfg, small_world, regime="sft", lr=cfg.sft_lr, pretrain_seed=0, seed=seed,
+                                        model_fn=lambda _p: (copy.deepcopy(small_tiny[0]), small_tiny[1]),
+                                        train_samples=train, heldout=heldout, device="cpu")
+        result.runs.append(rec)
+        result.pairs.extend(pairs)
+        result.ablations.extend(abl)
+    return result
+
+
+def test_controls_pass_on_planted_truth(control_runs):
+    s = summary.summarize(control_runs)
+    by = {(c.control, c.estimator): c for c in s.controls}
+    assert by[("no_drift", "taylor")].passed, by[("no_drift", "taylor")]
+    assert by[("planted", "taylor")].passed, by[("planted", "taylor")]
+    assert by[("no_drift", "magnitude")].d.mean == 0.0  # the same weights: |theta| cannot move
+    assert all(r.planted_loss_change < 1e-4 for r in control_runs.runs)
+    pf = control_runs.pair_frame()
+    assert set(pf["group"]) >= {"all", "embedding", "attention", "mlp", "norm"}
+    af = control_runs.ablation_frame()
+    assert set(af["mask"]) == {"step_t", "step_s", "random"} and (af["loss_base"] > 0).all()
+    assert s.controls_pass and "no verdict" not in s.answer()
+
+
+def test_functional_ablation_restores_the_weights(small_tiny):
+    model = copy.deepcopy(small_tiny[0])
+    before = [p.detach().clone() for p in model.parameters()]
+    saved = ci.ablate(model, torch.tensor([0, 5, 10_000]), mode="zero")
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert flat[[0, 5, 10_000]].abs().sum() == 0
+    ci.restore(model, saved)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+# --- verdicts are data ------------------------------------------------------------------------------
+def _fake_result(main, nodrift, planted, inc_s, inc_t):
+    cfg = DriftConfig(pretrain_seeds=[0], n_seeds=len(main), high_lr=0.0, checkpoints=[0, 200],
+                      estimators=["taylor"])
+    res = study.StudyResult(config=cfg)
+    for i, seed in enumerate(cfg.sft_seeds):
+        for kind, d, t in (("drift", main[i], 0), ("no_drift", nodrift[i], 200), ("planted", planted[i], 200)):
+            res.pairs.append(study.PairRecord(kind, "sft", 0, seed, "all", "taylor", 0.05, t, 200, "all",
+                                              0.6, 0.5, 0.3, d))
+        for mask, inc in (("step_t", inc_t[i]), ("step_s", inc_s[i]), ("random", 0.0)):
+            res.ablations.append(study.AblationRecord("sft", 0, seed, "all", mask, 0, 200, 0.01, 1.0, 1.0 + inc))
+        res.runs.append(study.RunRecord("sft", 2e-4, 0, seed, 10, {0: 5.0, 200: 2.0}, 0.0, 1.0))
+    return res
+
+
+def test_summary_verdicts_come_from_paired_compare():
+    s = summary.summarize(_fake_result([0.60, 0.62, 0.58], [0.01, -0.02, 0.0], [0.90, 0.92, 0.91],
+                                       [1.0, 1.2, 1.1], [0.5, 0.6, 0.55]))
+    r = s.regimes[0]
+    assert r.beyond_noise.verdict is stats.Verdict.A_BETTER
+    assert r.beyond_noise.diff.mean == pytest.approx(0.60 - (-1 / 300))
+    assert r.functional_s_vs_t.verdict is stats.Verdict.A_BETTER
+    assert r.d.mean == pytest.approx(0.6) and r.d.n == 3
+    assert s.controls_pass and "drifts beyond" in s.answer()
+    m = s.metrics()
+    assert m["sft"]["drift_beyond_noise"]["verdict"] == "a_better"
+    assert m["sft"]["drift_index_ci_unit"] == "3 runs (1 pretraining seed x 3 SFT seeds)"
+
+
+def test_summary_refuses_a_verdict_when_a_control_fails():
+    s = summary.summarize(_fake_result([0.60, 0.62, 0.58], [0.01, -0.02, 0.0], [0.5, 0.55, 0.6],
+                                       [1.0, 1.2, 1.1], [0.5, 0.6, 0.55]))
+    assert not s.controls_pass
+    assert s.answer().startswith("no verdict") and "planted" in s.answer()
+    s2 = summary.summarize(_fake_result([0.60, 0.62, 0.58], [0.2, 0.25, 0.22], [0.9, 0.92, 0.91],
+                                        [1.0, 1.2, 1.1], [0.5, 0.6, 0.55]))
+    assert not s2.controls_pass and "no_drift" in s2.answer()
+
+
+# --- configuration and the pretraining seed ---------------------------------------------------------
+@pytest.mark.parametrize("field,value,match", [
+    ("checkpoints", [0], "checkpoints"), ("checkpoints", [0, 300], "checkpoints"),
+    ("headline_share", 0.1, "headline_share"), ("estimators", ["fisher"], "estimators"),
+    ("top_shares", [0.2, 0.05], "top_shares"), ("samples_per_task", 2, "samples_per_task"),
+    ("pairs", "some", "pairs"), ("ablation", "noise", "ablation")])
+def test_config_names_the_bad_parameter(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        DriftConfig(**{field: value})
+
+
+def test_only_tiny_varies_the_pretraining_seed():
+    with pytest.raises(ValueError, match="pretrain_seeds"):
+        DriftConfig(model="HuggingFaceTB/SmolLM2-360M-Instruct", pretrain_seeds=[0, 1])
+    assert DriftConfig().unit == "runs (2 pretraining seeds x 2 SFT seeds)"
+
+
+def test_pretrain_seed_enters_the_tiny_cache_key(small_world):
+    from epi_utils.lm import models
+
+    key = models.tiny_cache_key(small_world)
+    assert models.tiny_cache_key(small_world, models.TINY_MODEL, models.tiny_pretrain_config(pretrain_seed=0)) == key
+    assert models.tiny_cache_key(small_world, models.TINY_MODEL, models.tiny_pretrain_config(pretrain_seed=1)) != key
+    with pytest.raises(ValueError, match="pretrain_seed applies only"):
+        models.load_model("gpt2", pretrain_seed=1)
