@@ -193,8 +193,9 @@ class CompactOwners:
             return
         self._owner = None
         self.sets = dict(sets)
-        multi = self._multi()
-        self.overlap_owner = owner[multi].to(torch.int8)
+        mp = self._multi_packed()
+        multi = unpack_bits(mp, self.n)
+        self.overlap_owner = owner.index_select(0, packed_positions(mp, self.n)).to(torch.int8)
         naive = self._naive(multi)
         pos = ((owner != naive) & ~multi).nonzero().squeeze(1)
         self.exc_pos = TaskSet.from_indices(pos, self.n)
@@ -219,10 +220,6 @@ class CompactOwners:
             return torch.zeros(math.ceil(self.n / 8), dtype=torch.uint8, device=self.device)
         return multi
 
-    def _multi(self) -> torch.Tensor:
-        """Bool ``(n,)``: elements claimed by two or more sets."""
-        return unpack_bits(self._multi_packed(), self.n)
-
     def _naive(self, multi: torch.Tensor) -> torch.Tensor:
         """Owner by the unique-claimant rule: the claimant where one task claims, -1 where none,
         -3 (never a valid owner) where several do."""
@@ -237,9 +234,9 @@ class CompactOwners:
         """The full int8 owner vector ``(n,)`` (a transient when not legacy)."""
         if self.legacy:
             return self._owner
-        multi = self._multi()
-        owner = self._naive(multi)
-        owner.masked_scatter_(multi, self.overlap_owner)
+        mp = self._multi_packed()
+        owner = self._naive(unpack_bits(mp, self.n))
+        owner.index_put_((packed_positions(mp, self.n),), self.overlap_owner)
         if self.exc_pos.count:
             owner[self.exc_pos.to_mask()] = self.exc_owner
         return owner
