@@ -12,8 +12,9 @@ validation and test episodes once and scores every method on the *same* test epi
 * ``proto_awatt_policy_joint``    -- Proto-AWATT + the policy trained with the encoder (paper's design),
 * ``proto_awatt_policy_posthoc``  -- Proto-AWATT + a policy trained afterwards on frozen validation
   outputs, starting from the static threshold.
-* ``proto_awatt_oracle_count``    -- ceiling of any per-instance threshold: each query predicts its
-  top-``j`` classes with ``j`` its *true* number of aspects (reads the test labels; a bound, not a method).
+* ``proto_awatt_oracle_count``    -- reference: each query predicts its top-``j`` classes with ``j``
+  its *true* number of aspects (reads the test labels; a bound to compare with, not a method). Not
+  an upper bound of macro-F1 (on single-label data it is the arg-max rule).
 The Proto-AWATT rows share one encoder; their AUC is identical (AUC ignores thresholds).
 
 Datasets: a dataset is scored by a model trained on its own ``train.json`` when present (and

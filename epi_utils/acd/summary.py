@@ -12,8 +12,10 @@ episodes and seeds with ``epi_utils.workbench.stats.compare`` (:data:`CLAIMS`):
 * ``learned_threshold_joint`` / ``learned_threshold_posthoc``: Proto-AWATT with the policy threshold
   (trained with the encoder / afterwards) minus the same Proto-AWATT with the static threshold, on
   macro-F1 (AUC does not depend on the threshold).
-``threshold_ceiling`` is a bound, not a claim: the oracle that knows each query's number of aspects
-minus the static threshold -- the room any learned threshold had. The verdicts are :class:`~epi_utils.workbench.stats.Comparison` dicts; :func:`claim_verdicts`
+``count_oracle`` is a reference, not a claim: the oracle that knows each query's number of aspects
+(top-``j`` with ``j`` the true count) minus the static threshold. It is the natural target of a
+per-instance threshold, but not an upper bound of macro-F1: on single-label data it is the arg-max
+rule, and macro-F1 can gain from a second predicted class on an uncertain query. The verdicts are :class:`~epi_utils.workbench.stats.Comparison` dicts; :func:`claim_verdicts`
 counts them over settings. Nothing here turns numbers into sentences.
 
 Paper figures: Hu et al. (2021) report results on FewAsp(single), FewAsp(multi), FewAsp; they could
@@ -35,7 +37,7 @@ CLAIMS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "attention_helps": ("proto_awatt_static", "protonet", ("macro_f1", "auc")),
     "learned_threshold_joint": ("proto_awatt_policy_joint", "proto_awatt_static", ("macro_f1",)),
     "learned_threshold_posthoc": ("proto_awatt_policy_posthoc", "proto_awatt_static", ("macro_f1",)),
-    "threshold_ceiling": ("proto_awatt_oracle_count", "proto_awatt_static", ("macro_f1",)),
+    "count_oracle": ("proto_awatt_oracle_count", "proto_awatt_static", ("macro_f1",)),
 }
 
 
