@@ -186,15 +186,22 @@ def test_functional_ablation_restores_the_weights(small_tiny):
     assert flat[[0, 5, 10_000]].abs().sum() == 0
     ci.restore(model, saved)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    reference = {n: torch.full_like(p, 7.0) for n, p in model.named_parameters()}
+    saved = ci.ablate(model, torch.tensor([1, 10_001]), mode="reference", reference=reference)
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert flat[[1, 10_001]].tolist() == [7.0, 7.0] and flat[2] == before[0].reshape(-1)[2]
+    ci.restore(model, saved)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 # --- verdicts are data ------------------------------------------------------------------------------
-def _fake_result(main, nodrift, planted, inc_s, inc_t):
-    cfg = DriftConfig(pretrain_seeds=[0], n_seeds=len(main), high_lr=0.0, checkpoints=[0, 200],
+def _fake_result(main, nodrift, planted, inc_s, inc_t, late=(0.0, 0.01, 0.02)):
+    cfg = DriftConfig(pretrain_seeds=[0], n_seeds=len(main), high_lr=0.0, checkpoints=[0, 100, 200],
                       estimators=["taylor"])
     res = study.StudyResult(config=cfg)
     for i, seed in enumerate(cfg.sft_seeds):
-        for kind, d, t in (("drift", main[i], 0), ("no_drift", nodrift[i], 200), ("planted", planted[i], 200)):
+        for kind, d, t in (("drift", main[i], 0), ("drift", late[i], 100), ("no_drift", nodrift[i], 200),
+                           ("planted", planted[i], 200)):
             res.pairs.append(study.PairRecord(kind, "sft", 0, seed, "all", "taylor", 0.05, t, 200, "all",
                                               0.6, 0.5, 0.3, d))
         for mask, inc in (("step_t", inc_t[i]), ("step_s", inc_s[i]), ("random", 0.0)):
@@ -210,6 +217,8 @@ def test_summary_verdicts_come_from_paired_compare():
     assert r.beyond_noise.verdict is stats.Verdict.A_BETTER
     assert r.beyond_noise.diff.mean == pytest.approx(0.60 - (-1 / 300))
     assert r.functional_s_vs_t.verdict is stats.Verdict.A_BETTER
+    assert r.late_beyond_noise.verdict is stats.Verdict.NO_DIFFERENCE  # late D 0.01 vs control -0.0033
+    assert r.d_late.mean == pytest.approx(0.01)
     assert r.d.mean == pytest.approx(0.6) and r.d.n == 3
     assert s.controls_pass and "drifts beyond" in s.answer()
     m = s.metrics()

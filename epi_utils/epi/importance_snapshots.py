@@ -1,4 +1,11 @@
-"""Importance snapshots during SFT and the drift tables of study 01.
+"""Online (EMA) importance snapshots during SFT and their drift tables.
+
+Study 01 no longer measures drift with these snapshots: an EMA of one batch per step, folded while
+the weights move, mixes estimator noise with training dynamics, and :func:`seed_noise` (two runs'
+masks at one step) mixes that noise with the divergence of two training paths, so it is not a
+noise floor. The study measures importance at fixed checkpoints from disjoint data halves instead
+(:mod:`epi_utils.epi.checkpoint_importance`, :mod:`epi_utils.epi.drift`). This module stays as the
+record of what EPI's online tracker sees during training.
 
 :class:`SnapshotHook` (a ``TrainHook``) keeps an :class:`~epi_utils.epi.importance.ImportanceTracker`
 with one EMA per task plus one pseudo-task ``"all"`` updated on every step, and every

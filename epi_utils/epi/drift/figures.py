@@ -32,6 +32,10 @@ def drift_over_time(pairs, *, first: int, share: float, unit: str, task: str = "
                 ax = axes[i, j]
                 ax.plot(d["s"], d[col], marker="o", color=f"C{k}", label=est)
                 ax.fill_between(d["s"], d[f"{col}_low"], d[f"{col}_high"], color=f"C{k}", alpha=0.2)
+        nod = pairs[(pairs["kind"] == "no_drift") & (pairs["regime"] == regime) & (pairs["task"] == task)
+                    & (pairs["share"] == share) & (pairs["group"] == "all") & (pairs["estimator"] == "taylor")]
+        if len(nod):
+            axes[0, j].axhline(float(nod["d"].mean()), color="k", ls="--", lw=1, label="no-drift control (taylor)")
         axes[0, j].set(title=f"{regime}: D(step {first}, step s)", ylabel="drift index D", ylim=(-0.1, 1.05))
         axes[0, j].axhline(0, color="k", lw=0.8)
         axes[1, j].set(xlabel="checkpoint step s", ylabel="reliability R_s", ylim=(0, 1.05))
@@ -50,7 +54,7 @@ def drift_by_layer_type(pairs, *, first: int, last: int, share: float, unit: str
     tab = interval_table(sub, by=["regime", "group"], columns=("d",), unit=unit)
     regimes = list(dict.fromkeys(sub["regime"]))
     groups = ["all"] + sorted(g for g in set(tab["group"]) if g != "all")
-    fig, ax = plt.subplots(figsize=(1.3 * len(groups) * len(regimes) + 2, 3.8))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) + 2), 3.8))
     width = 0.8 / len(regimes)
     for k, regime in enumerate(regimes):
         d = tab[tab["regime"] == regime].set_index("group").reindex(groups)

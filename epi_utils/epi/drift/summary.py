@@ -88,6 +88,8 @@ class RegimeResult:
     r_last: stats.Interval
     c: stats.Interval
     beyond_noise: stats.Comparison       # D(first, last) - D(no-drift control)
+    d_late: stats.Interval               # D(second-to-last, last): drift once training has settled
+    late_beyond_noise: stats.Comparison  # D(second-to-last, last) - D(no-drift control)
     functional_s_vs_t: stats.Comparison  # loss increase: step-s mask - step-t mask (at step-s weights)
     functional_t_vs_random: stats.Comparison
     loss_first: float
@@ -101,6 +103,7 @@ class Summary:
     regimes: list[RegimeResult]
     t: int
     s: int
+    t_late: int
     share: float
     notes: list[str] = field(default_factory=list)
 
@@ -134,23 +137,30 @@ class Summary:
                    else "the start mask hurts more than the current mask" if f.verdict is stats.Verdict.B_BETTER
                    else f"no loss difference between the masks (smallest detectable {f.detectable:.3g})"
                    if f.verdict is stats.Verdict.NO_DIFFERENCE else "functional test: not enough runs")
+            late = r.late_beyond_noise
+            late_what = ("still drifts beyond noise" if late.verdict is stats.Verdict.A_BETTER else
+                         f"shows no drift beyond noise (smallest detectable {late.detectable:.3g})"
+                         if late.verdict is stats.Verdict.NO_DIFFERENCE else "is not distinguishable from the control")
             lines.append(f"{r.regime} (lr {r.lr:g}): the top-{self.share:.0%} critical set {what}: "
                          f"D(step {self.t}, step {self.s}) = {r.d.mean:.3f} [{r.d.low:.3f}, {r.d.high:.3f}] "
-                         f"({r.d.label()}), reliability {r.r_first.mean:.2f} -> {r.r_last.mean:.2f}; {fun}.")
+                         f"({r.d.label()}), reliability {r.r_first.mean:.2f} -> {r.r_last.mean:.2f}; "
+                         f"between the last two checkpoints it {late_what}: D(step {self.t_late}, step {self.s}) = "
+                         f"{r.d_late.mean:.3f} [{r.d_late.low:.3f}, {r.d_late.high:.3f}]; {fun}.")
         return "\n".join(lines)
 
     def metrics(self) -> dict:
         """Nested numbers for ``runs.save_metrics`` (intervals with their unit; verdicts as data)."""
         out: dict = {"headline_cell": {"task": "all", "estimator": HEADLINE_ESTIMATOR, "share": self.share,
-                                       "t": self.t, "s": self.s, "group": "all"},
+                                       "t": self.t, "s": self.s, "t_late": self.t_late, "group": "all"},
                      "controls_pass": self.controls_pass, "controls": [c.to_dict() for c in self.controls],
                      "answer": self.answer()}
         for r in self.regimes:
             m = {"lr": r.lr, "loss_first": r.loss_first, "loss_last": r.loss_last}
             for name, iv in (("drift_index", r.d), ("reliability_first", r.r_first), ("reliability_last", r.r_last),
-                             ("cross_overlap", r.c)):
+                             ("cross_overlap", r.c), ("drift_index_late", r.d_late)):
                 m.update({name: iv.mean, f"{name}_ci95": [iv.low, iv.high], f"{name}_ci_unit": f"{iv.n} {iv.unit}"})
             m["drift_beyond_noise"] = r.beyond_noise.to_dict()
+            m["late_drift_beyond_noise"] = r.late_beyond_noise.to_dict()
             m["functional_current_vs_start_mask"] = r.functional_s_vs_t.to_dict()
             m["functional_start_mask_vs_random"] = r.functional_t_vs_random.to_dict()
             out[r.regime] = m
@@ -159,7 +169,7 @@ class Summary:
     def headlines(self) -> list[str]:
         names = ["controls_pass"]
         for r in self.regimes:
-            names += [f"{r.regime}.drift_index", f"{r.regime}.reliability_last"]
+            names += [f"{r.regime}.drift_index", f"{r.regime}.reliability_last", f"{r.regime}.drift_index_late"]
         return names
 
 
@@ -168,6 +178,7 @@ def summarize(result: StudyResult) -> Summary:
     cfg = result.config
     pf, af, rf = result.pair_frame(), result.ablation_frame(), result.run_frame()
     t, s, share = cfg.checkpoints[0], cfg.checkpoints[-1], cfg.headline_share
+    t_late = cfg.checkpoints[-2]
     unit = cfg.unit
     cell = dict(task="all", share=share, group="all")
     controls, regimes = [], []
@@ -184,6 +195,7 @@ def summarize(result: StudyResult) -> Summary:
                                            bool(iv_p.low >= cfg.planted_min_d and loss_ok),
                                            f"interval above {cfg.planted_min_d} and an unchanged loss"))
         main = by_unit(pf, kind="drift", regime=regime, estimator=HEADLINE_ESTIMATOR, t=t, s=s, **cell)
+        late = by_unit(pf, kind="drift", regime=regime, estimator=HEADLINE_ESTIMATOR, t=t_late, s=s, **cell)
         nod = by_unit(pf, kind="no_drift", regime=regime, estimator=HEADLINE_ESTIMATOR, **cell)
         rows = pf[(pf["kind"] == "drift") & (pf["regime"] == regime) & (pf["estimator"] == HEADLINE_ESTIMATOR)
                   & (pf["t"] == t) & (pf["s"] == s) & (pf["task"] == "all") & (pf["share"] == share)
@@ -200,13 +212,16 @@ def summarize(result: StudyResult) -> Summary:
             c=stats.interval(rows["c_ts"].to_numpy(float), unit=unit),
             beyond_noise=stats.compare(main, nod, unit=unit, metric=label, a_name=f"D(step {t}, step {s})",
                                        b_name="D(no-drift control)"),
+            d_late=stats.interval(list(late.values()), unit=unit),
+            late_beyond_noise=stats.compare(late, nod, unit=unit, metric=label, a_name=f"D(step {t_late}, step {s})",
+                                            b_name="D(no-drift control)"),
             functional_s_vs_t=stats.compare(inc["step_s"], inc["step_t"], unit=unit, metric="held-out loss increase",
                                             a_name=f"step-{s} mask", b_name=f"step-{t} mask"),
             functional_t_vs_random=stats.compare(inc["step_t"], inc["random"], unit=unit,
                                                  metric="held-out loss increase", a_name=f"step-{t} mask",
                                                  b_name="random mask"),
             loss_first=float(runs[f"loss_step{t}"].mean()), loss_last=float(runs[f"loss_step{s}"].mean())))
-    return Summary(config=cfg, controls=controls, regimes=regimes, t=t, s=s, share=share)
+    return Summary(config=cfg, controls=controls, regimes=regimes, t=t, s=s, t_late=t_late, share=share)
 
 
 def control_table(summary: Summary):
