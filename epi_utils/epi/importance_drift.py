@@ -159,8 +159,8 @@ def inverse_ranking(ranking: torch.Tensor, *, n: int) -> torch.Tensor:
     """Position of every element ``0..n-1`` in ``ranking`` (``len(ranking)`` for elements not in
     it): shape ``(n,)``, int32 below 2**31 elements. Pass as ``inv_b`` to reuse it across shares."""
     dtype = torch.int32 if n < 2 ** 31 else torch.int64
-    inv = torch.full((n,), ranking.numel(), dtype=dtype)
-    inv[ranking.long()] = torch.arange(ranking.numel(), dtype=dtype)
+    inv = torch.full((n,), ranking.numel(), dtype=dtype, device=ranking.device)
+    inv[ranking.long()] = torch.arange(ranking.numel(), dtype=dtype, device=ranking.device)
     return inv
 
 
@@ -178,6 +178,7 @@ def topk_jaccard(rank_a: torch.Tensor, rank_b: torch.Tensor, *, k: int, n: int,
     out = {"all": inter / (2 * k - inter)}
     if groups is not None:
         names, elem = groups
+        elem = elem.to(a.device)
         ga = elem[a].long()
         ca = torch.bincount(ga, minlength=len(names))
         cb = torch.bincount(elem[b].long(), minlength=len(names))
@@ -198,16 +199,16 @@ def rbo(rank_a: torch.Tensor, rank_b: torch.Tensor, *, k: int, n: int, inv_b: to
     a = _prefix(rank_a, k)
     _prefix(rank_b, k)
     inv_b = inverse_ranking(rank_b, n=n) if inv_b is None else inv_b
-    depth = torch.maximum(torch.arange(k), inv_b[a].long())  # a[i] is in both prefixes from depth+1 on
+    depth = torch.maximum(torch.arange(k, device=a.device), inv_b[a].long())  # a[i] in both prefixes from depth+1 on
     hist = torch.bincount(depth[depth < k], minlength=k).double()
     overlap = hist.cumsum(0)  # overlap[d-1] = |A_:d & B_:d|
-    return float((_rbo_weights(k) * overlap).sum())
+    return float((_rbo_weights(k, str(a.device)) * overlap).sum())
 
 
-@functools.lru_cache(maxsize=16)
-def _rbo_weights(k: int) -> torch.Tensor:
+@functools.lru_cache(maxsize=8)
+def _rbo_weights(k: int, device: str = "cpu") -> torch.Tensor:
     """``(1 - phi) / (1 - phi**k) * phi**(d-1) / d`` for ``d = 1..k``, ``phi = 0.1**(1/k)``."""
-    d = torch.arange(1, k + 1, dtype=torch.float64)
+    d = torch.arange(1, k + 1, dtype=torch.float64, device=device)
     log_phi = np.log(0.1) / k
     norm = (1 - np.exp(log_phi)) / (1 - np.exp(k * log_phi))
     return norm * torch.exp((d - 1) * log_phi) / d

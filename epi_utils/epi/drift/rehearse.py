@@ -18,7 +18,7 @@ import dataclasses
 import json
 
 from epi_utils.epi.drift.config import DriftConfig
-from epi_utils.epi.drift.study import StudyResult, run_one
+from epi_utils.epi.drift.study import StudyResult, _pairs_of as _pairs, run_one
 
 N_SAMPLES = 8
 REHEARSAL_STEPS = 4
@@ -40,7 +40,7 @@ def _local_samples(world, folder) -> tuple[list, list]:
     return out[0], out[1]
 
 
-def _estimate(cfg: DriftConfig, world, meter, n_grad_est: int):
+def _estimate(cfg: DriftConfig, world, meter, n_grad_est: int, result: StudyResult):
     from epi_utils.workbench import rehearsal
 
     spec = rehearsal.model_spec(cfg.model)
@@ -59,10 +59,29 @@ def _estimate(cfg: DriftConfig, world, meter, n_grad_est: int):
     ranking_bytes = held * per_measurement * 4 * max(cfg.top_shares) * n
     host_extra = ranking_bytes + 1 * n + 4 * n  # layer-type map + permuted model copy
     device_state = 4 * (3 + 2 * n_grad_est + 2)  # theta, grad, per-task and "all" sums, normalised copy, sort
-    return rehearsal.estimate(model_id=cfg.model, train_tokens=train_tokens, micro_batch=cfg.batch_size,
-                              seq_len=int(seq), forward_tokens=forward_tokens,
-                              extra_state_bytes_per_param=device_state, extra_host_bytes=host_extra,
-                              measured=meter)
+    est = rehearsal.estimate(model_id=cfg.model, train_tokens=train_tokens, micro_batch=cfg.batch_size,
+                             seq_len=int(seq), forward_tokens=forward_tokens,
+                             extra_state_bytes_per_param=device_state, extra_host_bytes=host_extra,
+                             measured=meter)
+    # ranking comparisons run on the GPU in the full run (n-sized position maps, k-sized gathers):
+    # a bandwidth model, ~24 bytes per parameter (three int32 maps written and read) plus ~160 bytes
+    # per ranked element and share (four gathers/bincounts/cumsums), at half the memory bandwidth
+    combos = (n_tasks + 1) * len(cfg.estimators) * (len(_pairs(cfg.checkpoints, cfg.pairs)) + 2) * runs
+    per_combo = 24 * n + 160 * sum(cfg.top_shares) * n
+    # plus the rankings themselves: ~40 bytes per parameter each (normalise, k-th value, select, sort)
+    rankings = runs * (2 * len(cfg.checkpoints) + 4 + 2) * per_measurement
+    stats_hours = (combos * per_combo + rankings * 40 * n) / (rehearsal.GPUS[est.gpu]["bandwidth"] * 0.5) / 3600
+    out = est.to_dict()
+    out["statistics_gpu_hours"] = stats_hours
+    out["gpu_hours_total"] = est.gpu_hours + stats_hours
+    out["assumptions"]["statistics"] = ("rankings (40 bytes/parameter each) and their comparisons on the GPU "
+                                        "(24 bytes/parameter + 160 bytes per ranked element and share, per task x "
+                                        "estimator x compared pair x run), at half the memory bandwidth")
+    out["rehearsal"]["statistics_seconds_per_run"] = sum(r.stats_seconds for r in result.runs) / len(result.runs)
+    print(f"rankings and their comparisons: ~{stats_hours:.3f} GPU-hours more ({rankings} rankings, "
+          f"{combos} comparisons); "
+          f"total ~{out['gpu_hours_total']:.3f} GPU-hours")
+    return out
 
 
 def rehearse(cfg: DriftConfig, world) -> StudyResult:
@@ -97,5 +116,5 @@ def rehearse(cfg: DriftConfig, world) -> StudyResult:
                 m.steps += small.steps
                 m.tokens += small.steps * small.batch_size
     n_grad = sum(e != "magnitude" for e in cfg.estimators)
-    result.rehearsal = _estimate(cfg, world, m, n_grad).to_dict()
+    result.rehearsal = _estimate(cfg, world, m, n_grad, result)
     return result
