@@ -46,22 +46,32 @@ def paired_differences(comparisons: list[dict], *, unit: str = "seeds"):
     """Forest plot of each claim's paired difference A - B per setting (one panel per claim and
     metric) with its 95% interval over ``unit``; the dotted line is no difference."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     sel = [c for c in comparisons if c["diff"]["unit"] == unit]
-    panels = list(dict.fromkeys((c["claim"], c["metric"]) for c in sel))
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(3.6 * max(len(panels), 1), 3.0), squeeze=False)
-    for ax, (claim, metric) in zip(axes[0], panels):
+    panels = list(dict.fromkeys((c["claim"], c["metric"]) for c in sel)) or [("none", "none")]
+    ncol = min(3, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.0 * ncol, 2.9 * nrow + 0.4), squeeze=False)
+    handle = None
+    for ax, (claim, metric) in zip(axes.flat, panels):
         cs = [c for c in sel if c["claim"] == claim and c["metric"] == metric]
         y = np.arange(len(cs))
         d = np.array([c["diff"]["mean"] for c in cs])
         err = np.array([[c["diff"]["mean"] - c["diff"]["low"], c["diff"]["high"] - c["diff"]["mean"]] for c in cs]).T
-        ax.errorbar(d, y, xerr=err, fmt="o", color="C0", capsize=3, label=f"A - B, 95% CI over {unit}")
+        handle = ax.errorbar(d, y, xerr=err, fmt="o", color="C0", capsize=3) if cs else handle
         ax.axvline(0, ls=":", color="k", lw=0.8)
         ax.set_yticks(y, [c["setting"] for c in cs], fontsize=8)
-        ax.set_xlabel(f"{metric}: A - B")
-        ax.set_title(f"{claim}\nA={cs[0]['a_name']}\nB={cs[0]['b_name']}", fontsize=8)
-        ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+        ax.set_xlabel(f"{metric}: A - B", fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        if cs:
+            ax.set_title(f"{claim}\nA={cs[0]['a_name']}\nB={cs[0]['b_name']}", fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    if handle is not None:
+        fig.legend([handle], [f"A - B with its 95% interval over {unit}; dotted: no difference"], loc="lower center",
+                   ncol=1, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
 
@@ -69,6 +79,7 @@ def training_curves(training: pd.DataFrame):
     """Validation AUC per epoch of every trained model (one panel per architecture; a line per
     (settings, seed), coloured by settings; the restored best epoch marked with a dot)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     archs = list(dict.fromkeys(training["arch"]))
     groups = list(dict.fromkeys(training["settings"]))
@@ -83,9 +94,12 @@ def training_curves(training: pd.DataFrame):
             ax.plot(best.epoch, best.val_auc, "o", color=color, ms=4)
         ax.set_title(arch)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("validation AUC (dot: restored epoch)")
-        ax.legend(fontsize=7, title="settings", title_fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(len(labels), 1)), fontsize=7,
+               title="model trained on settings (one line per seed)", title_fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     return fig
 
 
