@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
+    except KeyboardInterrupt as exc:  # report.RunInterrupted / sweep.SweepInterrupted: already recorded
+        where = getattr(exc, "run_dir", None) or getattr(exc, "out", None)
+        print(f"epi: interrupted{': ' + str(where) + ' marked interrupted' if where else ''}", file=sys.stderr)
+        return 130
     except (ParameterError, NotebookConventionError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"epi: error: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ that is killed leaves ``"running"``; :func:`collect_runs` reports such a run as
 """
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
@@ -27,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 from . import runs
 from .progress import batch_environment
-from .params import resolve_parameters, study_name
+from .params import ParameterError, resolve_parameters, study_name
 
 STATUS_RUNNING, STATUS_SUCCESS, STATUS_FAILED, STATUS_INTERRUPTED = "running", "success", "failed", "interrupted"
 
@@ -36,19 +37,84 @@ def default_reports_dir() -> Path:
     return runs.repo_root() / "reports"
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Raised by :func:`run_notebook` after a Ctrl-C (SIGINT): the run is already marked
+    ``interrupted`` on disk and the index refreshed; ``run_dir`` names it."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
+def check_run_request(*, profile: str, overrides: Mapping[str, Any] | None, run_id: str | None) -> None:
+    """Refuse, before anything runs, a profile or run id that is not a plain name (it becomes a
+    path) and ``-p profile ...`` (the profile is chosen by ``--profile``)."""
+    runs.check_name(profile, what="profile")
+    if run_id is not None:
+        runs.check_name(run_id, what="run id")
+    if overrides and "profile" in overrides:
+        raise ParameterError("'profile' cannot be set with -p; choose the profile with --profile NAME")
+
+
+def preflight(parameters: Mapping[str, Any]) -> None:
+    """Checks of the parameters every notebook shares that can fail before a kernel starts:
+    ``seed`` is a non-negative integer and ``device`` exists on this machine."""
+    seed = parameters.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ParameterError(f"parameter 'seed' must be a non-negative integer, got {seed!r}")
+    device = parameters.get("device", "auto")
+    try:
+        runs.resolve_device(str(device))
+    except ValueError as exc:
+        raise ParameterError(f"parameter 'device': {exc}") from None
+
+
+def _remove_empty_dirs(run_dir: Path) -> None:
+    """Delete empty folders inside ``run_dir`` (an unused ``figures/``)."""
+    for sub in sorted((p for p in run_dir.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        if not any(sub.iterdir()):
+            sub.rmdir()
+
+
+def mark_interrupted(run_dir: Path, *, record: dict[str, Any] | None = None, started: float | None = None) -> None:
+    """Write ``status: interrupted`` into a run's ``metrics.json`` (if it still says ``running``)
+    and remove its empty folders."""
+    path = Path(run_dir) / "metrics.json"
+    if record is None:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            record = None
+    if record is not None and record.get("status") == STATUS_RUNNING:
+        record["status"] = STATUS_INTERRUPTED
+        record["error"] = {"type": "KeyboardInterrupt", "message": "interrupted (Ctrl-C) before the notebook finished"}
+        record["finished_at"] = runs.utc_now()
+        if started is not None:
+            record["wall_time_s"] = round(time.time() - started, 2)
+        record.pop("runner_pid", None)
+        runs.atomic_write_json(path, record)
+    if Path(run_dir).is_dir():
+        _remove_empty_dirs(Path(run_dir))
+
+
 def run_notebook(nb_path: Path | str, *, profile: str = "cpu", overrides: Mapping[str, Any] | None = None,
                  reports_dir: Path | str | None = None, run_id: str | None = None,
                  refresh_index: bool = True, progress: bool = True, kernel_name: str = "python3") -> Path:
     """Execute one notebook through papermill and render it; return the run folder.
 
     Parameters are validated before anything runs (see
-    :func:`epi_utils.workbench.params.resolve_parameters`). A notebook that raises gives a run with
-    ``status: failed``; this function then returns normally (the caller reads the status).
+    :func:`epi_utils.workbench.params.resolve_parameters` and :func:`preflight`); ``profile`` and
+    ``run_id`` must be plain names (:func:`epi_utils.workbench.runs.check_name`). A notebook that
+    raises gives a run with ``status: failed``; this function then returns normally (the caller
+    reads the status). A Ctrl-C marks the run ``interrupted`` at once, refreshes the index and
+    raises :class:`RunInterrupted`.
     """
     import papermill as pm
 
+    check_run_request(profile=profile, overrides=overrides, run_id=run_id)
     nb_path = Path(nb_path).resolve()
     parameters = resolve_parameters(nb_path, profile=profile, overrides=overrides)
+    preflight(parameters)
     study = study_name(nb_path)
     reports_dir = Path(reports_dir) if reports_dir is not None else default_reports_dir()
     run_id = run_id or runs.new_run_id(profile=profile, parameters=parameters)
@@ -60,20 +126,26 @@ def run_notebook(nb_path: Path | str, *, profile: str = "cpu", overrides: Mappin
     record: dict[str, Any] = {
         "study": study, "notebook": str(nb_path.relative_to(runs.repo_root()) if nb_path.is_relative_to(runs.repo_root()) else nb_path),
         "run_id": run_id, "profile": profile, "parameters": parameters, "seed": parameters.get("seed"),
-        "status": STATUS_RUNNING, "runner_pid": os.getpid(), "started_at": runs.utc_now(),
+        "status": STATUS_RUNNING, **runs.runner_identity(), "started_at": runs.utc_now(),
         **runs.provenance(device=str(parameters.get("device", "auto"))),
     }
     runs.atomic_write_json(run_dir / "metrics.json", record)
     error = None
     # The kernel inherits EPI_RUN_DIR and a quiet environment (no library progress bars or warnings
     # in the report); the study's progress lines reach this terminal through progress.log.
-    with batch_environment(run_dir, prefix=f"[{study} {run_id}] " if not progress else ""):
-        try:
-            pm.execute_notebook(str(nb_path), str(run_dir / "notebook.ipynb"), parameters=parameters,
-                                kernel_name=kernel_name, cwd=str(nb_path.parent), progress_bar=progress,
-                                log_output=False)
-        except Exception as exc:  # papermill.PapermillExecutionError and kernel failures
-            error = {"type": type(exc).__name__, "message": _short_error(exc)}
+    try:
+        with batch_environment(run_dir, prefix=f"[{study} {run_id}] " if not progress else ""):
+            try:
+                with _kernel_log(run_dir) as manager_class:
+                    pm.execute_notebook(str(nb_path), str(run_dir / "notebook.ipynb"), parameters=parameters,
+                                        kernel_name=kernel_name, cwd=str(nb_path.parent), progress_bar=progress,
+                                        log_output=False, kernel_manager_class=manager_class)
+            except Exception as exc:  # papermill.PapermillExecutionError and kernel failures
+                if getattr(exc, "ename", None) == "KeyboardInterrupt":
+                    raise KeyboardInterrupt from None  # the kernel got the same Ctrl-C first
+                error = {"type": type(exc).__name__, "message": _short_error(exc)}
+    except KeyboardInterrupt:
+        _interrupted(run_dir, record, started, reports_dir if refresh_index else None)
     record["wall_time_s"] = round(time.time() - started, 2)
     record["finished_at"] = runs.utc_now()
     results_path = run_dir / "results.json"
@@ -95,9 +167,57 @@ def run_notebook(nb_path: Path | str, *, profile: str = "cpu", overrides: Mappin
         record.setdefault("render_error", f"{type(exc).__name__}: {exc}")
     record.pop("runner_pid", None)
     runs.atomic_write_json(run_dir / "metrics.json", record)
+    _remove_empty_dirs(run_dir)
     if refresh_index:
         write_index(reports_dir)
     return run_dir
+
+
+KERNEL_LOG = "kernel.log"
+
+
+@contextlib.contextmanager
+def _kernel_log(run_dir: Path):
+    """A kernel manager class whose kernel writes its own stderr (start-up warnings, the messages of
+    a kernel stopped mid-reply by Ctrl-C) to ``<run>/kernel.log`` instead of the terminal."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    handle = open(run_dir / KERNEL_LOG, "ab")
+
+    class LoggedKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            kw.setdefault("stderr", handle)
+            return await AsyncKernelManager._async_start_kernel(self, **kw)
+
+    try:
+        yield LoggedKernelManager
+    finally:
+        handle.close()
+        log = run_dir / KERNEL_LOG
+        if log.exists() and log.stat().st_size == 0:
+            log.unlink()
+
+
+def _interrupted(run_dir: Path, record: dict, started: float, reports_dir: Path | None):
+    """Ctrl-C: mark the run, refresh the index, raise :class:`RunInterrupted` (further Ctrl-C
+    presses are ignored while the record is written)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+    try:
+        mark_interrupted(run_dir, record=record, started=started)
+        if reports_dir is not None:
+            write_index(reports_dir)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    raise RunInterrupted(run_dir) from None
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _short_error(exc: BaseException) -> str:
@@ -207,8 +327,9 @@ def collect_runs(reports_dir: Path | str | None = None) -> list[RunRecord]:
         except (OSError, json.JSONDecodeError):
             rec = {"status": "unreadable"}
         status = rec.get("status", "unknown")
-        if status == STATUS_RUNNING and not _pid_alive(rec.get("runner_pid")):
-            status = STATUS_INTERRUPTED
+        if status == STATUS_RUNNING:  # the PID alone could be reused, or belong to another host
+            alive = runs.runner_alive(rec)
+            status = STATUS_RUNNING if alive else STATUS_INTERRUPTED if alive is False else "unknown"
         found.append(RunRecord(study=metrics_file.parts[-3], run_id=metrics_file.parts[-2], path=metrics_file.parent,
                                status=status, profile=rec.get("profile"), started_at=rec.get("started_at"),
                                metrics=rec.get("metrics") or {}, record=rec))

@@ -22,6 +22,7 @@ import math
 import os
 import platform
 import random
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -256,3 +257,63 @@ def new_run_id(*, profile: str, parameters: Mapping[str, Any] | None = None) -> 
     seed = (parameters or {}).get("seed")
     seed_part = f"-seed{seed}" if seed is not None else ""
     return f"{stamp}-{profile}{seed_part}-{os.urandom(2).hex()}"
+
+
+#: what a run id, profile name or other name that becomes part of a path may hold
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_name(value: str, *, what: str) -> str:
+    """``value`` if it is a safe path component (only ``[A-Za-z0-9._-]``, not starting with a dot),
+    else ``ValueError`` naming ``what``: a run id or profile never reaches outside its folder."""
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value) or value.startswith("."):
+        raise ValueError(f"{what} {value!r} is not allowed: use only letters, digits, '.', '_' and '-', "
+                         "not starting with '.'")
+    return value
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def process_start_token(pid: int) -> str | None:
+    """A token that differs between two processes that had the same ``pid``: the boot id and the
+    process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22). ``None`` where
+    there is no ``/proc`` or no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # after the command name, which may hold spaces
+    return f"{_boot_id()}:{fields[19]}" if len(fields) > 19 else None
+
+
+def runner_identity() -> dict[str, Any]:
+    """``{"runner_pid", "runner_host", "runner_start"}`` of this process, for ``metrics.json``."""
+    return {"runner_pid": os.getpid(), "runner_host": platform.node(),
+            "runner_start": process_start_token(os.getpid())}
+
+
+def runner_alive(record: Mapping[str, Any]) -> bool | None:
+    """Whether the runner that wrote a ``running`` record still runs: ``False`` when its process is
+    gone, or its PID now belongs to another process (start token differs); ``None`` when the run was
+    started on another host (it cannot be checked from here, so it is not shown as running)."""
+    pid = record.get("runner_pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    host = record.get("runner_host")
+    if host is not None and host != platform.node():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    token = record.get("runner_start")
+    if token is not None and process_start_token(pid) not in (None, token):
+        return False  # the PID was reused by a later process
+    return True

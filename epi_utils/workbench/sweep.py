@@ -19,7 +19,8 @@ from typing import Any, Mapping, Sequence
 
 from . import runs
 from .params import resolve_parameters, study_name
-from .report import PAGE_STYLE, default_reports_dir, flatten_metrics, run_notebook, write_index
+from .report import (PAGE_STYLE, check_run_request, default_reports_dir, flatten_metrics, mark_interrupted,
+                     preflight, run_notebook, write_index)
 from .stats import interval
 
 
@@ -32,11 +33,58 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(names, combo)) for combo in itertools.product(*(grid[n] for n in names))]
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep: every unfinished run is marked ``interrupted`` and the index refreshed;
+    ``runs`` lists the run folders that were started."""
+
+    def __init__(self, out: str, run_dirs: Sequence[Path]):
+        super().__init__(out)
+        self.out, self.runs = out, list(run_dirs)
+
+
+_STOP = None  # a worker's copy of the sweep's stop event (set by the parent on Ctrl-C)
+
+
 def _one_run(args: tuple) -> str:
+    import signal
+
     nb_path, profile, overrides, reports_dir, run_id = args
-    run_dir = run_notebook(nb_path, profile=profile, overrides=overrides, reports_dir=reports_dir,
-                           run_id=run_id, refresh_index=False, progress=False)
+    if _STOP is not None and _STOP.is_set():
+        return ""  # queued before the Ctrl-C: never started, leaves no folder
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a running run reacts to Ctrl-C ...
+    try:
+        run_dir = run_notebook(nb_path, profile=profile, overrides=overrides, reports_dir=reports_dir,
+                               run_id=run_id, refresh_index=False, progress=False)
+    except KeyboardInterrupt as exc:  # marked interrupted by run_notebook; the parent reports it
+        return str(getattr(exc, "run_dir", ""))
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ... an idle worker does not (no traceback)
     return str(run_dir)
+
+
+def _worker_init(stop) -> None:
+    """Worker start-up: an idle worker ignores Ctrl-C (no traceback from the pool's loop) and
+    starts no queued run once ``stop`` is set."""
+    import signal
+
+    global _STOP
+    _STOP = stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop(tasks: Sequence[tuple], reports_dir: Path, study: str, sweep_id: str) -> SweepInterrupted:
+    """Mark every started, unfinished run of the sweep ``interrupted``, refresh the index."""
+    started = []
+    for task in tasks:
+        run_dir = reports_dir / study / task[4]
+        if run_dir.is_dir():
+            mark_interrupted(run_dir)
+            if not any(run_dir.iterdir()):
+                run_dir.rmdir()
+            else:
+                started.append(run_dir)
+    write_index(reports_dir)
+    return SweepInterrupted(f"sweep {sweep_id} ({len(started)} run(s) started)", started)
 
 
 def sweep(nb_path: Path | str, *, grid: Mapping[str, Sequence[Any]], profile: str = "cpu", jobs: int = 1,
@@ -44,16 +92,42 @@ def sweep(nb_path: Path | str, *, grid: Mapping[str, Sequence[Any]], profile: st
     """Run every grid point (validated first), then summarise; returns the summary folder."""
     nb_path = Path(nb_path).resolve()
     points = expand_grid(grid)
-    for point in points:  # reject bad names/types before anything runs
-        resolve_parameters(nb_path, profile=profile, overrides=point)
+    if sweep_id is not None:
+        runs.check_name(sweep_id, what="sweep id")
+    for point in points:  # reject bad names/types/devices before anything runs
+        check_run_request(profile=profile, overrides=point, run_id=None)
+        preflight(resolve_parameters(nb_path, profile=profile, overrides=point))
     reports_dir = Path(reports_dir) if reports_dir is not None else default_reports_dir()
     sweep_id = sweep_id or runs.new_run_id(profile=profile)
     tasks = [(str(nb_path), profile, point, str(reports_dir), f"{sweep_id}-{i:03d}") for i, point in enumerate(points)]
-    if jobs <= 1:
-        run_dirs = [_one_run(t) for t in tasks]
-    else:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            run_dirs = list(pool.map(_one_run, tasks))
+    study = study_name(nb_path)
+    try:
+        if jobs <= 1:
+            run_dirs = []
+            for t in tasks:
+                run_dirs.append(run_notebook(t[0], profile=profile, overrides=t[2], reports_dir=t[3], run_id=t[4],
+                                             refresh_index=False, progress=False))
+        else:
+            ctx = mp.get_context("spawn")
+            stop = ctx.Event()
+            pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(stop,))
+            try:
+                run_dirs = list(pool.map(_one_run, tasks))
+            except KeyboardInterrupt:
+                import os
+                import signal
+
+                stop.set()
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    try:  # a Ctrl-C sent to this process only reaches the workers this way
+                        os.kill(proc.pid, signal.SIGINT)
+                    except ProcessLookupError:
+                        pass
+                pool.shutdown(wait=True, cancel_futures=True)  # workers mark their runs and stop their kernels
+                raise
+            pool.shutdown(wait=True)
+    except KeyboardInterrupt:
+        raise _stop(tasks, reports_dir, study, sweep_id) from None
     out = reports_dir / study_name(nb_path) / "_sweeps" / sweep_id
     summarize_runs([Path(d) for d in run_dirs], out_dir=out, sweep_keys=[k for k in grid if k != "seed"])
     write_index(reports_dir)

@@ -1,0 +1,139 @@
+"""Bad input to the runner is refused before a kernel starts; Ctrl-C marks runs at once (issue 12)."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from epi_utils.workbench import cli, runs
+from epi_utils.workbench.report import collect_runs
+
+
+def _no_runs(reports: Path, outside: Path) -> None:
+    assert not list(reports.rglob("metrics.json")), "a run was started"
+    assert not list(outside.rglob("metrics.json")), "a run was written outside reports/"
+
+
+@pytest.mark.parametrize("run_id", ["../../../x", "a/b", "..", ".hidden", "x y", "ok;rm"])
+def test_run_id_outside_reports_is_refused(toy_notebook, tmp_path, capsys, run_id):
+    reports = tmp_path / "deep" / "er" / "r"
+    code = cli.main(["run", str(toy_notebook), "--profile", "smoke", "--out", str(reports), "--run-id", run_id])
+    assert code == 2
+    assert "run id" in capsys.readouterr().err
+    _no_runs(reports, tmp_path)
+
+
+def test_profile_must_be_a_plain_name(toy_notebook, tmp_path, capsys):
+    code = cli.main(["run", str(toy_notebook), "--profile", "../smoke", "--out", str(tmp_path / "r")])
+    assert code == 2
+    assert "profile '../smoke' is not allowed" in capsys.readouterr().err
+    _no_runs(tmp_path / "r", tmp_path)
+
+
+def test_profile_given_as_parameter_is_refused(toy_notebook, tmp_path, capsys):
+    code = cli.main(["run", str(toy_notebook), "--profile", "smoke", "-p", "profile", "gpu", "--out", str(tmp_path / "r")])
+    assert code == 2
+    assert "--profile" in capsys.readouterr().err
+    code = cli.main(["sweep", str(toy_notebook), "--profile", "smoke", "-p", "profile", "cpu,gpu",
+                     "--out", str(tmp_path / "r")])
+    assert code == 2
+    _no_runs(tmp_path / "r", tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_without_cuda_and_negative_seed_fail_before_the_kernel(toy_notebook, tmp_path, capsys):
+    t0 = time.time()
+    assert cli.main(["run", str(toy_notebook), "--profile", "smoke", "-p", "device", "cuda", "--out", str(tmp_path / "r")]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert cli.main(["run", str(toy_notebook), "--profile", "smoke", "-p", "seed", "-1", "--out", str(tmp_path / "r")]) == 2
+    assert "'seed' must be a non-negative integer" in capsys.readouterr().err
+    assert cli.main(["sweep", str(toy_notebook), "--profile", "smoke", "-p", "seed", "0,-1", "--out", str(tmp_path / "r")]) == 2
+    assert time.time() - t0 < 15  # no kernel was started
+    _no_runs(tmp_path / "r", tmp_path)
+
+
+def _write_running(folder: Path, **runner) -> Path:
+    folder.mkdir(parents=True)
+    runs.atomic_write_json(folder / "metrics.json", {"study": "99_toy", "status": "running", "profile": "smoke",
+                                                     "started_at": runs.utc_now(), **runner})
+    return folder
+
+
+def test_reused_pid_or_other_host_does_not_look_alive(tmp_path):
+    me = runs.runner_identity()
+    assert me["runner_host"] == platform.node() and me["runner_pid"] == os.getpid()
+    if me["runner_start"] is None:
+        pytest.skip("no /proc here: the start token cannot be read")
+    reports = tmp_path / "r"
+    _write_running(reports / "99_toy" / "alive", **me)
+    # this process's PID, but a different start token: the PID was reused after the runner died
+    _write_running(reports / "99_toy" / "reused", **{**me, "runner_start": me["runner_start"] + "0"})
+    # this process's PID, recorded on another machine
+    _write_running(reports / "99_toy" / "remote", **{**me, "runner_host": me["runner_host"] + "-elsewhere"})
+    status = {r.run_id: r.status for r in collect_runs(reports)}
+    assert status == {"alive": "running", "reused": "interrupted", "remote": "unknown"}
+
+
+def _one_line(output: str) -> None:
+    """The interrupt adds one line and no traceback (the run's own progress lines come before it)."""
+    assert "Traceback" not in output, output[output.find("Traceback") - 300:]
+    said = [ln for ln in output.replace("\r", "\n").splitlines() if "interrupted" in ln]
+    assert len(said) == 1 and said[0].startswith("epi: interrupted"), output
+
+
+TOY = [sys.executable, "-m", "epi_utils.workbench.cli"]
+
+
+def _wait_for(pattern: str, reports: Path, n: int = 1, timeout: float = 90) -> list[Path]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = list(reports.glob(pattern))
+        if len(found) >= n:
+            return found
+        time.sleep(0.3)
+    raise AssertionError(f"{pattern} never appeared {n} time(s) under {reports}")
+
+
+def test_ctrl_c_marks_the_run_interrupted_at_once(toy_notebook, tmp_path):
+    reports = tmp_path / "r"
+    proc = subprocess.Popen([*TOY, "run", str(toy_notebook), "--profile", "smoke", "-p", "sleep_s", "60",
+                             "--out", str(reports)], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for("99_toy/*/notebook.ipynb", reports)
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the runner and its kernel
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    _one_line(out + err)
+    (metrics,) = reports.glob("99_toy/*/metrics.json")
+    record = json.loads(metrics.read_text())
+    assert record["status"] == "interrupted"  # on disk, not only in the index's reading
+    assert "interrupted" in (reports / "index.html").read_text()
+    assert not [p for p in metrics.parent.rglob("*") if p.is_dir() and not any(p.iterdir())]
+
+
+def test_ctrl_c_in_a_parallel_sweep_marks_every_unfinished_run(toy_notebook, tmp_path):
+    reports = tmp_path / "r"
+    proc = subprocess.Popen([*TOY, "sweep", str(toy_notebook), "--profile", "smoke", "-p", "seed", "0,1,2",
+                             "-p", "sleep_s", "60", "--jobs", "2", "--out", str(reports)], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for("99_toy/*/notebook.ipynb", reports, n=2, timeout=150)
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130
+    _one_line(out + err)
+    folders = [p for p in (reports / "99_toy").iterdir() if p.is_dir() and p.name != "_sweeps"]
+    assert len(folders) == 2  # the third run never started and left no folder
+    for folder in folders:
+        assert json.loads((folder / "metrics.json").read_text())["status"] == "interrupted"
+        assert not [p for p in folder.rglob("*") if p.is_dir() and not any(p.iterdir())]
+    assert (reports / "index.html").read_text().count("class='interrupted'") == 2
