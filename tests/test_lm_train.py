@@ -182,3 +182,34 @@ def test_masked_adamw_zero_masked_grads_and_changing_masks():
         opt.zero_masked_grads({"p": torch.ones(5)})
     with pytest.raises(KeyError, match="not among"):
         opt.zero_masked_grads({"q": first})
+
+
+class _Planted:
+    """Unpickling this runs ``Path.touch`` on a marker file (what a malicious checkpoint could do)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_resume_loads_weights_only_and_never_runs_pickled_code(small_tiny, small_world, tmp_path):
+    base, tok = small_tiny
+    marker = tmp_path / "code_ran"
+    (tmp_path / "ck").mkdir()
+    torch.save({"model": base.state_dict(), "optimizer": {}, "step": 0, "history": [], "stage_end_eval": [],
+                "rng": {"planted": _Planted(str(marker))}}, tmp_path / "ck" / "last.pt")
+    cfg = TrainConfig(lr=3e-3, batch_size=8, max_steps=1, checkpoint_every=1, seed=5, checkpoint_dir=tmp_path / "ck",
+                      resume=True)
+    with pytest.raises(ValueError, match="cannot be resumed"):
+        train_sft(copy.deepcopy(base), tok, small_world.stages(), config=cfg, progress=False)
+    assert not marker.exists()
+    # what the engine writes loads with weights_only=True: tensors, and the rest as JSON
+    cfg = TrainConfig(lr=3e-3, batch_size=8, max_steps=1, checkpoint_every=1, seed=5, checkpoint_dir=tmp_path / "ok",
+                      eval_train=False)
+    train_sft(copy.deepcopy(base), tok, small_world.stages(), config=cfg, progress=False)
+    raw = torch.load(tmp_path / "ok" / "last.pt", weights_only=True)
+    meta = json.loads(bytes(raw["meta_json"].tolist()).decode())
+    assert meta["step"] == 2 and len(meta["history"]) == 2 and set(raw) == {"model", "optimizer", "rng_torch", "meta_json"}

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
 import time
 from dataclasses import dataclass, field
@@ -186,10 +187,40 @@ def _lr_factor(config: TrainConfig, k: int, n: int) -> float:
 
 # ----------------------------------------------------------------------------- checkpoints
 def _save_ckpt(path: Path, payload: dict) -> None:
+    """Save ``{"model", "optimizer", "rng", ...}``: tensors as tensors; everything else (step,
+    history, evaluations, NumPy/Python RNG states) as JSON bytes in a ``uint8`` tensor under
+    ``"meta_json"``, so that :func:`_load_ckpt` can load with ``weights_only=True`` (no pickled
+    objects are ever executed) and the checkpoint stays one atomically replaced file."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    rng = payload["rng"]
+    meta = {k: v for k, v in payload.items() if k not in ("model", "optimizer", "rng")}
+    np_state = rng["numpy"]
+    meta["rng"] = {"numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+                   "python": [rng["python"][0], list(rng["python"][1]), rng["python"][2]]}
+    blob = torch.frombuffer(bytearray(json.dumps(meta).encode("utf-8")), dtype=torch.uint8)
+    tensors = {"model": payload["model"], "optimizer": payload["optimizer"], "rng_torch": rng["torch"], "meta_json": blob}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
+    torch.save(tensors, tmp)
     os.replace(tmp, path)
+
+
+def _load_ckpt(path: Path, device) -> dict:
+    """Inverse of :func:`_save_ckpt`, loaded with ``torch.load(weights_only=True)``."""
+    try:
+        raw = torch.load(path, weights_only=True, map_location=device)
+        meta = json.loads(bytes(raw["meta_json"].cpu().tolist()).decode("utf-8"))
+    except (KeyError, ValueError, RuntimeError, OSError, pickle.UnpicklingError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [""]
+        reason = next((ln for ln in lines if "WeightsUnpickler" in ln), lines[0])[:300]
+        raise ValueError(f"checkpoint {path} cannot be resumed ({type(exc).__name__}: {reason}); it holds more than "
+                         "tensors and JSON (loaded with weights_only=True), was written by "
+                         "an older version or is damaged: delete it to start over") from None
+    np_state = meta["rng"]["numpy"]
+    py_state = meta["rng"]["python"]
+    meta["rng"] = {"torch": raw["rng_torch"].cpu(),
+                   "numpy": (np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]),
+                   "python": (py_state[0], tuple(py_state[1]), py_state[2])}
+    return {**meta, "model": raw["model"], "optimizer": raw["optimizer"]}
 
 
 def _rng_states() -> dict:
@@ -237,7 +268,7 @@ def train_sft(model, tokenizer, stages: Sequence[Sequence], *, config: TrainConf
     ckpt = Path(config.checkpoint_dir) / "last.pt" if config.checkpoint_dir else None
     dyn = Path(dynamics_path) if dynamics_path is not None else None
     if ckpt is not None and config.resume and ckpt.exists():
-        payload = torch.load(ckpt, weights_only=False, map_location=device)
+        payload = _load_ckpt(ckpt, device)
         model.load_state_dict(payload["model"])
         opt.load_state_dict(payload["optimizer"])
         _set_rng_states(payload["rng"])
