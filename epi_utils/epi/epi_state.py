@@ -148,16 +148,31 @@ class PackedSets(MutableMapping):
     def __init__(self, *, packed: bool = True):
         self.packed = packed
         self._d: dict = {}
+        self._recent: dict = {}  # bool masks just written (alive in the caller during a refresh)
 
     def __getitem__(self, task):
+        if task in self._recent:
+            return self._recent[task]
         v = self._d[task]
         return v.to_mask() if isinstance(v, TaskSet) else v
 
     def __setitem__(self, task, mask: torch.Tensor) -> None:
         self._d[task] = TaskSet.from_mask(mask) if self.packed else mask.reshape(-1)
+        if self.packed:
+            self._recent[task] = mask.reshape(-1)
 
     def __delitem__(self, task) -> None:
         del self._d[task]
+        self._recent.pop(task, None)
+
+    def recent(self) -> dict:
+        """The bool masks written since the last :meth:`forget_recent` (task -> ``(n,)``)."""
+        return dict(self._recent)
+
+    def forget_recent(self) -> None:
+        """Drop the references to the bool masks written by the last refresh (call at its end:
+        between refreshes only the packed sets are kept)."""
+        self._recent.clear()
 
     def __iter__(self):
         return iter(self._d)
@@ -184,7 +199,8 @@ class CompactOwners:
     unique-claimant rule elsewhere (none with the policies of ``isolation``) as a sparse exception.
     ``legacy=True`` stores ``owner`` as is and caches one bool mask per task, as before."""
 
-    def __init__(self, owner: torch.Tensor, sets: Mapping[int, "TaskSet | torch.Tensor"], *, legacy: bool = False):
+    def __init__(self, owner: torch.Tensor, sets: Mapping[int, "TaskSet | torch.Tensor"], *, legacy: bool = False,
+                 masks: Mapping[int, torch.Tensor] | None = None):
         owner = owner.reshape(-1)
         self.n, self.legacy, self.device = owner.numel(), legacy, owner.device
         self._allowed: dict[int, torch.Tensor] = {}
@@ -196,7 +212,7 @@ class CompactOwners:
         mp = self._multi_packed()
         multi = unpack_bits(mp, self.n)
         self.overlap_owner = owner.index_select(0, packed_positions(mp, self.n)).to(torch.int8)
-        naive = self._naive(multi)
+        naive = self._naive(multi, masks or {})
         pos = ((owner != naive) & ~multi).nonzero().squeeze(1)
         self.exc_pos = TaskSet.from_indices(pos, self.n)
         self.exc_owner = owner[pos].to(torch.int8)
@@ -220,12 +236,12 @@ class CompactOwners:
             return torch.zeros(math.ceil(self.n / 8), dtype=torch.uint8, device=self.device)
         return multi
 
-    def _naive(self, multi: torch.Tensor) -> torch.Tensor:
+    def _naive(self, multi: torch.Tensor, masks: Mapping[int, torch.Tensor] = {}) -> torch.Tensor:
         """Owner by the unique-claimant rule: the claimant where one task claims, -1 where none,
-        -3 (never a valid owner) where several do."""
+        -3 (never a valid owner) where several do. ``masks``: bool sets already unpacked, by id."""
         claim = torch.zeros(self.n, dtype=torch.int8, device=self.device)
         for tid, s in self.sets.items():
-            m = s.to_mask() if isinstance(s, TaskSet) else s
+            m = masks[tid] if tid in masks else (s.to_mask() if isinstance(s, TaskSet) else s)
             claim.add_(m.view(torch.int8) * (tid + 1))
         claim.sub_(1)
         return claim.masked_fill_(multi, -3)

@@ -294,7 +294,9 @@ class IsolationPolicy(TrainHook):
     def _store_owner(self, owner: torch.Tensor) -> None:
         """Keep the int8 owner vector as :class:`CompactOwners` (derived from the critical sets)."""
         sets = {self.tasks.index(t): self._crit_flat.stored(t) for t in self._crit_flat}
-        self._owner_flat = CompactOwners(owner, sets, legacy=not self.compact_state)
+        masks = {self.tasks.index(t): m for t, m in self._crit_flat.recent().items()}
+        self._owner_flat = CompactOwners(owner, sets, legacy=not self.compact_state, masks=masks)
+        self._crit_flat.forget_recent()
         self.owner = LazyMapping(self._names, lambda n: self._unflatten(self._owner_flat.to_int8())[n])
         self._allowed = {}
 
