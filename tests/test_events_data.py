@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from epi_utils.events import fetch as fetch_mod
-from epi_utils.events.data import (DocumentError, load_documents, parse_document, split_documents,
+from epi_utils.events.data import (DocumentError, EmptyDataError, load_documents, parse_document, split_documents,
                                    truncate_document, reachable_share)
 from epi_utils.events.schema import load_schema, schema_from_dict
 from epi_utils.events.synthetic import generate_documents
@@ -73,9 +73,11 @@ def test_skip_counts_every_error_kind_and_raise_fails(tmp_path):
     f = tmp_path / "docs.jsonl"
     _write_jsonl(f, pairs)
     docs, rep = load_documents(f, SCHEMA, on_error="skip")
-    assert len(docs) == 1 and rep.n_read == 7 and rep.n_skipped == 6
-    assert dict(rep.skipped) == {k: 1 for k in KINDS}
-    assert "skipped 6" in rep.summary()
+    record_kinds = ["unknown_role", "unknown_event_type", "argument_not_mention"]  # one bad record, one good
+    assert len(docs) == 4 and rep.n_read == 7 and rep.n_skipped == 3
+    assert dict(rep.skipped) == {k: 1 for k in KINDS if k not in record_kinds}
+    assert dict(rep.dropped_records) == {k: 1 for k in record_kinds}
+    assert "skipped 3" in rep.summary() and "records dropped from kept documents" in rep.summary()
     with pytest.raises(DocumentError, match="document '1'"):
         load_documents(f, SCHEMA, on_error="raise")
     with pytest.raises(ValueError, match="on_error"):
@@ -165,3 +167,104 @@ def test_fetch_with_injected_downloader_warns_without_digest(tmp_path):
     assert calls == [fetch_mod.DOC2EDAG_DATA_URL]
     fetch_mod.fetch_chfinann(tmp_path / "d", downloader=fake)  # already fetched: no new download
     assert len(calls) == 1
+
+
+# ------------------------------------------------------------------ issue 12: bad input, clear and early
+def test_truncated_json_line_is_skipped_with_full_path_and_line(tmp_path):
+    f = tmp_path / "sub" / "docs.jsonl"
+    f.parent.mkdir()
+    lines = [json.dumps([i, good_doc()], ensure_ascii=False) for i in range(3)]
+    lines[1] = lines[1][:40]  # a line cut off mid-way
+    f.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    docs, rep = load_documents(f, SCHEMA, on_error="skip")
+    assert [d.doc_id for d in docs] == ["0", "2"] and rep.skipped == {"structure": 1}
+    assert f"{f.resolve()}:2" in rep.messages[0] and "invalid JSON" in rep.messages[0]
+    with pytest.raises(DocumentError, match=f"{f.resolve()}:2"):
+        load_documents(f, SCHEMA, on_error="raise")
+
+
+def test_truncated_pretty_printed_array_keeps_the_documents_before_the_cut(tmp_path):
+    f = tmp_path / "train.json"
+    text = json.dumps([[i, good_doc()] for i in range(3)], ensure_ascii=False, indent=2)
+    cut = text.index('"2"') if '"2"' in text else text.rindex("[\n    2")
+    f.write_text(text[:cut + 40], encoding="utf-8")
+    docs, rep = load_documents(f, SCHEMA, on_error="skip")
+    assert [d.doc_id for d in docs] == ["0", "1"] and rep.skipped == {"structure": 1}
+    bad_line = text[:cut].count("\n") + 1
+    assert bad_line > 1 and f"{f.resolve()}:" in rep.messages[0]
+    reported = int(rep.messages[0].split(f"{f.resolve()}:")[1].split(":")[0])
+    assert abs(reported - bad_line) <= 1  # the entry's own line, not "line 1"
+
+
+def test_unknown_event_type_drops_only_that_record(tmp_path):
+    d = good_doc()
+    d["recguid_eventname_eventdict_list"].append([2, "Explode", {"Payer": "张三"}])
+    f = tmp_path / "docs.jsonl"
+    _write_jsonl(f, [["d1", d]])
+    (doc,), rep = load_documents(f, SCHEMA, on_error="skip")
+    assert doc.records == [("Pay", ("张三", "100元")), ("Move", ("李四", "北京", None))]
+    assert rep.dropped_records == {"unknown_event_type": 1} and rep.n_skipped == 0
+    assert "Explode" in rep.messages[0] and "document kept" in rep.messages[0] and str(f.resolve()) in rep.messages[0]
+
+
+def test_empty_file_or_folder_stops_with_counts(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EmptyDataError, match="holds no document files"):
+        load_documents(tmp_path / "empty", SCHEMA)
+    (tmp_path / "empty" / "test.jsonl").write_text("", encoding="utf-8")
+    with pytest.raises(EmptyDataError, match="read 0 documents"):
+        load_documents(tmp_path / "empty", SCHEMA)
+    f = tmp_path / "all_bad.jsonl"
+    _write_jsonl(f, [[1, bad("structure")], [2, bad("range_out_of_bounds")]])
+    with pytest.raises(EmptyDataError, match="first reasons.*sentences"):
+        load_documents(f, SCHEMA)
+
+
+def test_a_split_left_empty_stops_before_training(tmp_path):
+    docs = [parse_document(i, good_doc(), SCHEMA) for i in range(3)]
+    with pytest.raises(EmptyDataError, match=r"split\(s\) \['dev'\].*train 2, dev 0, test 1"):
+        split_documents(docs, seed=0, fractions=(0.7, 0.1, 0.2))
+
+
+def test_misspelled_schema_file_is_an_error_not_the_chfinann_fallback(tmp_path, monkeypatch):
+    from epi_utils.events import study
+    (tmp_path / "mydata").mkdir()
+    monkeypatch.setenv("EPI_DATA_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="chfinan_schema.json"):
+        study.locate_data("mydata", "chfinan_schema.json")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_schema(tmp_path / "mydata" / "chfinan_schema.json")
+
+
+def test_ignored_field_with_odd_nesting_only_warns(tmp_path):
+    d = good_doc()
+    d["ann_valid_dranges"] = [[[0, 0, 2]], [[1, 0, 2]]]  # one level deeper than Doc2EDAG writes it
+    f = tmp_path / "docs.jsonl"
+    _write_jsonl(f, [[1, d], [2, good_doc()]])
+    docs, rep = load_documents(f, SCHEMA, on_error="raise")
+    assert len(docs) == 2 and rep.warnings == {"ann_valid_dranges": 1}
+    assert "ann_valid_dranges in 1 document(s)" in rep.summary()
+    d["ann_mspan2dranges"]["张三"] = [[[0, 0, 2]]]  # the same nesting in a field the model reads is an error
+    with pytest.raises(DocumentError, match="ann_mspan2dranges"):
+        parse_document(1, d, SCHEMA)
+
+
+def test_two_data_set_folders_never_read_a_document_twice(tmp_path):
+    """The subset (docee/chfinann) and the full release (docee/chfinann_full, fetched into its own
+    folder) share documents; each folder reads alone without repeats, and a folder mixing them fails."""
+    subset = tmp_path / "docee" / "chfinann"
+    full = tmp_path / "docee" / "chfinann_full"
+    subset.mkdir(parents=True)
+    full.mkdir(parents=True)
+    _write_jsonl(subset / "test_split1.jsonl", [[f"s{i}", good_doc()] for i in range(4)])
+    (full / "train.json").write_text(json.dumps([[f"t{i}", good_doc()] for i in range(5)], ensure_ascii=False))
+    (full / "test.json").write_text(json.dumps([[f"s{i}", good_doc()] for i in range(4)], ensure_ascii=False))
+    for folder in (subset, full):
+        docs, _ = load_documents(folder, SCHEMA)
+        ids = [d.doc_id for d in docs]
+        assert len(ids) == len(set(ids))
+    assert len(load_documents(full, SCHEMA)[0]) == 9 and len(load_documents(subset, SCHEMA)[0]) == 4
+    # what an unpacked release inside the subset's folder would do: refused, naming both places
+    (subset / "test.json").write_text((full / "test.json").read_text())
+    with pytest.raises(ValueError, match="read twice.*one data set"):
+        load_documents(subset, SCHEMA)
