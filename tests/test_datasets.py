@@ -120,3 +120,13 @@ def test_require_dataset_says_where_it_looked_and_both_fixes(tmp_path):
     assert msg.count("Fix") == 1 and len(msg) < 600
     root = _copy_fewasp(tmp_path)
     assert datasets.require_dataset("fewasp", root=tmp_path, files=("separate.json",)) == root
+
+
+def test_require_folder_for_a_notebook_data_subdir(tmp_path):
+    with pytest.raises(datasets.DatasetMissing, match="epi data fetch chfinann_full"):
+        datasets.require_folder("docee/chfinann_full", root=tmp_path)
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(datasets.DatasetMissing, match="'mine' not found or empty"):
+        datasets.require_folder("mine", root=tmp_path)
+    (tmp_path / "mine" / "a.jsonl").write_text("[1, {}]\n")
+    assert datasets.require_folder("mine", root=tmp_path) == tmp_path / "mine"

@@ -134,6 +134,23 @@ def require_dataset(name: str, *, root: Path | None = None, files: tuple[str, ..
     return folder
 
 
+def require_folder(subdir: str, *, root: Path | None = None) -> Path:
+    """``$EPI_DATA_DIR/subdir`` for a notebook's ``data_subdir`` parameter: through
+    :func:`require_dataset` when ``subdir`` is a registered data set's folder (``docee/chfinann``,
+    ``docee/chfinann_full``, ``fewasp``), else the folder itself; :class:`DatasetMissing` names the
+    folder looked in and both fixes when it is absent or empty."""
+    for name, entry in DATASETS.items():
+        if entry.folder and entry.folder.strip("/") == subdir.strip("/"):
+            return require_dataset(name, root=root)
+    base = Path(root) if root is not None else data_dir()
+    folder = base / subdir
+    if not folder.is_dir() or not any(folder.iterdir()):
+        raise DatasetMissing(f"data folder {subdir!r} not found or empty: looked in {folder}. Fix: set EPI_DATA_DIR "
+                             f"to a folder that holds {subdir}/, or fetch a registered data set with `epi data fetch "
+                             f"NAME` (known: {', '.join(DATASETS)}) and pass its folder.")
+    return folder
+
+
 def _entry(name: str) -> DatasetEntry:
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
