@@ -339,7 +339,7 @@ def main(argv=None) -> dict:
         from epi_utils.lm.models import load_model
 
         model, tok = load_model("smollm2", device="cpu")
-        result["refresh_smollm2"] = refresh_time(model, vocab=len(tok), reps=3, modes=("fp32",))
+        result["refresh_smollm2"] = refresh_time(model, vocab=len(tok), reps=2, modes=("fp32",))
         result["step_smollm2"] = step_cost(model, vocab=len(tok), steps=args.smollm2_steps, interval=args.interval,
                                            batch=args.smollm2_batch, seq=32, modes=("legacy", "fp32"))
     print(json.dumps(result, indent=2))
