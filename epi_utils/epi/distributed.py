@@ -23,6 +23,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from epi_utils.epi.isolation import MaskedStepGuard
+from epi_utils.lm import hooks as step_hooks
 from epi_utils.lm.train import TrainHook
 
 
@@ -40,47 +41,39 @@ def digest(tensors: Mapping[str, torch.Tensor] | None) -> str:
 
 def hooked_steps(model, optimizer, schedule: Iterable[tuple[str, Mapping[str, torch.Tensor]]], *,
                  hooks: Sequence = (), on_mask=None) -> list[float]:
-    """Minimal training loop with the ``TrainHook`` contract (one stage, no evaluation).
+    """Minimal training loop with the ``TrainHook`` contract (no evaluation), calling the hooks
+    through the shared sequence of :mod:`epi_utils.lm.hooks`.
 
-    ``schedule``: ``(task, batch)`` per optimizer step, batches task-homogeneous. ``on_mask(step,
-    masks)`` is called after every ``update_mask``. Returns the losses.
+    ``schedule``: ``(task, batch)`` or ``(task, batch, stage)`` per optimizer step, batches
+    task-homogeneous; a new ``stage`` number calls ``on_stage_begin`` (the optimizer carries over).
+    ``on_mask(step, masks)`` is called after every ``update_mask``. Returns the losses.
     """
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     state = types.SimpleNamespace(model=model, optimizer=optimizer, step=0, stage=0, epoch=0.0, batch_task=None,
                                   batch=None, loss=None, named_params=named)
     guard = MaskedStepGuard()
-    for h in hooks:
-        h.on_train_begin(state)
-        h.on_stage_begin(state)
+    step_hooks.begin_training(hooks, state)
+    step_hooks.begin_stage(hooks, state)
     losses = []
-    for task, batch in schedule:
+    for item in schedule:
+        task, batch = item[0], item[1]
+        if len(item) > 2 and item[2] != state.stage:
+            state.stage = item[2]
+            step_hooks.begin_stage(hooks, state)
         state.batch_task, state.batch = task, batch
         optimizer.zero_grad(set_to_none=True)
         loss = model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}).loss
-        for h in hooks:
-            extra = h.extra_loss(state)
-            if extra is not None:
-                loss = loss + extra
         loss.backward()
-        state.loss = float(loss.detach())
-        for h in hooks:
-            h.after_backward(state)
-        masks = None
-        for h in hooks:
-            m = h.update_mask(state)
-            if m is not None:
-                masks = m if masks is None else {n: masks[n] & m[n] for n in masks}
+        _, masks = step_hooks.after_backward(hooks, state, named, loss=float(loss.detach()))
         if on_mask is not None:
             on_mask(state.step, masks)
         guard.before_step(optimizer, named, masks)
         optimizer.step()
         guard.after_step(optimizer)
         state.step += 1
-        for h in hooks:
-            h.on_step_end(state)
+        step_hooks.end_step(hooks, state)
         losses.append(state.loss)
-    for h in hooks:
-        h.on_train_end(state)
+    step_hooks.end_training(hooks, state)
     return losses
 
 

@@ -9,9 +9,15 @@ momentum and Adam's bias correction therefore cannot move a masked element. Cost
 a scatter of the masked elements per step.
 
 :class:`IsolationCallback` drives any :class:`epi_utils.epi.isolation.IsolationPolicy` from a
-``Trainer``: ``on_train_begin`` -> ``policy.on_train_begin``; ``on_pre_optimizer_step`` (gradients
-are complete and, under DDP, all-reduced; after clipping) -> ``after_backward``, ``update_mask`` and
-the guard; ``on_optimizer_step`` -> restore, ``on_step_end``. The task of each step comes from
+``Trainer`` through the same hook sequence as the SFT engine and the DDP loop
+(:mod:`epi_utils.lm.hooks`): ``on_train_begin`` -> ``policy.on_train_begin`` (first ``train()``
+only) and ``policy.on_stage_begin`` (every ``train()`` call is one stage: ``state.stage`` counts
+them, and ``state.step`` counts optimizer steps over all of them, as in the engine);
+``on_pre_optimizer_step`` (gradients are complete and, under DDP, all-reduced) -> the
+policy's ``extra_loss`` (e.g. EWC's penalty, its gradient added to ``.grad``), ``after_backward``,
+``update_mask`` and the guard; ``on_optimizer_step`` -> restore; ``on_step_end``. Note: the Trainer
+clips gradients before ``on_pre_optimizer_step``, so with ``max_grad_norm > 0`` an extra loss's
+gradient is added after clipping (the engine clips after it). The task of each step comes from
 :class:`TaskRecordingCollator`, which wraps the data collator, pops the ``task`` column of every
 batch into a FIFO queue and requires each batch to hold one task; the callback pops
 ``gradient_accumulation_steps`` entries per optimizer step (robust to the one-batch look-ahead of
@@ -37,6 +43,7 @@ import numpy as np
 import torch
 
 from epi_utils.epi.isolation import MaskedStepGuard  # noqa: F401  (re-exported)
+from epi_utils.lm import hooks as step_hooks
 
 try:
     from transformers import TrainerCallback
@@ -114,19 +121,25 @@ class IsolationCallback(TrainerCallback):
         self.state = types.SimpleNamespace(model=None, optimizer=None, step=0, stage=0, epoch=0.0, batch_task=None,
                                            batch=None, loss=None, named_params={})
         self.frozen_counts: list[int] = []
+        self._trains = 0
+        self._offset = 0  # optimizer steps of earlier train() calls: state.step is global over stages
 
     def _sync(self, hf_state, kwargs):
         model = kwargs.get("model")
         self.state.model = model
         self.state.optimizer = kwargs.get("optimizer")
-        self.state.step = hf_state.global_step
+        self.state.step = self._offset + hf_state.global_step
         self.state.epoch = hf_state.epoch or 0.0
         if not self.state.named_params and model is not None:
             self.state.named_params = {n: p for n, p in model.named_parameters() if p.requires_grad}
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._sync(state, kwargs)
-        self.policy.on_train_begin(self.state)
+        self.state.stage = self._trains
+        if self._trains == 0:
+            step_hooks.begin_training([self.policy], self.state)
+        step_hooks.begin_stage([self.policy], self.state)
+        self._trains += 1
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self._sync(state, kwargs)
@@ -138,8 +151,7 @@ class IsolationCallback(TrainerCallback):
             if len(set(tasks)) > 1:
                 raise ValueError(f"one optimizer step mixed tasks {tasks}")
             self.state.batch_task = tasks[0] if tasks else None
-        self.policy.after_backward(self.state)
-        masks = self.policy.update_mask(self.state)
+        _, masks = step_hooks.after_backward([self.policy], self.state, self.state.named_params)
         self.frozen_counts.append(self.guard.before_step(kwargs["optimizer"], self.state.named_params, masks))
 
     def on_optimizer_step(self, args, state, control, **kwargs):
@@ -147,7 +159,9 @@ class IsolationCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self._sync(state, kwargs)
-        self.policy.on_step_end(self.state)
+        step_hooks.end_step([self.policy], self.state)
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.policy.on_train_end(self.state)
+        self._sync(state, kwargs)
+        self._offset = self.state.step
+        step_hooks.end_training([self.policy], self.state)

@@ -7,8 +7,9 @@ stage k-1; the optimizer and its moments carry over, the learning-rate schedule 
 One optimizer step = ``grad_accum`` micro-batches of ``batch_size`` samples; with
 ``task_homogeneous_batches`` all samples of a step come from one task (``TrainState.batch_task``).
 Within a step: forward/backward of the micro-batches (loss = mean NLL of response tokens + EOS),
-``extra_loss`` of the hooks (backward once per step), ``after_backward`` (gradients present), the
-AND of the hooks' ``update_mask`` (masked gradient entries are zeroed), gradient clipping, the
+then the shared hook sequence of :mod:`epi_utils.lm.hooks` (``extra_loss`` of the hooks, its gradient
+added once per step; ``after_backward``; the AND of the hooks' ``update_mask``: masked gradient
+entries are zeroed), gradient clipping, the
 masked AdamW step (:mod:`epi_utils.lm.masked_adamw`: masked elements, their moments and their
 weight decay stay bit-identical), ``on_step_end``.
 
@@ -40,6 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from epi_utils.lm import hooks as step_hooks
 from epi_utils.lm.evaluate import exact_match, response_stats, task_accuracy
 from epi_utils.lm.masked_adamw import MaskedAdamW
 from epi_utils.lm.sft_format import encode_example, format_example, pad_batch, pad_id  # noqa: F401  (re-exported)
@@ -300,8 +302,7 @@ def train_sft(model, tokenizer, stages: Sequence[Sequence], *, config: TrainConf
         model.train()
 
     k_of = {s.id: k for k, st in enumerate(stages) for s in st}
-    for h in hooks:
-        h.on_train_begin(state)
+    step_hooks.begin_training(hooks, state)
     state.step = done_step
     if done_step == 0:
         evaluate(0, 0.0)
@@ -314,8 +315,7 @@ def train_sft(model, tokenizer, stages: Sequence[Sequence], *, config: TrainConf
             g0 += n_k
             continue
         state.stage, state.stage_steps = k, n_k
-        for h in hooks:
-            h.on_stage_begin(state)
+        step_hooks.begin_stage(hooks, state)
         for j in range(max(0, done_step - g0), n_k):
             state.stage_step = j
             state.epoch = j / per_epoch
@@ -339,21 +339,8 @@ def train_sft(model, tokenizer, stages: Sequence[Sequence], *, config: TrainConf
                 loss.backward()
                 loss_val += float(loss.detach())
             state.batch["step_sample_ids"] = [s.id for mb in micro for s in mb]
-            extras = [e for e in (h.extra_loss(state) for h in hooks) if e is not None]
-            if extras:
-                extra = torch.stack([e.reshape(()) for e in extras]).sum()
-                extra.backward()
-                loss_val += float(extra.detach())
-            state.loss = loss_val
-            for h in hooks:
-                h.after_backward(state)
-            masks: dict[str, torch.Tensor] = {}
-            for h in hooks:
-                for name, m in (h.update_mask(state) or {}).items():
-                    if name not in named:
-                        raise KeyError(f"update_mask of {type(h).__name__} names unknown parameter {name!r}")
-                    m = m.to(device=device, dtype=torch.bool)
-                    masks[name] = masks[name] & m if name in masks else m
+            extra, masks = step_hooks.after_backward(hooks, state, named, loss=loss_val)
+            loss_val += extra
             opt.zero_masked_grads(masks)
             if config.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(list(named.values()), config.max_grad_norm)
@@ -362,8 +349,7 @@ def train_sft(model, tokenizer, stages: Sequence[Sequence], *, config: TrainConf
             state.stage_step = j + 1
             state.epoch = (j + 1) / per_epoch
             history.append({"step": state.step, "stage": k, "loss": loss_val, "lr": lr, "task": state.batch_task})
-            for h in hooks:
-                h.on_step_end(state)
+            step_hooks.end_step(hooks, state)
             bar.update(1)
             bar.set_postfix(stage=k, loss=f"{loss_val:.3f}")
             stage_end = j == n_k - 1
@@ -385,7 +371,6 @@ def train_sft(model, tokenizer, stages: Sequence[Sequence], *, config: TrainConf
         g0 += n_k
     bar.close()
     model.eval()
-    for h in hooks:
-        h.on_train_end(state)
+    step_hooks.end_training(hooks, state)
     return TrainResult(steps=state.step, history=history, stage_end_eval=stage_end_eval, dynamics_path=dyn,
                        seconds=time.perf_counter() - t0, final_train_exact=last_eval)
