@@ -26,7 +26,7 @@ def confusion_figure(conf: pd.DataFrame, *, title: str = "Diagnosis vs truth (un
         for j in range(mat.shape[1]):
             ax.text(j, i, str(int(mat[i, j])), ha="center", va="center", fontsize=8,
                     color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xticks(range(mat.shape[1]), _labels(conf.columns), fontsize=8)
+    ax.set_xticks(range(mat.shape[1]), list(conf.columns), fontsize=8, rotation=30, ha="right")
     ax.set_yticks(range(mat.shape[0]), list(conf.index), fontsize=8)
     ax.set_xlabel("diagnosed (rule cascade on user-available signals)")
     ax.set_ylabel("truth")

@@ -291,7 +291,11 @@ def run_seed(cfg: IlpConfig, seed: int, *, world=None, base=None, workdir: Path 
     t = time.perf_counter()
     torch.manual_seed(seed)
     model = copy.deepcopy(base)
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="ilp_"))
+    tmp = None
+    if workdir is None:   # the dynamics files are read back at once; nothing stays behind
+        tmp = tempfile.TemporaryDirectory(prefix="ilp_")
+        workdir = tmp.name
+    workdir = Path(workdir)
     stages = schedule(world, replay=cfg.replay, rng=np.random.default_rng([seed, 7]))
     if cfg.knowledge_mix > 0:
         mix = knowledge_mix(world, share=cfg.knowledge_mix, rng=np.random.default_rng([seed, 8]))
@@ -300,6 +304,8 @@ def run_seed(cfg: IlpConfig, seed: int, *, world=None, base=None, workdir: Path 
     learned, final = final_records(model, tok, train, step=int(dyn["step"].max()) + 1,
                                    train_stage=len(stages) - 1, own_stage=own_stage)
     dyn = pd.concat([dyn, final], ignore_index=True)
+    if tmp is not None:
+        tmp.cleanup()
     times["sft"] = time.perf_counter() - t
 
     t = time.perf_counter()
