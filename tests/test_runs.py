@@ -39,7 +39,8 @@ def test_atomic_write_json_is_valid_and_leaves_no_temp(tmp_path):
 def test_save_metrics_goes_to_run_dir(tmp_path, monkeypatch):
     monkeypatch.setenv(runs.RUN_DIR_ENV, str(tmp_path / "run"))
     runs.save_metrics({"acc": 0.5})
-    assert json.loads((tmp_path / "run" / "results.json").read_text()) == {"acc": 0.5}
+    assert json.loads((tmp_path / "run" / "results.json").read_text()) == {"metrics": {"acc": 0.5}, "headlines": [],
+                                                                          "timings": {}}
     with pytest.raises(TypeError, match="mapping"):
         runs.save_metrics([1, 2])
 
@@ -50,3 +51,11 @@ def test_provenance_fields():
         assert key in info
     assert info["versions"]["torch"].startswith("2.13.0")
     assert info["device"] == "cpu"
+
+
+def test_names_that_become_paths_are_plain():
+    for ok in ("cpu", "gpu_2", "20261204-010203-cpu-seed0-ab12", "v1.2"):
+        assert runs.check_name(ok, what="run id") == ok
+    for bad in ("../x", "a/b", "..", ".", ".hidden", "", "a b", "x\\y", "é"):
+        with pytest.raises(ValueError, match="run id"):
+            runs.check_name(bad, what="run id")

@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 from . import runs
 from .progress import batch_environment
-from .params import ParameterError, resolve_parameters, study_name
+from .params import resolve_parameters, study_name
 
 STATUS_RUNNING, STATUS_SUCCESS, STATUS_FAILED, STATUS_INTERRUPTED = "running", "success", "failed", "interrupted"
 
@@ -46,64 +46,14 @@ class RunInterrupted(KeyboardInterrupt):
         self.run_dir = run_dir
 
 
-def check_run_request(*, profile: str, overrides: Mapping[str, Any] | None, run_id: str | None) -> None:
-    """Refuse, before anything runs, a profile or run id that is not a plain name (it becomes a
-    path) and ``-p profile ...`` (the profile is chosen by ``--profile``)."""
-    runs.check_name(profile, what="profile")
-    if run_id is not None:
-        runs.check_name(run_id, what="run id")
-    if overrides and "profile" in overrides:
-        raise ParameterError("'profile' cannot be set with -p; choose the profile with --profile NAME")
-
-
-def preflight(parameters: Mapping[str, Any]) -> None:
-    """Checks of the parameters every notebook shares that can fail before a kernel starts:
-    ``seed`` is a non-negative integer and ``device`` exists on this machine."""
-    seed = parameters.get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ParameterError(f"parameter 'seed' must be a non-negative integer, got {seed!r}")
-    device = parameters.get("device", "auto")
-    try:
-        runs.resolve_device(str(device))
-    except ValueError as exc:
-        raise ParameterError(f"parameter 'device': {exc}") from None
-
-
-def _remove_empty_dirs(run_dir: Path) -> None:
-    """Delete empty folders inside ``run_dir`` (an unused ``figures/``)."""
-    for sub in sorted((p for p in run_dir.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-        if not any(sub.iterdir()):
-            sub.rmdir()
-
-
-def mark_interrupted(run_dir: Path, *, record: dict[str, Any] | None = None, started: float | None = None) -> None:
-    """Write ``status: interrupted`` into a run's ``metrics.json`` (if it still says ``running``)
-    and remove its empty folders."""
-    path = Path(run_dir) / "metrics.json"
-    if record is None:
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            record = None
-    if record is not None and record.get("status") == STATUS_RUNNING:
-        record["status"] = STATUS_INTERRUPTED
-        record["error"] = {"type": "KeyboardInterrupt", "message": "interrupted (Ctrl-C) before the notebook finished"}
-        record["finished_at"] = runs.utc_now()
-        if started is not None:
-            record["wall_time_s"] = round(time.time() - started, 2)
-        record.pop("runner_pid", None)
-        runs.atomic_write_json(path, record)
-    if Path(run_dir).is_dir():
-        _remove_empty_dirs(Path(run_dir))
-
-
 def run_notebook(nb_path: Path | str, *, profile: str = "cpu", overrides: Mapping[str, Any] | None = None,
                  reports_dir: Path | str | None = None, run_id: str | None = None,
                  refresh_index: bool = True, progress: bool = True, kernel_name: str = "python3") -> Path:
     """Execute one notebook through papermill and render it; return the run folder.
 
     Parameters are validated before anything runs (see
-    :func:`epi_utils.workbench.params.resolve_parameters` and :func:`preflight`); ``profile`` and
+    :func:`epi_utils.workbench.params.resolve_parameters` and :func:`epi_utils.workbench.runs.preflight`);
+    ``profile`` and
     ``run_id`` must be plain names (:func:`epi_utils.workbench.runs.check_name`). A notebook that
     raises gives a run with ``status: failed``; this function then returns normally (the caller
     reads the status). A Ctrl-C marks the run ``interrupted`` at once, refreshes the index and
@@ -111,10 +61,10 @@ def run_notebook(nb_path: Path | str, *, profile: str = "cpu", overrides: Mappin
     """
     import papermill as pm
 
-    check_run_request(profile=profile, overrides=overrides, run_id=run_id)
+    runs.check_run_request(profile=profile, overrides=overrides, run_id=run_id)
     nb_path = Path(nb_path).resolve()
     parameters = resolve_parameters(nb_path, profile=profile, overrides=overrides)
-    preflight(parameters)
+    runs.preflight(parameters)
     study = study_name(nb_path)
     reports_dir = Path(reports_dir) if reports_dir is not None else default_reports_dir()
     run_id = run_id or runs.new_run_id(profile=profile, parameters=parameters)
@@ -167,7 +117,7 @@ def run_notebook(nb_path: Path | str, *, profile: str = "cpu", overrides: Mappin
         record.setdefault("render_error", f"{type(exc).__name__}: {exc}")
     record.pop("runner_pid", None)
     runs.atomic_write_json(run_dir / "metrics.json", record)
-    _remove_empty_dirs(run_dir)
+    runs.remove_empty_dirs(run_dir)
     if refresh_index:
         write_index(reports_dir)
     return run_dir
@@ -205,7 +155,7 @@ def _interrupted(run_dir: Path, record: dict, started: float, reports_dir: Path 
 
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
     try:
-        mark_interrupted(run_dir, record=record, started=started)
+        runs.mark_interrupted(run_dir, record=record, started=started)
         if reports_dir is not None:
             write_index(reports_dir)
     finally:

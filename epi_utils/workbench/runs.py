@@ -25,6 +25,7 @@ import random
 import re
 import subprocess
 import tempfile
+import time as _time
 from pathlib import Path
 from typing import Any, Sequence, Mapping
 
@@ -317,3 +318,60 @@ def runner_alive(record: Mapping[str, Any]) -> bool | None:
     if token is not None and process_start_token(pid) not in (None, token):
         return False  # the PID was reused by a later process
     return True
+
+
+def _parameter_error(message: str) -> Exception:
+    from .params import ParameterError
+
+    return ParameterError(message)
+
+
+def check_run_request(*, profile: str, overrides: Mapping[str, Any] | None, run_id: str | None) -> None:
+    """Refuse, before anything runs, a profile or run id that is not a plain name (it becomes a
+    path) and ``-p profile ...`` (the profile is chosen by ``--profile``)."""
+    check_name(profile, what="profile")
+    if run_id is not None:
+        check_name(run_id, what="run id")
+    if overrides and "profile" in overrides:
+        raise _parameter_error("'profile' cannot be set with -p; choose the profile with --profile NAME")
+
+
+def preflight(parameters: Mapping[str, Any]) -> None:
+    """Checks of the parameters every notebook shares that can fail before a kernel starts:
+    ``seed`` is a non-negative integer and ``device`` exists on this machine."""
+    seed = parameters.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise _parameter_error(f"parameter 'seed' must be a non-negative integer, got {seed!r}")
+    device = parameters.get("device", "auto")
+    try:
+        resolve_device(str(device))
+    except ValueError as exc:
+        raise _parameter_error(f"parameter 'device': {exc}") from None
+
+
+def remove_empty_dirs(run_dir: Path) -> None:
+    """Delete empty folders inside ``run_dir`` (an unused ``figures/``)."""
+    for sub in sorted((p for p in run_dir.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        if not any(sub.iterdir()):
+            sub.rmdir()
+
+
+def mark_interrupted(run_dir: Path, *, record: dict[str, Any] | None = None, started: float | None = None) -> None:
+    """Write ``status: interrupted`` into a run's ``metrics.json`` (if it still says ``running``)
+    and remove its empty folders."""
+    path = Path(run_dir) / "metrics.json"
+    if record is None:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            record = None
+    if record is not None and record.get("status") == "running":
+        record["status"] = "interrupted"
+        record["error"] = {"type": "KeyboardInterrupt", "message": "interrupted (Ctrl-C) before the notebook finished"}
+        record["finished_at"] = utc_now()
+        if started is not None:
+            record["wall_time_s"] = round(_time.time() - started, 2)
+        record.pop("runner_pid", None)
+        atomic_write_json(path, record)
+    if Path(run_dir).is_dir():
+        remove_empty_dirs(Path(run_dir))

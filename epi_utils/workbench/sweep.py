@@ -19,8 +19,7 @@ from typing import Any, Mapping, Sequence
 
 from . import runs
 from .params import resolve_parameters, study_name
-from .report import (PAGE_STYLE, check_run_request, default_reports_dir, flatten_metrics, mark_interrupted,
-                     preflight, run_notebook, write_index)
+from .report import PAGE_STYLE, default_reports_dir, flatten_metrics, run_notebook, write_index
 from .stats import interval
 
 
@@ -78,7 +77,7 @@ def _stop(tasks: Sequence[tuple], reports_dir: Path, study: str, sweep_id: str) 
     for task in tasks:
         run_dir = reports_dir / study / task[4]
         if run_dir.is_dir():
-            mark_interrupted(run_dir)
+            runs.mark_interrupted(run_dir)
             if not any(run_dir.iterdir()):
                 run_dir.rmdir()
             else:
@@ -95,8 +94,8 @@ def sweep(nb_path: Path | str, *, grid: Mapping[str, Sequence[Any]], profile: st
     if sweep_id is not None:
         runs.check_name(sweep_id, what="sweep id")
     for point in points:  # reject bad names/types/devices before anything runs
-        check_run_request(profile=profile, overrides=point, run_id=None)
-        preflight(resolve_parameters(nb_path, profile=profile, overrides=point))
+        runs.check_run_request(profile=profile, overrides=point, run_id=None)
+        runs.preflight(resolve_parameters(nb_path, profile=profile, overrides=point))
     reports_dir = Path(reports_dir) if reports_dir is not None else default_reports_dir()
     sweep_id = sweep_id or runs.new_run_id(profile=profile)
     tasks = [(str(nb_path), profile, point, str(reports_dir), f"{sweep_id}-{i:03d}") for i, point in enumerate(points)]
