@@ -108,7 +108,7 @@ def test_fetch_without_network_says_one_line(name, tmp_path, monkeypatch, capsys
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "could not download https://" in lines[0] and "name resolution" in lines[0], err
-    assert not (tmp_path / "d").exists() or not any((tmp_path / "d").rglob("*.part"))
+    assert not (tmp_path / "d").exists()  # no empty folder, no partial file
 
 
 def test_require_dataset_says_where_it_looked_and_both_fixes(tmp_path):
@@ -130,3 +130,32 @@ def test_require_folder_for_a_notebook_data_subdir(tmp_path):
         datasets.require_folder("mine", root=tmp_path)
     (tmp_path / "mine" / "a.jsonl").write_text("[1, {}]\n")
     assert datasets.require_folder("mine", root=tmp_path) == tmp_path / "mine"
+
+
+def test_subset_fetch_verifies_every_file_and_lands_in_its_own_folder(tmp_path):
+    import shutil
+
+    from conftest import SHARED_DATA
+    from epi_utils.events import fetch
+    src = SHARED_DATA / "docee" / "chfinann"
+    if not (src / "test_split1.jsonl").is_file():
+        pytest.skip("shared ChFinAnn copy not present")
+    urls = []
+
+    def from_shared(url, target):
+        urls.append(url)
+        shutil.copyfile(src / f"test_split{url.rsplit('test_split', 1)[1].split('.')[0]}.jsonl", target)
+
+    out = fetch.fetch_chfinann_subset(tmp_path / "docee" / "chfinann", downloader=from_shared)
+    assert len(urls) == 6 and all(fetch.SUBSET_COMMIT in u for u in urls)
+    assert set(datasets.check_dataset("chfinann", root=tmp_path)["files"].values()) == {"ok"}
+    assert not (tmp_path / "docee" / "chfinann_full").exists()
+
+    def corrupted(url, target):
+        from_shared(url, target)
+        target.write_bytes(target.read_bytes()[:-10])
+
+    (out / "test_split3.jsonl").unlink()
+    with pytest.raises(ValueError, match="sha256 of .*test_split3.json is"):
+        fetch.fetch_chfinann_subset(out, downloader=corrupted)
+    assert not (out / "test_split3.jsonl").exists() and not list(out.glob(".*.part"))

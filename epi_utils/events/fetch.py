@@ -51,7 +51,19 @@ def fetch_chfinann_subset(dest: os.PathLike | str, *, url: str = SUBSET_URL,
     """Download the 1,424-document subset into ``dest`` (``docee/chfinann``): each file is checked
     against :data:`CHFINANN_SUBSET_SHA256` (a mismatch deletes it and raises ``ValueError``)."""
     dest = Path(dest)
+    created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
+    try:
+        _fetch_subset_files(dest, url, downloader)
+    except BaseException:
+        if created and not any(dest.iterdir()):
+            dest.rmdir()  # leave no empty folder behind a failed download
+        raise
+    shutil.copyfile(SCHEMA_RESOURCE, dest / "chfinann_event_schema.derived.json")
+    return dest
+
+
+def _fetch_subset_files(dest: Path, url: str, downloader) -> None:
     for i in range(1, 7):
         name = f"test_split{i}.jsonl"
         target = dest / name
@@ -65,8 +77,6 @@ def fetch_chfinann_subset(dest: os.PathLike | str, *, url: str = SUBSET_URL,
             raise ValueError(f"sha256 of {url.format(i=i)} is {digest}, expected {CHFINANN_SUBSET_SHA256[name]}; "
                              "download deleted")
         os.replace(part, target)
-    shutil.copyfile(SCHEMA_RESOURCE, dest / "chfinann_event_schema.derived.json")
-    return dest
 
 
 def sha256_of(path: os.PathLike | str) -> str:
@@ -99,7 +109,7 @@ def fetch_chfinann(dest: os.PathLike | str, *, url: str = DOC2EDAG_DATA_URL,
         (downloader or _urllib_download)(url, archive)
     except BaseException:
         archive.unlink(missing_ok=True)
-        if not any(dest.iterdir()):
+        if dest.is_dir() and not any(dest.iterdir()):
             dest.rmdir()  # leave no empty folder behind a failed download
         raise
     digest = sha256_of(archive)
