@@ -43,7 +43,8 @@ def rehearse_profile(cfg: IlpConfig, *, folder: Path | None = None):
     toy = dataclasses.replace(cfg, n_seeds=1, n_train_per_task=10, n_heldout_per_task=2, max_epochs=1.0,
                               eval_every=2, mit_steps=2, mit_batch_size=4, sft_batch_size=4, threads=1,
                               device="cpu", n_entities=min(cfg.n_entities, 20))
-    folder = Path(folder or tempfile.mkdtemp(prefix="ilp_rehearsal_"))
+    tmp = tempfile.TemporaryDirectory(prefix="ilp_rehearsal_") if folder is None else None
+    folder = Path(folder or tmp.name)
     world = study.make_world(toy, toy.seed)
     rows = [{k: v for k, v in s.to_dict().items()} for s in world.split("train")[:8]]
     rehearsal.write_local_samples("ilp_real_facts", rows, folder)
@@ -51,6 +52,8 @@ def rehearse_profile(cfg: IlpConfig, *, folder: Path | None = None):
         rec = study.run_seed(toy, toy.seed, workdir=folder)
         m.steps = sum(s.steps for s in rec.stages) + 3 * toy.mit_steps
         m.tokens = m.steps * toy.sft_batch_size * SEQ_LEN
+    if tmp is not None:
+        tmp.cleanup()
     tokens = full_scale_tokens(cfg)
     return rehearsal.estimate(model_id=cfg.backend, micro_batch=cfg.sft_batch_size, seq_len=SEQ_LEN,
                               generation_batch=64, measured=m, **tokens)
