@@ -11,7 +11,7 @@ from typing import Any
 
 CANDIDATES = ("predicted", "rules", "union", "gold")   # test-time candidate sets (see frontend.extract_features)
 TRAIN_CANDIDATES = ("gold", "union")                  # decoder training candidates
-THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6)                # record-existence thresholds tried on dev
+THRESHOLDS = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6)              # record-existence thresholds tried on dev
 METHODS = ("probes", "no_probe", "probes_no_extra_losses", "no_probe_extra_losses",
            "wo_alignment", "wo_role_contrastive", "wo_probe_consistency")
 
