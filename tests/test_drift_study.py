@@ -231,6 +231,9 @@ def test_summary_refuses_a_verdict_when_a_control_fails():
                                        [1.0, 1.2, 1.1], [0.5, 0.6, 0.55]))
     assert not s.controls_pass
     assert s.answer().startswith("no verdict") and "planted" in s.answer()
+    tiny_bias = summary.summarize(_fake_result([0.60, 0.62, 0.58], [0.005, 0.008, 0.009], [0.9, 0.92, 0.91],
+                                               [1.0, 1.2, 1.1], [0.5, 0.6, 0.55]))
+    assert tiny_bias.controls_pass  # interval [0.003, 0.012] excludes 0 but lies within the +-0.1 margin
     s2 = summary.summarize(_fake_result([0.60, 0.62, 0.58], [0.2, 0.25, 0.22], [0.9, 0.92, 0.91],
                                         [1.0, 1.2, 1.1], [0.5, 0.6, 0.55]))
     assert not s2.controls_pass and "no_drift" in s2.answer()
@@ -241,7 +244,7 @@ def test_summary_refuses_a_verdict_when_a_control_fails():
     ("checkpoints", [0], "checkpoints"), ("checkpoints", [0, 300], "checkpoints"),
     ("headline_share", 0.1, "headline_share"), ("estimators", ["fisher"], "estimators"),
     ("top_shares", [0.2, 0.05], "top_shares"), ("samples_per_task", 2, "samples_per_task"),
-    ("pairs", "some", "pairs"), ("ablation", "noise", "ablation")])
+    ("pairs", "some", "pairs"), ("ablation", "noise", "ablation"), ("null_margin", 0.9, "null_margin")])
 def test_config_names_the_bad_parameter(field, value, match):
     with pytest.raises(ValueError, match=match):
         DriftConfig(**{field: value})

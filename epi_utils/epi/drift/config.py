@@ -47,6 +47,7 @@ class DriftConfig:
     ablate_share: float = 0.01
     ablation: str = "zero"
     planted_min_d: float = 0.8
+    null_margin: float = 0.1
     rehearse: bool = False
 
     def __post_init__(self) -> None:
@@ -100,6 +101,8 @@ class DriftConfig:
             bad("ablation", f"one of {ABLATIONS}")
         if not (0 < self.planted_min_d < 1):
             bad("planted_min_d", "in (0, 1)")
+        if not (0 < self.null_margin < self.planted_min_d):
+            bad("null_margin", f"in (0, planted_min_d={self.planted_min_d})")
 
     @property
     def regimes(self) -> list[tuple[str, float]]:
