@@ -337,16 +337,18 @@ def check_run_request(*, profile: str, overrides: Mapping[str, Any] | None, run_
 
 
 def preflight(parameters: Mapping[str, Any]) -> None:
-    """Checks of the parameters every notebook shares that can fail before a kernel starts:
+    """Checks of the parameters every notebook shares that can fail before a kernel starts, on the
+    values a profile or an override sets (the notebook's defaults are checked by its conventions):
     ``seed`` is a non-negative integer and ``device`` exists on this machine."""
-    seed = parameters.get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise _parameter_error(f"parameter 'seed' must be a non-negative integer, got {seed!r}")
-    device = parameters.get("device", "auto")
-    try:
-        resolve_device(str(device))
-    except ValueError as exc:
-        raise _parameter_error(f"parameter 'device': {exc}") from None
+    if "seed" in parameters:
+        seed = parameters["seed"]
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise _parameter_error(f"parameter 'seed' must be a non-negative integer, got {seed!r}")
+    if "device" in parameters:
+        try:
+            resolve_device(str(parameters["device"]))
+        except ValueError as exc:
+            raise _parameter_error(f"parameter 'device': {exc}") from None
 
 
 def remove_empty_dirs(run_dir: Path) -> None:
