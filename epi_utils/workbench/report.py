@@ -84,7 +84,7 @@ def run_notebook(nb_path: Path | str, *, profile: str = "cpu", overrides: Mappin
     # The kernel inherits EPI_RUN_DIR and a quiet environment (no library progress bars or warnings
     # in the report); the study's progress lines reach this terminal through progress.log.
     try:
-        with batch_environment(run_dir, prefix=f"[{study} {run_id}] " if not progress else ""):
+        with batch_environment(run_dir, prefix=f"[{study} {run_id}] " if not progress else ""), _quiet_interrupt():
             try:
                 with _kernel_log(run_dir) as manager_class:
                     pm.execute_notebook(str(nb_path), str(run_dir / "notebook.ipynb"), parameters=parameters,
@@ -121,6 +121,34 @@ def run_notebook(nb_path: Path | str, *, profile: str = "cpu", overrides: Mappin
     if refresh_index:
         write_index(reports_dir)
     return run_dir
+
+
+#: loggers that report the kernel's shutdown after a Ctrl-C (tracebacks of never-retrieved tasks, "Kernel died")
+_SHUTDOWN_LOGGERS = ("asyncio", "papermill", "nbclient", "traitlets", "jupyter_client")
+
+
+@contextlib.contextmanager
+def _quiet_interrupt():
+    """While a notebook executes: the first Ctrl-C silences the loggers of the kernel machinery
+    (whose shutdown would print tracebacks) and raises ``KeyboardInterrupt`` as usual. Only in the
+    main thread, and not where SIGINT is ignored."""
+    import logging
+    import signal
+
+    if not _main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield
+        return
+
+    def on_sigint(signum, frame):
+        for name in _SHUTDOWN_LOGGERS:
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 KERNEL_LOG = "kernel.log"
