@@ -53,12 +53,9 @@ class PreparedData:
 def locate_data(data_subdir: str, schema_file: str) -> tuple[Path, Path]:
     """The data folder ``EPI_DATA_DIR/data_subdir`` and its schema file (in the folder, else a schema
     of that name shipped in ``epi_utils/events/schemas/``). ``FileNotFoundError`` names what is missing
-    and how to get it."""
-    from ..workbench import runs
-    folder = runs.data_dir() / data_subdir
-    if not folder.is_dir():
-        raise FileNotFoundError(f"data folder {data_subdir!r} not found under EPI_DATA_DIR ({runs.data_dir().name}); "
-                                f"set -p data_subdir to a folder of Doc2EDAG-layout files, or run `epi data fetch chfinann`")
+    and how to get it (the folder through :func:`epi_utils.workbench.datasets.require_folder`)."""
+    from ..workbench.datasets import require_folder
+    folder = require_folder(data_subdir)   # DatasetMissing (a FileNotFoundError) says how to get it
     for cand in (folder / schema_file, SCHEMA_DIR / schema_file):
         if cand.is_file():
             return folder, cand
