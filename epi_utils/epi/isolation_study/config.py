@@ -56,7 +56,7 @@ class StudyConfig:
     probe_lr: float = 3e-4
     replay_batches: int = 4
     replay_samples: int = 8
-    ewc_lambdas: tuple = (10.0, 1000.0, 100000.0)
+    ewc_lambdas: tuple = (1e6, 1e8, 1e10)
     max_new_tokens: int = 0
     eval_batch_size: int = 64
     bf16: bool = False

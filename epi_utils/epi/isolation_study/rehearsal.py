@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from epi_utils.epi.epi_state import epi_state_bytes_per_param
 from epi_utils.epi.isolation_study.config import StudyConfig
 
 #: 8 rows per data set in its exact column layout (``rehearsal.HF_LAYOUTS``)
@@ -90,7 +91,14 @@ def rehearse(cfg: StudyConfig, *, folder: Path | str):
     size = full_scale(cfg)
     est = rehearsal.estimate(model_id=cfg.model, train_tokens=size["train_tokens"], micro_batch=cfg.batch_size,
                              seq_len=size["seq_len"], generated_tokens=size["generated_tokens"],
-                             generation_batch=cfg.eval_batch_size, extra_state_bytes_per_param=4.0 * 2 + 2.0,
+                             generation_batch=cfg.eval_batch_size, extra_state_bytes_per_param=_epi_state_bytes(cfg),
                              measured=m)
     est.assumptions["n_runs"] = size["n_runs"]
     return result, est
+
+
+def _epi_state_bytes(cfg) -> float:
+    """EPI's GPU state per parameter for this grid's task count and largest ratio (the default fp32
+    layout of ``epi_state``), so the estimate follows the state layout instead of a constant."""
+    n_tasks = len(cfg.hf_tasks) if cfg.data_source == "hf" else len(cfg.world_tasks)
+    return epi_state_bytes_per_param(max(n_tasks, 1), ratio=max(cfg.ratios))["total"]
