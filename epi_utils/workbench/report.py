@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import html
 import json
-import os
 import shutil
 import time
 import traceback
@@ -279,18 +278,6 @@ class RunRecord:
     started_at: str | None
     metrics: dict = field(default_factory=dict)
     record: dict = field(default_factory=dict)
-
-
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def collect_runs(reports_dir: Path | str | None = None) -> list[RunRecord]:
