@@ -304,14 +304,8 @@ def collect_runs(reports_dir: Path | str | None = None) -> list[RunRecord]:
 
 def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """Numeric leaves of a nested mapping as ``{"a.b.c": value}``; CI pairs and lists are skipped."""
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_metrics(value, prefix=f"{name}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[name] = float(value)
-    return flat
+    return {name: float(value) for name, value in runs.flatten_leaves(metrics, prefix=prefix).items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
 def _fmt(v: float) -> str:

@@ -178,7 +178,7 @@ def save_metrics(metrics: Mapping[str, Any], *, headlines: Sequence[str] = (),
     """
     if not isinstance(metrics, Mapping):
         raise TypeError(f"metrics must be a mapping of name -> value, got {type(metrics).__name__}")
-    flat = _flatten(metrics)
+    flat = flatten_leaves(metrics)
     unknown = [h for h in headlines if h not in flat]
     if unknown:
         raise KeyError(f"headline(s) {unknown} not among the metrics; flattened names are "
@@ -188,13 +188,13 @@ def save_metrics(metrics: Mapping[str, Any], *, headlines: Sequence[str] = (),
                                                  "timings": dict(timings or {})})
 
 
-def _flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_leaves(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and scalars are leaves)."""
     out: dict[str, Any] = {}
     for key, value in metrics.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            out.update(_flatten(value, prefix=f"{name}."))
+            out.update(flatten_leaves(value, prefix=f"{name}."))
         else:
             out[name] = value
     return out
