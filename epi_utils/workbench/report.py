@@ -128,26 +128,31 @@ _SHUTDOWN_LOGGERS = ("asyncio", "papermill", "nbclient", "traitlets", "jupyter_c
 
 @contextlib.contextmanager
 def _quiet_interrupt():
-    """While a notebook executes: the first Ctrl-C silences the loggers of the kernel machinery
-    (whose shutdown would print tracebacks) and raises ``KeyboardInterrupt`` as usual. Only in the
-    main thread, and not where SIGINT is ignored."""
+    """While a notebook executes: the first Ctrl-C (SIGINT) or SIGTERM (``kill``, a batch scheduler's
+    stop) silences the loggers of the kernel machinery (whose shutdown would print tracebacks) and
+    raises ``KeyboardInterrupt``, so the run is marked interrupted at once either way. Only in the
+    main thread; SIGINT is left alone where it is ignored (a job started in the background with ``&``)."""
     import logging
     import signal
 
-    if not _main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    if not _main_thread():
         yield
         return
 
-    def on_sigint(signum, frame):
+    def on_signal(signum, frame):
         for name in _SHUTDOWN_LOGGERS:
             logging.getLogger(name).setLevel(logging.CRITICAL + 1)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    handled = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        handled.append(signal.SIGINT)
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 KERNEL_LOG = "kernel.log"
@@ -176,18 +181,19 @@ def _kernel_log(run_dir: Path):
 
 
 def _interrupted(run_dir: Path, record: dict, started: float, reports_dir: Path | None):
-    """Ctrl-C: mark the run, refresh the index, raise :class:`RunInterrupted` (further Ctrl-C
-    presses are ignored while the record is written)."""
+    """Ctrl-C or SIGTERM: mark the run, refresh the index, raise :class:`RunInterrupted` (further
+    signals are ignored while the record is written)."""
     import signal
 
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+    signals = (signal.SIGINT, signal.SIGTERM) if _main_thread() else ()
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in signals}
     try:
         runs.mark_interrupted(run_dir, record=record, started=started)
         if reports_dir is not None:
             write_index(reports_dir)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     raise RunInterrupted(run_dir) from None
 
 
