@@ -122,7 +122,7 @@ def test_killed_run_never_claims_success(toy_notebook, tmp_path):
     assert "interrupted" in write_index(reports).read_text()
 
 
-def test_sweep_over_two_seeds_aggregates_both(toy_notebook, tmp_path):
+def test_sweep_over_two_seeds_aggregates_both(toy_notebook, tmp_path, capsys):
     assert expand_grid({"seed": [0, 1], "scale": [1, 2]}) == [
         {"seed": 0, "scale": 1}, {"seed": 0, "scale": 2}, {"seed": 1, "scale": 1}, {"seed": 1, "scale": 2}]
     out = sweep(toy_notebook, grid={"seed": ["0", "2"]}, profile="smoke", jobs=2, reports_dir=tmp_path / "r")
@@ -137,6 +137,8 @@ def test_sweep_over_two_seeds_aggregates_both(toy_notebook, tmp_path):
     assert "nested.half" in set(summary.metric) and "nested.half_ci95" not in set(summary.metric)
     assert (out / "summary.html").exists()
     assert len(collect_runs(tmp_path / "r")) == 2
+    said = [ln for ln in capsys.readouterr().err.splitlines() if "points done" in ln]
+    assert [ln.split(": ")[1].split(" points")[0] for ln in said] == ["1/2", "2/2"]
 
 
 def test_publish_copies_newest_successful_run(toy_notebook, tmp_path):

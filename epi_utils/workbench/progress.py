@@ -44,7 +44,8 @@ def quiet() -> bool:
     return batch_run_dir() is not None
 
 
-def _fmt(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """Seconds as ``m:ss`` or ``h:mm:ss``."""
     seconds = max(0, int(round(seconds)))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
@@ -84,9 +85,9 @@ def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, unit
         yield item
         done += 1
         elapsed = time.time() - start
-        eta = f", ETA {_fmt(elapsed / done * (total - done))}" if total else ""
+        eta = f", ETA {format_duration(elapsed / done * (total - done))}" if total else ""
         of = f"/{total}" if total else ""
-        log_line(f"{desc}: {done}{of} {unit}, elapsed {_fmt(elapsed)}{eta}")
+        log_line(f"{desc}: {done}{of} {unit}, elapsed {format_duration(elapsed)}{eta}")
 
 
 @contextlib.contextmanager

@@ -13,12 +13,15 @@ import html
 import itertools
 import json
 import multiprocessing as mp
-from concurrent.futures import ProcessPoolExecutor
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import runs
 from .params import resolve_parameters, study_name
+from .progress import format_duration
 from .report import PAGE_STYLE, default_reports_dir, flatten_metrics, run_notebook, write_index
 from .stats import interval
 
@@ -86,6 +89,20 @@ def _stop(tasks: Sequence[tuple], reports_dir: Path, study: str, sweep_id: str) 
     return SweepInterrupted(f"sweep {sweep_id} ({len(started)} run(s) started)", started)
 
 
+class _PointsDone:
+    """One terminal line per finished grid point: points done of total, elapsed time, ETA."""
+
+    def __init__(self, sweep_id: str, total: int):
+        self.sweep_id, self.total, self.done, self.start = sweep_id, total, 0, time.time()
+
+    def tick(self) -> None:
+        self.done += 1
+        elapsed = time.time() - self.start
+        eta = elapsed / self.done * (self.total - self.done)
+        print(f"sweep {self.sweep_id}: {self.done}/{self.total} points done, elapsed {format_duration(elapsed)}, "
+              f"ETA {format_duration(eta)}", file=sys.stderr, flush=True)
+
+
 def sweep(nb_path: Path | str, *, grid: Mapping[str, Sequence[Any]], profile: str = "cpu", jobs: int = 1,
           reports_dir: Path | str | None = None, sweep_id: str | None = None) -> Path:
     """Run every grid point (validated first), then summarise; returns the summary folder."""
@@ -101,17 +118,22 @@ def sweep(nb_path: Path | str, *, grid: Mapping[str, Sequence[Any]], profile: st
     tasks = [(str(nb_path), profile, point, str(reports_dir), f"{sweep_id}-{i:03d}") for i, point in enumerate(points)]
     study = study_name(nb_path)
     try:
+        counter = _PointsDone(sweep_id, len(tasks))
         if jobs <= 1:
             run_dirs = []
             for t in tasks:
                 run_dirs.append(run_notebook(t[0], profile=profile, overrides=t[2], reports_dir=t[3], run_id=t[4],
                                              refresh_index=False, progress=False))
+                counter.tick()
         else:
             ctx = mp.get_context("spawn")
             stop = ctx.Event()
             pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(stop,))
             try:
-                run_dirs = list(pool.map(_one_run, tasks))
+                futures = [pool.submit(_one_run, t) for t in tasks]
+                for _ in as_completed(futures):
+                    counter.tick()
+                run_dirs = [f.result() for f in futures]
             except KeyboardInterrupt:
                 import os
                 import signal
