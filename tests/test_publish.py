@@ -78,3 +78,26 @@ def test_a_rehearsal_is_never_published(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no successful 'gpu' run"):
         publish(reports, profile="gpu")
+
+
+def test_publish_named_runs_under_a_label(tmp_path):
+    """A grid run in parts (one setting per run) is published part by part under its own labels."""
+    import pytest
+
+    nb = write_notebook(tmp_path / "notebooks", "94_delta", TOY_PARAMS, HEADLINE_CELLS,
+                        profiles={"cpu": "seed: 1\n", "cpu-long": "seed: 2\n"})
+    reports = tmp_path / "r"
+    run_notebook(nb, profile="cpu", reports_dir=reports, progress=False)
+    publish(reports, profile="cpu")
+    first = run_notebook(nb, profile="cpu-long", overrides={"scale": 1}, reports_dir=reports, progress=False)
+    run_notebook(nb, profile="cpu-long", overrides={"scale": 2}, reports_dir=reports, progress=False)
+    target = publish(reports, profile="cpu-long", run_dirs=[first], label="cpu-long-part1")
+    assert target == reports / "published" / "cpu-long-part1"
+    assert json.loads((target / "94_delta" / "metrics.json").read_text())["run_id"] == first.name  # not the newest
+    assert "cpu-long-part1/index.html" in (reports / "published" / "index.html").read_text()
+    with pytest.raises(ValueError, match="only a successful, non-rehearsal 'cpu' run"):
+        publish(reports, profile="cpu", run_dirs=[first], label="x")
+    with pytest.raises(FileNotFoundError, match="not a run folder"):
+        publish(reports, profile="cpu-long", run_dirs=[tmp_path], label="x")
+    with pytest.raises(ValueError, match="publish label"):
+        publish(reports, profile="cpu-long", run_dirs=[first], label="../x")

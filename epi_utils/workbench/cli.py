@@ -3,7 +3,7 @@
     epi run NOTEBOOK [--profile P] [-p NAME VALUE]... [--out DIR]
     epi sweep NOTEBOOK -p seed 0,1,2 [-p NAME v1,v2]... [--profile P] [--jobs N] [--out DIR]
     epi report [--out DIR]
-    epi publish [--profile P] [--out DIR]
+    epi publish [--profile P] [--out DIR] [--run RUN_DIR --as LABEL]
     epi params NOTEBOOK                      # list a notebook's parameters and profiles
     epi data check | epi data fetch NAME      # check hashes every known file; fetch verifies them
 """
@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("--profile", default="cpu",
                      help="cpu (default) -> reports/published/; any other profile -> reports/published/<profile>/")
     pub.add_argument("--out", type=Path, default=None)
+    pub.add_argument("--run", dest="runs", type=Path, action="append", default=[],
+                     help="publish this run folder instead of the newest (repeatable; one per study)")
+    pub.add_argument("--as", dest="label", default=None,
+                     help="publish under reports/published/<label>/ (e.g. cpu-long-5way5shot for one part of a grid)")
 
     par = sub.add_parser("params", help="list a notebook's parameters and available profiles")
     par.add_argument("notebook", type=Path)
@@ -129,7 +133,7 @@ def _dispatch(args) -> int:
     if args.command == "publish":
         from .report import publish
 
-        print(publish(args.out, profile=args.profile) / "index.html")
+        print(publish(args.out, profile=args.profile, run_dirs=args.runs, label=args.label) / "index.html")
         return 0
     if args.command == "params":
         from .params import available_profiles, parse_parameters

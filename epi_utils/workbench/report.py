@@ -386,10 +386,14 @@ def write_index(reports_dir: Path | str | None = None) -> Path:
     return out
 
 
-def publish(reports_dir: Path | str | None = None, *, profile: str = "cpu") -> Path:
+def publish(reports_dir: Path | str | None = None, *, profile: str = "cpu",
+            run_dirs: Sequence[Path | str] = (), label: str | None = None) -> Path:
     """Copy the newest successful ``profile`` run of each study into ``<reports>/published/``
     (the default ``cpu`` profile) or ``<reports>/published/<profile>/`` (any other profile).
 
+    ``run_dirs`` publishes those run folders instead of the newest (e.g. a ``cpu-long`` grid run in
+    parts, one setting per run), each under ``published/<label>/`` where ``label`` names the part
+    (``cpu-long-5way5shot``); every run must be a successful, non-rehearsal run of ``profile``.
     Each study gets ``<target>/<study>/report.html`` (self-contained, figures embedded, naming
     the commit that produced it) and ``metrics.json``. Studies without a new run keep their
     published pages: ``<target>/index.html`` lists every study published there, and the top
@@ -397,9 +401,26 @@ def publish(reports_dir: Path | str | None = None, *, profile: str = "cpu") -> P
     """
     reports_dir = Path(reports_dir) if reports_dir is not None else default_reports_dir()
     root = reports_dir / "published"
-    target = root if profile == "cpu" else root / profile
+    if label is not None:
+        runs.check_name(label, what="publish label")
+    name = label or profile
+    target = root if name == "cpu" else root / name
     chosen: dict[str, RunRecord] = {}
-    for run in collect_runs(reports_dir):
+    if run_dirs:
+        wanted = {Path(d).resolve() for d in run_dirs}
+        found = {run.path.resolve(): run for run in collect_runs(reports_dir)}
+        for path in sorted(wanted):
+            run = found.get(path)
+            if run is None:
+                raise FileNotFoundError(f"{path} is not a run folder under {reports_dir} (no metrics.json)")
+            rehearsal = bool((run.record.get("parameters") or {}).get("rehearse"))
+            if run.status != STATUS_SUCCESS or run.profile != profile or rehearsal:
+                raise ValueError(f"{path}: only a successful, non-rehearsal '{profile}' run can be published "
+                                 f"(this one: status {run.status}, profile {run.profile}, rehearsal {rehearsal})")
+            if run.study in chosen:
+                raise ValueError(f"two runs of {run.study} given; publish each under its own label (--as)")
+            chosen[run.study] = run
+    for run in collect_runs(reports_dir) if not run_dirs else ():
         rehearsal = bool((run.record.get("parameters") or {}).get("rehearse"))
         if run.status == STATUS_SUCCESS and run.profile == profile and run.study not in chosen and not rehearsal:
             chosen[run.study] = run
