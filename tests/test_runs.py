@@ -59,3 +59,25 @@ def test_names_that_become_paths_are_plain():
     for bad in ("../x", "a/b", "..", ".", ".hidden", "", "a b", "x\\y", "é"):
         with pytest.raises(ValueError, match="run id"):
             runs.check_name(bad, what="run id")
+
+
+def test_git_dirty_ignores_the_reports_folder(tmp_path):
+    """Publishing rewrites tracked files under reports/; that alone must not mark later runs dirty."""
+    import subprocess
+
+    from epi_utils.workbench.runs import git_state
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "page.html").write_text("old")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert git_state(tmp_path)["git_dirty"] is False
+    (tmp_path / "reports" / "page.html").write_text("new")
+    assert git_state(tmp_path)["git_dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_state(tmp_path)["git_dirty"] is True

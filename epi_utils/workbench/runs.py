@@ -201,11 +201,15 @@ def flatten_leaves(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, An
 
 
 def git_state(root: Path | None = None) -> dict[str, Any]:
-    """``{"git_commit": sha or None, "git_dirty": bool or None}`` of the repository."""
+    """``{"git_commit": sha or None, "git_dirty": bool or None}`` of the repository.
+
+    Dirty means a tracked file outside ``reports/`` differs from the commit: the outputs under
+    ``reports/`` (e.g. ``reports/published/`` refreshed by ``epi publish``) cannot change a result."""
     root = root or repo_root()
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                 ":(exclude)reports"], cwd=root,
                                 capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}
