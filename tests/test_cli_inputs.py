@@ -92,6 +92,12 @@ def _one_line(output: str) -> None:
 TOY = [sys.executable, "-m", "epi_utils.workbench.cli"]
 
 
+def _terminal_signals() -> None:
+    """In the child: SIGINT as a terminal has it. A test suite started in the background (``&``,
+    nohup) inherits SIGINT ignored, and a runner that ignores SIGINT is stopped by SIGTERM instead."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for(pattern: str, reports: Path, n: int = 1, timeout: float = 90) -> list[Path]:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -105,7 +111,7 @@ def _wait_for(pattern: str, reports: Path, n: int = 1, timeout: float = 90) -> l
 def test_ctrl_c_marks_the_run_interrupted_at_once(toy_notebook, tmp_path):
     reports = tmp_path / "r"
     proc = subprocess.Popen([*TOY, "run", str(toy_notebook), "--profile", "smoke", "-p", "sleep_s", "60",
-                             "--out", str(reports)], start_new_session=True,
+                             "--out", str(reports)], start_new_session=True, preexec_fn=_terminal_signals,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for("99_toy/*/notebook.ipynb", reports)
     time.sleep(2)
@@ -125,7 +131,7 @@ def test_sigterm_to_the_runner_alone_marks_the_run_interrupted(toy_notebook, tmp
     started in the background with ``&`` ignores SIGINT: SIGTERM still marks the run at once."""
     reports = tmp_path / "r"
     proc = subprocess.Popen([*TOY, "run", str(toy_notebook), "--profile", "smoke", "-p", "sleep_s", "60",
-                             "--out", str(reports)], start_new_session=True,
+                             "--out", str(reports)], start_new_session=True, preexec_fn=_terminal_signals,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for("99_toy/*/notebook.ipynb", reports)
     time.sleep(2)
@@ -140,7 +146,7 @@ def test_sigterm_to_the_runner_alone_marks_the_run_interrupted(toy_notebook, tmp
 def test_ctrl_c_in_a_parallel_sweep_marks_every_unfinished_run(toy_notebook, tmp_path):
     reports = tmp_path / "r"
     proc = subprocess.Popen([*TOY, "sweep", str(toy_notebook), "--profile", "smoke", "-p", "seed", "0,1,2",
-                             "-p", "sleep_s", "60", "--jobs", "2", "--out", str(reports)], start_new_session=True,
+                             "-p", "sleep_s", "60", "--jobs", "2", "--out", str(reports)], start_new_session=True, preexec_fn=_terminal_signals,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for("99_toy/*/notebook.ipynb", reports, n=2, timeout=150)
     time.sleep(2)
