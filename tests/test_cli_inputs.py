@@ -108,14 +108,21 @@ def _wait_for(pattern: str, reports: Path, n: int = 1, timeout: float = 90) -> l
     raise AssertionError(f"{pattern} never appeared {n} time(s) under {reports}")
 
 
-def test_ctrl_c_marks_the_run_interrupted_at_once(toy_notebook, tmp_path):
+@pytest.mark.parametrize("how", ["ctrl_c", "sigterm"])
+def test_a_stopped_run_is_marked_interrupted_at_once(toy_notebook, tmp_path, how):
+    """Ctrl-C in the terminal reaches the runner and its kernel (the process group); ``kill PID`` (or
+    a batch scheduler) sends SIGTERM to the runner alone, e.g. one started with ``&`` that ignores
+    SIGINT. Either marks the run at once, with one line and no empty folder."""
     reports = tmp_path / "r"
     proc = subprocess.Popen([*TOY, "run", str(toy_notebook), "--profile", "smoke", "-p", "sleep_s", "60",
                              "--out", str(reports)], start_new_session=True, preexec_fn=_terminal_signals,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for("99_toy/*/notebook.ipynb", reports)
     time.sleep(2)
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the runner and its kernel
+    if how == "ctrl_c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     _one_line(out + err)
@@ -126,27 +133,11 @@ def test_ctrl_c_marks_the_run_interrupted_at_once(toy_notebook, tmp_path):
     assert not [p for p in metrics.parent.rglob("*") if p.is_dir() and not any(p.iterdir())]
 
 
-def test_sigterm_to_the_runner_alone_marks_the_run_interrupted(toy_notebook, tmp_path):
-    """``kill PID`` (or a batch scheduler) reaches only the runner, not its kernel, and a runner
-    started in the background with ``&`` ignores SIGINT: SIGTERM still marks the run at once."""
-    reports = tmp_path / "r"
-    proc = subprocess.Popen([*TOY, "run", str(toy_notebook), "--profile", "smoke", "-p", "sleep_s", "60",
-                             "--out", str(reports)], start_new_session=True, preexec_fn=_terminal_signals,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for("99_toy/*/notebook.ipynb", reports)
-    time.sleep(2)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    _one_line(out + err)
-    (metrics,) = reports.glob("99_toy/*/metrics.json")
-    assert json.loads(metrics.read_text())["status"] == "interrupted"
-
-
 def test_ctrl_c_in_a_parallel_sweep_marks_every_unfinished_run(toy_notebook, tmp_path):
     reports = tmp_path / "r"
     proc = subprocess.Popen([*TOY, "sweep", str(toy_notebook), "--profile", "smoke", "-p", "seed", "0,1,2",
-                             "-p", "sleep_s", "60", "--jobs", "2", "--out", str(reports)], start_new_session=True, preexec_fn=_terminal_signals,
+                             "-p", "sleep_s", "60", "--jobs", "2", "--out", str(reports)],
+                            start_new_session=True, preexec_fn=_terminal_signals,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for("99_toy/*/notebook.ipynb", reports, n=2, timeout=150)
     time.sleep(2)
