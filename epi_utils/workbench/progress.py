@@ -84,10 +84,14 @@ def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, unit
     for item in iterable:
         yield item
         done += 1
-        elapsed = time.time() - start
-        eta = f", ETA {format_duration(elapsed / done * (total - done))}" if total else ""
-        of = f"/{total}" if total else ""
-        log_line(f"{desc}: {done}{of} {unit}, elapsed {format_duration(elapsed)}{eta}")
+        log_line(progress_line(desc, done=done, total=total, elapsed=time.time() - start, unit=unit))
+
+
+def progress_line(desc: str, *, done: int, total: int | None, elapsed: float, unit: str = "it") -> str:
+    """``"desc: 3/8 it, elapsed 1:56, ETA 3:14"``; the ETA is elapsed / done * remaining."""
+    eta = f", ETA {format_duration(elapsed / done * (total - done))}" if total and done else ""
+    of = f"/{total}" if total else ""
+    return f"{desc}: {done}{of} {unit}, elapsed {format_duration(elapsed)}{eta}"
 
 
 @contextlib.contextmanager

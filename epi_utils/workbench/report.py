@@ -405,25 +405,25 @@ def publish(reports_dir: Path | str | None = None, *, profile: str = "cpu",
         runs.check_name(label, what="publish label")
     name = label or profile
     target = root if name == "cpu" else root / name
+    candidates = collect_runs(reports_dir)
     chosen: dict[str, RunRecord] = {}
     if run_dirs:
-        wanted = {Path(d).resolve() for d in run_dirs}
-        found = {run.path.resolve(): run for run in collect_runs(reports_dir)}
-        for path in sorted(wanted):
+        found = {run.path.resolve(): run for run in candidates}
+        for path in sorted({Path(d).resolve() for d in run_dirs}):
             run = found.get(path)
             if run is None:
                 raise FileNotFoundError(f"{path} is not a run folder under {reports_dir} (no metrics.json)")
-            rehearsal = bool((run.record.get("parameters") or {}).get("rehearse"))
-            if run.status != STATUS_SUCCESS or run.profile != profile or rehearsal:
+            if not _publishable(run, profile):
                 raise ValueError(f"{path}: only a successful, non-rehearsal '{profile}' run can be published "
-                                 f"(this one: status {run.status}, profile {run.profile}, rehearsal {rehearsal})")
+                                 f"(this one: status {run.status}, profile {run.profile}, "
+                                 f"rehearsal {_is_rehearsal(run)})")
             if run.study in chosen:
                 raise ValueError(f"two runs of {run.study} given; publish each under its own label (--as)")
             chosen[run.study] = run
-    for run in collect_runs(reports_dir) if not run_dirs else ():
-        rehearsal = bool((run.record.get("parameters") or {}).get("rehearse"))
-        if run.status == STATUS_SUCCESS and run.profile == profile and run.study not in chosen and not rehearsal:
-            chosen[run.study] = run
+    else:
+        for run in candidates:  # newest first
+            if run.study not in chosen and _publishable(run, profile):
+                chosen[run.study] = run
     if not chosen:
         raise FileNotFoundError(f"no successful '{profile}' run under {reports_dir} to publish; run `epi run` first")
     target.mkdir(parents=True, exist_ok=True)
@@ -436,6 +436,15 @@ def publish(reports_dir: Path | str | None = None, *, profile: str = "cpu",
         shutil.copy2(run.path / "metrics.json", dest / "metrics.json")
     write_published_index(root)
     return target
+
+
+def _is_rehearsal(run: RunRecord) -> bool:
+    return bool((run.record.get("parameters") or {}).get("rehearse"))
+
+
+def _publishable(run: RunRecord, profile: str) -> bool:
+    """A successful run of ``profile`` that is not a GPU rehearsal (rehearsals are never published)."""
+    return run.status == STATUS_SUCCESS and run.profile == profile and not _is_rehearsal(run)
 
 
 def _published_profiles(root: Path) -> list[str]:

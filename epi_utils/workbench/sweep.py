@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 from . import runs
 from .params import resolve_parameters, study_name
-from .progress import format_duration
+from .progress import progress_line
 from .report import PAGE_STYLE, default_reports_dir, flatten_metrics, run_notebook, write_index
 from .stats import interval
 
@@ -97,10 +97,8 @@ class _PointsDone:
 
     def tick(self) -> None:
         self.done += 1
-        elapsed = time.time() - self.start
-        eta = elapsed / self.done * (self.total - self.done)
-        print(f"sweep {self.sweep_id}: {self.done}/{self.total} points done, elapsed {format_duration(elapsed)}, "
-              f"ETA {format_duration(eta)}", file=sys.stderr, flush=True)
+        print(progress_line(f"sweep {self.sweep_id}", done=self.done, total=self.total,
+                            elapsed=time.time() - self.start, unit="points done"), file=sys.stderr, flush=True)
 
 
 def sweep(nb_path: Path | str, *, grid: Mapping[str, Sequence[Any]], profile: str = "cpu", jobs: int = 1,
