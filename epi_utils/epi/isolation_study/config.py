@@ -61,6 +61,7 @@ class StudyConfig:
     eval_batch_size: int = 64
     bf16: bool = False
     checkpoint_runs: bool = False
+    workers: int = 1
 
     def __post_init__(self):
         for name in ("world_tasks", "hf_tasks", "methods", "bounds", "ratios", "ewc_lambdas"):
@@ -80,7 +81,7 @@ class StudyConfig:
             raise ValueError("StudyConfig.bounds must contain 'full_sft' (the floor every comparison is paired with)")
         for name in ("n_seeds", "steps_per_stage", "batch_size", "mask_update_interval", "probe_batches",
                      "probe_steps", "replay_batches", "eval_batch_size", "n_train_per_task", "n_test_per_task",
-                     "hf_n_train", "hf_n_test", "pretrain_epochs"):
+                     "hf_n_train", "hf_n_test", "pretrain_epochs", "workers"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 bad(name, "a positive integer")

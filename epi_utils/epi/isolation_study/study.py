@@ -79,6 +79,7 @@ class RunRecord:
     steps: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)  # training loss of every optimizer step
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -342,7 +343,8 @@ def run_one(method: str, *, data: SeedData, base, cfg: StudyConfig, ratio: float
     t0 = time.perf_counter()
     device = next(model.parameters()).device
     with _autocast(cfg, device):
-        train_sft(model, tok, stages, config=tcfg, hooks=hooks, progress=False)
+        result = train_sft(model, tok, stages, config=tcfg, hooks=hooks, progress=False)
+    rec.losses = [float(h["loss"]) for h in result.history]
     rec.seconds = time.perf_counter() - t0
     return rec
 
@@ -353,16 +355,44 @@ def final_score(rec: RunRecord, split: str = "test") -> float:
     return float(np.mean(list(last.values())))
 
 
+_SHARED: dict = {}  # a worker's inputs (set once per process by _share)
+
+
+def _share(base, data: dict, cfg: StudyConfig) -> None:
+    _SHARED.update(base=base, data=data, cfg=cfg)
+
+
+def _run_job(job: tuple) -> RunRecord:
+    """One run of ``job = (method, seed, ratio, ewc_lambda, tuning, checkpoint_dir)`` on the inputs
+    :func:`_share` gave this process."""
+    method, seed, ratio, lam, tuning, ck = job
+    return run_one(method, data=_SHARED["data"][seed], base=_SHARED["base"], cfg=_SHARED["cfg"], ratio=ratio,
+                   ewc_lambda=lam, tuning=tuning, checkpoint_dir=ck)
+
+
+def _run_jobs(jobs: list[tuple], *, base, data: dict, cfg: StudyConfig, desc: str) -> list[RunRecord]:
+    """:func:`_run_job` over ``jobs`` in ``cfg.workers`` processes (``workbench.parallel``; the
+    same records, in job order, as one process)."""
+    from epi_utils.workbench.parallel import map_runs
+
+    if cfg.workers == 1:
+        _share(base, data, cfg)
+        try:
+            return map_runs(_run_job, jobs, workers=1, desc=desc)
+        finally:
+            _SHARED.clear()
+    return map_runs(_run_job, jobs, workers=cfg.workers, threads=torch.get_num_threads(), init=_share,
+                    initargs=(base, data, cfg), desc=desc)
+
+
 def choose_ewc_lambda(*, data: SeedData, base, cfg: StudyConfig) -> tuple[float, list[dict], float]:
     """The ``ewc_lambdas`` candidate with the highest mean validation score after stage 1 (ties:
     the smaller lambda), the table of candidates, and the seconds the tuning runs took."""
-    table, tuning_seconds = [], []
-    for lam in cfg.ewc_lambdas:
-        rec = run_one("ewc", data=data, base=base, cfg=cfg, ewc_lambda=lam, tuning=True)
-        table.append({"ewc_lambda": lam, "val_score": final_score(rec, "val")})
-        tuning_seconds.append(rec.seconds)
+    jobs = [("ewc", data.seed, None, lam, True, None) for lam in cfg.ewc_lambdas]
+    recs = _run_jobs(jobs, base=base, data={data.seed: data}, cfg=cfg, desc="study 02 EWC lambda")
+    table = [{"ewc_lambda": lam, "val_score": final_score(rec, "val")} for lam, rec in zip(cfg.ewc_lambdas, recs)]
     best = max(table, key=lambda r: (r["val_score"], -r["ewc_lambda"]))
-    return best["ewc_lambda"], table, sum(tuning_seconds)
+    return best["ewc_lambda"], table, sum(rec.seconds for rec in recs)
 
 
 def jobs(cfg: StudyConfig) -> list[tuple[str, float | None]]:
@@ -372,13 +402,14 @@ def jobs(cfg: StudyConfig) -> list[tuple[str, float | None]]:
 
 def run_study(cfg: StudyConfig, *, world=None, base=None, data_files=None, checkpoint_root=None) -> StudyResult:
     """Every job of :func:`jobs` on every seed (EWC's lambda chosen first, on the first seed's
-    validation samples). Prints one line per run in batch runs (``workbench.progress``)."""
-    from epi_utils.workbench.progress import progress
-
+    validation samples), in ``cfg.workers`` processes. Prints one line per run in batch runs
+    (``workbench.progress``)."""
     world = world if world is not None else study_world(cfg, data_files=data_files)
     if str(cfg.device).startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        if cfg.workers > 1:
+            raise ValueError("StudyConfig.workers > 1 runs on CPU only (one process per core); use workers = 1 on cuda")
     model, tok, meta = base if base is not None else load_base(cfg, world)
     data = {s: seed_data(world, tok, cfg, s) for s in cfg.seeds}
     lam, tuning, tuning_s = None, [], 0.0
@@ -387,11 +418,9 @@ def run_study(cfg: StudyConfig, *, world=None, base=None, data_files=None, check
             lam = cfg.ewc_lambdas[0]
         else:
             lam, tuning, tuning_s = choose_ewc_lambda(data=data[cfg.seeds[0]], base=(model, tok), cfg=cfg)
-    todo = [(s, m, r) for s in cfg.seeds for m, r in jobs(cfg)]
-    records = []
-    for s, m, r in progress(todo, desc="study 02 runs", unit="run"):
-        ck = None if checkpoint_root is None else f"{checkpoint_root}/{m}-{r}-{s}"
-        records.append(run_one(m, data=data[s], base=(model, tok), cfg=cfg, ratio=r,
-                               ewc_lambda=lam if m == "ewc" else None, checkpoint_dir=ck))
+    todo = [(m, s, r, lam if m == "ewc" else None, False,
+             None if checkpoint_root is None else f"{checkpoint_root}/{m}-{r}-{s}")
+            for s in cfg.seeds for m, r in jobs(cfg)]
+    records = _run_jobs(todo, base=(model, tok), data=data, cfg=cfg, desc="study 02 runs")
     return StudyResult(records=records, ewc_lambda=lam, ewc_tuning=tuning,
                        stage_tasks=data[cfg.seeds[0]].stage_tasks, pretrain=meta, tuning_seconds=tuning_s)
