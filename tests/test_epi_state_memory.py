@@ -58,6 +58,9 @@ def test_compact_owners_reproduce_planted_owner_vector():
         want = (owner == -1) | (owner == tid)
         assert torch.equal(co.allowed(tid), want) and torch.equal(legacy.allowed(tid), want)
     assert co.allowed(0).tolist() == [1, 1, 0, 0, 1, 0, 1, 0, 1, 1]
+    given = es.CompactOwners(owner, sets, overlap_pos=torch.tensor([2, 5]))  # the caller's overlaps: no check
+    assert given.overlap_owner.tolist() == [1, -2] and torch.equal(given.to_int8(), owner)
+    assert all(torch.equal(given.allowed(t), co.allowed(t)) for t in (0, 1, 2, -3))
     odd = owner.clone()
     odd[9] = 2  # owned without a claim: stored as a sparse exception, still exact
     co = es.CompactOwners(odd, sets)

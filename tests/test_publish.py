@@ -46,8 +46,13 @@ def test_index_shows_declared_headlines_and_publish_keeps_other_studies(tmp_path
     assert "<title>91_alpha · cpu profile</title>" in page
     index = write_index(reports).read_text()
     assert "main.acc = 10 [0.5, 1.5]" in index and "zz_first" not in index
-    # publish both, then rerun only alpha: beta stays published and listed
-    publish(reports, profile="cpu")
+    # publish both from a process whose EPI_DATA_DIR differs: the run's own data folder (recorded
+    # privately in its folder) is still scrubbed, and that note is not published
+    monkeypatch.setenv("EPI_DATA_DIR", str(tmp_path / "elsewhere"))
+    published = publish(reports, profile="cpu")
+    page = (published / "91_alpha" / "report.html").read_text()
+    assert "machine-specific-data" not in page and "$EPI_DATA_DIR" in page
+    assert not list(published.rglob(".machine_paths.json"))
     shutil.rmtree(reports / "92_beta")
     run_notebook(a, profile="cpu", overrides={"seed": 3}, reports_dir=reports, progress=False)
     target = publish(reports, profile="cpu")

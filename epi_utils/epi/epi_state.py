@@ -165,10 +165,6 @@ class PackedSets(MutableMapping):
         del self._d[task]
         self._recent.pop(task, None)
 
-    def recent(self) -> dict:
-        """The bool masks written since the last :meth:`forget_recent` (task -> ``(n,)``)."""
-        return dict(self._recent)
-
     def forget_recent(self) -> None:
         """Drop the references to the bool masks written by the last refresh (call at its end:
         between refreshes only the packed sets are kept)."""
@@ -200,7 +196,11 @@ class CompactOwners:
     ``legacy=True`` stores ``owner`` as is and caches one bool mask per task, as before."""
 
     def __init__(self, owner: torch.Tensor, sets: Mapping[int, "TaskSet | torch.Tensor"], *, legacy: bool = False,
-                 masks: Mapping[int, torch.Tensor] | None = None):
+                 overlap_pos: torch.Tensor | None = None):
+        """``overlap_pos``: the sorted positions of the elements claimed by two or more sets, when
+        the caller built ``owner`` by the unique-claimant rule elsewhere (``IsolationPolicy`` does):
+        only the overlaps' owners are then read (one gather); ``None`` derives the overlaps from the
+        sets and stores any element that breaks the rule as a sparse exception (a full check)."""
         owner = owner.reshape(-1)
         self.n, self.legacy, self.device = owner.numel(), legacy, owner.device
         self._allowed: dict[int, torch.Tensor] = {}
@@ -209,10 +209,15 @@ class CompactOwners:
             return
         self._owner = None
         self.sets = dict(sets)
+        if overlap_pos is not None:
+            self.overlap_owner = owner.index_select(0, overlap_pos.to(torch.int64)).to(torch.int8)
+            self.exc_pos, self.exc_owner = TaskSet(self.n, idx=torch.zeros(0, dtype=torch.int32), count=0), \
+                torch.zeros(0, dtype=torch.int8)
+            return
         mp = self._multi_packed()
         multi = unpack_bits(mp, self.n)
         self.overlap_owner = owner.index_select(0, packed_positions(mp, self.n)).to(torch.int8)
-        naive = self._naive(multi, masks or {})
+        naive = self._naive(multi)
         pos = ((owner != naive) & ~multi).nonzero().squeeze(1)
         self.exc_pos = TaskSet.from_indices(pos, self.n)
         self.exc_owner = owner[pos].to(torch.int8)
@@ -236,12 +241,12 @@ class CompactOwners:
             return torch.zeros(math.ceil(self.n / 8), dtype=torch.uint8, device=self.device)
         return multi
 
-    def _naive(self, multi: torch.Tensor, masks: Mapping[int, torch.Tensor] = {}) -> torch.Tensor:
+    def _naive(self, multi: torch.Tensor) -> torch.Tensor:
         """Owner by the unique-claimant rule: the claimant where one task claims, -1 where none,
-        -3 (never a valid owner) where several do. ``masks``: bool sets already unpacked, by id."""
+        -3 (never a valid owner) where several do."""
         claim = torch.zeros(self.n, dtype=torch.int8, device=self.device)
         for tid, s in self.sets.items():
-            m = masks[tid] if tid in masks else (s.to_mask() if isinstance(s, TaskSet) else s)
+            m = s.to_mask() if isinstance(s, TaskSet) else s
             claim.add_(m.view(torch.int8) * (tid + 1))
         claim.sub_(1)
         return claim.masked_fill_(multi, -3)

@@ -208,7 +208,7 @@ class IsolationPolicy(TrainHook):
         if missing:
             raise ValueError(f"{self.name}: cannot pin tasks {missing} without a critical set")
         self.pinned.update(tasks)
-        self._store_owner(self._resolve_owners({}))
+        self._store_owner(*self._resolve_owners({}))
 
     # -- mask bookkeeping ----------------------------------------------------------------------
     def set_critical(self, scores: Mapping[str, Mapping[str, torch.Tensor]], *, step: int = 0) -> None:
@@ -246,16 +246,17 @@ class IsolationPolicy(TrainHook):
         self._crit_flat.update(new)
         if not self._crit_flat:
             return
-        owner = self._resolve_owners(scores)
-        self._store_owner(owner)
+        owner, overlap = self._resolve_owners(scores)
+        self._store_owner(owner, overlap)
         self.critical = LazyMapping(list(self._crit_flat), lambda t: self._unflatten(self._crit_flat[t]))
         self.n_mask_updates += 1
         if self.record:
             row["protected_share"] = int(torch.count_nonzero(owner != -1)) / max(owner.numel(), 1)
             self.history.append(row)
 
-    def _resolve_owners(self, scores: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """int8 owner vector from the flat critical sets: an element claimed by one task belongs
+    def _resolve_owners(self, scores: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """int8 owner vector from the flat critical sets, and the sorted int64 positions of the
+        overlap elements (claimed by two or more sets): an element claimed by one task belongs
         to it; an overlap (claimed by several) goes, with ``overlap="owner"``, to the claimant with
         the highest score (claimants in task order; a task without new scores takes an overlap
         element only if no earlier claimant took it, at score 0), with ``"freeze"`` to nobody (-2).
@@ -289,13 +290,13 @@ class IsolationPolicy(TrainHook):
                         best = torch.where(better, torch.zeros_like(best), best)
                     own[better] = self.tasks.index(t)
                 owner[overlap] = own
-        return owner
+        return owner, overlap
 
-    def _store_owner(self, owner: torch.Tensor) -> None:
-        """Keep the int8 owner vector as :class:`CompactOwners` (derived from the critical sets)."""
+    def _store_owner(self, owner: torch.Tensor, overlap: torch.Tensor) -> None:
+        """Keep the int8 owner vector as :class:`CompactOwners` (derived from the critical sets;
+        ``owner`` follows the unique-claimant rule outside ``overlap`` by construction)."""
         sets = {self.tasks.index(t): self._crit_flat.stored(t) for t in self._crit_flat}
-        masks = {self.tasks.index(t): m for t, m in self._crit_flat.recent().items()}
-        self._owner_flat = CompactOwners(owner, sets, legacy=not self.compact_state, masks=masks)
+        self._owner_flat = CompactOwners(owner, sets, legacy=not self.compact_state, overlap_pos=overlap)
         self._crit_flat.forget_recent()
         self.owner = LazyMapping(self._names, lambda n: self._unflatten(self._owner_flat.to_int8())[n])
         self._allowed = {}

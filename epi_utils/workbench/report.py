@@ -79,6 +79,7 @@ def run_notebook(nb_path: Path | str, *, profile: str = "cpu", overrides: Mappin
         **runs.provenance(device=str(parameters.get("device", "auto"))),
     }
     runs.atomic_write_json(run_dir / "metrics.json", record)
+    runs.atomic_write_json(run_dir / MACHINE_PATHS, {"data_dir": str(runs.data_dir())})  # never published
     error = None
     # The kernel inherits EPI_RUN_DIR and a quiet environment (no library progress bars or warnings
     # in the report); the study's progress lines reach this terminal through progress.log.
@@ -227,12 +228,24 @@ def _banner(record: Mapping[str, Any]) -> str:
             f"border-left:6px solid {colour};background:#fafafa'>" + " · ".join(parts) + err + "</div>")
 
 
-def _scrub_paths(text: str) -> str:
-    """Replace this machine's paths (data folder, repository, home) in rendered text with names
-    that mean the same on any machine: ``$EPI_DATA_DIR``, ``<repo>``, ``~``."""
+#: a run folder's private note of the machine paths its report must not show (read when rendering)
+MACHINE_PATHS = ".machine_paths.json"
+
+
+def _run_data_dirs(run_dir: Path) -> list[str]:
+    """The data folder a run read (recorded at its start), whatever ``EPI_DATA_DIR`` is now."""
+    try:
+        return [json.loads((Path(run_dir) / MACHINE_PATHS).read_text())["data_dir"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _scrub_paths(text: str, *, data_dirs: Sequence[str | Path] = ()) -> str:
+    """Replace machine paths (this process's data folder and ``data_dirs``, the repository, home)
+    in rendered text with names that mean the same on any machine: ``$EPI_DATA_DIR``, ``<repo>``, ``~``."""
     subs = []
-    for path, name in ((runs.data_dir(), "$EPI_DATA_DIR"), (runs.repo_root(), "&lt;repo&gt;"),
-                       (Path.home(), "~")):
+    pairs = [(d, "$EPI_DATA_DIR") for d in (runs.data_dir(), *data_dirs)]
+    for path, name in (*pairs, (runs.repo_root(), "&lt;repo&gt;"), (Path.home(), "~")):
         for variant in {str(path), str(Path(path).resolve())}:
             if len(variant) > 1:
                 subs.append((variant, name))
@@ -251,7 +264,8 @@ def report_title(record: Mapping[str, Any] | None, fallback: str) -> str:
 def render_html(nb_file: Path | str, html_file: Path | str, *, record: Mapping[str, Any] | None = None,
                 embed_images: bool = True) -> Path:
     """Render an executed notebook as a report: code cells hidden, a provenance banner on top, the
-    page titled with the study and profile, and machine paths replaced (:func:`_scrub_paths`).
+    page titled with the study and profile, and machine paths replaced (:func:`_scrub_paths`; the
+    data folder the run recorded in its folder's :data:`MACHINE_PATHS`, and this process's).
 
     Images in outputs are embedded (the HTML is self-contained).
     """
@@ -268,7 +282,8 @@ def render_html(nb_file: Path | str, html_file: Path | str, *, record: Mapping[s
         pos = body.find(marker)
         end = body.find(">", pos) + 1 if pos >= 0 else 0
         body = body[:end] + _banner(record) + body[end:]
-    Path(html_file).write_text(_scrub_paths(body), encoding="utf-8")
+    data_dirs = _run_data_dirs(Path(nb_file).parent)
+    Path(html_file).write_text(_scrub_paths(body, data_dirs=data_dirs), encoding="utf-8")
     return Path(html_file)
 
 
