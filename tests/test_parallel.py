@@ -43,3 +43,6 @@ def test_study02_two_workers_equal_one():
                                                                 and b.moved_owned_stage0 != b.moved_owned_stage0)
     with pytest.raises(ValueError, match="workers"):
         StudyConfig(workers=0)
+    with pytest.raises(ValueError, match="workers must be 1 on cuda"):
+        StudyConfig(workers=2, device="cuda")
+    assert not study._SHARED  # the parent keeps no reference to the shared inputs after a study

@@ -109,6 +109,8 @@ class StudyConfig:
             bad("n_val_per_task", ">= 1 when EWC's lambda is chosen on the validation split")
         if "replay" in self.bounds and self.replay_samples < 1:
             bad("replay_samples", ">= 1 when the replay bound is run")
+        if self.workers > 1 and str(self.device).startswith("cuda"):
+            bad("workers", "1 on cuda (worker processes are for CPU cores)")
         if self.data_source == "world" and len(self.world_tasks) < 2:
             bad("world_tasks", "at least two tasks (stage 0 | stage 1)")
         if self.data_source == "hf" and len(self.hf_tasks) < 2:

@@ -375,14 +375,11 @@ def _run_jobs(jobs: list[tuple], *, base, data: dict, cfg: StudyConfig, desc: st
     same records, in job order, as one process)."""
     from epi_utils.workbench.parallel import map_runs
 
-    if cfg.workers == 1:
-        _share(base, data, cfg)
-        try:
-            return map_runs(_run_job, jobs, workers=1, desc=desc)
-        finally:
-            _SHARED.clear()
-    return map_runs(_run_job, jobs, workers=cfg.workers, threads=torch.get_num_threads(), init=_share,
-                    initargs=(base, data, cfg), desc=desc)
+    try:
+        return map_runs(_run_job, jobs, workers=cfg.workers, threads=torch.get_num_threads(), init=_share,
+                        initargs=(base, data, cfg), desc=desc)
+    finally:
+        _SHARED.clear()  # in one process, the inputs were shared with this one
 
 
 def choose_ewc_lambda(*, data: SeedData, base, cfg: StudyConfig) -> tuple[float, list[dict], float]:
@@ -408,8 +405,6 @@ def run_study(cfg: StudyConfig, *, world=None, base=None, data_files=None, check
     if str(cfg.device).startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        if cfg.workers > 1:
-            raise ValueError("StudyConfig.workers > 1 runs on CPU only (one process per core); use workers = 1 on cuda")
     model, tok, meta = base if base is not None else load_base(cfg, world)
     data = {s: seed_data(world, tok, cfg, s) for s in cfg.seeds}
     lam, tuning, tuning_s = None, [], 0.0
