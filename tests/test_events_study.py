@@ -66,6 +66,30 @@ def test_pretraining_learns_a_planted_character_pattern():
     assert windows_of(planted[:1], 32) == [(cycle * 6)[:32], (cycle * 6)[32:]]
 
 
+def test_char_encoder_with_bigrams_and_bilstm_does_not_depend_on_the_batch_padding():
+    """A sentence's character vectors are the same alone and padded beside a longer sentence (the
+    convolution sees zero padding, the packed BiLSTM's backward pass starts at its last character)."""
+    from epi_utils.events.data import Document
+    docs = ["甲公司质押股份", "乙公司于2018年9月6日回购股份7750848股"]
+    torch.manual_seed(0)
+    model = CharTransformer(CharVocab.build([Document("d", docs, {}, {}, [])]), dim=16, layers=1, heads=2, max_len=32, dropout=0.0,
+                            bigram_buckets=97, lstm=True).eval()
+    with torch.no_grad():
+        alone, m1 = model([docs[0]])
+        both, m2 = model(docs)
+    assert alone.shape == (1, 7, 16) and both.shape == (2, len(docs[1]), 16)
+    assert torch.allclose(alone[0], both[0, :7], atol=1e-5)
+    assert m2.sum().item() == 7 + len(docs[1])
+    ids, mask = model.vocab.encode(docs[:1], max_len=32)
+    swapped = ids.clone()
+    swapped[0, 3] = ids[0, 4]    # one character changed: its neighbours' bigram features change too
+    with torch.no_grad():
+        a, b = model.forward_ids(ids, mask), model.forward_ids(swapped, mask)
+    assert not torch.allclose(a[0, 2], b[0, 2])
+    with pytest.raises(ValueError, match="bigram_buckets"):
+        EventConfig(bigram_buckets=-1)
+
+
 def test_selection_key_orders_f1_then_annotated_f1_then_loss():
     assert tr.selection_key(0.2, 0.0, 9.0) > tr.selection_key(0.1, 0.9, 1.0)
     assert tr.selection_key(0.0, 0.5, 9.0) > tr.selection_key(0.0, 0.4, 1.0)
@@ -144,10 +168,15 @@ def test_a_doc2edag_layout_data_set_with_another_schema_runs_from_a_folder(tmp_p
     assert all(c.verdict in tuple(Verdict) for c in comps)
     table = summary.score_table(res.rows(candidates=study.ANNOTATED))
     assert set(table.index) == {"probes", "no_probe"}
-    e, d = study.frontend_step(data, cfg.replace(candidates="predicted", pretrain_epochs=0), step="no pretraining", seed=0)
-    steps = summary.frontend_table([("no pretraining", e, [d]), ("study", res.encoders[0], [r for r in res.rows() if r.encoder_seed == 0])])
+    e, ds = study.frontend_step(data, cfg.replace(pretrain_epochs=0, enc_lstm=True, bigram_buckets=64),
+                                step="no pretraining", seed=0)
+    assert [d.candidates for d in ds] == ["union", "predicted", "rules"] and {d.step for d in ds} == {"no pretraining"}
+    steps = summary.frontend_table([("no pretraining", e, ds), ("study", res.encoders[0], [r for r in res.rows() if r.encoder_seed == 0])])
     assert list(steps["candidates"][:3]) == ["predicted", "rules", "union"]
-    assert steps["decoders"].tolist() == [1, 0, 0] + [2, 2, 2]   # study: probes + no_probe of the first encoder
+    assert steps["decoders"].tolist() == [1, 1, 1] + [2, 2, 2]   # study: probes + no_probe of the first encoder
+    ment, test = summary.targets(res, candidates="union")
+    assert ment.value == pytest.approx(np.mean([x.mention["predicted"]["f1"] for x in res.encoders]))  # the NER head's
+    assert test.value == pytest.approx(np.mean([r.scores["micro_f1"] for r in res.rows(candidates="union") if r.method == "probes"]))
     assert not res.encoders[0].history[0].get("dev_mention_f1") is None
     with pytest.raises(FileNotFoundError, match="my_schema_typo.json"):
         study.locate_data("launches", "my_schema_typo.json")

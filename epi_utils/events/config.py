@@ -27,6 +27,8 @@ class EventConfig:
     dropout: float = 0.1          # dropout in the encoder (embeddings and layers) and the decoder
     max_sentence_chars: int = 128 # characters kept per sentence
     max_sentences: int = 24       # sentences kept per document
+    bigram_buckets: int = 0       # hashed character-bigram embedding buckets of the character encoder (0 = none)
+    enc_lstm: bool = False        # a residual BiLSTM layer over the character Transformer's output
     pretrain_epochs: int = 0      # masked-character pretraining passes over all documents' text (0 = none)
     pretrain_lr: float = 2e-3     # masked-character pretraining peak learning rate
     enc_epochs: int = 4           # stage-1 epochs (best epoch on dev mention F1 kept)
@@ -67,7 +69,7 @@ class EventConfig:
                      "decoder_seeds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("enc_epochs", "dec_epochs", "pretrain_epochs", "rc_weight", "pc_weight", "min_mention_chars"):
+        for name in ("enc_epochs", "dec_epochs", "pretrain_epochs", "bigram_buckets", "rc_weight", "pc_weight", "min_mention_chars"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:

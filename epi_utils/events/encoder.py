@@ -82,18 +82,33 @@ def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class CharTransformer(nn.Module):
-    """Character + position embeddings, one residual 3-wide convolution, ``layers`` Transformer layers
-    (dropout on the embeddings and inside every layer)."""
+    """Character + position embeddings (+ hashed character-bigram embeddings), one residual 3-wide
+    convolution, ``layers`` Transformer layers (+ a residual bidirectional LSTM), dropout on the
+    embeddings and inside every layer.
 
-    def __init__(self, vocab: CharVocab, *, dim: int, layers: int, heads: int, max_len: int, dropout: float):
+    ``bigram_buckets > 0`` adds, per character, embeddings of its left and right character bigrams
+    hashed into that many buckets (bigram features of Chinese character NER, Zhang & Yang, ACL 2018
+    "Chinese NER Using Lattice LSTM", baseline char+bichar). ``lstm`` adds a BiLSTM over the
+    Transformer's output (residual, then layer norm): the recurrent inductive bias of BiLSTM
+    taggers (Lample et al., NAACL 2016), which from-scratch Transformers lack for NER (Yan et al.,
+    2019, "TENER"). Bigram ids are computed from the (possibly masked) input ids, so masked-character
+    pretraining does not leak the masked character through its bigrams.
+    """
+
+    def __init__(self, vocab: CharVocab, *, dim: int, layers: int, heads: int, max_len: int, dropout: float,
+                 bigram_buckets: int = 0, lstm: bool = False):
         super().__init__()
         self.vocab, self.max_len, self.dim = vocab, max_len, dim
         self.emb = nn.Embedding(len(vocab), dim, padding_idx=0)
+        self.bigram_buckets = bigram_buckets
+        self.bigram = nn.Embedding(bigram_buckets, dim) if bigram_buckets else None
+        self.lstm = nn.LSTM(dim, dim // 2, batch_first=True, bidirectional=True) if lstm else None
         self.pos = nn.Embedding(max_len, dim)
         self.conv = nn.Conv1d(dim, dim, kernel_size=3, padding=1)  # local n-gram features: faster NER learning
         layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, batch_first=True, norm_first=True)
         self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
+        self.lstm_norm = nn.LayerNorm(dim) if lstm else None
         self.drop = nn.Dropout(dropout)
 
     def forward(self, sentences: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,11 +120,24 @@ class CharTransformer(nn.Module):
         """``ids [N, L]`` (``mask [N, L]`` true on characters) -> character vectors ``[N, L, d]``."""
         dev = ids.device
         x = self.emb(ids) + self.pos(torch.arange(ids.shape[1], device=dev))
+        if self.bigram is not None:
+            nxt = torch.nn.functional.pad(ids[:, 1:], (0, 1))
+            right = (ids * 1000003 + nxt * 7919 + 17) % self.bigram_buckets       # (c_i, c_i+1)
+            left = torch.nn.functional.pad(right[:, :-1], (1, 0))                  # (c_i-1, c_i)
+            x = x + self.bigram(right) + self.bigram(left)
+        x = x * mask.unsqueeze(-1)  # padding is zero, so the convolution sees the same at a sentence's end in any batch
         x = self.drop(x + torch.relu(self.conv(x.transpose(1, 2))).transpose(1, 2))
         empty = ~mask.any(1)
         pad = ~mask
         pad[empty, 0] = False  # an empty sentence attends to its padding instead of producing NaN
-        return self.norm(self.enc(x, src_key_padding_mask=pad))
+        h = self.norm(self.enc(x, src_key_padding_mask=pad))
+        if self.lstm is not None:   # packed: the backward direction starts at each sentence's last character
+            lengths = mask.sum(1).clamp(min=1).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(h, lengths, batch_first=True, enforce_sorted=False)
+            out, _ = self.lstm(packed)
+            out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=h.shape[1])
+            h = self.lstm_norm(h + self.drop(out))
+        return h
 
 
 class HFCharEncoder(nn.Module):
@@ -152,14 +180,15 @@ class DocumentEncoder(nn.Module):
 
     def __init__(self, vocab: CharVocab, labels: Sequence[str], num_types: int, *, dim: int = 64,
                  layers: int = 2, heads: int = 4, max_len: int = 128, max_sentences: int = 64,
-                 dropout: float = 0.1, hf_name: str = ""):
+                 dropout: float = 0.1, hf_name: str = "", bigram_buckets: int = 0, lstm: bool = False):
         super().__init__()
         self.labels = list(labels)
         self.dim, self.max_sentences = dim, max_sentences
         if hf_name:
             self.sent = HFCharEncoder(hf_name, dim=dim, max_len=max_len)
         else:
-            self.sent = CharTransformer(vocab, dim=dim, layers=layers, heads=heads, max_len=max_len, dropout=dropout)
+            self.sent = CharTransformer(vocab, dim=dim, layers=layers, heads=heads, max_len=max_len, dropout=dropout,
+                                        bigram_buckets=bigram_buckets, lstm=lstm)
         self.ner = nn.Linear(dim, 1 + 2 * len(self.labels))
         self.vocab = vocab
         self.type_query = nn.Parameter(torch.randn(num_types, dim))  # unit-variance entries: sharp initial attention

@@ -17,6 +17,7 @@ leave them unused (like Doc2EDAG's scheduled sampling of predicted entities).
 from __future__ import annotations
 
 import copy
+import time
 from typing import Sequence
 
 import numpy as np
@@ -30,6 +31,7 @@ from .metric import mention_scores
 from .pretrain import pretrain_characters
 from .rules import merge_candidates, rule_mentions
 from .schema import EventSchema
+from ..workbench.progress import progress_line
 
 
 def batches(n: int, size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
@@ -60,7 +62,8 @@ def build_encoder(docs: Sequence[Document], schema: EventSchema, cfg: EventConfi
     labels = sorted(set(schema.all_fields()) | {f for d in docs for f in d.fields.values() if f})
     return DocumentEncoder(CharVocab.build(list(docs) + list(unlabeled)), labels, schema.num_types, dim=cfg.dim,
                            layers=cfg.enc_layers, heads=cfg.heads, max_len=cfg.max_sentence_chars,
-                           max_sentences=cfg.max_sentences, dropout=cfg.dropout, hf_name=cfg.hf_encoder).to(cfg.device)
+                           max_sentences=cfg.max_sentences, dropout=cfg.dropout, hf_name=cfg.hf_encoder,
+                           bigram_buckets=cfg.bigram_buckets, lstm=cfg.enc_lstm).to(cfg.device)
 
 
 def _encoder_step(enc: DocumentEncoder, batch: Sequence[Document], schema: EventSchema, cfg: EventConfig) -> torch.Tensor:
@@ -82,7 +85,7 @@ def _encoder_step(enc: DocumentEncoder, batch: Sequence[Document], schema: Event
 
 def train_encoder(docs: Sequence[Document], schema: EventSchema, cfg: EventConfig, *, seed: int,
                   unlabeled: Sequence[Document] = (), dev_docs: Sequence[Document] | None = None,
-                  progress: bool = False, max_steps: int | None = None) -> DocumentEncoder:
+                  progress: bool = False, max_steps: int | None = None, log=None) -> DocumentEncoder:
     """Stage 1: (masked-character pretraining on ``docs`` + ``unlabeled`` text for
     ``cfg.pretrain_epochs``, character Transformer only) then NER + event-type detection on ``docs``
     for ``cfg.enc_epochs`` (OneCycle learning rate).
@@ -90,7 +93,7 @@ def train_encoder(docs: Sequence[Document], schema: EventSchema, cfg: EventConfi
     With ``dev_docs`` the dev mention P/R/F1 of the NER head (:func:`~.metric.mention_scores`) is
     measured after every epoch and the best epoch's weights are kept. The returned encoder carries
     ``history`` (per epoch: loss, dev mention scores) and ``pretrain_losses``. ``max_steps`` stops
-    early (the GPU rehearsal's few timed steps).
+    early (the GPU rehearsal's few timed steps). ``log`` (a callable) receives one line per epoch.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -110,7 +113,7 @@ def train_encoder(docs: Sequence[Document], schema: EventSchema, cfg: EventConfi
                                                 pct_start=0.1)
     from tqdm.auto import tqdm
     bar = tqdm(total=steps, desc=f"encoder seed {seed}", disable=not progress, leave=False)
-    history, best, best_state, done = [], -1.0, None, 0
+    history, best, best_state, done, t0 = [], -1.0, None, 0, time.perf_counter()
     for epoch in range(1, cfg.enc_epochs + 1):
         enc.train()
         tot = 0.0
@@ -134,6 +137,10 @@ def train_encoder(docs: Sequence[Document], schema: EventSchema, cfg: EventConfi
             if s["f1"] > best:
                 best, best_state = s["f1"], copy.deepcopy(enc.state_dict())
         history.append(row)
+        if log is not None:
+            dev = f", dev mention F1 {row['dev_mention_f1']:.3f}" if "dev_mention_f1" in row else ""
+            log(progress_line(f"encoder seed {seed} epochs", done=epoch, total=cfg.enc_epochs,
+                              elapsed=time.perf_counter() - t0, unit="done") + f"; loss {tot:.1f}{dev}")
         if max_steps is not None and done >= max_steps:
             break
     bar.close()

@@ -25,6 +25,7 @@ from .metric import document_stats, evaluate_documents, mention_scores, prf, rec
 from .schema import EventSchema, load_schema
 from .synthetic import generate_documents
 from .training import decode, selection_key, train_decoder
+from ..workbench.progress import log_line, progress_line
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 ANNOTATED = "annotated"   # candidate-set name of the upper bound: decoded from the annotated mentions
@@ -195,15 +196,16 @@ class _Encoded:
 
 
 def encode_split(data: PreparedData, cfg: EventConfig, *, seed: int, step: str = "main",
-                 test_candidates: Sequence[str] = (), progress: bool = False) -> _Encoded:
+                 test_candidates: Sequence[str] = (), progress: bool = False, log=None) -> _Encoded:
     """Train one stage-1 encoder (pretraining on every split's text, dev-chosen epoch), score its
     candidate sets on dev, and extract the frozen features: ``train`` (``cfg.train_candidates``),
     ``dev`` (``cfg.candidates``), ``dev_annotated``, ``test`` (``cfg.candidates``), ``test_annotated``
-    and ``test_<c>`` for every extra candidate set in ``test_candidates``."""
+    and ``test_<c>`` for every extra candidate set in ``test_candidates``. ``log`` receives one line
+    per encoder epoch."""
     t0 = time.perf_counter()
     unlabeled = data.cut["train"] + data.cut["dev"] + data.cut["test"]
     enc = train_encoder(data.cut["train"], data.schema, cfg, seed=seed, unlabeled=unlabeled,
-                        dev_docs=data.cut["dev"], progress=progress)
+                        dev_docs=data.cut["dev"], progress=progress, log=log)
     kw = {"min_mention_chars": cfg.min_mention_chars}
     mention = {}
     for c in dict.fromkeys(("predicted", "rules", "union", cfg.candidates)):
@@ -246,7 +248,7 @@ def _train(encoded: _Encoded, data: PreparedData, variant: Variant, cfg: EventCo
     return dec, info, time.perf_counter() - t0
 
 
-def run_study(data: PreparedData, cfg: EventConfig, *, progress: bool = False, log=print,
+def run_study(data: PreparedData, cfg: EventConfig, *, progress: bool = False, log=log_line,
               extra_candidates: Sequence[str] = ("predicted", "rules")) -> StudyResult:
     """Every method of ``cfg.methods`` over ``cfg.encoder_seeds`` x ``cfg.decoder_seeds`` seeds.
 
@@ -264,14 +266,15 @@ def run_study(data: PreparedData, cfg: EventConfig, *, progress: bool = False, l
     gold_test = [d.records for d in data.full["test"]]
     t_all = time.perf_counter()
     chosen_lr: dict[str, float] = {}
+    n_dec, done = cfg.encoder_seeds * cfg.decoder_seeds * len(variants), 0
     for i in range(cfg.encoder_seeds):
         enc_seed = cfg.seed + i
         encoded = encode_split(data, cfg, seed=enc_seed, test_candidates=extra_candidates if i == 0 else (),
-                               progress=progress)
+                               progress=progress, log=log)
         res.encoders.append(encoded.record)
         res.seconds[f"encoder_{enc_seed}"] = encoded.record.seconds
         m = encoded.record.mention[cfg.candidates]
-        log(f"encoder seed {enc_seed}: dev mention P {m['p']:.3f} R {m['r']:.3f} F1 {m['f1']:.3f} "
+        log(f"study 04 encoder {i + 1}/{cfg.encoder_seeds} (seed {enc_seed}): dev mention P {m['p']:.3f} R {m['r']:.3f} F1 {m['f1']:.3f} "
             f"({cfg.candidates} candidates), {encoded.record.seconds:.0f} s")
         for j in range(cfg.decoder_seeds):
             dec_seed = cfg.seed + 100 * (i + 1) + j
@@ -306,7 +309,10 @@ def run_study(data: PreparedData, cfg: EventConfig, *, progress: bool = False, l
                     res.predictions[v.name] = preds
                     res.histories[v.name] = info["history"]
                 last = res.rows(candidates=cfg.candidates)[-1]
-                log(f"  {v.name} enc {enc_seed} dec {dec_seed}: test micro F1 {last.scores['micro_f1']:.3f}, "
+                done += 1
+                head = progress_line("study 04 decoders", done=done, total=n_dec, elapsed=time.perf_counter() - t_all,
+                                     unit="trained")
+                log(f"{head}; {v.name} enc {enc_seed} dec {dec_seed}: test micro F1 {last.scores['micro_f1']:.3f}, "
                     f"dev F1 {info['best_dev_f1']:.3f} (epoch {info['best_epoch']}/{info['last_epoch']}, "
                     f"lr {lr:g}, threshold {info['exist_threshold']}, gate {info['type_gate']}), {secs:.0f} s")
         del encoded
@@ -315,12 +321,17 @@ def run_study(data: PreparedData, cfg: EventConfig, *, progress: bool = False, l
 
 
 def frontend_step(data: PreparedData, cfg: EventConfig, *, step: str, seed: int, method: str = "probes",
-                  progress: bool = False) -> tuple[EncoderRecord, DecoderRecord]:
-    """One rung of the front-end ladder: an encoder trained with ``cfg``, its dev mention scores, and
-    one ``method`` decoder's test micro F1 from ``cfg.candidates`` (records tagged ``step``)."""
+                  candidate_sets: Sequence[str] = ("predicted", "rules", "union"), progress: bool = False,
+                  log=None) -> tuple[EncoderRecord, list[DecoderRecord]]:
+    """One rung of the front-end ladder: an encoder trained with ``cfg`` (its dev mention scores per
+    candidate set) and one ``method`` decoder, evaluated on the test split from ``cfg.candidates``
+    and from every set in ``candidate_sets`` (records tagged ``step``, one per candidate set)."""
     res = StudyResult()
-    encoded = encode_split(data, cfg, seed=seed, step=step, progress=progress)
+    encoded = encode_split(data, cfg, seed=seed, step=step, test_candidates=candidate_sets, progress=progress, log=log)
     dec, info, secs = _train(encoded, data, variants_for([method])[0], cfg, seed, progress)
-    _evaluate(res, data, cfg, dec, info, method=method, enc_seed=seed, dec_seed=seed, feats=encoded.feats["test"],
-              candidates=cfg.candidates, secs=secs, step=step, lr=cfg.dec_lr)
-    return encoded.record, res.decoders[0]
+    kw = dict(method=method, enc_seed=seed, dec_seed=seed, secs=secs, step=step, lr=cfg.dec_lr)
+    _evaluate(res, data, cfg, dec, info, feats=encoded.feats["test"], candidates=cfg.candidates, **kw)
+    for c in dict.fromkeys(candidate_sets):
+        if c != cfg.candidates:
+            _evaluate(res, data, cfg, dec, info, feats=encoded.feats[f"test_{c}"], candidates=c, **kw)
+    return encoded.record, list(res.decoders)

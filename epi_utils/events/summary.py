@@ -114,9 +114,13 @@ class Target:
         return {"value": self.value, "target": self.target, "reached": self.reached}
 
 
-def targets(result: StudyResult, *, candidates: str, method: str = "probes") -> list[Target]:
-    """Dev mention F1 (mean over encoders, ``candidates``) >= 0.70 and test micro F1 of ``method`` >= 0.35."""
-    ment = float(np.mean([e.mention[candidates]["f1"] for e in result.encoders if e.step == "main"]))
+def targets(result: StudyResult, *, candidates: str, method: str = "probes",
+            mention_candidates: str = "predicted") -> list[Target]:
+    """The issue's two targets: dev mention F1 of the entity front end's NER head (mean over the
+    study's encoders; ``mention_candidates``, default ``"predicted"``: the head's own spans, the
+    quantity the issue's 44.2 baseline measured) >= 0.70, and test micro F1 of ``method`` decoded
+    from the study's ``candidates`` >= 0.35."""
+    ment = float(np.mean([e.mention[mention_candidates]["f1"] for e in result.encoders if e.step == "main"]))
     f1 = [r.scores["micro_f1"] for r in result.rows(candidates=candidates) if r.method == method]
     return [Target("dev_mention_f1", ment, 0.70), Target(f"test_micro_f1_{method}", float(np.mean(f1)) if f1 else 0.0, 0.35)]
 
