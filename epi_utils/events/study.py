@@ -322,7 +322,7 @@ def run_study(data: PreparedData, cfg: EventConfig, *, progress: bool = False, l
 
 def frontend_step(data: PreparedData, cfg: EventConfig, *, step: str, seed: int, method: str = "probes",
                   candidate_sets: Sequence[str] = ("predicted", "rules", "union"), progress: bool = False,
-                  log=None) -> tuple[EncoderRecord, list[DecoderRecord]]:
+                  log=log_line) -> tuple[EncoderRecord, list[DecoderRecord]]:
     """One rung of the front-end ladder: an encoder trained with ``cfg`` (its dev mention scores per
     candidate set) and one ``method`` decoder, evaluated on the test split from ``cfg.candidates``
     and from every set in ``candidate_sets`` (records tagged ``step``, one per candidate set)."""
@@ -334,4 +334,8 @@ def frontend_step(data: PreparedData, cfg: EventConfig, *, step: str, seed: int,
     for c in dict.fromkeys(candidate_sets):
         if c != cfg.candidates:
             _evaluate(res, data, cfg, dec, info, feats=encoded.feats[f"test_{c}"], candidates=c, **kw)
+    if log is not None:
+        parts = [f"{r.candidates}: dev mention F1 {encoded.record.mention[r.candidates]['f1']:.3f}, test micro F1 "
+                 f"{r.scores['micro_f1']:.3f}" for r in res.decoders if r.candidates in encoded.record.mention]
+        log(f"study 04 front-end step '{step}': " + "; ".join(parts))
     return encoded.record, list(res.decoders)
