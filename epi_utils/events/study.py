@@ -336,6 +336,6 @@ def frontend_step(data: PreparedData, cfg: EventConfig, *, step: str, seed: int,
             _evaluate(res, data, cfg, dec, info, feats=encoded.feats[f"test_{c}"], candidates=c, **kw)
     if log is not None:
         parts = [f"{r.candidates}: dev mention F1 {encoded.record.mention[r.candidates]['f1']:.3f}, test micro F1 "
-                 f"{r.scores['micro_f1']:.3f}" for r in res.decoders if r.candidates in encoded.record.mention]
+                 f"{r.scores['micro_f1']:.3f}" for r in res.decoders]
         log(f"study 04 front-end step '{step}': " + "; ".join(parts))
     return encoded.record, list(res.decoders)
