@@ -16,7 +16,7 @@ def test_ddp_masks_identical_on_two_processes(tmp_path, engine):
     out = tmp_path / "ddp.json"
     torchrun = Path(sys.executable).with_name("torchrun")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--standalone", "-m", "epi_utils.epi.distributed",
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--standalone", "-m", "epi_utils.isolation.distributed",
            "--engine", engine, "--steps", "12", "--interval", "3", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

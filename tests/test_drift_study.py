@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from epi_utils.epi import checkpoint_importance as ci
-from epi_utils.epi import importance_drift as dr
-from epi_utils.epi.drift import study, summary
-from epi_utils.epi.drift.config import DriftConfig
+from epi_utils.importance import checkpoint as ci
+from epi_utils.importance import drift as dr
+from epi_utils.drift import study, summary
+from epi_utils.drift.config import DriftConfig
 from epi_utils.workbench import stats
 from tests.lm_fixtures import small_tiny, small_world  # noqa: F401  (fixtures)
 

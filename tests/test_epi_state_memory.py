@@ -4,9 +4,9 @@ import types
 import pytest
 import torch
 
-from epi_utils.epi import epi_state as es
-from epi_utils.epi import isolation as iso
-from epi_utils.epi.distributed import synthetic_task_batches, tiny_gpt2
+from epi_utils.isolation import state as es
+from epi_utils.isolation import policies as iso
+from epi_utils.isolation.distributed import synthetic_task_batches, tiny_gpt2
 from epi_utils.lm.masked_adamw import MaskedAdamW
 
 
@@ -171,7 +171,7 @@ def test_bf16_ema_masks_against_fp32(ratio):
     (measured, printed); the bound 2% is the tolerance the default relies on (see README)."""
     model = tiny_gpt2(seed=5, n_embd=64)
     named = {n: p for n, p in model.named_parameters()}
-    from epi_utils.epi.importance import ImportanceTracker, top_share_flat
+    from epi_utils.importance.estimators import ImportanceTracker, top_share_flat
 
     trs = {dt: ImportanceTracker(named, state_dtype=dt, beta=0.9) for dt in (torch.float32, torch.bfloat16)}
     sched = synthetic_task_batches(vocab=64, n_steps=30, batch_size=4, seq_len=16, tasks=TASKS, seed=1)
@@ -193,7 +193,7 @@ def test_bf16_ema_masks_against_fp32(ratio):
 def test_tracker_update_equals_whole_model_formula_and_lazy_scores_equal_flat(estimator, dtype):
     """The per-tensor/foreach update gives bit-for-bit the values of the formula on concatenated
     vectors (the tracker before issue 19); lazy scores at positions equal the full vector there."""
-    from epi_utils.epi.importance import ImportanceTracker
+    from epi_utils.importance.estimators import ImportanceTracker
 
     g = torch.Generator().manual_seed(2)
     params = {n: torch.nn.Parameter(torch.randn(s, generator=g)) for n, s in {"a": (30, 7), "z": (5,), "b": (91,)}.items()}

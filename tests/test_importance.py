@@ -5,8 +5,8 @@ import pytest
 import torch
 
 
-from epi_utils.epi import importance as imp
-from epi_utils.epi import importance_drift as drift
+from epi_utils.importance import estimators as imp
+from epi_utils.importance import drift as drift
 
 
 def _linear_step(w, x, y):

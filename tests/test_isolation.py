@@ -5,9 +5,9 @@ import pytest
 import torch
 
 
-from epi_utils.epi import isolation as iso
-from epi_utils.epi.distributed import hooked_steps, synthetic_task_batches, tiny_gpt2
-from epi_utils.epi.isolation_callback import MaskedStepGuard
+from epi_utils.isolation import policies as iso
+from epi_utils.isolation.distributed import hooked_steps, synthetic_task_batches, tiny_gpt2
+from epi_utils.isolation.callback import MaskedStepGuard
 
 TASKS = ["a", "b"]
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from epi_utils.epi.isolation import make_policy
-from epi_utils.epi.isolation_callback import (IsolationCallback, TaskRecordingCollator, sequential_trainer_class,
+from epi_utils.isolation.policies import make_policy
+from epi_utils.isolation.callback import (IsolationCallback, TaskRecordingCollator, sequential_trainer_class,
                                           task_homogeneous_order)
 
 TASKS = ["a", "b"]
@@ -70,7 +70,7 @@ def _args(tmp_path, cls=None):
 def test_trainer_callback_freezes_bit_exactly(tmp_path):
     from transformers import Trainer, default_data_collator
 
-    from epi_utils.epi.distributed import tiny_gpt2
+    from epi_utils.isolation.distributed import tiny_gpt2
 
     model = tiny_gpt2(seed=0)
     policy = make_policy("epi", tasks=TASKS, isolation_ratio=0.2, mask_update_interval=2, warmup_steps=2)
@@ -90,7 +90,7 @@ def test_sft_trainer_callback(tmp_path):
     trl = pytest.importorskip("trl")
     from transformers import default_data_collator
 
-    from epi_utils.epi.distributed import tiny_gpt2
+    from epi_utils.isolation.distributed import tiny_gpt2
     from epi_utils.lm.models import build_word_tokenizer
 
     tok = build_word_tokenizer([f"w{i}" for i in range(60)])

@@ -1,12 +1,11 @@
-"""Study 02 tables and verdicts on hand-made run records; study 01 drift tables; the HF data path."""
+"""Study 02 tables and verdicts on hand-made run records; the HF data path."""
 import numpy as np
 import pytest
 import torch
 
-from epi_utils.epi import importance_snapshots as snaps
-from epi_utils.epi.isolation_study import summary
-from epi_utils.epi.isolation_study.config import StudyConfig
-from epi_utils.epi.isolation_study.study import RunRecord
+from epi_utils.isolation_study import summary
+from epi_utils.isolation_study.config import StudyConfig
+from epi_utils.isolation_study.study import RunRecord
 
 ST = [("a",), ("b",)]
 
@@ -93,27 +92,9 @@ def test_study_config_validation():
     assert cfg.seeds == (3, 4) and cfg.ratios == (0.05, 0.5) and cfg.tasks == cfg.world_tasks
 
 
-def _snap(step, bits, sample):
-    return {"step": step, "masks": {"all": {"w": torch.tensor(bits, dtype=torch.bool)}},
-            "sample": {"all": torch.tensor(sample)}}
-
-
-def test_drift_table_and_seed_noise_by_hand():
-    a = [_snap(10, [1, 1, 0, 0], [1.0, 2.0, 3.0, 4.0]), _snap(20, [0, 1, 1, 0], [1.0, 3.0, 2.0, 4.0])]
-    b = [_snap(10, [1, 0, 0, 1], [4.0, 3.0, 2.0, 1.0]), _snap(20, [0, 1, 1, 0], [1.0, 2.0, 3.0, 4.0])]
-    t = snaps.drift_table(a).set_index("step")
-    assert t.loc[10, "jaccard_first"] == 1.0 and t.loc[20, "jaccard_first"] == pytest.approx(1 / 3)
-    assert t.loc[20, "spearman_first"] == pytest.approx(0.8) and t.loc[20, "turnover_prev"] == 0.5
-    n = snaps.seed_noise(a, b).set_index("step")
-    assert n.loc[10, "jaccard"] == pytest.approx(1 / 3) and n.loc[20, "jaccard"] == 1.0
-    assert n.loc[10, "spearman"] == pytest.approx(-1.0)
-    heat = snaps.layer_share_matrix(a)
-    assert heat.loc["other", 10] == 0.5
-
-
 def test_hf_world_from_local_files(tmp_path):
     """The gpu profile's data path on local JSONL files in the data sets' layouts (the rehearsal's path)."""
-    from epi_utils.epi.isolation_hf import hf_world
+    from epi_utils.isolation_study.hf_data import hf_world
     from epi_utils.workbench.rehearsal import write_local_samples
 
     gsm = [{"question": f"q{i}", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(10)]

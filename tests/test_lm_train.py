@@ -111,6 +111,29 @@ def test_task_homogeneous_batches(fresh_tiny, small_world):
     assert len(seen) == 4 and all(tasks == {task} for task, tasks in seen)
 
 
+def test_stop_flag_ends_training_and_still_runs_end_hooks(fresh_tiny, small_world):
+    """A hook stops training by setting ``state.should_stop`` (no exception): the loop ends after that
+    step, and every hook's ``on_train_end`` runs -- an exception raised out of a hook skipped them."""
+    model, tok = fresh_tiny
+    ended = []
+
+    class StopAt(TrainHook):
+        def on_step_end(self, state):
+            if state.step == 3:
+                state.should_stop = True
+
+    class End(TrainHook):
+        def on_train_end(self, state):
+            ended.append(state.step)
+
+    cfg = TrainConfig(batch_size=4, max_steps=8, eval_every=0, eval_train=False)
+    out = train_sft(model, tok, small_world.mixed(), config=cfg, hooks=[StopAt(), End()], progress=False)
+    assert out.steps == 3 and len(out.history) == 3 and out.stopped_early
+    assert ended == [3]
+    full = train_sft(copy.deepcopy(model), tok, small_world.mixed(), config=cfg, progress=False)
+    assert full.steps == 8 and not full.stopped_early
+
+
 def _params(model):
     return {n: p.detach().clone() for n, p in model.state_dict().items()}
 

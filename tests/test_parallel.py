@@ -20,8 +20,8 @@ def test_results_in_job_order_and_failures_named():
 
 
 def test_study02_two_workers_equal_one():
-    from epi_utils.epi.isolation_study import study
-    from epi_utils.epi.isolation_study.config import StudyConfig
+    from epi_utils.isolation_study import study
+    from epi_utils.isolation_study.config import StudyConfig
 
     torch.set_num_threads(1)
     common = dict(model_size="default", pretrain=False, n_seeds=2, n_train_per_task=8, n_val_per_task=4,

@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from epi_utils.epi.distributed import hooked_steps, synthetic_task_batches, tiny_gpt2
-from epi_utils.epi.isolation import POLICIES, make_policy
+from epi_utils.isolation.distributed import hooked_steps, synthetic_task_batches, tiny_gpt2
+from epi_utils.isolation.policies import make_policy, policy_names
 
 TASKS = ["a", "b"]
 BATCH, SEQ, STEPS_PER_STAGE = 4, 8, 4
@@ -56,7 +56,7 @@ def _trainer_route(base, name, tmp_path):
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, default_data_collator
 
-    from epi_utils.epi.isolation_callback import IsolationCallback, TaskRecordingCollator, sequential_trainer_class
+    from epi_utils.isolation.callback import IsolationCallback, TaskRecordingCollator, sequential_trainer_class
 
     model = copy.deepcopy(base)
     opt = _optimizer(model)
@@ -97,7 +97,7 @@ def full_sft(base):
     return _engine_route(base, "full_sft")
 
 
-@pytest.mark.parametrize("name", POLICIES)
+@pytest.mark.parametrize("name", policy_names())
 def test_every_policy_gives_the_same_weights_under_the_engine_and_the_trainer(name, base, full_sft, tmp_path):
     engine = _engine_route(base, name)
     trainer = _trainer_route(base, name, tmp_path)

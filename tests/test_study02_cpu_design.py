@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from epi_utils.epi.isolation_study import study
-from epi_utils.epi.isolation_study.config import StudyConfig
+from epi_utils.isolation_study import study
+from epi_utils.isolation_study.config import StudyConfig
 
 CFG = dict(model_size="default", pretrain=False, n_seeds=2, n_train_per_task=8, n_val_per_task=4, n_test_per_task=4,
            n_train_eval_per_task=2, steps_per_stage=6, batch_size=4, mask_update_interval=2, warmup_steps=1,

@@ -167,22 +167,20 @@ def knowledge_mix(world, *, share: float, rng: np.random.Generator) -> list:
 
 
 # --------------------------------------------------------------------------- SFT to convergence
-class _Converged(Exception):
-    pass
-
-
 def _convergence_hook(ids: Sequence[str], share: float, seen: list):
     from epi_utils.lm.train import TrainHook
 
     watch = set(ids)
 
     class Hook(TrainHook):
+        converged = False
+
         def on_evaluate(self, state, records):
             got = [r["exact_match"] for r in records if r["sample_id"] in watch]
             value = float(np.mean(got)) if got else float("nan")
             seen.append((state.step, state.epoch, value))
             if share > 0 and state.step > 0 and got and value >= share:
-                raise _Converged()
+                self.converged = state.should_stop = True
     return Hook()
 
 
@@ -200,12 +198,9 @@ def train_to_convergence(cfg: IlpConfig, model, tokenizer, stages: Sequence[Sequ
         path = workdir / f"dynamics_seed{seed}_stage{k}.jsonl"
         tc = TrainConfig(lr=cfg.sft_lr, batch_size=cfg.sft_batch_size, epochs=cfg.max_epochs,
                          eval_every=cfg.eval_every, schedule="constant", warmup_ratio=0.0, seed=seed + 1000 * k)
-        converged = False
-        try:
-            train_sft(model, tokenizer, [list(data)], config=tc, hooks=[_convergence_hook(clean, cfg.converge_share, seen)],
-                      dynamics_path=path, progress=False)
-        except _Converged:
-            converged = True
+        stop = _convergence_hook(clean, cfg.converge_share, seen)
+        train_sft(model, tokenizer, [list(data)], config=tc, hooks=[stop], dynamics_path=path, progress=False)
+        converged = stop.converged
         model.eval()
         dyn = signals.read_dynamics(path)
         dyn = dyn[~dyn["sample_id"].astype(str).str.startswith(CORPUS_PREFIX)].copy()

@@ -1,8 +1,8 @@
 """The one hook-calling sequence of a training step, shared by every training route.
 
 The SFT engine (:func:`epi_utils.lm.train.train_sft`), the minimal loop used under DDP
-(:func:`epi_utils.epi.distributed.hooked_steps`) and the ``transformers.Trainer`` route
-(:class:`epi_utils.epi.isolation_callback.IsolationCallback`) all call the hooks
+(:func:`epi_utils.isolation.distributed.hooked_steps`) and the ``transformers.Trainer`` route
+(:class:`epi_utils.isolation.callback.IsolationCallback`) all call the hooks
 (:class:`epi_utils.lm.train.TrainHook`: isolation policies, EWC, ...) through the functions below, so a
 policy behaves the same whichever route trains the model:
 

@@ -127,6 +127,10 @@ class TrainState:
     batch: dict = field(default_factory=dict)
     loss: float = float("nan")
     lr: float = 0.0
+    #: a hook sets this (as the HF Trainer's ``control.should_training_stop``) to end training after
+    #: the current step: the loop finishes that step's evaluation and checkpoint, then stops, and
+    #: ``on_train_end`` still runs for every hook.
+    should_stop: bool = False
 
 
 @dataclass
@@ -137,6 +141,7 @@ class TrainResult:
     dynamics_path: Path | None
     seconds: float = 0.0
     final_train_exact: dict[str, bool] = field(default_factory=dict)  # sample_id -> exact match at the end
+    stopped_early: bool = False            # a hook set ``TrainState.should_stop``
 
 
 # ----------------------------------------------------------------------------- batching
@@ -368,9 +373,14 @@ def train_sft(model, tokenizer, stages: Sequence[Sequence], *, config: TrainConf
                 _save_ckpt(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": state.step,
                                   "history": history, "stage_end_eval": stage_end_eval, "rng": _rng_states(),
                                   "last_eval": last_eval})
+            if state.should_stop:
+                break
         g0 += n_k
+        if state.should_stop:
+            break
     bar.close()
     model.eval()
     step_hooks.end_training(hooks, state)
     return TrainResult(steps=state.step, history=history, stage_end_eval=stage_end_eval, dynamics_path=dyn,
-                       seconds=time.perf_counter() - t0, final_train_exact=last_eval)
+                       seconds=time.perf_counter() - t0, final_train_exact=last_eval,
+                       stopped_early=state.should_stop)

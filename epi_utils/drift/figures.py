@@ -1,5 +1,5 @@
-"""Figures of study 01. Each function takes frames from :class:`~epi_utils.epi.drift.study.StudyResult`
-(``pair_frame()``, ``ablation_frame()``) or :mod:`~epi_utils.epi.drift.summary` tables and returns a
+"""Figures of study 01. Each function takes frames from :class:`~epi_utils.drift.study.StudyResult`
+(``pair_frame()``, ``ablation_frame()``) or :mod:`~epi_utils.drift.summary` tables and returns a
 ``matplotlib`` figure; the notebook saves it with :func:`epi_utils.workbench.plots.save_figure`.
 Bands and error bars are t-intervals over runs (the unit is written in each title).
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from epi_utils.epi.drift.summary import interval_table
+from epi_utils.drift.summary import interval_table
 
 
 def _plt():

@@ -4,7 +4,7 @@ Masks taken *after* a task's stage (arXiv 2508.21741, CPI-FT, locates a task's c
 the task's update after fine-tuning on it; measuring it at the pretrained weights, before the task
 has trained, is the wrong place for a sequential schedule). Within a stage every policy here is
 full SFT; when a stage ends (``on_stage_begin`` of the next stage), each task trained in it gets a critical set of share ``isolation_ratio`` that is **pinned**
-(:meth:`~epi_utils.epi.isolation.IsolationPolicy.pin`) for the rest of the run, so later stages
+(:meth:`~epi_utils.isolation.policies.IsolationPolicy.pin`) for the rest of the run, so later stages
 cannot move it:
 
 - ``cpi_after_stage``: score = ``|sum of the task's own updates during its stage|``
@@ -28,8 +28,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from epi_utils.epi.importance import normalize_scores
-from epi_utils.epi.isolation import IsolationPolicy, _check_probe, batch_loss, taylor_scores
+from epi_utils.importance.estimators import normalize_scores
+from epi_utils.isolation.policies import IsolationPolicy, check_probe, batch_loss, taylor_scores
 
 SIGNALS = ("update", "importance", "random")
 
@@ -38,13 +38,14 @@ class StageEndMask(IsolationPolicy):
     """Full SFT within a stage; at its end, each of its tasks' critical set is measured and pinned."""
 
     name = "stage_end_mask"
+    registered = False
     signal = "update"
 
     def __init__(self, *, probe_data: Mapping[str, Sequence[Mapping]] | None = None, normalize: str = "layer_mean",
                  seed: int = 0, **kw):
         super().__init__(**kw)
         if self.signal == "importance":
-            _check_probe(probe_data, self.tasks, self.name)
+            check_probe(probe_data, self.tasks, self.name)
         self.probe_data, self.normalize, self.seed = probe_data, normalize, seed
         self.stage_of: dict[str, int] = {}
         self._acc: dict[str, list[torch.Tensor]] = {}
@@ -128,7 +129,7 @@ class EWC(IsolationPolicy):
     def __init__(self, *, probe_data: Mapping[str, Sequence[Mapping]] | None = None, ewc_lambda: float = 100.0,
                  schedule: str = "mixed", **kw):
         super().__init__(**kw)
-        _check_probe(probe_data, self.tasks, self.name)
+        check_probe(probe_data, self.tasks, self.name)
         if schedule not in ("mixed", "sequential"):
             raise ValueError(f"schedule must be one of ('mixed', 'sequential'), got {schedule!r}")
         self.probe_data, self.ewc_lambda, self.schedule = probe_data, float(ewc_lambda), schedule
@@ -178,4 +179,3 @@ class EWC(IsolationPolicy):
         return None
 
 
-STAGE_POLICIES = (CPIAfterStage, ImportanceAfterStage, RandomAfterStage, EWC)

@@ -1,6 +1,6 @@
 """Importance at a fixed checkpoint, from disjoint equal-size parts of each task's data (study 01).
 
-The online EMA tracker (:mod:`epi_utils.epi.importance`) folds one batch per step into a
+The online EMA tracker (:mod:`epi_utils.importance.estimators`) folds one batch per step into a
 zero-initialised EMA while the weights move; its masks mix estimator noise with training dynamics.
 This module measures importance the way a reliability study needs it: the weights are **fixed**
 (one checkpoint), each task's training samples are split into ``n_parts`` **disjoint parts of equal
@@ -18,7 +18,7 @@ size** (:func:`split_parts`), and the importance of a part is the sum over its m
 The pseudo-task ``"all"`` of a part is the sum over tasks of that part's raw sums (every task's
 part has the same number of samples, so ``"all"`` has ``n_tasks`` times the budget of one task, the
 same in every part). Scores are layer-normalised when read (each tensor divided by its mean, EPI's
-"layer-wise normalisation", :func:`epi_utils.epi.importance.normalize_scores`).
+"layer-wise normalisation", :func:`epi_utils.importance.estimators.normalize_scores`).
 
 Rankings are stored compactly (:func:`top_ranking`): the flat indices of the top ``max share`` of a
 score vector sorted by descending score (ties by lower index), ``int32`` below 2**31 elements, so a
@@ -37,8 +37,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from epi_utils.epi.importance import iter_named_trainable, top_share_flat
-from epi_utils.epi.importance_drift import module_of
+from epi_utils.importance.estimators import iter_named_trainable, top_share_flat
+from epi_utils.importance.drift import module_of
 
 ESTIMATORS = ("taylor", "fisher", "magnitude")
 ALL = "all"
@@ -245,7 +245,7 @@ def top_ranking(scores: torch.Tensor, *, max_share: float) -> torch.Tensor:
     """Flat indices of the top ``k = round(max_share * n)`` entries of ``scores`` (shape ``(n,)``),
     sorted by descending score, ties by lower index (what a stable descending sort gives);
     ``int32`` when ``n < 2**31`` else ``int64``, on the CPU.
-    Selection by :func:`epi_utils.epi.importance.top_share_flat` (exact, ties by index), then a
+    Selection by :func:`epi_utils.importance.estimators.top_share_flat` (exact, ties by index), then a
     stable sort of the ``k`` selected entries only."""
     if not 0.0 < max_share <= 1.0:
         raise ValueError(f"max_share must be in (0, 1], got {max_share}")
@@ -376,7 +376,7 @@ def permute_hidden_units(model, *, generator: torch.Generator) -> dict[str, torc
 
 def group_ids(names: Sequence[str], sizes: Sequence[int]) -> tuple[list[str], torch.Tensor]:
     """Layer type of every element of the flat parameter vector: ``(groups, element_group)``, where
-    ``groups`` are the module kinds present (:func:`epi_utils.epi.importance_drift.module_of`:
+    ``groups`` are the module kinds present (:func:`epi_utils.importance.drift.module_of`:
     embedding, attention, mlp, norm, head, other) and ``element_group`` (shape ``(n_params,)``,
     uint8) the index into ``groups`` of each flat element (1 byte per parameter, once per model)."""
     kinds = [module_of(n) for n in names]

@@ -3,7 +3,7 @@
 The gpu profile's code path at toy scale: a random-initialised model of the profile model's family
 (:func:`epi_utils.workbench.rehearsal.tiny_model_config`; SmolLM2 -> Llama) with the world's word
 tokenizer (vocabulary = the world's words, so one core suffices; the estimate uses the full model's sizes), 8 training and 8 held-out samples per task written locally in the world's ``Sample``
-field layout and read back, and :func:`epi_utils.epi.drift.study.run_one` (the same function as the
+field layout and read back, and :func:`epi_utils.drift.study.run_one` (the same function as the
 full run: checkpoint rankings, pairs, both controls, the functional test) for two SFT seeds in every
 regime, 4 steps each. Then :func:`epi_utils.workbench.rehearsal.estimate` with the full profile's
 sizes. The host memory of the full run is dominated by the stored rankings:
@@ -17,8 +17,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from epi_utils.epi.drift.config import DriftConfig
-from epi_utils.epi.drift.study import StudyResult, _pairs_of as _pairs, run_one
+from epi_utils.drift.config import DriftConfig
+from epi_utils.drift.study import StudyResult, _pairs_of as _pairs, run_one
 
 N_SAMPLES = 8
 REHEARSAL_STEPS = 4

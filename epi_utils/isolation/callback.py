@@ -1,14 +1,14 @@
 """Apply isolation policies outside the testbed engine: exact masked optimizer steps and a
 ``transformers.TrainerCallback`` (works in ``Trainer`` and TRL's ``SFTTrainer``).
 
-:class:`~epi_utils.epi.isolation.MaskedStepGuard` (re-exported here) makes ANY optimizer respect a mask bit-exactly: before ``step()`` it
+:class:`~epi_utils.isolation.policies.MaskedStepGuard` (re-exported here) makes ANY optimizer respect a mask bit-exactly: before ``step()`` it
 zeroes the gradient of masked (False) elements and saves their values and their optimizer state
 (every state tensor of the parameter's shape: AdamW's ``exp_avg``, ``exp_avg_sq``; state created
 by this step starts at 0 there); after ``step()`` it writes them back. Decoupled weight decay,
 momentum and Adam's bias correction therefore cannot move a masked element. Cost: a gather and
 a scatter of the masked elements per step.
 
-:class:`IsolationCallback` drives any :class:`epi_utils.epi.isolation.IsolationPolicy` from a
+:class:`IsolationCallback` drives any :class:`epi_utils.isolation.policies.IsolationPolicy` from a
 ``Trainer`` through the same hook sequence as the SFT engine and the DDP loop
 (:mod:`epi_utils.lm.hooks`): ``on_train_begin`` -> ``policy.on_train_begin`` (first ``train()``
 only) and ``policy.on_stage_begin`` (every ``train()`` call is one stage: ``state.stage`` counts
@@ -42,7 +42,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from epi_utils.epi.isolation import MaskedStepGuard  # noqa: F401  (re-exported)
+from epi_utils.isolation.policies import MaskedStepGuard  # noqa: F401  (re-exported)
 from epi_utils.lm import hooks as step_hooks
 
 try:

@@ -24,7 +24,7 @@ read (:meth:`ImportanceTracker.scores`): each parameter tensor's score is divide
 that a global top share is not dominated by the layers with the largest gradient scale.
 
 Memory per parameter, per tracked task (``ImportanceTracker.bytes_per_param``; EPI's whole state,
-critical sets and owners included, is modelled by :func:`epi_utils.epi.epi_state.epi_state_bytes_per_param`):
+critical sets and owners included, is modelled by :func:`epi_utils.isolation.state.epi_state_bytes_per_param`):
 - default (fp32 state): 4 bytes for taylor/fisher, 8 for sensitivity (EMA + uncertainty);
 - lean ``state_dtype=torch.bfloat16``: 2 bytes (4 for sensitivity);
 - lean ``block_size=B``: one fp32 score per block of B consecutive elements of a flattened tensor:
@@ -42,7 +42,7 @@ uniformly drawn scores (``generator`` required); the selected share then deviate
 by about ``sqrt(ratio (1-ratio) / sample_size)`` (binomial standard error; 0.0007 for ratio 0.05
 and 100k samples), and ties at the threshold are all included.
 
-Drift metrics (:mod:`epi_utils.epi.importance_drift`) live beside this module.
+Drift metrics (:mod:`epi_utils.importance.drift`) live beside this module.
 """
 from __future__ import annotations
 
@@ -352,7 +352,7 @@ class ImportanceTracker:
         """:meth:`flat_scores` of ``task`` computed when needed: ``materialize()`` gives the whole
         vector (one task at a time, so a refresh holds one fp32 score vector, not one per task),
         ``scores[idx]`` only the entries at int positions ``idx`` (equal to ``flat_scores(task)[idx]``)."""
-        from epi_utils.epi.epi_state import LazyFlatScores
+        from epi_utils.isolation.state import LazyFlatScores
 
         if task not in self.ema:
             raise KeyError(f"task {task!r} has no importance yet; tracked tasks: {self.tasks}")

@@ -5,7 +5,7 @@ One *run* = a copy of the pretrained model + one method + ``train_sft`` on the s
 method), scored at each stage end on the **held-out test** samples of every task (the primary
 measure) and on some train samples (memorisation, a secondary measure). Methods:
 
-- masking policies (:data:`config.MASKED`, :mod:`epi_utils.epi.isolation`), each at every ratio;
+- masking policies (:data:`config.MASKED`, :mod:`epi_utils.isolation.policies`), each at every ratio;
 - ``full_sft`` (floor); ``separate``: a fresh copy of the pretrained model trained on stage 1
   alone (a separate model per stage: stage 0 is retained exactly, so its stage-0 score is
   ``full_sft``'s score after stage 0 on the same seed; the retention ceiling);
@@ -35,8 +35,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from epi_utils.epi.isolation import make_policy
-from epi_utils.epi.isolation_study.config import MODEL_SIZES, StudyConfig
+from epi_utils.isolation.policies import make_policy
+from epi_utils.isolation_study.config import MODEL_SIZES, StudyConfig
 from epi_utils.lm.sft_format import encode_example, pad_batch, pad_id
 from epi_utils.lm.train import TrainConfig, TrainHook, train_sft
 
@@ -107,9 +107,9 @@ class StudyResult:
 # ----------------------------------------------------------------------------- data
 def study_world(cfg: StudyConfig, *, data_files=None):
     """The fixed sample pool: the synthetic world (``world_seed``, clean tasks, ``n_train + n_val +
-    n_test`` samples per task) or the Hugging Face tasks (:func:`epi_utils.epi.isolation_hf.hf_world`)."""
+    n_test`` samples per task) or the Hugging Face tasks (:func:`epi_utils.isolation_study.hf_data.hf_world`)."""
     if cfg.data_source == "hf":
-        from epi_utils.epi.isolation_hf import hf_world
+        from epi_utils.isolation_study.hf_data import hf_world
 
         return hf_world(list(cfg.hf_tasks), n_train=cfg.hf_n_train, n_heldout=cfg.hf_n_val + cfg.hf_n_test,
                         n_stages=2, seed=cfg.world_seed, max_response_words=cfg.hf_max_response_words,
@@ -156,7 +156,7 @@ def seed_data(world, tokenizer, cfg: StudyConfig, seed: int) -> SeedData:
     ``default_rng([seed, k])`` and cut into ``n_train`` train, ``n_val`` validation and ``n_test``
     test samples (all clean, so the cut is exchangeable); probe / replay batches and the replay
     buffer are drawn from the train samples."""
-    from epi_utils.epi.isolation_hf import HF_METRICS
+    from epi_utils.isolation_study.hf_data import HF_METRICS
 
     stage_tasks = [tuple(t) for t in world.stage_tasks()]
     hf = cfg.data_source == "hf"

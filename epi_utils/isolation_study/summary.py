@@ -2,8 +2,8 @@
 and paired comparisons (:func:`epi_utils.workbench.stats.compare`, unit = seeds).
 
 Per-run metrics of a two-stage run (``R[i][t]`` = held-out test score of task ``t`` after stage
-``i``; a stage's score is the mean over its tasks; GEM's ACC and Chaudhry et al.'s forgetting,
-:mod:`epi_utils.epi.continual`, for two stages):
+``i``; a stage's score is the mean over its tasks; GEM's ACC and Chaudhry et al.'s forgetting
+for two stages):
 
 - ``learned0`` = R[0][stage 0]: stage-0 score after stage 0;
 - ``retained0`` = R[1][stage 0]: stage-0 score after stage 1 (retention, the frontier's y);

@@ -22,7 +22,7 @@ Policies (``make_policy(name, ...)``):
 - ``static_grad``: masks from gradient importance (first-order Taylor ``|theta * grad|``,
   averaged over the probe batches) measured once at the start, then fixed.
 - ``epi``: Evolving Parameter Isolation (arXiv 2604.14010): an online per-task EMA of gradient
-  importance (:class:`epi_utils.epi.importance.ImportanceTracker`, layer-wise normalised) is updated
+  importance (:class:`epi_utils.importance.estimators.ImportanceTracker`, layer-wise normalised) is updated
   after every backward pass of that task; after ``warmup_steps`` the per-task masks are recomputed
   every ``mask_update_interval`` steps, so emerging critical parameters become protected and
   parameters that stopped being critical are released. No protection before the warmup ends.
@@ -39,11 +39,11 @@ Policies (``make_policy(name, ...)``):
 - ``random_mask``: per-task random critical sets of the same share (seeded), fixed: the control
   that separates "which parameters" from "how many".
 - ``cpi_after_stage``, ``importance_after_stage``, ``random_after_stage``
-  (:mod:`epi_utils.epi.isolation_stage`): full SFT within a stage; at the end of a task's stage its
+  (:mod:`epi_utils.isolation.stage_policies`): full SFT within a stage; at the end of a task's stage its
   critical set is taken from the task's accumulated update during its stage (CPI-FT's criterion
   ``|sum of its updates|`` in the right place), from checkpoint Taylor importance on its probe
   batches, or at random, and pinned for the rest of the run.
-- ``ewc`` (:mod:`epi_utils.epi.isolation_stage`): Elastic Weight Consolidation, the
+- ``ewc`` (:mod:`epi_utils.isolation.stage_policies`): Elastic Weight Consolidation, the
   regularisation baseline (no masks).
 
 In a sequential schedule the static policies (and mixed-mode EWC) measure every task's probe
@@ -65,15 +65,16 @@ from typing import Mapping, Sequence
 
 import torch
 
-from epi_utils.epi.epi_state import CompactOwners, LazyMapping, PackedSets, measured_bytes_per_param
-from epi_utils.epi.importance import ImportanceTracker, normalize_scores, top_share_flat
-from epi_utils.epi.importance_drift import turnover
+from epi_utils.isolation.state import CompactOwners, LazyMapping, PackedSets, measured_bytes_per_param
+from epi_utils.importance.estimators import ImportanceTracker, normalize_scores, top_share_flat
+from epi_utils.importance.drift import turnover
 
 from epi_utils.lm.masked_adamw import FrozenPositions
 from epi_utils.lm.train import TrainHook
 
-POLICIES = ("full_sft", "static_cpi", "static_grad", "epi", "epi_replay", "epi_frozen", "random_mask", "ewc",
-            "cpi_after_stage", "importance_after_stage", "random_after_stage")
+#: name -> policy class; every concrete subclass of :class:`IsolationPolicy` that sets ``name`` adds
+#: itself here when its module is imported (``epi_utils.isolation`` imports all of them).
+REGISTRY: dict[str, type["IsolationPolicy"]] = {}
 FINISHED = ("ema", "replay", "frozen")
 OVERLAPS = ("owner", "freeze")
 MODEL_KEYS = ("input_ids", "attention_mask", "labels")
@@ -89,7 +90,7 @@ def batch_loss(model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return model(**{k: batch[k].to(dev) for k in MODEL_KEYS if k in batch}).loss
 
 
-def _check_probe(probe_data, tasks, who: str) -> None:
+def check_probe(probe_data, tasks, who: str) -> None:
     if probe_data is None:
         raise ValueError(f"{who} needs probe_data: a mapping task -> list of batches")
     missing = [t for t in tasks if not probe_data.get(t)]
@@ -173,6 +174,16 @@ class IsolationPolicy(TrainHook):
     """
 
     name = "base"
+    #: abstract bases (not buildable by name) set this to False in their own body
+    registered = True
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.__dict__.get("registered", True) and "name" in cls.__dict__:
+            if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+                raise TypeError(f"two isolation policies are named {cls.name!r}: "
+                                f"{REGISTRY[cls.name].__qualname__} and {cls.__qualname__}")
+            REGISTRY[cls.name] = cls
 
     def __init__(self, *, tasks: Sequence[str], isolation_ratio: float = 0.05, overlap: str = "owner",
                  scope: str = "global", record: bool = True, compact_state: bool = True):
@@ -354,7 +365,7 @@ class StaticGrad(IsolationPolicy):
 
     def __init__(self, *, probe_data: Mapping[str, Sequence[Mapping]] | None = None, normalize: str = "layer_mean", **kw):
         super().__init__(**kw)
-        _check_probe(probe_data, self.tasks, self.name)
+        check_probe(probe_data, self.tasks, self.name)
         self.probe_data, self.normalize = probe_data, normalize
 
     def on_train_begin(self, state):
@@ -372,7 +383,7 @@ class StaticCPI(IsolationPolicy):
     def __init__(self, *, probe_data: Mapping[str, Sequence[Mapping]] | None = None, probe_steps: int = 20,
                  probe_lr: float = 1e-3, normalize: str = "layer_mean", **kw):
         super().__init__(**kw)
-        _check_probe(probe_data, self.tasks, self.name)
+        check_probe(probe_data, self.tasks, self.name)
         if probe_steps < 1:
             raise ValueError(f"probe_steps must be >= 1, got {probe_steps}")
         self.probe_data, self.probe_steps, self.probe_lr, self.normalize = probe_data, probe_steps, probe_lr, normalize
@@ -489,7 +500,7 @@ class EPI(IsolationPolicy):
         return self.allowed_for(state.batch_task)
 
     def state_bytes_per_param(self) -> dict[str, float]:
-        """EPI state per parameter element, measured (:func:`epi_utils.epi.epi_state.measured_bytes_per_param`)."""
+        """EPI state per parameter element, measured (:func:`epi_utils.isolation.state.measured_bytes_per_param`)."""
         return measured_bytes_per_param(self)
 
 
@@ -511,15 +522,13 @@ class EPIFrozen(EPI):
         super().__init__(**{**kw, "finished": "frozen"})
 
 
-_CLASSES = {c.name: c for c in (FullSFT, StaticCPI, StaticGrad, EPI, EPIReplay, EPIFrozen, RandomMask)}
+def policy_names() -> tuple[str, ...]:
+    """Names :func:`make_policy` accepts, in registration order."""
+    return tuple(REGISTRY)
 
 
 def make_policy(name: str, **kw) -> IsolationPolicy:
-    """Build a policy by name (one of ``POLICIES``) with its keyword options."""
-    if name not in POLICIES:
-        raise ValueError(f"policy must be one of {POLICIES}, got {name!r}")
-    if name not in _CLASSES:
-        from epi_utils.epi import isolation_stage
-
-        _CLASSES.update({c.name: c for c in isolation_stage.STAGE_POLICIES})
-    return _CLASSES[name](**kw)
+    """Build a registered policy by name (one of :func:`policy_names`) with its keyword options."""
+    if name not in REGISTRY:
+        raise ValueError(f"policy must be one of {policy_names()}, got {name!r}")
+    return REGISTRY[name](**kw)

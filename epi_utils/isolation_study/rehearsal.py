@@ -20,8 +20,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from epi_utils.epi.epi_state import epi_state_bytes_per_param
-from epi_utils.epi.isolation_study.config import StudyConfig
+from epi_utils.isolation.state import epi_state_bytes_per_param
+from epi_utils.isolation_study.config import StudyConfig
 
 #: 8 rows per data set in its exact column layout (``rehearsal.HF_LAYOUTS``)
 ROWS = {
@@ -47,7 +47,7 @@ def toy_config(cfg: StudyConfig) -> StudyConfig:
 
 def full_scale(cfg: StudyConfig) -> dict:
     """Full-scale work of the profile: runs, training tokens, generated tokens (see module docstring)."""
-    from epi_utils.epi.isolation_study.study import jobs
+    from epi_utils.isolation_study.study import jobs
 
     per_seed = jobs(cfg)
     n_runs = cfg.n_seeds * len(per_seed) + (len(cfg.ewc_lambdas) if "ewc" in cfg.bounds else 0)
@@ -67,8 +67,8 @@ def rehearse(cfg: StudyConfig, *, folder: Path | str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from epi_utils.epi.isolation_hf import HF_TASKS
-    from epi_utils.epi.isolation_study import study
+    from epi_utils.isolation_study.hf_data import HF_TASKS
+    from epi_utils.isolation_study import study
     from epi_utils.lm.models import build_word_tokenizer
     from epi_utils.workbench import rehearsal
 

@@ -4,8 +4,8 @@ Under ``DistributedDataParallel`` the gradients are all-reduced in ``backward()`
 sees the same (averaged) gradients; EPI's tracker reads them after the reduction and computes its
 masks deterministically from them, so the masks agree without any extra communication. This
 module verifies it on an existing engine: :func:`main` (run with ``torchrun --nproc_per_node 2 -m
-epi_utils.epi.distributed --out f.json``) trains with ``transformers.Trainer`` and the
-:class:`~epi_utils.epi.isolation_callback.IsolationCallback` (:func:`trainer_check`; the Trainer wraps
+epi_utils.isolation.distributed --out f.json``) trains with ``transformers.Trainer`` and the
+:class:`~epi_utils.isolation.callback.IsolationCallback` (:func:`trainer_check`; the Trainer wraps
 the model in DDP through accelerate and gives each process different batches of the same task) and
 compares a SHA-256 digest of the masks, of the weights and the step's task across ranks after
 every mask update. ``--engine loop`` runs the same check with :func:`hooked_steps`, a minimal loop
@@ -22,7 +22,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from epi_utils.epi.isolation import MaskedStepGuard
+from epi_utils.isolation.policies import MaskedStepGuard
 from epi_utils.lm import hooks as step_hooks
 from epi_utils.lm.train import TrainHook
 
@@ -153,8 +153,8 @@ def trainer_check(*, steps: int, interval: int, world: int, batch_size: int = 4,
     from datasets import Dataset
     from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
-    from epi_utils.epi.isolation import make_policy
-    from epi_utils.epi.isolation_callback import (IsolationCallback, TaskRecordingCollator, sequential_trainer_class,
+    from epi_utils.isolation.policies import make_policy
+    from epi_utils.isolation.callback import (IsolationCallback, TaskRecordingCollator, sequential_trainer_class,
                                               task_homogeneous_order)
 
     tasks = ["a", "b"]
@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from epi_utils.epi.isolation import make_policy
+    from epi_utils.isolation.policies import make_policy
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=24)

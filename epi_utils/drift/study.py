@@ -4,19 +4,19 @@ One **run** = one regime (learning rate) x one pretraining seed x one SFT seed: 
 of the model for ``steps`` optimizer steps (:func:`epi_utils.lm.train.train_sft`, cosine schedule).
 At every checkpoint step (step 0 = the model before SFT) the weights are held fixed and importance
 is measured from the two disjoint, equal-size halves A and B of each task's training data
-(:func:`epi_utils.epi.checkpoint_importance.checkpoint_rankings`). After the last checkpoint:
+(:func:`epi_utils.importance.checkpoint.checkpoint_rankings`). After the last checkpoint:
 
 - **negative control** (no drift): the last checkpoint measured twice, on four disjoint quarters of
   the data, (Q1, Q2) standing for "step t" and (Q3, Q4) for "step s": the same weights, so the true
   drift is 0 and D must be 0 within its interval;
 - **positive control** (planted drift): the last checkpoint against a function-preserving
-  permutation of itself (:func:`~epi_utils.epi.checkpoint_importance.permute_hidden_units`): the
+  permutation of itself (:func:`~epi_utils.importance.checkpoint.permute_hidden_units`): the
   same function, with nearly every importance value moved to another index, so D must be near 1;
 - **functional test**: at the last checkpoint's weights, the top-``ablate_share`` (taylor, half A)
   mask of the first checkpoint, the one of the last checkpoint and a random mask of the same size
   are ablated in turn; the held-out loss increase of each is recorded per task.
 
-Statistics per pair of checkpoints (t, s) (Jaccard from :mod:`epi_utils.epi.importance_drift`):
+Statistics per pair of checkpoints (t, s) (Jaccard from :mod:`epi_utils.importance.drift`):
 reliability ``R_t = J(A_t, B_t)``; cross-time overlap ``C_ts`` = mean of ``J(A_t, B_s)`` and
 ``J(B_t, A_s)`` (cross-half: no sample shared); drift index ``D_ts = 1 - C_ts / sqrt(R_t R_s)``;
 the same normalisation for rank-biased overlap at top-p and for Spearman on a fixed sample of
@@ -31,9 +31,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from epi_utils.epi import checkpoint_importance as ci
-from epi_utils.epi import importance_drift as dr
-from epi_utils.epi.drift.config import DriftConfig
+from epi_utils.importance import checkpoint as ci
+from epi_utils.importance import drift as dr
+from epi_utils.drift.config import DriftConfig
 from epi_utils.lm.train import TrainConfig, TrainHook, train_sft
 
 ALL = ci.ALL
@@ -338,7 +338,7 @@ def run_study(cfg: DriftConfig, world, *, device: str = "cpu", progress=None) ->
     from epi_utils.lm.models import load_model
 
     if cfg.rehearse:
-        from epi_utils.epi.drift.rehearse import rehearse
+        from epi_utils.drift.rehearsal import rehearse
         return rehearse(cfg, world)
     train = training_samples(world, cfg.samples_per_task)
     heldout = world.split("heldout")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from epi_utils.epi.drift.study import StudyResult
+from epi_utils.drift.study import StudyResult
 from epi_utils.workbench import stats
 
 HEADLINE_ESTIMATOR = "taylor"

@@ -1,7 +1,7 @@
 """Drift metrics between two importance snapshots (study 01).
 
 All functions take dicts ``name -> tensor`` with matching names and shapes (bool masks or float
-scores, as :func:`epi_utils.epi.importance.top_share_mask` and ``ImportanceTracker.scores`` return).
+scores, as :func:`epi_utils.importance.estimators.top_share_mask` and ``ImportanceTracker.scores`` return).
 
 - :func:`jaccard`: ``|A & B| / |A | B|`` of two masks (1.0 when both are empty).
 - :func:`spearman`: Spearman rank correlation of two score snapshots, computed on a uniform
@@ -14,7 +14,7 @@ scores, as :func:`epi_utils.epi.importance.top_share_mask` and ``ImportanceTrack
   ``layers.3.``) or module kind (attention, mlp, embedding, norm, head), the share of its
   elements inside the mask (``density``) and its share of the mask (``of_mask``).
 
-Rankings (sorted flat indices, :func:`epi_utils.epi.checkpoint_importance.top_ranking`), the
+Rankings (sorted flat indices, :func:`epi_utils.importance.checkpoint.top_ranking`), the
 study-01 checkpoint protocol:
 
 - :func:`topk_jaccard`: Jaccard of the top-``k`` prefixes of two rankings, overall and per group
@@ -168,7 +168,7 @@ def topk_jaccard(rank_a: torch.Tensor, rank_b: torch.Tensor, *, k: int, n: int,
                  groups: tuple[list[str], torch.Tensor] | None = None,
                  inv_b: torch.Tensor | None = None) -> dict[str, float]:
     """Jaccard of the top-``k`` sets of two rankings over ``n`` elements: ``{"all": J}``, plus one
-    entry per group when ``groups`` (from :func:`epi_utils.epi.checkpoint_importance.group_ids`) is
+    entry per group when ``groups`` (from :func:`epi_utils.importance.checkpoint.group_ids`) is
     given: ``|A & B & G| / |(A | B) & G|`` (NaN when neither set has an element in ``G``).
     ``inv_b``: :func:`inverse_ranking` of ``rank_b`` (computed when not given)."""
     a, b = _prefix(rank_a, k), _prefix(rank_b, k)

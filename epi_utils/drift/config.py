@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from epi_utils.epi.checkpoint_importance import ESTIMATORS
+from epi_utils.importance.checkpoint import ESTIMATORS
 
 PAIRS = ("all", "anchored")
 ABLATIONS = ("zero", "reference")
