@@ -94,47 +94,8 @@ def test_every_notebook_has_a_readme_row():
         assert nb.name in readme, f"README does not mention {nb.name}"
 
 
-# --- one shape for every study (issue 11) -------------------------------------------------------
-LIBRARY = REPO / "epi_utils"
-TOP_LEVEL = {"__init__.py", "workbench", "data", "lm", "epi", "ilp", "events", "acd"}
-STUDY_PACKAGES = {  # notebook stem -> study package with config/study/summary/figures
-    "01_importance_drift": LIBRARY / "epi" / "drift",
-    "02_epi_vs_static": LIBRARY / "epi" / "isolation_study",
-    "03_ilp_taxonomy": LIBRARY / "ilp",
-    "04_event_probes": LIBRARY / "events",
-    "05_fewshot_acd": LIBRARY / "acd",
-}
-
-
-def test_library_layout_reads_as_platform_data_lm_and_one_package_per_study():
-    present = {p.name for p in LIBRARY.iterdir() if p.name != "__pycache__"}
-    assert present == TOP_LEVEL, f"epi_utils/ holds {sorted(present - TOP_LEVEL)} beyond the layout"
-    for stem, package in STUDY_PACKAGES.items():
-        for module in ("config.py", "study.py", "summary.py", "figures.py"):
-            assert (package / module).is_file(), f"study {stem}: {package.relative_to(REPO)}/{module} missing"
-
-
-@pytest.mark.parametrize("stem", sorted(STUDY_PACKAGES))
-def test_one_config_dataclass_validated_in_post_init(stem):
-    tree = ast.parse((STUDY_PACKAGES[stem] / "config.py").read_text())
-    dataclasses_ = [n for n in tree.body if isinstance(n, ast.ClassDef)
-                    and any("dataclass" in ast.unparse(d) for d in n.decorator_list)]
-    assert len(dataclasses_) == 1, f"{stem}: config.py must define exactly one dataclass, has {len(dataclasses_)}"
-    methods = {m.name for m in dataclasses_[0].body if isinstance(m, ast.FunctionDef)}
-    assert "__post_init__" in methods, f"{stem}: {dataclasses_[0].name} validates nothing in __post_init__"
-    nb_source = (REPO / "notebooks" / f"{stem}.ipynb").read_text()
-    assert "config_from_params" in nb_source, f"{stem}: build the config with params.config_from_params"
-
-
-def test_library_never_reaches_up_into_the_runner():
-    for path in LIBRARY.rglob("*.py"):
-        if "workbench" in path.parts:
-            continue
-        text = path.read_text()
-        for banned in ("workbench.report", "workbench.cli", "workbench.sweep"):
-            assert banned not in text, f"{path.relative_to(REPO)} imports {banned}"
-    world = (LIBRARY / "data" / "world_real.py").read_text()
-    assert "data.world import" not in world, "world_real must not import world (import cycle)"
+# The layout, the study contract and one source of defaults: tests/test_contract.py; the layer rules:
+# import-linter contracts in pyproject.toml (run by tests/test_lint.py).
 
 
 @pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -4,7 +4,8 @@
     epi sweep NOTEBOOK -p seed 0,1,2 [-p NAME v1,v2]... [--profile P] [--jobs N] [--out DIR]
     epi report [--out DIR]
     epi publish [--profile P] [--out DIR] [--run RUN_DIR --as LABEL]
-    epi params NOTEBOOK                      # list a notebook's parameters and profiles
+    epi params NOTEBOOK [--sync]             # list a notebook's parameters and profiles; --sync
+                                             # rewrites its parameters cell from the study's config
     epi data check | epi data fetch NAME      # check hashes every known file; fetch verifies them
 """
 from __future__ import annotations
@@ -53,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="publish under reports/published/<label>/ (e.g. cpu-long-5way5shot for one part of a grid)")
 
     par = sub.add_parser("params", help="list a notebook's parameters and available profiles")
-    par.add_argument("notebook", type=Path)
+    par.add_argument("notebook", type=Path, nargs="+")
+    par.add_argument("--sync", action="store_true",
+                     help="rewrite the parameters cell from the study's config (the one place defaults are declared)")
 
     data = sub.add_parser("data", help="check or fetch data sets under $EPI_DATA_DIR")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -91,78 +94,100 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _dispatch(args) -> int:
-    if args.command == "run":
-        from .report import run_notebook
+def _cmd_run(args) -> int:
+    from .report import run_notebook
 
-        overrides = dict(args.param)
-        dup = {n for n, _ in args.param if sum(1 for m, _ in args.param if m == n) > 1}
-        if dup:
-            raise ParameterError(f"parameter(s) {sorted(dup)} given more than once")
-        if args.rehearse:
-            from .rehearsal import rehearsal_overrides
+    overrides = dict(args.param)
+    dup = {n for n, _ in args.param if sum(1 for m, _ in args.param if m == n) > 1}
+    if dup:
+        raise ParameterError(f"parameter(s) {sorted(dup)} given more than once")
+    if args.rehearse:
+        from .rehearsal import rehearsal_overrides
 
-            overrides.update(rehearsal_overrides(args.notebook, overrides))
-        run_dir = run_notebook(args.notebook, profile=args.profile, overrides=overrides, reports_dir=args.out,
-                               run_id=args.run_id)
-        record = json.loads((run_dir / "metrics.json").read_text())
-        print(f"{record['status']}: {run_dir}")
-        if record["status"] != "success":
-            print(f"  error: {record.get('error', {}).get('message')}", file=sys.stderr)
-            return 1
-        return 0
-    if args.command == "sweep":
-        from .sweep import sweep
+        overrides.update(rehearsal_overrides(args.notebook, overrides))
+    run_dir = run_notebook(args.notebook, profile=args.profile, overrides=overrides, reports_dir=args.out,
+                           run_id=args.run_id)
+    record = json.loads((run_dir / "metrics.json").read_text())
+    print(f"{record['status']}: {run_dir}")
+    if record["status"] != "success":
+        print(f"  error: {record.get('error', {}).get('message')}", file=sys.stderr)
+        return 1
+    return 0
 
-        grid = {name: _split_values(values) for name, values in args.param}
-        if not grid:
-            raise ParameterError("epi sweep needs at least one -p NAME V1,V2,... (e.g. -p seed 0,1,2)")
-        out = sweep(args.notebook, grid=grid, profile=args.profile, jobs=args.jobs, reports_dir=args.out)
-        print(f"summary: {out / 'summary.csv'}\n         {out / 'summary.html'}")
-        listing = json.loads((out / "runs.json").read_text())
-        failed = [r for r in listing if r["status"] != "success"]
-        if failed:
-            print(f"{len(failed)} of {len(listing)} runs failed", file=sys.stderr)
-            return 1
-        return 0
-    if args.command == "report":
-        from .report import write_index
 
-        print(write_index(args.out))
-        return 0
-    if args.command == "publish":
-        from .report import publish
+def _cmd_sweep(args) -> int:
+    from .sweep import sweep
 
-        print(publish(args.out, profile=args.profile, run_dirs=args.runs, label=args.label) / "index.html")
-        return 0
-    if args.command == "params":
-        from .params import available_profiles, parse_parameters
+    grid = {name: _split_values(values) for name, values in args.param}
+    if not grid:
+        raise ParameterError("epi sweep needs at least one -p NAME V1,V2,... (e.g. -p seed 0,1,2)")
+    out = sweep(args.notebook, grid=grid, profile=args.profile, jobs=args.jobs, reports_dir=args.out)
+    print(f"summary: {out / 'summary.csv'}\n         {out / 'summary.html'}")
+    listing = json.loads((out / "runs.json").read_text())
+    failed = [r for r in listing if r["status"] != "success"]
+    if failed:
+        print(f"{len(failed)} of {len(listing)} runs failed", file=sys.stderr)
+        return 1
+    return 0
 
-        for spec in parse_parameters(args.notebook).values():
+
+def _cmd_report(args) -> int:
+    from .report import write_index
+
+    print(write_index(args.out))
+    return 0
+
+
+def _cmd_publish(args) -> int:
+    from .report import publish
+
+    print(publish(args.out, profile=args.profile, run_dirs=args.runs, label=args.label) / "index.html")
+    return 0
+
+
+def _cmd_params(args) -> int:
+    from .params import available_profiles, parse_parameters, sync_parameters_cell
+
+    for notebook in args.notebook:
+        if args.sync:
+            changed = sync_parameters_cell(notebook)
+            print(f"{notebook}: parameters cell {'rewritten from the config' if changed else 'already matches the config'}")
+            continue
+        for spec in parse_parameters(notebook).values():
             print(f"{spec.name}: {spec.type_name} = {spec.default!r}  # {spec.comment}")
-        print(f"profiles: {', '.join(available_profiles(args.notebook)) or 'none'}")
-        return 0
-    if args.command == "data":
-        from . import datasets
+        print(f"profiles: {', '.join(available_profiles(notebook)) or 'none'}")
+    return 0
 
-        if args.data_command == "check":
-            report = datasets.check_all()
-            print(f"data folder: {report['data_dir']}")
-            for name, info in report["datasets"].items():
-                states = info["files"]
-                state = ("corrupt" if info["corrupt"] else "complete" if not info["missing"]
-                         else "partial" if info["present"] else "absent")
-                print(f"  {name}: {state} ({len(info['present'])} of {len(states)} files present)")
-                for rel, st in states.items():
-                    if st != datasets.FILE_MISSING or info["present"]:
-                        print(f"      {st}: {rel}")
-            print("offline model packages:")
-            for pkg, info in report["model_packages"].items():
-                print(f"  {pkg}: {'installed' if info['installed'] else 'NOT installed'} ({info['what']})")
-            return 0
+
+def _cmd_data(args) -> int:
+    from . import datasets
+
+    if args.data_command == "fetch":
         print(datasets.fetch_dataset(args.name, dest=args.dest))
         return 0
-    raise AssertionError(args.command)
+    report = datasets.check_all()
+    print(f"data folder: {report['data_dir']}")
+    for name, info in report["datasets"].items():
+        states = info["files"]
+        state = ("corrupt" if info["corrupt"] else "complete" if not info["missing"]
+                 else "partial" if info["present"] else "absent")
+        print(f"  {name}: {state} ({len(info['present'])} of {len(states)} files present)")
+        for rel, st in states.items():
+            if st != datasets.FILE_MISSING or info["present"]:
+                print(f"      {st}: {rel}")
+    print("offline model packages:")
+    for pkg, info in report["model_packages"].items():
+        print(f"  {pkg}: {'installed' if info['installed'] else 'NOT installed'} ({info['what']})")
+    return 0
+
+
+#: subcommand -> handler (each takes the parsed arguments and returns the exit status)
+COMMANDS = {"run": _cmd_run, "sweep": _cmd_sweep, "report": _cmd_report, "publish": _cmd_publish,
+            "params": _cmd_params, "data": _cmd_data}
+
+
+def _dispatch(args) -> int:
+    return COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,12 +4,27 @@ Used by ``notebooks/00_environment.ipynb``.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 import numpy as np
 
-from . import datasets, runs
+from epi_utils.workbench import datasets, runs
+from epi_utils.workbench.contract import StudyConfig, option
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvironmentConfig(StudyConfig):
+    """Parameters of ``00_environment.ipynb`` (no study: a description of the machine)."""
+
+    matmul_size: int = option(512, "side of the square matrices timed below", ge=1, le=16384)
+    matmul_repeats: int = option(10, "timed repetitions of the matmul", ge=1)
+
+    @property
+    def timed_size(self) -> int:
+        """The matmul side actually timed: a rehearsal of the gpu profile on the CPU times at most 256."""
+        return min(self.matmul_size, 256) if self.rehearse else self.matmul_size
 
 
 def describe(*, device) -> dict[str, Any]:

@@ -299,3 +299,35 @@ def summarize_over_seeds(rows: Iterable[Mapping[str, float]], *, group_keys: Seq
             out.append({**dict(zip(group_keys, key)), "metric": metric, "mean": iv.mean,
                         "ci_low": iv.low, "ci_high": iv.high, "n": iv.n, "unit": unit, "method": iv.method})
     return pd.DataFrame(out)
+
+
+def interval_table(frame, *, by: Sequence[str], columns: Sequence[str], unit: str, unit_column: str | None = "unit",
+                   confidence: float = 0.95, method: str = "t"):
+    """The one table of means with intervals that every summary and error bar uses.
+
+    One row per combination of ``by``; for each ``column``: ``<column>`` (mean), ``<column>_low``,
+    ``<column>_high`` (the :func:`interval` over the rows of the group, one row per ``unit``; NaNs
+    dropped), then ``n`` (distinct values of ``unit_column`` in the group, or its row count when
+    ``unit_column`` is None or absent) and ``unit``. Groups keep ``frame``'s order of first appearance.
+    """
+    import pandas as pd
+
+    by = list(by)
+    rows = []
+    for key, sub in frame.groupby(by, sort=False) if by else [((), frame)]:
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(by, key))
+        for c in columns:
+            vals = sub[c].to_numpy(dtype=float)
+            vals = vals[~np.isnan(vals)]
+            if vals.size == 0:
+                row.update({c: np.nan, f"{c}_low": np.nan, f"{c}_high": np.nan})
+            elif vals.size == 1:
+                row.update({c: float(vals[0]), f"{c}_low": np.nan, f"{c}_high": np.nan})
+            else:
+                iv = interval(vals, unit=unit, confidence=confidence, method=method)
+                row.update({c: iv.mean, f"{c}_low": iv.low, f"{c}_high": iv.high})
+        row["n"] = int(sub[unit_column].nunique()) if unit_column and unit_column in sub else int(len(sub))
+        row["unit"] = unit
+        rows.append(row)
+    return pd.DataFrame(rows)
