@@ -29,9 +29,9 @@ import types
 
 import torch
 
-from epi_utils.isolation.state import epi_state_bytes_per_param, measured_bytes_per_param
 from epi_utils.importance.estimators import ImportanceTracker
 from epi_utils.isolation.policies import make_policy
+from epi_utils.isolation.state import epi_state_bytes_per_param, measured_bytes_per_param
 
 
 def adalora_model(*, n_embd: int = 128, n_layer: int = 4, r: int = 8, seed: int = 0):

@@ -59,3 +59,6 @@ TOY_CELLS = [
 def toy_notebook(tmp_path: Path) -> Path:
     """A fast notebook whose headline is ``seed * scale``; ``fail``/``sleep_s`` plant failures."""
     return write_notebook(tmp_path / "notebooks", "99_toy", TOY_PARAMS, TOY_CELLS)
+
+# session fixtures of the language-model testbed (small world, pretrained tiny model), for any test
+pytest_plugins = ["lm_fixtures"]

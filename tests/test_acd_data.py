@@ -3,7 +3,6 @@ fetch verifies sha256 (with a fake downloader, no network)."""
 import hashlib
 import json
 
-import numpy as np
 import pytest
 
 from epi_utils.acd import data as D

@@ -3,8 +3,15 @@ import numpy as np
 import pytest
 import torch
 
-from epi_utils.acd.threshold import (ThresholdPolicy, instance_f1_torch, policy_state, predict,
-                                     reinforce_step, train_policy, tune_static_threshold)
+from epi_utils.acd.threshold import (
+    ThresholdPolicy,
+    instance_f1_torch,
+    policy_state,
+    predict,
+    reinforce_step,
+    train_policy,
+    tune_static_threshold,
+)
 
 
 def test_predict_min_one():

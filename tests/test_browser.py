@@ -97,11 +97,12 @@ def _stop_group(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """JupyterLab started by ``make lab`` on a free port with a token, serving a temporary folder."""
-    from epi_utils.workbench import runs
-    from epi_utils.workbench.params import resolve_parameters
     import nbformat
     import papermill.iorw
     import papermill.parameterize
+
+    from epi_utils.workbench import runs
+    from epi_utils.workbench.params import resolve_parameters
 
     base = tmp_path_factory.mktemp("lab")
     root = base / "notebooks"
@@ -250,6 +251,7 @@ def _busy_prompts(driver) -> int:
 
 def test_environment_notebook_runs_in_lab(lab, browser):
     import torch
+
     from epi_utils.workbench.params import parse_parameters
 
     _open_and_run_all(browser, lab, "00_environment.ipynb")

@@ -88,8 +88,8 @@ def test_sync_rewrites_only_the_parameters_cell(tmp_path):
 
     nb = write_notebook(tmp_path, "97_toy", 'profile: str = "cpu"  # p\nseed: int = 0  # s\ndevice: str = "cpu"  # d\n',
                         ["print('kept')"])
-    assert sync_parameters_cell(nb, _Toy) is True
-    assert sync_parameters_cell(nb, _Toy) is False
+    assert sync_parameters_cell(nb, parameters_cell(_Toy)) is True
+    assert sync_parameters_cell(nb, parameters_cell(_Toy)) is False
     assert parse_parameters(nb)["steps"].default == 10
     assert "print('kept')" in nb.read_text()
 

@@ -136,6 +136,7 @@ def test_subset_fetch_verifies_every_file_and_lands_in_its_own_folder(tmp_path):
     import shutil
 
     from conftest import SHARED_DATA
+
     from epi_utils.events import fetch
     src = SHARED_DATA / "docee" / "chfinann"
     if not (src / "test_split1.jsonl").is_file():

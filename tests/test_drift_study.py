@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from epi_utils.importance import checkpoint as ci
-from epi_utils.importance import drift as dr
 from epi_utils.drift import study, summary
 from epi_utils.drift.config import DriftConfig
+from epi_utils.importance import checkpoint as ci
+from epi_utils.importance import drift as dr
 from epi_utils.workbench import stats
-from tests.lm_fixtures import small_tiny, small_world  # noqa: F401  (fixtures)
 
 
 # --- statistics by hand ---------------------------------------------------------------------------

@@ -4,8 +4,8 @@ import types
 import pytest
 import torch
 
-from epi_utils.isolation import state as es
 from epi_utils.isolation import policies as iso
+from epi_utils.isolation import state as es
 from epi_utils.isolation.distributed import synthetic_task_batches, tiny_gpt2
 from epi_utils.lm.masked_adamw import MaskedAdamW
 

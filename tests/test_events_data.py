@@ -1,5 +1,4 @@
 """Loader, validation (one malformed document per error kind), split, synthetic layout, fetch."""
-import copy
 import io
 import json
 import zipfile
@@ -8,8 +7,15 @@ import numpy as np
 import pytest
 
 from epi_utils.events import fetch as fetch_mod
-from epi_utils.events.data import (DocumentError, EmptyDataError, load_documents, parse_document, split_documents,
-                                   truncate_document, reachable_share)
+from epi_utils.events.data import (
+    DocumentError,
+    EmptyDataError,
+    load_documents,
+    parse_document,
+    reachable_share,
+    split_documents,
+    truncate_document,
+)
 from epi_utils.events.schema import load_schema, schema_from_dict
 from epi_utils.events.synthetic import generate_documents
 

@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 import torch
 
+from epi_utils.events import frontend as fe
+from epi_utils.events import training as tr
 from epi_utils.events.alignment import assign, best_record
+from epi_utils.events.config import EventConfig
 from epi_utils.events.data import parse_document, truncate_document
 from epi_utils.events.losses import slot_nll, supcon
+from epi_utils.events.methods import default_variants
 from epi_utils.events.metric import evaluate_documents
 from epi_utils.events.schema import schema_from_dict
 from epi_utils.events.synthetic import generate_documents
-from epi_utils.events import training as tr
-from epi_utils.events import frontend as fe
-from epi_utils.events.config import EventConfig
-from epi_utils.events.methods import default_variants
 
 
 def test_hungarian_finds_the_cheapest_assignment_and_fixed_keeps_order():

@@ -10,9 +10,9 @@ from epi_utils.events import frontend as fe
 from epi_utils.events import study, summary
 from epi_utils.events import training as tr
 from epi_utils.events.config import EventConfig
-from epi_utils.events.methods import VARIANTS
 from epi_utils.events.data import parse_document, truncate_document
 from epi_utils.events.encoder import CharTransformer, CharVocab
+from epi_utils.events.methods import VARIANTS
 from epi_utils.events.pretrain import mask_characters, pretrain_characters, windows_of
 from epi_utils.events.rules import merge_candidates, rule_mentions
 from epi_utils.events.schema import schema_from_dict
@@ -177,6 +177,6 @@ def test_a_doc2edag_layout_data_set_with_another_schema_runs_from_a_folder(tmp_p
     ment, test = summary.targets(res, candidates="union")
     assert ment.value == pytest.approx(np.mean([x.mention["predicted"]["f1"] for x in res.encoders]))  # the NER head's
     assert test.value == pytest.approx(np.mean([r.scores["micro_f1"] for r in res.rows(candidates="union") if r.method == "probes"]))
-    assert not res.encoders[0].history[0].get("dev_mention_f1") is None
+    assert res.encoders[0].history[0].get("dev_mention_f1") is not None
     with pytest.raises(FileNotFoundError, match="my_schema_typo.json"):
         study.locate_data("launches", "my_schema_typo.json")

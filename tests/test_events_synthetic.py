@@ -6,11 +6,10 @@ tells their records apart, so this checks that the stage-1 type evidence reaches
 Before the sentence-level lexical type detector (see ``events/encoder.py``) such twin types were
 confused about half of the time.
 """
-import pytest
 
 from epi_utils.events import study
-from epi_utils.events.schema import schema_from_dict
 from epi_utils.events.config import EventConfig
+from epi_utils.events.schema import schema_from_dict
 
 TWINS = schema_from_dict({"events": [{"event_type": "Buy", "roles": ["Trader", "Item", "Price", "Day"]},
                                      {"event_type": "Sell", "roles": ["Trader", "Item", "Price", "Day"]},

@@ -1,12 +1,10 @@
 """Importance estimators, tracker, mask selection and drift metrics with hand-computed numbers."""
-import math
 
 import pytest
 import torch
 
-
-from epi_utils.importance import estimators as imp
 from epi_utils.importance import drift as drift
+from epi_utils.importance import estimators as imp
 
 
 def _linear_step(w, x, y):

@@ -4,10 +4,9 @@ import types
 import pytest
 import torch
 
-
 from epi_utils.isolation import policies as iso
-from epi_utils.isolation.distributed import hooked_steps, synthetic_task_batches, tiny_gpt2
 from epi_utils.isolation.callback import MaskedStepGuard
+from epi_utils.isolation.distributed import hooked_steps, synthetic_task_batches, tiny_gpt2
 
 TASKS = ["a", "b"]
 

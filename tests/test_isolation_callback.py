@@ -2,9 +2,13 @@
 import pytest
 import torch
 
+from epi_utils.isolation.callback import (
+    IsolationCallback,
+    TaskRecordingCollator,
+    sequential_trainer_class,
+    task_homogeneous_order,
+)
 from epi_utils.isolation.policies import make_policy
-from epi_utils.isolation.callback import (IsolationCallback, TaskRecordingCollator, sequential_trainer_class,
-                                          task_homogeneous_order)
 
 TASKS = ["a", "b"]
 

@@ -1,7 +1,6 @@
 """Study 02 tables and verdicts on hand-made run records; the HF data path."""
 import numpy as np
 import pytest
-import torch
 
 from epi_utils.isolation_study import summary
 from epi_utils.isolation_study.config import StudyConfig

@@ -8,7 +8,6 @@ import torch
 from epi_utils.data.world import Sample
 from epi_utils.lm.evaluate import exact_match, greedy_generate, pass_at_n, response_stats, task_accuracy
 from epi_utils.lm.train import TrainConfig, train_sft
-from lm_fixtures import fresh_tiny, small_tiny, small_world  # noqa: F401
 
 
 def _s(i, task, prompt, response):

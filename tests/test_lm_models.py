@@ -3,10 +3,9 @@ import importlib.util
 
 import pytest
 import torch
+from lm_fixtures import SMALL_PRETRAIN
 
-from epi_utils.lm.models import (build_word_tokenizer, check_tokenizer_matches, fact_recall, load_model,
-                                 tiny_pretrain_meta)
-from lm_fixtures import SMALL_PRETRAIN, small_tiny, small_world  # noqa: F401
+from epi_utils.lm.models import build_word_tokenizer, check_tokenizer_matches, fact_recall, load_model, tiny_pretrain_meta
 
 
 def test_tiny_recalls_pretraining_facts_far_above_unseen(small_tiny, small_world):

@@ -7,7 +7,6 @@ import torch
 
 from epi_utils.lm.masked_adamw import MaskedAdamW
 from epi_utils.lm.train import TrainConfig, TrainHook, format_example, train_sft
-from lm_fixtures import fresh_tiny, small_tiny, small_world  # noqa: F401
 
 DYN_FIELDS = {"sample_id", "task", "stage", "train_stage", "step", "epoch", "loss", "mean_token_prob", "exact_match"}
 

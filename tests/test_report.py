@@ -7,14 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-
 from conftest import write_notebook
+
 from epi_utils.workbench import cli
-from epi_utils.workbench.params import (NotebookConventionError, ParameterError, parse_parameters,
-                                       resolve_parameters)
+from epi_utils.workbench.params import NotebookConventionError, ParameterError, parse_parameters, resolve_parameters
 from epi_utils.workbench.report import collect_runs, publish, run_notebook, write_index
 from epi_utils.workbench.sweep import expand_grid, sweep
 

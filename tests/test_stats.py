@@ -2,8 +2,7 @@
 import numpy as np
 import pytest
 
-from epi_utils.workbench.stats import (Verdict, bootstrap_ci, compare, interval, mean_ci, summarize_over_seeds,
-                                       t_ci, with_ci)
+from epi_utils.workbench.stats import Verdict, bootstrap_ci, compare, interval, mean_ci, summarize_over_seeds, t_ci, with_ci
 
 
 def test_constant_values_give_degenerate_interval():

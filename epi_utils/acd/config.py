@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .data import DATASETS
+from epi_utils.acd.data import DATASETS
 
 _SETTING = re.compile(r"^(\d+)way(\d+)shot$")
 ENCODERS = ("cnn", "minilm", "bert")

@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .data import FewAspSplit
+from epi_utils.acd.data import FewAspSplit
 
 PAD, UNK = 0, 1
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import FewAspSplit
-from .embeddings import EncodedSplit
+from epi_utils.acd.data import FewAspSplit
+from epi_utils.acd.embeddings import EncodedSplit
 
 
 class CNNEncoder(nn.Module):

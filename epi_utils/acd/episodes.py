@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import FewAspSplit
+from epi_utils.acd.data import FewAspSplit
 
 
 @dataclass

@@ -24,8 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-from .config import ACDConfig
-from .training import ACDData, load_data
+from epi_utils.acd.config import ACDConfig
+from epi_utils.acd.training import ACDData, load_data
 
 #: padded WordPiece length of an episode batch (FewAsp sentences: mean 16-24 words, max 99).
 SEQ_LEN = 64
@@ -74,9 +74,8 @@ def prepare(cfg: ACDConfig, folder: Path | str) -> Rehearsal:
                          "(set encoder: bert in the gpu profile)")
     from transformers import AutoModel
 
+    from epi_utils.acd.encoders import minilm_tokenizer
     from epi_utils.workbench.rehearsal import tiny_model_config
-
-    from .encoders import minilm_tokenizer
 
     root = write_toy_fewasp(Path(folder) / "fewasp")
     tok = minilm_tokenizer()  # uncased WordPiece, the vocabulary of bert-base-uncased
@@ -90,7 +89,7 @@ def prepare(cfg: ACDConfig, folder: Path | str) -> Rehearsal:
 
 def full_scale_tokens(cfg: ACDConfig) -> dict[str, float]:
     """Training and forward-only WordPiece tokens, and the largest episode batch, of ``cfg`` at full scale."""
-    from .config import parse_setting
+    from epi_utils.acd.config import parse_setting
 
     shapes = [parse_setting(s) for s in cfg.settings]
     groups = [shapes] if cfg.shared_training else [[s] for s in shapes]

@@ -30,13 +30,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import ACDConfig, parse_setting
-from .encoders import build_encoder, encode_bank
-from .episodes import sample_episodes
-from .metrics import confusion_counts, episode_auc, episode_macro_f1, instance_f1
-from .models import build_model
-from .threshold import ThresholdPolicy, predict, train_policy, tune_static_threshold
-from .training import ACDData, episode_tensors, fit_model, forward, score_episodes
+from epi_utils.acd.config import ACDConfig, parse_setting
+from epi_utils.acd.encoders import build_encoder, encode_bank
+from epi_utils.acd.episodes import sample_episodes
+from epi_utils.acd.metrics import confusion_counts, episode_auc, episode_macro_f1, instance_f1
+from epi_utils.acd.models import build_model
+from epi_utils.acd.threshold import ThresholdPolicy, predict, train_policy, tune_static_threshold
+from epi_utils.acd.training import ACDData, episode_tensors, fit_model, forward, score_episodes
 
 ARCHS = ("protonet", "proto_awatt")
 METHODS = ("protonet", "proto_awatt_static", "proto_awatt_policy_joint", "proto_awatt_policy_posthoc",

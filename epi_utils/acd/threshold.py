@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .metrics import episode_macro_f1
+from epi_utils.acd.metrics import episode_macro_f1
 
 
 def predict(probs, tau, *, min_one: bool = True):

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data as D
-from .embeddings import EncodedSplit, encode_split, glove_vocab_and_matrix
-from .encoders import TokenBank, encode_bank
-from .episodes import Episode, sample_episodes
-from .metrics import episode_auc
-from .models import multilabel_proto_loss
-from .threshold import ThresholdPolicy, reinforce_step
+from epi_utils.acd import data as D
+from epi_utils.acd.embeddings import EncodedSplit, encode_split, glove_vocab_and_matrix
+from epi_utils.acd.encoders import TokenBank, encode_bank
+from epi_utils.acd.episodes import Episode, sample_episodes
+from epi_utils.acd.metrics import episode_auc
+from epi_utils.acd.models import multilabel_proto_loss
+from epi_utils.acd.threshold import ThresholdPolicy, reinforce_step
 
 FETCH_HINT = ("run `epi data fetch fewasp` (epi_utils.acd.data.fetch_fewasp) to download the three FewAsp "
               "datasets; the shared copy lacks FewAsp(multi)/train.json and FewAsp/train.json")
@@ -74,7 +74,7 @@ def load_data(*, root=None, datasets=D.DATASETS, encoder: str = "cnn", tokenizer
                 missing.append(f"{ds}/{sp}.json")
     where = "$EPI_DATA_DIR/fewasp" if root is None else Path(root).name
     if ("FewAsp(single)", "train") not in splits:
-        raise D.FewAspMissingError(f"FewAsp(single)/train.json is needed to train; "
+        raise D.FewAspMissingError("FewAsp(single)/train.json is needed to train; "
                                    + ACDData({}, {}, None, None, missing, where).missing_note)
     if encoder in ("minilm", "bert"):
         if tokenizer is None and encoder == "bert":
@@ -82,10 +82,10 @@ def load_data(*, root=None, datasets=D.DATASETS, encoder: str = "cnn", tokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(model_id)
         elif tokenizer is None:
-            from .encoders import minilm_tokenizer
+            from epi_utils.acd.encoders import minilm_tokenizer
 
             tokenizer = minilm_tokenizer()
-        from .encoders import encode_split_wordpiece
+        from epi_utils.acd.encoders import encode_split_wordpiece
 
         encoded = {k: encode_split_wordpiece(v, tokenizer) for k, v in splits.items()}
         return ACDData(splits, encoded, tokenizer, None, missing, where)

@@ -18,7 +18,8 @@ import dataclasses
 import json
 
 from epi_utils.drift.config import DriftConfig
-from epi_utils.drift.study import StudyResult, _pairs_of as _pairs, run_one
+from epi_utils.drift.study import StudyResult, run_one
+from epi_utils.drift.study import _pairs_of as _pairs
 
 N_SAMPLES = 8
 REHEARSAL_STEPS = 4

@@ -31,9 +31,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from epi_utils.drift.config import DriftConfig
 from epi_utils.importance import checkpoint as ci
 from epi_utils.importance import drift as dr
-from epi_utils.drift.config import DriftConfig
 from epi_utils.lm.train import TrainConfig, TrainHook, train_sft
 
 ALL = ci.ALL

@@ -21,11 +21,11 @@ Modules (one concept each):
 ``figures``    the study's figures
 ``rehearsal``  the gpu profile's CPU rehearsal (tiny random BERT, local samples, cost estimate)
 """
-from .schema import EventSchema, load_schema
-from .data import Document, LoadReport, DocumentError, load_documents, split_documents, parse_document
-from .metric import evaluate_documents, agg_role_stats
-from .synthetic import generate_documents
-from .fetch import fetch_chfinann
+from epi_utils.events.data import Document, DocumentError, LoadReport, load_documents, parse_document, split_documents
+from epi_utils.events.fetch import fetch_chfinann
+from epi_utils.events.metric import agg_role_stats, evaluate_documents
+from epi_utils.events.schema import EventSchema, load_schema
+from epi_utils.events.synthetic import generate_documents
 
 __all__ = ["EventSchema", "load_schema", "Document", "LoadReport", "DocumentError", "load_documents",
            "split_documents", "parse_document", "evaluate_documents", "agg_role_stats",

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .schema import EventSchema
+from epi_utils.events.schema import EventSchema
 
 ERROR_KINDS = ("structure", "range_out_of_bounds", "range_text_mismatch", "unknown_event_type",
                "unknown_role", "argument_not_mention")

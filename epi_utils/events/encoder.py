@@ -34,8 +34,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .data import Document
-
+from epi_utils.events.data import Document
 
 NGRAM_BUCKETS = 1 << 15  # hashed character n-gram buckets of the lexical type detector
 

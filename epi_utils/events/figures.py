@@ -6,8 +6,8 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from ..workbench import plots
-from .study import EncoderRecord
+from epi_utils.events.study import EncoderRecord
+from epi_utils.workbench import plots
 
 
 def recall_vs_events(by_count: pd.DataFrame, *, name: str = "recall_vs_num_events"):

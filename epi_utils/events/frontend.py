@@ -24,14 +24,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import CANDIDATES, EventConfig
-from .data import Document
-from .encoder import CharVocab, DocumentEncoder, sinusoid
-from .metric import mention_scores
-from .pretrain import pretrain_characters
-from .rules import merge_candidates, rule_mentions
-from .schema import EventSchema
-from ..workbench.progress import progress_line
+from epi_utils.events.config import CANDIDATES, EventConfig
+from epi_utils.events.data import Document
+from epi_utils.events.encoder import CharVocab, DocumentEncoder, sinusoid
+from epi_utils.events.metric import mention_scores
+from epi_utils.events.pretrain import pretrain_characters
+from epi_utils.events.rules import merge_candidates, rule_mentions
+from epi_utils.events.schema import EventSchema
+from epi_utils.workbench.progress import progress_line
 
 
 def batches(n: int, size: int, rng: np.random.Generator | None) -> list[np.ndarray]:

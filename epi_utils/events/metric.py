@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from .schema import EventSchema
+from epi_utils.events.schema import EventSchema
 
 Record = Sequence  # tuple of argument strings or None, in schema role order
 

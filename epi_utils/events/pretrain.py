@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import Document
-from .encoder import CharTransformer, CharVocab
+from epi_utils.events.data import Document
+from epi_utils.events.encoder import CharTransformer, CharVocab
 
 
 def windows_of(docs: Sequence[Document], width: int) -> list[str]:

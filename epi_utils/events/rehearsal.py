@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..workbench import rehearsal as wr
-from .config import EventConfig
-from .methods import variants_for
-from .frontend import extract_features, train_encoder
-from .schema import load_schema
-from .study import SCHEMA_DIR, prepare_data
-from .synthetic import generate_documents
-from .training import decode, train_decoder
+from epi_utils.events.config import EventConfig
+from epi_utils.events.frontend import extract_features, train_encoder
+from epi_utils.events.methods import variants_for
+from epi_utils.events.schema import load_schema
+from epi_utils.events.study import SCHEMA_DIR, prepare_data
+from epi_utils.events.synthetic import generate_documents
+from epi_utils.events.training import decode, train_decoder
+from epi_utils.workbench import rehearsal as wr
 
 #: Doc2EDAG's full ChFinAnn release: documents per split (Zheng et al., EMNLP 2019, Table 1).
 FULL_SPLITS = {"train": 25632, "dev": 3204, "test": 3204}

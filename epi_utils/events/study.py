@@ -11,21 +11,29 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .config import EventConfig
-from .methods import Variant, variants_for
-from .data import Document, LoadReport, load_documents, parse_document, reachable_share, split_documents, truncate_document
-from .frontend import extract_features, predict_mentions, train_encoder
-from .metric import document_stats, evaluate_documents, mention_scores, prf, recall_by_event_count
-from .schema import EventSchema, load_schema
-from .synthetic import generate_documents
-from .training import decode, selection_key, train_decoder
-from ..workbench.progress import log_line, progress_line
+from epi_utils.events.config import EventConfig
+from epi_utils.events.data import (
+    Document,
+    LoadReport,
+    load_documents,
+    parse_document,
+    reachable_share,
+    split_documents,
+    truncate_document,
+)
+from epi_utils.events.frontend import extract_features, predict_mentions, train_encoder
+from epi_utils.events.methods import Variant, variants_for
+from epi_utils.events.metric import document_stats, evaluate_documents, mention_scores, prf, recall_by_event_count
+from epi_utils.events.schema import EventSchema, load_schema
+from epi_utils.events.synthetic import generate_documents
+from epi_utils.events.training import decode, selection_key, train_decoder
+from epi_utils.workbench.progress import log_line, progress_line
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 ANNOTATED = "annotated"   # candidate-set name of the upper bound: decoded from the annotated mentions
@@ -55,7 +63,7 @@ def locate_data(data_subdir: str, schema_file: str) -> tuple[Path, Path]:
     """The data folder ``EPI_DATA_DIR/data_subdir`` and its schema file (in the folder, else a schema
     of that name shipped in ``epi_utils/events/schemas/``). ``FileNotFoundError`` names what is missing
     and how to get it (the folder through :func:`epi_utils.workbench.datasets.require_folder`)."""
-    from ..workbench.datasets import require_folder
+    from epi_utils.workbench.datasets import require_folder
     folder = require_folder(data_subdir)   # DatasetMissing (a FileNotFoundError) says how to get it
     for cand in (folder / schema_file, SCHEMA_DIR / schema_file):
         if cand.is_file():

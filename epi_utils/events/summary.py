@@ -13,10 +13,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..workbench.stats import Comparison, compare, interval, with_ci
-from .data import Document
-from .schema import EventSchema
-from .study import ANNOTATED, DecoderRecord, EncoderRecord, StudyResult
+from epi_utils.events.data import Document
+from epi_utils.events.schema import EventSchema
+from epi_utils.events.study import ANNOTATED, DecoderRecord, EncoderRecord, StudyResult
+from epi_utils.workbench.stats import Comparison, compare, interval, with_ci
 
 SEED_UNIT = "seed units (encoder x decoder seeds)"
 DOC_UNIT = "test documents"

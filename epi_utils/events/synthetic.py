@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .schema import EventSchema
+from epi_utils.events.schema import EventSchema
 
 _FILLER = "的了是在和有公司本次股东事项董事会公告相关情况根据规定已经进行完成披露"
 _ARG_CHARS = string.digits + "甲乙丙丁戊己庚辛壬癸子丑寅卯辰巳午未申酉戌亥"

@@ -20,15 +20,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .alignment import assign, best_record
-from .config import THRESHOLDS, EventConfig
-from .methods import Variant
-from .data import Document
-from .frontend import batches
-from .losses import slot_nll, supcon
-from .metric import evaluate_documents
-from .probes import RecordDecoder
-from .schema import EventSchema
+from epi_utils.events.alignment import assign, best_record
+from epi_utils.events.config import THRESHOLDS, EventConfig
+from epi_utils.events.data import Document
+from epi_utils.events.frontend import batches
+from epi_utils.events.losses import slot_nll, supcon
+from epi_utils.events.methods import Variant
+from epi_utils.events.metric import evaluate_documents
+from epi_utils.events.probes import RecordDecoder
+from epi_utils.events.schema import EventSchema
+
 
 def collate(feats: Sequence[dict], device) -> dict:
     """Pad a list of feature dicts into batch tensors (M is at least 1; padding is masked)."""

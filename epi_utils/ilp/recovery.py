@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 
 
-
 class RecoveryInputError(ValueError):
     """Bad input to a recovery computation."""
 

@@ -37,8 +37,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from epi_utils.importance.estimators import iter_named_trainable, top_share_flat
 from epi_utils.importance.drift import module_of
+from epi_utils.importance.estimators import iter_named_trainable, top_share_flat
 
 ESTIMATORS = ("taylor", "fisher", "magnitude")
 ALL = "all"
@@ -356,7 +356,7 @@ def permute_hidden_units(model, *, generator: torch.Generator) -> dict[str, torc
     Returns the permutations used (``"residual"`` and one per MLP module prefix).
     """
     cfg = model.config
-    hidden = getattr(cfg, "n_embd", None) or getattr(cfg, "hidden_size")
+    hidden = getattr(cfg, "n_embd", None) or cfg.hidden_size
     perm_res = torch.randperm(hidden, generator=generator)
     perms = {"residual": perm_res}
     for name, p in model.named_parameters():

@@ -348,11 +348,10 @@ class ImportanceTracker:
         """Per-tensor normalisers (mean or max of each view), as Python floats."""
         return torch.stack([v.mean() if self.normalize == "layer_mean" else v.max() for v in views]).tolist()
 
-    def lazy_flat_scores(self, task: str) -> "LazyFlatScores":
+    def lazy_flat_scores(self, task: str) -> LazyFlatScores:
         """:meth:`flat_scores` of ``task`` computed when needed: ``materialize()`` gives the whole
         vector (one task at a time, so a refresh holds one fp32 score vector, not one per task),
         ``scores[idx]`` only the entries at int positions ``idx`` (equal to ``flat_scores(task)[idx]``)."""
-        from epi_utils.isolation.state import LazyFlatScores
 
         if task not in self.ema:
             raise KeyError(f"task {task!r} has no importance yet; tracked tasks: {self.tasks}")
@@ -430,7 +429,7 @@ def top_share_flat(flat: torch.Tensor, *, ratio: float, scope: str = "global",
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"ratio must be in [0, 1], got {ratio}")
     _check_choice("scope", scope, SCOPES)
-    if hasattr(flat, "materialize"):  # epi_state.LazyFlatScores: one task's scores, built now
+    if hasattr(flat, "materialize"):  # LazyFlatScores: one task's scores, built now
         flat = flat.materialize()
     flat = flat.detach().float().reshape(-1)
     if scope == "global":
@@ -505,3 +504,39 @@ def mask_share(masks: Mapping[str, torch.Tensor]) -> float:
 def iter_named_trainable(model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Parameter]]:
     """``(name, param)`` for the parameters that require gradients."""
     return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
+
+
+class LazyFlatScores:
+    """Deferred ``ImportanceTracker.flat_scores`` of one task (``tracker.lazy_flat_scores(task)``):
+    ``materialize()`` builds the vector, ``scores[idx]`` only its entries at int positions ``idx``."""
+
+    def __init__(self, tracker, task: str):
+        self.tracker, self.task = tracker, task
+        self._n = sum(p.numel() for p in tracker.params)
+
+    def numel(self) -> int:
+        return self._n
+
+    def materialize(self) -> torch.Tensor:
+        return self.tracker.flat_scores(self.task)
+
+    @torch.no_grad()
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        tr = self.tracker
+        idx = torch.as_tensor(idx).reshape(-1).to(torch.int64)
+        if tr.layout != "flat" or tr.normalize == "none" or self.task not in tr._flat:
+            return self.materialize()[idx]
+        buf = tr._flat[self.task]
+        sizes = [p.numel() for p in tr.params]
+        last = tr._denom_cache.get(self.task)  # from materialize() of the same state, if any
+        if last is not None and last[0] == tr.n_updates.get(self.task):
+            denom = torch.tensor(last[1], dtype=torch.float32, device=buf.device)
+        else:
+            denom = torch.tensor(tr._denominators(torch.split(tr._flat_raw(self.task), sizes)),
+                                 dtype=torch.float32, device=buf.device)
+        ends = torch.tensor(sizes, device=idx.device).cumsum(0)
+        d = denom[torch.searchsorted(ends, idx, right=True)]
+        val = buf[idx].float()  # the entries of _flat_raw at idx, without converting the whole buffer
+        if tr.estimator == "sensitivity":
+            val = val * tr._flat_unc[self.task][idx].float()
+        return torch.where(d > 0, val / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(val))

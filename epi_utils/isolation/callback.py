@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import collections
 import types
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch

@@ -153,9 +153,13 @@ def trainer_check(*, steps: int, interval: int, world: int, batch_size: int = 4,
     from datasets import Dataset
     from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
+    from epi_utils.isolation.callback import (
+        IsolationCallback,
+        TaskRecordingCollator,
+        sequential_trainer_class,
+        task_homogeneous_order,
+    )
     from epi_utils.isolation.policies import make_policy
-    from epi_utils.isolation.callback import (IsolationCallback, TaskRecordingCollator, sequential_trainer_class,
-                                              task_homogeneous_order)
 
     tasks = ["a", "b"]
     rows = {"input_ids": [], "attention_mask": [], "labels": [], "task": []}

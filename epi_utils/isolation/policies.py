@@ -65,10 +65,9 @@ from typing import Mapping, Sequence
 
 import torch
 
-from epi_utils.isolation.state import CompactOwners, LazyMapping, PackedSets, measured_bytes_per_param
-from epi_utils.importance.estimators import ImportanceTracker, normalize_scores, top_share_flat
 from epi_utils.importance.drift import turnover
-
+from epi_utils.importance.estimators import ImportanceTracker, normalize_scores, top_share_flat
+from epi_utils.isolation.state import CompactOwners, LazyMapping, PackedSets, measured_bytes_per_param
 from epi_utils.lm.masked_adamw import FrozenPositions
 from epi_utils.lm.train import TrainHook
 

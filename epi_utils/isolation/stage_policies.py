@@ -29,7 +29,7 @@ from typing import Mapping, Sequence
 import torch
 
 from epi_utils.importance.estimators import normalize_scores
-from epi_utils.isolation.policies import IsolationPolicy, check_probe, batch_loss, taylor_scores
+from epi_utils.isolation.policies import IsolationPolicy, batch_loss, check_probe, taylor_scores
 
 SIGNALS = ("update", "importance", "random")
 

@@ -313,42 +313,6 @@ class LazyMapping(Mapping):
         return len(self._keys)
 
 
-class LazyFlatScores:
-    """Deferred ``ImportanceTracker.flat_scores`` of one task (``tracker.lazy_flat_scores(task)``):
-    ``materialize()`` builds the vector, ``scores[idx]`` only its entries at int positions ``idx``."""
-
-    def __init__(self, tracker, task: str):
-        self.tracker, self.task = tracker, task
-        self._n = sum(p.numel() for p in tracker.params)
-
-    def numel(self) -> int:
-        return self._n
-
-    def materialize(self) -> torch.Tensor:
-        return self.tracker.flat_scores(self.task)
-
-    @torch.no_grad()
-    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
-        tr = self.tracker
-        idx = torch.as_tensor(idx).reshape(-1).to(torch.int64)
-        if tr.layout != "flat" or tr.normalize == "none" or self.task not in tr._flat:
-            return self.materialize()[idx]
-        buf = tr._flat[self.task]
-        sizes = [p.numel() for p in tr.params]
-        last = tr._denom_cache.get(self.task)  # from materialize() of the same state, if any
-        if last is not None and last[0] == tr.n_updates.get(self.task):
-            denom = torch.tensor(last[1], dtype=torch.float32, device=buf.device)
-        else:
-            denom = torch.tensor(tr._denominators(torch.split(tr._flat_raw(self.task), sizes)),
-                                 dtype=torch.float32, device=buf.device)
-        ends = torch.tensor(sizes, device=idx.device).cumsum(0)
-        d = denom[torch.searchsorted(ends, idx, right=True)]
-        val = buf[idx].float()  # the entries of _flat_raw at idx, without converting the whole buffer
-        if tr.estimator == "sensitivity":
-            val = val * tr._flat_unc[self.task][idx].float()
-        return torch.where(d > 0, val / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(val))
-
-
 # ---------------------------------------------------------------------------------------------
 MODES = ("legacy", "fp32", "bf16", "lean")
 

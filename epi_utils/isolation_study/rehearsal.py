@@ -67,8 +67,8 @@ def rehearse(cfg: StudyConfig, *, folder: Path | str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from epi_utils.isolation_study.hf_data import HF_TASKS
     from epi_utils.isolation_study import study
+    from epi_utils.isolation_study.hf_data import HF_TASKS
     from epi_utils.lm.models import build_word_tokenizer
     from epi_utils.workbench import rehearsal
 

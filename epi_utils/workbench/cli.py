@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from .params import NotebookConventionError, ParameterError
+from epi_utils.workbench.params import NotebookConventionError, ParameterError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -95,14 +95,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_run(args) -> int:
-    from .report import run_notebook
+    from epi_utils.workbench.report import run_notebook
 
     overrides = dict(args.param)
     dup = {n for n, _ in args.param if sum(1 for m, _ in args.param if m == n) > 1}
     if dup:
         raise ParameterError(f"parameter(s) {sorted(dup)} given more than once")
     if args.rehearse:
-        from .rehearsal import rehearsal_overrides
+        from epi_utils.workbench.rehearsal import rehearsal_overrides
 
         overrides.update(rehearsal_overrides(args.notebook, overrides))
     run_dir = run_notebook(args.notebook, profile=args.profile, overrides=overrides, reports_dir=args.out,
@@ -116,7 +116,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from .sweep import sweep
+    from epi_utils.workbench.sweep import sweep
 
     grid = {name: _split_values(values) for name, values in args.param}
     if not grid:
@@ -132,25 +132,32 @@ def _cmd_sweep(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from .report import write_index
+    from epi_utils.workbench.report import write_index
 
     print(write_index(args.out))
     return 0
 
 
 def _cmd_publish(args) -> int:
-    from .report import publish
+    from epi_utils.workbench.report import publish
 
     print(publish(args.out, profile=args.profile, run_dirs=args.runs, label=args.label) / "index.html")
     return 0
 
 
 def _cmd_params(args) -> int:
-    from .params import available_profiles, parse_parameters, sync_parameters_cell
+    from epi_utils.workbench.params import available_profiles, parse_parameters, sync_parameters_cell
 
     for notebook in args.notebook:
         if args.sync:
-            changed = sync_parameters_cell(notebook)
+            from epi_utils.studies import config_class
+
+            cfg_cls = config_class(notebook)
+            if cfg_cls is None:
+                raise NotebookConventionError(f"{notebook}: no config registered for it in epi_utils/studies.py")
+            from epi_utils.workbench.contract import parameters_cell
+
+            changed = sync_parameters_cell(notebook, parameters_cell(cfg_cls))
             print(f"{notebook}: parameters cell {'rewritten from the config' if changed else 'already matches the config'}")
             continue
         for spec in parse_parameters(notebook).values():
@@ -160,7 +167,7 @@ def _cmd_params(args) -> int:
 
 
 def _cmd_data(args) -> int:
-    from . import datasets
+    from epi_utils.workbench import datasets
 
     if args.data_command == "fetch":
         print(datasets.fetch_dataset(args.name, dest=args.dest))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .runs import data_dir
+from epi_utils.workbench.runs import data_dir
 
 
 @dataclass(frozen=True)

@@ -309,30 +309,20 @@ def resolve_parameters(nb_path: Path | str, *, profile: str = "cpu",
     return values
 
 
-def sync_parameters_cell(nb_path: Path | str, config_class: type | None = None) -> bool:
-    """Rewrite a notebook's ``parameters`` cell from its config (:func:`contract.parameters_cell`).
-
-    ``config_class`` defaults to the notebook's config in :mod:`epi_utils.studies`. Returns True
-    when the cell changed. Other cells, outputs and metadata are kept; the file is replaced
+def sync_parameters_cell(nb_path: Path | str, source: str) -> bool:
+    """Rewrite a notebook's ``parameters`` cell to ``source`` (``contract.parameters_cell(Config)``,
+    generated from the notebook's config). Returns True when the cell changed. Other cells, outputs and metadata are kept; the file is replaced
     atomically.
     """
     import os
 
     import nbformat
 
-    from epi_utils.workbench.contract import parameters_cell
-
     nb_path = Path(nb_path)
-    if config_class is None:
-        from epi_utils.studies import config_class as lookup
-
-        config_class = lookup(nb_path)
-        if config_class is None:
-            raise NotebookConventionError(f"{nb_path.name}: no config registered for this notebook in epi_utils.studies")
     nb = _read_notebook(nb_path)
     parameters_cell_source(nb_path)  # the first code cell must be the tagged parameters cell
     first = next(c for c in nb.cells if c.cell_type == "code")
-    want = parameters_cell(config_class)
+    want = source
     if first.source == want:
         return False
     first.source = want

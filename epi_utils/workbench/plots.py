@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from .runs import current_run_dir
+from epi_utils.workbench.runs import current_run_dir
 
 _STYLE_APPLIED = False
 PALETTE = "colorblind"
@@ -16,7 +16,6 @@ def use_style() -> None:
     """Apply the project's seaborn style (white grid, colour-blind palette, readable fonts)."""
     global _STYLE_APPLIED
     import matplotlib
-
     import seaborn as sns
 
     sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE)

@@ -226,7 +226,7 @@ def estimate(*, model_id: str, train_tokens: float, micro_batch: int, seq_len: i
 def rehearsal_overrides(nb_path: Path | str, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Parameters ``epi run --rehearse`` adds: ``rehearse=True``, ``device="cpu"``. Raises
     ``ParameterError`` when the notebook declares no ``rehearse`` parameter."""
-    from .params import ParameterError, parse_parameters
+    from epi_utils.workbench.params import ParameterError, parse_parameters
 
     specs = parse_parameters(nb_path)
     if "rehearse" not in specs:

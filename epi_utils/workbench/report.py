@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import runs
-from .progress import batch_environment
-from .params import resolve_parameters, study_name
+from epi_utils.workbench import runs
+from epi_utils.workbench.params import resolve_parameters, study_name
+from epi_utils.workbench.progress import batch_environment
 
 STATUS_RUNNING, STATUS_SUCCESS, STATUS_FAILED, STATUS_INTERRUPTED = "running", "success", "failed", "interrupted"
 

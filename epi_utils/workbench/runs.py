@@ -27,7 +27,7 @@ import subprocess
 import tempfile
 import time as _time
 from pathlib import Path
-from typing import Any, Sequence, Mapping
+from typing import Any, Mapping, Sequence
 
 RUN_DIR_ENV = "EPI_RUN_DIR"
 DATA_DIR_ENV = "EPI_DATA_DIR"
@@ -325,7 +325,7 @@ def runner_alive(record: Mapping[str, Any]) -> bool | None:
 
 
 def _parameter_error(message: str) -> Exception:
-    from .params import ParameterError
+    from epi_utils.workbench.params import ParameterError
 
     return ParameterError(message)
 

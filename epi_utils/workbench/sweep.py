@@ -19,11 +19,11 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import runs
-from .params import resolve_parameters, study_name
-from .progress import progress_line
-from .report import PAGE_STYLE, default_reports_dir, flatten_metrics, run_notebook, write_index
-from .stats import interval
+from epi_utils.workbench import runs
+from epi_utils.workbench.params import resolve_parameters, study_name
+from epi_utils.workbench.progress import progress_line
+from epi_utils.workbench.report import PAGE_STYLE, default_reports_dir, flatten_metrics, run_notebook, write_index
+from epi_utils.workbench.stats import interval
 
 
 def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
