@@ -95,14 +95,16 @@ def test_shared_chfinann_subset_verifies(tmp_path):
     assert set(info["files"].values()) == {"ok"} and len(info["files"]) == 7
 
 
-def _offline(url, timeout=None):
-    import urllib.error
-    raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+def _offline(url, *args, **kwargs):
+    import requests
+    raise requests.exceptions.ConnectionError("[Errno -3] Temporary failure in name resolution")
 
 
 @pytest.mark.parametrize("name", ["chfinann", "chfinann_full"])
 def test_fetch_without_network_says_one_line(name, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(datasets.urllib.request, "urlopen", _offline)
+    import requests
+
+    monkeypatch.setattr(requests, "get", _offline)  # pooch's HTTP downloader
     code = cli.main(["data", "fetch", name, "--dest", str(tmp_path / "d")])
     err = capsys.readouterr().err
     assert code == 2

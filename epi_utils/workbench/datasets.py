@@ -10,8 +10,6 @@ import hashlib
 import importlib
 import importlib.util
 import shutil
-import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -180,28 +178,41 @@ def sha256_file(path: Path | str) -> str:
     return digest.hexdigest()
 
 
-def download_file(url: str, dest: Path | str, *, sha256: str | None = None, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``dest`` atomically, verifying ``sha256`` when given.
+def _copy_local(url: str, output_file: str, pooch_instance) -> None:
+    """pooch downloader for ``file://`` URLs (local mirrors and tests): a plain copy."""
+    from urllib.parse import unquote, urlparse
 
-    A checksum mismatch deletes the download and raises ``ValueError`` naming the file and both
+    source = Path(unquote(urlparse(url).path))
+    if not source.is_file():
+        raise FileNotFoundError(f"no such file: {source}")
+    shutil.copyfile(source, output_file)
+
+
+def download_file(url: str, dest: Path | str, *, sha256: str | None = None, timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``dest`` through pooch (atomic write, SHA-256 check when ``sha256`` is given).
+
+    A checksum mismatch leaves nothing at ``dest`` and raises ``ValueError`` naming the file and both
     hashes; network failures raise :class:`FetchError` (an ``OSError``) naming the URL in one line.
-    This is the one download loop of the project: every ``fetch_*`` function goes through it.
+    This is the project's one download path: every ``fetch_*`` function goes through it. ``file://``
+    URLs are copied (a local mirror).
     """
+    import pooch
+
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", delete=False) as tmp:
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (public data URLs)
-                while chunk := response.read(1 << 20):
-                    digest.update(chunk)
-                    tmp.write(chunk)
-        except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections, bad URLs
-            Path(tmp.name).unlink(missing_ok=True)
-            reason = getattr(exc, "reason", None) or exc
-            raise FetchError(f"could not download {url}: {reason}") from None
-    if sha256 is not None and digest.hexdigest() != sha256.lower():
-        Path(tmp.name).unlink(missing_ok=True)
-        raise ValueError(f"checksum mismatch for {dest.name} from {url}: expected sha256 {sha256}, got {digest.hexdigest()}")
-    shutil.move(tmp.name, dest)
+    downloader = _copy_local if url.startswith("file:") else pooch.HTTPDownloader(progressbar=False, timeout=timeout)
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.setLevel("WARNING")
+    try:
+        pooch.retrieve(url, known_hash=f"sha256:{sha256.lower()}" if sha256 else None, fname=dest.name,
+                       path=dest.parent, downloader=downloader, progressbar=False)
+    except ValueError as exc:
+        if "hash" not in str(exc).lower():
+            raise FetchError(f"could not download {url}: {exc}") from None
+        raise ValueError(f"checksum mismatch for {dest.name} from {url}: expected sha256 {sha256}; {exc}") from None
+    except Exception as exc:  # requests' connection errors, HTTP errors, missing local files, bad URLs
+        raise FetchError(f"could not download {url}: {exc}") from None
+    finally:
+        logger.setLevel(level)
     return dest
