@@ -1,6 +1,6 @@
 """Intervals that hold their coverage, and paired comparisons: the statistics every study uses.
 
-Which interval for which unit (DESIGN.md, "Scientific standards"):
+Which interval for which unit (docs/architecture.md, "Scientific standards"):
 
 - **Few units** (seeds, pretraining seeds, a handful of worlds): the Student-t interval of the mean,
   ``mean +- t_{(1+c)/2, n-1} * sd / sqrt(n)`` (:func:`t_ci`). A percentile bootstrap over 3 seed
