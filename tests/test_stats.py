@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from epi_utils.workbench.stats import Verdict, bootstrap_ci, compare, interval, mean_ci, summarize_over_seeds, t_ci, with_ci
+from epi_utils.workbench.stats import Verdict, bootstrap_ci, compare, interval, interval_table, mean_ci, t_ci, with_ci
 
 
 def test_constant_values_give_degenerate_interval():
@@ -44,15 +44,19 @@ def test_with_ci_and_nan_handling():
         bootstrap_ci([1, 2], confidence=1.5)
 
 
-def test_summarize_over_seeds_groups():
-    rows = [{"policy": "a", "seed": 0, "acc": 0.2}, {"policy": "a", "seed": 1, "acc": 0.4},
-            {"policy": "b", "seed": 0, "acc": 1.0}]
-    table = summarize_over_seeds(rows, group_keys=["policy"], value_keys=["acc"])
-    a = table[table.policy == "a"].iloc[0]
-    assert a["mean"] == pytest.approx(0.3) and a["n"] == 2
-    assert table[table.policy == "b"].iloc[0]["ci_low"] == 1.0
-    with pytest.raises(KeyError, match="group key"):
-        summarize_over_seeds(rows, group_keys=["nope"])
+def test_interval_table_by_hand():
+    import pandas as pd
+
+    frame = pd.DataFrame({"arm": ["b", "b", "b", "a", "a"], "unit": [0, 1, 2, 0, 0],
+                          "acc": [1.0, 2.0, 3.0, 0.5, float("nan")]})
+    table = interval_table(frame, by=["arm"], columns=["acc"], unit="seeds")
+    assert list(table.columns) == ["arm", "acc", "acc_low", "acc_high", "n", "unit"]
+    assert list(table.arm) == ["b", "a"]                         # order of first appearance
+    b = table.iloc[0]
+    # mean 2, sample sd 1, t_{0.975, 2} = 4.302653: half width 4.302653 / sqrt(3) = 2.484138
+    assert b["acc"] == 2.0 and b["acc_low"] == pytest.approx(2 - 2.484138, abs=1e-5) and b["n"] == 3
+    a = table.iloc[1]                                            # one value left: no interval
+    assert a["acc"] == 0.5 and np.isnan(a["acc_low"]) and a["n"] == 1 and a["unit"] == "seeds"
 
 
 @pytest.mark.parametrize("n", [3, 8])

@@ -70,12 +70,6 @@ def current_run_dir() -> Path:
     return path
 
 
-def quiet_progress() -> bool:
-    """True inside a batch run's kernel: pass as tqdm's ``disable`` so no bar reaches the report
-    (see :mod:`epi_utils.workbench.progress`, whose ``progress()`` also reports to the terminal)."""
-    return bool(os.environ.get(RUN_DIR_ENV))
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, NumPy and torch (CPU and CUDA) with ``seed``.
 

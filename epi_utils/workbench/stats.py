@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import asdict, dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -265,40 +265,6 @@ def with_ci(name: str, values: Sequence[float] | np.ndarray, *, unit: str = "see
     ``metrics.json`` convention for a headline, naming the unit the interval is over."""
     s = mean_ci(values, unit=unit, **kwargs)
     return {name: s["mean"], f"{name}_ci95": s["ci95"], f"{name}_ci_unit": f"{s['n']} {unit} ({s['method']})"}
-
-
-def summarize_over_seeds(rows: Iterable[Mapping[str, float]], *, group_keys: Sequence[str] = (),
-                         value_keys: Sequence[str] | None = None, confidence: float = 0.95,
-                         unit: str = "seeds"):
-    """Aggregate rows (one per seed/run) into mean and t-interval per group.
-
-    Returns a ``pandas.DataFrame`` with columns
-    ``group_keys + [metric, mean, ci_low, ci_high, n, unit, method]``.
-    ``value_keys`` defaults to every numeric column that is not a group key.
-    """
-    import pandas as pd
-
-    frame = pd.DataFrame(list(rows))
-    if frame.empty:
-        raise ValueError("summarize_over_seeds got no rows")
-    missing = [k for k in group_keys if k not in frame.columns]
-    if missing:
-        raise KeyError(f"group key(s) {missing} not in rows; columns are {sorted(frame.columns)}")
-    if value_keys is None:
-        value_keys = [c for c in frame.columns if c not in group_keys and pd.api.types.is_numeric_dtype(frame[c])]
-    out = []
-    groups = frame.groupby(list(group_keys), dropna=False, sort=True) if group_keys else [((), frame)]
-    for key, sub in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        for metric in value_keys:
-            vals = pd.to_numeric(sub[metric], errors="coerce").to_numpy(dtype=float)
-            vals = vals[~np.isnan(vals)]
-            if vals.size == 0:
-                continue
-            iv = interval(vals, unit=unit, confidence=confidence)
-            out.append({**dict(zip(group_keys, key)), "metric": metric, "mean": iv.mean,
-                        "ci_low": iv.low, "ci_high": iv.high, "n": iv.n, "unit": unit, "method": iv.method})
-    return pd.DataFrame(out)
 
 
 def interval_table(frame, *, by: Sequence[str], columns: Sequence[str], unit: str, unit_column: str | None = "unit",
