@@ -39,6 +39,7 @@ import torch
 
 from epi_utils.importance.drift import module_of
 from epi_utils.importance.estimators import iter_named_trainable, top_share_flat
+from epi_utils.lm.sft_format import encode_example, pad_batch, pad_id
 
 ESTIMATORS = ("taylor", "fisher", "magnitude")
 ALL = "all"
@@ -119,7 +120,6 @@ def _loss(model, batch) -> torch.Tensor:
 
 
 def _batches(tokenizer, samples: Sequence, batch_size: int, device) -> list[dict]:
-    from epi_utils.lm.sft_format import encode_example, pad_batch, pad_id
 
     out = []
     for k in range(0, len(samples), batch_size):

@@ -20,6 +20,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from epi_utils.data.world import RECALL_TEMPLATE
+from epi_utils.data.world_real import probe_prompt
 from epi_utils.lm.sft_format import encode_example, encode_prompt
 
 NORMALIZE = ("strip", "lower", "none")
@@ -202,10 +204,8 @@ def probe_knowledge(model, tokenizer, world, *, facts=None, max_new_tokens: int 
     """
     facts = list(world.facts if facts is None else facts)
     if getattr(world, "kind", "synthetic") == "real":
-        from epi_utils.data.world_real import probe_prompt
         prompts = [probe_prompt(f) for f in facts]
     else:
-        from epi_utils.data.world import RECALL_TEMPLATE
         prompts = [RECALL_TEMPLATE.format(attr=f.attribute, ent=f.entity) for f in facts]
     outs = greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, raw=True)
     known = {}

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from epi_utils.data.world import RECALL_TEMPLATE, WorldConfig, build_world
+from epi_utils.lm.evaluate import greedy_generate
 from epi_utils.workbench import runs
 
 BACKENDS = ("tiny", "smollm2", "<HF id>", "<local folder>")
@@ -150,8 +152,6 @@ def pretrain_tiny(model, tokenizer, corpus: list[str], *, config: TinyPretrainCo
 def fact_recall(model, tokenizer, world, *, in_pretrain: bool | None = None, batch_size: int = 64) -> float:
     """Share of facts whose value the model produces greedily after the cloze
     ``"the {attr} of {entity} is"`` (only facts with ``in_pretrain`` equal to the argument, if given)."""
-    from epi_utils.data.world import RECALL_TEMPLATE
-    from epi_utils.lm.evaluate import greedy_generate
 
     facts = [f for f in world.facts if in_pretrain is None or f.in_pretrain == in_pretrain]
     if not facts:
@@ -166,7 +166,6 @@ def _load_tiny(world, device, cache_dir: Path | None, pretrain: bool, progress: 
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
     if world is None:
-        from epi_utils.data.world import WorldConfig, build_world
         world = build_world(WorldConfig())
     if pretrain is False:
         tok = build_word_tokenizer(world.vocabulary())

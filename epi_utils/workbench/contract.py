@@ -34,7 +34,10 @@ import re
 import typing
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
+from epi_utils.workbench import runs
 from epi_utils.workbench.params import ParameterError
+from epi_utils.workbench.progress import progress as default_progress
+from epi_utils.workbench.runs import resolve_device
 
 #: parameters every notebook has that are not config fields (the run's bookkeeping, not the study's).
 NOTEBOOK_ONLY: dict[str, tuple[str, Any, str]] = {
@@ -188,8 +191,6 @@ class StudyConfig:
     @property
     def torch_device(self):
         """``device`` resolved (``auto`` -> cuda when available, else cpu) as a ``torch.device``."""
-        from epi_utils.workbench.runs import resolve_device
-
         return resolve_device(self.device)
 
     @classmethod
@@ -260,7 +261,7 @@ def execute(study: Any, cfg: StudyConfig, *, progress: Callable | None = None) -
     """Run ``cfg`` through a study package the way its notebook does: ``study.rehearse`` when
     ``cfg.rehearse``, else ``study.run_study``."""
     if progress is None:
-        from epi_utils.workbench.progress import progress
+        progress = default_progress
     fn = study.rehearse if cfg.rehearse else study.run_study
     return fn(cfg, progress=progress)
 
@@ -270,8 +271,6 @@ def save(result: StudyResult, *, run_dir=None) -> dict[str, Any]:
     and the rehearsal's estimate when there is one) and ``tables/<name>.csv`` for each frame.
     Returns the metrics written."""
     from pathlib import Path
-
-    from epi_utils.workbench import runs
 
     folder = Path(run_dir) if run_dir is not None else runs.current_run_dir()
     tables = folder / "tables"

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from epi_utils.workbench.params import ParameterError, parse_parameters
+
 #: public sizes of the models the gpu profiles name (family, parameters, hidden, layers, heads, vocab).
 KNOWN_MODELS: dict[str, dict[str, Any]] = {
     "Qwen/Qwen2.5-0.5B": dict(family="qwen2", n_params=494e6, hidden=896, layers=24, heads=14, vocab=151936),
@@ -226,8 +228,6 @@ def estimate(*, model_id: str, train_tokens: float, micro_batch: int, seq_len: i
 def rehearsal_overrides(nb_path: Path | str, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """Parameters ``epi run --rehearse`` adds: ``rehearse=True``, ``device="cpu"``. Raises
     ``ParameterError`` when the notebook declares no ``rehearse`` parameter."""
-    from epi_utils.workbench.params import ParameterError, parse_parameters
-
     specs = parse_parameters(nb_path)
     if "rehearse" not in specs:
         raise ParameterError(f"{Path(nb_path).name} declares no 'rehearse' parameter, so it has no GPU "

@@ -29,6 +29,8 @@ import time as _time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from epi_utils.workbench.params import ParameterError
+
 RUN_DIR_ENV = "EPI_RUN_DIR"
 DATA_DIR_ENV = "EPI_DATA_DIR"
 CACHE_DIR_ENV = "EPI_CACHE_DIR"
@@ -319,8 +321,6 @@ def runner_alive(record: Mapping[str, Any]) -> bool | None:
 
 
 def _parameter_error(message: str) -> Exception:
-    from epi_utils.workbench.params import ParameterError
-
     return ParameterError(message)
 
 
