@@ -7,8 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from epi_utils.ilp import study
-from epi_utils.ilp.config import IlpConfig
+from epi_utils.ilp import Config, study, training
 
 
 @pytest.fixture(scope="module")
@@ -16,11 +15,11 @@ def runs(tmp_path_factory):
     import torch
 
     torch.set_num_threads(1)
-    cfg = IlpConfig(n_seeds=1, n_entities=12, n_train_per_task=20, n_heldout_per_task=2, pretrain_epochs=30,
-                    max_epochs=2.0, eval_every=4, converge_share=0.0, mitigate=False, device="cpu",
-                    min_known_share=0.1)
-    world = study.make_world(cfg, 0)
-    model, tok, _ = study.load_base(cfg, world, 0)
+    cfg = Config(n_seeds=1, n_entities=12, n_train_per_task=20, n_heldout_per_task=2, pretrain_epochs=30,
+                 max_epochs=2.0, eval_every=4, converge_share=0.0, mitigate=False, device="cpu",
+                 min_known_share=0.1)
+    world = training.make_world(cfg, 0)
+    model, tok, _ = training.load_base(cfg, world, 0)
     rng = np.random.default_rng(123)
     new_ids = {s.id: f"row{int(j):05d}" for s, j in zip(world.samples, rng.permutation(len(world.samples)))}
     causes = [None, "conflict", "missing_knowledge", "inconsistency", "forgetting", "rare_complex"]

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from epi_utils.ilp import explorer, study, summary
+from epi_utils.ilp import explorer, records, summary
 
 CAUSES = ["conflict", "missing_knowledge", "inconsistency", "forgetting", "rare_complex"]
 
@@ -28,10 +28,10 @@ def _table(seed, *, wrong=0):
 def _records(wrong=(0, 0, 0)):
     out = []
     for seed, w in zip((0, 1, 2), wrong):
-        rec = [study.RecoveryRecord(seed, "conflict", "fix", 4, 0.5 + 0.1 * seed, 0.8),
-               study.RecoveryRecord(seed, "conflict", "control", 4, 0.1 * seed ** 2, 0.8)]
-        out.append(study.SeedRecord(seed=seed, table=_table(seed, wrong=w), heldout_accuracy=0.8, base_recall={},
-                                    stages=[study.StageRun(0, 10, 1.0, 0.96, True)], recovery=rec,
+        rec = [records.RecoveryRecord(seed, "conflict", "fix", 4, 0.5 + 0.1 * seed, 0.8),
+               records.RecoveryRecord(seed, "conflict", "control", 4, 0.1 * seed ** 2, 0.8)]
+        out.append(records.SeedRecord(seed=seed, table=_table(seed, wrong=w), heldout_accuracy=0.8, base_recall={},
+                                    stages=[records.StageRun(0, 10, 1.0, 0.96, True)], recovery=rec,
                                     timings={"sft": 1.0}))
     return out
 
@@ -53,7 +53,7 @@ def test_perfect_diagnosis_gives_macro_f1_one_and_metrics():
     assert metrics["min_unlearned_per_cause_per_world"] == 4
     assert metrics["mitigation"]["conflict"]["verdict"] == "a_better"
     assert "diagnosis.macro_f1.mean" in heads
-    assert len(explorer.explorer_table(study.pooled_table(recs), limit=5)) == 5
+    assert len(explorer.explorer_table(summary.pooled_table(recs), limit=5)) == 5
 
 
 def test_scores_by_hand_with_interval_over_worlds():

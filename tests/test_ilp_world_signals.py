@@ -83,7 +83,7 @@ def test_intervention_config_validation():
 
 
 def test_replay_schedule_keeps_overwritten_prompts_out(world):
-    from epi_utils.ilp.study import schedule
+    from epi_utils.ilp.training import schedule
 
     base = world.stages()
     full = schedule(world, replay=1.0, rng=np.random.default_rng(0))

@@ -1,16 +1,17 @@
 """Study 03: the Incomplete Learning Phenomenon (ILP): detect, diagnose, mitigate.
 
-Package shape: ``config`` (the study's one dataclass), ``study`` (worlds, base models, SFT to
-convergence, truth, one seed at a time), ``summary`` (scores with intervals over worlds,
-comparisons as data), ``figures``. Concept modules: ``signals`` (per-sample signals a user has),
-``probe`` (the base model's answers to the SFT prompts), ``diagnosis`` (rule cascade and
-validation), ``detection`` (learned/unlearned, subset gaps), ``mitigation`` (targeted fixes and
-compute-matched controls), ``recovery`` (recovery rates), ``explorer`` (evidence table),
-``rehearsal`` (GPU rehearsal of the gpu profile).
+Study shape (:mod:`epi_utils.workbench.contract`): ``config`` (:class:`Config`, the one dataclass),
+``study`` (:func:`run_study` -> :class:`Result`: every world, one seed at a time), ``summary``
+(tables over worlds, scores with intervals over worlds, comparisons as data), ``figures`` (return
+figures), ``rehearsal`` (:func:`rehearse`: the gpu profile's code path at toy scale on the CPU, then
+the full-scale estimate). Concept modules: ``records`` (what one world produces), ``training``
+(world, base model, schedule, SFT to convergence), ``signals`` (per-sample signals a user has),
+``probe`` (the base model's answers to the SFT prompts), ``diagnosis`` (rule cascade, learned
+diagnosis and validation), ``detection`` (learned/unlearned, subset gaps), ``mitigation`` (targeted
+fixes and compute-matched controls), ``recovery`` (recovery rates), ``explorer`` (evidence table).
 """
-from epi_utils.ilp.diagnosis import CAUSES, CascadeThresholds, confusion, diagnose, macro_f1, per_cause_scores
-from epi_utils.ilp.recovery import recovery_rate
-from epi_utils.ilp.signals import normalize_text, read_dynamics, signal_table
+from epi_utils.ilp.config import Config
+from epi_utils.ilp.rehearsal import rehearse
+from epi_utils.ilp.study import Result, run_study
 
-__all__ = ["CAUSES", "CascadeThresholds", "confusion", "diagnose", "macro_f1", "per_cause_scores",
-           "recovery_rate", "normalize_text", "read_dynamics", "signal_table"]
+__all__ = ["Config", "Result", "rehearse", "run_study"]

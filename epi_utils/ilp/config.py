@@ -1,106 +1,96 @@
-"""The one configuration of study 03 (the Incomplete Learning Phenomenon), built from the notebook's
-parameters with :func:`epi_utils.workbench.params.config_from_params` and validated here."""
+"""The one configuration of study 03 (the Incomplete Learning Phenomenon).
+
+Every field is declared once, with its default (= the ``cpu`` profile the published run used) and
+its help text; the notebook's parameters cell is generated from it (``epi params
+notebooks/03_ilp_taxonomy.ipynb --sync``) and validated by :mod:`epi_utils.workbench.contract`.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 from epi_utils.data.world import TASKS
+from epi_utils.workbench.contract import StudyConfig, option
 
 BACKENDS_NAMED = ("tiny", "smollm2")   # any other value is a Hugging Face id / local folder (real facts)
 PROBE_FORMATS = ("raw", "sft")
 
 
 @dataclass(frozen=True)
-class IlpConfig:
-    """Every setting of one study run (see the notebook's parameters cell for each field's meaning)."""
+class Config(StudyConfig):
+    """Every setting of one run of study 03; seed k builds world k and pretrains the tiny model with seed k."""
 
-    seed: int = 0
-    n_seeds: int = 5
-    device: str = "auto"
-    threads: int = 1
-    workers: int = 2
-    backend: str = "tiny"
-    rehearse: bool = False
+    n_seeds: int = option(5, "worlds (each with its own pretraining, replay draw and SFT order)", ge=1)
+    threads: int = option(1, "torch CPU threads per worker, 0 keeps the torch default", ge=0)
+    workers: int = option(2, "worlds run in parallel processes (one per CPU core)", ge=1)
+    backend: str = option("tiny", "tiny (GPT-2 pretrained on each world's corpus) | smollm2 | a Hugging Face "
+                                  "model id (real facts)")
     # world (each seed builds its own world and pretrains its own tiny model)
-    n_entities: int = 50
-    tasks: tuple[str, ...] = ("reversal", "fact_qa")
-    n_stages: int = 2
-    n_train_per_task: int = 230
-    n_heldout_per_task: int = 10
-    pretrain_fact_fraction: float = 0.75
-    missing_knowledge_rate: float = 0.2
-    conflict_rate: float = 0.2
-    inconsistency_rate: float = 0.12
-    rare_complex_rate: float = 0.1
-    pretrain_epochs: int = 25
+    n_entities: int = option(50, "entities of the world, each with 5 attribute facts", ge=1)
+    tasks: tuple[str, ...] = option(["reversal", "fact_qa"], "tasks in schedule order, split into stages "
+                                    "(stage 0: reversal, stage 1: fact QA)", choices=TASKS, nonempty=True)
+    n_stages: int = option(2, "stages of the sequential SFT schedule", ge=1)
+    n_train_per_task: int = option(230, "SFT training samples per task (the main prompt form holds at least 200 "
+                                        "of them)", ge=1)
+    n_heldout_per_task: int = option(10, "held-out samples per task", ge=0)
+    pretrain_fact_fraction: float = option(0.75, "share of the world's facts stated in the pretraining corpus",
+                                           ge=0, le=1)
+    missing_knowledge_rate: float = option(0.2, "share of fact-QA samples about facts absent from pretraining",
+                                           ge=0, le=1)
+    conflict_rate: float = option(0.2, "share of fact-QA samples whose target contradicts the corpus", ge=0, le=1)
+    inconsistency_rate: float = option(0.12, "share of a task's samples in same-prompt pairs with different "
+                                             "targets", ge=0, le=1)
+    rare_complex_rate: float = option(0.1, "share of a task's samples in rare prompt forms with long outputs",
+                                      ge=0, le=1)
+    pretrain_epochs: int = option(25, "tiny: pretraining epochs on the world's corpus (cached per world and seed)",
+                                  ge=1)
     # SFT
-    replay: float = 0.25
-    knowledge_mix: float = 1.0
-    sft_lr: float = 3e-3
-    sft_batch_size: int = 16
-    max_epochs: float = 40.0
-    eval_every: int = 40
-    converge_share: float = 0.95
+    replay: float = option(0.25, "share of earlier-stage samples replayed in later stages (< 1: forgetting can "
+                                 "happen)", ge=0, le=1)
+    knowledge_mix: float = option(1.0, "share of the corpus' facts mixed into every SFT stage as pretraining data "
+                                       "(cloze form)", ge=0, le=1)
+    sft_lr: float = option(0.003, "SFT learning rate (constant)", gt=0)
+    sft_batch_size: int = option(16, "SFT batch size", ge=1)
+    max_epochs: float = option(40.0, "SFT epochs per stage at most", gt=0)
+    eval_every: int = option(40, "steps between dynamics checkpoints (and convergence checks)", ge=1)
+    converge_share: float = option(0.95, "a stage converges when this share of its clean samples is reproduced, "
+                                         "0 trains max_epochs", ge=0, le=1)
     # signals and diagnosis
-    probe_format: str = "raw"
-    min_known_share: float = 0.2
-    conflict_quantile: float = 0.1
-    similarity_threshold: float = 0.95
-    template_df: float = 0.5
-    rare_max_ratio: float = 0.25
-    complex_min_len_z: float = 3.0
+    probe_format: str = option("raw", "how the base model reads a prompt in the probe: raw text | sft (with the "
+                                      "SFT separator)", choices=PROBE_FORMATS)
+    min_known_share: float = option(0.2, "probe: share of a prompt form the base model must know for the probe "
+                                         "to apply", ge=0, le=1)
+    conflict_quantile: float = option(0.1, "probe: conflict if the base answer is at least this quantile of "
+                                           "confidence on known prompts", ge=0, le=1)
+    similarity_threshold: float = option(0.95, "char 3-gram Jaccard for near-duplicate prompts", gt=0)
+    template_df: float = option(0.5, "rarity: template words are in at least this share of the task's prompts",
+                                ge=0, le=1)
+    rare_max_ratio: float = option(0.25, "rarity: a prompt form at most this share of the task's dominant form "
+                                         "is rare", ge=0, le=1)
+    complex_min_len_z: float = option(3.0, "complexity: target-length z-score within the task", gt=0)
     # mitigation
-    mitigate: bool = True
-    mit_steps: int = 40
-    mit_batch_size: int = 16
-    mit_lr: float = 1e-3
-    mit_fix_share: float = 0.5
-    mit_replay_buffer: int = 32
-    explorer_rows: int = 30
+    mitigate: bool = option(True, "run the mitigation interventions")
+    mit_steps: int = option(40, "optimizer steps per intervention arm (fix and control alike)", ge=1)
+    mit_batch_size: int = option(16, "rows per intervention step", ge=1)
+    mit_lr: float = option(0.001, "intervention learning rate (constant)", gt=0)
+    mit_fix_share: float = option(0.5, "share of each fix batch drawn from the fix's focus rows", ge=0, le=1)
+    mit_replay_buffer: int = option(32, "random earlier-stage samples added to the forgetting fix", ge=0)
+    explorer_rows: int = option(30, "rows of the explorer table", ge=1)
 
-    def __post_init__(self) -> None:
-        def bad(name: str, allowed: str) -> None:
-            raise ValueError(f"IlpConfig.{name} (notebook parameter {name!r}) must be {allowed}, "
-                             f"got {getattr(self, name)!r}")
-
-        for name in ("seed", "threads", "n_heldout_per_task"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                bad(name, "an integer >= 0")
-        for name in ("n_seeds", "n_entities", "n_stages", "n_train_per_task", "pretrain_epochs", "sft_batch_size",
-                     "eval_every", "workers", "mit_steps", "mit_batch_size", "explorer_rows"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                bad(name, "an integer >= 1")
-        if not isinstance(self.backend, str) or not self.backend:
-            bad("backend", f"one of {BACKENDS_NAMED} or a Hugging Face model id")
-        object.__setattr__(self, "tasks", tuple(self.tasks))
-        if not self.tasks or any(t not in TASKS for t in self.tasks):
-            bad("tasks", f"a non-empty list of tasks from {TASKS}")
-        for name in ("pretrain_fact_fraction", "missing_knowledge_rate", "conflict_rate", "inconsistency_rate",
-                     "rare_complex_rate", "replay", "knowledge_mix", "converge_share", "min_known_share", "conflict_quantile",
-                     "template_df", "rare_max_ratio", "mit_fix_share"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
-                bad(name, "a number in [0, 1]")
+    def check(self) -> None:
+        if not self.backend.strip():
+            raise self.error("backend", f"must be one of {list(BACKENDS_NAMED)} or a Hugging Face model id")
         if self.replay >= 1.0 and self.n_stages > 1:
-            bad("replay", "< 1 (forgetting needs stage-0 samples that are not replayed)")
-        for name in ("sft_lr", "max_epochs", "mit_lr", "complex_min_len_z", "similarity_threshold"):
-            if not float(getattr(self, name)) > 0:
-                bad(name, "> 0")
-        if self.probe_format not in PROBE_FORMATS:
-            bad("probe_format", f"one of {PROBE_FORMATS}")
+            raise self.error("replay", "must be < 1 with several stages (forgetting needs stage-0 samples that are "
+                                       "not replayed)")
         if self.rehearse and self.tiny_backend:
-            bad("rehearse", "False for the tiny backend (the rehearsal is for a real LLM backend: gpu profile)")
+            raise self.error("rehearse", "the rehearsal is for a real LLM backend (gpu profile), not the tiny one")
 
     @property
     def tiny_backend(self) -> bool:
+        """The synthetic-world GPT-2 pretrained here (else real facts and a real model)."""
         return self.backend == "tiny"
 
     @property
     def seeds(self) -> list[int]:
+        """``seed, seed + 1, ...``: one world per seed."""
         return list(range(self.seed, self.seed + self.n_seeds))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}

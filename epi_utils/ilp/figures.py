@@ -1,5 +1,5 @@
-"""Figures of study 03; each returns a matplotlib ``Figure`` (saved by the notebook with
-:func:`epi_utils.workbench.plots.save_figure`)."""
+"""Figures of study 03; each returns a matplotlib ``Figure`` (the notebook saves it with the
+workbench's plots module)."""
 from __future__ import annotations
 
 import numpy as np
@@ -78,10 +78,16 @@ def prevalence_figure(pooled: pd.DataFrame):
 
 
 def mitigation_figure(table: pd.DataFrame):
-    """Fix minus control recovery rate per cause, with the paired interval over worlds."""
+    """Fix minus control recovery rate per cause, with the paired interval over worlds
+    (:func:`~epi_utils.ilp.summary.mitigation_table`); a figure that says so when there is no row."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.0, 3.2))
+    if table.empty:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no mitigation results (mitigate is off, or nothing was diagnosed)", ha="center",
+                va="center", fontsize=10)
+        return fig
     x = np.arange(len(table))
     err = np.vstack([table["diff"] - table["diff_low"], table["diff_high"] - table["diff"]])
     ax.bar(x, table["diff"], yerr=np.nan_to_num(err), capsize=4, color="#55A868",

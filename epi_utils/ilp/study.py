@@ -1,17 +1,11 @@
-"""The ILP study the notebook calls, one seed at a time: world -> base model -> knowledge probe ->
-sequential SFT to convergence with per-sample dynamics -> signals -> diagnosis -> truth ->
-mitigations against compute-matched controls.
+"""The ILP study, one world at a time: world -> base model -> knowledge probe -> sequential SFT to
+convergence with per-sample dynamics (:mod:`epi_utils.ilp.training`) -> signals -> diagnosis ->
+truth -> mitigations against compute-matched controls; :func:`run_study` runs every world of a
+config and returns a :class:`Result`.
 
 A seed changes everything that can change: the world (entities, facts, which facts the corpus
 states, the samples and their planted causes), the tiny model's pretraining (initialisation and
 batch order), the replay draw and the SFT batch order.
-
-**Convergence.** Each stage trains until at least ``converge_share`` of its own *clean* samples
-(no planted cause: the learnable part of the data) are reproduced exactly, checked every
-``eval_every`` steps, or ``max_epochs``; the stage records whether it converged. A user without
-planted truth would stop on held-out accuracy; here the criterion is part of the experimental
-design, so that what stays unlearned is not under-training. ``converge_share = 0`` trains
-``max_epochs`` (the real-facts run, where nothing is planted).
 
 **Truth** (for validation only; the diagnosis never reads it), per unlearned sample, first match:
 planted ``inconsistency``; planted ``conflict`` / ``missing_knowledge``; *measured* forgetting
@@ -27,206 +21,18 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from epi_utils.ilp import diagnosis, probe, signals
-from epi_utils.ilp.config import IlpConfig
+from epi_utils.ilp import diagnosis, probe, signals, summary, training
+from epi_utils.ilp.config import Config
 from epi_utils.ilp.diagnosis import CAUSES, NO_CAUSE
-
-#: fields of the world's samples that only the generator knows (scrambled by the leak test)
-GENERATOR_FIELDS = ("planted_cause", "template_id", "fact_id", "pretrain_answer", "interferes_with")
-#: causes whose signal restates how they are planted / measured, and causes the diagnosis infers
-CLOSE_TO_RULE = ("inconsistency", "forgetting")
-INFERRED = ("missing_knowledge", "conflict", "rare_complex")
-
-
-@dataclass
-class StageRun:
-    """One stage of the sequential SFT: how long it trained and whether it converged."""
-    stage: int
-    steps: int
-    epochs: float
-    clean_learned_share: float
-    converged: bool
-
-
-@dataclass
-class RecoveryRecord:
-    """One arm of one mitigation on one seed: share of the diagnosed samples reproduced afterwards."""
-    seed: int
-    cause: str
-    arm: str            # "fix" | "control"
-    n_targets: int
-    recovery_rate: float
-    heldout_after: float
-
-
-@dataclass
-class SeedRecord:
-    """Everything one seed produced (tables, no printing)."""
-    seed: int
-    table: pd.DataFrame                    # per training sample: fields, signals, learned, truth, diagnosis
-    stages: list[StageRun]
-    heldout_accuracy: float
-    base_recall: dict[str, float]
-    recovery: list[RecoveryRecord] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- world and base model
-def make_world(cfg: IlpConfig, seed: int):
-    """The world of ``seed``: synthetic (cloze fact prompts, no planted overwrites: forgetting is
-    measured) for ``tiny``, real facts otherwise."""
-    from epi_utils.data.world import WorldConfig, build_world
-
-    real = not cfg.tiny_backend
-    wc = WorldConfig(seed=seed, n_entities=cfg.n_entities, tasks=cfg.tasks, n_train_per_task=cfg.n_train_per_task,
-                     n_heldout_per_task=cfg.n_heldout_per_task, pretrain_fact_fraction=cfg.pretrain_fact_fraction,
-                     missing_knowledge_rate=cfg.missing_knowledge_rate, conflict_rate=cfg.conflict_rate,
-                     inconsistency_rate=cfg.inconsistency_rate, forgetting_rate=0.0,
-                     rare_complex_rate=cfg.rare_complex_rate, n_stages=cfg.n_stages,
-                     fact_prompt="question" if real else "cloze")
-    return build_world(wc, facts="real" if real else "synthetic")
-
-
-def load_base(cfg: IlpConfig, world, seed: int):
-    """``(model, tokenizer, recall)``: the pre-SFT model. ``tiny``: pretrained on the world's corpus
-    with pretraining seed ``seed`` (cached); rehearsal: a random-initialised model of the backend's
-    family over the world's word tokenizer; else the named real model."""
-    import torch
-
-    from epi_utils.lm.models import TINY_PRETRAIN, build_word_tokenizer, fact_recall, load_model
-    from epi_utils.workbench import runs
-
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    device = str(runs.resolve_device(cfg.device))
-    if cfg.rehearse:
-        from transformers import AutoModelForCausalLM
-
-        from epi_utils.workbench.rehearsal import tiny_model_config
-        tok = build_word_tokenizer(world.vocabulary())
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(tiny_model_config(cfg.backend, vocab_size=len(tok)))
-        return model.to(device).eval(), tok, {}
-    if cfg.tiny_backend:
-        pre = dataclasses.replace(TINY_PRETRAIN, epochs=cfg.pretrain_epochs)
-        model, tok = load_model("tiny", world=world, device=device, tiny_pretrain=pre, pretrain_seed=seed,
-                                progress=False)
-        recall = {"corpus_facts": fact_recall(model, tok, world, in_pretrain=True),
-                  "absent_facts": fact_recall(model, tok, world, in_pretrain=False)}
-        return model, tok, recall
-    model, tok = load_model(cfg.backend, world=world, device=device)
-    return model, tok, {}
-
-
-def schedule(world, *, replay: float, rng: np.random.Generator) -> list[list]:
-    """Stage k trains its own samples plus a random share ``replay`` of the earlier stages' samples,
-    except those whose prompt a later stage retrains with another target (visible in the data: the
-    later copy supersedes them). Replayed samples keep their id."""
-    if not 0.0 <= replay <= 1.0:
-        raise ValueError(f"replay must be in [0, 1], got {replay}")
-    base = world.stages()
-    later: dict[str, list] = {}
-    for k, st in enumerate(base):
-        for s in st:
-            later.setdefault(signals.normalize_text(s.prompt), []).append((k, s.response))
-    out = []
-    for k, st in enumerate(base):
-        earlier = [s for j in range(k) for s in base[j]
-                   if not any(kk > s.stage and r != s.response for kk, r in later[signals.normalize_text(s.prompt)])]
-        n = int(round(replay * len(earlier)))
-        pick = sorted(rng.choice(len(earlier), size=n, replace=False).tolist()) if n else []
-        out.append(list(st) + [earlier[i] for i in pick])
-    return out
-
-
-CORPUS_PREFIX = "corpus/"
-
-
-def knowledge_mix(world, *, share: float, rng: np.random.Generator) -> list:
-    """Pretraining data mixed into every SFT stage: a random ``share`` of the facts the corpus
-    states, in the corpus' cloze form (prompt ``"the {attr} of {ent} is"``, response = the corpus
-    value), ids ``"corpus/..."``. Mixing pretraining data into SFT is the usual way to keep the base
-    model's knowledge; it also keeps that knowledge competing with an SFT target that contradicts it
-    (a conflict). These rows are pretraining data, not SFT samples: they are neither diagnosed nor
-    read by any signal."""
-    from epi_utils.data.world import RECALL_TEMPLATE, Sample
-
-    if not 0.0 <= share <= 1.0:
-        raise ValueError(f"knowledge_mix must be in [0, 1], got {share}")
-    facts = [f for f in world.facts if f.in_pretrain]
-    n = int(round(share * len(facts)))
-    pick = sorted(rng.choice(len(facts), size=n, replace=False).tolist()) if n else []
-    return [Sample(id=f"{CORPUS_PREFIX}{i:04d}", task="corpus", split="train", stage=0, planted_cause=None,
-                   prompt=RECALL_TEMPLATE.format(attr=facts[i].attribute, ent=facts[i].entity),
-                   response=facts[i].value, template_id="corpus") for i in pick]
-
-
-# --------------------------------------------------------------------------- SFT to convergence
-def _convergence_hook(ids: Sequence[str], share: float, seen: list):
-    from epi_utils.lm.train import TrainHook
-
-    watch = set(ids)
-
-    class Hook(TrainHook):
-        converged = False
-
-        def on_evaluate(self, state, records):
-            got = [r["exact_match"] for r in records if r["sample_id"] in watch]
-            value = float(np.mean(got)) if got else float("nan")
-            seen.append((state.step, state.epoch, value))
-            if share > 0 and state.step > 0 and got and value >= share:
-                self.converged = state.should_stop = True
-    return Hook()
-
-
-def train_to_convergence(cfg: IlpConfig, model, tokenizer, stages: Sequence[Sequence], *, own_stage: dict,
-                         workdir: Path, seed: int) -> tuple[pd.DataFrame, list[StageRun]]:
-    """Train ``stages`` in order, each until convergence (module docstring); returns the dynamics
-    records (stage = the sample's own stage, train_stage = the stage being trained, global steps)
-    and one :class:`StageRun` per stage."""
-    from epi_utils.lm.train import TrainConfig, train_sft
-
-    frames, runs_out, offset = [], [], 0
-    for k, data in enumerate(stages):
-        clean = [s.id for s in data if own_stage.get(s.id) == k and s.planted_cause is None]
-        seen: list = []
-        path = workdir / f"dynamics_seed{seed}_stage{k}.jsonl"
-        tc = TrainConfig(lr=cfg.sft_lr, batch_size=cfg.sft_batch_size, epochs=cfg.max_epochs,
-                         eval_every=cfg.eval_every, schedule="constant", warmup_ratio=0.0, seed=seed + 1000 * k)
-        stop = _convergence_hook(clean, cfg.converge_share, seen)
-        train_sft(model, tokenizer, [list(data)], config=tc, hooks=[stop], dynamics_path=path, progress=False)
-        converged = stop.converged
-        model.eval()
-        dyn = signals.read_dynamics(path)
-        dyn = dyn[~dyn["sample_id"].astype(str).str.startswith(CORPUS_PREFIX)].copy()
-        dyn["stage"] = dyn["sample_id"].map(own_stage).astype(int)
-        dyn["train_stage"] = k
-        dyn = dyn[dyn["step"] > 0] if k > 0 else dyn
-        dyn["step"] = dyn["step"] + offset
-        steps, epoch, share = seen[-1]
-        runs_out.append(StageRun(stage=k, steps=int(steps), epochs=float(epoch), clean_learned_share=float(share),
-                                 converged=converged or (cfg.converge_share > 0 and share >= cfg.converge_share)))
-        offset += int(steps)
-        frames.append(dyn)
-    return pd.concat(frames, ignore_index=True), runs_out
-
-
-def final_records(model, tokenizer, samples: Sequence, *, step: int, train_stage: int, own_stage: dict):
-    """Exact match and teacher-forced loss of every training sample after the last stage, as
-    dynamics records (the final evaluation point of samples not trained in the last stage)."""
-    from epi_utils.lm.evaluate import exact_match, response_stats
-
-    em = exact_match(model, tokenizer, samples)
-    st = response_stats(model, tokenizer, samples)
-    rec = pd.DataFrame([{"sample_id": s.id, "task": s.task, "stage": own_stage[s.id], "train_stage": train_stage,
-                         "step": step, "epoch": 0.0, "loss": r["loss"], "mean_token_prob": r["mean_token_prob"],
-                         "exact_match": int(c)} for s, r, c in zip(samples, st, em)])
-    return pd.Series(em, index=[s.id for s in samples]), rec
+from epi_utils.ilp.records import RecoveryRecord, SeedRecord
+from epi_utils.workbench import stats
+from epi_utils.workbench.progress import log_line
+from epi_utils.workbench.progress import progress as default_progress
 
 
 # --------------------------------------------------------------------------- truth
@@ -246,7 +52,7 @@ def truth_labels(table: pd.DataFrame) -> pd.Series:
 
 
 # --------------------------------------------------------------------------- one seed
-def signal_table_for(cfg: IlpConfig, train: Sequence, *, learned: pd.Series, dynamics: pd.DataFrame,
+def signal_table_for(cfg: Config, train: Sequence, *, learned: pd.Series, dynamics: pd.DataFrame,
                      probe_raw: pd.DataFrame) -> pd.DataFrame:
     """The per-sample signal table with the study's settings."""
     return signals.signal_table(
@@ -256,25 +62,25 @@ def signal_table_for(cfg: IlpConfig, train: Sequence, *, learned: pd.Series, dyn
         rarity_kwargs={"template_df": cfg.template_df})
 
 
-def thresholds(cfg: IlpConfig) -> diagnosis.CascadeThresholds:
+def thresholds(cfg: Config) -> diagnosis.CascadeThresholds:
     return diagnosis.CascadeThresholds(rare_max_ratio=cfg.rare_max_ratio, complex_min_len_z=cfg.complex_min_len_z)
 
 
-def run_seed(cfg: IlpConfig, seed: int, *, world=None, base=None, workdir: Path | None = None,
-             verbose: bool = False) -> SeedRecord:
+def run_seed(cfg: Config, seed: int, *, world=None, base=None, workdir: Path | None = None) -> SeedRecord:
     """One seed of the study (module docstring). ``world`` / ``base`` (``(model, tokenizer)``)
-    replace :func:`make_world` / :func:`load_base` (the leak test passes a scrambled world)."""
+    replace :func:`~epi_utils.ilp.training.make_world` /
+    :func:`~epi_utils.ilp.training.load_base` (the leak test passes a scrambled world)."""
     import torch
 
     from epi_utils.lm.evaluate import exact_match
 
     times: dict[str, float] = {}
     t = time.perf_counter()
-    world = world if world is not None else make_world(cfg, seed)
+    world = world if world is not None else training.make_world(cfg, seed)
     if base is not None:
         (base, tok), recall = base, {}
     else:
-        base, tok, recall = load_base(cfg, world, seed)
+        base, tok, recall = training.load_base(cfg, world, seed)
     times["world_and_base_model"] = time.perf_counter() - t
     t = time.perf_counter()
     train = world.split("train")
@@ -291,12 +97,12 @@ def run_seed(cfg: IlpConfig, seed: int, *, world=None, base=None, workdir: Path 
         tmp = tempfile.TemporaryDirectory(prefix="ilp_")
         workdir = tmp.name
     workdir = Path(workdir)
-    stages = schedule(world, replay=cfg.replay, rng=np.random.default_rng([seed, 7]))
+    stages = training.schedule(world, replay=cfg.replay, rng=np.random.default_rng([seed, 7]))
     if cfg.knowledge_mix > 0:
-        mix = knowledge_mix(world, share=cfg.knowledge_mix, rng=np.random.default_rng([seed, 8]))
+        mix = training.knowledge_mix(world, share=cfg.knowledge_mix, rng=np.random.default_rng([seed, 8]))
         stages = [st + mix for st in stages]
-    dyn, stage_runs = train_to_convergence(cfg, model, tok, stages, own_stage=own_stage, workdir=workdir, seed=seed)
-    learned, final = final_records(model, tok, train, step=int(dyn["step"].max()) + 1,
+    dyn, stage_runs = training.train_to_convergence(cfg, model, tok, stages, own_stage=own_stage, workdir=workdir, seed=seed)
+    learned, final = training.final_records(model, tok, train, step=int(dyn["step"].max()) + 1,
                                    train_stage=len(stages) - 1, own_stage=own_stage)
     dyn = pd.concat([dyn, final], ignore_index=True)
     if tmp is not None:
@@ -313,25 +119,15 @@ def run_seed(cfg: IlpConfig, seed: int, *, world=None, base=None, workdir: Path 
     held_acc = float(exact_match(model, tok, heldout).mean()) if heldout else float("nan")
     times["signals_and_diagnosis"] = time.perf_counter() - t
     rec = SeedRecord(seed=seed, table=table, stages=stage_runs, heldout_accuracy=held_acc, base_recall=recall,
-                     timings=times)
+                     timings=times, world=summary.world_summary(world))
     if cfg.mitigate and table["diagnosis"].notna().any():
         t = time.perf_counter()
         rec.recovery = mitigate(cfg, seed=seed, model=model, tokenizer=tok, train=train, heldout=heldout, table=table)
         times["mitigation"] = time.perf_counter() - t
-    if verbose:
-        print(seed_line(rec), flush=True)
     return rec
 
 
-def seed_line(rec: SeedRecord) -> str:
-    """One line about a finished world: unlearned samples, stage lengths, convergence, seconds."""
-    unl = int((~rec.table["learned"]).sum())
-    stages = ", ".join(f"stage {r.stage} {r.epochs:.1f} epochs ({'converged' if r.converged else 'NOT converged'})"
-                       for r in rec.stages)
-    return f"world {rec.seed}: {unl} of {len(rec.table)} training samples unlearned; {stages}; {sum(rec.timings.values()):.0f} s"
-
-
-def mitigate(cfg: IlpConfig, *, seed: int, model, tokenizer, train, heldout, table) -> list[RecoveryRecord]:
+def mitigate(cfg: Config, *, seed: int, model, tokenizer, train, heldout, table) -> list[RecoveryRecord]:
     """Every fix with diagnosed samples against ONE compute-matched control shared by the causes
     (same steps, batch size and learning rate; the control draws uniformly from the SFT data)."""
     from epi_utils.ilp.mitigation import InterventionConfig, plan_fix, run_arm
@@ -366,47 +162,108 @@ def mitigate(cfg: IlpConfig, *, seed: int, model, tokenizer, train, heldout, tab
 
 
 def _run_one(args) -> SeedRecord:
-    cfg, seed, verbose = args
+    cfg, seed, workdir = args
     import torch
 
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    return run_seed(cfg, seed, verbose=verbose)
+    return run_seed(cfg, seed, workdir=workdir)
 
 
-def run_all(cfg: IlpConfig, *, verbose: bool = True) -> list[SeedRecord]:
-    """:func:`run_seed` for every seed of ``cfg`` (one line per seed when ``verbose``), in
-    ``cfg.workers`` processes (seeds are independent; results in seed order)."""
-    jobs = [(cfg, s, verbose) for s in cfg.seeds]
+def _seed_records(cfg: Config, *, workdir: Path | None, progress: Callable) -> list[SeedRecord]:
+    """:func:`run_seed` for every seed of ``cfg`` in ``cfg.workers`` processes (seeds are
+    independent; records in seed order), one progress step and one terminal line per world."""
+    jobs = [(cfg, s, workdir) for s in cfg.seeds]
+    out = []
     if cfg.workers <= 1 or len(jobs) == 1:
-        return [_run_one(j) for j in jobs]
+        for rec in progress(map(_run_one, jobs), desc="world", total=len(jobs), unit="world"):
+            log_line(summary.seed_line(rec))
+            out.append(rec)
+        return out
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=min(cfg.workers, len(jobs)), mp_context=mp.get_context("spawn")) as ex:
-        return list(ex.map(_run_one, jobs))
+        for rec in progress(ex.map(_run_one, jobs), desc="world", total=len(jobs), unit="world"):
+            log_line(summary.seed_line(rec))
+            out.append(rec)
+    return out
 
 
-# --------------------------------------------------------------------------- tables over seeds
-def pooled_table(records: Sequence[SeedRecord]) -> pd.DataFrame:
-    """All seeds' per-sample tables stacked, with a ``seed`` column."""
-    if not records:
-        raise ValueError("pooled_table: no seed records")
-    return pd.concat([r.table.assign(seed=r.seed) for r in records])
+# --------------------------------------------------------------------------- the study
+@dataclass
+class Result:
+    """Every world of one run: the config and one :class:`~epi_utils.ilp.records.SeedRecord` per
+    world; summaries over worlds as (cached) properties. ``estimate``: the full-scale estimate of a
+    rehearsal (:func:`epi_utils.ilp.rehearsal.rehearse`), else None."""
+
+    config: Config
+    records: list[SeedRecord]
+    seconds: float = float("nan")
+    estimate: Any = None
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def _cached(self, name: str, make: Callable):
+        if name not in self._cache:
+            self._cache[name] = make()
+        return self._cache[name]
+
+    @property
+    def pooled(self) -> pd.DataFrame:
+        """All worlds' per-sample tables stacked, with a ``seed`` column (index ``sample_id``)."""
+        return self._cached("pooled", lambda: summary.pooled_table(self.records))
+
+    @property
+    def diagnosis(self) -> summary.DiagnosisSummary:
+        """Diagnosis against truth, scored per world (:func:`~epi_utils.ilp.summary.diagnosis_summary`)."""
+        return self._cached("diagnosis", lambda: summary.diagnosis_summary(self.records))
+
+    @property
+    def manifestation(self) -> pd.DataFrame:
+        """Unlearned samples per truth cause (:func:`~epi_utils.ilp.summary.manifestation`)."""
+        return self._cached("manifestation", lambda: summary.manifestation(self.records))
+
+    @property
+    def comparisons(self) -> dict[str, stats.Comparison]:
+        """Targeted fix vs compute-matched control per cause, paired over worlds (empty without mitigation)."""
+        return self._cached("comparisons", lambda: summary.mitigation_comparisons(self.records)
+                            if self.config.mitigate else {})
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        """The per-unit tables written beside metrics.json: ``samples`` (one row per world and
+        training sample), ``convergence`` (per world and stage), ``recovery`` (per world, cause and
+        arm), and the summaries over worlds ``manifestation``, ``per_cause``, ``none_bucket``,
+        ``mitigation``."""
+        return {"samples": self.pooled.reset_index(),
+                "convergence": summary.convergence_table(self.records),
+                "recovery": summary.recovery_frame(self.records),
+                "manifestation": self.manifestation.reset_index(),
+                "per_cause": self.diagnosis.per_cause.reset_index(),
+                "none_bucket": self.diagnosis.none_bucket.reset_index(),
+                "mitigation": summary.mitigation_table(self.comparisons).reset_index()}
+
+    def metrics(self) -> dict:
+        """The metrics.json payload (:func:`~epi_utils.ilp.summary.headline_metrics`)."""
+        return summary.headline_metrics(self.records, self.diagnosis, self.manifestation, self.comparisons)[0]
+
+    def headlines(self) -> list[str]:
+        """Dotted metric names for the index (plus the rehearsal's GPU-hours when there is an estimate)."""
+        heads = summary.headline_metrics(self.records, self.diagnosis, self.manifestation, self.comparisons)[1]
+        return heads + (["rehearsal.gpu_hours"] if self.estimate is not None else [])
+
+    def timings(self) -> dict:
+        """Seconds per world and phase (``seed<k>_<phase>``) and the whole run (``total``)."""
+        out = {f"seed{r.seed}_{k}": v for r in self.records for k, v in r.timings.items()}
+        if np.isfinite(self.seconds):
+            out["total"] = self.seconds
+        return out
 
 
-def convergence_table(records: Sequence[SeedRecord]) -> pd.DataFrame:
-    """Per seed and stage: steps, epochs, share of clean samples learned, converged."""
-    return pd.DataFrame([{"seed": r.seed, **dataclasses.asdict(s)} for r in records for s in r.stages])
+def run_study(cfg: Config, *, progress: Callable = default_progress, workdir: Path | None = None) -> Result:
+    """Every world of ``cfg`` (:func:`run_seed` per seed, in ``cfg.workers`` processes).
 
-
-def timing_table(records: Sequence[SeedRecord]) -> pd.DataFrame:
-    """Seconds per phase and seed."""
-    return pd.DataFrame({r.seed: r.timings for r in records}).T.rename_axis("seed").round(1)
-
-
-def world_summary(world) -> pd.DataFrame:
-    """Train samples per stage, task and planted cause (``none`` = not planted)."""
-    frame = pd.DataFrame([{"task": s.task, "split": s.split, "stage": s.stage,
-                           "cause": s.planted_cause or "none"} for s in world.samples])
-    return pd.crosstab([frame["stage"], frame["task"]], [frame["split"], frame["cause"]])
+    ``workdir``: where the per-stage dynamics files are written (default: a temporary folder per
+    world, removed once read back)."""
+    start = time.perf_counter()
+    records = _seed_records(cfg, workdir=workdir, progress=progress)
+    return Result(config=cfg, records=records, seconds=time.perf_counter() - start)

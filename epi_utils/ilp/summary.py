@@ -7,6 +7,7 @@ objects (paired over worlds); no sentence here decides anything the numbers do n
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -15,10 +16,12 @@ import pandas as pd
 
 from epi_utils.ilp import diagnosis as dg
 from epi_utils.ilp.diagnosis import CAUSES, NO_CAUSE, UNEXPLAINED
-from epi_utils.ilp.study import CLOSE_TO_RULE, INFERRED, SeedRecord, pooled_table
+from epi_utils.ilp.records import CLOSE_TO_RULE, INFERRED, RecoveryRecord, SeedRecord
 from epi_utils.workbench import stats
 
 UNIT = "worlds"   # one seed = one world + one pretraining of the base model
+#: columns of :func:`~epi_utils.workbench.stats.interval_table` that are bookkeeping, not numbers of a cause
+_BOOKKEEPING = ("group", "n", "unit")
 
 
 def _unlearned(table: pd.DataFrame) -> pd.DataFrame:
@@ -30,25 +33,65 @@ def _interval(values, *, unit: str = UNIT) -> stats.Interval | None:
     return stats.interval(vals, unit=unit) if len(vals) >= 2 else None
 
 
-def _ci_cols(name: str, iv: stats.Interval | None, values) -> dict:
-    vals = [float(v) for v in values if v is not None and np.isfinite(v)]
-    if iv is None:
-        return {name: float(np.mean(vals)) if vals else float("nan"), f"{name}_low": float("nan"),
-                f"{name}_high": float("nan")}
-    return {name: iv.mean, f"{name}_low": iv.low, f"{name}_high": iv.high}
+# --------------------------------------------------------------------------- tables over worlds
+def pooled_table(records: Sequence[SeedRecord]) -> pd.DataFrame:
+    """All seeds' per-sample tables stacked, with a ``seed`` column."""
+    if not records:
+        raise ValueError("pooled_table: no seed records")
+    return pd.concat([r.table.assign(seed=r.seed) for r in records])
+
+
+def convergence_table(records: Sequence[SeedRecord]) -> pd.DataFrame:
+    """Per seed and stage: steps, epochs, share of clean samples learned, converged."""
+    return pd.DataFrame([{"seed": r.seed, **dataclasses.asdict(s)} for r in records for s in r.stages])
+
+
+def timing_table(records: Sequence[SeedRecord]) -> pd.DataFrame:
+    """Seconds per phase and seed."""
+    return pd.DataFrame({r.seed: r.timings for r in records}).T.rename_axis("seed").round(1)
+
+
+def world_summary(world) -> pd.DataFrame:
+    """Train samples per stage, task and planted cause (``none`` = not planted)."""
+    frame = pd.DataFrame([{"task": s.task, "split": s.split, "stage": s.stage,
+                           "cause": s.planted_cause or "none"} for s in world.samples])
+    return pd.crosstab([frame["stage"], frame["task"]], [frame["split"], frame["cause"]])
+
+
+def seed_line(rec: SeedRecord) -> str:
+    """One line about a finished world: unlearned samples, stage lengths, convergence, seconds."""
+    unl = int((~rec.table["learned"]).sum())
+    stages = ", ".join(f"stage {r.stage} {r.epochs:.1f} epochs ({'converged' if r.converged else 'NOT converged'})"
+                       for r in rec.stages)
+    return f"world {rec.seed}: {unl} of {len(rec.table)} training samples unlearned; {stages}; {sum(rec.timings.values()):.0f} s"
+
+
+def run_lines(records: Sequence[SeedRecord], *, estimate=None) -> str:
+    """One line per world (:func:`seed_line`) and, for a rehearsal, what ran and the full-scale estimate."""
+    lines = [seed_line(r) for r in records]
+    if estimate is not None:
+        lines = ["GPU rehearsal: a toy-scale run of the profile's code path on the CPU (the tables below are "
+                 "the toy run's)", *lines, estimate.summary() if hasattr(estimate, "summary") else str(estimate)]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- manifestation
 def manifestation(records: Sequence[SeedRecord]) -> pd.DataFrame:
     """Per truth cause (and ``none``): unlearned samples per world (mean, min, max) and the share
-    of the unlearned samples it makes up (prevalence), mean over worlds."""
+    of the unlearned samples it makes up (``prevalence``, with its interval over worlds)."""
     rows = []
     for c in (*CAUSES, NO_CAUSE):
-        counts = [int((_unlearned(r.table)["truth"] == c).sum()) for r in records]
-        prev = [n / max(1, len(_unlearned(r.table))) for n, r in zip(counts, records)]
-        rows.append({"cause": c, "unlearned_mean": float(np.mean(counts)), "unlearned_min": int(min(counts)),
-                     "unlearned_max": int(max(counts)), **_ci_cols("prevalence", _interval(prev), prev)})
-    return pd.DataFrame(rows).set_index("cause")
+        for r in records:
+            unl = _unlearned(r.table)
+            n = int((unl["truth"] == c).sum())
+            rows.append({"cause": c, "seed": r.seed, "unlearned": n, "prevalence": n / max(1, len(unl))})
+    long = pd.DataFrame(rows)
+    counts = long.groupby("cause", sort=False)["unlearned"].agg(unlearned_mean="mean", unlearned_min="min",
+                                                                 unlearned_max="max")
+    counts["unlearned_mean"] = counts["unlearned_mean"].astype(float)
+    ivs = stats.interval_table(long, by=["cause"], columns=["prevalence"], unit=UNIT, unit_column="seed",
+                               method="auto").set_index("cause")
+    return counts.join(ivs)
 
 
 def learned_share_by_group(records: Sequence[SeedRecord]) -> pd.DataFrame:
@@ -82,27 +125,24 @@ def diagnosis_summary(records: Sequence[SeedRecord]) -> DiagnosisSummary:
     per_world = {r.seed: _scores_one(r.table) for r in records if len(_unlearned(r.table))}
     if not per_world:
         raise dg.DiagnosisInputError("no unlearned samples in any world: nothing to diagnose")
-    rows = []
-    for c in CAUSES:
-        row = {"cause": c, "group": "close to rule" if c in CLOSE_TO_RULE else "inferred",
-               "support_per_world": float(np.mean([s.loc[c, "support"] for s in per_world.values()]))}
-        for m in ("precision", "recall", "f1"):
-            vals = [s.loc[c, m] for s in per_world.values()]
-            row.update(_ci_cols(m, _interval(vals), vals))
-        rows.append(row)
+    long = pd.DataFrame([{"cause": c, "seed": seed, **{m: float(s.loc[c, m]) for m in ("support", "precision", "recall", "f1")}}
+                         for seed, s in per_world.items() for c in CAUSES])
+    per_cause = stats.interval_table(long, by=["cause"], columns=["precision", "recall", "f1"], unit=UNIT,
+                                     unit_column="seed", method="auto").set_index("cause")
+    per_cause.insert(0, "support_per_world", long.groupby("cause", sort=False)["support"].mean().astype(float))
+    per_cause.insert(0, "group", ["close to rule" if c in CLOSE_TO_RULE else "inferred" for c in per_cause.index])
 
     def macro(causes) -> list[float]:
         return [float(np.nanmean(s.loc[list(causes), "f1"])) for s in per_world.values()]
 
-    pooled = pooled_table(records)
-    u = _unlearned(pooled)
+    u = _unlearned(pooled_table(records))
     none = pd.DataFrame([{"seed": r.seed, "unlearned": int(len(_unlearned(r.table))),
                           "truth_none": int((_unlearned(r.table)["truth"] == NO_CAUSE).sum()),
                           "diagnosed_unexplained": int((_unlearned(r.table)["diagnosis"] == UNEXPLAINED).sum())}
                          for r in records]).set_index("seed")
     m_all = macro(CAUSES)
     return DiagnosisSummary(confusion=dg.confusion(u["truth"], u["diagnosis"]),
-                            per_cause=pd.DataFrame(rows).set_index("cause"), macro_f1=_interval(m_all),
+                            per_cause=per_cause, macro_f1=_interval(m_all),
                             macro_f1_close=_interval(macro(CLOSE_TO_RULE)),
                             macro_f1_inferred=_interval(macro(INFERRED)), macro_f1_per_world=m_all, none_bucket=none)
 
@@ -110,8 +150,8 @@ def diagnosis_summary(records: Sequence[SeedRecord]) -> DiagnosisSummary:
 # --------------------------------------------------------------------------- mitigation
 def recovery_frame(records: Sequence[SeedRecord]) -> pd.DataFrame:
     """All mitigation arms of all worlds, one row each."""
-    from dataclasses import asdict
-    return pd.DataFrame([asdict(x) for r in records for x in r.recovery])
+    return pd.DataFrame([dataclasses.asdict(x) for r in records for x in r.recovery],
+                        columns=[f.name for f in dataclasses.fields(RecoveryRecord)])
 
 
 def mitigation_comparisons(records: Sequence[SeedRecord]) -> dict[str, stats.Comparison]:
@@ -138,6 +178,13 @@ def mitigation_table(comparisons: dict[str, stats.Comparison]) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- metrics.json
+def mitigation_sentences(comparisons: dict[str, stats.Comparison]) -> str:
+    """One sentence per cause (:meth:`~epi_utils.workbench.stats.Comparison.sentence`), or why there is none."""
+    if not comparisons:
+        return "No mitigation results (mitigate is off, or no world had a diagnosed sample)."
+    return "\n".join(cmp.sentence() for cmp in comparisons.values())
+
+
 def _iv(iv: stats.Interval | None) -> dict:
     return iv.to_dict() if iv is not None else {}
 
@@ -151,10 +198,11 @@ def headline_metrics(records: Sequence[SeedRecord], diag: DiagnosisSummary, mani
         "diagnosis": {"macro_f1": _iv(diag.macro_f1), "macro_f1_close_to_rule": _iv(diag.macro_f1_close),
                       "macro_f1_inferred": _iv(diag.macro_f1_inferred),
                       "macro_f1_per_world": diag.macro_f1_per_world,
-                      "per_cause": {c: {k: float(v) for k, v in row.items() if k != "group"}
+                      "per_cause": {c: {k: float(v) for k, v in row.items() if k not in _BOOKKEEPING}
                                     for c, row in diag.per_cause.iterrows()},
                       "confusion": diag.confusion.to_dict()},
-        "manifestation": {c: {k: float(v) for k, v in row.items()} for c, row in manif.iterrows()},
+        "manifestation": {c: {k: float(v) for k, v in row.items() if k not in _BOOKKEEPING}
+                          for c, row in manif.iterrows()},
         "min_unlearned_per_cause_per_world": int(manif.loc[list(CAUSES), "unlearned_min"].min()),
         "none_bucket": {"truth_none_mean": float(diag.none_bucket["truth_none"].mean()),
                         "diagnosed_unexplained_mean": float(diag.none_bucket["diagnosed_unexplained"].mean()),
