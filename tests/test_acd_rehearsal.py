@@ -5,14 +5,12 @@ import time
 
 import pytest
 
-from epi_utils.acd import rehearsal, study
-from epi_utils.acd.config import ACDConfig
+from epi_utils.acd import Config, rehearsal, study
 from epi_utils.acd.data import load_split
-from epi_utils.workbench.rehearsal import meter
 
 
 def test_full_scale_tokens_by_hand():
-    cfg = ACDConfig(settings=["5way5shot"], n_seeds=1, n_query=5, max_epochs=2, train_episodes=10,
+    cfg = Config(settings=["5way5shot"], n_seeds=1, n_query=5, max_epochs=2, train_episodes=10,
                     eval_datasets=["FewAsp(single)"], encoder="bert")
     sizes = rehearsal.full_scale_tokens(cfg)
     assert sizes["micro_batch"] == 50
@@ -29,22 +27,36 @@ def test_toy_copy_has_the_real_layout(tmp_path):
 
 def test_rehearsal_needs_the_bert_encoder(tmp_path):
     with pytest.raises(ValueError, match="encoder"):
-        rehearsal.prepare(ACDConfig(settings=["5way5shot"], encoder="cnn"), tmp_path)
+        rehearsal.prepare(Config(settings=["5way5shot"], encoder="cnn"), tmp_path)
 
 
 def test_rehearsal_runs_the_study_and_estimates(tmp_path, monkeypatch):
     monkeypatch.setenv("EPI_CACHE_DIR", str(tmp_path / "cache"))
-    cfg = ACDConfig(settings=["5way5shot", "10way10shot"], encoder="bert", hidden=128, attn_dim=64, device="cpu")
+    cfg = Config(settings=["5way5shot", "10way10shot"], encoder="bert", hidden=128, attn_dim=64, device="cpu",
+                 rehearse=True)
     t0 = time.perf_counter()
-    reh = rehearsal.prepare(cfg, tmp_path)
-    with meter() as m:
-        res = study.run_study(reh.toy, reh.data, backbone=reh.backbone)
-        m.steps = sum(len(r.epoch_seconds) * r.episodes_per_epoch for r in res.training)
-    est = rehearsal.estimate_full_scale(reh, m)
+    res = rehearsal.rehearse(cfg, progress=lambda it, **kw: it, folder=tmp_path)
+    est = res.estimate
     assert time.perf_counter() - t0 < 60
-    assert {r.arch for r in res.training} == {"protonet", "proto_awatt"} and m.steps == 2 * 4 * len(res.training[0].epoch_seconds)
+    assert res.config.settings == ("3way2shot",) and res.config.n_seeds == 1
+    assert {r.arch for r in res.training} == {"protonet", "proto_awatt"}
+    assert est["rehearsal"]["steps"] == 2 * 4 * len(res.training[0].epoch_seconds)
     assert set(res.episode_frame().method) == set(study.METHODS)
+    reh = rehearsal.prepare(cfg, tmp_path / "again")
     backbone = next(iter(study.new_model("protonet", reh.toy, reh.data, 0, backbone=reh.backbone).encoder.children()))
     assert backbone.config.model_type == "bert" and backbone.config.hidden_size == 64
     assert est["gpu_hours"] > 0 and est["gpu_memory_gb"] > 0 and est["host_memory_gb"] > 0
     assert est["assumptions"]["micro_batch"] == 150 and est["model_id"] == "bert-base-uncased"
+    # the rehearsal's result goes through the notebook's cells: every contract view is complete
+    metrics = res.metrics()
+    assert all(_has(metrics, key) for key in res.headlines())
+    assert {"per_seed", "results", "comparisons", "training", "per_class_f1", "splits"} <= set(res.frames())
+    assert res.timings()["wall_seconds"] > 0 and res.attention == []
+
+
+def _has(tree, dotted):
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True

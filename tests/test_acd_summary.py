@@ -76,8 +76,10 @@ def test_over_seeds_is_a_t_interval_over_seeds_by_hand():
     out = summary.over_seeds(pd.DataFrame(rows)).iloc[0]
     half = 4.3026527 * 0.1 / math.sqrt(3)
     assert out.macro_f1 == pytest.approx(0.6)
-    assert out.macro_f1_ci95 == pytest.approx([0.6 - half, 0.6 + half], rel=1e-6)
-    assert out.ci == "95% t-interval over 3 seeds" and out.n_seeds == 3
+    assert [out.macro_f1_low, out.macro_f1_high] == pytest.approx([0.6 - half, 0.6 + half], rel=1e-6)
+    assert summary.interval_label(out) == "95% t-interval over 3 seeds" and out.n == 3 and out.n_episodes == 10
+    head = summary.headline_metrics(summary.over_seeds(pd.DataFrame(rows)))["protonet"]["5way5shot"]
+    assert head["macro_f1_ci95"] == pytest.approx([0.6 - half, 0.6 + half], rel=1e-6) and head["ci_unit"] == "3 seeds (t)"
 
 
 def test_per_class_f1_by_hand():

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from epi_utils.acd import study, summary, training
-from epi_utils.acd.config import ACDConfig
+from epi_utils.acd import Config, study, summary, training
 from epi_utils.acd.episodes import sample_episodes
 from epi_utils.acd.threshold import ThresholdPolicy
+from epi_utils.workbench.contract import ConfigError
 
 WORDS = ["good", "bad", "nice", "cheap", "slow", "fast", "warm", "cold", "big", "small", "loud", "quiet"]
 NAMES = ["food", "service", "price", "staff", "room", "drink", "music", "parking", "view", "bed", "pool", "coffee"]
@@ -53,8 +53,9 @@ def toy_root(tmp_path, monkeypatch):
 
 def small_cfg(**kw):
     base = dict(settings=["2way2shot", "3way1shot"], n_seeds=2, n_query=1, train_episodes=4, max_epochs=2, patience=1,
-                val_episodes=3, test_episodes=4, transfer_test_episodes=2, hidden=8, attn_dim=4, policy_epochs=1)
-    return ACDConfig(**{**base, **kw})
+                val_episodes=3, test_episodes=4, transfer_test_episodes=2, hidden=8, attn_dim=4, policy_epochs=1,
+                shared_training=False)
+    return Config(**{**base, **kw})
 
 
 def test_early_stopping_stops_after_patience_and_restores_the_best_epoch(toy_root, monkeypatch):
@@ -70,7 +71,7 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_epoch(toy_roo
                              shapes=[(2, 2)], n_query=1, episodes_per_epoch=3, max_epochs=10, patience=3, lr=0.05,
                              rng=np.random.default_rng(0), val_episodes=val,
                              val_enc=data.encoded[("FewAsp(single)", "val")],
-                             progress=lambda e, auc: states.__setitem__(e, {k: v.clone() for k, v in model.state_dict().items()}))
+                             on_epoch=lambda e, auc: states.__setitem__(e, {k: v.clone() for k, v in model.state_dict().items()}))
     assert fit.val_auc == [0.5, 0.7, 0.6, 0.65, 0.69]
     assert fit.best_epoch == 2 and fit.epochs_run == 5 and fit.stopped_early
     assert len(fit.losses) == 15
@@ -99,7 +100,7 @@ def test_joint_policy_trains_on_training_episodes(toy_root):
 def test_study_protocols_pairing_and_summaries(toy_root):
     data = training.load_data(root=toy_root)
     assert data.missing == ["FewAsp/train.json"]
-    res = study.run_study(small_cfg(), data)
+    res = study.run_study(small_cfg(), data=data, progress=lambda it, **kw: it)
     eps = res.episode_frame()
     src = eps.groupby("dataset").train_dataset.first().to_dict()
     assert src == {"FewAsp(single)": "FewAsp(single)", "FewAsp(multi)": "FewAsp(multi)", "FewAsp": "FewAsp(single)"}
@@ -112,10 +113,13 @@ def test_study_protocols_pairing_and_summaries(toy_root):
     piv = eps.pivot_table(index=["dataset", "setting", "seed", "episode"], columns="method", values="auc")
     assert np.allclose(piv["proto_awatt_static"], piv["proto_awatt_policy_joint"])
     assert np.allclose(piv["proto_awatt_static"], piv["proto_awatt_policy_posthoc"])
-    results = summary.over_seeds(summary.per_seed(eps))
+    results = res.results
     head = summary.headline_metrics(results)
     cell = head["proto_awatt_policy_joint"]["2way2shot"]
     assert cell["n_seeds"] == 2 and cell["auc_ci95"][0] <= cell["auc"] <= cell["auc_ci95"][1]
+    assert res.metrics()["proto_awatt_policy_joint"]["2way2shot"] == cell
+    assert list(res.results.columns[:8]) == ["method", "setting", "dataset", "train_dataset", "auc", "auc_low",
+                                             "auc_high", "macro_f1"]
     tm = summary.transfer_metrics(results)
     assert tm["FewAsp"]["transfer"] is True and tm["FewAsp(multi)"]["transfer"] is False
     assert len(res.attention) > 0 and abs(sum(res.attention[0]["weights"]) - 1) < 1e-5
@@ -128,10 +132,12 @@ def test_study_protocols_pairing_and_summaries(toy_root):
 def test_single_dataset_run_has_no_transfer_tables(toy_root):
     """Issue 12: eval_datasets=["FewAsp(single)"] (a declared value) crashed the transfer cell with KeyError."""
     data = training.load_data(root=toy_root)
-    res = study.run_study(small_cfg(eval_datasets=["FewAsp(single)"], n_seeds=1, settings=["2way2shot"]), data)
-    results = summary.over_seeds(summary.per_seed(res.episode_frame()))
+    res = study.run_study(small_cfg(eval_datasets=["FewAsp(single)"], n_seeds=1, settings=["2way2shot"]), data=data)
+    results = res.results
     assert set(results.dataset) == {"FewAsp(single)"}
-    assert summary.transfer_tables(results) == {} and summary.transfer_metrics(results) == {}
+    assert summary.transfer_table(results).empty and summary.transfer_metrics(results) == {}
+    assert res.metrics()["transfer"] == {} and set(summary.per_class_tables(
+        res.class_frame(), method="proto_awatt_policy_joint", datasets=summary.PER_CLASS_DATASETS).dataset) == {"FewAsp(single)"}
     empty = summary.results_table(results, dataset="FewAsp(multi)")
     assert empty.empty and "macro-F1" in empty.columns
 
@@ -147,13 +153,16 @@ def test_missing_folder_names_every_file_and_gives_the_hint_once(tmp_path):
 
 
 def test_config_validation_names_the_parameter():
-    with pytest.raises(ValueError, match="setting must look like"):
-        ACDConfig(settings=["5way"])
-    with pytest.raises(ValueError, match="patience"):
-        ACDConfig(settings=["5way5shot"], patience=0)
-    with pytest.raises(ValueError, match="eval_datasets"):
-        ACDConfig(settings=["5way5shot"], eval_datasets=["Yelp"])
-    assert ACDConfig(settings=["5way5shot"], seed=3, n_seeds=2).seeds == [3, 4]
+    with pytest.raises(ConfigError, match=r"^Config.settings: setting must look like '5way5shot'.*\(got \('5way',\)\)"):
+        Config(settings=["5way"])
+    with pytest.raises(ConfigError, match=r"^Config.patience: must be >= 1 \(got 0\)"):
+        Config(patience=0)
+    with pytest.raises(ConfigError, match=r"^Config.eval_datasets: must be one of"):
+        Config(eval_datasets=["Yelp"])
+    with pytest.raises(ConfigError, match=r"^Config.settings: must not repeat a value"):
+        Config(settings=["5way5shot", "5way5shot"])
+    assert Config(settings=["5way5shot"], seed=3, n_seeds=2).seeds == [3, 4]
+    assert Config(settings=["5way10shot"]).shapes == [(5, 10)]
 
 
 def test_oracle_count_ceiling_by_hand():

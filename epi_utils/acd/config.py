@@ -1,16 +1,22 @@
-"""Study 05's one configuration object, built from the notebook's parameters with
-``epi_utils.workbench.params.config_from_params(ACDConfig, globals(), device=...)``.
+"""Study 05's configuration: one frozen :class:`~epi_utils.workbench.contract.StudyConfig`.
 
-Field names equal the notebook's parameter names (the parameters cell documents each one); the
-defaults here are only for library callers and tests -- the notebook's defaults (= the cpu profile)
-are what a run uses.
+Every field is declared once, with its default and help text, by ``option``; the notebook's
+parameters cell is generated from it (``epi params notebooks/05_fewshot_acd.ipynb --sync``). The
+defaults are the ``cpu`` profile; profile YAMLs hold only what differs.
+
+Training protocol: ``train_episodes`` episodes per epoch, at most ``max_epochs`` epochs, early
+stopping when the mean episode AUC on ``val_episodes`` validation episodes has not improved for
+``patience`` epochs (the best epoch's weights are restored). ``shared_training``: one model per
+(architecture, seed) on episodes cycling through every setting's (N, K); else one model per setting,
+as in the paper.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from epi_utils.acd.data import DATASETS
+from epi_utils.workbench.contract import StudyConfig, option
 
 _SETTING = re.compile(r"^(\d+)way(\d+)shot$")
 ENCODERS = ("cnn", "minilm", "bert")
@@ -24,66 +30,48 @@ def parse_setting(name: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-@dataclass
-class ACDConfig:
-    """Validated parameters of Study 05 (multi-label few-shot ACD, Hu et al. 2021).
+@dataclass(frozen=True)
+class Config(StudyConfig):
+    """Validated parameters of Study 05 (multi-label few-shot ACD, Hu et al. 2021)."""
 
-    Training protocol: ``train_episodes`` episodes per epoch, at most ``max_epochs`` epochs, early
-    stopping when the mean episode AUC on ``val_episodes`` validation episodes has not improved for
-    ``patience`` epochs (the best epoch's weights are restored). ``shared_training``: one model per
-    (architecture, seed) on episodes cycling through every setting's (N, K); else one model per
-    setting, as in the paper.
-    """
+    n_seeds: int = option(5, "independent training runs: the unit of the intervals and paired comparisons", ge=1)
+    settings: tuple[str, ...] = option(["5way5shot", "5way10shot", "10way5shot", "10way10shot"],
+                                       "N-way K-shot settings", nonempty=True, unique=True)
+    n_query: int = option(5, "query instances per class in every episode", ge=1)
+    train_episodes: int = option(200, "training episodes per epoch", ge=1)
+    max_epochs: int = option(3, "epochs at most (early stopping may end training sooner)", ge=1)
+    patience: int = option(3, "epochs without a better validation AUC before training stops (best epoch restored)",
+                           ge=1)
+    val_episodes: int = option(50, "validation episodes: early stopping, static threshold, post-hoc policy", ge=1)
+    test_episodes: int = option(200, "test episodes per setting on datasets scored by their own model", ge=1)
+    transfer_test_episodes: int = option(100, "test episodes per setting on datasets scored by the FewAsp(single) model",
+                                         ge=1)
+    eval_datasets: tuple[str, ...] = option(list(DATASETS), "datasets to evaluate", choices=DATASETS, nonempty=True,
+                                            unique=True)
+    protocol: str = option("auto", "auto: train on a dataset's own train.json when present; transfer: always "
+                           "FewAsp(single)", choices=("auto", "transfer"))
+    encoder: str = option("cnn", "cnn (GloVe 50d + CNN, the paper's setting) | minilm (frozen all-MiniLM-L6-v2) | "
+                          "bert (fine-tuned)", choices=ENCODERS)
+    model_id: str = option("bert-base-uncased", "Hugging Face id of the BERT encoder (used by encoder bert)")
+    hidden: int = option(64, "encoder output size per token", ge=1)
+    attn_dim: int = option(32, "attention size of Proto-AWATT", ge=1)
+    dropout: float = option(0.1, "dropout on word embeddings during training", ge=0.0, lt=1.0)
+    lr: float = option(0.003, "Adam learning rate of the encoder and heads", gt=0)
+    policy_epochs: int = option(5, "REINFORCE epochs of the post-hoc policy over the validation instances", ge=1)
+    policy_sigma: float = option(0.5, "std of the Gaussian policy over the threshold's logit", gt=0)
+    policy_lr: float = option(0.01, "Adam learning rate of both threshold policies", gt=0)
+    shared_training: bool = option(True, "True: one model per seed on all settings' shapes (cpu); False: one per "
+                                   "setting (paper)")
+    num_threads: int = option(1, "torch CPU threads (1 avoids oversubscription on a shared machine)", ge=1)
 
-    settings: list[str]
-    seed: int = 0
-    n_seeds: int = 5
-    n_query: int = 5
-    train_episodes: int = 800
-    max_epochs: int = 30
-    patience: int = 3
-    val_episodes: int = 100
-    test_episodes: int = 600
-    transfer_test_episodes: int = 600
-    eval_datasets: list[str] = field(default_factory=lambda: list(DATASETS))
-    protocol: str = "auto"
-    encoder: str = "cnn"
-    model_id: str = "bert-base-uncased"
-    hidden: int = 64
-    attn_dim: int = 32
-    dropout: float = 0.1
-    lr: float = 3e-3
-    policy_epochs: int = 5
-    policy_sigma: float = 0.5
-    policy_lr: float = 1e-2
-    shared_training: bool = False
-    device: str = "cpu"
-    num_threads: int = 1
-    rehearse: bool = False
-
-    def __post_init__(self):
-        if not self.settings:
-            raise ValueError("settings must list at least one 'NwayKshot' setting")
+    def check(self) -> None:
         for s in self.settings:
-            parse_setting(s)
-        if len(set(self.settings)) != len(self.settings):
-            raise ValueError(f"settings has duplicates: {self.settings}")
-        bad = [d for d in self.eval_datasets if d not in DATASETS]
-        if bad or not self.eval_datasets:
-            raise ValueError(f"eval_datasets must be a non-empty list among {DATASETS}, got {self.eval_datasets}")
-        if self.protocol not in ("auto", "transfer"):
-            raise ValueError(f"protocol must be 'auto' or 'transfer', got {self.protocol!r}")
-        if self.encoder not in ENCODERS:
-            raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
-        for name in ("n_seeds", "n_query", "train_episodes", "max_epochs", "patience", "val_episodes",
-                     "test_episodes", "transfer_test_episodes", "hidden", "attn_dim", "policy_epochs", "num_threads"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "policy_sigma", "policy_lr"):
-            if not float(getattr(self, name)) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            try:
+                parse_setting(s)
+            except ValueError as err:
+                raise self.error("settings", str(err)) from None
+        if not self.model_id.strip():
+            raise self.error("model_id", "must not be empty")
 
     @property
     def seeds(self) -> list[int]:

@@ -1,5 +1,5 @@
-"""Figures of Study 05 (each returns a matplotlib Figure; the notebook saves it with
-``epi_utils.workbench.plots.save_figure``)."""
+"""Figures of Study 05: each function returns a matplotlib Figure and saves nothing (the notebook
+saves it with the workbench's plots module)."""
 from __future__ import annotations
 
 import numpy as np
@@ -104,10 +104,17 @@ def training_curves(training: pd.DataFrame):
 
 
 def attention_tokens(examples: list[dict], *, max_tokens: int = 30):
-    """Support-set attention weights over the words of a few support sentences (one row each)."""
+    """Support-set attention weights over the words of a few support sentences (one row each); with
+    no examples (an encoder other than the CNN records none) a figure that says so."""
     import matplotlib.pyplot as plt
 
     n = len(examples)
+    if n == 0:
+        fig, ax = plt.subplots(figsize=(6, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no support-attention examples recorded (they are drawn for the CNN encoder)",
+                ha="center", va="center", fontsize=9)
+        return fig
     fig, axes = plt.subplots(n, 1, figsize=(12, 1.25 * n + 0.4), squeeze=False)
     for ax, ex in zip(axes[:, 0], examples):
         toks, w = ex["tokens"][:max_tokens], np.asarray(ex["weights"][:max_tokens])
@@ -121,33 +128,38 @@ def attention_tokens(examples: list[dict], *, max_tokens: int = 30):
     return fig
 
 
-def per_class_bars(table: pd.DataFrame, *, title: str):
-    """Horizontal bars of per-class F1 (``table``: columns ``class, f1``)."""
+def per_class_bars(table: pd.DataFrame, *, title: str = "test classes"):
+    """Horizontal bars of per-class F1, one panel per dataset (``table``: columns ``dataset, class,
+    f1``, as :func:`~epi_utils.acd.summary.per_class_tables` gives)."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 0.28 * len(table) + 1.0))
-    ax.barh(table["class"], table["f1"], color="C0")
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("F1 (pooled over settings, seeds, episodes)")
-    ax.set_title(title)
+    datasets = list(dict.fromkeys(table["dataset"])) or ["none"]
+    rows = max([int((table["dataset"] == ds).sum()) for ds in datasets] + [1])
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 0.28 * rows + 1.0), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        sub = table[table["dataset"] == ds]
+        ax.barh(sub["class"], sub["f1"], color="C0")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("F1 (pooled over settings, seeds, episodes)")
+        ax.set_title(f"{ds} {title}")
     fig.tight_layout()
     return fig
 
 
 def results_bars(summary: pd.DataFrame, *, dataset: str, metric: str = "macro_f1"):
-    """Bars of ``metric`` per setting and method with the seed 95% interval as error bars."""
+    """Bars of ``metric`` per setting and method with the seed 95% interval as error bars
+    (``summary``: :func:`~epi_utils.acd.summary.over_seeds`, columns ``<metric>_low/_high``)."""
     import matplotlib.pyplot as plt
 
     sub = summary[summary.dataset == dataset]
-    unit = sub["ci"].iloc[0] if len(sub) else "seeds"
+    unit = f"95% t-interval over {int(sub['n'].iloc[0])} {sub['unit'].iloc[0]}" if len(sub) else "seeds"
     settings = list(dict.fromkeys(sub.setting))
     methods = list(dict.fromkeys(sub.method))
     fig, ax = plt.subplots(figsize=(7, 3.4))
     width = 0.8 / max(len(methods), 1)
     for i, m in enumerate(methods):
         g = sub[sub.method == m].set_index("setting").reindex(settings)
-        ci = np.array([list(c) for c in g[f"{metric}_ci95"]])
-        err = np.abs(ci.T - g[metric].to_numpy())
+        err = np.abs(g[[f"{metric}_low", f"{metric}_high"]].to_numpy().T - g[metric].to_numpy())
         ax.bar(np.arange(len(settings)) + i * width, g[metric], width, yerr=err, label=m, capsize=2)
     ax.set_xticks(np.arange(len(settings)) + width * (len(methods) - 1) / 2, settings)
     ax.set_ylabel(metric)

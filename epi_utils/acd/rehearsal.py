@@ -5,9 +5,11 @@ Proto-AWATT. The rehearsal runs the same code on the CPU at toy scale: a tiny ra
 BERT (``workbench.rehearsal.tiny_model_config``, the real uncased WordPiece vocabulary of the
 offline MiniLM tokenizer), a local FewAsp(single) copy of 8 synthetic sentences per class in the
 real file layout (``{category: [[tokens, aspects], ...]}`` + ``separate.json``), one short
-seed x setting through :func:`~epi_utils.acd.study.run_study` (training with early stopping and
-the joint policy, thresholds, scoring), timed by ``workbench.rehearsal.meter``. Then
-:func:`estimate_full_scale` feeds the gpu profile's full sizes to ``workbench.rehearsal.estimate``.
+seed x setting through the same :func:`~epi_utils.acd.study.run_study` (training with early
+stopping and the joint policy, thresholds, scoring), timed by ``workbench.rehearsal.meter``. Then
+:func:`estimate_full_scale` feeds the gpu profile's full sizes to ``workbench.rehearsal.estimate``;
+:func:`rehearse` does all of it and returns the toy run's :class:`~epi_utils.acd.study.Result` with
+the estimate attached as ``result.estimate``.
 
 Full-scale token counts (assumptions, stated in the estimate): every training episode is one
 batch of ``N*(K+Q)`` sentences padded to :data:`SEQ_LEN` WordPieces; every epoch runs all
@@ -18,14 +20,19 @@ once per (seed, group, architecture); every dataset trains on its own train spli
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from epi_utils.acd.config import ACDConfig
+from epi_utils.acd.config import Config, parse_setting
+from epi_utils.acd.encoders import minilm_tokenizer
+from epi_utils.acd.study import Result, run_study
 from epi_utils.acd.training import ACDData, load_data
+from epi_utils.workbench.progress import progress
+from epi_utils.workbench.rehearsal import estimate, meter, tiny_model_config
 
 #: padded WordPiece length of an episode batch (FewAsp sentences: mean 16-24 words, max 99).
 SEQ_LEN = 64
@@ -41,8 +48,8 @@ _WORDS = ["the", "food", "was", "great", "staff", "friendly", "room", "clean", "
 class Rehearsal:
     """The full-scale config, the toy config and data that run instead, and the tiny backbone factory."""
 
-    full: ACDConfig
-    toy: ACDConfig
+    full: Config
+    toy: Config
     data: ACDData
     backbone: Callable
     root: Path
@@ -65,7 +72,7 @@ def write_toy_fewasp(folder: Path | str, *, per_class: int = 8, seed: int = 0) -
     return root
 
 
-def prepare(cfg: ACDConfig, folder: Path | str) -> Rehearsal:
+def prepare(cfg: Config, folder: Path | str) -> Rehearsal:
     """Toy config (one seed, ``3way2shot``, Q=2, 4 episodes x 2 epochs, CPU), local data and the
     tiny random BERT factory for a rehearsal of ``cfg``. Raises ``ValueError`` unless
     ``cfg.encoder == "bert"`` (the gpu profile's encoder)."""
@@ -74,23 +81,18 @@ def prepare(cfg: ACDConfig, folder: Path | str) -> Rehearsal:
                          "(set encoder: bert in the gpu profile)")
     from transformers import AutoModel
 
-    from epi_utils.acd.encoders import minilm_tokenizer
-    from epi_utils.workbench.rehearsal import tiny_model_config
-
     root = write_toy_fewasp(Path(folder) / "fewasp")
     tok = minilm_tokenizer()  # uncased WordPiece, the vocabulary of bert-base-uncased
-    toy = replace(cfg, settings=["3way2shot"], n_seeds=1, n_query=2, train_episodes=4, max_epochs=2, patience=1,
-                  val_episodes=2, test_episodes=3, transfer_test_episodes=3, eval_datasets=["FewAsp(single)"],
-                  hidden=32, attn_dim=16, policy_epochs=1, device="cpu", num_threads=1)
+    toy = cfg.replace(settings=["3way2shot"], n_seeds=1, n_query=2, train_episodes=4, max_epochs=2, patience=1,
+                      val_episodes=2, test_episodes=3, transfer_test_episodes=3, eval_datasets=["FewAsp(single)"],
+                      hidden=32, attn_dim=16, policy_epochs=1, device="cpu", num_threads=1)
     data = load_data(root=root, datasets=("FewAsp(single)",), encoder="bert", tokenizer=tok)
     config = tiny_model_config(cfg.model_id, vocab_size=tok.vocab_size)
     return Rehearsal(full=cfg, toy=toy, data=data, backbone=lambda: AutoModel.from_config(config), root=root)
 
 
-def full_scale_tokens(cfg: ACDConfig) -> dict[str, float]:
+def full_scale_tokens(cfg: Config) -> dict[str, float]:
     """Training and forward-only WordPiece tokens, and the largest episode batch, of ``cfg`` at full scale."""
-    from epi_utils.acd.config import parse_setting
-
     shapes = [parse_setting(s) for s in cfg.settings]
     groups = [shapes] if cfg.shared_training else [[s] for s in shapes]
     sources = list(cfg.eval_datasets) if cfg.protocol == "auto" else ["FewAsp(single)"]
@@ -110,10 +112,22 @@ def full_scale_tokens(cfg: ACDConfig) -> dict[str, float]:
 def estimate_full_scale(r: Rehearsal, measured) -> dict:
     """``workbench.rehearsal.estimate`` for ``r.full`` with the rehearsal's :class:`Meter`; returns
     the estimate's dict plus ``toy`` (what ran) -- the ``rehearsal`` entry of metrics.json."""
-    from epi_utils.workbench.rehearsal import estimate
-
     sizes = full_scale_tokens(r.full)
     est = estimate(model_id=r.full.model_id, train_tokens=sizes["train_tokens"], forward_tokens=sizes["forward_tokens"],
                    micro_batch=sizes["micro_batch"], seq_len=SEQ_LEN, measured=measured)
-    return {**est.to_dict(), "toy": {"settings": r.toy.settings, "train_episodes": r.toy.train_episodes,
+    return {**est.to_dict(), "toy": {"settings": list(r.toy.settings), "train_episodes": r.toy.train_episodes,
                                      "max_epochs": r.toy.max_epochs, "sentences_per_class": 8}}
+
+
+def rehearse(cfg: Config, *, progress: Callable = progress, folder: Path | str | None = None) -> Result:
+    """Rehearse ``cfg`` (the gpu profile) on the CPU: :func:`prepare` the toy config and data, run the
+    same :func:`~epi_utils.acd.study.run_study` on them under ``meter`` and attach
+    :func:`estimate_full_scale` as ``result.estimate``. ``folder``: where the toy FewAsp copy is
+    written (default: a temporary folder, removed afterwards; the data is loaded before that)."""
+    with tempfile.TemporaryDirectory(prefix="acd-rehearsal-") as tmp:
+        reh = prepare(cfg, folder if folder is not None else tmp)
+        with meter() as measured:
+            result = run_study(reh.toy, progress=progress, data=reh.data, backbone=reh.backbone)
+            measured.steps = sum(len(r.epoch_seconds) * r.episodes_per_epoch for r in result.training)
+    result.estimate = estimate_full_scale(reh, measured)
+    return result

@@ -25,18 +25,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
-from epi_utils.acd.config import ACDConfig, parse_setting
+from epi_utils.acd import summary
+from epi_utils.acd.config import Config, parse_setting
 from epi_utils.acd.encoders import build_encoder, encode_bank
 from epi_utils.acd.episodes import sample_episodes
 from epi_utils.acd.metrics import confusion_counts, episode_auc, episode_macro_f1, instance_f1
 from epi_utils.acd.models import build_model
 from epi_utils.acd.threshold import ThresholdPolicy, predict, train_policy, tune_static_threshold
-from epi_utils.acd.training import ACDData, episode_tensors, fit_model, forward, score_episodes
+from epi_utils.acd.training import ACDData, episode_tensors, fit_model, forward, load_data, score_episodes
+from epi_utils.workbench import runs
+from epi_utils.workbench.progress import progress
 
 ARCHS = ("protonet", "proto_awatt")
 METHODS = ("protonet", "proto_awatt_static", "proto_awatt_policy_joint", "proto_awatt_policy_posthoc",
@@ -106,15 +111,22 @@ class TrainingRun:
 
 
 @dataclass
-class StudyResult:
-    """Everything :func:`run_study` measured (records; ``*_frame`` give pandas views)."""
+class Result:
+    """Everything :func:`run_study` measured: the config that ran, typed records, the loaded splits'
+    table and the seconds spent. ``*_frame()`` give pandas views of the records; :meth:`frames`,
+    :meth:`metrics`, :meth:`headlines` and :meth:`timings` are the study contract's views (the
+    notebook displays and saves them). A rehearsal's result carries the full-scale ``estimate``."""
 
+    config: Config
     scores: list[EpisodeScores] = field(default_factory=list)
     thresholds: list[QueryThresholds] = field(default_factory=list)
     class_counts: list[ClassCounts] = field(default_factory=list)
     training: list[TrainingRun] = field(default_factory=list)
     attention: list[dict] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    splits: pd.DataFrame = field(default_factory=pd.DataFrame)
+    data_note: str = ""
+    estimate: dict | None = None
 
     def episode_frame(self) -> pd.DataFrame:
         """One row per (method, setting, seed, dataset, episode): ``auc, macro_f1, instance_f1, threshold``."""
@@ -143,20 +155,85 @@ class StudyResult:
                 for r in self.training for e, (v, s) in enumerate(zip(r.val_auc, r.epoch_seconds))]
         return pd.DataFrame(rows)
 
+    # ------------------------------------------------------------------ summaries (computed once)
+    @cached_property
+    def per_seed(self) -> pd.DataFrame:
+        """Each seed's mean over its test episodes (:func:`~epi_utils.acd.summary.per_seed`)."""
+        return summary.per_seed(self.episode_frame())
 
-def train_source(dataset: str, data: ACDData, cfg: ACDConfig) -> str:
+    @cached_property
+    def results(self) -> pd.DataFrame:
+        """Mean over seeds with t-intervals (:func:`~epi_utils.acd.summary.over_seeds`)."""
+        return summary.over_seeds(self.per_seed)
+
+    @cached_property
+    def comparisons(self) -> list[dict]:
+        """The paired comparisons of the claims on FewAsp(single) (:func:`~epi_utils.acd.summary.paired_comparisons`)."""
+        return summary.paired_comparisons(self.episode_frame(), dataset=summary.MAIN_DATASET)
+
+    @cached_property
+    def verdicts(self) -> dict[str, dict]:
+        """Per claim, the verdicts over seeds on macro-F1 (:func:`~epi_utils.acd.summary.claim_verdicts`)."""
+        return summary.claim_verdicts(self.comparisons, unit="seeds", metric="macro_f1")
+
+    # ------------------------------------------------------------------ the study contract
+    def frames(self) -> dict[str, pd.DataFrame]:
+        """Per-unit tables written beside the metrics: per-seed means, means over seeds with
+        ``_low/_high`` intervals, paired comparisons, per-epoch training, pooled per-class F1,
+        policy thresholds by label count and the loaded splits (raw per-episode and per-query
+        records stay in the result: :meth:`episode_frame`, :meth:`threshold_frame`)."""
+        training = self.training_frame()
+        return {"per_seed": self.per_seed, "results": self.results,
+                "comparisons": summary.comparison_table(self.comparisons),
+                "training": training, "training_summary": summary.training_summary(training).reset_index(),
+                "per_class_f1": summary.per_class_tables(self.class_frame(), method="proto_awatt_policy_joint",
+                                                         datasets=summary.PER_CLASS_DATASETS),
+                "thresholds_by_labels": summary.threshold_by_labels(self.threshold_frame()).reset_index(),
+                "splits": self.splits}
+
+    def metrics(self) -> dict:
+        """The metrics.json payload: per method and setting on FewAsp(single) ``auc``, ``macro_f1`` and
+        their ``_ci95`` (t over seeds); ``transfer``; ``claims`` (over seeds), ``verdicts``,
+        ``comparisons`` (over seeds and over episodes); ``training`` (best and run epochs)."""
+        training = self.training_frame()
+        return {**summary.headline_metrics(self.results, dataset=summary.MAIN_DATASET),
+                "transfer": summary.transfer_metrics(self.results),
+                "claims": summary.claims_metrics(self.comparisons, unit="seeds"), "verdicts": self.verdicts,
+                "comparisons": self.comparisons, "training": summary.training_metrics(training)}
+
+    def headlines(self) -> list[str]:
+        """Macro-F1 of the four methods and the claims' differences in the first setting."""
+        s0 = self.config.settings[0]
+        return ([f"{m}.{s0}.macro_f1" for m in METHODS[:4]]
+                + [f"claims.{c}.macro_f1.{s0}.diff" for c in ("attention_helps", "learned_threshold_joint",
+                                                              "learned_threshold_posthoc")])
+
+    def timings(self) -> dict:
+        """Wall, training and evaluation seconds and the mean seconds per epoch (not metrics)."""
+        training = self.training_frame()
+        return {**{f"{k}_seconds": v for k, v in self.seconds.items()},
+                "seconds_per_epoch_mean": float(training.seconds.mean()) if len(training) else float("nan")}
+
+    def timing_line(self) -> str:
+        """``"study wall time: 152 s with 1 torch thread(s); training 120 s, evaluation 30 s"``."""
+        sec = self.seconds
+        return (f"study wall time: {sec.get('wall', float('nan')):.0f} s with {self.config.num_threads} torch "
+                f"thread(s); training {sec.get('train', 0.0):.0f} s, evaluation {sec.get('evaluate', 0.0):.0f} s")
+
+
+def train_source(dataset: str, data: ACDData, cfg: Config) -> str:
     """Which training split scores ``dataset``: its own when present (protocol 'auto'), else FewAsp(single)."""
     if cfg.protocol == "auto" and data.has(dataset, "train"):
         return dataset
     return "FewAsp(single)"
 
 
-def new_model(arch: str, cfg: ACDConfig, data: ACDData, seed: int, *, backbone=None):
-    """A freshly initialised ``arch`` (seeded) on ``cfg.device``."""
+def new_model(arch: str, cfg: Config, data: ACDData, seed: int, *, backbone=None):
+    """A freshly initialised ``arch`` (seeded) on ``cfg.torch_device``."""
     torch.manual_seed(seed)
     enc = build_encoder(cfg.encoder, embeddings=data.matrix, hidden=cfg.hidden, dropout=cfg.dropout,
                         model_id=cfg.model_id, backbone=backbone() if callable(backbone) else backbone)
-    return build_model(arch, enc, attn_dim=cfg.attn_dim).to(cfg.device)
+    return build_model(arch, enc, attn_dim=cfg.attn_dim).to(cfg.torch_device)
 
 
 def _cycled_episodes(split, n: int, shapes, n_query: int, rng) -> list:
@@ -173,7 +250,7 @@ def _scores(method, base, tau, test, preds) -> EpisodeScores:
                          **base)
 
 
-def evaluate_setting(models: dict, policies: dict, banks: dict, data: ACDData, cfg: ACDConfig, *, setting: str,
+def evaluate_setting(models: dict, policies: dict, banks: dict, data: ACDData, cfg: Config, *, setting: str,
                      seed: int, dataset: str, train_dataset: str):
     """Score ``models`` (``{"protonet": m, "proto_awatt": m}``) on one cell with the token banks
     ``banks[(arch, split)]``; ``policies``: the jointly trained ``{n_way: ThresholdPolicy}`` of
@@ -248,23 +325,30 @@ def attention_examples(model, data: ACDData, *, dataset: str, n_way: int, k_shot
     return out
 
 
-def run_study(cfg: ACDConfig, data: ACDData, *, backbone=None) -> StudyResult:
-    """Run every seed x training group (see the module docstring) and return a :class:`StudyResult`.
+def run_study(cfg: Config, *, progress: Callable = progress, data: ACDData | None = None,
+              backbone=None) -> Result:
+    """Run every seed x training group (see the module docstring) and return a :class:`Result`.
 
+    ``data``: the loaded FewAsp splits (default: :func:`~epi_utils.acd.training.load_data` for
+    ``cfg.encoder`` from ``$EPI_DATA_DIR/fewasp``; the rehearsal passes its toy copy).
     ``backbone``: for ``encoder="bert"``, a ``transformers`` model or a zero-argument factory of one
     (the GPU rehearsal passes a tiny random BERT); default: the pretrained ``cfg.model_id``.
-    Prints one line per trained model in batch runs (``workbench.progress``).
+    ``progress`` reports one unit per (seed, training group).
     """
-    from epi_utils.workbench.progress import progress
-
+    t_start = time.perf_counter()
+    runs.seed_everything(cfg.seed)
     torch.set_num_threads(cfg.num_threads)
+    if data is None:
+        data = load_data(encoder=cfg.encoder, model_id=cfg.model_id)
+    device = cfg.torch_device
     evals = [d for d in cfg.eval_datasets if data.has(d, "val") and data.has(d, "test")]
     if not evals:
-        raise ValueError(f"none of eval_datasets {cfg.eval_datasets} has both val.json and test.json; "
+        raise ValueError(f"none of eval_datasets {list(cfg.eval_datasets)} has both val.json and test.json; "
                          + data.missing_note)
     sources = sorted({train_source(d, data, cfg) for d in evals})
     groups = [list(cfg.settings)] if cfg.shared_training else [[s] for s in cfg.settings]
-    res = StudyResult(seconds={"train": 0.0, "evaluate": 0.0})
+    res = Result(config=cfg, seconds={"wall": 0.0, "train": 0.0, "evaluate": 0.0},
+                 splits=summary.split_table(data), data_note=data.missing_note or "all splits present")
     jobs = [(seed, g) for seed in cfg.seeds for g in groups]
     for seed, group in progress(jobs, desc="seed x training group", unit="job"):
         shapes = [parse_setting(s) for s in group]
@@ -281,7 +365,7 @@ def run_study(cfg: ACDConfig, data: ACDData, *, backbone=None) -> StudyResult:
                                 n_query=cfg.n_query, episodes_per_epoch=cfg.train_episodes, max_epochs=cfg.max_epochs,
                                 patience=cfg.patience, lr=cfg.lr, rng=np.random.default_rng([seed, 0, *np.ravel(shapes)]),
                                 val_episodes=val_eps, val_enc=data.encoded[(src, "val")], policies=pols,
-                                policy_lr=cfg.policy_lr, policy_seed=seed, device=cfg.device)
+                                policy_lr=cfg.policy_lr, policy_seed=seed, device=device)
                 res.training.append(TrainingRun(arch=arch, train_dataset=src, settings=tuple(group), seed=seed,
                                                 episodes_per_epoch=cfg.train_episodes, best_epoch=fit.best_epoch,
                                                 stopped_early=fit.stopped_early, val_auc=fit.val_auc,
@@ -293,7 +377,7 @@ def run_study(cfg: ACDConfig, data: ACDData, *, backbone=None) -> StudyResult:
         t0 = time.perf_counter()
         for d in evals:
             src = train_source(d, data, cfg)
-            banks = {(a, sp): encode_bank(models[(src, a)].encoder, data.encoded[(d, sp)], device=cfg.device)
+            banks = {(a, sp): encode_bank(models[(src, a)].encoder, data.encoded[(d, sp)], device=device)
                      for a in ARCHS for sp in ("val", "test")}
             for setting in group:
                 s, t, c = evaluate_setting({a: models[(src, a)] for a in ARCHS}, policies[src], banks, data, cfg,
@@ -306,4 +390,5 @@ def run_study(cfg: ACDConfig, data: ACDData, *, backbone=None) -> StudyResult:
             res.attention = attention_examples(models[(train_source(shown, data, cfg), "proto_awatt")], data,
                                                dataset=shown, n_way=shapes[0][0], k_shot=shapes[0][1], seed=seed)
         res.seconds["evaluate"] += time.perf_counter() - t0
+    res.seconds["wall"] = time.perf_counter() - t_start
     return res

@@ -1,8 +1,10 @@
-"""Tables, paired comparisons and verdicts of Study 05, from :class:`~epi_utils.acd.study.StudyResult`.
+"""Tables, paired comparisons and verdicts of Study 05, from the records of :class:`~epi_utils.acd.study.Result`.
 
 Units: a test episode's score is one unit within a seed; a seed's mean over its test episodes is
-one unit across seeds. Intervals over seeds are Student-t (``stats.interval(unit="seeds")``);
-over episodes (>= 30) the bootstrap.
+one unit across seeds. Tables of means over seeds come from ``stats.interval_table`` (columns
+``<metric>``, ``<metric>_low``, ``<metric>_high``, ``n``, ``unit``; Student-t over seeds); the
+metrics.json blocks keep the workbench's ``<metric>_ci95: [low, high]`` convention (the report
+reads it). Paired differences over episodes (>= 30) use the bootstrap.
 
 The paper's two claims (Hu et al. 2021) are tested as paired differences on the *same* test
 episodes and seeds with ``epi_utils.workbench.stats.compare`` (:data:`CLAIMS`):
@@ -27,10 +29,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from epi_utils.workbench.stats import Verdict, compare, interval
+from epi_utils.workbench.stats import Verdict, compare, interval_table
 
 PAPER_REPORTED: dict = {}
 KEYS = ("method", "setting", "dataset")
+#: the dataset of the headline numbers and of the claims' paired comparisons
+MAIN_DATASET = "FewAsp(single)"
+#: datasets whose test classes get a per-class F1 table
+PER_CLASS_DATASETS = ("FewAsp(single)", "FewAsp(multi)")
 SETTING_ORDER = ("5way5shot", "5way10shot", "10way5shot", "10way10shot")
 #: claim -> (A, B, metrics): A - B, higher is better.
 CLAIMS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -55,31 +61,36 @@ def per_seed(episodes: pd.DataFrame) -> pd.DataFrame:
 
 
 def over_seeds(seed_table: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds with its t-interval over seeds: ``auc, auc_ci95, macro_f1, macro_f1_ci95, n_seeds, n_episodes, ci``."""
-    rows = []
-    for key, g in seed_table.groupby([*KEYS, "train_dataset"], sort=True):
-        row = dict(zip([*KEYS, "train_dataset"], key))
-        for m in ("auc", "macro_f1"):
-            iv = interval(g[m].to_numpy(), unit="seeds")
-            row.update({m: iv.mean, f"{m}_ci95": [iv.low, iv.high]})
-            row["ci"] = iv.label()
-        row.update(n_seeds=len(g), n_episodes=int(g["n_episodes"].iloc[0]))
-        rows.append(row)
-    cols = [*KEYS, "train_dataset", "auc", "auc_ci95", "macro_f1", "macro_f1_ci95", "ci", "n_seeds", "n_episodes"]
-    return pd.DataFrame(rows, columns=cols)
+    """Mean over seeds with its 95% t-interval over seeds (``stats.interval_table``): one row per
+    (method, setting, dataset, train_dataset) with ``auc, auc_low, auc_high, macro_f1, macro_f1_low,
+    macro_f1_high, n`` (seeds), ``unit`` and ``n_episodes`` (test episodes per seed), sorted by the keys."""
+    keys = [*KEYS, "train_dataset"]
+    cols = [*keys, "auc", "auc_low", "auc_high", "macro_f1", "macro_f1_low", "macro_f1_high", "n", "unit",
+            "n_episodes"]
+    if seed_table.empty:
+        return pd.DataFrame(columns=cols)
+    ordered = seed_table.sort_values(keys, kind="stable")
+    table = interval_table(ordered, by=keys, columns=("auc", "macro_f1"), unit="seeds", unit_column="seed",
+                           method="t")
+    episodes = ordered.groupby(keys, sort=False)["n_episodes"].first().astype(int).reset_index()
+    return table.merge(episodes, on=keys, how="left")[cols]
+
+
+def interval_label(row) -> str:
+    """``"95% t-interval over 5 seeds"``: the caption of a row of :func:`over_seeds`."""
+    return f"95% t-interval over {int(row['n'])} {row['unit']}"
 
 
 def results_table(summary: pd.DataFrame, *, dataset: str, digits: int = 3) -> pd.DataFrame:
-    """Rows (setting, method) of one dataset; AUC and macro-F1 as ``"mean [lo, hi]"`` (t-interval over
-    seeds, column ``interval``) beside the paper's figures (``"unknown"`` where not verified).
+    """Rows (setting, method) of one dataset; AUC and macro-F1 as ``"mean [low, high]"`` (t-interval
+    over seeds, column ``interval``) beside the paper's figures (``"unknown"`` where not verified).
     A dataset that was not evaluated gives an empty table with the same columns."""
     cols = ["AUC", "paper AUC", "macro-F1", "paper macro-F1", "interval"]
     rows = []
     for _, r in summary[summary.dataset == dataset].iterrows():
-        row = {"setting": r.setting, "method": r.method, "interval": r.ci}
+        row = {"setting": r.setting, "method": r.method, "interval": interval_label(r)}
         for m, label in (("auc", "AUC"), ("macro_f1", "macro-F1")):
-            lo, hi = r[f"{m}_ci95"]
-            row[label] = f"{r[m]:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+            row[label] = f"{r[m]:.{digits}f} [{r[f'{m}_low']:.{digits}f}, {r[f'{m}_high']:.{digits}f}]"
             paper = PAPER_REPORTED.get(dataset, {}).get(r.method, {}).get(r.setting, {}).get(m)
             row[f"paper {label}"] = "unknown" if paper is None else f"{paper:.{digits}f}"
         rows.append(row)
@@ -89,10 +100,19 @@ def results_table(summary: pd.DataFrame, *, dataset: str, digits: int = 3) -> pd
     return table.set_index(["setting", "method"])[cols]
 
 
-def transfer_tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """``{dataset: results_table}`` for every evaluated dataset other than FewAsp(single) (empty
-    dict when only FewAsp(single) was evaluated)."""
-    return {ds: results_table(summary, dataset=ds) for ds in sorted(set(summary.dataset) - {"FewAsp(single)"})}
+def transfer_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The :func:`results_table` of every evaluated dataset other than FewAsp(single), stacked with
+    the dataset and the dataset whose model scored it (``train_dataset``) as the outer index levels;
+    an empty table when only FewAsp(single) was evaluated."""
+    parts = {}
+    for ds in sorted(set(summary.dataset) - {MAIN_DATASET}):
+        src = summary[summary.dataset == ds]["train_dataset"].iloc[0]
+        parts[(ds, src)] = results_table(summary, dataset=ds)
+    if not parts:
+        empty = results_table(summary, dataset="none")
+        return empty.set_index(pd.MultiIndex.from_arrays([[]] * 4, names=["dataset", "train_dataset", "setting",
+                                                                          "method"]))
+    return pd.concat(parts, names=["dataset", "train_dataset"])
 
 
 def paired_comparisons(episodes: pd.DataFrame, *, dataset: str = "FewAsp(single)") -> list[dict]:
@@ -152,13 +172,15 @@ def claim_verdicts(comparisons: list[dict], *, unit: str = "seeds", metric: str 
     return out
 
 
-def headline_metrics(summary: pd.DataFrame, *, dataset: str = "FewAsp(single)") -> dict:
-    """``{method: {setting: {"auc", "auc_ci95", "macro_f1", "macro_f1_ci95", "ci_unit", "n_seeds", "n_episodes"}}}``."""
+def headline_metrics(summary: pd.DataFrame, *, dataset: str = MAIN_DATASET) -> dict:
+    """``{method: {setting: {"auc", "auc_ci95", "macro_f1", "macro_f1_ci95", "ci_unit", "n_seeds", "n_episodes"}}}``
+    (``_ci95``: ``[low, high]`` of :func:`over_seeds`, the metrics.json convention)."""
     out: dict = {}
     for _, r in summary[summary.dataset == dataset].iterrows():
         out.setdefault(r.method, {})[r.setting] = {
-            "auc": r.auc, "auc_ci95": list(r.auc_ci95), "macro_f1": r.macro_f1, "macro_f1_ci95": list(r.macro_f1_ci95),
-            "ci_unit": f"{int(r.n_seeds)} seeds (t)", "n_seeds": int(r.n_seeds), "n_episodes": int(r.n_episodes)}
+            "auc": r.auc, "auc_ci95": [r.auc_low, r.auc_high], "macro_f1": r.macro_f1,
+            "macro_f1_ci95": [r.macro_f1_low, r.macro_f1_high], "ci_unit": f"{int(r.n)} {r.unit} (t)",
+            "n_seeds": int(r.n), "n_episodes": int(r.n_episodes)}
     return out
 
 
@@ -166,7 +188,7 @@ def transfer_metrics(summary: pd.DataFrame) -> dict:
     """``{dataset: {"train_dataset", "transfer", method: {setting: {...}}}}`` for every evaluated
     dataset other than FewAsp(single) (``{}`` when there is none)."""
     out = {}
-    for ds in sorted(set(summary.dataset) - {"FewAsp(single)"}):
+    for ds in sorted(set(summary.dataset) - {MAIN_DATASET}):
         src = summary[summary.dataset == ds]["train_dataset"].iloc[0]
         out[ds] = {"train_dataset": src, "transfer": src != ds, **headline_metrics(summary, dataset=ds)}
     return out
@@ -181,6 +203,30 @@ def training_summary(training: pd.DataFrame) -> pd.DataFrame:
         epochs_mean=("epochs", "mean"), epochs_max=("epochs", "max"), best_epoch_mean=("best_epoch", "mean"),
         seconds_per_epoch=("seconds_per_epoch", "mean"), best_val_auc=("best_val_auc", "mean"),
         n_seeds=("seed", "nunique")).round(3)
+
+
+def training_metrics(training: pd.DataFrame) -> dict:
+    """``{"best_epoch_mean", "epochs_mean"}`` over the trained models (the metrics.json block)."""
+    return {"best_epoch_mean": float(training[training.best].epoch.mean()),
+            "epochs_mean": float(training.groupby(["arch", "train_dataset", "settings", "seed"]).epoch.max().mean())}
+
+
+def verdict_table(verdicts: dict[str, dict]) -> pd.DataFrame:
+    """The claims' verdicts (:func:`claim_verdicts`) as a table: one column per claim, rows A, B,
+    the verdict of each setting, the largest detectable effect and the overall verdict."""
+    return pd.DataFrame({c: {"A": v["a"], "B": v["b"], **v["by_setting"], "largest detectable": round(v["largest_detectable"], 4),
+                             "overall": v["overall"]} for c, v in verdicts.items()})
+
+
+def per_class_tables(per_class: pd.DataFrame, *, method: str, datasets: tuple[str, ...]) -> pd.DataFrame:
+    """:func:`per_class_f1` of each of ``datasets`` that was evaluated, stacked with a ``dataset``
+    column first (empty with those columns when none was)."""
+    present = set(per_class.dataset) if not per_class.empty else set()
+    parts = [per_class_f1(per_class, method=method, dataset=ds).assign(dataset=ds) for ds in datasets if ds in present]
+    if not parts:
+        return pd.DataFrame(columns=["dataset", "class", "tp", "fp", "fn", "f1"])
+    out = pd.concat(parts, ignore_index=True)
+    return out[["dataset", *[c for c in out.columns if c != "dataset"]]]
 
 
 def per_class_f1(per_class: pd.DataFrame, *, method: str, dataset: str) -> pd.DataFrame:

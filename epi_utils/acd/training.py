@@ -154,13 +154,13 @@ def fit_model(model, split, enc: EncodedSplit, *, shapes: list[tuple[int, int]],
               episodes_per_epoch: int, max_epochs: int, patience: int, lr: float, rng: np.random.Generator,
               val_episodes: list[Episode] | None = None, val_enc: EncodedSplit | None = None,
               policies: dict[int, ThresholdPolicy] | None = None, policy_lr: float = 1e-2,
-              policy_samples: int = 8, policy_seed: int = 0, device="cpu", progress=None) -> FitResult:
+              policy_samples: int = 8, policy_seed: int = 0, device="cpu", on_epoch=None) -> FitResult:
     """Episodic training with Adam; training episode ``i`` has ``(n_way, k_shot) = shapes[i % len(shapes)]``.
 
     With ``val_episodes`` (and their ``val_enc``), early stopping on validation AUC with
     ``patience`` epochs and restoration of the best epoch (model and ``policies``); without, all
     ``max_epochs`` run. ``policies``: ``{n_way: ThresholdPolicy}`` trained jointly (module docstring).
-    ``progress(epoch, val_auc)`` is called after each epoch when given.
+    ``on_epoch(epoch, val_auc)`` is called after each epoch when given (a hook, e.g. for tests).
     """
     if val_episodes and val_enc is None:
         raise ValueError("val_episodes need val_enc (the token ids of their split)")
@@ -196,8 +196,8 @@ def fit_model(model, split, enc: EncodedSplit, *, shapes: list[tuple[int, int]],
         auc = validation_auc(model, val_episodes, val_enc) if val_episodes else float("nan")
         vals.append(auc)
         secs.append(time.perf_counter() - t0)
-        if progress is not None:
-            progress(epoch, auc)
+        if on_epoch is not None:
+            on_epoch(epoch, auc)
         if not val_episodes:
             best_epoch = epoch
             continue
