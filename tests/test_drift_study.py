@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from epi_utils.drift import study, summary
-from epi_utils.drift.config import DriftConfig
+from epi_utils.drift import figures, study, summary
+from epi_utils.drift.config import Config
+from epi_utils.drift.inputs import Inputs
 from epi_utils.importance import checkpoint as ci
 from epi_utils.importance import drift as dr
-from epi_utils.workbench import stats
+from epi_utils.workbench import runs, stats
+from epi_utils.workbench.contract import ConfigError
 
 
 # --- statistics by hand ---------------------------------------------------------------------------
@@ -148,18 +151,18 @@ def test_drift_index_is_zero_without_drift_and_near_one_for_unrelated_sets():
 # --- the study's controls on the real model ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def control_runs(small_tiny, small_world):
-    cfg = DriftConfig(pretrain_seeds=[0], n_seeds=3, steps=6, batch_size=4, high_lr=0.0, sft_lr=1e-3,
-                      checkpoints=[0, 6], probe_batch=3, spearman_sample=2000, top_shares=[0.05],
-                      estimators=["taylor", "magnitude"])
-    result = study.StudyResult(config=cfg)
-    train, heldout = small_world.mixed()[0], small_world.split("heldout")
-    for seed in cfg.sft_seeds:
-        rec, pairs, abl = study.run_one(cfg, small_world, regime="sft", lr=cfg.sft_lr, pretrain_seed=0, seed=seed,
-                                        model_fn=lambda _p: (copy.deepcopy(small_tiny[0]), small_tiny[1]),
-                                        train_samples=train, heldout=heldout, device="cpu")
-        result.runs.append(rec)
-        result.pairs.extend(pairs)
-        result.ablations.extend(abl)
+    cfg = Config(device="cpu", pretrain_seeds=[0], n_seeds=3, steps=6, batch_size=4, high_lr=0.0, sft_lr=1e-3,
+                 checkpoints=[0, 6], probe_batch=3, spearman_sample=2000, top_shares=[0.05],
+                 estimators=["taylor", "magnitude"])
+    inputs = Inputs(world=small_world, train=small_world.mixed()[0], heldout=small_world.split("heldout"),
+                    model_fn=lambda _p: (copy.deepcopy(small_tiny[0]), small_tiny[1]))
+    seen = []
+
+    def progress(items, *, desc):
+        seen.append(desc)
+        return items
+    result = study.run_study(cfg, inputs=inputs, progress=progress)
+    assert seen == ["run (regime x pretraining seed x seed)"]  # progress is reported one way: per run
     return result
 
 
@@ -175,6 +178,51 @@ def test_controls_pass_on_planted_truth(control_runs):
     af = control_runs.ablation_frame()
     assert set(af["mask"]) == {"step_t", "step_s", "random"} and (af["loss_base"] > 0).all()
     assert s.controls_pass and "no verdict" not in s.answer()
+
+
+def test_result_follows_the_contract(control_runs):
+    frames = control_runs.frames()
+    assert set(frames) == {"runs", "pairs", "ablations"}
+    assert len(frames["runs"]) == 3 and set(frames["runs"]["unit"]) == set(frames["pairs"]["unit"])
+    metrics = control_runs.metrics()
+    flat = runs.flatten_leaves(metrics)
+    assert all(key in flat for key in control_runs.headlines()), control_runs.headlines()
+    assert metrics["sft"]["drift_index_low"] <= metrics["sft"]["drift_index"] <= metrics["sft"]["drift_index_high"]
+    assert not any("ci95" in key or key.endswith(("_lo", "_hi")) for key in flat)  # one interval naming
+    assert control_runs.timings()["seconds_per_run"] and control_runs.estimate is None
+
+
+def test_summary_tables_use_the_one_interval_naming(control_runs):
+    s = control_runs.summary()
+    controls = summary.control_table(s)
+    assert {"d", "d_low", "d_high", "passed"} <= set(controls.columns)
+    layers = summary.layer_table(control_runs)
+    assert {"d", "d_low", "d_high", "r_t", "n", "unit"} <= set(layers.columns) and (layers["n"] == 3).all()
+    assert set(layers["group"]) >= {"all", "mlp"}
+    tasks = summary.task_table(control_runs)
+    assert set(tasks["estimator"]) == {"taylor"} and "all" in set(tasks["task"])
+    assert {"d", "rbo_d", "rho_ts_low"} <= set(summary.measure_table(control_runs).columns)
+    fun = summary.functional_table(control_runs)
+    assert {"step_t", "step_t_low", "step_s_high", "random", "verdict", "detectable"} <= set(fun.columns)
+    row = fun[fun["task"] == "all"].iloc[0]
+    af = control_runs.ablation_frame()
+    assert row["step_s"] == pytest.approx(af[(af["task"] == "all") & (af["mask"] == "step_s")]["increase"].mean())
+    head = s.headline_table()
+    assert list(head["regime"]) == ["sft"] and bool(head["controls_pass"].iloc[0])
+    assert "[sft] training loss" in s.report()
+
+
+def test_figures_return_figures(control_runs):
+    import matplotlib.pyplot as plt
+
+    frames = control_runs.frames()
+    cfg = control_runs.config
+    for fig in (figures.drift_over_time(frames["pairs"], first=0, share=0.05, unit=cfg.unit),
+                figures.drift_matrix(frames["pairs"], share=0.05),
+                figures.drift_by_layer_type(frames["pairs"], first=0, last=6, share=0.05, unit=cfg.unit),
+                figures.functional(frames["ablations"], unit=cfg.unit)):
+        assert fig.axes
+        plt.close(fig)
 
 
 def test_functional_ablation_restores_the_weights(small_tiny):
@@ -195,9 +243,9 @@ def test_functional_ablation_restores_the_weights(small_tiny):
 
 # --- verdicts are data ------------------------------------------------------------------------------
 def _fake_result(main, nodrift, planted, inc_s, inc_t, late=(0.0, 0.01, 0.02)):
-    cfg = DriftConfig(pretrain_seeds=[0], n_seeds=len(main), high_lr=0.0, checkpoints=[0, 100, 200],
-                      estimators=["taylor"])
-    res = study.StudyResult(config=cfg)
+    cfg = Config(pretrain_seeds=[0], n_seeds=len(main), high_lr=0.0, checkpoints=[0, 100, 200],
+                 estimators=["taylor"])
+    res = study.Result(config=cfg)
     for i, seed in enumerate(cfg.sft_seeds):
         for kind, d, t in (("drift", main[i], 0), ("drift", late[i], 100), ("no_drift", nodrift[i], 200),
                            ("planted", planted[i], 200)):
@@ -222,7 +270,8 @@ def test_summary_verdicts_come_from_paired_compare():
     assert s.controls_pass and "drifts beyond" in s.answer()
     m = s.metrics()
     assert m["sft"]["drift_beyond_noise"]["verdict"] == "a_better"
-    assert m["sft"]["drift_index_ci_unit"] == "3 runs (1 pretraining seed x 3 SFT seeds)"
+    assert m["sft"]["drift_index_unit"] == "3 runs (1 pretraining seed x 3 SFT seeds)"
+    assert m["sft"]["drift_index_low"] < 0.6 < m["sft"]["drift_index_high"]
 
 
 def test_summary_refuses_a_verdict_when_a_control_fails():
@@ -243,16 +292,33 @@ def test_summary_refuses_a_verdict_when_a_control_fails():
     ("checkpoints", [0], "checkpoints"), ("checkpoints", [0, 300], "checkpoints"),
     ("headline_share", 0.1, "headline_share"), ("estimators", ["fisher"], "estimators"),
     ("top_shares", [0.2, 0.05], "top_shares"), ("samples_per_task", 2, "samples_per_task"),
-    ("pairs", "some", "pairs"), ("ablation", "noise", "ablation"), ("null_margin", 0.9, "null_margin")])
+    ("pairs", "some", "pairs"), ("ablation", "noise", "ablation"), ("null_margin", 0.9, "null_margin"),
+    ("checkpoints", [0, 50, 20, 200], "checkpoints"), ("ablate_share", 0.5, "ablate_share"),
+    ("estimators", ["taylor", "taylor"], "estimators"), ("world_facts", "fake", "world_facts")])
 def test_config_names_the_bad_parameter(field, value, match):
-    with pytest.raises(ValueError, match=match):
-        DriftConfig(**{field: value})
+    with pytest.raises(ConfigError, match=rf"^Config\.{match}: .* \(got "):
+        Config(**{field: value})
 
 
 def test_only_tiny_varies_the_pretraining_seed():
-    with pytest.raises(ValueError, match="pretrain_seeds"):
-        DriftConfig(model="HuggingFaceTB/SmolLM2-360M-Instruct", pretrain_seeds=[0, 1])
-    assert DriftConfig().unit == "runs (2 pretraining seeds x 2 SFT seeds)"
+    with pytest.raises(ConfigError, match="^Config.pretrain_seeds: must be \\[0\\] for model"):
+        Config(model="HuggingFaceTB/SmolLM2-360M-Instruct", pretrain_seeds=[0, 1])
+    assert Config().unit == "runs (2 pretraining seeds x 2 SFT seeds)"
+
+
+def test_gpu_profile_builds_the_config_and_rehearsal_prepares_a_toy_copy(tmp_path):
+    from epi_utils.drift import rehearsal
+    from epi_utils.workbench.params import resolve_parameters
+
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "01_importance_drift.ipynb"
+    cfg = Config.from_parameters(resolve_parameters(nb, profile="gpu"))
+    assert cfg.model != "tiny" and cfg.pretrain_seeds == [0]
+    toy, inputs = rehearsal.prepare(cfg.replace(rehearse=True), tmp_path)
+    assert not toy.rehearse and toy.device == "cpu" and toy.steps == rehearsal.REHEARSAL_STEPS
+    assert toy.model == cfg.model and toy.checkpoints == [0, 2, rehearsal.REHEARSAL_STEPS]
+    tasks = {s.task for s in inputs.train}
+    assert all(sum(s.task == t for s in inputs.train) == rehearsal.N_SAMPLES for t in tasks)
+    assert list(tmp_path.rglob("*.jsonl"))  # the samples went through files in the data's layout
 
 
 def test_pretrain_seed_enters_the_tiny_cache_key(small_world):

@@ -1,13 +1,17 @@
-"""The one configuration of study 01 (importance drift), built from the notebook's parameters.
+"""The one configuration of study 01 (importance drift).
 
-``config_from_params(DriftConfig, globals())`` picks the fields below from the notebook's
-parameters cell; ``__post_init__`` validates every one and names the parameter in its error.
+Every field is declared once, with its default and help text (:func:`~epi_utils.workbench.contract.option`);
+the notebook's parameters cell is generated from it (``epi params notebooks/01_importance_drift.ipynb --sync``).
+The defaults are the ``cpu`` profile. Single-field checks are option checks; the rules across
+fields are in :meth:`Config.check`. Errors have the contract's one format
+(``"Config.<field>: <problem> (got <value>)"``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from epi_utils.importance.checkpoint import ESTIMATORS
+from epi_utils.workbench.contract import StudyConfig, option
 
 PAIRS = ("all", "anchored")
 ABLATIONS = ("zero", "reference")
@@ -15,7 +19,7 @@ NORMALIZATIONS = ("layer_mean", "layer_max", "none")
 
 
 @dataclass(frozen=True)
-class DriftConfig:
+class Config(StudyConfig):
     """Design of study 01 (see ``notebooks/01_importance_drift.ipynb`` for what each field means).
 
     Regimes: ``sft`` at ``sft_lr`` (the main question: fine-tuning rates) and ``high_lr`` at
@@ -23,86 +27,60 @@ class DriftConfig:
     seed (``seed, seed + 1, ..., seed + n_seeds - 1``); intervals are over these runs.
     """
 
-    profile: str = "cpu"
-    seed: int = 0
-    device: str = "auto"
-    model: str = "tiny"
-    pretrain: bool = True
-    world_facts: str = "synthetic"
-    pretrain_seeds: list[int] = field(default_factory=lambda: [0, 1])
-    n_seeds: int = 2
-    samples_per_task: int = 0
-    steps: int = 200
-    batch_size: int = 16
-    sft_lr: float = 2e-4
-    high_lr: float = 1e-2
-    checkpoints: list[int] = field(default_factory=lambda: [0, 20, 50, 100, 200])
-    top_shares: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.2])
-    headline_share: float = 0.05
-    estimators: list[str] = field(default_factory=lambda: list(ESTIMATORS))
-    probe_batch: int = 8
-    normalize: str = "layer_mean"
-    pairs: str = "all"
-    spearman_sample: int = 20000
-    ablate_share: float = 0.01
-    ablation: str = "zero"
-    planted_min_d: float = 0.8
-    null_margin: float = 0.1
-    rehearse: bool = False
+    model: str = option("tiny", "epi_utils.lm.models.load_model name: tiny | smollm2 | HF id")
+    pretrain: bool = option(True, "tiny: pretrain on the world corpus (cached per pretraining seed); False: random init")
+    world_facts: str = option("synthetic", "synthetic | real (real-world facts, for a real pretrained model)",
+                              choices=("synthetic", "real"))
+    pretrain_seeds: list[int] = option([0, 1], "tiny's pretraining seeds, each its own pretrained model; other models: [0]",
+                                       ge=0, lt=2**31, nonempty=True, unique=True)
+    n_seeds: int = option(2, "SFT seeds per pretraining seed (intervals are over pretraining seeds x SFT seeds)", ge=1)
+    samples_per_task: int = option(0, "training samples per task used for SFT and importance; 0 keeps all", ge=0)
+    steps: int = option(200, "optimizer steps of mixed multi-task SFT per run", ge=1)
+    batch_size: int = option(16, "samples per (task-homogeneous) SFT step", ge=1)
+    sft_lr: float = option(0.0002, "peak learning rate of the main, SFT-like regime (cosine schedule)", gt=0)
+    high_lr: float = option(0.01, "peak learning rate of the comparison regime (the old study's); 0 drops it", ge=0)
+    checkpoints: list[int] = option([0, 20, 50, 100, 200], "steps at which importance is measured; step 0 is the "
+                                    "model before SFT", ge=0, unique=True)
+    top_shares: list[float] = option([0.01, 0.05, 0.2], "top shares p of importance compared (Jaccard, RBO)",
+                                     gt=0, lt=1, nonempty=True, unique=True)
+    headline_share: float = option(0.05, "share of the headline drift index (one of top_shares)", gt=0, lt=1)
+    estimators: list[str] = option(list(ESTIMATORS), "sum |theta g|, sum g^2, |theta| (gradient-free control)",
+                                   choices=ESTIMATORS, nonempty=True, unique=True)
+    probe_batch: int = option(8, "samples per micro-batch of the importance sums", ge=1)
+    normalize: str = option("layer_mean", "layer-wise normalisation of scores: layer_mean | layer_max | none",
+                            choices=NORMALIZATIONS)
+    pairs: str = option("all", "checkpoint pairs: all (every t < s) | anchored (first and previous only; bounded "
+                        "memory)", choices=PAIRS)
+    spearman_sample: int = option(20000, "parameter positions sampled for Spearman rank correlation", ge=1)
+    ablate_share: float = option(0.01, "share of parameters ablated in the functional test", gt=0, lt=1)
+    ablation: str = option("zero", "functional test: zero the masked elements | reference (reset to their value "
+                           "before SFT)", choices=ABLATIONS)
+    planted_min_d: float = option(0.8, "the planted-drift control passes when D's interval lies above this",
+                                  gt=0, lt=1)
+    null_margin: float = option(0.1, "the no-drift control passes when D's interval lies within plus/minus this "
+                                "margin", gt=0, lt=1)
+    torch_threads: int = option(0, "intra-op threads; 0 keeps the torch default", ge=0)
 
-    def __post_init__(self) -> None:
-        def bad(name: str, allowed: str) -> None:
-            raise ValueError(f"parameter {name} must be {allowed}, got {getattr(self, name)!r}")
-
-        def pos_int(name: str, lo: int = 1) -> None:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                bad(name, f"an int >= {lo}")
-
-        for name in ("n_seeds", "steps", "batch_size", "probe_batch", "spearman_sample"):
-            pos_int(name)
-        pos_int("seed", 0)
-        pos_int("samples_per_task", 0)
+    def check(self) -> None:
         if 0 < self.samples_per_task < 4:
-            bad("samples_per_task", "0 (all) or >= 4 (four disjoint quarters for the no-drift control)")
-        if self.world_facts not in ("synthetic", "real"):
-            bad("world_facts", "'synthetic' or 'real'")
-        if not self.pretrain_seeds or len(set(self.pretrain_seeds)) != len(self.pretrain_seeds) or any(
-                isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.pretrain_seeds):
-            bad("pretrain_seeds", "a non-empty list of distinct non-negative ints")
+            raise self.error("samples_per_task", "must be 0 (all) or >= 4 (four disjoint quarters for the "
+                             "no-drift control)")
         if self.model != "tiny" and list(self.pretrain_seeds) != [0]:
-            bad("pretrain_seeds", f"[0] for model {self.model!r} (only 'tiny' is pretrained here, per seed)")
-        if not (self.sft_lr > 0):
-            bad("sft_lr", "> 0")
-        if not (self.high_lr >= 0):
-            bad("high_lr", ">= 0 (0 drops the high-lr regime)")
+            raise self.error("pretrain_seeds", f"must be [0] for model {self.model!r} (only 'tiny' is pretrained "
+                             "here, per seed)")
         ck = list(self.checkpoints)
-        if len(ck) < 2 or ck != sorted(set(ck)) or ck[0] < 0 or ck[-1] > self.steps:
-            bad("checkpoints", f"at least two increasing distinct steps in [0, steps={self.steps}]")
-        if any(isinstance(c, bool) or not isinstance(c, int) for c in ck):
-            bad("checkpoints", "a list of ints")
-        sh = list(self.top_shares)
-        if not sh or any(not (0 < s < 1) for s in sh) or sh != sorted(set(sh)):
-            bad("top_shares", "increasing distinct shares in (0, 1)")
-        if self.headline_share not in sh:
-            bad("headline_share", f"one of top_shares {sh}")
-        if not self.estimators or any(e not in ESTIMATORS for e in self.estimators) or len(set(self.estimators)) != len(
-                self.estimators):
-            bad("estimators", f"a non-empty list of distinct names from {ESTIMATORS}")
+        if len(ck) < 2 or ck != sorted(ck) or ck[-1] > self.steps:
+            raise self.error("checkpoints", f"must be at least two increasing steps in [0, steps={self.steps}]")
+        if list(self.top_shares) != sorted(self.top_shares):
+            raise self.error("top_shares", "must be increasing")
+        if self.headline_share not in self.top_shares:
+            raise self.error("headline_share", f"must be one of top_shares {list(self.top_shares)}")
         if "taylor" not in self.estimators:
-            bad("estimators", "a list containing 'taylor' (the headline and the functional test use it)")
-        if self.normalize not in NORMALIZATIONS:
-            bad("normalize", f"one of {NORMALIZATIONS}")
-        if self.pairs not in PAIRS:
-            bad("pairs", f"one of {PAIRS}")
-        if not (0 < self.ablate_share <= max(sh)):
-            bad("ablate_share", f"in (0, max(top_shares)={max(sh)}]")
-        if self.ablation not in ABLATIONS:
-            bad("ablation", f"one of {ABLATIONS}")
-        if not (0 < self.planted_min_d < 1):
-            bad("planted_min_d", "in (0, 1)")
-        if not (0 < self.null_margin < self.planted_min_d):
-            bad("null_margin", f"in (0, planted_min_d={self.planted_min_d})")
+            raise self.error("estimators", "must contain 'taylor' (the headline and the functional test use it)")
+        if self.ablate_share > max(self.top_shares):
+            raise self.error("ablate_share", f"must be <= max(top_shares) = {max(self.top_shares)}")
+        if self.null_margin >= self.planted_min_d:
+            raise self.error("null_margin", f"must be < planted_min_d = {self.planted_min_d}")
 
     @property
     def regimes(self) -> list[tuple[str, float]]:

@@ -1,13 +1,14 @@
-"""Figures of study 01. Each function takes frames from :class:`~epi_utils.drift.study.StudyResult`
-(``pair_frame()``, ``ablation_frame()``) or :mod:`~epi_utils.drift.summary` tables and returns a
-``matplotlib`` figure; the notebook saves it with :func:`epi_utils.workbench.plots.save_figure`.
+"""Figures of study 01. Each function takes frames of a :class:`~epi_utils.drift.study.Result`
+(``frames()["pairs"]``, ``frames()["ablations"]``) and returns a
+``matplotlib`` figure; nothing here writes a file (the notebook does, through ``workbench.plots``).
 Bands and error bars are t-intervals over runs (the unit is written in each title).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from epi_utils.drift.summary import interval_table
+from epi_utils.workbench import plots
+from epi_utils.workbench.stats import interval_table
 
 
 def _plt():
@@ -70,22 +71,22 @@ def drift_by_layer_type(pairs, *, first: int, last: int, share: float, unit: str
     return fig
 
 
-def drift_matrix(pairs, *, regime: str, share: float, estimator: str = "taylor", task: str = "all"):
-    """Heatmap of D(t, s) (mean over runs) for every pair of checkpoints t < s."""
-    from epi_utils.workbench import plots
-
+def drift_matrix(pairs, *, share: float, estimator: str = "taylor", task: str = "all"):
+    """Heatmaps of D(t, s) (mean over runs) for every pair of checkpoints t < s, one panel per regime."""
     plt = _plt()
-    sub = pairs[(pairs["kind"] == "drift") & (pairs["regime"] == regime) & (pairs["task"] == task)
-                & (pairs["share"] == share) & (pairs["estimator"] == estimator) & (pairs["group"] == "all")]
+    sub = pairs[(pairs["kind"] == "drift") & (pairs["task"] == task) & (pairs["share"] == share)
+                & (pairs["estimator"] == estimator) & (pairs["group"] == "all")]
+    regimes = list(dict.fromkeys(sub["regime"]))
     steps = sorted(set(sub["t"]) | set(sub["s"]))
-    mat = np.full((len(steps), len(steps)), np.nan)
-    for (t, s), v in sub.groupby(["t", "s"])["d"].mean().items():
-        mat[steps.index(t), steps.index(s)] = v
-    fig, ax = plt.subplots(figsize=(5.2, 4.2))
-    plots.matrix(ax, mat, xlabels=[str(s) for s in steps], ylabels=[str(t) for t in steps],
-                 cbar_label="drift index D (mean over runs)", cmap="magma", vmin=0, vmax=1, fmt=".2f")
-    ax.set(xlabel="later checkpoint s", ylabel="earlier checkpoint t",
-           title=f"{regime}: D(t, s), {estimator}, top {share:.0%}")
+    fig, axes = plt.subplots(1, len(regimes), figsize=(5.2 * len(regimes), 4.2), squeeze=False)
+    for ax, regime in zip(axes[0], regimes):
+        mat = np.full((len(steps), len(steps)), np.nan)
+        for (t, s), v in sub[sub["regime"] == regime].groupby(["t", "s"])["d"].mean().items():
+            mat[steps.index(t), steps.index(s)] = v
+        plots.matrix(ax, mat, xlabels=[str(s) for s in steps], ylabels=[str(t) for t in steps],
+                     cbar_label="drift index D (mean over runs)", cmap="magma", vmin=0, vmax=1, fmt=".2f")
+        ax.set(xlabel="later checkpoint s", ylabel="earlier checkpoint t",
+               title=f"{regime}: D(t, s), {estimator}, top {share:.0%}")
     fig.tight_layout()
     return fig
 

@@ -3,9 +3,9 @@
 The gpu profile's code path at toy scale: a random-initialised model of the profile model's family
 (:func:`epi_utils.workbench.rehearsal.tiny_model_config`; SmolLM2 -> Llama) with the world's word
 tokenizer (vocabulary = the world's words, so one core suffices; the estimate uses the full model's sizes), 8 training and 8 held-out samples per task written locally in the world's ``Sample``
-field layout and read back, and :func:`epi_utils.drift.study.run_one` (the same function as the
+field layout and read back, and :func:`epi_utils.drift.study.run_study` (the same function as the
 full run: checkpoint rankings, pairs, both controls, the functional test) for two SFT seeds in every
-regime, 4 steps each. Then :func:`epi_utils.workbench.rehearsal.estimate` with the full profile's
+regime, 4 steps each (:func:`prepare` builds the toy config and inputs). Then :func:`epi_utils.workbench.rehearsal.estimate` with the full profile's
 sizes. The host memory of the full run is dominated by the stored rankings:
 ``measurements x (2 halves x (tasks + 1) x gradient estimators + 1) x 4 bytes x max(top_shares) x
 n_params`` (the data-free ``magnitude`` ranking is one per measurement)
@@ -14,12 +14,18 @@ the permuted copy's), plus the per-element layer-type map (1 byte) and one model
 """
 from __future__ import annotations
 
-import dataclasses
 import json
+from typing import Callable
 
-from epi_utils.drift.config import DriftConfig
-from epi_utils.drift.study import StudyResult, run_one
-from epi_utils.drift.study import _pairs_of as _pairs
+import torch
+
+from epi_utils.data.world import Sample
+from epi_utils.drift.config import Config
+from epi_utils.drift.inputs import Inputs, make_world
+from epi_utils.drift.study import Result, pairs_of, run_study
+from epi_utils.lm.models import build_word_tokenizer
+from epi_utils.workbench import progress, rehearsal, runs
+from epi_utils.workbench.progress import log_line
 
 N_SAMPLES = 8
 REHEARSAL_STEPS = 4
@@ -28,9 +34,6 @@ REHEARSAL_STEPS = 4
 def _local_samples(world, folder) -> tuple[list, list]:
     """8 train and 8 held-out samples per task, written as JSON lines in the ``Sample`` layout and
     read back (the rehearsal reads the same fields as the full run)."""
-    from epi_utils.data.world import Sample
-    from epi_utils.workbench import rehearsal
-
     out = []
     for split, pool in (("train", world.mixed()[0]), ("heldout", world.split("heldout"))):
         rows = []
@@ -41,9 +44,8 @@ def _local_samples(world, folder) -> tuple[list, list]:
     return out[0], out[1]
 
 
-def _estimate(cfg: DriftConfig, world, meter, n_grad_est: int, result: StudyResult):
-    from epi_utils.workbench import rehearsal
-
+def _estimate(cfg: Config, world, meter, n_grad_est: int, result: Result) -> dict:
+    """The full-scale estimate of ``cfg`` from the rehearsal's ``meter`` (module docstring)."""
     spec = rehearsal.model_spec(cfg.model)
     n = float(spec["n_params"])
     train = world.mixed()[0]
@@ -67,7 +69,7 @@ def _estimate(cfg: DriftConfig, world, meter, n_grad_est: int, result: StudyResu
     # ranking comparisons run on the GPU in the full run (n-sized position maps, k-sized gathers):
     # a bandwidth model, ~24 bytes per parameter (three int32 maps written and read) plus ~160 bytes
     # per ranked element and share (four gathers/bincounts/cumsums), at half the memory bandwidth
-    combos = (n_tasks + 1) * len(cfg.estimators) * (len(_pairs(cfg.checkpoints, cfg.pairs)) + 2) * runs
+    combos = (n_tasks + 1) * len(cfg.estimators) * (len(pairs_of(cfg.checkpoints, cfg.pairs)) + 2) * runs
     per_combo = 24 * n + 160 * sum(cfg.top_shares) * n
     # plus the rankings themselves: ~40 bytes per parameter each (normalise, k-th value, select, sort)
     rankings = runs * (2 * len(cfg.checkpoints) + 4 + 2) * per_measurement
@@ -79,43 +81,42 @@ def _estimate(cfg: DriftConfig, world, meter, n_grad_est: int, result: StudyResu
                                         "(24 bytes/parameter + 160 bytes per ranked element and share, per task x "
                                         "estimator x compared pair x run), at half the memory bandwidth")
     out["rehearsal"]["statistics_seconds_per_run"] = sum(r.stats_seconds for r in result.runs) / len(result.runs)
-    print(f"rankings and their comparisons: ~{stats_hours:.3f} GPU-hours more ({rankings} rankings, "
+    log_line(f"rankings and their comparisons: ~{stats_hours:.3f} GPU-hours more ({rankings} rankings, "
           f"{combos} comparisons); "
           f"total ~{out['gpu_hours_total']:.3f} GPU-hours")
     return out
 
 
-def rehearse(cfg: DriftConfig, world) -> StudyResult:
-    """Run the toy-scale rehearsal of ``cfg`` (module docstring); ``result.rehearsal`` holds the
-    estimate (``Estimate.to_dict()``)."""
-    import torch
+def prepare(cfg: Config, folder) -> tuple[Config, Inputs]:
+    """The toy config (one pretraining seed, two SFT seeds, 4 steps, checkpoints 0/2/4, CPU) and
+    the toy inputs (local samples, a random-initialised model of the profile model's family with
+    the world's word tokenizer) for a rehearsal of ``cfg``; samples are written under ``folder``."""
     from transformers import AutoModelForCausalLM
 
-    from epi_utils.lm.models import build_word_tokenizer
-    from epi_utils.workbench import rehearsal, runs
-
+    world = make_world(cfg)
     tok = build_word_tokenizer(world.vocabulary())
     model_cfg = rehearsal.tiny_model_config(cfg.model, vocab_size=len(tok))  # the world's words only: fast on one core
-    train, heldout = _local_samples(world, runs.current_run_dir() / "rehearsal_data")
-    small = dataclasses.replace(cfg, rehearse=False, pretrain_seeds=[0], n_seeds=2, steps=REHEARSAL_STEPS,
-                                batch_size=min(cfg.batch_size, 4), checkpoints=[0, 2, REHEARSAL_STEPS],
-                                probe_batch=min(cfg.probe_batch, 4), spearman_sample=min(cfg.spearman_sample, 2000))
+    train, heldout = _local_samples(world, folder)
+    toy = cfg.replace(rehearse=False, device="cpu", pretrain_seeds=[0], n_seeds=2, steps=REHEARSAL_STEPS,
+                      batch_size=min(cfg.batch_size, 4), checkpoints=[0, 2, REHEARSAL_STEPS],
+                      probe_batch=min(cfg.probe_batch, 4), spearman_sample=min(cfg.spearman_sample, 2000))
 
     def model_fn(_pretrain_seed: int):
         torch.manual_seed(0)
         return AutoModelForCausalLM.from_config(model_cfg).to("cpu").eval(), tok
 
-    result = StudyResult(config=small)
+    return toy, Inputs(world=world, train=train, heldout=heldout, model_fn=model_fn)
+
+
+def rehearse(cfg: Config, *, progress: Callable = progress.progress) -> Result:
+    """Run the toy-scale rehearsal of ``cfg`` (module docstring) through the same
+    :func:`~epi_utils.drift.study.run_study`; ``result.estimate`` holds the full-scale estimate
+    (``Estimate.to_dict()`` plus the statistics' GPU-hours). ``result.config`` is the toy config."""
+    toy, inputs = prepare(cfg, runs.current_run_dir() / "rehearsal_data")
     with rehearsal.meter() as m:
-        for regime, lr in small.regimes:
-            for seed in small.sft_seeds:
-                rec, pairs, abl = run_one(small, world, regime=regime, lr=lr, pretrain_seed=0, seed=seed,
-                                          model_fn=model_fn, train_samples=train, heldout=heldout, device="cpu")
-                result.runs.append(rec)
-                result.pairs.extend(pairs)
-                result.ablations.extend(abl)
-                m.steps += small.steps
-                m.tokens += small.steps * small.batch_size
+        result = run_study(toy, progress=progress, inputs=inputs)
+        m.steps += len(result.runs) * toy.steps
+        m.tokens += len(result.runs) * toy.steps * toy.batch_size
     n_grad = sum(e != "magnitude" for e in cfg.estimators)
-    result.rehearsal = _estimate(cfg, world, m, n_grad, result)
+    result.estimate = _estimate(cfg, inputs.world, m, n_grad, result)
     return result

@@ -1,4 +1,4 @@
-"""Study 01: run the design and return typed records.
+"""Study 01: run the design and return typed records (:class:`Result`).
 
 One **run** = one regime (learning rate) x one pretraining seed x one SFT seed: mixed multi-task SFT
 of the model for ``steps`` optimizer steps (:func:`epi_utils.lm.train.train_sft`, cosine schedule).
@@ -27,14 +27,19 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
+import pandas as pd
 import torch
 
-from epi_utils.drift.config import DriftConfig
+from epi_utils.drift.config import Config
+from epi_utils.drift.inputs import Inputs, build_inputs
+from epi_utils.drift.summary import Summary, summarize
 from epi_utils.importance import checkpoint as ci
 from epi_utils.importance import drift as dr
 from epi_utils.lm.train import TrainConfig, TrainHook, train_sft
+from epi_utils.workbench import progress, runs
 
 ALL = ci.ALL
 KINDS = ("drift", "no_drift", "planted")
@@ -116,28 +121,46 @@ class RunRecord:
 
 
 @dataclass
-class StudyResult:
-    config: DriftConfig
+class Result:
+    """What :func:`run_study` returns: the config that ran (a rehearsal's toy config) and the typed
+    records; ``estimate`` holds a rehearsal's full-scale cost (``Estimate.to_dict()`` plus the
+    statistics' share), ``None`` for a full run."""
+
+    config: Config
     runs: list[RunRecord] = field(default_factory=list)
     pairs: list[PairRecord] = field(default_factory=list)
     ablations: list[AblationRecord] = field(default_factory=list)
-    rehearsal: dict | None = None
+    estimate: dict | None = None
 
-    def pair_frame(self):
-        import pandas as pd
-
+    def pair_frame(self) -> pd.DataFrame:
         return pd.DataFrame([{**asdict(p), "unit": p.unit} for p in self.pairs])
 
-    def ablation_frame(self):
-        import pandas as pd
-
+    def ablation_frame(self) -> pd.DataFrame:
         return pd.DataFrame([{**asdict(a), "increase": a.increase, "unit": a.unit} for a in self.ablations])
 
-    def run_frame(self):
-        import pandas as pd
-
+    def run_frame(self) -> pd.DataFrame:
         return pd.DataFrame([{k: v for k, v in asdict(r).items() if k != "loss_at"} | {
-            f"loss_step{s}": v for s, v in r.loss_at.items()} for r in self.runs])
+            f"loss_step{s}": v for s, v in r.loss_at.items()} | {"unit": run_id(r.pretrain_seed, r.seed)}
+            for r in self.runs])
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        """The per-unit tables: ``runs`` (one row per run), ``pairs`` (every comparison) and
+        ``ablations`` (the functional test)."""
+        return {"runs": self.run_frame(), "pairs": self.pair_frame(), "ablations": self.ablation_frame()}
+
+    def summary(self) -> Summary:
+        """Controls and verdicts (:func:`epi_utils.drift.summary.summarize`)."""
+        return summarize(self)
+
+    def metrics(self) -> dict:
+        return self.summary().metrics()
+
+    def headlines(self) -> list[str]:
+        return self.summary().headlines()
+
+    def timings(self) -> dict:
+        return {"seconds_per_run": [round(r.seconds, 1) for r in self.runs],
+                "statistics_seconds_per_run": [round(r.stats_seconds, 1) for r in self.runs]}
 
 
 def run_id(pretrain_seed: int, seed: int) -> str:
@@ -164,7 +187,7 @@ class _CheckpointHook(TrainHook):
             self.measure(state.step)
 
 
-def _compare_rankings(ra: dict, rb: dict, ra2: dict, rb2: dict, *, cfg: DriftConfig, groups, n: int, kind: str,
+def _compare_rankings(ra: dict, rb: dict, ra2: dict, rb2: dict, *, cfg: Config, groups, n: int, kind: str,
              run: tuple[str, int, int], t: int, s: int, rel: dict, labels: tuple[str, str],
              device="cpu") -> list[PairRecord]:
     """PairRecords for measurement 1 = (ra, rb) (halves A, B) against measurement 2 = (ra2, rb2);
@@ -206,7 +229,7 @@ def _compare_rankings(ra: dict, rb: dict, ra2: dict, rb2: dict, *, cfg: DriftCon
     return out
 
 
-def _pairs_of(checkpoints: list[int], mode: str) -> list[tuple[int, int]]:
+def pairs_of(checkpoints: list[int], mode: str) -> list[tuple[int, int]]:
     """All pairs t < s, or (``anchored``) each s against the first checkpoint and its predecessor."""
     if mode == "all":
         return [(t, s) for i, t in enumerate(checkpoints) for s in checkpoints[i + 1:]]
@@ -216,12 +239,13 @@ def _pairs_of(checkpoints: list[int], mode: str) -> list[tuple[int, int]]:
     return out
 
 
-def run_one(cfg: DriftConfig, world, *, regime: str, lr: float, pretrain_seed: int, seed: int,
-            model_fn, train_samples, heldout, device) -> tuple[RunRecord, list[PairRecord], list[AblationRecord]]:
-    """One run (module docstring). ``model_fn(pretrain_seed) -> (model, tokenizer)`` builds the
-    model on ``device``; ``train_samples``/``heldout``: the world's training and held-out samples."""
+def run_one(cfg: Config, inputs: Inputs, *, regime: str, lr: float, pretrain_seed: int, seed: int,
+            device: str = "cpu") -> tuple[RunRecord, list[PairRecord], list[AblationRecord]]:
+    """One run (module docstring): a fresh model from ``inputs.model_fn(pretrain_seed)``, SFT on
+    ``inputs.train``, the functional test on ``inputs.heldout``; rankings compared on ``device``."""
     t0 = time.perf_counter()
-    net, tok = model_fn(pretrain_seed)
+    train_samples, heldout = inputs.train, inputs.heldout
+    net, tok = inputs.model_fn(pretrain_seed)
     names = [n for n, p in net.named_parameters() if p.requires_grad]
     sizes = [p.numel() for n, p in net.named_parameters() if p.requires_grad]
     n = int(sum(sizes))
@@ -261,7 +285,7 @@ def run_one(cfg: DriftConfig, world, *, regime: str, lr: float, pretrain_seed: i
 
         def measure_and_compare(step: int) -> None:
             orig(step)
-            for t, s in _pairs_of(cfg.checkpoints, "anchored"):
+            for t, s in pairs_of(cfg.checkpoints, "anchored"):
                 if s == step:
                     pairs.extend(_compare(*stored[t], *stored[s], cfg=cfg, groups=groups, n=n, kind="drift",
                                           run=run, t=t, s=s, rel=rel, labels=(f"step{t}", f"step{s}")))
@@ -270,7 +294,7 @@ def run_one(cfg: DriftConfig, world, *, regime: str, lr: float, pretrain_seed: i
                        seed=seed, schedule="cosine")
     train_sft(net, tok, [train_samples], config=tcfg, hooks=[hook], progress=False)
     if cfg.pairs == "all":
-        for t, s in _pairs_of(cfg.checkpoints, "all"):
+        for t, s in pairs_of(cfg.checkpoints, "all"):
             pairs.extend(_compare(*stored[t], *stored[s], cfg=cfg, groups=groups, n=n, kind="drift", run=run,
                                   t=t, s=s, rel=rel, labels=(f"step{t}", f"step{s}")))
     first, last = cfg.checkpoints[0], cfg.checkpoints[-1]
@@ -293,7 +317,7 @@ def run_one(cfg: DriftConfig, world, *, regime: str, lr: float, pretrain_seed: i
     return rec, pairs, ablations
 
 
-def functional_test(cfg: DriftConfig, net, tok, rank_t: dict, rank_s: dict, *, heldout, n: int, run, t: int, s: int,
+def functional_test(cfg: Config, net, tok, rank_t: dict, rank_s: dict, *, heldout, n: int, run, t: int, s: int,
                     reference, generator: torch.Generator) -> list[AblationRecord]:
     """Ablate the step-t, step-s and a random top-``ablate_share`` mask at the current weights
     (those of step s); held-out loss per task and for ``"all"`` (all held-out samples)."""
@@ -315,46 +339,22 @@ def functional_test(cfg: DriftConfig, net, tok, rank_t: dict, rank_s: dict, *, h
     return out
 
 
-def training_samples(world, per_task: int) -> list:
-    """The world's multi-task training samples; with ``per_task > 0`` only the first ``per_task`` of
-    each task in a fixed shuffle (seed 0), the same for every run."""
-    train = world.mixed()[0]
-    if per_task <= 0:
-        return train
-    order = np.random.default_rng(0).permutation(len(train))
-    seen: dict[str, int] = {}
-    out = []
-    for i in order:
-        s = train[i]
-        if seen.get(s.task, 0) < per_task:
-            seen[s.task] = seen.get(s.task, 0) + 1
-            out.append(s)
-    return out
+def run_study(cfg: Config, *, progress: Callable = progress.progress, inputs: Inputs | None = None) -> Result:
+    """Every regime x pretraining seed x SFT seed (:func:`run_one`), one ``progress`` step per run.
 
-
-def run_study(cfg: DriftConfig, world, *, device: str = "cpu", progress=None) -> StudyResult:
-    """Every regime x pretraining seed x SFT seed (:func:`run_one`); ``progress(iterable, desc=)``
-    wraps the run loop (e.g. :func:`epi_utils.workbench.progress.progress`)."""
-    from epi_utils.lm.models import load_model
-
-    if cfg.rehearse:
-        from epi_utils.drift.rehearsal import rehearse
-        return rehearse(cfg, world)
-    train = training_samples(world, cfg.samples_per_task)
-    heldout = world.split("heldout")
-    if not heldout:
-        raise ValueError("the functional test needs held-out samples (WorldConfig.n_heldout_per_task > 0)")
-
-    def model_fn(pretrain_seed: int):
-        return load_model(cfg.model, world=world, device=device, pretrain=cfg.pretrain, progress=False,
-                          pretrain_seed=pretrain_seed if cfg.model == "tiny" else None)
-
-    result = StudyResult(config=cfg)
+    Seeds the run (``seed_everything(cfg.seed)``) and builds its inputs from ``cfg``
+    (:func:`~epi_utils.drift.inputs.build_inputs`) unless ``inputs`` are given (the rehearsal's
+    toy world, samples and model).
+    """
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    runs.seed_everything(cfg.seed)
+    inputs = build_inputs(cfg) if inputs is None else inputs
+    device = str(cfg.torch_device)
+    result = Result(config=cfg)
     plan = [(r, lr, p, s) for r, lr in cfg.regimes for p in cfg.pretrain_seeds for s in cfg.sft_seeds]
-    it = progress(plan, desc="run (regime x pretraining seed x seed)") if progress else plan
-    for regime, lr, p, s in it:
-        rec, pairs, abl = run_one(cfg, world, regime=regime, lr=lr, pretrain_seed=p, seed=s, model_fn=model_fn,
-                                  train_samples=train, heldout=heldout, device=device)
+    for regime, lr, p, s in progress(plan, desc="run (regime x pretraining seed x seed)"):
+        rec, pairs, abl = run_one(cfg, inputs, regime=regime, lr=lr, pretrain_seed=p, seed=s, device=device)
         result.runs.append(rec)
         result.pairs.extend(pairs)
         result.ablations.extend(abl)

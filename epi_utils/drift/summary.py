@@ -1,11 +1,11 @@
 """Study 01 summaries: intervals over runs, the two controls, and verdicts from ``stats.compare``.
 
 Every interval is a Student-t interval over runs (one run = one pretraining seed x one SFT seed,
-:attr:`DriftConfig.unit`), every comparison is paired over the same runs. The headline cell is the
+:attr:`Config.unit`), every comparison is paired over the same runs. The headline cell is the
 drift index ``D(first, last)`` of the pseudo-task ``"all"``, estimator ``taylor``, at
 ``headline_share``, all parameters.
 
-Controls (DESIGN.md: "controls that can fail"), for the headline cell, per regime:
+Controls (the project's standard: "controls that can fail"), for the headline cell, per regime:
 - ``no_drift``: D of the last checkpoint measured twice (disjoint quarters). Passes when D's
   interval lies within ``[-null_margin, null_margin]`` (an equivalence criterion: with tight
   intervals a strict "contains 0" fails on a bias of a few thousandths; the first full cpu run gave
@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
+import pandas as pd
 
-from epi_utils.drift.study import StudyResult
 from epi_utils.workbench import stats
 
 HEADLINE_ESTIMATOR = "taylor"
+MASKS = ("step_t", "step_s", "random")
 PLANTED_LOSS_TOLERANCE = 1e-4
 
 
@@ -36,27 +36,6 @@ def by_unit(frame, column: str = "d", **filters) -> dict[str, float]:
     if sub["unit"].duplicated().any():
         raise ValueError(f"filters {filters} leave several rows per run; add a filter")
     return dict(zip(sub["unit"], sub[column].astype(float)))
-
-
-def interval_table(frame, *, by: list[str], columns=("d", "r_t", "r_s", "c_ts"), unit: str):
-    """One row per combination of ``by``: mean, t-interval and n over runs of each ``column``."""
-    import pandas as pd
-
-    rows = []
-    for key, sub in frame.groupby(by, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        row = dict(zip(by, key))
-        for c in columns:
-            vals = sub[c].to_numpy(dtype=float)
-            vals = vals[~np.isnan(vals)]
-            if vals.size == 0:
-                row.update({c: np.nan, f"{c}_low": np.nan, f"{c}_high": np.nan})
-                continue
-            iv = stats.interval(vals, unit=unit)
-            row.update({c: iv.mean, f"{c}_low": iv.low, f"{c}_high": iv.high})
-        row["n"] = int(sub["unit"].nunique())
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 @dataclass(frozen=True)
@@ -163,13 +142,31 @@ class Summary:
             m = {"lr": r.lr, "loss_first": r.loss_first, "loss_last": r.loss_last}
             for name, iv in (("drift_index", r.d), ("reliability_first", r.r_first), ("reliability_last", r.r_last),
                              ("cross_overlap", r.c), ("drift_index_late", r.d_late)):
-                m.update({name: iv.mean, f"{name}_ci95": [iv.low, iv.high], f"{name}_ci_unit": f"{iv.n} {iv.unit}"})
+                m.update({name: iv.mean, f"{name}_low": iv.low, f"{name}_high": iv.high,
+                          f"{name}_unit": f"{iv.n} {iv.unit}"})
             m["drift_beyond_noise"] = r.beyond_noise.to_dict()
             m["late_drift_beyond_noise"] = r.late_beyond_noise.to_dict()
             m["functional_current_vs_start_mask"] = r.functional_s_vs_t.to_dict()
             m["functional_start_mask_vs_random"] = r.functional_t_vs_random.to_dict()
             out[r.regime] = m
         return out
+
+    def report(self) -> str:
+        """The answer, then per regime the training loss and the three paired comparisons as sentences."""
+        lines = [self.answer(), ""]
+        for r in self.regimes:
+            lines.append(f"[{r.regime}] training loss {r.loss_first:.2f} -> {r.loss_last:.2f}")
+            lines += ["  " + c.sentence() for c in (r.beyond_noise, r.functional_s_vs_t, r.functional_t_vs_random)]
+        return "\n".join(lines)
+
+    def headline_table(self):
+        """The headline numbers per regime (D, its interval and reliabilities) and whether the controls pass."""
+        m = self.metrics()
+        rows = [{"regime": r.regime, **{k: m[r.regime][k] for k in ("drift_index", "drift_index_low", "drift_index_high",
+                                                                    "reliability_first", "reliability_last",
+                                                                    "drift_index_late")},
+                 "controls_pass": self.controls_pass} for r in self.regimes]
+        return pd.DataFrame(rows)
 
     def headlines(self) -> list[str]:
         names = ["controls_pass"]
@@ -178,8 +175,8 @@ class Summary:
         return names
 
 
-def summarize(result: StudyResult) -> Summary:
-    """Controls and verdicts of ``result`` (module docstring)."""
+def summarize(result) -> Summary:
+    """Controls and verdicts of ``result`` (a :class:`epi_utils.drift.study.Result`; module docstring)."""
     cfg = result.config
     pf, af, rf = result.pair_frame(), result.ablation_frame(), result.run_frame()
     t, s, share = cfg.checkpoints[0], cfg.checkpoints[-1], cfg.headline_share
@@ -207,7 +204,7 @@ def summarize(result: StudyResult) -> Summary:
                   & (pf["t"] == t) & (pf["s"] == s) & (pf["task"] == "all") & (pf["share"] == share)
                   & (pf["group"] == "all")]
         ab = af[(af["regime"] == regime) & (af["task"] == "all")]
-        inc = {m: by_unit(ab, "increase", mask=m) for m in ("step_t", "step_s", "random")}
+        inc = {m: by_unit(ab, "increase", mask=m) for m in MASKS}
         label = f"D top-{share:.0%} taylor 'all'"
         runs = rf[rf["regime"] == regime]
         regimes.append(RegimeResult(
@@ -232,28 +229,59 @@ def summarize(result: StudyResult) -> Summary:
 
 def control_table(summary: Summary):
     """Controls as a DataFrame (D with its interval, the criterion, pass/fail)."""
-    import pandas as pd
-
-    return pd.DataFrame([{"control": c.control, "regime": c.regime, "estimator": c.estimator, "D": c.d.mean,
-                          "low": c.d.low, "high": c.d.high, "interval": c.d.label(), "criterion": c.criterion,
+    return pd.DataFrame([{"control": c.control, "regime": c.regime, "estimator": c.estimator, "d": c.d.mean,
+                          "d_low": c.d.low, "d_high": c.d.high, "interval": c.d.label(), "criterion": c.criterion,
                           "passed": c.passed, "gates_verdict": c.gates_verdict} for c in summary.controls])
 
 
-def functional_table(result: StudyResult):
+def _first_last(result):
+    """Drift pairs D(first, last) of ``result``'s pair frame."""
+    cfg = result.config
+    pf = result.pair_frame()
+    return pf[(pf["kind"] == "drift") & (pf["t"] == cfg.checkpoints[0]) & (pf["s"] == cfg.checkpoints[-1])]
+
+
+def layer_table(result, *, estimator: str = HEADLINE_ESTIMATOR):
+    """D(first, last) per regime and layer type (and ``all``), pseudo-task ``"all"``, headline share:
+    D, R_t, R_s, C_ts with t-intervals over runs."""
+    cfg = result.config
+    pf = _first_last(result)
+    cell = pf[(pf["task"] == "all") & (pf["estimator"] == estimator) & (pf["share"] == cfg.headline_share)]
+    return stats.interval_table(cell, by=["regime", "group"], columns=("d", "r_t", "r_s", "c_ts"), unit=cfg.unit)
+
+
+def task_table(result):
+    """D(first, last) per regime, gradient-based estimator and task (and ``"all"``) at the headline
+    share, all parameters, with R_t, R_s, C_ts; t-intervals over runs."""
+    cfg = result.config
+    pf = _first_last(result)
+    sub = pf[(pf["group"] == "all") & (pf["share"] == cfg.headline_share) & (pf["estimator"] != "magnitude")]
+    return stats.interval_table(sub, by=["regime", "estimator", "task"], columns=("d", "r_t", "r_s", "c_ts"),
+                                unit=cfg.unit)
+
+
+def measure_table(result):
+    """The measures of D(first, last) for ``"all"`` at every share: Jaccard's D, RBO's D and
+    Spearman's rho within and across checkpoints; t-intervals over runs."""
+    cfg = result.config
+    pf = _first_last(result)
+    sub = pf[(pf["group"] == "all") & (pf["task"] == "all")]
+    return stats.interval_table(sub, by=["regime", "estimator", "share"],
+                                columns=("d", "rbo_d", "rho_r_t", "rho_r_s", "rho_ts"), unit=cfg.unit)
+
+
+def functional_table(result):
     """Held-out loss increase per regime, task and mask: mean and t-interval over runs, plus the
     paired comparison step-s mask vs step-t mask per task (verdict and smallest detectable effect)."""
-    import pandas as pd
-
     cfg = result.config
     af = result.ablation_frame()
-    rows = []
-    for (regime, task), sub in af.groupby(["regime", "task"], sort=True):
-        row = {"regime": regime, "task": task}
-        for m in ("step_t", "step_s", "random"):
-            iv = stats.interval(sub[sub["mask"] == m]["increase"].to_numpy(float), unit=cfg.unit)
-            row.update({m: iv.mean, f"{m}_low": iv.low, f"{m}_high": iv.high})
+    keys = ["regime", "task", "pretrain_seed", "seed", "unit"]
+    wide = af.pivot_table(index=keys, columns="mask", values="increase", sort=False).reset_index()
+    tab = stats.interval_table(wide, by=["regime", "task"], columns=MASKS, unit=cfg.unit)
+    verdicts = []
+    for (regime, task), sub in af.groupby(["regime", "task"], sort=False):
         cmp = stats.compare(by_unit(sub, "increase", mask="step_s"), by_unit(sub, "increase", mask="step_t"),
                             unit=cfg.unit, metric="loss increase")
-        row.update({"s_minus_t": cmp.diff.mean, "verdict": cmp.verdict.value, "detectable": cmp.detectable})
-        rows.append(row)
-    return pd.DataFrame(rows)
+        verdicts.append({"regime": regime, "task": task, "s_minus_t": cmp.diff.mean, "verdict": cmp.verdict.value,
+                         "detectable": cmp.detectable})
+    return tab.merge(pd.DataFrame(verdicts), on=["regime", "task"]).sort_values(["regime", "task"], ignore_index=True)
