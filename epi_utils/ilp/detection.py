@@ -1,63 +1,19 @@
 """Detection of unlearned training samples and of the subsets that aggregate accuracy hides.
 
 A training sample is *learned* when greedy decoding of the fine-tuned model reproduces its SFT
-target exactly (after a configurable normalisation, see
-:func:`epi_utils.ilp.signals.normalize_text`); pass@N with temperature sampling is the softer
-measure (learned if any of N samples matches). The ILP study (2026) stresses that aggregate
-accuracy can improve while persistent unlearned subsets remain: :func:`subset_gaps` reports the
+target exactly (:func:`epi_utils.lm.evaluate.exact_match`, as the study measures it). The ILP
+study (2026) stresses that aggregate accuracy can improve while persistent unlearned subsets remain: :func:`subset_gaps` reports the
 gap between the aggregate and the worst subsets.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
-
-from epi_utils.ilp.signals import normalize_text
 
 
 class DetectionInputError(ValueError):
     """Bad input to detection (mismatched lengths, unknown column)."""
-
-
-def match(predictions: Sequence[str], targets: Sequence[str], *, normalize: str = "strip") -> np.ndarray:
-    """Element-wise exact match after normalisation -> bool array ``(n,)``."""
-    if len(predictions) != len(targets):
-        raise DetectionInputError(f"{len(predictions)} predictions for {len(targets)} targets")
-    return np.array([normalize_text(p, mode=normalize) == normalize_text(t, mode=normalize)
-                     for p, t in zip(predictions, targets)], dtype=bool)
-
-
-def detect_unlearned(model, tokenizer, samples, *, normalize: str = "strip", max_new_tokens: int | None = None,
-                     batch_size: int = 64) -> pd.Series:
-    """Greedy exact match of every sample: Series sample_id -> learned (bool)."""
-    from epi_utils.lm import evaluate
-
-    samples = list(samples)
-    if not samples:
-        raise DetectionInputError("detect_unlearned: no samples")
-    if max_new_tokens is None:
-        max_new_tokens = _max_new_tokens(tokenizer, samples)
-    preds = evaluate.greedy_generate(model, tokenizer, [s.prompt for s in samples],
-                                     max_new_tokens=max_new_tokens, batch_size=batch_size)
-    ok = match(preds, [s.response for s in samples], normalize=normalize)
-    return pd.Series(ok, index=pd.Index([s.id for s in samples], name="sample_id"), name="learned")
-
-
-def _max_new_tokens(tokenizer, samples) -> int:
-    lengths = [len(tokenizer(s.response, add_special_tokens=False)["input_ids"]) for s in samples]
-    return int(max(lengths)) + 2
-
-
-def pass_at_n_learned(model, tokenizer, samples, *, n: int, temperature: float, generator) -> pd.Series:
-    """pass@N per sample (any of ``n`` temperature samples matches): Series sample_id -> bool."""
-    from epi_utils.lm import evaluate
-
-    samples = list(samples)
-    ok = evaluate.pass_at_n(model, tokenizer, samples, n=n, temperature=temperature, generator=generator)
-    return pd.Series(np.asarray(ok, dtype=bool), index=pd.Index([s.id for s in samples], name="sample_id"),
-                     name=f"pass_at_{n}")
 
 
 def unlearned_rates(table: pd.DataFrame, *, by: str | None = "task", learned_col: str = "learned") -> pd.DataFrame:

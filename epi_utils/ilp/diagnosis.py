@@ -213,13 +213,6 @@ def learned_diagnosis(table: pd.DataFrame, labels: Sequence[str], *, model: str 
 
 
 # --------------------------------------------------------------------------- validation
-def planted_labels(table: pd.DataFrame) -> pd.Series:
-    """Planted cause per row, ``"none"`` where nothing was planted."""
-    if "planted_cause" not in table.columns:
-        raise DiagnosisInputError("the table has no 'planted_cause' column (ground truth of the world)")
-    return table["planted_cause"].fillna(NO_CAUSE).replace({None: NO_CAUSE}).astype(str)
-
-
 def confusion(planted: Sequence[str], diagnosed: Sequence[str]) -> pd.DataFrame:
     """Counts, rows = planted cause (``CAUSES`` + ``"none"``), columns = diagnosis
     (``CAUSES`` + ``"unexplained"``). Labels outside these sets raise ``DiagnosisInputError``."""
