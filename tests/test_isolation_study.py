@@ -1,10 +1,10 @@
-"""Study 02 tables and verdicts on hand-made run records; the HF data path."""
+"""Study 02 tables and verdicts on hand-made run records; its config; the HF data path."""
 import numpy as np
 import pytest
 
-from epi_utils.isolation_study import summary
-from epi_utils.isolation_study.config import StudyConfig
-from epi_utils.isolation_study.study import RunRecord
+from epi_utils.isolation_study import Config, summary
+from epi_utils.isolation_study.study import Result, RunRecord
+from epi_utils.workbench.contract import ConfigError
 
 ST = [("a",), ("b",)]
 
@@ -47,7 +47,7 @@ def test_frontier_table_t_interval_over_seeds():
     row = fr.loc["full_sft"]
     # retained0 = 0.2, 0.3, 0.4: mean 0.3, sd 0.1, t_{0.975, 2} = 4.3027 -> half-width 0.2484
     assert row.retained0 == pytest.approx(0.3) and row.retained0_high - row.retained0 == pytest.approx(0.24841, abs=1e-4)
-    assert row.n == 3 and row.unit == "95% t-interval over 3 seeds"
+    assert row.n == 3 and row.unit == "seeds" and np.isnan(row.ratio)
     assert fr.loc["epi_frozen@20%"].retained0 == pytest.approx(0.6333333)
 
 
@@ -58,6 +58,7 @@ def test_paired_verdicts_and_equal_plasticity_as_data():
     # per-seed differences 0.3, 0.3, 0.4: mean 0.3333, sd 0.0577 -> half-width 4.3027 * 0.0577 / sqrt(3) = 0.1434
     assert (r.a_method, r.b_method) == ("epi_frozen", "cpi_after_stage")
     assert r["diff"] == pytest.approx(1 / 3) and r.detectable == pytest.approx(0.14343, abs=1e-4)
+    assert r.diff_high - r["diff"] == pytest.approx(0.14343, abs=1e-4)
     assert r.verdict == "a_better" and r.n == 3
     p = cmp[(cmp.ratio == 0.2) & (cmp.metric == "plastic")].iloc[0]
     assert p.verdict == "no_difference" and p["diff"] == pytest.approx(0.0)  # -0.02, 0, +0.02
@@ -72,23 +73,56 @@ def test_paired_verdicts_and_equal_plasticity_as_data():
     assert bounds.loc[("cpi_after_stage", "retained0"), "verdict"] == "no_difference"  # identical: diff 0
     m = summary.headline_metrics(df, cmp, eq, summary.bound_comparisons(df), ewc_lambda=10.0, ewc_tuning=[],
                                  pretrain={"n_params": 5, "losses": [1.0]})
-    assert m["arms"]["epi_frozen@20%"]["retained0_ci_unit"] == "3 seeds (t)" and m["n_epi_retains_more"] == 1
+    ef = m["arms"]["epi_frozen@20%"]
+    assert ef["n"] == 3 and ef["unit"] == "seeds" and m["n_epi_retains_more"] == 1
+    # epi_frozen's retained0 = 0.5, 0.6, 0.8: mean 0.6333, sd 0.1528 -> half-width 4.3027 * 0.1528 / sqrt(3) = 0.3795
+    assert ef["retained0"] == pytest.approx(0.633333, abs=1e-6)
+    assert ef["retained0_high"] - ef["retained0"] == pytest.approx(0.37947, abs=1e-4)
+    assert "learned0" not in m["arms"]["separate"] or m["arms"]["separate"]["learned0"] == pytest.approx(0.8)
     assert m["pretrain"] == {"n_params": 5}
     names = summary.headline_names(m)
     assert "arms.full_sft.forgetting0" in names and "arms.replay.retained0" not in names
 
 
+def test_result_frames_metrics_and_headlines():
+    recs = _records()
+    res = Result(config=Config(), records=recs, ewc_lambda=10.0, ewc_tuning=[{"ewc_lambda": 10.0, "val_score": 0.5}],
+                 stage_tasks=ST, pretrain={"n_params": 5}, tuning_seconds=2.0)
+    frames = res.frames()
+    assert set(frames) == {"runs", "frontier", "memorisation", "frontier_comparisons", "equal_plasticity",
+                           "bound_comparisons", "ewc_tuning"}
+    assert len(frames["runs"]) == 12 and list(frames["ewc_tuning"].columns) == ["ewc_lambda", "val_score"]
+    assert {"diff_low", "diff_high"} <= set(frames["frontier_comparisons"].columns)
+    assert not {"low", "high", "ci_low", "ci_high", "ci95"} & set(frames["frontier_comparisons"].columns)
+    m = res.metrics()
+    assert summary.verdict_counts(m)["n_epi_retains_more"] == 1 and m["ewc"]["lambda"] == 10.0
+    for name in res.headlines():                                     # dotted keys present in the metrics
+        node = m
+        for part in name.split("."):
+            node = node[part]
+    t = res.timings()
+    assert t["seconds/ewc_tuning"] == 2.0 and t["seconds/total"] == pytest.approx(2.0)
+    assert "5 parameters" in summary.describe(res) and "13 runs" in summary.describe(res)
+
+
 def test_study_config_validation():
-    with pytest.raises(ValueError, match="methods"):
-        StudyConfig(methods=("magic",))
-    with pytest.raises(ValueError, match="ratios"):
-        StudyConfig(ratios=(0.0, 0.5))
-    with pytest.raises(ValueError, match="full_sft"):
-        StudyConfig(bounds=("separate",))
-    with pytest.raises(ValueError, match="model_size"):
-        StudyConfig(model_size="huge")
-    cfg = StudyConfig(seed=3, n_seeds=2, ratios=[0.05, 0.5])
+    for kwargs, message in [({"methods": ["magic"]}, "Config.methods: must be one of"),
+                            ({"ratios": [0.0, 0.5]}, "Config.ratios: must be > 0 (got 0.0)"),
+                            ({"ratios": [0.5, 1.0]}, "Config.ratios: must be < 1 (got 1.0)"),
+                            ({"bounds": ["separate"]}, "Config.bounds: must contain 'full_sft'"),
+                            ({"model_size": "huge"}, "Config.model_size: must be one of ['default', 'small']"),
+                            ({"ewc_lambdas": [1.0, 10.0], "n_val_per_task": 0}, "Config.n_val_per_task: must be >= 1"),
+                            ({"replay_samples": 0}, "Config.replay_samples: must be >= 1 when the replay bound"),
+                            ({"world_tasks": ["fact_qa"]}, "Config.world_tasks: needs at least two tasks"),
+                            ({"data_source": "hf", "hf_tasks": ["gsm8k"]}, "Config.hf_tasks: needs at least two"),
+                            ({"hf_tasks": ["gsm8k", "mmlu"]}, "Config.hf_tasks: must be one of")]:
+        with pytest.raises(ConfigError) as info:
+            Config(**kwargs)
+        assert str(info.value).startswith(message), (kwargs, str(info.value))
+    assert Config(replay_samples=0, bounds=["full_sft"]).replay_samples == 0
+    cfg = Config(seed=3, n_seeds=2, ratios=[0.05, 0.5])
     assert cfg.seeds == (3, 4) and cfg.ratios == (0.05, 0.5) and cfg.tasks == cfg.world_tasks
+    assert cfg.replace(data_source="hf").tasks == ("gsm8k", "codealpaca")
 
 
 def test_hf_world_from_local_files(tmp_path):

@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from epi_utils.isolation_study import study
-from epi_utils.isolation_study.config import StudyConfig
+from epi_utils.isolation_study import Config, inputs, study
 
-CFG = dict(model_size="default", pretrain=False, n_seeds=2, n_train_per_task=8, n_val_per_task=4, n_test_per_task=4,
+CFG = dict(device="cpu", model_size="default", pretrain=False, n_seeds=2, n_train_per_task=8, n_val_per_task=4, n_test_per_task=4,
            n_train_eval_per_task=2, steps_per_stage=6, batch_size=4, mask_update_interval=2, warmup_steps=1,
            probe_batches=1, probe_steps=2, replay_batches=1, replay_samples=2, ratios=(0.2,))
 
@@ -15,17 +14,17 @@ CFG = dict(model_size="default", pretrain=False, n_seeds=2, n_train_per_task=8, 
 @pytest.fixture(scope="module")
 def setup():
     torch.set_num_threads(1)
-    cfg = StudyConfig(interference_rate=0.25, **CFG)
-    world = study.study_world(cfg)
-    model, tok, _ = study.load_base(cfg, world)
+    cfg = Config(interference_rate=0.25, **CFG)
+    world = inputs.study_world(cfg)
+    model, tok, _ = inputs.load_base(cfg, world)
     return cfg, world, (model, tok)
 
 
 def test_seed_data_splits_labels_and_buffers(setup):
     cfg, world, (_, tok) = setup
-    d0, d1 = study.seed_data(world, tok, cfg, 0), study.seed_data(world, tok, cfg, 1)
+    d0, d1 = inputs.seed_data(world, tok, cfg, 0), inputs.seed_data(world, tok, cfg, 1)
     ids = lambda xs: {s.id for s in xs}  # noqa: E731
-    train0 = [s for s in d0.stages[0] + d0.stages[1] if study.INTERFERENCE not in s.task]
+    train0 = [s for s in d0.stages[0] + d0.stages[1] if inputs.INTERFERENCE not in s.task]
     assert len(train0) == 16 and len(d0.val) == 8 and len(d0.test) == 8
     assert not ids(train0) & ids(d0.val) and not ids(train0) & ids(d0.test) and not ids(d0.val) & ids(d0.test)
     assert ids(train0) != ids([s for s in d1.stages[0]] + [s for s in d1.stages[1]])  # seeds resample the data
@@ -45,7 +44,7 @@ def test_protection_holds_where_defined_and_releases_where_not(setup):
     """Controls that can fail: the moved share of stage-0-owned elements is 0 for pinned masks and
     positive for EPI's EMA refresh from one replay batch (the earlier design's release)."""
     cfg, world, base = setup
-    data = study.seed_data(world, base[1], cfg, 0)
+    data = inputs.seed_data(world, base[1], cfg, 0)
     moved = {m: study.run_one(m, data=data, base=base, cfg=cfg, ratio=0.2).moved_owned_stage0
              for m in ("cpi_after_stage", "epi_frozen", "epi")}
     assert moved["cpi_after_stage"] == 0.0 and moved["epi_frozen"] == 0.0
@@ -54,7 +53,7 @@ def test_protection_holds_where_defined_and_releases_where_not(setup):
 
 def test_bounds_matched_compute_and_scores(setup):
     cfg, world, base = setup
-    data = study.seed_data(world, base[1], cfg, 1)
+    data = inputs.seed_data(world, base[1], cfg, 1)
     full = study.run_one("full_sft", data=data, base=base, cfg=cfg)
     rep = study.run_one("replay", data=data, base=base, cfg=cfg)
     sep = study.run_one("separate", data=data, base=base, cfg=cfg)
@@ -76,6 +75,6 @@ def test_ewc_lambda_is_chosen_on_validation(monkeypatch, setup):
                                stage_tasks=data.stage_tasks, val=[{}, {"fact_qa": planted[ewc_lambda],
                                                                       "format_conversion": planted[ewc_lambda]}])
     monkeypatch.setattr(study, "run_one", fake)
-    c = StudyConfig(ewc_lambdas=tuple(planted), **CFG)
-    lam, table, _ = study.choose_ewc_lambda(data=study.seed_data(world, base[1], c, 0), base=base, cfg=c)
+    c = Config(ewc_lambdas=tuple(planted), **CFG)
+    lam, table, _ = study.choose_ewc_lambda(data=inputs.seed_data(world, base[1], c, 0), base=base, cfg=c)
     assert lam == 10.0 and [r["val_score"] for r in table] == [0.2, 0.6, 0.6, 0.1]  # tie -> the smaller lambda

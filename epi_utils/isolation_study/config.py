@@ -1,8 +1,13 @@
-"""Study 02's settings: one dataclass, built from the notebook's parameters
-(``epi_utils.workbench.params.config_from_params(StudyConfig, globals())``), validated here."""
+"""Study 02's settings: one frozen dataclass whose fields declare their default and help text once.
+
+The notebook's parameters cell is generated from :class:`Config` (``epi params
+notebooks/02_epi_vs_static.ipynb --sync``); its defaults are the ``cpu`` profile.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import dataclasses
+
+from epi_utils.workbench.contract import StudyConfig, option
 
 #: masking policies that can sit on the frontier (every one takes ``isolation_ratio``)
 MASKED = ("static_cpi", "static_grad", "random_mask", "epi", "epi_replay", "epi_frozen", "cpi_after_stage",
@@ -13,116 +18,91 @@ BOUNDS = ("full_sft", "separate", "replay", "ewc")
 MODEL_SIZES = {"default": dict(n_layer=4, n_head=4, n_embd=128),   # ~0.9M parameters
                "small": dict(n_layer=6, n_head=8, n_embd=256)}     # ~4.9M parameters
 DATA_SOURCES = ("world", "hf")
+HF_TASK_NAMES = ("gsm8k", "codealpaca", "alpaca")
 
 
-@dataclass
-class StudyConfig:
-    """Every setting of study 02 (the notebook's parameters cell documents each one)."""
+@dataclasses.dataclass(frozen=True)
+class Config(StudyConfig):
+    """Every setting of study 02 (two-stage sequential SFT, policies x ratios x seeds, with bounds)."""
 
-    seed: int = 0
-    n_seeds: int = 3
-    device: str = "cpu"
-    rehearse: bool = False
-    model: str = "tiny"
-    model_size: str = "small"
-    pretrain: bool = True
-    pretrain_seed: int = 0
-    pretrain_epochs: int = 40
-    pretrain_lr: float = 1e-3
-    data_source: str = "world"
-    world_seed: int = 0
-    world_tasks: tuple = ("fact_qa", "format_conversion")
-    n_train_per_task: int = 48
-    n_val_per_task: int = 16
-    n_test_per_task: int = 48
-    n_train_eval_per_task: int = 16
-    interference_rate: float = 0.0
-    hf_tasks: tuple = ("gsm8k", "codealpaca")
-    hf_n_train: int = 2000
-    hf_n_val: int = 100
-    hf_n_test: int = 200
-    hf_max_response_words: int = 256
-    methods: tuple = ("cpi_after_stage", "importance_after_stage", "random_after_stage", "epi_replay", "epi_frozen")
-    bounds: tuple = BOUNDS
-    ratios: tuple = (0.05, 0.2, 0.5)
-    steps_per_stage: int = 100
-    lr: float = 3e-4
-    batch_size: int = 16
-    mask_update_interval: int = 10
-    warmup_steps: int = 10
-    ema_beta: float = 0.9
-    probe_batches: int = 2
-    probe_steps: int = 10
-    probe_lr: float = 3e-4
-    replay_batches: int = 4
-    replay_samples: int = 8
-    ewc_lambdas: tuple = (1e6, 1e8, 1e10)
-    max_new_tokens: int = 0
-    eval_batch_size: int = 64
-    bf16: bool = False
-    checkpoint_runs: bool = False
-    workers: int = 1
+    n_seeds: int = option(3, "seeds per arm (data sampling, batch order, random masks)", ge=1)
+    model: str = option("tiny", "tiny (GPT-2 pretrained here on the world) | smollm2 | HF id")
+    model_size: str = option("small", "tiny builder size: small (4.9M parameters) | default (0.9M)",
+                             choices=tuple(MODEL_SIZES))
+    pretrain: bool = option(True, "tiny: pretrain once on the world corpus (cached); False: random init (smoke)")
+    pretrain_seed: int = option(0, "tiny: seed of the pretraining run", ge=0)
+    pretrain_epochs: int = option(40, "tiny: pretraining epochs over the corpus", ge=1)
+    pretrain_lr: float = option(0.001, "tiny: pretraining peak learning rate", gt=0)
+    data_source: str = option("world", "world (synthetic tasks) | hf (GSM8K, CodeAlpaca, Alpaca via datasets)",
+                              choices=DATA_SOURCES)
+    world_seed: int = option(0, "seed of the synthetic world (facts, corpus, sample pool)", ge=0)
+    world_tasks: tuple[str, ...] = option(["fact_qa", "format_conversion"],
+                                          "world tasks in schedule order: first half stage 0, rest stage 1",
+                                          nonempty=True, unique=True)
+    n_train_per_task: int = option(48, "world: train samples per task and seed", ge=1)
+    n_val_per_task: int = option(16, "world: validation samples per task (EWC lambda)", ge=0)
+    n_test_per_task: int = option(48, "world: held-out test samples per task (the primary measure)", ge=1)
+    n_train_eval_per_task: int = option(16, "train samples per task scored for memorisation (secondary)", ge=0)
+    interference_rate: float = option(0.0, "share of stage-0 prompts re-trained in stage 1 with other answers "
+                                           "(own label)", ge=0, le=1)
+    hf_tasks: tuple[str, ...] = option(["gsm8k", "codealpaca"], "data_source hf: stage 0 then stage 1 data sets",
+                                       choices=HF_TASK_NAMES, nonempty=True, unique=True)
+    hf_n_train: int = option(2000, "hf: train examples per task", ge=1)
+    hf_n_val: int = option(100, "hf: validation examples per task", ge=0)
+    hf_n_test: int = option(200, "hf: test examples per task", ge=1)
+    hf_max_response_words: int = option(256, "hf: free-form targets cut to this many words (GSM8K kept whole)",
+                                        ge=1)
+    methods: tuple[str, ...] = option(["cpi_after_stage", "importance_after_stage", "random_after_stage",
+                                       "epi_replay", "epi_frozen"], "masking policies on the frontier",
+                                      choices=MASKED, unique=True)
+    bounds: tuple[str, ...] = option(list(BOUNDS), "reference arms of every table (full_sft, the floor, always)",
+                                     choices=BOUNDS, unique=True)
+    ratios: tuple[float, ...] = option([0.05, 0.2, 0.5], "isolation ratios of the frontier", gt=0, lt=1,
+                                       nonempty=True, unique=True)
+    steps_per_stage: int = option(100, "optimizer steps per stage, the same for every arm", ge=1)
+    lr: float = option(0.0003, "fine-tuning peak learning rate", gt=0)
+    batch_size: int = option(16, "samples per task-homogeneous step", ge=1)
+    mask_update_interval: int = option(10, "EPI: steps between mask refreshes", ge=1)
+    warmup_steps: int = option(10, "EPI: steps before the first mask", ge=0)
+    ema_beta: float = option(0.9, "EPI: EMA factor of per-task importance", ge=0, lt=1)
+    probe_batches: int = option(2, "batches per task for probe-based masks and EWC's Fisher", ge=1)
+    probe_steps: int = option(10, "static_cpi: probe fine-tune steps per task", ge=1)
+    probe_lr: float = option(0.0003, "static_cpi: probe fine-tune learning rate", gt=0)
+    replay_batches: int = option(4, "EPI: replay batches per finished task (gradients only, never trained)", ge=1)
+    replay_samples: int = option(8, "replay bound: stored stage-0 samples per task, trained in stage 1", ge=0)
+    ewc_lambdas: tuple[float, ...] = option([1000000.0, 100000000.0, 10000000000.0],
+                                            "EWC penalty candidates, chosen on the validation split "
+                                            "(smaller ones left full SFT unchanged)", ge=0, unique=True)
+    max_new_tokens: int = option(0, "cap on generated tokens (0: longest reference + 2)", ge=0)
+    eval_batch_size: int = option(64, "generation batch", ge=1)
+    bf16: bool = option(False, "cuda: bf16 autocast (TF32 matmuls are on whenever the device is cuda)")
+    checkpoint_runs: bool = option(False, "save each run's model at each stage end in the run folder (gpu)")
+    torch_threads: int = option(1, "intra-op threads; 0 keeps the torch default", ge=0)
+    workers: int = option(1, "processes running the runs side by side (CPU; each with torch_threads threads; "
+                             "same results as 1)", ge=1)
 
-    def __post_init__(self):
-        for name in ("world_tasks", "hf_tasks", "methods", "bounds", "ratios", "ewc_lambdas"):
-            setattr(self, name, tuple(getattr(self, name)))
-        self.ratios = tuple(float(r) for r in self.ratios)
-        self.ewc_lambdas = tuple(float(v) for v in self.ewc_lambdas)
-
-        def bad(name, allowed):
-            raise ValueError(f"StudyConfig.{name} must be {allowed}, got {getattr(self, name)!r}")
-        unknown = [m for m in self.methods if m not in MASKED]
-        if unknown:
-            raise ValueError(f"StudyConfig.methods: unknown {unknown}; allowed values: {MASKED}")
-        unknown = [b for b in self.bounds if b not in BOUNDS]
-        if unknown:
-            raise ValueError(f"StudyConfig.bounds: unknown {unknown}; allowed values: {BOUNDS}")
+    def check(self) -> None:
         if "full_sft" not in self.bounds:
-            raise ValueError("StudyConfig.bounds must contain 'full_sft' (the floor every comparison is paired with)")
-        for name in ("n_seeds", "steps_per_stage", "batch_size", "mask_update_interval", "probe_batches",
-                     "probe_steps", "replay_batches", "eval_batch_size", "n_train_per_task", "n_test_per_task",
-                     "hf_n_train", "hf_n_test", "pretrain_epochs", "workers"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                bad(name, "a positive integer")
-        for name in ("seed", "warmup_steps", "replay_samples", "max_new_tokens", "n_val_per_task",
-                     "n_train_eval_per_task", "hf_n_val", "pretrain_seed", "world_seed"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                bad(name, "a non-negative integer")
-        if not self.ratios or any(not 0.0 < r < 1.0 for r in self.ratios):
-            bad("ratios", "a non-empty list of shares in (0, 1)")
-        if not 0.0 <= self.interference_rate <= 1.0:
-            bad("interference_rate", "a share in [0, 1]")
-        if self.data_source not in DATA_SOURCES:
-            bad("data_source", f"one of {DATA_SOURCES}")
-        if self.model == "tiny" and self.model_size not in MODEL_SIZES:
-            bad("model_size", f"one of {tuple(MODEL_SIZES)}")
-        if not self.lr > 0 or not self.probe_lr > 0 or not self.pretrain_lr > 0:
-            raise ValueError(f"StudyConfig.lr, probe_lr and pretrain_lr must be > 0, got {self.lr}, "
-                             f"{self.probe_lr}, {self.pretrain_lr}")
-        if not 0.0 <= self.ema_beta < 1.0:
-            bad("ema_beta", "in [0, 1)")
-        if "ewc" in self.bounds and (not self.ewc_lambdas or any(v < 0 for v in self.ewc_lambdas)):
-            bad("ewc_lambdas", "a non-empty list of non-negative penalties (chosen on the validation split)")
-        if "ewc" in self.bounds and len(self.ewc_lambdas) > 1 and self.n_val_per_task < 1 and self.data_source == "world":
-            bad("n_val_per_task", ">= 1 when EWC's lambda is chosen on the validation split")
+            raise self.error("bounds", "must contain 'full_sft' (the floor every comparison is paired with)")
+        if "ewc" in self.bounds and not self.ewc_lambdas:
+            raise self.error("ewc_lambdas", "needs at least one penalty when the ewc bound is run")
+        if ("ewc" in self.bounds and len(self.ewc_lambdas) > 1 and self.n_val_per_task < 1
+                and self.data_source == "world"):
+            raise self.error("n_val_per_task", "must be >= 1 when EWC's lambda is chosen on the validation split")
         if "replay" in self.bounds and self.replay_samples < 1:
-            bad("replay_samples", ">= 1 when the replay bound is run")
-        if self.workers > 1 and str(self.device).startswith("cuda"):
-            bad("workers", "1 on cuda (worker processes are for CPU cores)")
-        if self.data_source == "world" and len(self.world_tasks) < 2:
-            bad("world_tasks", "at least two tasks (stage 0 | stage 1)")
-        if self.data_source == "hf" and len(self.hf_tasks) < 2:
-            bad("hf_tasks", "at least two tasks (stage 0 | stage 1)")
+            raise self.error("replay_samples", "must be >= 1 when the replay bound is run")
+        if self.workers > 1 and self.device.startswith("cuda"):
+            raise self.error("workers", "must be 1 on cuda (worker processes are for CPU cores)")
+        if len(self.tasks) < 2:
+            raise self.error("world_tasks" if self.data_source == "world" else "hf_tasks",
+                             "needs at least two tasks (stage 0 | stage 1)")
 
     @property
     def seeds(self) -> tuple[int, ...]:
+        """The seeds of the runs: ``seed, seed + 1, ..., seed + n_seeds - 1``."""
         return tuple(range(self.seed, self.seed + self.n_seeds))
 
     @property
     def tasks(self) -> tuple[str, ...]:
+        """The tasks of the data source in schedule order."""
         return self.world_tasks if self.data_source == "world" else self.hf_tasks
-
-    def to_dict(self) -> dict:
-        return asdict(self)

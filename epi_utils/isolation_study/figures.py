@@ -1,5 +1,5 @@
 """Study 02's figures. Each function takes tables of :mod:`.summary` and returns a ``matplotlib``
-figure; the notebook saves it with :func:`epi_utils.workbench.plots.save_figure`."""
+figure; the notebook saves it (``workbench.plots``); nothing here writes a file."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -49,6 +49,11 @@ def plot_paired(cmp, *, metric: str = "retained0"):
     t-intervals over seeds; one line per pair, 0 marked."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    if not len(cmp):
+        ax.text(0.5, 0.5, "no EPI variant and static mask in this run", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
     d = cmp[(cmp["metric"] == metric) & cmp["ratio"].notna()]
     ratios = sorted(d["ratio"].unique())
     pairs = list(d.groupby(["a_method", "b_method"], sort=False))
@@ -56,7 +61,7 @@ def plot_paired(cmp, *, metric: str = "retained0"):
     for k, ((a, b), g) in enumerate(pairs):
         g = g.set_index("ratio").reindex(ratios)
         xs = np.arange(len(ratios)) - 0.4 + width * (k + 0.5)
-        ax.errorbar(xs, g["diff"], yerr=np.vstack([g["diff"] - g["low"], g["high"] - g["diff"]]), marker="o", ms=4,
+        ax.errorbar(xs, g["diff"], yerr=_err(g, "diff"), marker="o", ms=4,
                     capsize=2, ls="-", lw=0.8, color=f"C{k}", label=f"{a} - {b}")
     ax.axhline(0, color="k", lw=0.7)
     ax.set_xticks(range(len(ratios)), [f"{100 * r:g}%" for r in ratios])
@@ -87,12 +92,14 @@ def plot_moved(frontier, *, methods: Sequence[str] | None = None):
     return fig
 
 
-def plot_ewc_tuning(tuning: Sequence[dict], chosen: float | None):
-    """Validation score after stage 1 for each EWC lambda tried (log x), the chosen one marked."""
+def plot_ewc_tuning(tuning, chosen: float | None):
+    """Validation score after stage 1 for each EWC lambda tried (log x; ``tuning``: the
+    ``ewc_tuning`` frame or its rows), the chosen one marked."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    lam = [r["ewc_lambda"] for r in tuning]
-    ax.plot(lam, [r["val_score"] for r in tuning], marker="o", label="validation score")
+    rows = tuning.to_dict(orient="records") if hasattr(tuning, "to_dict") else list(tuning)
+    lam = [r["ewc_lambda"] for r in rows]
+    ax.plot(lam, [r["val_score"] for r in rows], marker="o", label="validation score")
     if chosen is not None:
         ax.axvline(chosen, color="C3", ls="--", label=f"chosen lambda = {chosen:g}")
     ax.set_xscale("symlog", linthresh=1.0)

@@ -7,7 +7,8 @@ random-initialised model of the profile's model family
 with a word-level tokenizer over the samples (the real tokenizer is not available offline), runs
 :func:`.study.run_study` (every bound and masking policy at one ratio, 2 steps per stage,
 left-padded decoding, the same scoring) under :func:`~epi_utils.workbench.rehearsal.meter`, and
-calls :func:`~epi_utils.workbench.rehearsal.estimate` with the profile's full-scale sizes.
+attaches :func:`~epi_utils.workbench.rehearsal.estimate` with the profile's full-scale sizes to the
+result (``result.estimate``).
 
 Full-scale sizes (the estimate's assumptions, returned with it): every run of the profile
 (``n_seeds x (bounds + methods x ratios)`` plus the EWC candidates) trains ``2 x steps_per_stage``
@@ -17,11 +18,16 @@ tokens for each test sample (validation samples for the EWC candidates).
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
+from typing import Callable
 
 from epi_utils.isolation.state import epi_state_bytes_per_param
-from epi_utils.isolation_study.config import StudyConfig
+from epi_utils.isolation_study.config import Config
+from epi_utils.isolation_study.hf_data import HF_TASKS
+from epi_utils.isolation_study.inputs import Inputs, study_world
+from epi_utils.isolation_study.study import Result, jobs, run_study
+from epi_utils.workbench import progress as progress_mod
+from epi_utils.workbench import rehearsal, runs
 
 #: 8 rows per data set in its exact column layout (``rehearsal.HF_LAYOUTS``)
 ROWS = {
@@ -36,19 +42,17 @@ ROWS = {
 SEQ_LEN = 320
 
 
-def toy_config(cfg: StudyConfig) -> StudyConfig:
+def toy_config(cfg: Config) -> Config:
     """The profile's config shrunk to toy scale (same methods, bounds, scoring and code path)."""
-    return dataclasses.replace(cfg, device="cpu", n_seeds=1, hf_n_train=6, hf_n_val=1, hf_n_test=1,
-                               steps_per_stage=2, batch_size=2, probe_batches=1, probe_steps=1, replay_batches=1,
-                               replay_samples=1, mask_update_interval=1, warmup_steps=1, ratios=cfg.ratios[:1],
-                               ewc_lambdas=cfg.ewc_lambdas[:2], max_new_tokens=min(cfg.max_new_tokens or 16, 16),
-                               eval_batch_size=4, bf16=False, checkpoint_runs=False)
+    return cfg.replace(device="cpu", n_seeds=1, hf_n_train=6, hf_n_val=1, hf_n_test=1, steps_per_stage=2, batch_size=2,
+                       probe_batches=1, probe_steps=1, replay_batches=1, replay_samples=1, mask_update_interval=1,
+                       warmup_steps=1, ratios=cfg.ratios[:1], ewc_lambdas=cfg.ewc_lambdas[:2],
+                       max_new_tokens=min(cfg.max_new_tokens or 16, 16), eval_batch_size=4, bf16=False,
+                       checkpoint_runs=False, workers=1)
 
 
-def full_scale(cfg: StudyConfig) -> dict:
+def full_scale(cfg: Config) -> dict:
     """Full-scale work of the profile: runs, training tokens, generated tokens (see module docstring)."""
-    from epi_utils.isolation_study.study import jobs
-
     per_seed = jobs(cfg)
     n_runs = cfg.n_seeds * len(per_seed) + (len(cfg.ewc_lambdas) if "ewc" in cfg.bounds else 0)
     n_tasks = len(cfg.hf_tasks)
@@ -62,30 +66,37 @@ def full_scale(cfg: StudyConfig) -> dict:
     return {"n_runs": n_runs, "train_tokens": float(train), "generated_tokens": float(gen), "seq_len": SEQ_LEN}
 
 
-def rehearse(cfg: StudyConfig, *, folder: Path | str):
-    """Run the toy-scale study and estimate the full profile; returns ``(StudyResult, Estimate)``."""
+def toy_inputs(cfg: Config, folder: Path | str) -> Inputs:
+    """Toy inputs of a toy config: 8 local rows per data set in its exact layout under ``folder``,
+    a word-level tokenizer over them and a tiny random-initialised model of ``cfg.model``'s family."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from epi_utils.isolation_study import study
-    from epi_utils.isolation_study.hf_data import HF_TASKS
     from epi_utils.lm.models import build_word_tokenizer
-    from epi_utils.workbench import rehearsal
 
-    if cfg.data_source != "hf":
-        raise ValueError("the GPU rehearsal rehearses the gpu profile's real-data path: data_source must be 'hf'")
-    toy = toy_config(cfg)
     files = {t: rehearsal.write_local_samples(HF_TASKS[t][0], [ROWS[t](i) for i in range(8)], folder)
-             for t in toy.hf_tasks}
-    world = study.study_world(toy, data_files=files)
+             for t in cfg.hf_tasks}
+    world = study_world(cfg, data_files=files)
     words = sorted({w for s in world.samples for w in (s.prompt + " " + s.response).split()})
     tok = build_word_tokenizer(words)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(rehearsal.tiny_model_config(cfg.model, vocab_size=len(tok)))
     model.config.pad_token_id = tok.pad_token_id
     model.config.eos_token_id = tok.eos_token_id
+    return Inputs(world=world, model=model.eval(), tokenizer=tok, pretrain={"rehearsal": True})
+
+
+def rehearse(cfg: Config, *, progress: Callable = progress_mod.progress, folder: Path | str | None = None) -> Result:
+    """Run the toy-scale study on toy inputs (written to ``folder``, default ``rehearsal_data/`` in the
+    run folder) through :func:`~epi_utils.isolation_study.study.run_study` and attach the full
+    profile's estimate as ``result.estimate``. Raises ``ValueError`` unless ``data_source`` is ``hf``."""
+    if cfg.data_source != "hf":
+        raise cfg.error("data_source", "must be 'hf': the GPU rehearsal rehearses the gpu profile's real-data path")
+    toy = toy_config(cfg)
+    folder = Path(folder) if folder is not None else runs.current_run_dir() / "rehearsal_data"
+    inputs = toy_inputs(toy, folder)
     with rehearsal.meter() as m:
-        result = study.run_study(toy, world=world, base=(model.eval(), tok, {"rehearsal": True}))
+        result = run_study(toy, progress=progress, inputs=inputs)
         m.steps = sum(r.steps for r in result.records)
         m.tokens = sum(r.tokens for r in result.records)
     size = full_scale(cfg)
@@ -94,10 +105,11 @@ def rehearse(cfg: StudyConfig, *, folder: Path | str):
                              generation_batch=cfg.eval_batch_size, extra_state_bytes_per_param=_epi_state_bytes(cfg),
                              measured=m)
     est.assumptions["n_runs"] = size["n_runs"]
-    return result, est
+    result.estimate = est
+    return result
 
 
-def _epi_state_bytes(cfg) -> float:
+def _epi_state_bytes(cfg: Config) -> float:
     """EPI's GPU state per parameter for this grid's task count and largest ratio (the default fp32
     layout of ``epi_state``), so the estimate follows the state layout instead of a constant."""
     n_tasks = len(cfg.hf_tasks) if cfg.data_source == "hf" else len(cfg.world_tasks)

@@ -16,7 +16,7 @@ measure) and on some train samples (memorisation, a secondary measure). Methods:
   split (a third disjoint sample set) by the mean score after stage 1, on the first seed.
 
 Seeds vary the data sampling (which samples of a fixed pool are train / validation / test,
-:func:`seed_data`), batch order and the random masks; the pretrained model is fixed
+:func:`.inputs.seed_data`), batch order and the random masks; the pretrained model is fixed
 (``pretrain_seed``) and trained once, cached (``epi_utils.lm.models``).
 
 Interference copies (``interference_rate`` > 0): a share of stage-0 train prompts re-trained in
@@ -30,34 +30,19 @@ import copy
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from epi_utils.isolation.policies import make_policy
-from epi_utils.isolation_study.config import MODEL_SIZES, StudyConfig
-from epi_utils.lm.sft_format import encode_example, pad_batch, pad_id
+from epi_utils.isolation_study import summary
+from epi_utils.isolation_study.config import Config
+from epi_utils.isolation_study.inputs import Inputs, SeedData, build_inputs, seed_data
 from epi_utils.lm.train import TrainConfig, TrainHook, train_sft
-
-INTERFERENCE = "~interference"
-
-
-@dataclass
-class SeedData:
-    """Samples and batches of one seed (see :func:`seed_data`)."""
-
-    seed: int
-    stage_tasks: list[tuple[str, ...]]          # evaluated tasks of each stage
-    stages: list[list]                          # training samples per stage (interference copies in stage 1)
-    test: list                                  # held-out test samples (primary measure)
-    val: list                                   # held-out validation samples (EWC's lambda)
-    train_eval: list                            # train samples scored for memorisation (secondary)
-    labels: list[str]                           # every batch label: tasks, then interference labels
-    probe: dict[str, list[dict]]                # label -> probe batches from its train samples
-    replay: dict[str, list[dict]]               # stage-0 task -> EPI replay batches (gradients only)
-    replay_samples: list                        # matched-compute replay buffer (trained in stage 1)
-    metric: dict[str, str]                      # task -> primary score (evaluate.METRICS)
+from epi_utils.workbench import progress as progress_mod
+from epi_utils.workbench import runs
+from epi_utils.workbench.parallel import map_runs
 
 
 @dataclass
@@ -86,13 +71,38 @@ class RunRecord:
 
 
 @dataclass
-class StudyResult:
+class Result:
+    """Every run of a study (tuning runs included), EWC's choice and the base model's facts.
+
+    ``frames()`` are the per-run table and the summary tables of :mod:`.summary`; ``metrics()`` is
+    the metrics.json payload (:func:`.summary.headline_metrics`); ``estimate`` is set by the rehearsal."""
+
+    config: Config
     records: list[RunRecord]
     ewc_lambda: float | None
     ewc_tuning: list[dict]                      # {"ewc_lambda", "val_score"} per candidate
     stage_tasks: list[tuple[str, ...]]
     pretrain: dict
     tuning_seconds: float = 0.0
+    estimate: Any = None
+    _frames: dict = field(default=None, init=False, repr=False, compare=False)
+
+    def frames(self) -> dict:
+        """``runs`` (one row per run), ``frontier`` and ``memorisation`` (means with t-intervals over
+        seeds), ``frontier_comparisons``, ``equal_plasticity``, ``bound_comparisons`` (paired over
+        seeds) and ``ewc_tuning``: :func:`.summary.tables` of the records, computed once."""
+        if self._frames is None:
+            self._frames = summary.tables(self.records, self.stage_tasks, ewc_tuning=self.ewc_tuning)
+        return dict(self._frames)
+
+    def metrics(self) -> dict:
+        f = self.frames()
+        return summary.headline_metrics(f["runs"], f["frontier_comparisons"], f["equal_plasticity"],
+                                        f["bound_comparisons"], ewc_lambda=self.ewc_lambda,
+                                        ewc_tuning=self.ewc_tuning, pretrain=self.pretrain)
+
+    def headlines(self) -> list[str]:
+        return summary.headline_names(self.metrics())
 
     def timings(self) -> dict[str, float]:
         """Seconds per method (all seeds and ratios) and for EWC's tuning: provenance, not metrics."""
@@ -102,115 +112,6 @@ class StudyResult:
         out["seconds/ewc_tuning"] = self.tuning_seconds
         out["seconds/total"] = sum(r.seconds for r in self.records) + self.tuning_seconds
         return out
-
-
-# ----------------------------------------------------------------------------- data
-def study_world(cfg: StudyConfig, *, data_files=None):
-    """The fixed sample pool: the synthetic world (``world_seed``, clean tasks, ``n_train + n_val +
-    n_test`` samples per task) or the Hugging Face tasks (:func:`epi_utils.isolation_study.hf_data.hf_world`)."""
-    if cfg.data_source == "hf":
-        from epi_utils.isolation_study.hf_data import hf_world
-
-        return hf_world(list(cfg.hf_tasks), n_train=cfg.hf_n_train, n_heldout=cfg.hf_n_val + cfg.hf_n_test,
-                        n_stages=2, seed=cfg.world_seed, max_response_words=cfg.hf_max_response_words,
-                        data_files=data_files)
-    from epi_utils.data.world import WorldConfig, build_world
-
-    return build_world(WorldConfig(seed=cfg.world_seed, tasks=tuple(cfg.world_tasks),
-                                   n_train_per_task=cfg.n_train_per_task,
-                                   n_heldout_per_task=cfg.n_val_per_task + cfg.n_test_per_task,
-                                   inconsistency_rate=0.0, rare_complex_rate=0.0, missing_knowledge_rate=0.0,
-                                   conflict_rate=0.0, forgetting_rate=0.0, n_stages=2))
-
-
-def batches_for(tokenizer, samples: Sequence, *, batch_size: int, n_batches: int, seed: int) -> list[dict]:
-    """``n_batches`` padded batches (``input_ids``, ``attention_mask``, ``labels`` with -100 on the
-    prompt) of samples drawn without replacement with ``numpy.random.default_rng(seed)``."""
-    rng = np.random.default_rng(seed)
-    idx = rng.permutation(len(samples))[: batch_size * n_batches]
-    out = []
-    for k in range(0, len(idx), batch_size):
-        enc = [encode_example(tokenizer, samples[i].prompt, samples[i].response) for i in idx[k:k + batch_size]]
-        out.append(pad_batch(enc, pad_token_id=pad_id(tokenizer)))
-    return out
-
-
-def _interference_copies(samples: Sequence, *, rate: float, rng) -> list:
-    """Copies of ``round(rate * n)`` samples with another answer (``world._alternate_response``),
-    labelled ``<task>~interference``."""
-    from epi_utils.data.world import ATTRIBUTES, _alternate_response
-
-    n = int(round(rate * len(samples)))
-    out = []
-    for j, i in enumerate(rng.permutation(len(samples))[:n]):
-        s = samples[int(i)]
-        values = ATTRIBUTES.get(s.fact_id.split("/")[-1]) if s.fact_id else None
-        alt = _alternate_response(s.task, s.prompt, s.response, rng, values=values)
-        out.append(dataclasses.replace(s, id=f"{s.task}/interfere/{j:04d}", task=s.task + INTERFERENCE,
-                                       response=alt, stage=1, interferes_with=s.id))
-    return out
-
-
-def seed_data(world, tokenizer, cfg: StudyConfig, seed: int) -> SeedData:
-    """Per seed: each task's pool (train + held-out samples of the world) is permuted with
-    ``default_rng([seed, k])`` and cut into ``n_train`` train, ``n_val`` validation and ``n_test``
-    test samples (all clean, so the cut is exchangeable); probe / replay batches and the replay
-    buffer are drawn from the train samples."""
-    from epi_utils.isolation_study.hf_data import HF_METRICS
-
-    stage_tasks = [tuple(t) for t in world.stage_tasks()]
-    hf = cfg.data_source == "hf"
-    n_tr = cfg.hf_n_train if hf else cfg.n_train_per_task
-    n_va = cfg.hf_n_val if hf else cfg.n_val_per_task
-    train, val, test = {}, {}, {}
-    for k, task in enumerate(world.config.tasks):
-        pool = world.split("train", task=task) + world.split("heldout", task=task)
-        perm = np.random.default_rng([seed, k]).permutation(len(pool))
-        p = [pool[int(i)] for i in perm]
-        n_tr_k = min(n_tr, len(p) - 2) if hf else n_tr
-        n_va_k = min(n_va, max(0, len(p) - n_tr_k - 1)) if hf else n_va
-        train[task], val[task], test[task] = p[:n_tr_k], p[n_tr_k:n_tr_k + n_va_k], p[n_tr_k + n_va_k:]
-    stages = [[s for t in tasks for s in train[t]] for tasks in stage_tasks]
-    rng = np.random.default_rng([seed, 999])
-    copies = _interference_copies(stages[0], rate=cfg.interference_rate, rng=rng) if cfg.interference_rate else []
-    stages[-1] = stages[-1] + copies
-    labels = list(world.config.tasks) + sorted({c.task for c in copies})
-    by_label = {lab: [s for st in stages for s in st if s.task == lab] for lab in labels}
-    probe = {lab: batches_for(tokenizer, v, batch_size=cfg.batch_size, n_batches=cfg.probe_batches, seed=1000 + seed)
-             for lab, v in by_label.items()}
-    replay = {t: batches_for(tokenizer, train[t], batch_size=cfg.batch_size, n_batches=cfg.replay_batches,
-                             seed=2000 + seed) for t in stage_tasks[0]}
-    buf = []
-    for t in stage_tasks[0]:
-        idx = np.random.default_rng([seed, 3000]).permutation(len(train[t]))[:cfg.replay_samples]
-        buf += [train[t][int(i)] for i in idx]
-    n_ev = cfg.n_train_eval_per_task
-    return SeedData(seed=seed, stage_tasks=stage_tasks, stages=stages,
-                    test=[s for t in world.config.tasks for s in test[t]],
-                    val=[s for t in world.config.tasks for s in val[t]],
-                    train_eval=[s for t in world.config.tasks for s in train[t][:n_ev]], labels=labels,
-                    probe=probe, replay=replay, replay_samples=buf,
-                    metric={t: HF_METRICS.get(t, "exact") if hf else "exact" for t in world.config.tasks})
-
-
-# ----------------------------------------------------------------------------- model
-def load_base(cfg: StudyConfig, world, *, progress: bool = False):
-    """``(model, tokenizer, pretrain meta)``: the ``tiny`` GPT-2 of ``model_size`` pretrained once on
-    the world's corpus (cached; ``pretrain_seed``), or any model :func:`epi_utils.lm.models.load_model`
-    knows."""
-    from epi_utils.lm import models
-
-    if cfg.model != "tiny":
-        model, tok = models.load_model(cfg.model, world=world, device=cfg.device)
-        return model, tok, {"model": cfg.model}
-    mc = models.TinyModelConfig(**MODEL_SIZES[cfg.model_size])
-    pc = models.TinyPretrainConfig(epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, seed=cfg.pretrain_seed)
-    model, tok = models.load_model("tiny", world=world, device=cfg.device, pretrain=cfg.pretrain, progress=progress,
-                                   tiny_model=mc, tiny_pretrain=pc)
-    meta = models.tiny_pretrain_meta(world, tiny_model=mc, tiny_pretrain=pc) if cfg.pretrain else {}
-    meta = {k: v for k, v in meta.items() if k != "world"}
-    meta["n_params"] = sum(p.numel() for p in model.parameters())
-    return model, tok, meta
 
 
 # ----------------------------------------------------------------------------- hooks
@@ -237,7 +138,7 @@ def score_sets(model, tokenizer, samples: Sequence, *, metric: dict[str, str], m
 class StageScores(TrainHook):
     """At each stage end, scores ``sets`` (name -> samples) into ``record`` (``record.<name>``)."""
 
-    def __init__(self, record: RunRecord, sets: dict[str, list], *, data: SeedData, cfg: StudyConfig):
+    def __init__(self, record: RunRecord, sets: dict[str, list], *, data: SeedData, cfg: Config):
         self.record, self.sets, self.data, self.cfg = record, sets, data, cfg
 
     def on_step_end(self, state):
@@ -293,7 +194,7 @@ class ProtectionProbe(TrainHook):
 
 
 # ----------------------------------------------------------------------------- runs
-def build_policy(method: str, *, data: SeedData, cfg: StudyConfig, ratio: float | None, ewc_lambda: float | None):
+def build_policy(method: str, *, data: SeedData, cfg: Config, ratio: float | None, ewc_lambda: float | None):
     """The isolation policy of ``method`` (``separate`` / ``replay`` train with ``full_sft``)."""
     name = "full_sft" if method in ("separate", "replay") else method
     kw = dict(tasks=list(data.labels), isolation_ratio=ratio if ratio is not None else 0.0)
@@ -311,18 +212,16 @@ def build_policy(method: str, *, data: SeedData, cfg: StudyConfig, ratio: float 
     return make_policy(name, **kw)
 
 
-def _autocast(cfg: StudyConfig, device: torch.device):
+def _autocast(cfg: Config, device: torch.device):
     if cfg.bf16 and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def run_one(method: str, *, data: SeedData, base, cfg: StudyConfig, ratio: float | None = None,
+def run_one(method: str, *, data: SeedData, base, cfg: Config, ratio: float | None = None,
             ewc_lambda: float | None = None, tuning: bool = False, checkpoint_dir=None) -> RunRecord:
     """Train one run from a copy of ``base`` = ``(model, tokenizer)``; ``tuning``: score the
     validation samples only (EWC's lambda), else the test and train-eval samples."""
-    from epi_utils.workbench import runs
-
     runs.seed_everything(data.seed)
     model = copy.deepcopy(base[0])
     tok = base[1]
@@ -358,7 +257,7 @@ def final_score(rec: RunRecord, split: str = "test") -> float:
 _SHARED: dict = {}  # a worker's inputs (set once per process by _share)
 
 
-def _share(base, data: dict, cfg: StudyConfig) -> None:
+def _share(base, data: dict, cfg: Config) -> None:
     _SHARED.update(base=base, data=data, cfg=cfg)
 
 
@@ -370,11 +269,9 @@ def _run_job(job: tuple) -> RunRecord:
                    ewc_lambda=lam, tuning=tuning, checkpoint_dir=ck)
 
 
-def _run_jobs(jobs: list[tuple], *, base, data: dict, cfg: StudyConfig, desc: str) -> list[RunRecord]:
+def _run_jobs(jobs: list[tuple], *, base, data: dict, cfg: Config, desc: str) -> list[RunRecord]:
     """:func:`_run_job` over ``jobs`` in ``cfg.workers`` processes (``workbench.parallel``; the
     same records, in job order, as one process)."""
-    from epi_utils.workbench.parallel import map_runs
-
     try:
         return map_runs(_run_job, jobs, workers=cfg.workers, threads=torch.get_num_threads(), init=_share,
                         initargs=(base, data, cfg), desc=desc)
@@ -382,7 +279,7 @@ def _run_jobs(jobs: list[tuple], *, base, data: dict, cfg: StudyConfig, desc: st
         _SHARED.clear()  # in one process, the inputs were shared with this one
 
 
-def choose_ewc_lambda(*, data: SeedData, base, cfg: StudyConfig) -> tuple[float, list[dict], float]:
+def choose_ewc_lambda(*, data: SeedData, base, cfg: Config) -> tuple[float, list[dict], float]:
     """The ``ewc_lambdas`` candidate with the highest mean validation score after stage 1 (ties:
     the smaller lambda), the table of candidates, and the seconds the tuning runs took."""
     jobs = [("ewc", data.seed, None, lam, True, None) for lam in cfg.ewc_lambdas]
@@ -392,30 +289,49 @@ def choose_ewc_lambda(*, data: SeedData, base, cfg: StudyConfig) -> tuple[float,
     return best["ewc_lambda"], table, sum(rec.seconds for rec in recs)
 
 
-def jobs(cfg: StudyConfig) -> list[tuple[str, float | None]]:
+def jobs(cfg: Config) -> list[tuple[str, float | None]]:
     """``(method, ratio)`` of every run of one seed: the bounds, then every masking policy x ratio."""
     return [(b, None) for b in cfg.bounds] + [(m, r) for m in cfg.methods for r in cfg.ratios]
 
 
-def run_study(cfg: StudyConfig, *, world=None, base=None, data_files=None, checkpoint_root=None) -> StudyResult:
+def run_study(cfg: Config, *, progress: Callable = progress_mod.progress, inputs: Inputs | None = None,
+              checkpoint_root: str | None = None) -> Result:
     """Every job of :func:`jobs` on every seed (EWC's lambda chosen first, on the first seed's
-    validation samples), in ``cfg.workers`` processes. Prints one line per run in batch runs
-    (``workbench.progress``)."""
-    world = world if world is not None else study_world(cfg, data_files=data_files)
-    if str(cfg.device).startswith("cuda"):
+    validation samples), in ``cfg.workers`` processes.
+
+    ``inputs``: the sample pool and base model (default :func:`.inputs.build_inputs` of ``cfg``, after
+    seeding the global RNGs with ``cfg.seed``); ``checkpoint_root``: folder of the per-run checkpoints
+    (default with ``cfg.checkpoint_runs``: ``checkpoints/`` in the run folder). The grid reports its
+    progress through ``workbench.parallel.map_runs`` (one line per run in batch runs); ``progress``
+    wraps the preparation of the seeds' data.
+    """
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    device = cfg.torch_device
+    if cfg.workers > 1 and device.type == "cuda":
+        raise cfg.error("workers", "must be 1 on cuda (worker processes are for CPU cores)")
+    if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    model, tok, meta = base if base is not None else load_base(cfg, world)
-    data = {s: seed_data(world, tok, cfg, s) for s in cfg.seeds}
+    if inputs is None:
+        runs.seed_everything(cfg.seed)
+        inputs = build_inputs(cfg)
+    if checkpoint_root is None and cfg.checkpoint_runs:
+        checkpoint_root = str(runs.current_run_dir() / "checkpoints")
+    base = (inputs.model, inputs.tokenizer)
+    data = {s: seed_data(inputs.world, inputs.tokenizer, cfg, s)
+            for s in progress(cfg.seeds, desc="study 02 seed data", unit="seed")}
     lam, tuning, tuning_s = None, [], 0.0
     if "ewc" in cfg.bounds:
         if len(cfg.ewc_lambdas) == 1:
             lam = cfg.ewc_lambdas[0]
         else:
-            lam, tuning, tuning_s = choose_ewc_lambda(data=data[cfg.seeds[0]], base=(model, tok), cfg=cfg)
+            lam, tuning, tuning_s = choose_ewc_lambda(data=data[cfg.seeds[0]], base=base, cfg=cfg)
     todo = [(m, s, r, lam if m == "ewc" else None, False,
              None if checkpoint_root is None else f"{checkpoint_root}/{m}-{r}-{s}")
             for s in cfg.seeds for m, r in jobs(cfg)]
-    records = _run_jobs(todo, base=(model, tok), data=data, cfg=cfg, desc="study 02 runs")
-    return StudyResult(records=records, ewc_lambda=lam, ewc_tuning=tuning,
-                       stage_tasks=data[cfg.seeds[0]].stage_tasks, pretrain=meta, tuning_seconds=tuning_s)
+    records = _run_jobs(todo, base=base, data=data, cfg=cfg, desc="study 02 runs")
+    pretrain = dict(inputs.pretrain)
+    pretrain.setdefault("n_params", sum(p.numel() for p in inputs.model.parameters()))
+    return Result(config=cfg, records=records, ewc_lambda=lam, ewc_tuning=tuning,
+                  stage_tasks=data[cfg.seeds[0]].stage_tasks, pretrain=pretrain, tuning_seconds=tuning_s)

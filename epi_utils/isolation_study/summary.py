@@ -78,25 +78,21 @@ def arm(method: str, ratio) -> str:
     return method if ratio is None or ratio != ratio else f"{method}@{100 * ratio:g}%"
 
 
-def frontier_table(df, *, metrics: Sequence[str] = METRICS + ("moved_owned_stage0",)):
-    """Per (method, ratio): for each metric its mean and 95% t-interval over seeds (columns
-    ``<m>``, ``<m>_low``, ``<m>_high``), ``n`` seeds and the interval's ``unit`` label."""
-    import pandas as pd
+def _arms(df):
+    """``df`` with ``_ratio`` (ratio, -1 for the bounds: a group key that is never NaN) and ``arm``."""
+    out = df.assign(_ratio=df["ratio"].fillna(-1.0))
+    out["arm"] = [arm(m, None if r == -1.0 else r) for m, r in zip(out["method"], out["_ratio"])]
+    return out
 
-    out = []
-    for (method, ratio), g in df.groupby(["method", df["ratio"].fillna(-1.0)], sort=False):
-        row = {"method": method, "ratio": np.nan if ratio == -1.0 else ratio, "arm": arm(method, None if ratio == -1.0
-                                                                                          else ratio)}
-        for m in metrics:
-            vals = g[m].to_numpy(dtype=float)
-            if np.isnan(vals).all():
-                row.update({m: np.nan, f"{m}_low": np.nan, f"{m}_high": np.nan})
-                continue
-            iv = stats.interval(vals, unit=UNIT, method="t")
-            row.update({m: iv.mean, f"{m}_low": iv.low, f"{m}_high": iv.high})
-            row["n"], row["unit"] = iv.n, iv.label()
-        out.append(row)
-    return pd.DataFrame(out)
+
+def frontier_table(df, *, metrics: Sequence[str] = METRICS + ("moved_owned_stage0",)):
+    """Per (method, ratio) in order of appearance: for each metric its mean and 95% t-interval over
+    seeds (``stats.interval_table``: columns ``<m>``, ``<m>_low``, ``<m>_high``), ``n`` seeds and the
+    interval's ``unit``; ``arm`` names the row (:func:`arm`), ``ratio`` is NaN for the bounds."""
+    t = stats.interval_table(_arms(df), by=["method", "_ratio", "arm"], columns=list(metrics), unit=UNIT,
+                             unit_column="seed")
+    t.insert(1, "ratio", t.pop("_ratio").where(lambda r: r != -1.0))
+    return t
 
 
 def _by_seed(df, method: str, ratio, metric: str) -> dict:
@@ -117,7 +113,7 @@ def paired(df, a: tuple[str, float | None], b: tuple[str, float | None], metric:
 def _row(c: stats.Comparison, **extra) -> dict:
     d = c.diff
     return {**extra, "metric": c.metric, "a": c.a_name, "b": c.b_name, "a_mean": c.a_mean, "b_mean": c.b_mean,
-            "diff": d.mean, "low": d.low, "high": d.high, "n": d.n, "p_value": c.p_value,
+            "diff": d.mean, "diff_low": d.low, "diff_high": d.high, "n": d.n, "p_value": c.p_value,
             "verdict": c.verdict.value, "detectable": c.detectable}
 
 
@@ -125,7 +121,7 @@ def frontier_comparisons(df, *, metrics: Sequence[str] = ("retained0", "plastic"
     """Paired differences along the frontier (``DataFrame``): at every ratio, each EPI variant
     against each static / random mask present; plus ``ratio = NaN`` rows pooled over the ratios
     (per seed, the mean over ratios). Columns: ratio, a_method, b_method, metric, a, b, means,
-    diff, low, high, n, p_value, verdict, detectable."""
+    diff, diff_low, diff_high (its 95% t-interval over seeds), n, p_value, verdict, detectable."""
     import pandas as pd
 
     methods = set(df["method"])
@@ -177,8 +173,8 @@ def equal_plasticity(cmp):
             continue
         ret, pla = g.loc["retained0"], g.loc["plastic"]
         eq = pla["verdict"] == stats.Verdict.NO_DIFFERENCE.value
-        rows.append({**dict(zip(keys, key)), "retained0_diff": ret["diff"], "retained0_low": ret["low"],
-                     "retained0_high": ret["high"], "retained0_verdict": ret["verdict"],
+        rows.append({**dict(zip(keys, key)), "retained0_diff": ret["diff"], "retained0_low": ret["diff_low"],
+                     "retained0_high": ret["diff_high"], "retained0_verdict": ret["verdict"],
                      "retained0_detectable": ret["detectable"], "plastic_diff": pla["diff"],
                      "plastic_verdict": pla["verdict"], "plastic_detectable": pla["detectable"],
                      "equal_plasticity": bool(eq),
@@ -188,26 +184,31 @@ def equal_plasticity(cmp):
 
 
 def headline_metrics(df, cmp, eqp, bounds_cmp, *, ewc_lambda, ewc_tuning, pretrain: dict) -> dict:
-    """The ``metrics.json`` payload: per arm mean / CI / unit of every metric (``stats.with_ci``),
-    the comparison tables as lists of rows, EWC's choice, pretraining facts, run counts."""
+    """The ``metrics.json`` payload: per arm the mean and 95% t-interval over seeds of every metric
+    (``<m>``, ``<m>_low``, ``<m>_high`` from :func:`frontier_table`; metrics the arm lacks are left
+    out) with ``n`` and ``unit``, the comparison tables as lists of rows, EWC's choice, pretraining
+    facts, run counts."""
     arms = {}
-    for (method, ratio), g in df.groupby(["method", df["ratio"].fillna(-1.0)], sort=False):
+    names = METRICS + ("retained0_train", "plastic_train", "moved_owned_stage0")
+    for row in frontier_table(df, metrics=names).to_dict(orient="records"):
         d = {}
-        for m in METRICS + ("retained0_train", "plastic_train", "moved_owned_stage0"):
-            vals = g[m].to_numpy(dtype=float)
-            if not np.isnan(vals).all():
-                d.update(stats.with_ci(m, vals, unit=UNIT, method="t"))
-        arms[arm(method, None if ratio == -1.0 else ratio).replace(".", "_")] = d
-
-    def rows(t):
-        return [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
-                for r in t.to_dict(orient="records")] if len(t) else []
-    return {"arms": arms, "frontier_comparisons": rows(cmp), "equal_plasticity": rows(eqp),
-            "bound_comparisons": rows(bounds_cmp),
+        for m in names:
+            if row[m] == row[m]:
+                d.update({m: row[m], f"{m}_low": row[f"{m}_low"], f"{m}_high": row[f"{m}_high"]})
+        d.update(n=int(row["n"]), unit=row["unit"])
+        arms[row["arm"].replace(".", "_")] = d
+    return {"arms": arms, "frontier_comparisons": _records(cmp), "equal_plasticity": _records(eqp),
+            "bound_comparisons": _records(bounds_cmp),
             "ewc": {"lambda": ewc_lambda, "tuning": list(ewc_tuning)},
             "pretrain": {k: v for k, v in pretrain.items() if k in ("n_params", "recall_pretrain_facts",
                                                                    "recall_unseen_facts", "model", "pretrain")},
             "n_runs": int(len(df)), "n_seeds": int(df["seed"].nunique()), **_counts(eqp)}
+
+
+def _records(t) -> list[dict]:
+    """A table's rows as dicts, NaN as None (JSON)."""
+    return [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+            for r in t.to_dict(orient="records")] if len(t) else []
 
 
 def _counts(eqp) -> dict:
@@ -235,3 +236,48 @@ def headline_names(metrics: dict) -> list[str]:
         if parts[0] != "arms" or (parts[1] in arms and parts[2] in arms[parts[1]]):
             out.append(name)
     return out
+
+
+#: the columns of the frontier the notebook shows
+FRONTIER_COLUMNS = ["arm", "learned0", "retained0", "retained0_low", "retained0_high", "plastic", "plastic_low",
+                    "plastic_high", "final", "moved_owned_stage0", "n", "unit"]
+#: the columns of the memorisation table the notebook shows
+MEMORISATION_COLUMNS = ["arm", "learned0_train", "retained0_train", "retained0_train_low", "retained0_train_high",
+                        "plastic_train"]
+#: the verdict counts of :func:`headline_metrics` the notebook shows
+COUNTS = ("n_runs", "n_seeds", "n_pairs", "n_equal_plasticity", "n_epi_retains_more", "pooled_n_pairs",
+          "pooled_n_equal_plasticity", "pooled_n_epi_retains_more")
+
+
+def tables(records: Sequence, stage_tasks: Sequence[Sequence[str]], *, ewc_tuning: Sequence[dict] = ()) -> dict:
+    """Every table of a study's records (``pandas.DataFrame`` each): ``runs`` (:func:`run_table`),
+    ``frontier`` (:func:`frontier_table`), ``memorisation`` (the frontier of the ``_train`` metrics),
+    ``frontier_comparisons``, ``equal_plasticity``, ``bound_comparisons`` and ``ewc_tuning``
+    (``ewc_lambda``, ``val_score`` per candidate; empty when lambda was not chosen)."""
+    import pandas as pd
+
+    df = run_table(records, stage_tasks)
+    cmp = frontier_comparisons(df)
+    return {"runs": df, "frontier": frontier_table(df),
+            "memorisation": frontier_table(df, metrics=("learned0_train", "retained0_train", "plastic_train")),
+            "frontier_comparisons": cmp, "equal_plasticity": equal_plasticity(cmp),
+            "bound_comparisons": bound_comparisons(df),
+            "ewc_tuning": pd.DataFrame(list(ewc_tuning), columns=["ewc_lambda", "val_score"])}
+
+
+def describe(result) -> str:
+    """What ran, in a few lines: the model and its size, the stages, the pretraining recall of the
+    tiny model, the number of runs and EWC's lambda (a rehearsal prints its estimate when it ends)."""
+    pre = result.pretrain
+    lines = [f"model: {result.config.model} ({pre.get('n_params', 0):,} parameters); "
+             f"stages: {[tuple(t) for t in result.stage_tasks]}"]
+    if "recall_pretrain_facts" in pre:
+        lines.append(f"greedy recall after pretraining: facts in the corpus {pre['recall_pretrain_facts']:.2f}, "
+                     f"facts never stated {pre['recall_unseen_facts']:.2f}")
+    lines.append(f"{len(result.records)} runs; EWC lambda chosen on validation: {result.ewc_lambda}")
+    return "\n".join(lines)
+
+
+def verdict_counts(metrics: dict) -> dict:
+    """The run and verdict counts (:data:`COUNTS`) of a :func:`headline_metrics` payload."""
+    return {k: metrics[k] for k in COUNTS}
