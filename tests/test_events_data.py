@@ -233,12 +233,12 @@ def test_a_split_left_empty_stops_before_training(tmp_path):
 
 
 def test_misspelled_schema_file_is_an_error_not_the_chfinann_fallback(tmp_path, monkeypatch):
-    from epi_utils.events import study
+    from epi_utils.events import prepare
     (tmp_path / "mydata").mkdir()
     (tmp_path / "mydata" / "train.json").write_text("[]")  # a folder with data, only the schema name is wrong
     monkeypatch.setenv("EPI_DATA_DIR", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="chfinan_schema.json"):
-        study.locate_data("mydata", "chfinan_schema.json")
+        prepare.locate_data("mydata", "chfinan_schema.json")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_schema(tmp_path / "mydata" / "chfinan_schema.json")
 

@@ -5,16 +5,25 @@ import numpy as np
 import pytest
 import torch
 
+from epi_utils.events import Config
 from epi_utils.events import frontend as fe
 from epi_utils.events import training as tr
 from epi_utils.events.alignment import assign, best_record
-from epi_utils.events.config import EventConfig
 from epi_utils.events.data import parse_document, truncate_document
 from epi_utils.events.losses import slot_nll, supcon
 from epi_utils.events.methods import default_variants
 from epi_utils.events.metric import evaluate_documents
 from epi_utils.events.schema import schema_from_dict
 from epi_utils.events.synthetic import generate_documents
+from epi_utils.workbench.contract import ConfigError
+
+#: the small, fast front end these tests were written with (the config's defaults are the cpu profile)
+SMALL = dict(max_sentences=24, enc_lstm=False, bigram_buckets=0, pretrain_epochs=0, enc_layers=2, enc_epochs=4,
+             enc_lr=2e-3, dec_epochs=20, dec_lr=2e-3, num_probes=8, dec_batch=16, device="cpu")
+
+
+def small_config(**changes) -> Config:
+    return Config(**{**SMALL, **changes})
 
 
 def test_hungarian_finds_the_cheapest_assignment_and_fixed_keeps_order():
@@ -49,8 +58,8 @@ def test_whole_pipeline_runs_on_a_made_up_schema():
     raw = generate_documents(MADE_UP, n_docs=24, rng=np.random.default_rng(0), min_events=1, max_events=3)
     docs = [truncate_document(parse_document(i, d, MADE_UP), max_sentences=8, max_sentence_chars=64) for i, d in raw]
     train, test = docs[:18], docs[18:]
-    cfg = EventConfig(dim=32, hidden=32, enc_layers=1, dec_layers=1, heads=2, max_sentence_chars=64,
-                         max_sentences=8, enc_epochs=1, dec_epochs=2, num_probes=3, eval_every=1).validate()
+    cfg = small_config(dim=32, hidden=32, enc_layers=1, dec_layers=1, heads=2, max_sentence_chars=64,
+                       max_sentences=8, enc_epochs=1, dec_epochs=2, num_probes=3, eval_every=1)
     enc = fe.train_encoder(train, MADE_UP, cfg, seed=0)
     f_train = fe.extract_features(enc, train, MADE_UP, candidates="gold")
     f_test = fe.extract_features(enc, test, MADE_UP, candidates="predicted")
@@ -68,17 +77,25 @@ def test_whole_pipeline_runs_on_a_made_up_schema():
 
 
 def test_config_validation_names_the_parameter():
-    with pytest.raises(ValueError, match="candidates"):
-        EventConfig(candidates="oracle")
-    with pytest.raises(ValueError, match="heads"):
-        EventConfig(dim=30, heads=4)
-    with pytest.raises(ValueError, match="type_gate"):
-        EventConfig(type_gate="maybe")
-    with pytest.raises(ValueError, match="methods"):
-        EventConfig(methods=("probes", "crf"))
-    with pytest.raises(ValueError, match="dec_lr_grid"):
-        EventConfig(dec_lr_grid=(0.001, -1.0))
-    assert EventConfig().replace(dec_lr=0.01).dec_lr == 0.01
+    for kwargs, message in [({"candidates": "oracle"}, "EventConfig.candidates: must be one of"),
+                            ({"dim": 30, "heads": 4}, "EventConfig.dim: must be divisible by heads (4) (got 30)"),
+                            ({"hidden": 30, "heads": 4}, "EventConfig.hidden: must be divisible by heads (4) (got 30)"),
+                            ({"type_gate": "maybe"}, "EventConfig.type_gate: must be one of ['on', 'off', 'dev']"),
+                            ({"methods": ("probes", "crf")}, "EventConfig.methods: must be one of"),
+                            ({"methods": ()}, "EventConfig.methods: must not be empty"),
+                            ({"methods": ("probes", "probes")}, "EventConfig.methods: must not repeat a value"),
+                            ({"dec_lr_grid": (0.001, -1.0)}, "EventConfig.dec_lr_grid: must be > 0"),
+                            ({"split_files": ["train.json"]}, "EventConfig.split_files: must name three files"),
+                            ({"data_source": "web"}, "EventConfig.data_source: must be one of ['real', 'synthetic']"),
+                            ({"bigram_buckets": -1}, "EventConfig.bigram_buckets: must be >= 0"),
+                            ({"dropout": 1.0}, "EventConfig.dropout: must be < 1")]:
+        with pytest.raises(ConfigError) as info:
+            Config(**kwargs)
+        assert str(info.value).startswith(message), (kwargs, str(info.value))
+    cfg = Config()
+    assert cfg.replace(dec_lr=0.01).dec_lr == 0.01 and cfg.dec_lr == 0.003
+    assert cfg.methods == ("probes", "no_probe", "probes_no_extra_losses", "no_probe_extra_losses")
+    assert cfg.replace(dec_lr_grid=[1e-3]).dec_lr_grid == (1e-3,)
 
 
 def test_hugging_face_encoder_option_with_a_local_tiny_bert(tmp_path):
@@ -94,8 +111,8 @@ def test_hugging_face_encoder_option_with_a_local_tiny_bert(tmp_path):
     config = transformers.BertConfig(vocab_size=5 + len(chars), hidden_size=32, num_hidden_layers=1,
                                      num_attention_heads=2, intermediate_size=64)
     transformers.BertModel(config).save_pretrained(tmp_path)
-    cfg = EventConfig(dim=32, hidden=32, heads=2, enc_epochs=1, dec_epochs=1, hf_encoder=str(tmp_path),
-                         max_sentence_chars=64).validate()
+    cfg = small_config(dim=32, hidden=32, heads=2, enc_epochs=1, dec_epochs=1, hf_encoder=str(tmp_path),
+                       max_sentence_chars=64)
     enc = fe.train_encoder(docs, schema, cfg, seed=0)
     feats = fe.extract_features(enc, docs, schema, candidates="gold")
     assert feats[0]["sent"].shape == (len(docs[0].sentences), 32 + schema.num_types)

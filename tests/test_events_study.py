@@ -6,18 +6,24 @@ import numpy as np
 import pytest
 import torch
 
+from epi_utils.events import Config, Result, prepare, run_study, summary
 from epi_utils.events import frontend as fe
-from epi_utils.events import study, summary
 from epi_utils.events import training as tr
-from epi_utils.events.config import EventConfig
 from epi_utils.events.data import parse_document, truncate_document
+from epi_utils.events.design import ANNOTATED, frontend_step, silent
 from epi_utils.events.encoder import CharTransformer, CharVocab
+from epi_utils.events.ladder import Rung, study_rung
 from epi_utils.events.methods import VARIANTS
 from epi_utils.events.pretrain import mask_characters, pretrain_characters, windows_of
 from epi_utils.events.rules import merge_candidates, rule_mentions
 from epi_utils.events.schema import schema_from_dict
 from epi_utils.events.synthetic import generate_documents
+from epi_utils.workbench.contract import ConfigError
 from epi_utils.workbench.stats import Verdict
+
+#: the small, fast front end these tests were written with (the config's defaults are the cpu profile)
+SMALL = dict(max_sentences=24, enc_lstm=False, bigram_buckets=0, pretrain_epochs=0, enc_layers=2, enc_epochs=4,
+             enc_lr=2e-3, dec_epochs=20, dec_lr=2e-3, num_probes=8, dec_batch=16, device="cpu")
 
 
 def test_rule_candidates_find_values_and_merge_by_string():
@@ -86,8 +92,8 @@ def test_char_encoder_with_bigrams_and_bilstm_does_not_depend_on_the_batch_paddi
     with torch.no_grad():
         a, b = model.forward_ids(ids, mask), model.forward_ids(swapped, mask)
     assert not torch.allclose(a[0, 2], b[0, 2])
-    with pytest.raises(ValueError, match="bigram_buckets"):
-        EventConfig(bigram_buckets=-1)
+    with pytest.raises(ConfigError, match="EventConfig.bigram_buckets"):
+        Config(bigram_buckets=-1)
 
 
 def test_selection_key_orders_f1_then_annotated_f1_then_loss():
@@ -111,8 +117,9 @@ def test_decoder_selection_does_not_keep_the_first_checkpoint_when_dev_f1_is_zer
     not the first checkpoint and the default threshold 0.5."""
     docs = _docs(80)
     train, dev = docs[:60], docs[60:]
-    cfg = EventConfig(dim=32, hidden=32, enc_layers=1, dec_layers=1, heads=2, max_sentence_chars=64, max_sentences=8,
-                      enc_epochs=3, dec_epochs=8, eval_every=1, num_probes=3, dec_lr=3e-3, dropout=0.0, type_gate="dev")
+    cfg = Config(**{**SMALL, **dict(dim=32, hidden=32, enc_layers=1, dec_layers=1, heads=2, max_sentence_chars=64,
+                                    max_sentences=8, enc_epochs=3, dec_epochs=8, eval_every=1, num_probes=3, dec_lr=3e-3,
+                                    dropout=0.0, type_gate="dev")})
     enc = fe.train_encoder(train, MADE_UP, cfg, seed=0)
     f_train = fe.extract_features(enc, train, MADE_UP, candidates="gold")
     f_gold = fe.extract_features(enc, dev, MADE_UP, candidates="gold")
@@ -145,38 +152,55 @@ def _write_layout(folder, schema_dict, docs_raw):
 
 def test_a_doc2edag_layout_data_set_with_another_schema_runs_from_a_folder(tmp_path, monkeypatch):
     """The notebook's data path: ``data_subdir`` under EPI_DATA_DIR and ``schema_file`` in it; a
-    two-type schema unlike ChFinAnn's, documents in Doc2EDAG's ``[doc_id, doc]`` layout."""
+    two-type schema unlike ChFinAnn's, documents in Doc2EDAG's ``[doc_id, doc]`` layout; run_study
+    builds its inputs from the config alone and returns a complete :class:`Result`."""
     schema_dict = {"events": [{"event_type": "Launch", "roles": ["Rocket", "Site", "Day"]},
                               {"event_type": "Dock", "roles": ["Ship", "Port"]}]}
     raw = generate_documents(schema_from_dict(schema_dict), n_docs=60, rng=np.random.default_rng(1), max_events=2)
     _write_layout(tmp_path / "space" / "launches", schema_dict, raw)
     monkeypatch.setenv("EPI_DATA_DIR", str(tmp_path / "space"))
-    folder, schema_path = study.locate_data("launches", "my_schema.json")
-    data = study.prepare_data(folder, schema_path, split_seed=0, max_sentences=8, max_sentence_chars=64)
+    folder, schema_path = prepare.locate_data("launches", "my_schema.json")
+    data = prepare.prepare_data(folder, schema_path, split_seed=0, max_sentences=8, max_sentence_chars=64)
     assert data.schema.event_types == ("Launch", "Dock") or list(data.schema.event_types) == ["Launch", "Dock"]
     assert sum(len(v) for v in data.full.values()) == 60
-    cfg = EventConfig(dim=32, hidden=32, enc_layers=1, dec_layers=1, heads=2, max_sentence_chars=64, max_sentences=8,
-                      enc_epochs=1, pretrain_epochs=1, dec_epochs=2, eval_every=1, num_probes=3, encoder_seeds=2,
-                      decoder_seeds=1, methods=("probes", "no_probe"), dec_lr_grid=(1e-3, 3e-3))
-    res = study.run_study(data, cfg, log=lambda s: None)
+    cfg = Config(**{**SMALL, **dict(data_subdir="launches", schema_file="my_schema.json", dim=32, hidden=32, enc_layers=1,
+                                    dec_layers=1, heads=2, max_sentence_chars=64, max_sentences=8, enc_epochs=1,
+                                    pretrain_epochs=1, dec_epochs=2, eval_every=1, num_probes=3, encoder_seeds=2,
+                                    decoder_seeds=1, methods=("probes", "no_probe"), dec_lr_grid=(1e-3, 3e-3),
+                                    synthetic_docs=30, synthetic_enc_epochs=1, synthetic_dec_epochs=1)})
+    result = run_study(cfg, progress=silent, log=lambda s: None)
+    assert isinstance(result, Result) and result.data.describe() == data.describe()   # the same split, built from cfg
+    res = result.records
     cands = {r.candidates for r in res.decoders}
-    assert cands == {"union", study.ANNOTATED, "predicted", "rules"}
+    assert cands == {"union", ANNOTATED, "predicted", "rules"}
     assert {r.unit for r in res.rows(candidates="union")} == {"enc0-dec100", "enc1-dec200"}
     assert len(res.search) == 4 and sum(s.chosen for s in res.search) == 2
     comps = summary.comparisons(res, candidates="union", metrics=("micro_f1",))
     assert [c.metric for c in comps] == ["micro_f1 (union)", "document F1 (union)"]
     assert all(c.verdict in tuple(Verdict) for c in comps)
-    table = summary.score_table(res.rows(candidates=study.ANNOTATED))
+    table = summary.score_table(res.rows(candidates=ANNOTATED))
     assert set(table.index) == {"probes", "no_probe"}
-    e, ds = study.frontend_step(data, cfg.replace(pretrain_epochs=0, enc_lstm=True, bigram_buckets=64),
-                                step="no pretraining", seed=0)
+    e, ds = frontend_step(data, cfg.replace(pretrain_epochs=0, enc_lstm=True, bigram_buckets=64), step="no pretraining", seed=0)
     assert [d.candidates for d in ds] == ["union", "predicted", "rules"] and {d.step for d in ds} == {"no pretraining"}
-    steps = summary.frontend_table([("no pretraining", e, ds), ("study", res.encoders[0], [r for r in res.rows() if r.encoder_seed == 0])])
+    steps = summary.frontend_table([Rung("no pretraining", e, ds), study_rung(cfg, res)])
     assert list(steps["candidates"][:3]) == ["predicted", "rules", "union"]
-    assert steps["decoders"].tolist() == [1, 1, 1] + [2, 2, 2]   # study: probes + no_probe of the first encoder
+    assert steps["decoders"].tolist() == [1, 1, 1] + [1, 1, 1]   # the study row: probes of the first encoder
     ment, test = summary.targets(res, candidates="union")
     assert ment.value == pytest.approx(np.mean([x.mention["predicted"]["f1"] for x in res.encoders]))  # the NER head's
     assert test.value == pytest.approx(np.mean([r.scores["micro_f1"] for r in res.rows(candidates="union") if r.method == "probes"]))
     assert res.encoders[0].history[0].get("dev_mention_f1") is not None
+    # the contract's outputs: metrics with intervals named _low/_high over the seed units, headlines present
+    metrics = result.metrics()
+    assert metrics["probes"]["n"] == 2 and metrics["probes"]["unit"] == summary.SEED_UNIT
+    assert metrics["probes"]["micro_f1_low"] <= metrics["probes"]["micro_f1"] <= metrics["probes"]["micro_f1_high"]
+    assert set(metrics["synthetic"]) == {"micro_f1", "multi_recall", "passed", "end_to_end_micro_f1"}
+    for key in result.headlines():
+        node = metrics
+        for part in key.split("."):
+            node = node[part]
+    assert set(result.frames()) == {"decoders", "encoders", "frontend_steps", "recall_by_events", "lr_search", "comparisons"}
+    assert "study_total_s" in result.timings() and "synthetic_s" in result.timings()
+    by_count = summary.recall_by_count_table(res.by_count)
+    assert {"recall", "recall_low", "recall_high", "n", "unit", "n_docs"} <= set(by_count.columns)
     with pytest.raises(FileNotFoundError, match="my_schema_typo.json"):
-        study.locate_data("launches", "my_schema_typo.json")
+        prepare.locate_data("launches", "my_schema_typo.json")

@@ -1,108 +1,100 @@
-"""Study 04's one configuration: the pipeline's options and the design of the study.
+"""Study 04's one configuration: the data, the pipeline's options and the design of the study.
 
-Built from the notebook's parameters with
-``epi_utils.workbench.params.config_from_params(EventConfig, globals())``; every field is validated
-in ``__post_init__`` and a bad value raises ``ValueError`` naming the parameter.
+Every field is declared once, with its default (the ``cpu`` profile) and help text, by
+:func:`~epi_utils.workbench.contract.option`; the notebook's parameters cell is generated from it
+(``epi params notebooks/04_event_probes.ipynb --sync``). A bad value raises
+:class:`~epi_utils.workbench.contract.ConfigError` naming ``EventConfig.<field>`` and the value.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+
+from epi_utils.workbench.contract import StudyConfig, option
 
 CANDIDATES = ("predicted", "rules", "union", "gold")   # test-time candidate sets (see frontend.extract_features)
 TRAIN_CANDIDATES = ("gold", "union")                  # decoder training candidates
-THRESHOLDS = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6)              # record-existence thresholds tried on dev
+THRESHOLDS = (0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6)     # record-existence thresholds tried on dev
 METHODS = ("probes", "no_probe", "probes_no_extra_losses", "no_probe_extra_losses",
            "wo_alignment", "wo_role_contrastive", "wo_probe_consistency")
+DATA_SOURCES = ("real", "synthetic")
+ON_ERROR = ("skip", "raise")
 
 
-@dataclass
-class EventConfig:
-    """Every option of the pipeline and of the study's design (keyword-only)."""
+@dataclass(frozen=True)
+class EventConfig(StudyConfig):
+    """Every option of the data, the pipeline (stage 1 front end, stage 2 decoders) and the design."""
 
+    # data
+    data_source: str = option("real", "real (Doc2EDAG-layout files under EPI_DATA_DIR) | synthetic (planted records)",
+                              choices=DATA_SOURCES)
+    data_subdir: str = option("docee/chfinann", "folder under EPI_DATA_DIR with the documents")
+    schema_file: str = option("chfinann_event_schema.derived.json",
+                              "schema file in data_subdir (or shipped in events/schemas)")
+    split_files: list[str] = option([], "three files (train, dev, test) holding the split; empty: seeded split of the folder")
+    limit_docs: int = option(0, "keep only the first N documents (0 keeps all)", ge=0)
+    split_seed: int = option(0, "seed of the train/dev/test division", ge=0, lt=2**31)
+    on_error: str = option("skip", "malformed documents: skip (and count) | raise", choices=ON_ERROR)
+    max_sentences: int = option(48, "sentences kept per document (reachable test arguments printed for 24/48/64)", ge=1)
+    max_sentence_chars: int = option(128, "characters kept per sentence", ge=1)
     # stage 1: encoder, NER head, type detector
-    dim: int = 64                 # stage-1 hidden size
-    enc_layers: int = 2           # Transformer layers of the character encoder
-    heads: int = 4                # attention heads (stage 1 and 2)
-    dropout: float = 0.1          # dropout in the encoder (embeddings and layers) and the decoder
-    max_sentence_chars: int = 128 # characters kept per sentence
-    max_sentences: int = 24       # sentences kept per document
-    bigram_buckets: int = 0       # hashed character-bigram embedding buckets of the character encoder (0 = none)
-    enc_lstm: bool = False        # a residual BiLSTM layer over the character Transformer's output
-    pretrain_epochs: int = 0      # masked-character pretraining passes over all documents' text (0 = none)
-    pretrain_lr: float = 2e-3     # masked-character pretraining peak learning rate
-    enc_epochs: int = 4           # stage-1 epochs (best epoch on dev mention F1 kept)
-    enc_lr: float = 2e-3
-    enc_batch: int = 8            # documents per stage-1 batch
-    ner_boundary_weight: float = 1.0   # weight of the field-agnostic O/B/I loss of the NER head
-    sentence_type_weight: float = 1.0  # weight of the sentence-level type loss
-    min_mention_chars: int = 3    # predicted spans shorter than this are dropped (fragments)
-    hf_encoder: str = ""          # Hugging Face encoder id (or local folder) instead of the character Transformer
+    dim: int = option(64, "stage-1 encoder hidden size", ge=1)
+    enc_lstm: bool = option(True, "residual BiLSTM over the character Transformer (its gain: front-end ladder, profile cpu-long)")
+    bigram_buckets: int = option(65536, "hashed character-bigram embedding buckets, 0 for none (gain: front-end ladder)",
+                                 ge=0)
+    enc_layers: int = option(1, "stage-1 Transformer layers", ge=1)
+    heads: int = option(4, "attention heads", ge=1)
+    dropout: float = option(0.1, "dropout in encoder and decoder", ge=0, lt=1)
+    pretrain_epochs: int = option(1, "masked-character pretraining passes over every document's text", ge=0)
+    pretrain_lr: float = option(0.002, "pretraining peak learning rate", gt=0)
+    enc_epochs: int = option(8, "stage-1 epochs (NER head + type detector; best dev mention F1 kept)", ge=0)
+    enc_lr: float = option(0.003, "stage-1 peak learning rate", gt=0)
+    enc_batch: int = option(8, "documents per stage-1 batch", ge=1)
+    hf_encoder: str = option("", "Hugging Face encoder id (gpu profile); empty: character Transformer")
     # stage 2: decoder
-    hidden: int = 64
-    dec_layers: int = 2
-    num_probes: int = 8           # probes (records) per event type
-    dec_epochs: int = 20          # stage-2 epochs (the checkpoint is chosen on dev)
-    dec_lr: float = 2e-3
-    dec_lr_grid: tuple = ()       # decoder learning rates searched on dev for every method (empty = dec_lr only)
-    dec_batch: int = 16
-    rc_weight: float = 0.1        # role contrastive loss weight (when a variant uses it)
-    pc_weight: float = 0.1        # probe consistency loss weight (when a variant uses it)
-    temperature: float = 0.1
-    exist_threshold: float = 0.5  # record-existence threshold (start value when tuned)
-    tune_threshold: bool = True   # choose the existence threshold on dev among THRESHOLDS
-    type_gate: str = "dev"        # decode only detected types: "on" | "off" | "dev" (chosen on dev)
-    candidates: str = "union"     # test-time candidates, one of CANDIDATES
-    train_candidates: str = "union"  # decoder training candidates, one of TRAIN_CANDIDATES
-    eval_every: int = 2           # dev evaluation period (epochs) for the decoder checkpoint
-    anchor_probes: bool = True    # start each probe from a ranked candidate (see probes.py)
-    device: str = "cpu"
+    hidden: int = option(64, "stage-2 hidden size", ge=1)
+    dec_layers: int = option(2, "probe decoder layers", ge=1)
+    num_probes: int = option(6, "probes per event type", ge=1)
+    anchor_probes: bool = option(True, "start each probe from a ranked candidate (see probes.py)")
+    dec_epochs: int = option(5, "stage-2 epochs (the checkpoint is chosen on dev)", ge=0)
+    dec_lr: float = option(0.003, "stage-2 learning rate when dec_lr_grid is empty", gt=0)
+    dec_lr_grid: tuple[float, ...] = option([], "decoder learning rates searched on dev, the same for every method "
+                                                "(empty: dec_lr only)", gt=0)
+    dec_batch: int = option(32, "documents per stage-2 batch", ge=1)
+    rc_weight: float = option(0.1, "role contrastive loss weight", ge=0)
+    pc_weight: float = option(0.1, "probe consistency loss weight", ge=0)
+    temperature: float = option(0.1, "contrastive temperature", gt=0)
+    exist_threshold: float = option(0.5, "record-existence threshold (start value when tuned)", gt=0, lt=1)
+    tune_threshold: bool = option(True, "choose the existence threshold on dev among config.THRESHOLDS")
+    candidates: str = option("union", "test-time candidates: union (NER + rules) | predicted (NER) | rules | gold (annotated)",
+                             choices=CANDIDATES)
+    train_candidates: str = option("union", "decoder training candidates: union (+ annotated) | gold (annotated only)",
+                                   choices=TRAIN_CANDIDATES)
+    type_gate: str = option("dev", "decode only detected types: on | off | dev (chosen on dev per decoder)",
+                            choices=("on", "off", "dev"))
+    min_mention_chars: int = option(3, "predicted spans shorter than this are dropped as fragments", ge=0)
+    ner_boundary_weight: float = option(1.0, "weight of the NER head's field-agnostic O/B/I loss", ge=0)
+    sentence_type_weight: float = option(1.0, "weight of the sentence-level event-type loss", ge=0)
+    eval_every: int = option(2, "dev check period (epochs) for the decoder checkpoint", ge=1)
     # design of the study
-    methods: tuple = ("probes", "no_probe", "probes_no_extra_losses", "no_probe_extra_losses")
-    encoder_seeds: int = 2        # stage-1 encoders (each pretrained and trained with its own seed)
-    decoder_seeds: int = 2        # decoders per encoder and method
-    seed: int = 0                 # first seed
+    methods: tuple[str, ...] = option(["probes", "no_probe", "probes_no_extra_losses", "no_probe_extra_losses"],
+                                      "decoder methods (config.METHODS)", choices=METHODS, nonempty=True, unique=True)
+    encoder_seeds: int = option(2, "stage-1 encoders (seeds vary pretraining, initialisation and order)", ge=1)
+    decoder_seeds: int = option(2, "decoders per encoder and method", ge=1)
+    frontend_steps: bool = option(False, "also train the front-end ladder (3 more encoders, one probe decoder each; "
+                                         "profile cpu-long)")
+    num_threads: int = option(1, "torch CPU threads", ge=1)
+    # the synthetic sanity check
+    synthetic_docs: int = option(800, "documents in the synthetic sanity check (and of data_source synthetic)", ge=10)
+    synthetic_enc_epochs: int = option(4, "stage-1 epochs in the sanity check", ge=1)
+    synthetic_dec_epochs: int = option(30, "stage-2 epochs in the sanity check", ge=1)
+    synthetic_dec_batch: int = option(16, "documents per stage-2 batch in the sanity check", ge=1)
+    # display
+    n_examples: int = option(2, "test documents shown gold vs predicted", ge=0)
 
-    def __post_init__(self):
-        for name in ("dim", "enc_layers", "heads", "max_sentence_chars", "max_sentences", "enc_batch",
-                     "hidden", "dec_layers", "num_probes", "dec_batch", "eval_every", "encoder_seeds",
-                     "decoder_seeds"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("enc_epochs", "dec_epochs", "pretrain_epochs", "bigram_buckets", "rc_weight", "pc_weight", "min_mention_chars"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.dim % self.heads or self.hidden % self.heads:
-            raise ValueError(f"dim ({self.dim}) and hidden ({self.hidden}) must be divisible by heads ({self.heads})")
-        if self.candidates not in CANDIDATES:
-            raise ValueError(f"candidates must be one of {CANDIDATES}, got {self.candidates!r}")
-        if self.train_candidates not in TRAIN_CANDIDATES:
-            raise ValueError(f"train_candidates must be one of {TRAIN_CANDIDATES}, got {self.train_candidates!r}")
-        if self.type_gate not in ("on", "off", "dev"):
-            raise ValueError(f"type_gate must be 'on', 'off' or 'dev', got {self.type_gate!r}")
-        if not 0 < self.exist_threshold < 1:
-            raise ValueError(f"exist_threshold must be in (0, 1), got {self.exist_threshold}")
-        self.methods = tuple(self.methods)
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise ValueError(f"methods must be a non-empty list from {METHODS}, got {list(self.methods)}")
-        self.dec_lr_grid = tuple(float(x) for x in self.dec_lr_grid)
-        if any(x <= 0 for x in self.dec_lr_grid):
-            raise ValueError(f"dec_lr_grid must hold positive learning rates, got {list(self.dec_lr_grid)}")
-
-    def validate(self) -> "EventConfig":
-        """Validation happens in ``__post_init__``; kept so that ``EventConfig(...).validate()`` reads."""
-        self.__post_init__()
-        return self
-
-    def replace(self, **changes: Any) -> "EventConfig":
-        """A copy with ``changes`` (validated)."""
-        unknown = [k for k in changes if k not in {f.name for f in fields(self)}]
-        if unknown:
-            raise ValueError(f"unknown EventConfig field(s) {unknown}")
-        return EventConfig(**{**asdict(self), **changes})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def check(self) -> None:
+        if self.dim % self.heads:
+            raise self.error("dim", f"must be divisible by heads ({self.heads})")
+        if self.hidden % self.heads:
+            raise self.error("hidden", f"must be divisible by heads ({self.heads})")
+        if self.split_files and len(self.split_files) != 3:
+            raise self.error("split_files", "must name three files (train, dev, test) or none")

@@ -1,4 +1,5 @@
-"""Figures of Study 04 (saved with :func:`epi_utils.workbench.plots.save_figure`)."""
+"""Figures of Study 04: each function returns a figure; the notebook saves it (``plots``), under
+the name given in its docstring."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -6,27 +7,26 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from epi_utils.events.study import EncoderRecord
-from epi_utils.workbench import plots
+from epi_utils.events.design import EncoderRecord
 
 
-def recall_vs_events(by_count: pd.DataFrame, *, name: str = "recall_vs_num_events"):
+def recall_vs_events(by_count: pd.DataFrame):
     """Role-level test recall against the number of gold records per document, one line per method,
-    error bars = 95% t-interval over the seed units (``summary.recall_by_count_table``)."""
+    error bars = 95% t-interval over the seed units (``summary.recall_by_count_table``; none where a
+    bin has one unit). Saved as ``recall_vs_num_events``."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for method, sub in by_count.groupby("method", sort=False, observed=True):
-        ax.errorbar(sub["n_events"].astype(str), sub["recall"], yerr=[sub["recall"] - sub["lo"], sub["hi"] - sub["recall"]],
+        ax.errorbar(sub["n_events"].astype(str), sub["recall"], yerr=[(sub["recall"] - sub["recall_low"]).fillna(0), (sub["recall_high"] - sub["recall"]).fillna(0)],
                     marker="o", capsize=3, label=method)
     ax.set(xlabel="gold records in the document", ylabel="role-level recall (test)",
            title="Recall vs number of events (95% t-interval over seed units)")
     ax.legend(fontsize=8)
-    plots.save_figure(fig, name)
     return fig
 
 
-def encoder_curves(encoders: Sequence[EncoderRecord], *, name: str = "encoder_dev_mention_f1"):
+def encoder_curves(encoders: Sequence[EncoderRecord]):
     """Dev mention F1 of the NER head after every stage-1 epoch, one line per encoder (the best
-    epoch is the one kept)."""
+    epoch is the one kept). Saved as ``encoder_dev_mention_f1``."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for e in encoders:
         hist = [h for h in e.history if "dev_mention_f1" in h]
@@ -35,12 +35,11 @@ def encoder_curves(encoders: Sequence[EncoderRecord], *, name: str = "encoder_de
                     label=f"{e.step}, seed {e.encoder_seed}")
     ax.set(xlabel="stage-1 epoch", ylabel="dev mention F1 (NER head)", title="Entity front end on dev")
     ax.legend(fontsize=8)
-    plots.save_figure(fig, name)
     return fig
 
 
-def decoder_curves(histories: dict[str, list], *, name: str = "decoder_dev_f1"):
-    """Dev micro F1 at each decoder check, one line per method (first seed unit)."""
+def decoder_curves(histories: dict[str, list]):
+    """Dev micro F1 at each decoder check, one line per method (first seed unit). Saved as ``decoder_dev_f1``."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for method, hist in histories.items():
         pts = [(h["epoch"], h["dev_f1"]) for h in hist if "dev_f1" in h]
@@ -48,5 +47,4 @@ def decoder_curves(histories: dict[str, list], *, name: str = "decoder_dev_f1"):
             ax.plot(*zip(*pts), marker="o", label=method)
     ax.set(xlabel="decoder epoch", ylabel="dev micro F1", title="Decoder checkpoints on dev (first seed unit)")
     ax.legend(fontsize=8)
-    plots.save_figure(fig, name)
     return fig

@@ -63,7 +63,7 @@ def build_encoder(docs: Sequence[Document], schema: EventSchema, cfg: EventConfi
     return DocumentEncoder(CharVocab.build(list(docs) + list(unlabeled)), labels, schema.num_types, dim=cfg.dim,
                            layers=cfg.enc_layers, heads=cfg.heads, max_len=cfg.max_sentence_chars,
                            max_sentences=cfg.max_sentences, dropout=cfg.dropout, hf_name=cfg.hf_encoder,
-                           bigram_buckets=cfg.bigram_buckets, lstm=cfg.enc_lstm).to(cfg.device)
+                           bigram_buckets=cfg.bigram_buckets, lstm=cfg.enc_lstm).to(cfg.torch_device)
 
 
 def _encoder_step(enc: DocumentEncoder, batch: Sequence[Document], schema: EventSchema, cfg: EventConfig) -> torch.Tensor:
@@ -85,7 +85,7 @@ def _encoder_step(enc: DocumentEncoder, batch: Sequence[Document], schema: Event
 
 def train_encoder(docs: Sequence[Document], schema: EventSchema, cfg: EventConfig, *, seed: int,
                   unlabeled: Sequence[Document] = (), dev_docs: Sequence[Document] | None = None,
-                  progress: bool = False, max_steps: int | None = None, log=None) -> DocumentEncoder:
+                  max_steps: int | None = None, log=None) -> DocumentEncoder:
     """Stage 1: (masked-character pretraining on ``docs`` + ``unlabeled`` text for
     ``cfg.pretrain_epochs``, character Transformer only) then NER + event-type detection on ``docs``
     for ``cfg.enc_epochs`` (OneCycle learning rate).
@@ -103,7 +103,7 @@ def train_encoder(docs: Sequence[Document], schema: EventSchema, cfg: EventConfi
         seen = {d.doc_id for d in docs}
         text_docs = list(docs) + [d for d in unlabeled if d.doc_id not in seen]
         enc.pretrain_losses = pretrain_characters(enc.sent, text_docs, epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr,
-                                                  seed=seed, progress=progress)
+                                                  seed=seed)
     lex = [enc.type_lex.weight]
     rest = [p for n, p in enc.named_parameters() if n != "type_lex.weight"]
     # the lexical bag-of-n-grams table is a linear model over sparse features: 10x the learning rate
@@ -111,8 +111,6 @@ def train_encoder(docs: Sequence[Document], schema: EventSchema, cfg: EventConfi
     steps = max(1, cfg.enc_epochs * len(batches(len(docs), cfg.enc_batch, None)))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.enc_lr, 10 * cfg.enc_lr], total_steps=steps,
                                                 pct_start=0.1)
-    from tqdm.auto import tqdm
-    bar = tqdm(total=steps, desc=f"encoder seed {seed}", disable=not progress, leave=False)
     history, best, best_state, done, t0 = [], -1.0, None, 0, time.perf_counter()
     for epoch in range(1, cfg.enc_epochs + 1):
         enc.train()
@@ -124,7 +122,6 @@ def train_encoder(docs: Sequence[Document], schema: EventSchema, cfg: EventConfi
             torch.nn.utils.clip_grad_norm_(enc.parameters(), 1.0)
             opt.step()
             sched.step()
-            bar.update(1)
             tot += float(loss.detach())
             done += 1
             if max_steps is not None and done >= max_steps:
@@ -143,7 +140,6 @@ def train_encoder(docs: Sequence[Document], schema: EventSchema, cfg: EventConfi
                               elapsed=time.perf_counter() - t0, unit="done") + f"; loss {tot:.1f}{dev}")
         if max_steps is not None and done >= max_steps:
             break
-    bar.close()
     if best_state is not None:
         enc.load_state_dict(best_state)
     enc.history = history

@@ -45,7 +45,7 @@ def mask_characters(ids: torch.Tensor, mask: torch.Tensor, *, vocab_size: int, r
 
 
 def pretrain_characters(model: CharTransformer, docs: Sequence[Document], *, epochs: int, lr: float,
-                        batch: int = 64, rate: float = 0.15, seed: int = 0, progress: bool = False) -> list[float]:
+                        batch: int = 64, rate: float = 0.15, seed: int = 0) -> list[float]:
     """Train ``model`` (in place) by masked-character prediction on ``docs``' text for ``epochs``
     passes; returns the mean loss of each epoch (cross-entropy in nats per masked character).
 
@@ -67,8 +67,6 @@ def pretrain_characters(model: CharTransformer, docs: Sequence[Document], *, epo
     warm = max(1, total // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(i, total) / total)))
-    from tqdm.auto import tqdm
-    bar = tqdm(total=total, desc=f"masked-character pretraining seed {seed}", disable=not progress, leave=False)
     model.train()
     losses = []
     for _ in range(epochs):
@@ -87,8 +85,6 @@ def pretrain_characters(model: CharTransformer, docs: Sequence[Document], *, epo
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            bar.update(1)
             tot, n = tot + float(loss.detach()), n + 1
         losses.append(tot / max(n, 1))
-    bar.close()
     return losses

@@ -1,6 +1,9 @@
-"""Tables and verdicts of Study 04, as data (from :class:`.study.StudyResult` records).
+"""Tables, verdicts and the metrics of Study 04, as data (from :class:`.design.Records` and a
+:class:`.study.Result`).
 
-Every interval says its unit. Comparisons are :class:`~epi_utils.workbench.stats.Comparison`
+Every interval says its unit; every table of means with intervals is
+:func:`~epi_utils.workbench.stats.interval_table` (columns ``<metric>``, ``<metric>_low``,
+``<metric>_high``, ``n``, ``unit``). Comparisons are :class:`~epi_utils.workbench.stats.Comparison`
 objects from :func:`~epi_utils.workbench.stats.compare`, paired either over the (encoder seed,
 decoder seed) units -- t-interval, micro scores -- or over the test documents -- bootstrap over
 documents of each document's role-level F1 averaged over the seed units.
@@ -14,14 +17,17 @@ import numpy as np
 import pandas as pd
 
 from epi_utils.events.data import Document
+from epi_utils.events.design import ANNOTATED, DecoderRecord, Records, SearchRecord
+from epi_utils.events.ladder import Rung
 from epi_utils.events.schema import EventSchema
-from epi_utils.events.study import ANNOTATED, DecoderRecord, EncoderRecord, StudyResult
-from epi_utils.workbench.stats import Comparison, compare, interval, with_ci
+from epi_utils.workbench.stats import Comparison, compare, interval_table
 
 SEED_UNIT = "seed units (encoder x decoder seeds)"
 DOC_UNIT = "test documents"
 MAIN_METRICS = ("micro_p", "micro_r", "micro_f1", "macro_f1", "mean_type_micro_f1", "single_f1", "multi_f1",
                 "multi_recall")
+#: the columns of the main tables: the headline metrics and single/multi-event precision and recall
+TABLE_METRICS = MAIN_METRICS + ("single_p", "single_r", "multi_p", "multi_r")
 #: the pairs compared (a, b): the method against the no-probe baseline, and the cells that separate
 #: the probes from the two extra losses.
 PAIRS = (("probes", "no_probe"),                                # the study's question
@@ -39,25 +45,34 @@ def _by_method(records: Sequence[DecoderRecord]) -> dict[str, list[DecoderRecord
     return out
 
 
+def decoder_frame(records: Sequence[DecoderRecord]) -> pd.DataFrame:
+    """One row per decoder evaluation: method, step, candidate set, seed unit, every score, the dev
+    choices (prefixed ``dev_``) and the training seconds."""
+    return pd.DataFrame([{"method": r.method, "step": r.step, "candidates": r.candidates, "unit": r.unit,
+                          "encoder_seed": r.encoder_seed, "decoder_seed": r.decoder_seed, **r.scores,
+                          **{f"dev_{k}": v for k, v in r.dev.items()}, "seconds": r.seconds} for r in records])
+
+
 def score_table(records: Sequence[DecoderRecord], *, metrics: Sequence[str] = MAIN_METRICS) -> pd.DataFrame:
-    """Methods x metrics, each cell ``"mean [lo, hi]"`` (x100): 95% t-interval over the seed units."""
+    """Methods x metrics, each cell ``"mean [low, high]"`` (x100): 95% t-interval over the seed units
+    (:func:`~epi_utils.workbench.stats.interval_table`); the value alone where there is one unit."""
+    frame = decoder_frame(records)
+    frame[list(metrics)] = 100 * frame[list(metrics)]
+    table = interval_table(frame, by=["method"], columns=metrics, unit=SEED_UNIT)
     out = {}
-    for method, recs in _by_method(records).items():
-        cells = {}
-        for m in metrics:
-            iv = interval([100 * r.scores[m] for r in recs], unit=SEED_UNIT, method="t") if len(recs) > 1 else None
-            cells[m] = (f"{iv.mean:.1f} [{iv.low:.1f}, {iv.high:.1f}]" if iv is not None
-                        else f"{100 * recs[0].scores[m]:.1f}")
-        cells["n units"] = len(recs)
-        out[method] = cells
+    for _, row in table.iterrows():
+        cells = {m: (f"{row[m]:.1f} [{row[f'{m}_low']:.1f}, {row[f'{m}_high']:.1f}]" if row["n"] > 1 else f"{row[m]:.1f}")
+                 for m in metrics}
+        cells["n units"] = int(row["n"])
+        out[row["method"]] = cells
     return pd.DataFrame(out).T
 
 
-def comparisons(result: StudyResult, *, candidates: str, metrics: Sequence[str] = ("micro_f1", "multi_f1", "multi_recall"),
+def comparisons(records: Records, *, candidates: str, metrics: Sequence[str] = ("micro_f1", "multi_f1", "multi_recall"),
                 pairs: Sequence[tuple[str, str]] = PAIRS) -> list[Comparison]:
     """Paired comparisons of every pair in ``pairs`` whose two methods ran: over the seed units for
     each of ``metrics``, and over the test documents (per-document F1, mean over units)."""
-    recs = _by_method(result.rows(candidates=candidates))
+    recs = _by_method(records.rows(candidates=candidates))
     out = []
     for a, b in pairs:
         if a not in recs or b not in recs:
@@ -73,22 +88,30 @@ def comparisons(result: StudyResult, *, candidates: str, metrics: Sequence[str] 
     return out
 
 
+def all_comparisons(records: Records, *, candidates: str) -> list[Comparison]:
+    """The study's comparisons from ``candidates`` (micro F1, multi-event F1 and recall, document F1)
+    followed by those decoded from the annotated mentions (micro F1, document F1)."""
+    return comparisons(records, candidates=candidates) + comparisons(records, candidates=ANNOTATED, metrics=("micro_f1",))
+
+
 def comparison_table(comps: Sequence[Comparison]) -> pd.DataFrame:
-    """One row per comparison: means, difference with its interval and unit, p, verdict, detectable effect."""
+    """One row per comparison: means, difference ``diff`` (a - b) with its interval and unit, p,
+    verdict, detectable effect."""
     rows = []
     for c in comps:
         rows.append({"a": c.a_name, "b": c.b_name, "metric": c.metric, "a mean": c.a_mean, "b mean": c.b_mean,
-                     "a - b": c.diff.mean, "low": c.diff.low, "high": c.diff.high, "interval": c.diff.label(),
+                     "diff": c.diff.mean, "diff_low": c.diff.low, "diff_high": c.diff.high, "interval": c.diff.label(),
                      "p": c.p_value, "verdict": c.verdict.value, "detectable": c.detectable})
     return pd.DataFrame(rows)
 
 
-def frontend_table(steps: Sequence[tuple[str, EncoderRecord, Sequence[DecoderRecord]]]) -> pd.DataFrame:
-    """The front-end steps: per (step, candidate set of its encoder) the dev mention P/R/F1, the field
-    accuracy, and the test micro F1 of the step's decoders evaluated on that candidate set (mean over
-    them; NaN where none was). ``steps``: ``(name, encoder record, decoder records)``."""
+def frontend_table(rungs: Sequence[Rung]) -> pd.DataFrame:
+    """The front-end steps: per (rung, candidate set of its encoder) the dev mention P/R/F1, the field
+    accuracy, and the test micro F1 of the rung's decoders evaluated on that candidate set (mean over
+    them; NaN where none was). ``rungs``: :func:`.ladder.run_ladder`'s."""
     rows = []
-    for name, e, decs in steps:
+    for rung in rungs:
+        name, e, decs = rung.step, rung.encoder, rung.decoders
         for cand, m in e.mention.items():
             test = [d.scores["micro_f1"] for d in decs if d.candidates == cand]
             rows.append({"step": name, "encoder seed": e.encoder_seed, "candidates": cand,
@@ -114,44 +137,69 @@ class Target:
         return {"value": self.value, "target": self.target, "reached": self.reached}
 
 
-def targets(result: StudyResult, *, candidates: str, method: str = "probes",
+def targets(records: Records, *, candidates: str, method: str = "probes",
             mention_candidates: str = "predicted") -> list[Target]:
     """The issue's two targets: dev mention F1 of the entity front end's NER head (mean over the
     study's encoders; ``mention_candidates``, default ``"predicted"``: the head's own spans, the
     quantity the issue's 44.2 baseline measured) >= 0.70, and test micro F1 of ``method`` decoded
     from the study's ``candidates`` >= 0.35."""
-    ment = float(np.mean([e.mention[mention_candidates]["f1"] for e in result.encoders if e.step == "main"]))
-    f1 = [r.scores["micro_f1"] for r in result.rows(candidates=candidates) if r.method == method]
+    ment = float(np.mean([e.mention[mention_candidates]["f1"] for e in records.encoders if e.step == "main"]))
+    f1 = [r.scores["micro_f1"] for r in records.rows(candidates=candidates) if r.method == method]
     return [Target("dev_mention_f1", ment, 0.70), Target(f"test_micro_f1_{method}", float(np.mean(f1)) if f1 else 0.0, 0.35)]
 
 
-def headline_metrics(result: StudyResult, *, candidates: str, keys: Sequence[str] = MAIN_METRICS) -> dict:
-    """``{"<method>": {key, key_ci95, ...}, "<method> (annotated)": {...}}`` over the seed units."""
+def targets_table(records: Records, *, candidates: str) -> pd.DataFrame:
+    """:func:`targets` as a table (one row per target: value, target, reached)."""
+    return pd.DataFrame({t.name: t.to_dict() for t in targets(records, candidates=candidates)}).T
+
+
+def method_metrics(records: Records, *, candidates: str, keys: Sequence[str] = MAIN_METRICS) -> dict:
+    """``{"<method>": {key, key_low, key_high, ..., n, unit}, "<method> (annotated mentions)": {...}}``:
+    the means over the seed units and their 95% t-intervals (:func:`interval_table`; no interval
+    where there is one unit)."""
     out: dict = {}
     for cand, suffix in ((candidates, ""), (ANNOTATED, " (annotated mentions)")):
-        for method, recs in _by_method(result.rows(candidates=cand)).items():
-            d: dict = {"n_units": len(recs)}
-            for k in keys:
-                vals = [r.scores[k] for r in recs]
-                d.update(with_ci(k, vals, unit=SEED_UNIT) if len(vals) > 1 else {k: vals[0]})
-            out[method + suffix] = d
+        table = interval_table(decoder_frame(records.rows(candidates=cand)), by=["method"], columns=keys, unit=SEED_UNIT)
+        for row in table.to_dict(orient="records"):
+            method = row.pop("method")
+            out[method + suffix] = {k: v for k, v in row.items() if not (isinstance(v, float) and np.isnan(v))}
     return out
 
 
+def headline_metrics(result) -> dict:
+    """The metrics of a :class:`.study.Result` (the metrics.json payload): per method
+    (:func:`method_metrics`), the targets, the front-end steps, the comparisons, the reachable share of
+    test arguments per sentence limit, the synthetic check and the setup."""
+    cfg, records = result.config, result.records
+    comps = all_comparisons(records, candidates=cfg.candidates)
+    metrics = method_metrics(records, candidates=cfg.candidates)
+    metrics["targets"] = {t.name: t.to_dict() for t in targets(records, candidates=cfg.candidates)}
+    metrics["frontend_steps"] = frontend_table(result.ladder).to_dict(orient="records")
+    metrics["comparisons"] = [c.to_dict() for c in comps]
+    metrics["reachable_at"] = {str(k): v for k, v in result.data.reachable_at.items()}
+    metrics["synthetic"] = result.synthetic.to_dict()
+    metrics["setup"] = {"split": result.data.describe(), "candidates": cfg.candidates, "encoder_seeds": cfg.encoder_seeds,
+                        "decoder_seeds": cfg.decoder_seeds}
+    return metrics
+
+
 def recall_by_count_table(by_count: Sequence[dict]) -> pd.DataFrame:
-    """Mean recall per method and number-of-records bin with a t-interval over the seed units."""
+    """Mean recall per method and number-of-records bin with its 95% t-interval over the seed units
+    (``recall``, ``recall_low``, ``recall_high``, ``n``, ``unit``; :func:`interval_table`) and the
+    bin's number of test documents ``n_docs``."""
     frame = pd.DataFrame(list(by_count))
-    rows = []
-    for (method, k), sub in frame.groupby(["method", "n_events"], sort=False):
-        vals = sub["recall"].to_numpy(dtype=float)
-        iv = interval(vals, unit=SEED_UNIT, method="t") if len(vals) > 1 else None
-        rows.append({"method": method, "n_events": k, "recall": float(vals.mean()),
-                     "lo": iv.low if iv else float(vals.mean()), "hi": iv.high if iv else float(vals.mean()),
-                     "n_docs": int(sub["n_docs"].iloc[0])})
-    out = pd.DataFrame(rows)
+    out = interval_table(frame, by=["method", "n_events"], columns=["recall"], unit=SEED_UNIT)
+    docs = frame.groupby(["method", "n_events"], sort=False)["n_docs"].first().reset_index()
+    out = out.merge(docs, on=["method", "n_events"], how="left")
     order = sorted(out["n_events"].unique(), key=lambda s: int(str(s).rstrip("+")))
     out["n_events"] = pd.Categorical(out["n_events"], categories=order, ordered=True)
     return out.sort_values(["method", "n_events"])
+
+
+def search_table(search: Sequence[SearchRecord]) -> pd.DataFrame:
+    """The dev-tuned learning-rate search: one row per (method, rate) with its dev scores and the choice."""
+    return pd.DataFrame([{"method": s.method, "dec_lr": s.dec_lr, "dev F1": s.dev_key[0], "dev F1 (annotated)": s.dev_key[1],
+                          "chosen": s.chosen} for s in search], columns=["method", "dec_lr", "dev F1", "dev F1 (annotated)", "chosen"])
 
 
 def side_by_side(docs: Sequence[Document], predictions: dict[str, list], schema: EventSchema, *,

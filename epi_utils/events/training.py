@@ -107,7 +107,7 @@ def dev_loss(dec: RecordDecoder, feats: Sequence[dict], variant: Variant, cfg: E
     tot, n = 0.0, 0
     for i in range(0, len(feats), batch):
         part = list(feats[i:i + batch])
-        tot += float(sum(decoder_loss(dec(**collate(part, cfg.device)), part, dec, variant, cfg).values())) * len(part)
+        tot += float(sum(decoder_loss(dec(**collate(part, cfg.torch_device)), part, dec, variant, cfg).values())) * len(part)
         n += len(part)
     return tot / max(n, 1)
 
@@ -121,7 +121,7 @@ def selection_key(f1: float, f1_annotated: float, loss: float) -> tuple[float, f
 def train_decoder(train_feats: Sequence[dict], schema: EventSchema, variant: Variant, cfg: EventConfig, *,
                   seed: int, dev_feats: Sequence[dict] | None = None, dev_docs: Sequence[Document] | None = None,
                   dev_gold_feats: Sequence[dict] | None = None, d_in: int, num_fields: int,
-                  progress: bool = False, max_steps: int | None = None) -> tuple[RecordDecoder, dict]:
+                  max_steps: int | None = None) -> tuple[RecordDecoder, dict]:
     """Stage 2 for one variant; the learning rate ``cfg.dec_lr`` decays on a cosine to 0 over all steps.
 
     With ``dev_feats``/``dev_docs`` (and optionally ``dev_gold_feats``, the annotated dev mentions):
@@ -137,7 +137,7 @@ def train_decoder(train_feats: Sequence[dict], schema: EventSchema, variant: Var
     dec = RecordDecoder(d_in=d_in, d_extra=schema.num_types, hidden=cfg.hidden, num_types=schema.num_types,
                         roles_per_type=[len(r) for r in schema.roles], num_fields=num_fields,
                         num_probes=cfg.num_probes, probe_mode=variant.probe_mode, layers=cfg.dec_layers,
-                        heads=cfg.heads, dropout=cfg.dropout, anchor=cfg.anchor_probes).to(cfg.device)
+                        heads=cfg.heads, dropout=cfg.dropout, anchor=cfg.anchor_probes).to(cfg.torch_device)
     dec.exist_threshold = cfg.exist_threshold
     dec.type_gate = cfg.type_gate != "off"
     opt = torch.optim.AdamW(dec.parameters(), lr=cfg.dec_lr)
@@ -151,14 +151,13 @@ def train_decoder(train_feats: Sequence[dict], schema: EventSchema, variant: Var
               if dev_gold_feats is not None else 0.0)
         return f1, fa
 
-    from tqdm.auto import tqdm
     best, best_state, best_epoch, history, steps = None, None, 0, [], 0
-    for epoch in tqdm(range(1, cfg.dec_epochs + 1), desc=f"{variant.name} seed {seed}", disable=not progress, leave=False):
+    for epoch in range(1, cfg.dec_epochs + 1):
         dec.train()
         tot: dict[str, float] = {}
         for idx in batches(len(train_feats), cfg.dec_batch, rng):
             part = [train_feats[i] for i in idx]
-            losses = decoder_loss(dec(**collate(part, cfg.device)), part, dec, variant, cfg)
+            losses = decoder_loss(dec(**collate(part, cfg.torch_device)), part, dec, variant, cfg)
             loss = sum(losses.values())
             opt.zero_grad()
             loss.backward()
@@ -216,7 +215,7 @@ def decode(dec: RecordDecoder, feats: Sequence[dict], schema: EventSchema, cfg: 
     preds = []
     for i in range(0, len(feats), batch):
         part = feats[i:i + batch]
-        out = dec(**collate(part, cfg.device))
+        out = dec(**collate(part, cfg.torch_device))
         pex = torch.sigmoid(out["exist"]).cpu()
         arg = out["logp"].argmax(-1).cpu()
         for b, f in enumerate(part):

@@ -1,0 +1,126 @@
+"""Study 04's inputs: the documents of a run, loaded, validated, split and truncated.
+
+:func:`prepare` builds them from a config: Doc2EDAG-layout files under ``EPI_DATA_DIR/data_subdir``
+(``data_source="real"``) or synthetic documents with planted records for the shipped ChFinAnn
+schema (``data_source="synthetic"``). Evaluation always uses the untruncated gold records
+(``full``); the model reads the truncated ones (``cut``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from epi_utils.events.config import EventConfig
+from epi_utils.events.data import (
+    Document,
+    LoadReport,
+    load_documents,
+    parse_document,
+    reachable_share,
+    split_documents,
+    truncate_document,
+)
+from epi_utils.events.schema import EventSchema, load_schema
+from epi_utils.events.synthetic import generate_documents
+from epi_utils.workbench.datasets import require_folder
+
+SCHEMA_DIR = Path(__file__).with_name("schemas")
+#: the schema shipped for the synthetic data source (runs without any data)
+SYNTHETIC_SCHEMA = "chfinann_event_schema.json"
+
+
+@dataclass
+class PreparedData:
+    schema: EventSchema
+    report: LoadReport
+    full: dict[str, list[Document]]        # untruncated split (gold records for evaluation)
+    cut: dict[str, list[Document]]         # truncated documents fed to the model
+    reachable: float                       # share of test gold arguments surviving truncation
+    reachable_at: dict[int, float]         # the same share at other sentence limits
+    split_seed: int
+    fractions: tuple
+    max_sentences: int
+
+    def describe(self) -> str:
+        sizes = ", ".join(f"{k} {len(v)} ({sum(d.is_multi for d in v)} multi-event)" for k, v in self.full.items())
+        at = ", ".join(f"{k} sentences {100 * v:.1f}%" for k, v in sorted(self.reachable_at.items()))
+        return (f"{self.report.summary()}. Split (seed {self.split_seed}, fractions {list(self.fractions)}, "
+                f"stratified by single/multi): {sizes}. Test gold arguments reachable after truncation to "
+                f"{self.max_sentences} sentences: {100 * self.reachable:.1f}% ({at}).")
+
+
+def locate_data(data_subdir: str, schema_file: str) -> tuple[Path, Path]:
+    """The data folder ``EPI_DATA_DIR/data_subdir`` and its schema file (in the folder, else a schema
+    of that name shipped in ``epi_utils/events/schemas/``). ``FileNotFoundError`` names what is missing
+    and how to get it (the folder through :func:`epi_utils.workbench.datasets.require_folder`)."""
+    folder = require_folder(data_subdir)   # DatasetMissing (a FileNotFoundError) says how to get it
+    for cand in (folder / schema_file, SCHEMA_DIR / schema_file):
+        if cand.is_file():
+            return folder, cand
+    raise FileNotFoundError(f"schema file {schema_file!r} is neither in the data folder {data_subdir!r} nor among the "
+                            f"shipped schemas {sorted(p.name for p in SCHEMA_DIR.glob('*.json'))}; set -p schema_file")
+
+
+def prepare_data(data_path: os.PathLike | str, schema_path: os.PathLike | str, *, split_seed: int,
+                 fractions: Sequence[float] = (0.7, 0.1, 0.2), max_sentences: int, max_sentence_chars: int,
+                 on_error: str = "skip", limit_docs: int = 0, reach_limits: Sequence[int] = (24, 48, 64),
+                 split_files: Sequence[str] = ()) -> PreparedData:
+    """Load, validate, split and truncate the Doc2EDAG-layout documents under ``data_path`` with the
+    schema at ``schema_path``. Without ``split_files`` every document file of the folder is loaded
+    and divided by a seeded split (``split_seed``, ``fractions``); with three file names (train, dev,
+    test; e.g. Doc2EDAG's ``train.json, dev.json, test.json``) each split is read from its file.
+    ``limit_docs > 0`` keeps only the first documents (of each file with ``split_files``)."""
+    schema = load_schema(schema_path)
+    if split_files:
+        if len(split_files) != 3:
+            raise ValueError(f"split_files must name three files (train, dev, test), got {list(split_files)}")
+        full, report = {}, LoadReport()
+        for name, fname in zip(("train", "dev", "test"), split_files):
+            docs, rep = load_documents(Path(data_path) / fname, schema, on_error=on_error, limit=limit_docs or None)
+            full[name] = docs
+            report.n_read += rep.n_read; report.n_kept += rep.n_kept; report.skipped.update(rep.skipped)
+            report.files += rep.files; report.messages += rep.messages
+        return _prepare(None, report, schema, split_seed, fractions, max_sentences, max_sentence_chars, reach_limits, full)
+    docs, report = load_documents(data_path, schema, on_error=on_error, limit=limit_docs or None)
+    if not docs:
+        raise ValueError(f"no valid document under {Path(data_path).name} ({report.summary()}); "
+                         f"first errors: {report.messages[:3]}")
+    return _prepare(docs, report, schema, split_seed, fractions, max_sentences, max_sentence_chars, reach_limits)
+
+
+def _prepare(docs, report, schema, split_seed, fractions, max_sentences, max_sentence_chars, reach_limits,
+             full=None) -> PreparedData:
+    full = full if full is not None else split_documents(docs, seed=split_seed, fractions=fractions)
+    cut = {k: [truncate_document(d, max_sentences=max_sentences, max_sentence_chars=max_sentence_chars) for d in v]
+           for k, v in full.items()}
+    at = {n: reachable_share(full["test"], [truncate_document(d, max_sentences=n, max_sentence_chars=max_sentence_chars)
+                                             for d in full["test"]]) for n in reach_limits}
+    return PreparedData(schema, report, full, cut, reachable_share(full["test"], cut["test"]), at, split_seed,
+                        tuple(fractions), max_sentences)
+
+
+def synthetic_data(schema: EventSchema, *, n_docs: int, seed: int, max_sentences: int, max_sentence_chars: int,
+                   **generator_kw) -> PreparedData:
+    """Synthetic documents for ``schema`` (see :mod:`.synthetic`), split and truncated like real data."""
+    raw = generate_documents(schema, n_docs=n_docs, rng=np.random.default_rng(seed), **generator_kw)
+    docs = [parse_document(i, d, schema) for i, d in raw]
+    report = LoadReport(n_read=len(docs), n_kept=len(docs), files=["<synthetic>"])
+    return _prepare(docs, report, schema, seed, (0.7, 0.1, 0.2), max_sentences, max_sentence_chars, ())
+
+
+def prepare(cfg: EventConfig) -> PreparedData:
+    """The documents ``cfg`` names: ``cfg.data_source == "real"``: the folder ``cfg.data_subdir`` under
+    ``EPI_DATA_DIR`` with ``cfg.schema_file`` (:func:`locate_data`, :func:`prepare_data`);
+    ``"synthetic"``: ``cfg.synthetic_docs`` documents for the shipped ChFinAnn schema, split with
+    ``cfg.split_seed``."""
+    if cfg.data_source == "real":
+        folder, schema_path = locate_data(cfg.data_subdir, cfg.schema_file)
+        return prepare_data(folder, schema_path, split_seed=cfg.split_seed, max_sentences=cfg.max_sentences,
+                            max_sentence_chars=cfg.max_sentence_chars, on_error=cfg.on_error, limit_docs=cfg.limit_docs,
+                            split_files=cfg.split_files)
+    return synthetic_data(load_schema(SCHEMA_DIR / SYNTHETIC_SCHEMA), n_docs=cfg.synthetic_docs, seed=cfg.split_seed,
+                          max_sentences=cfg.max_sentences, max_sentence_chars=cfg.max_sentence_chars)
