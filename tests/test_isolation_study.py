@@ -144,3 +144,56 @@ def test_hf_world_from_local_files(tmp_path):
     assert len(small.split("train", task="gsm8k")) == 9 and len(small.split("heldout", task="gsm8k")) == 1
     with pytest.raises(ValueError, match="unknown HF tasks"):
         hf_world(["mmlu"])
+
+
+def test_tost_equivalence_by_hand():
+    """d = 0.01, -0.02, 0.03, 0.00: mean 0.005, sd = sqrt(1.3e-3 / 3) = 0.020817, se = 0.010408;
+    90% interval 0.005 +- t_{0.95,3} 2.35336 * se = [-0.019495, 0.029495]."""
+    a = {0: 0.51, 1: 0.48, 2: 0.53, 3: 0.50}
+    b = {0: 0.50, 1: 0.50, 2: 0.50, 3: 0.50}
+    eq = summary.tost(a, b, margin=0.05, unit="seeds", metric="plastic")
+    assert eq.diff == pytest.approx(0.005) and eq.n == 4
+    assert (eq.diff_low, eq.diff_high) == (pytest.approx(-0.019495, abs=1e-6), pytest.approx(0.029495, abs=1e-6))
+    # the binding test is the upper one: P(T_3 < (0.005 - 0.05) / 0.010408 = -4.3235) = 0.0114
+    assert eq.equivalent and eq.p_value == pytest.approx(0.011404, abs=1e-5)
+    narrow = summary.tost(a, b, margin=0.02, unit="seeds")     # 0.0295 > 0.02: not shown equivalent
+    assert not narrow.equivalent and narrow.p_value == pytest.approx(0.12260, abs=1e-4)
+    assert not summary.tost({0: 0.5}, {0: 0.5}, margin=0.1, unit="seeds").equivalent   # one unit: no test
+    same = summary.tost({0: 0.5, 1: 0.6}, {0: 0.5, 1: 0.6}, margin=0.01, unit="seeds")
+    assert same.equivalent and same.p_value == 0.0
+    with pytest.raises(ValueError, match="margin"):
+        summary.tost(a, b, margin=0.0, unit="seeds")
+    with pytest.raises(ValueError, match="only one side"):
+        summary.tost(a, {0: 0.5}, margin=0.1, unit="seeds")
+
+
+def test_detectable_effect_at_80_percent_power_by_hand():
+    """n = 8, sd = 0.1: (t_{0.975,7} 2.364624 + t_{0.8,7} 0.896030) * 0.1 / sqrt(8) = 0.115282; the 95%
+    half-width 2.364624 * 0.1 / sqrt(8) = 0.083602 is detected with only ~53% power."""
+    d = summary.detectable_effect(0.1, 8)
+    assert d == pytest.approx(0.115282, abs=1e-6)
+    assert summary.paired_power(d, 0.1, 8) == pytest.approx(0.80, abs=0.01)
+    assert summary.paired_power(0.083602, 0.1, 8) == pytest.approx(0.531, abs=0.005)
+    assert summary.paired_power(0.0, 0.1, 8) == pytest.approx(0.05, abs=1e-9)   # no effect: the test's level
+    with pytest.raises(ValueError, match="n >= 2"):
+        summary.detectable_effect(0.1, 1)
+
+
+def test_mask_turnover_release_and_overlap_by_hand():
+    from epi_utils.isolation_study import masks
+
+    h = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [1, 1, 0, 0]], dtype=bool)
+    # refresh 1 keeps element 1 and adds element 2: half the new set is new; overlap 1 of 3
+    assert masks.turnover(h[0], h[1]) == 0.5 and masks.jaccard(h[0], h[1]) == pytest.approx(1 / 3)
+    assert masks.turnover(h[0], h[0]) == 0.0 and masks.jaccard(h[0] & False, h[0] & False) == 1.0
+    # ever protected {0, 1, 2}; released: 0 (at refresh 1) and 2 (at refresh 2) -> 2/3; re-protected: 0 -> 1/2
+    assert masks.release_and_reprotect(h) == {"ever_protected": 3.0, "released": pytest.approx(2 / 3),
+                                              "reprotected": 0.5}
+    steady = masks.release_and_reprotect(np.array([[1, 0], [1, 0]], dtype=bool))
+    assert steady["released"] == 0.0 and np.isnan(steady["reprotected"])
+    t = masks.turnover_table({"a": h}, steps=[10, 20, 30])
+    assert t["turnover"].tolist() == [0.5, 0.5] and t["step"].tolist() == [20, 30] and t["size"].tolist() == [2, 2]
+    o = masks.overlap_table({"a": h[0], "b": h[1]})
+    assert o.loc["a", "b"] == pytest.approx(1 / 3) and o.loc["a", "a"] == 1.0
+    with pytest.raises(TypeError, match="boolean"):
+        masks.turnover(np.array([1, 0]), np.array([1, 0]))

@@ -18,11 +18,13 @@ for two stages):
 same seed (stage 0's model is never touched again) and ``plastic`` from its own stage-1 run.
 
 Verdicts are :class:`~epi_utils.workbench.stats.Verdict` values in the tables; nothing here turns
-them into or reads them from sentences.
+them into or reads them from sentences. For the redesign (issue 26): :func:`tost` (equivalence with a
+pre-declared margin) and :func:`detectable_effect` / :func:`paired_power` (the effect detected at 80% power).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -281,3 +283,94 @@ def describe(result) -> str:
 def verdict_counts(metrics: dict) -> dict:
     """The run and verdict counts (:data:`COUNTS`) of a :func:`headline_metrics` payload."""
     return {k: metrics[k] for k in COUNTS}
+
+
+# ----------------------------------------------------------------------- equivalence and power (issue 26)
+@dataclass(frozen=True)
+class Equivalence:
+    """Two one-sided tests (TOST) of ``|a - b| < margin`` over paired units.
+
+    ``diff``: the mean paired difference; ``diff_low``/``diff_high``: its ``1 - 2 alpha`` t-interval
+    (90% for ``alpha = 0.05``); ``p_value``: the larger of the two one-sided p-values;
+    ``equivalent``: ``p_value < alpha``, i.e. the interval lies inside ``(-margin, margin)``. The
+    margin must be written down before the run (Schuirmann 1987; Lakens 2017)."""
+
+    a_name: str
+    b_name: str
+    metric: str
+    margin: float
+    diff: float
+    diff_low: float
+    diff_high: float
+    n: int
+    unit: str
+    p_value: float
+    equivalent: bool
+    alpha: float = 0.05
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def tost(a: Mapping, b: Mapping, *, margin: float, unit: str, metric: str = "metric", a_name: str = "A",
+         b_name: str = "B", alpha: float = 0.05) -> Equivalence:
+    """Paired TOST of ``a`` against ``b`` (mappings unit -> value, e.g. seed -> plasticity) with the
+    pre-declared equivalence ``margin`` (> 0, in the metric's units). With differences ``d`` over
+    the ``n`` shared units, ``se = sd(d) / sqrt(n)``: ``p1 = P(T > (mean + margin) / se)`` (H0: the
+    difference <= -margin), ``p2 = P(T < (mean - margin) / se)`` (H0: >= margin), ``T ~ t(n - 1)``.
+    Fewer than 2 units: ``equivalent`` is False and ``p_value`` NaN. Units in one side only raise."""
+    from scipy import stats as sps
+
+    if not margin > 0:
+        raise ValueError(f"tost: the equivalence margin must be > 0, got {margin!r}")
+    if not 0 < alpha < 0.5:
+        raise ValueError(f"tost: alpha must be in (0, 0.5), got {alpha!r}")
+    only = sorted(set(a) ^ set(b), key=str)
+    if only:
+        raise ValueError(f"tost({a_name}, {b_name}): units present in only one side: {only[:10]}")
+    keys = sorted(a, key=str)
+    d = np.array([float(a[k]) - float(b[k]) for k in keys])
+    d = d[~np.isnan(d)]
+    n = int(d.size)
+    mean = float(d.mean()) if n else float("nan")
+    if n < 2:
+        return Equivalence(a_name, b_name, metric, margin, mean, mean, mean, n, unit, float("nan"), False, alpha)
+    se = float(d.std(ddof=1)) / float(np.sqrt(n))
+    if se == 0.0:
+        p = 0.0 if abs(mean) < margin else 1.0
+        low = high = mean
+    else:
+        p1 = float(sps.t.sf((mean + margin) / se, n - 1))
+        p2 = float(sps.t.cdf((mean - margin) / se, n - 1))
+        p = max(p1, p2)
+        half = float(sps.t.ppf(1 - alpha, n - 1)) * se
+        low, high = mean - half, mean + half
+    return Equivalence(a_name, b_name, metric, margin, mean, low, high, n, unit, p, bool(p < alpha), alpha)
+
+
+def detectable_effect(sd: float, n: int, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true paired difference a two-sided paired t-test at level ``alpha`` detects
+    with probability ``power``, for per-unit differences of standard deviation ``sd`` over ``n``
+    units: ``(t_{1 - alpha/2, n-1} + t_{power, n-1}) * sd / sqrt(n)`` (the usual approximation;
+    :func:`paired_power` gives the exact power of any effect). The half-width of the 95% interval,
+    ``t_{0.975, n-1} sd / sqrt(n)``, is the effect detected with only ~50% power."""
+    from scipy import stats as sps
+
+    if n < 2:
+        raise ValueError(f"detectable_effect needs n >= 2 paired units, got {n}")
+    if not 0 < power < 1 or not 0 < alpha < 1:
+        raise ValueError(f"alpha and power must be in (0, 1), got {alpha}, {power}")
+    df = n - 1
+    return float((sps.t.ppf(1 - alpha / 2, df) + sps.t.ppf(power, df)) * sd / np.sqrt(n))
+
+
+def paired_power(effect: float, sd: float, n: int, *, alpha: float = 0.05) -> float:
+    """Exact power of the two-sided paired t-test at level ``alpha`` for a true mean difference
+    ``effect`` (noncentral t with noncentrality ``effect / (sd / sqrt(n))``, ``n - 1`` degrees of freedom)."""
+    from scipy import stats as sps
+
+    if n < 2:
+        raise ValueError(f"paired_power needs n >= 2 paired units, got {n}")
+    df, nc = n - 1, effect / (sd / np.sqrt(n))
+    crit = sps.t.ppf(1 - alpha / 2, df)
+    return float(sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc))
