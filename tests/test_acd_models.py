@@ -4,7 +4,17 @@ import pytest
 import torch
 
 from epi_utils.acd.encoders import CNNEncoder, EncodedSplit, encode_bank
-from epi_utils.acd.models import ProtoAWATT, ProtoNet, masked_softmax, multilabel_proto_loss
+from epi_utils.acd.models import (
+    ABLATIONS,
+    MODELS,
+    ProtoAWATT,
+    ProtoNet,
+    build_model,
+    masked_mean,
+    masked_softmax,
+    multilabel_proto_loss,
+    sq_euclidean,
+)
 
 
 def make(model_cls, seed=0):
@@ -108,3 +118,57 @@ def test_minilm_encoder_offline_shapes():
         out = model(torch.as_tensor(ids), torch.as_tensor(mask), torch.as_tensor(ids), torch.as_tensor(mask), n_way=1, k_shot=2)
     assert out["probs"].shape == (2, 1) and out["support_attn"].shape[:2] == (1, 2)
     assert torch.allclose(out["support_attn"].sum(-1), torch.ones(1, 2))
+
+
+def _padded_episode(n=3, k=2, m=4, length=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, 30, (n * k, length), generator=g)
+    mask = torch.arange(length)[None] < torch.randint(1, length + 1, (n * k,), generator=g)[:, None]
+    q_ids = torch.randint(2, 30, (m, length), generator=g)
+    q_mask = torch.arange(length)[None] < torch.randint(1, length + 1, (m,), generator=g)[:, None]
+    return ids.masked_fill(~mask, 0), mask, q_ids.masked_fill(~q_mask, 0), q_mask
+
+
+@pytest.mark.parametrize("name", list(ABLATIONS))
+def test_attention_ablations_shapes_uniform_weights_and_same_parameters(name):
+    """Issue 30's ablation: Proto-AWATT minus support / query / both attentions keeps the encoder,
+    the projection layers (no gradient when unused) and the output shapes; the removed attention
+    becomes uniform over real tokens."""
+    n, k, m, length = 3, 2, 4, 7
+    ids, mask, q_ids, q_mask = _padded_episode(n, k, m, length)
+    full = make(ProtoAWATT)
+    emb = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
+    emb[0] = 0
+    torch.manual_seed(0)
+    model = build_model(name, CNNEncoder(emb, hidden=16, dropout=0.0), attn_dim=64)
+    assert [p.shape for p in model.parameters()] == [p.shape for p in full.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), full.state_dict().values()))
+    out = model(ids, mask, q_ids, q_mask, n_way=n, k_shot=k)
+    assert out["probs"].shape == (m, n) and out["logits"].shape == (m, n) and out["prototypes"].shape == (n, 16)
+    assert out["support_attn"].shape == (n, k, length) and out["query_attn"].shape == (m, n, length)
+    assert torch.allclose(out["probs"].sum(-1), torch.ones(m))
+    support, query = ABLATIONS[name]
+    uniform_s = mask.view(n, k, length).float() / mask.view(n, k, length).sum(-1, keepdim=True)
+    uniform_q = (q_mask.float() / q_mask.sum(-1, keepdim=True))[:, None, :].expand(m, n, length)
+    assert torch.allclose(out["support_attn"], uniform_s) != support
+    assert torch.allclose(out["query_attn"], uniform_q) != query
+    multilabel_proto_loss(out["logits"], torch.eye(n).repeat_interleave(m, 0)[:m]).backward()
+    unused = ([model.s_tok, model.s_guide] if not support else []) + ([model.q_tok, model.q_proto] if not query else [])
+    used = ([model.s_tok, model.s_guide] if support else []) + ([model.q_tok, model.q_proto] if query else [])
+    assert all(p.grad is None for layer in unused for p in layer.parameters())
+    assert all(p.grad is not None for layer in used for p in layer.parameters())
+
+
+def test_no_attention_is_a_mean_pooled_prototypical_network():
+    n, k, m = 3, 2, 4
+    ids, mask, q_ids, q_mask = _padded_episode(n, k, m)
+    model = build_model("proto_awatt_no_attention", make(ProtoNet).encoder).eval()
+    with torch.no_grad():
+        out = model(ids, mask, q_ids, q_mask, n_way=n, k_shot=k)
+        hs, hq = model.encoder(ids, mask), model.encoder(q_ids, q_mask)
+        protos = masked_mean(hs, mask).view(n, k, -1).mean(1)
+        dist = sq_euclidean(masked_mean(hq, q_mask)[:, None, :], protos[None])
+    assert torch.allclose(out["prototypes"], protos, atol=1e-5) and torch.allclose(out["dist"], dist, atol=1e-4)
+    assert set(MODELS) == {"protonet", "proto_awatt", *ABLATIONS}
+    with pytest.raises(ValueError, match="proto_awatt_no_query"):
+        build_model("proto_awatt_minus", model.encoder)

@@ -24,6 +24,14 @@ keys with ``attn_dim = A`` units (additive attention over every (query, prototyp
 was 2x slower on CPU); the guide
 uses mean pooling; squared distance; a learnable inverse temperature on the distances (initial
 value ``1/sqrt(H)``) so probabilities are not saturated before training.
+Attention ablation (issue 30; not part of the default design): ``ProtoAWATT(...,
+attend_support=False)`` replaces the support-set attention by uniform weights over each
+sentence's real tokens (masked-mean pooling; the prototype is the mean over the K sentences);
+``attend_query=False`` gives every query one masked-mean representation for all prototypes; both
+off is a prototypical network with masked-mean pooling and the same learnable temperature. The
+unused projection layers stay (same parameters, same initialisation of the rest) but receive no
+gradient. :func:`build_model` names them ``proto_awatt_no_support``, ``proto_awatt_no_query`` and
+``proto_awatt_no_attention`` (:data:`ABLATIONS`).
 Training loss (:func:`multilabel_proto_loss`): cross-entropy between ``probs`` and the
 normalised multi-hot label ``y / sum(y)`` (equal to the usual prototypical loss for single labels).
 """
@@ -90,20 +98,28 @@ class ProtoNet(_Base):
 
 
 class ProtoAWATT(_Base):
-    """Prototypical network with support-set and query-set attention (Hu et al. 2021)."""
+    """Prototypical network with support-set and query-set attention (Hu et al. 2021);
+    ``attend_support`` / ``attend_query`` False replace either attention by uniform weights over
+    the real tokens (the ablation of the module docstring)."""
 
-    def __init__(self, encoder: nn.Module, *, attn_dim: int = 64):
+    def __init__(self, encoder: nn.Module, *, attn_dim: int = 64, attend_support: bool = True,
+                 attend_query: bool = True):
         super().__init__(encoder)
         h = encoder.hidden
         self.s_tok, self.s_guide = nn.Linear(h, attn_dim), nn.Linear(h, attn_dim)
         self.q_tok, self.q_proto = nn.Linear(h, attn_dim), nn.Linear(h, attn_dim)
         self.scale = attn_dim ** -0.5
+        self.attend_support, self.attend_query = bool(attend_support), bool(attend_query)
 
     def support_attention(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``h (N, K, L, H)``, ``mask (N, K, L)`` -> ``(prototypes (N, H), weights (N, K, L))``.
 
-        Weights sum to 1 over each sentence's real tokens and are 0 on padding.
+        Weights sum to 1 over each sentence's real tokens and are 0 on padding (uniform there
+        without ``attend_support``).
         """
+        if not self.attend_support:
+            alpha = masked_softmax(torch.zeros(mask.shape, dtype=h.dtype, device=h.device), mask, dim=-1)
+            return torch.einsum("nkl,nklh->nkh", alpha, h).mean(1), alpha
         guide = masked_mean(h, mask).mean(1)                                     # (N, H)
         keys = torch.tanh(self.s_tok(h))                                          # (N, K, L, A)
         e = torch.einsum("nkla,na->nkl", keys, self.s_guide(guide)) * self.scale
@@ -113,7 +129,13 @@ class ProtoAWATT(_Base):
 
     def query_attention(self, h: torch.Tensor, mask: torch.Tensor, protos: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``h (M, L, H)``, ``mask (M, L)``, ``protos (N, H)`` -> ``(reps (M, N, H), weights (M, N, L))``."""
+        """``h (M, L, H)``, ``mask (M, L)``, ``protos (N, H)`` -> ``(reps (M, N, H), weights (M, N, L))``
+        (without ``attend_query`` uniform weights: one masked-mean representation for every prototype)."""
+        if not self.attend_query:
+            shape = (h.shape[0], protos.shape[0], h.shape[1])
+            beta = masked_softmax(torch.zeros(shape, dtype=h.dtype, device=h.device),
+                                  mask[:, None, :].expand(shape), dim=-1)
+            return torch.einsum("mnl,mlh->mnh", beta, h), beta
         keys = torch.tanh(self.q_tok(h))                                          # (M, L, A)
         e = torch.einsum("mla,na->mnl", keys, self.q_proto(protos)) * self.scale
         beta = masked_softmax(e, mask[:, None, :].expand_as(e), dim=-1)          # (M, N, L)
@@ -135,10 +157,20 @@ def multilabel_proto_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     return -(target * torch.log_softmax(logits, dim=-1)).sum(1).mean()
 
 
+#: the attention ablation: model name -> (attend_support, attend_query) of :class:`ProtoAWATT`
+ABLATIONS: dict[str, tuple[bool, bool]] = {"proto_awatt_no_support": (False, True),
+                                           "proto_awatt_no_query": (True, False),
+                                           "proto_awatt_no_attention": (False, False)}
+MODELS = ("protonet", "proto_awatt", *ABLATIONS)
+
+
 def build_model(method: str, encoder: nn.Module, *, attn_dim: int = 64) -> nn.Module:
-    """``method`` in ``{"protonet", "proto_awatt"}``."""
+    """``method`` in :data:`MODELS`: ``"protonet"``, ``"proto_awatt"`` or one of :data:`ABLATIONS`."""
     if method == "protonet":
         return ProtoNet(encoder)
     if method == "proto_awatt":
         return ProtoAWATT(encoder, attn_dim=attn_dim)
-    raise ValueError(f"method must be one of ('protonet', 'proto_awatt'), got {method!r}")
+    if method in ABLATIONS:
+        support, query = ABLATIONS[method]
+        return ProtoAWATT(encoder, attn_dim=attn_dim, attend_support=support, attend_query=query)
+    raise ValueError(f"method must be one of {MODELS}, got {method!r}")
