@@ -3,13 +3,17 @@ import numpy as np
 import pytest
 import torch
 
+from epi_utils.acd.metrics import episode_macro_f1
 from epi_utils.acd.threshold import (
     ThresholdPolicy,
+    episode_reward,
     instance_f1_torch,
+    macro_f1_torch,
     policy_state,
     predict,
     reinforce_step,
     train_policy,
+    train_policy_episodes,
     tune_static_threshold,
 )
 
@@ -82,3 +86,43 @@ def test_policy_learns_per_instance_thresholds():
     pred = predict(probs, tau[:, None])
     assert (pred == labels.astype(bool)).all()
     assert policy_state(torch.tensor(probs), torch.tensor(np.log(probs))).shape == (400, 7)
+
+
+def test_macro_f1_reward_equals_the_evaluation_metric():
+    rng = np.random.default_rng(1)
+    labels = rng.random((3, 6, 4)) < 0.4
+    preds = rng.random((3, 6, 4)) < 0.5
+    got = macro_f1_torch(torch.as_tensor(labels), torch.as_tensor(preds))
+    assert got.shape == (3,)
+    assert np.allclose(got.numpy(), [episode_macro_f1(y, p) for y, p in zip(labels, preds)])
+    policy = ThresholdPolicy(3)
+    probs, logits, y = _case(True)
+    with pytest.raises(ValueError, match="reward must be one of"):
+        reinforce_step(policy, torch.optim.SGD(policy.parameters(), lr=0.1), probs, logits, y, reward="auc")
+
+
+def _episodes(n, rng):
+    """Episodes of 10 queries: confident rows are single-label, flat rows two-label (as above)."""
+    out = []
+    for _ in range(n):
+        flat = rng.random(10) < 0.5
+        probs = np.where(flat[:, None], [0.45, 0.4, 0.15], [0.8, 0.15, 0.05]).astype(np.float32)
+        labels = np.where(flat[:, None], [1, 1, 0], [1, 0, 0]).astype(np.float32)
+        out.append((probs, np.log(probs), labels))
+    return out
+
+
+def test_policy_trained_on_episode_macro_f1_until_validation_stops_improving():
+    """Issue 30's post-hoc policy: reward = episode macro-F1, early stopping on validation reward."""
+    rng = np.random.default_rng(0)
+    train, val = _episodes(40, rng), _episodes(10, rng)
+    perfect = np.mean([episode_macro_f1(y, y.astype(bool)) for _, _, y in val])
+    policy = ThresholdPolicy(3, init_threshold=0.9)   # starts at the arg-max rule: misses every second label
+    start = episode_reward(policy, val)
+    fit = train_policy_episodes(policy, train, val_episodes=val, max_epochs=40, patience=3, lr=3e-2, seed=0)
+    assert len(fit.val_reward) == len(fit.train_reward) and 1 <= fit.best_epoch <= len(fit.val_reward)
+    assert fit.stopped_early == (len(fit.train_reward) < 40)
+    assert episode_reward(policy, val) == pytest.approx(max(fit.val_reward))   # the best epoch is restored
+    assert start < max(fit.val_reward) == pytest.approx(perfect)
+    with pytest.raises(ValueError, match="N = 4"):
+        train_policy_episodes(ThresholdPolicy(4), train)

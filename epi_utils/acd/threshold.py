@@ -23,14 +23,16 @@ from the tuned static threshold). ``sigma`` is fixed in both.
 """
 from __future__ import annotations
 
+import copy
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from epi_utils.acd.metrics import episode_macro_f1
+from epi_utils.acd.metrics import episode_macro_f1, instance_f1
 
 
 def predict(probs, tau, *, min_one: bool = True):
@@ -116,18 +118,45 @@ def instance_f1_torch(labels: torch.Tensor, preds: torch.Tensor) -> torch.Tensor
     return torch.where(den > 0, 2 * tp / den.clamp_min(1), torch.zeros_like(tp))
 
 
+#: rewards of :func:`reinforce_step`: per-instance F1 (the default design) or the episode's
+#: macro-F1, the evaluation metric (issue 30: the batch is then one episode)
+REWARDS = ("instance_f1", "macro_f1")
+
+
+def macro_f1_torch(labels: torch.Tensor, preds: torch.Tensor) -> torch.Tensor:
+    """Macro-F1 over the classes (last dim) of the instances (second-to-last dim): ``(..., M, N) -> (...)``;
+    a class without true or predicted positives scores 0 (as :func:`~epi_utils.acd.metrics.episode_macro_f1`)."""
+    y, p = labels.bool(), preds.bool()
+    tp = (y & p).sum(-2).float()
+    den = 2 * tp + (~y & p).sum(-2) + (y & ~p).sum(-2)
+    return torch.where(den > 0, 2 * tp / den.clamp_min(1), torch.zeros_like(tp)).mean(-1)
+
+
 def reinforce_step(policy: ThresholdPolicy, optimizer: torch.optim.Optimizer, probs: torch.Tensor,
                    logits: torch.Tensor, labels: torch.Tensor, *, n_samples: int = 8, min_one: bool = True,
-                   generator: torch.Generator | None = None) -> float:
+                   generator: torch.Generator | None = None, reward: str = "instance_f1") -> float:
     """One REINFORCE update on a batch of instances (``probs``, ``logits``, ``labels``: ``(M, N)``).
 
-    Returns the mean sampled reward (instance F1) before the update.
+    ``reward="instance_f1"``: each instance's F1 is the reward of its own threshold (baseline: the
+    mean over its samples). ``reward="macro_f1"``: the batch is one episode; each of the
+    ``n_samples`` joint draws of the M thresholds is rewarded with the episode's macro-F1 (baseline:
+    the mean over the draws) and its log-probability is the sum over the M instances.
+    Returns the mean sampled reward before the update.
     """
+    if reward not in REWARDS:
+        raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
     m = policy(policy_state(probs, logits))                                   # (M,)
     eps = torch.randn((n_samples, m.shape[0]), generator=generator)
     z = (m.detach() + policy.sigma * eps)                                     # (S, M)
     logp = -0.5 * ((z - m) / policy.sigma) ** 2                               # up to a constant
     preds = predict(probs.unsqueeze(0), torch.sigmoid(z).unsqueeze(-1), min_one=min_one)
+    if reward == "macro_f1":
+        episode = macro_f1_torch(labels.unsqueeze(0).expand_as(preds), preds)  # (S,)
+        loss = -((episode - episode.mean())[:, None] * logp).sum(1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return float(episode.mean())
     reward = instance_f1_torch(labels.unsqueeze(0).expand_as(preds), preds)   # (S, M)
     advantage = reward - reward.mean(0, keepdim=True)
     loss = -(advantage * logp).mean()
@@ -153,3 +182,68 @@ def train_policy(policy: ThresholdPolicy, probs: np.ndarray, logits: np.ndarray,
                                   generator=gen) for idx in order.split(batch_size)]
         history.append(float(np.mean(rewards)))
     return history
+
+
+@dataclass
+class PolicyFit:
+    """What :func:`train_policy_episodes` did: mean sampled training reward and deterministic
+    validation reward per epoch (the curve to show), the restored best epoch (1-based) and
+    whether it stopped before ``max_epochs``."""
+
+    train_reward: list[float]
+    val_reward: list[float]
+    best_epoch: int
+    stopped_early: bool
+
+
+def episode_reward(policy: ThresholdPolicy, episodes: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], *,
+                   reward: str = "macro_f1", min_one: bool = True) -> float:
+    """Mean over ``episodes`` (``(probs, logits, labels)`` of ``(M, N)`` each) of the reward of the
+    policy's deterministic thresholds: episode macro-F1, or the mean instance F1."""
+    if reward not in REWARDS:
+        raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
+    vals = []
+    for probs, logits, labels in episodes:
+        tau = policy.threshold(torch.as_tensor(probs, dtype=torch.float32),
+                               torch.as_tensor(logits, dtype=torch.float32)).numpy()
+        pred = predict(np.asarray(probs), tau[:, None], min_one=min_one)
+        vals.append(episode_macro_f1(labels, pred) if reward == "macro_f1" else float(instance_f1(labels, pred).mean()))
+    return float(np.mean(vals))
+
+
+def train_policy_episodes(policy: ThresholdPolicy, episodes: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], *,
+                          val_episodes: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+                          max_epochs: int = 50, patience: int = 3, lr: float = 1e-2, n_samples: int = 8,
+                          reward: str = "macro_f1", min_one: bool = True, seed: int = 0) -> PolicyFit:
+    """Train ``policy`` on frozen model outputs of whole episodes (one REINFORCE step per episode,
+    :func:`reinforce_step` with ``reward``), until the deterministic reward on ``val_episodes``
+    (:func:`episode_reward`) has not improved for ``patience`` epochs; the best epoch's weights
+    are restored. Without ``val_episodes`` all ``max_epochs`` run. Issue 30's post-hoc policy:
+    reward = the evaluation metric, trained until its validation reward stops improving."""
+    if not episodes:
+        raise ValueError("train_policy_episodes needs at least one episode")
+    bad_shape = [p.shape for p, _, _ in episodes if p.shape[-1] != policy.n_way]
+    if bad_shape:
+        raise ValueError(f"episodes must have N = {policy.n_way} columns; got {bad_shape[0]}")
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(policy.parameters(), lr=lr)
+    tensors = [tuple(torch.as_tensor(a, dtype=torch.float32) for a in ep) for ep in episodes]
+    train, val = [], []
+    best, best_epoch, bad, best_state = -np.inf, 0, 0, None
+    for epoch in range(1, max_epochs + 1):
+        order = torch.randperm(len(tensors), generator=gen).tolist()
+        train.append(float(np.mean([reinforce_step(policy, opt, *tensors[i], n_samples=n_samples, min_one=min_one,
+                                                   generator=gen, reward=reward) for i in order])))
+        if not val_episodes:
+            best_epoch = epoch
+            continue
+        val.append(episode_reward(policy, val_episodes, reward=reward, min_one=min_one))
+        if val[-1] > best:
+            best, best_epoch, bad, best_state = val[-1], epoch, 0, copy.deepcopy(policy.state_dict())
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    if best_state is not None and best_epoch != len(train):
+        policy.load_state_dict(best_state)
+    return PolicyFit(train, val, best_epoch, stopped_early=len(train) < max_epochs)
