@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from epi_utils.acd.data import parse_split
-from epi_utils.acd.episodes import sample_episode, sample_episodes
+from epi_utils.acd.episodes import sample_episode, sample_episodes, split_sentences
 
 
 def toy_split(n_classes=6, per_class=12, shared=4):
@@ -59,3 +59,25 @@ def test_errors():
         sample_episode(sp, n_way=4, k_shot=1, n_query=1, rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="could not sample 3 distinct"):
         sample_episode(sp, n_way=2, k_shot=2, n_query=1, rng=np.random.default_rng(0))
+
+
+def test_split_sentences_gives_disjoint_views_with_the_same_ids():
+    """Issue 30: hold out some sentences of the tuning classes for model selection."""
+    split = toy_split()
+    fit, held = split_sentences(split, holdout=0.3, rng=np.random.default_rng(0), min_per_class=3)
+    assert fit.sentences is split.sentences and held.aspects is split.aspects and fit.classes == split.classes
+    fit_ids = {int(i) for v in fit.by_class.values() for i in v}
+    held_ids = {int(i) for v in held.by_class.values() for i in v}
+    assert not fit_ids & held_ids and fit_ids | held_ids == set(range(len(split)))
+    for c in split.classes:   # every instance of a class is on exactly one side; both sides keep >= 3
+        assert sorted(np.concatenate([fit.by_class[c], held.by_class[c]])) == sorted(split.by_class[c])
+        assert len(fit.by_class[c]) >= 3 and len(held.by_class[c]) >= 3
+    assert 0.15 < len(held_ids) / len(split) < 0.45
+    again = split_sentences(split, holdout=0.3, rng=np.random.default_rng(0), min_per_class=3)[1]
+    assert all(np.array_equal(again.by_class[c], held.by_class[c]) for c in split.classes)
+    for ep in sample_episodes(held, 5, n_way=3, k_shot=1, n_query=1, rng=np.random.default_rng(1)):
+        assert set(ep.support.ravel()) | set(ep.query) <= held_ids
+    with pytest.raises(ValueError, match="holdout"):
+        split_sentences(split, holdout=1.0, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="fewer than"):
+        split_sentences(split, holdout=0.5, rng=np.random.default_rng(0), min_per_class=20)

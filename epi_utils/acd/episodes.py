@@ -95,3 +95,39 @@ def sample_episodes(split: FewAspSplit, n_episodes: int, *, n_way: int, k_shot: 
     """``n_episodes`` independent episodes drawn with ``rng`` (same rng state -> same episodes)."""
     return [sample_episode(split, n_way=n_way, k_shot=k_shot, n_query=n_query, rng=rng)
             for _ in range(n_episodes)]
+
+
+def split_sentences(split: FewAspSplit, *, holdout: float, rng: np.random.Generator,
+                    min_per_class: int = 1) -> tuple[FewAspSplit, FewAspSplit]:
+    """Two disjoint views ``(fit, held_out)`` of ``split`` by *sentence*: each unique sentence goes
+    to the held-out view with probability ``holdout`` (a multi-label sentence goes whole to one
+    side, under all its classes). Both views keep the split's sentence ids, ``sentences`` and
+    ``aspects`` (so token ids and token banks of ``split`` serve both) and filter only
+    ``by_class``; every class keeps at least ``min_per_class`` instances on each side (sentences
+    are moved back to the fit view, or to the held-out one, until it does; ``ValueError`` when a
+    class has too few). Issue 30: tune thresholds and policies on FewAsp(multi) validation
+    classes while holding out some of their sentences for model selection."""
+    if not 0.0 < holdout < 1.0:
+        raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+    small = [c for c in split.classes if len(split.by_class[c]) < 2 * min_per_class]
+    if small:
+        raise ValueError(f"classes {small[:5]} of {split.name} have fewer than {2 * min_per_class} instances")
+    held = rng.random(len(split)) < holdout
+    for c in split.classes:  # repair classes left short on either side, in a fixed order
+        ids = split.by_class[c]
+        for side in (True, False):
+            short = min_per_class - int((held[ids] == side).sum())
+            if short > 0:
+                movable = [int(i) for i in ids if held[i] != side]
+                for i in rng.permutation(movable)[:short]:
+                    held[i] = side
+    left_short = [c for c in split.classes for side in (True, False)
+                  if int((held[split.by_class[c]] == side).sum()) < min_per_class]
+    if left_short:  # a multi-label sentence moved for one class emptied another
+        raise ValueError(f"could not keep {min_per_class} instances of {sorted(set(left_short))[:5]} on both sides")
+    views = []
+    for side in (False, True):
+        by_class = {c: ids[held[ids] == side] for c, ids in split.by_class.items()}
+        views.append(FewAspSplit(name=f"{split.name}[{'held-out' if side else 'fit'}]", classes=list(split.classes),
+                                 sentences=split.sentences, aspects=split.aspects, by_class=by_class))
+    return views[0], views[1]
