@@ -115,7 +115,8 @@ def test_study_config_validation():
                             ({"replay_samples": 0}, "Config.replay_samples: must be >= 1 when the replay bound"),
                             ({"world_tasks": ["fact_qa"]}, "Config.world_tasks: needs at least two tasks"),
                             ({"data_source": "hf", "hf_tasks": ["gsm8k"]}, "Config.hf_tasks: needs at least two"),
-                            ({"hf_tasks": ["gsm8k", "mmlu"]}, "Config.hf_tasks: must be one of")]:
+                            ({"hf_tasks": ["gsm8k", "mmlu"]}, "Config.hf_tasks: must be one of"),
+                            ({"world_tasks": ["fact_qa", "magic"]}, "Config.world_tasks: must be one of")]:
         with pytest.raises(ConfigError) as info:
             Config(**kwargs)
         assert str(info.value).startswith(message), (kwargs, str(info.value))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from epi_utils.data.world import TASKS as WORLD_TASKS
+from epi_utils.isolation_study.hf_data import HF_TASKS
 from epi_utils.workbench.contract import StudyConfig, option
 
 #: masking policies that can sit on the frontier (every one takes ``isolation_ratio``)
@@ -18,7 +20,6 @@ BOUNDS = ("full_sft", "separate", "replay", "ewc")
 MODEL_SIZES = {"default": dict(n_layer=4, n_head=4, n_embd=128),   # ~0.9M parameters
                "small": dict(n_layer=6, n_head=8, n_embd=256)}     # ~4.9M parameters
 DATA_SOURCES = ("world", "hf")
-HF_TASK_NAMES = ("gsm8k", "codealpaca", "alpaca")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Config(StudyConfig):
     world_seed: int = option(0, "seed of the synthetic world (facts, corpus, sample pool)", ge=0)
     world_tasks: tuple[str, ...] = option(["fact_qa", "format_conversion"],
                                           "world tasks in schedule order: first half stage 0, rest stage 1",
-                                          nonempty=True, unique=True)
+                                          choices=WORLD_TASKS, nonempty=True, unique=True)
     n_train_per_task: int = option(48, "world: train samples per task and seed", ge=1)
     n_val_per_task: int = option(16, "world: validation samples per task (EWC lambda)", ge=0)
     n_test_per_task: int = option(48, "world: held-out test samples per task (the primary measure)", ge=1)
@@ -46,7 +47,7 @@ class Config(StudyConfig):
     interference_rate: float = option(0.0, "share of stage-0 prompts re-trained in stage 1 with other answers "
                                            "(own label)", ge=0, le=1)
     hf_tasks: tuple[str, ...] = option(["gsm8k", "codealpaca"], "data_source hf: stage 0 then stage 1 data sets",
-                                       choices=HF_TASK_NAMES, nonempty=True, unique=True)
+                                       choices=tuple(HF_TASKS), nonempty=True, unique=True)
     hf_n_train: int = option(2000, "hf: train examples per task", ge=1)
     hf_n_val: int = option(100, "hf: validation examples per task", ge=0)
     hf_n_test: int = option(200, "hf: test examples per task", ge=1)

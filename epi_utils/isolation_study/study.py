@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -65,9 +64,6 @@ class RunRecord:
     tokens: int = 0
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)  # training loss of every optimizer step
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass
