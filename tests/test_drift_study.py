@@ -329,3 +329,56 @@ def test_pretrain_seed_enters_the_tiny_cache_key(small_world):
     assert models.tiny_cache_key(small_world, models.TINY_MODEL, models.tiny_pretrain_config(pretrain_seed=1)) != key
     with pytest.raises(ValueError, match="pretrain_seed applies only"):
         models.load_model("gpt2", pretrain_seed=1)
+
+
+# --- issue 27 pieces: chance level, chance-corrected D, dose-response slope -------------------------
+def test_chance_jaccard_by_hand():
+    from epi_utils.drift import chance
+
+    # n = 4, k = 2: P(I = 0, 1, 2) = 1/6, 4/6, 1/6 -> J = 0, 1/3, 1 -> 4/18 + 3/18 = 7/18
+    assert chance.chance_jaccard(2, 4) == pytest.approx(7 / 18)
+    assert chance.chance_jaccard(2, 4, exact=False) == pytest.approx(1 / 3)  # k / (2n - k)
+    assert chance.chance_jaccard(3, 3) == 1.0 and chance.chance_jaccard(1, 5) == pytest.approx(1 / 5)
+    # a top-5% set of 20,000 positions: about 0.026, the ratio of expectations within 1e-3
+    exact = chance.chance_jaccard(1000, 20_000)
+    assert exact == pytest.approx(1000 / 39_000, abs=1e-3) and 0.025 < exact < 0.027
+    g = torch.Generator().manual_seed(0)
+    sims = [dr.topk_jaccard(torch.randperm(200, generator=g), torch.randperm(200, generator=g), k=20, n=200)["all"]
+            for _ in range(400)]
+    assert np.mean(sims) == pytest.approx(chance.chance_jaccard(20, 200), abs=0.005)  # planted truth: random sets
+    with pytest.raises(ValueError, match="1 <= k <= n"):
+        chance.chance_jaccard(5, 4)
+
+
+def test_chance_corrected_drift_index_by_hand():
+    from epi_utils.drift import chance
+
+    assert chance.drift_index_corrected(0.3, 0.6, 0.6, 0.1) == pytest.approx(0.6)  # 1 - 0.2 / 0.5
+    assert dr.drift_index(0.3, 0.6, 0.6) == pytest.approx(0.5)                      # uncorrected: 1 - 0.3 / 0.6
+    assert chance.drift_index_corrected(0.1, 0.6, 0.5, 0.1) == pytest.approx(1.0)   # overlap at chance -> 1
+    assert chance.drift_index_corrected(0.5, 0.5, 0.5, 0.1) == pytest.approx(0.0)   # as reliable as itself -> 0
+    assert math.isnan(chance.drift_index_corrected(0.1, 0.1, 0.5, 0.1))             # reliability at chance
+    assert chance.drift_index_at_chance(0.026, 0.6, 0.6) == pytest.approx(1 - 0.026 / 0.6)  # ~0.957, not 1
+    assert chance.chance_corrected(0.55, 0.1) == pytest.approx(0.5)
+
+
+def test_dose_response_slope_by_hand():
+    import pandas as pd
+
+    from epi_utils.drift import dose_response as dose
+
+    assert dose.ols_slope([0, 1, 2], [1, 2, 4]) == pytest.approx(1.5)
+    assert math.isnan(dose.ols_slope([1, 1], [0, 3]))
+    rows = [("x", "A", 0, 1), ("x", "A", 1, 3), ("x", "B", 0, 0), ("x", "B", 2, 2),   # slopes 2 and 1
+            ("y", "A", 0, 0), ("y", "A", 1, 4), ("y", "B", 0, 0), ("y", "B", 1, 2)]   # slopes 4 and 2
+    frame = pd.DataFrame(rows, columns=["task", "unit", "d", "extra_loss"])
+    per_unit = dose.unit_slopes(frame, x="d", y="extra_loss", by=["task"])
+    assert per_unit["slope"].tolist() == pytest.approx([2, 1, 4, 2]) and (per_unit["m"] == 2).all()
+    tab = dose.slope_table(frame, x="d", y="extra_loss", by=["task"], unit="pretrained models")
+    assert tab["task"].tolist() == ["x", "y", "pooled"] and tab["n"].tolist() == [2, 2, 2]
+    half = 12.7062047 * math.sqrt(0.5) / math.sqrt(2)  # t(0.975, 1) * sd([2, 1]) / sqrt(2)
+    assert tab["slope"][0] == pytest.approx(1.5)
+    assert (tab["slope_low"][0], tab["slope_high"][0]) == pytest.approx((1.5 - half, 1.5 + half), rel=1e-6)
+    # pooled: unit A over all its points (0,1),(1,3),(0,0),(1,4) -> 3; unit B (0,0),(2,2),(0,0),(1,2) -> 3/2.75
+    assert tab["slope"][2] == pytest.approx((3 + 3 / 2.75) / 2)
+    assert set(tab["unit"]) == {"pretrained models"}
