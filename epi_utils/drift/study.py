@@ -42,8 +42,6 @@ from epi_utils.lm.train import TrainConfig, TrainHook, train_sft
 from epi_utils.workbench import progress, runs
 
 ALL = ci.ALL
-KINDS = ("drift", "no_drift", "planted")
-MASKS = ("step_t", "step_s", "random")
 
 
 @dataclass(frozen=True)
