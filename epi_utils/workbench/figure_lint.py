@@ -386,7 +386,8 @@ def _legend_problems(legend, owner, axes, names, texts, renderer, tol) -> list[s
         hit = [a for a in _data_artists(ax) if _artist_under(a, ax, inner, renderer)]
         if hit:
             more = f" and {len(hit) - 1} more" if len(hit) > 1 else ""
-            out.append(f"{where}: the legend covers plotted data in {names[id(ax)]} ({_artist_name(hit[0])}{more})")
+            inside = "" if ax is owner else f" in {names[id(ax)]}"
+            out.append(f"{where}: the legend covers plotted data{inside} ({_artist_name(hit[0])}{more})")
     corners = np.array([[shrunk.x0, shrunk.y0], [shrunk.x1, shrunk.y0], [shrunk.x1, shrunk.y1], [shrunk.x0, shrunk.y1]])
     for t in texts:
         if _bbox_overlap(t.bbox, shrunk, 0.0) and _boxes_overlap(t.corners, corners, 0.0):
