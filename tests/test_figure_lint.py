@@ -163,3 +163,24 @@ def test_lint_attaches_a_canvas_to_a_bare_figure():
     ax.plot([1, 2, 3], [1, 4, 9])
     _labelled(ax)
     assert lint_figure(fig) == []
+
+
+def test_natural_order_and_a_legend_moved_outside_passes():
+    settings = ["10-way 10-shot", "5-way 5-shot", "10-way 5-shot", "5-way 10-shot", "5-way 5-shot"]
+    assert plots.natural_order(settings) == ["5-way 5-shot", "5-way 10-shot", "10-way 5-shot", "10-way 10-shot"]
+    assert sorted(["run 2", "run 10", "Run 1", "run 1.5"], key=plots.natural_key) == ["Run 1", "run 1.5", "run 2", "run 10"]
+    # study 05's figure: grouped bars with the legend over them; outside the axes it covers nothing
+    fig, ax = plt.subplots(figsize=(8, 3), layout="constrained")
+    order = plots.natural_order(settings)
+    for i, method in enumerate(["proto", "proto + attention", "learned threshold"]):
+        ax.bar(np.arange(4) + 0.25 * i, [0.9, 0.8, 0.75, 0.7], 0.25, label=method)
+    ax.set_xticks(np.arange(4) + 0.25, order)
+    _labelled(ax, "setting", "macro F1")
+    ax.legend(loc="upper right")
+    assert any("the legend covers plotted data" in p for p in lint_figure(fig))
+    plots.legend_outside(ax)
+    assert lint_figure(fig) == []
+    plots.legend_outside(ax, where="below")
+    assert lint_figure(fig) == []
+    with pytest.raises(ValueError, match="where"):
+        plots.legend_outside(ax, where="inside")
