@@ -184,3 +184,21 @@ def test_natural_order_and_a_legend_moved_outside_passes():
     assert lint_figure(fig) == []
     with pytest.raises(ValueError, match="where"):
         plots.legend_outside(ax, where="inside")
+
+
+def test_scatter_points_count_as_data_and_polar_axes_need_no_labels():
+    fig, ax = plt.subplots(figsize=(4, 3), layout="constrained")
+    ax.scatter([1, 10, 100], [0.0, 1.0, 2.0], label="runs")
+    ax.scatter([90], [1.9], label="chosen")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _labelled(ax)
+    ax.legend(loc="upper right")
+    found = lint_figure(fig)
+    assert "axes 0: log y axis over non-positive data (min 0); matplotlib drops or clips those values" in found
+    assert any(p.startswith("axes 0: the legend covers plotted data (PathCollection") for p in found)
+    assert not any("log x axis" in p for p in found)
+    fig = plt.figure(layout="constrained")
+    polar = fig.add_subplot(projection="polar")
+    polar.plot([0.0, 1.0, 2.0], [1.0, 2.0, 3.0])
+    assert lint_figure(fig) == []

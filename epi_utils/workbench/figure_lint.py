@@ -19,6 +19,8 @@ returns one sentence per problem; an empty list means the figure passed. It chec
   ``bbox_inches="tight"`` grows the canvas to fit, ``plots.use_style`` sets it; the check still asks for
   a figure whose layout fits, e.g. ``layout="constrained"``, since a notebook or another saver may not.)
 
+3D axes are skipped (their text extents do not follow the 2D rules) and polar axes need no axis labels.
+
 Tolerance: overlaps and cuts smaller than ``tolerance_px`` (display pixels at the figure's dpi) are
 ignored, so that boxes that only touch pass.
 """
@@ -55,7 +57,7 @@ def lint_figure(fig, *, tolerance_px: float = 1.0) -> list[str]:
     """
     renderer = _renderer(fig)
     problems: list[str] = []
-    axes = [ax for ax in _all_axes(fig) if ax.get_visible()]
+    axes = [ax for ax in _all_axes(fig) if ax.get_visible() and getattr(ax, "name", "") != "3d"]
     names = {id(ax): _axes_name(ax, i) for i, ax in enumerate(axes)}
     texts: list[_Text] = []
     for ax in axes:
@@ -296,6 +298,12 @@ def _artist_under(artist, ax, box, renderer) -> bool:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
+    if isinstance(artist, PathCollection):  # scatter: markers in points at offsets in data coordinates
+        offsets = np.asarray(artist.get_offsets(), dtype=float)
+        if offsets.size == 0 or not artist.get_offset_transform().contains_branch(ax.transData):
+            return False
+        pts = artist.get_offset_transform().transform(offsets)
+        return _points_in(pts[np.all(np.isfinite(pts), axis=1)], box)
     if not _in_data_coords(artist, ax):
         return False  # reference lines and spans in axes coordinates (axhline, axvspan)
     if isinstance(artist, Line2D):
@@ -306,12 +314,6 @@ def _artist_under(artist, ax, box, renderer) -> bool:
     if isinstance(artist, Patch):
         ext = artist.get_window_extent(renderer)
         return _bbox_overlap(ext, box, 0.0)
-    if isinstance(artist, PathCollection):
-        offsets = np.asarray(artist.get_offsets(), dtype=float)
-        if offsets.size == 0:
-            return False
-        pts = artist.get_offset_transform().transform(offsets)
-        return _points_in(pts[np.all(np.isfinite(pts), axis=1)], box)
     if hasattr(artist, "get_paths"):
         tr = artist.get_transform()
         filled = not isinstance(artist, LineCollection)
@@ -333,15 +335,18 @@ def _data_values(artist, ax) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(artist, AxesImage):
         x0, x1, y0, y1 = artist.get_extent()
         return np.array([x0, x1], dtype=float), np.array([y0, y1], dtype=float)
-    if not _in_data_coords(artist, ax):
+    scatter = isinstance(artist, PathCollection) and artist.get_offset_transform().contains_branch(ax.transData)
+    if not scatter and not _in_data_coords(artist, ax):
         return empty, empty
     try:
-        if isinstance(artist, Line2D):
+        if scatter:
+            xy = (artist.get_offset_transform() - ax.transData).transform(np.asarray(artist.get_offsets(), dtype=float))
+        elif isinstance(artist, Line2D):
             xy = np.asarray(artist.get_xydata(), dtype=float)
         elif isinstance(artist, Patch):
             xy = (artist.get_transform() - ax.transData).transform(np.asarray(artist.get_path().vertices, dtype=float))
-        elif isinstance(artist, PathCollection) and artist.get_offset_transform().contains_branch(ax.transData):
-            xy = (artist.get_offset_transform() - ax.transData).transform(np.asarray(artist.get_offsets(), dtype=float))
+        elif isinstance(artist, PathCollection):
+            return empty, empty
         elif hasattr(artist, "get_paths"):
             to_data = artist.get_transform() - ax.transData
             paths = [p.vertices for p in artist.get_paths() if len(p.vertices)]
@@ -407,8 +412,8 @@ def _label_problems(ax, name: str, fig, renderer) -> list[str]:
         cb = ax._colorbar
         long_axis = ax.yaxis if getattr(cb, "orientation", "vertical") == "vertical" else ax.xaxis
         return [] if long_axis.label.get_text().strip() else [f"{name} has no label (what its colours mean)"]
-    if not _data_artists(ax):
-        return []
+    if not _data_artists(ax) or getattr(ax, "name", "rectilinear") != "rectilinear":
+        return []  # polar axes and the like label themselves by their ticks
     out = []
     for letter, axis, shared, sup in (("x", ax.xaxis, ax.get_shared_x_axes(), "_supxlabel"),
                                       ("y", ax.yaxis, ax.get_shared_y_axes(), "_supylabel")):
