@@ -202,3 +202,13 @@ def test_scatter_points_count_as_data_and_polar_axes_need_no_labels():
     polar = fig.add_subplot(projection="polar")
     polar.plot([0.0, 1.0, 2.0], [1.0, 2.0, 3.0])
     assert lint_figure(fig) == []
+
+
+def test_overlapping_annotations_are_reported_once_per_pair_of_names():
+    # study 02's frontier: "5%" labels written on top of each other
+    fig, ax = plt.subplots(layout="constrained")
+    ax.plot([0, 1], [0, 1])
+    for dx in (0.0, 0.01, 0.02):
+        ax.annotate("5%", (0.5 + dx, 0.5))
+    _labelled(ax)
+    assert lint_figure(fig) == ["axes 0: text '5%' overlaps text '5%' (3 times)"]

@@ -46,6 +46,7 @@ class _Text:
     kind: str   # "tick", "label", "title", "text", "legend"
     bbox: Any   # matplotlib Bbox, display pixels
     corners: np.ndarray  # (4, 2) corners of the (possibly rotated) rectangle
+    owner: str = ""      # the axes' name when the text belongs to one (a prefix of ``name``)
 
 
 def lint_figure(fig, *, tolerance_px: float = 1.0) -> list[str]:
@@ -131,13 +132,13 @@ def _corners(text, bbox, renderer) -> np.ndarray:
     return np.array([c - u - v, c + u - v, c + u + v, c - u + v])
 
 
-def _text_item(text, name: str, group: str, kind: str, renderer) -> _Text | None:
+def _text_item(text, name: str, group: str, kind: str, renderer, owner: str = "") -> _Text | None:
     if text is None or not text.get_visible() or not text.get_text().strip():
         return None
     bbox = text.get_window_extent(renderer)
     if bbox.width <= 0 or bbox.height <= 0 or not np.all(np.isfinite(bbox.get_points())):
         return None
-    return _Text(name, group, kind, bbox, _corners(text, bbox, renderer))
+    return _Text(name, group, kind, bbox, _corners(text, bbox, renderer), owner)
 
 
 def _drawn_ticks(axis) -> list:
@@ -157,20 +158,20 @@ def _axes_texts(ax, name: str, renderer) -> list[_Text]:
         for tick in _drawn_ticks(axis):
             for lab in (tick.label1, tick.label2):
                 item = _text_item(lab, f"{name} {letter} tick label {_plain(lab.get_text())!r}",
-                                  f"{id(ax)}:{letter}ticks", "tick", renderer)
+                                  f"{id(ax)}:{letter}ticks", "tick", renderer, name)
                 if item:
                     out.append(item)
         item = _text_item(axis.label, f"{name} {letter} label {_plain(axis.label.get_text())!r}",
-                          f"{id(ax)}:{letter}label", "label", renderer)
+                          f"{id(ax)}:{letter}label", "label", renderer, name)
         if item:
             out.append(item)
     for loc, title in (("", ax.title), ("left ", getattr(ax, "_left_title", None)),
                        ("right ", getattr(ax, "_right_title", None))):
-        item = _text_item(title, f"{name} {loc}title", f"{id(ax)}:{loc}title", "title", renderer) if title else None
+        item = _text_item(title, f"{name} {loc}title", f"{id(ax)}:{loc}title", "title", renderer, name) if title else None
         if item:
             out.append(item)
     for i, t in enumerate(ax.texts):
-        item = _text_item(t, f"{name} text {_plain(t.get_text())!r}", f"{id(ax)}:text{i}", "text", renderer)
+        item = _text_item(t, f"{name} text {_plain(t.get_text())!r}", f"{id(ax)}:text{i}", "text", renderer, name)
         if item:
             out.append(item)
     return out
@@ -235,6 +236,9 @@ def _text_overlaps(texts: list[_Text], tol: float) -> list[str]:
             continue
         if a.group == b.group and a.kind == "tick":
             tick_pairs.setdefault(a.group, []).append((a, b))
+        elif a.owner and a.owner == b.owner:
+            cut = len(a.owner) + 1
+            other.append(f"{a.owner}: {a.name[cut:]} overlaps {b.name[cut:]}")
         else:
             other.append(f"{a.name} overlaps {b.name}")
     out = []
@@ -244,6 +248,10 @@ def _text_overlaps(texts: list[_Text], tol: float) -> list[str]:
         second = b.name.rpartition(" tick label ")[2]
         more = f" (and {len(pairs) - 1} more pairs)" if len(pairs) > 1 else ""
         out.append(f"{axis_name} tick labels overlap: {first} and {second}{more}")
+    counts: dict[str, int] = {}
+    for message in other:
+        counts[message] = counts.get(message, 0) + 1
+    other = [m if n == 1 else f"{m} ({n} times)" for m, n in counts.items()]
     return _capped(out, "overlapping tick label groups") + _capped(other, "overlapping texts")
 
 
