@@ -95,7 +95,7 @@ def test_format_table_merges_intervals_formats_p_and_drops_index_and_empty_colum
 def test_format_table_keeps_a_named_index_and_selects_columns():
     frame = pd.DataFrame({"f1": [0.5, 0.25], "extra": [1, 2]}, index=pd.Index(["a", "b"], name="cause"))
     table = format_table(frame, columns=["cause", "f1"], caption="Per cause")
-    assert table.frame.to_dict("list") == {"cause": ["a", "b"], "f1": ["0.500", "0.250"]}
+    assert table.frame.to_dict("list") == {"cause": ["a", "b"], "f1": ["0.50", "0.25"]}
     assert table.to_html().startswith('<p class="table-caption">Per cause</p>')
     with pytest.raises(KeyError, match="not in the frame"):
         format_table(frame, columns=["nope"])
@@ -136,3 +136,12 @@ def test_parameter_table():
     assert first.summary is None and not first.to_html().startswith("<details>")
     with pytest.raises(TypeError, match="config instance"):
         parameter_table(_ToyConfig)
+
+
+def test_format_table_prints_set_values_with_one_number_of_decimals():
+    frame = pd.DataFrame({"ratio": [0.05, 0.1, 0.2], "score": [0.5543210, 0.6, 0.123456], "lam": [0.0, 1e-4, 2.5]})
+    assert format_table(frame).frame.to_dict("list") == {
+        "ratio": ["0.05", "0.10", "0.20"],        # exact at 2 decimals
+        "score": ["0.554", "0.600", "0.123"],     # measured: 3 significant digits each
+        "lam": ["0", "1.00e-04", "2.50"],         # 1e-4 prints scientific, so no common decimals
+    }

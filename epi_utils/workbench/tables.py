@@ -185,6 +185,26 @@ def _empty_column(series: pd.Series) -> bool:
     return all(_is_missing(v) or (isinstance(v, str) and v.strip().lower() in EMPTY_VALUES) for v in series)
 
 
+def _sig_decimals(x: float, digits: int) -> int | None:
+    """Decimals :func:`format_number` prints for ``x`` (None where it prints scientific)."""
+    if x == 0.0:
+        return 0
+    magnitude = math.floor(math.log10(abs(x)))
+    return None if magnitude < -3 or magnitude >= 7 else max(digits - 1 - magnitude, 0)
+
+
+def _common_decimals(values: list[float], digits: int) -> int | None:
+    """The fewest decimals that show every value of a column exactly (0.05, 0.1, 0.2 -> 2), when that
+    is no more than :func:`format_number` would print for each; else None (measured values)."""
+    if not values:
+        return None
+    for k in range(7):
+        if all(abs(v - round(v, k)) <= 1e-9 * max(1.0, abs(v)) for v in values):
+            limits = [_sig_decimals(v, digits) for v in values]
+            return k if all(d is not None and k <= d for d in limits) else None
+    return None
+
+
 def _format_column(series: pd.Series, digits: int) -> list[str]:
     import numpy as np
     import pandas as pd
@@ -194,6 +214,10 @@ def _format_column(series: pd.Series, digits: int) -> list[str]:
         finite = [v for v in values if not _is_missing(v) and math.isfinite(v)]
         if finite and all(float(v).is_integer() and abs(v) < 1e15 for v in finite):  # counts stored as float
             return ["" if _is_missing(v) else format_number(int(v)) if math.isfinite(v) else format_number(v)
+                    for v in values]
+        common = _common_decimals([float(v) for v in finite], digits)
+        if common is not None:  # set values (ratios, lambdas): one number of decimals, no padding zeros
+            return ["" if _is_missing(v) else _fixed(float(v), common) if math.isfinite(v) else format_number(v)
                     for v in values]
     out = []
     for v in values:
@@ -217,7 +241,8 @@ def format_table(frame: pd.DataFrame, *, names: Mapping[str, str] | None = None,
     - ``p_columns``: columns formatted by :func:`format_p` without the ``"p "`` prefix (default:
       those named as in :data:`P_COLUMNS`).
     - Other numbers: ``digits`` significant digits (:func:`format_number`); integer-valued float
-      columns as integers; lists joined with commas.
+      columns as integers; a column of set values that a few decimals show exactly (ratios 0.05,
+      0.1, 0.2) with that one number of decimals (``0.05, 0.10, 0.20``); lists joined with commas.
     - ``drop_empty``: columns whose every cell is missing or one of :data:`EMPTY_VALUES` are dropped.
     - ``names``: raw column -> reader name; the other columns are :func:`humanize`-d.
     """
