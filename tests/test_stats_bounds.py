@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from epi_utils.workbench.stats import interval, interval_table, logit_t_ci, mean_ci, summarize_over_seeds, wilson_ci
+from epi_utils.workbench.stats import interval, interval_table, logit_t_ci, mean_ci, wilson_ci
 
 Z = 1.959964  # normal quantile at 0.975; z^2 = 3.841459
 
@@ -118,5 +118,3 @@ def test_interval_table_with_bounds_stays_inside_and_default_is_unchanged():
         assert ((bounded[f"{c}_low"] >= 0) & (bounded[f"{c}_high"] <= 1)).all()
     # "held" is yes/no: Wilson with 2 of 3 for epi, 3 of 3 for sft (upper bound exactly 1)
     assert bounded.loc[0, "held_low"] == pytest.approx(wilson_ci(2, 3)[0]) and bounded.loc[1, "held_high"] == 1.0
-    table = summarize_over_seeds(frame.to_dict("records"), group_keys=["arm"], value_keys=["acc"], bounds=(0, 1))
-    assert set(table["method"]) == {"logit-t"} and (table["ci_high"] <= 1).all()

@@ -237,7 +237,7 @@ def format_table(frame: pd.DataFrame, *, names: Mapping[str, str] | None = None,
     - ``columns``: the raw columns to keep, in this order (default: all). Interval triplets
       ``<c>, <c>_low, <c>_high`` become one column ``<c>`` holding ``"mean [low, high]"`` rounded by
       :func:`format_interval` (``interval_digits`` significant digits of the half-width); so does
-      ``mean, ci_low, ci_high`` (:func:`epi_utils.workbench.stats.summarize_over_seeds`).
+      ``mean, ci_low, ci_high``.
     - ``p_columns``: columns formatted by :func:`format_p` without the ``"p "`` prefix (default:
       those named as in :data:`P_COLUMNS`).
     - Other numbers: ``digits`` significant digits (:func:`format_number`); integer-valued float
