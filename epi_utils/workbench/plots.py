@@ -79,3 +79,39 @@ def matrix(ax, values, *, xlabels: Sequence[str], ylabels: Sequence[str], cbar_l
                 ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=8,
                         color="white" if v < mid else "black")
     return image
+
+
+def natural_key(value) -> tuple:
+    """Sort key that reads the numbers inside a label as numbers: ``"5-way 10-shot"`` sorts after
+    ``"5-way 5-shot"`` and before ``"10-way 5-shot"`` (a plain string sort puts "10-way" first)."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", str(value))
+    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p.lower()) for i, p in enumerate(parts) if p != "")
+
+
+def natural_order(values) -> list:
+    """The distinct ``values`` in natural order (:func:`natural_key`), e.g. the settings of a study
+    as a reader expects them on an axis: 5-way 5-shot, 5-way 10-shot, 10-way 5-shot, 10-way 10-shot."""
+    return sorted(dict.fromkeys(values), key=natural_key)
+
+
+def legend_outside(ax, *, where: str = "right", **kwargs):
+    """Put ``ax``'s legend outside the plotting area, where it cannot cover data.
+
+    ``where="right"``: an axes legend beside the plot's upper right corner. ``where="below"``: a
+    figure legend under everything (``loc="outside lower center"``, one row of up to 4 entries) when
+    the figure uses ``layout="constrained"``, else an axes legend below the x label. The figure needs a
+    layout engine or ``savefig``'s tight bounding box to make room. Extra ``kwargs`` go to
+    ``legend``. Returns the legend."""
+    handles, labels = ax.get_legend_handles_labels()
+    if where == "right":
+        return ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kwargs)
+    if where != "below":
+        raise ValueError(f"where must be 'right' or 'below', got {where!r}")
+    kwargs.setdefault("ncol", max(1, min(len(handles), 4)))
+    fig = ax.figure
+    engine = fig.get_layout_engine()
+    if engine is not None and type(engine).__name__ == "ConstrainedLayoutEngine":
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+        return fig.legend(handles, labels, loc="outside lower center", **kwargs)
+    return ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.3), borderaxespad=0.0, **kwargs)

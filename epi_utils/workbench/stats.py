@@ -9,6 +9,13 @@ Which interval for which unit (docs/architecture.md, "Scientific standards"):
 - **Many units** (episodes, documents, samples; ``n >= 30``): the percentile bootstrap
   (Efron & Tibshirani 1993, :func:`bootstrap_ci`) is fine, and so is t.
 
+- **Bounded scales** (accuracies, F1, shares of samples: values in ``[0, 1]`` or another ``bounds``):
+  pass ``bounds=(0, 1)`` to :func:`interval` / :func:`interval_table` and the interval stays inside
+  them. Values that are all 0 or 1 (one yes/no per unit) get the Wilson score interval of a
+  proportion (:func:`wilson_ci`, Wilson 1927); other values over few units the logit-scale
+  t-interval of the mean (:func:`logit_t_ci`); a bootstrap over many units is left as it is (a mean
+  of values inside the bounds is inside them). The default (``bounds=None``) changes no number.
+
 Every interval is reported with the unit it is taken over (``Interval.unit``), so a table can say
 "95% t-interval over 8 seeds".
 
@@ -21,6 +28,7 @@ effect the design could detect (the half-width of the difference's interval).
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Mapping, Sequence
@@ -29,6 +37,21 @@ import numpy as np
 
 #: below this many units a bootstrap interval under-covers; :func:`interval` uses t instead.
 MIN_UNITS_FOR_BOOTSTRAP = 30
+
+
+@functools.lru_cache(maxsize=256)
+def _t_quantile(q: float, dof: int) -> float:
+    """``t_{q, dof}``, cached: intervals are computed thousands of times in coverage simulations."""
+    from scipy import stats as sps
+
+    return float(sps.t.ppf(q, dof))
+
+
+@functools.lru_cache(maxsize=64)
+def _z_quantile(q: float) -> float:
+    from scipy import stats as sps
+
+    return float(sps.norm.ppf(q))
 
 
 def _clean(values: Sequence[float] | np.ndarray, what: str) -> np.ndarray:
@@ -69,15 +92,83 @@ def t_ci(values: Sequence[float] | np.ndarray, *, confidence: float = 0.95) -> t
     ``mean +- t_{(1+confidence)/2, n-1} * s / sqrt(n)`` with ``s`` the sample standard deviation.
     One value gives the degenerate interval ``(v, v)``: no spread can be estimated (report ``n``).
     """
-    from scipy import stats as sps
-
     _check_confidence(confidence)
     arr = _clean(values, "t_ci")
     mean = float(arr.mean())
     if arr.size == 1:
         return mean, mean
-    half = float(sps.t.ppf((1 + confidence) / 2, arr.size - 1) * arr.std(ddof=1) / math.sqrt(arr.size))
+    half = float(_t_quantile((1 + confidence) / 2, arr.size - 1) * arr.std(ddof=1) / math.sqrt(arr.size))
     return mean - half, mean + half
+
+
+def wilson_ci(successes: float, n: int, *, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion: ``successes`` out of ``n`` trials (Wilson 1927).
+
+    ``(p + z^2/2n -+ z * sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)`` with ``p = successes / n`` and
+    ``z`` the normal quantile at ``(1 + confidence) / 2``. Always inside ``[0, 1]``, and not
+    degenerate at 0 or ``n`` successes (0 of 10 gives ``[0, 0.278]``), unlike the Wald interval
+    ``p +- z sqrt(p(1-p)/n)``. Raises ``ValueError`` unless ``0 <= successes <= n`` and ``n >= 1``.
+    """
+    _check_confidence(confidence)
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"wilson_ci needs 0 <= successes <= n and n >= 1, got {successes} of {n}")
+    z = _z_quantile((1 + confidence) / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (0.0 if successes == 0 else max(0.0, centre - half)), (1.0 if successes == n else min(1.0, centre + half))
+
+
+def _to_unit(arr: np.ndarray, bounds: tuple[float, float], what: str) -> tuple[np.ndarray, float, float]:
+    """``arr`` rescaled from ``bounds`` to ``[0, 1]`` (and the bounds), refusing values outside them."""
+    try:
+        lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: bounds must be a pair (low, high), got {bounds!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"{what}: bounds must be finite with low < high, got {bounds!r}")
+    if arr.min() < lo or arr.max() > hi:
+        raise ValueError(f"{what}: values outside bounds {bounds!r} (min {arr.min():g}, max {arr.max():g})")
+    return (arr - lo) / (hi - lo), lo, hi
+
+
+def logit_t_ci(values: Sequence[float] | np.ndarray, *, bounds: tuple[float, float] = (0.0, 1.0),
+               confidence: float = 0.95) -> tuple[float, float]:
+    """Logit-scale Student-t interval of the mean of ``values`` (shape ``(n,)``) on a bounded scale.
+
+    With ``m`` the mean rescaled to ``[0, 1]`` and ``se = s / sqrt(n)`` its standard error, the
+    interval is built on the logit scale, where the mean's standard error is ``se / (m (1 - m))``
+    (the delta method), and mapped back::
+
+        expit(logit(m) -+ t_{(1+confidence)/2, n-1} * se / (m (1 - m)))
+
+    It is an interval for the **arithmetic mean** (the number a table prints beside it), it always
+    contains ``m``, never leaves ``bounds``, and is asymmetric near a bound, where the t interval
+    runs past it. Values at a bound need no continuity shift: only the mean is transformed, and it
+    sits at a bound only when every value does, in which case (as with any constant values) the
+    interval is the degenerate ``(m, m)`` -- report ``n`` (or use :func:`wilson_ci` when each value
+    is one yes/no). One value gives ``(v, v)`` as :func:`t_ci` does. NaNs are dropped.
+    ``tests/test_stats_bounds.py`` measures its coverage of the mean of Beta-distributed scores near 0.95
+    over 3 and 8 seeds by simulation (93-97%, where the t interval leaves ``[0, 1]`` in most draws).
+    """
+    _check_confidence(confidence)
+    arr = _clean(values, "logit_t_ci")
+    unit, lo, hi = _to_unit(arr, bounds, "logit_t_ci")
+    m = float(unit.mean())
+    mean = float(arr.mean())
+    if arr.size == 1 or m <= 0.0 or m >= 1.0:
+        return mean, mean
+    se = float(unit.std(ddof=1)) / math.sqrt(arr.size)
+    if se == 0.0:
+        return mean, mean
+    half = _t_quantile((1 + confidence) / 2, arr.size - 1) * se / (m * (1.0 - m))
+    centre = math.log(m / (1.0 - m))
+    expit = lambda x: 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+    return lo + (hi - lo) * expit(centre - half), lo + (hi - lo) * expit(centre + half)
+
+
+def _is_binary(unit: np.ndarray) -> bool:
+    return bool(np.all((unit == 0.0) | (unit == 1.0)))
 
 
 @dataclass(frozen=True)
@@ -89,7 +180,7 @@ class Interval:
     high: float
     n: int
     unit: str
-    method: str  # "t" or "bootstrap"
+    method: str  # "t", "bootstrap", "logit-t" or "wilson"
     confidence: float = 0.95
 
     @property
@@ -105,11 +196,19 @@ class Interval:
 
 
 def interval(values: Sequence[float] | np.ndarray, *, unit: str, confidence: float = 0.95,
-             method: str = "auto", rng: np.random.Generator | int | None = 0) -> Interval:
+             method: str = "auto", rng: np.random.Generator | int | None = 0,
+             bounds: tuple[float, float] | None = None) -> Interval:
     """The interval of the mean of ``values`` (one per ``unit``: "seeds", "episodes", ...).
 
     ``method``: ``"t"``, ``"bootstrap"``, or ``"auto"`` (t below :data:`MIN_UNITS_FOR_BOOTSTRAP`
     units, bootstrap from there on). A bootstrap asked for over fewer units is refused.
+
+    ``bounds=(low, high)`` (e.g. ``(0, 1)`` for accuracies and shares) keeps the interval inside
+    them: values all at ``low`` or ``high`` (one yes/no per unit) get the Wilson interval
+    (:func:`wilson_ci`, ``method="wilson"``), whatever ``method`` says; otherwise where t would be
+    used the logit-scale t interval (:func:`logit_t_ci`, ``method="logit-t"``); a bootstrap stays
+    a bootstrap (its resampled means cannot leave the bounds). A value outside ``bounds`` raises
+    ``ValueError``. The default ``None`` changes nothing.
     """
     if not unit or not isinstance(unit, str):
         raise ValueError("interval needs the unit the values are over, e.g. unit='seeds'")
@@ -121,6 +220,15 @@ def interval(values: Sequence[float] | np.ndarray, *, unit: str, confidence: flo
     if method == "bootstrap" and arr.size < MIN_UNITS_FOR_BOOTSTRAP:
         raise ValueError(f"a bootstrap over {arr.size} {unit} under-covers; use method='t' "
                          f"(bootstrap needs >= {MIN_UNITS_FOR_BOOTSTRAP} units)")
+    if bounds is not None:
+        scaled, lo_b, hi_b = _to_unit(arr, bounds, "interval")
+        if _is_binary(scaled):
+            p_lo, p_hi = wilson_ci(float(scaled.sum()), int(scaled.size), confidence=confidence)
+            lo, hi = lo_b + (hi_b - lo_b) * p_lo, lo_b + (hi_b - lo_b) * p_hi
+            return Interval(float(arr.mean()), lo, hi, int(arr.size), unit, "wilson", confidence)
+        if method == "t":
+            lo, hi = logit_t_ci(arr, bounds=(lo_b, hi_b), confidence=confidence)
+            return Interval(float(arr.mean()), lo, hi, int(arr.size), unit, "logit-t", confidence)
     lo, hi = (t_ci(arr, confidence=confidence) if method == "t"
               else bootstrap_ci(arr, confidence=confidence, rng=rng))
     return Interval(float(arr.mean()), lo, hi, int(arr.size), unit, method, confidence)
@@ -253,9 +361,10 @@ def compare(a: Sequence[float] | np.ndarray | Mapping, b: Sequence[float] | np.n
 
 
 def mean_ci(values: Sequence[float] | np.ndarray, *, unit: str = "seeds", confidence: float = 0.95,
-            method: str = "auto") -> dict[str, float | list[float] | int | str]:
-    """``{"mean": m, "ci95": [lo, hi], "n": n, "unit": unit, "method": "t"|"bootstrap"}``."""
-    iv = interval(values, unit=unit, confidence=confidence, method=method)
+            method: str = "auto", bounds: tuple[float, float] | None = None) -> dict[str, float | list[float] | int | str]:
+    """``{"mean": m, "ci95": [lo, hi], "n": n, "unit": unit, "method": "t"|"bootstrap"|...}``
+    (``bounds`` as in :func:`interval`)."""
+    iv = interval(values, unit=unit, confidence=confidence, method=method, bounds=bounds)
     return {"mean": iv.mean, "ci95": [iv.low, iv.high], "n": iv.n, "unit": iv.unit, "method": iv.method}
 
 
@@ -268,13 +377,16 @@ def with_ci(name: str, values: Sequence[float] | np.ndarray, *, unit: str = "see
 
 
 def interval_table(frame, *, by: Sequence[str], columns: Sequence[str], unit: str, unit_column: str | None = "unit",
-                   confidence: float = 0.95, method: str = "t"):
+                   confidence: float = 0.95, method: str = "t", bounds: tuple[float, float] | None = None):
     """The one table of means with intervals that every summary and error bar uses.
 
     One row per combination of ``by``; for each ``column``: ``<column>`` (mean), ``<column>_low``,
     ``<column>_high`` (the :func:`interval` over the rows of the group, one row per ``unit``; NaNs
     dropped), then ``n`` (distinct values of ``unit_column`` in the group, or its row count when
     ``unit_column`` is None or absent) and ``unit``. Groups keep ``frame``'s order of first appearance.
+
+    ``bounds=(0, 1)`` (keyword-only, default off) keeps every interval inside the bounds: Wilson for
+    yes/no columns, logit-scale t for other bounded scores (:func:`interval`).
     """
     import pandas as pd
 
@@ -291,7 +403,7 @@ def interval_table(frame, *, by: Sequence[str], columns: Sequence[str], unit: st
             elif vals.size == 1:
                 row.update({c: float(vals[0]), f"{c}_low": np.nan, f"{c}_high": np.nan})
             else:
-                iv = interval(vals, unit=unit, confidence=confidence, method=method)
+                iv = interval(vals, unit=unit, confidence=confidence, method=method, bounds=bounds)
                 row.update({c: iv.mean, f"{c}_low": iv.low, f"{c}_high": iv.high})
         row["n"] = int(sub[unit_column].nunique()) if unit_column and unit_column in sub else int(len(sub))
         row["unit"] = unit
