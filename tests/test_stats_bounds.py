@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from epi_utils.workbench.stats import interval, interval_table, logit_t_ci, mean_ci, wilson_ci
+from epi_utils.workbench.stats import interval, interval_table, logit_t_ci, wilson_ci
 
 Z = 1.959964  # normal quantile at 0.975; z^2 = 3.841459
 
@@ -57,7 +57,7 @@ def test_interval_with_bounds_picks_the_method_and_default_changes_nothing():
     assert many.method == "bootstrap" and 0.0 <= many.low <= many.high <= 1.0
     plain = interval([0.8, 0.9, 1.0], unit="seeds")
     assert plain.method == "t" and plain.high == pytest.approx(0.9 + 4.302653 * 0.1 / math.sqrt(3), abs=1e-5)
-    assert mean_ci([0.8, 0.9, 1.0], bounds=(0, 1))["method"] == "logit-t"
+    assert interval([0.8, 0.9, 1.0], unit="seeds", bounds=(0, 1)).method == "logit-t"
     with pytest.raises(ValueError, match="low < high"):
         interval([0.5, 0.6], unit="seeds", bounds=(1, 0))
 

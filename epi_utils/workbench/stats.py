@@ -360,22 +360,6 @@ def compare(a: Sequence[float] | np.ndarray | Mapping, b: Sequence[float] | np.n
     return Comparison(a_name, b_name, metric, diff, a_mean, b_mean, p, verdict, paired, higher_is_better)
 
 
-def mean_ci(values: Sequence[float] | np.ndarray, *, unit: str = "seeds", confidence: float = 0.95,
-            method: str = "auto", bounds: tuple[float, float] | None = None) -> dict[str, float | list[float] | int | str]:
-    """``{"mean": m, "ci95": [lo, hi], "n": n, "unit": unit, "method": "t"|"bootstrap"|...}``
-    (``bounds`` as in :func:`interval`)."""
-    iv = interval(values, unit=unit, confidence=confidence, method=method, bounds=bounds)
-    return {"mean": iv.mean, "ci95": [iv.low, iv.high], "n": iv.n, "unit": iv.unit, "method": iv.method}
-
-
-def with_ci(name: str, values: Sequence[float] | np.ndarray, *, unit: str = "seeds",
-            **kwargs) -> dict[str, float | list[float] | str]:
-    """``{name: mean, name + "_ci95": [lo, hi], name + "_ci_unit": "8 seeds (t)"}``: the
-    ``metrics.json`` convention for a headline, naming the unit the interval is over."""
-    s = mean_ci(values, unit=unit, **kwargs)
-    return {name: s["mean"], f"{name}_ci95": s["ci95"], f"{name}_ci_unit": f"{s['n']} {unit} ({s['method']})"}
-
-
 def interval_table(frame, *, by: Sequence[str], columns: Sequence[str], unit: str, unit_column: str | None = "unit",
                    confidence: float = 0.95, method: str = "t", bounds: tuple[float, float] | None = None):
     """The one table of means with intervals that every summary and error bar uses.
