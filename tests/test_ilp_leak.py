@@ -1,6 +1,7 @@
 """The diagnosis reads only what a user has: scrambling every generator-only field of a world
 (planted causes, template ids, fact ids, corpus answers, interference links, sample ids) changes
-no signal and no diagnosis of a real (small) run: probe, sequential SFT, dynamics, cascade."""
+no signal and no diagnosis of a real (small) run: probe, sequential SFT, dynamics, cascade -- with
+a fixed length of training, and with convergence on by the plateau rule (which reads no plan)."""
 import dataclasses
 
 import numpy as np
@@ -11,7 +12,8 @@ from epi_utils.ilp import Config, study, training
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def worlds():
+    """A small world, its base model, and the same world with every generator-only field scrambled."""
     import torch
 
     torch.set_num_threads(1)
@@ -31,8 +33,24 @@ def runs(tmp_path_factory):
             pretrain_answer=str(rng.integers(1000)), interferes_with=new_ids.get(s.interferes_with))
 
     scrambled = dataclasses.replace(world, samples=[scramble(s) for s in world.samples])
-    a = study.run_seed(cfg, 0, world=world, base=(model, tok), workdir=tmp_path_factory.mktemp("a"))
-    b = study.run_seed(cfg, 0, world=scrambled, base=(model, tok), workdir=tmp_path_factory.mktemp("b"))
+    return cfg, world, scrambled, (model, tok), new_ids
+
+
+@pytest.fixture(scope="module")
+def runs(worlds, tmp_path_factory):
+    cfg, world, scrambled, base, new_ids = worlds
+    a = study.run_seed(cfg, 0, world=world, base=base, workdir=tmp_path_factory.mktemp("a"))
+    b = study.run_seed(cfg, 0, world=scrambled, base=base, workdir=tmp_path_factory.mktemp("b"))
+    return a, b, new_ids
+
+
+@pytest.fixture(scope="module")
+def plateau_runs(worlds, tmp_path_factory):
+    """Convergence on (the plateau rule, issue 28): stage lengths come from the run, not the plan."""
+    cfg, world, scrambled, base, new_ids = worlds
+    cfg = cfg.replace(converge_on="plateau", plateau_patience=2, converge_share=0.95, max_epochs=4.0)
+    a = study.run_seed(cfg, 0, world=world, base=base, workdir=tmp_path_factory.mktemp("pa"))
+    b = study.run_seed(cfg, 0, world=scrambled, base=base, workdir=tmp_path_factory.mktemp("pb"))
     return a, b, new_ids
 
 
@@ -57,3 +75,12 @@ def test_diagnosis_and_signals_do_not_change(runs):
     # the evidence texts name partner sample ids, which were renamed; everything else is equal
     strip = lambda t: t.str.replace(r"row\d{5}|\S+/train/\d{4}", "ID", regex=True)
     pd.testing.assert_series_equal(strip(ta["evidence"].fillna("")), strip(b.table["evidence"].fillna("")))
+
+
+def test_plateau_convergence_does_not_read_the_plan(plateau_runs):
+    a, b, new_ids = plateau_runs
+    assert [st.steps for st in a.stages] == [st.steps for st in b.stages]
+    assert any(st.converged for st in a.stages), [dataclasses.asdict(st) for st in a.stages]  # the rule did stop
+    ta = a.table.rename(index=new_ids).loc[b.table.index]
+    pd.testing.assert_series_equal(ta["learned"], b.table["learned"])
+    pd.testing.assert_series_equal(ta["diagnosis"], b.table["diagnosis"])

@@ -54,6 +54,11 @@ class Config(StudyConfig):
     eval_every: int = option(40, "steps between dynamics checkpoints (and convergence checks)", ge=1)
     converge_share: float = option(0.95, "a stage converges when this share of its clean samples is reproduced, "
                                          "0 trains max_epochs", ge=0, le=1)
+    converge_on: str = option("clean", "clean (planted-clean samples reach converge_share: the design) | plateau "
+                                       "(share of all own samples reproduced stops rising: no planted label)",
+                              choices=("clean", "plateau"))
+    plateau_patience: int = option(3, "plateau: checks without a rise before a stage stops", ge=1)
+    plateau_min_delta: float = option(0.01, "plateau: smallest rise of the reproduced share that counts", ge=0, le=1)
     # signals and diagnosis
     probe_format: str = option("raw", "how the base model reads a prompt in the probe: raw text | sft (with the "
                                       "SFT separator)", choices=PROBE_FORMATS)

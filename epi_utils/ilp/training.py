@@ -6,7 +6,9 @@ replay and knowledge mix, sequential SFT to convergence with per-sample dynamics
 ``eval_every`` steps, or ``max_epochs``; the stage records whether it converged. A user without
 planted truth would stop on held-out accuracy; here the criterion is part of the experimental
 design, so that what stays unlearned is not under-training. ``converge_share = 0`` trains
-``max_epochs`` (the real-facts run, where nothing is planted).
+``max_epochs`` (the real-facts run, where nothing is planted). ``converge_on = "plateau"`` (off by
+default) reads no planted label: a stage stops when the share of *all* its own samples reproduced
+has not risen by more than ``plateau_min_delta`` for ``plateau_patience`` checks (:class:`Plateau`).
 """
 from __future__ import annotations
 
@@ -109,7 +111,47 @@ def knowledge_mix(world, *, share: float, rng: np.random.Generator) -> list:
 
 
 # --------------------------------------------------------------------------- SFT to convergence
-def _convergence_hook(ids: Sequence[str], share: float, seen: list):
+CONVERGENCE_RULES = ("clean", "plateau")
+
+
+def convergence_ids(data: Sequence, *, stage: int, own_stage: dict, rule: str) -> list[str]:
+    """The samples whose exact match decides when stage ``stage`` stops.
+
+    ``"clean"`` (the study's design): the stage's own samples with no planted cause -- it reads the
+    generator's plan. ``"plateau"``: all of the stage's own samples (what a user has; no generator
+    field is read)."""
+    if rule not in CONVERGENCE_RULES:
+        raise ValueError(f"convergence rule must be one of {CONVERGENCE_RULES}, got {rule!r}")
+    own = [s for s in data if own_stage.get(s.id) == stage]
+    return [s.id for s in own if s.planted_cause is None] if rule == "clean" else [s.id for s in own]
+
+
+@dataclasses.dataclass
+class Plateau:
+    """Stop when the watched value has not risen by more than ``min_delta`` above its best for
+    ``patience`` consecutive checks (Keras' ``EarlyStopping(patience, min_delta)`` on a metric to
+    maximise). :meth:`update` takes the next value and says whether to stop; NaN never improves."""
+
+    patience: int
+    min_delta: float = 0.0
+    best: float = float("-inf")
+    waited: int = 0
+
+    def __post_init__(self):
+        if self.patience < 1 or self.min_delta < 0:
+            raise ValueError(f"Plateau needs patience >= 1 and min_delta >= 0, got {self.patience}, {self.min_delta}")
+
+    def update(self, value: float) -> bool:
+        if np.isfinite(value) and value - self.min_delta > self.best:
+            self.best, self.waited = float(value), 0
+            return False
+        self.waited += 1
+        return self.waited >= self.patience
+
+
+def _convergence_hook(ids: Sequence[str], share: float, seen: list, *, plateau: Plateau | None = None):
+    """The engine hook that stops a stage: at ``share`` of ``ids`` reproduced (``share > 0``), or,
+    with ``plateau``, when that share stops rising (checked from the first evaluation after step 0)."""
     from epi_utils.lm.train import TrainHook
 
     watch = set(ids)
@@ -121,7 +163,10 @@ def _convergence_hook(ids: Sequence[str], share: float, seen: list):
             got = [r["exact_match"] for r in records if r["sample_id"] in watch]
             value = float(np.mean(got)) if got else float("nan")
             seen.append((state.step, state.epoch, value))
-            if share > 0 and state.step > 0 and got and value >= share:
+            if plateau is not None:
+                if state.step > 0 and plateau.update(value):
+                    self.converged = state.should_stop = True
+            elif share > 0 and state.step > 0 and got and value >= share:
                 self.converged = state.should_stop = True
     return Hook()
 
@@ -135,12 +180,13 @@ def train_to_convergence(cfg: Config, model, tokenizer, stages: Sequence[Sequenc
 
     frames, runs_out, offset = [], [], 0
     for k, data in enumerate(stages):
-        clean = [s.id for s in data if own_stage.get(s.id) == k and s.planted_cause is None]
+        watch = convergence_ids(data, stage=k, own_stage=own_stage, rule=cfg.converge_on)
         seen: list = []
         path = workdir / f"dynamics_seed{seed}_stage{k}.jsonl"
         tc = TrainConfig(lr=cfg.sft_lr, batch_size=cfg.sft_batch_size, epochs=cfg.max_epochs,
                          eval_every=cfg.eval_every, schedule="constant", warmup_ratio=0.0, seed=seed + 1000 * k)
-        stop = _convergence_hook(clean, cfg.converge_share, seen)
+        plateau = Plateau(cfg.plateau_patience, cfg.plateau_min_delta) if cfg.converge_on == "plateau" else None
+        stop = _convergence_hook(watch, cfg.converge_share, seen, plateau=plateau)
         train_sft(model, tokenizer, [list(data)], config=tc, hooks=[stop], dynamics_path=path, progress=False)
         converged = stop.converged
         model.eval()
@@ -152,7 +198,8 @@ def train_to_convergence(cfg: Config, model, tokenizer, stages: Sequence[Sequenc
         dyn["step"] = dyn["step"] + offset
         steps, epoch, share = seen[-1]
         runs_out.append(StageRun(stage=k, steps=int(steps), epochs=float(epoch), clean_learned_share=float(share),
-                                 converged=converged or (cfg.converge_share > 0 and share >= cfg.converge_share)))
+                                 converged=converged or (plateau is None and cfg.converge_share > 0
+                                                         and share >= cfg.converge_share)))
         offset += int(steps)
         frames.append(dyn)
     return pd.concat(frames, ignore_index=True), runs_out
