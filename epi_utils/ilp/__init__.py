@@ -8,7 +8,8 @@ the full-scale estimate). Concept modules: ``records`` (what one world produces)
 (world, base model, schedule, SFT to convergence), ``signals`` (per-sample signals a user has),
 ``probe`` (the base model's answers to the SFT prompts), ``diagnosis`` (rule cascade, learned
 diagnosis and validation), ``detection`` (learned/unlearned, subset gaps), ``mitigation`` (targeted
-fixes and compute-matched controls), ``recovery`` (recovery rates), ``explorer`` (evidence table).
+fixes and compute-matched controls), ``recovery`` (recovery rates), ``explorer`` (evidence table),
+``baselines`` (no-model rules and the cascade without the probe, scored like the cascade).
 """
 from epi_utils.ilp.config import Config
 from epi_utils.ilp.rehearsal import rehearse
