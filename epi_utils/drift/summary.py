@@ -133,7 +133,9 @@ class Summary:
         return "\n".join(lines)
 
     def metrics(self) -> dict:
-        """Nested numbers for ``runs.save_metrics`` (intervals with their unit; verdicts as data)."""
+        """Nested numbers for ``runs.save_metrics``: intervals in the platform's metrics form
+        (``name_ci95: [low, high]``, read by the report index; tables use ``_low``/``_high``) with
+        their unit; verdicts as data."""
         out: dict = {"headline_cell": {"task": "all", "estimator": HEADLINE_ESTIMATOR, "share": self.share,
                                        "t": self.t, "s": self.s, "t_late": self.t_late, "group": "all"},
                      "controls_pass": self.controls_pass, "controls": [c.to_dict() for c in self.controls],
@@ -142,8 +144,7 @@ class Summary:
             m = {"lr": r.lr, "loss_first": r.loss_first, "loss_last": r.loss_last}
             for name, iv in (("drift_index", r.d), ("reliability_first", r.r_first), ("reliability_last", r.r_last),
                              ("cross_overlap", r.c), ("drift_index_late", r.d_late)):
-                m.update({name: iv.mean, f"{name}_low": iv.low, f"{name}_high": iv.high,
-                          f"{name}_unit": f"{iv.n} {iv.unit}"})
+                m.update({name: iv.mean, f"{name}_ci95": [iv.low, iv.high], f"{name}_ci_unit": f"{iv.n} {iv.unit}"})
             m["drift_beyond_noise"] = r.beyond_noise.to_dict()
             m["late_drift_beyond_noise"] = r.late_beyond_noise.to_dict()
             m["functional_current_vs_start_mask"] = r.functional_s_vs_t.to_dict()
@@ -160,13 +161,13 @@ class Summary:
         return "\n".join(lines)
 
     def headline_table(self):
-        """The headline numbers per regime (D, its interval and reliabilities) and whether the controls pass."""
-        m = self.metrics()
-        rows = [{"regime": r.regime, **{k: m[r.regime][k] for k in ("drift_index", "drift_index_low", "drift_index_high",
-                                                                    "reliability_first", "reliability_last",
-                                                                    "drift_index_late")},
-                 "controls_pass": self.controls_pass} for r in self.regimes]
-        return pd.DataFrame(rows)
+        """The headline numbers per regime: D(first, last) with its interval (``_low``/``_high``), the
+        reliabilities at both ends, the late D, and whether the controls pass."""
+        return pd.DataFrame([{"regime": r.regime, "drift_index": r.d.mean, "drift_index_low": r.d.low,
+                              "drift_index_high": r.d.high, "reliability_first": r.r_first.mean,
+                              "reliability_last": r.r_last.mean, "drift_index_late": r.d_late.mean,
+                              "n": r.d.n, "unit": r.d.unit, "controls_pass": self.controls_pass}
+                             for r in self.regimes])
 
     def headlines(self) -> list[str]:
         names = ["controls_pass"]
