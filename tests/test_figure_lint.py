@@ -212,3 +212,23 @@ def test_overlapping_annotations_are_reported_once_per_pair_of_names():
         ax.annotate("5%", (0.5 + dx, 0.5))
     _labelled(ax)
     assert lint_figure(fig) == ["axes 0: text '5%' overlaps text '5%' (3 times)"]
+
+
+def test_save_figure_records_the_lint_of_each_figure(tmp_path):
+    import json
+
+    import matplotlib.pyplot as plt
+
+    from epi_utils.workbench import plots
+
+    bare, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    plots.save_figure(bare, "bare", run_dir=tmp_path, formats=("png",))
+    good, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    plots.save_figure(good, "good", run_dir=tmp_path, formats=("png",))
+    plt.close("all")
+    lint = json.loads((tmp_path / "figures" / "lint.json").read_text())
+    assert lint["good"] == [] and any("label" in p for p in lint["bare"])

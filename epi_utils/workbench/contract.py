@@ -283,6 +283,9 @@ def save(result: StudyResult, *, run_dir=None) -> dict[str, Any]:
         tmp.replace(tables / f"{name}.csv")
     metrics = dict(result.metrics())
     metrics.setdefault("config", result.config.to_dict())
+    card = getattr(result, "card", None)
+    if callable(card):  # the study's result card for the index (epi_utils.workbench.cards.Card)
+        metrics["card"] = card().to_dict()
     estimate = getattr(result, "estimate", None)
     if estimate is not None:
         metrics["rehearsal"] = estimate.to_dict() if hasattr(estimate, "to_dict") else estimate

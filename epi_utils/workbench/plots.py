@@ -1,12 +1,14 @@
 """Figures: one consistent style and ``save_figure`` into the current run's ``figures/``."""
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 from typing import Sequence
 
-from epi_utils.workbench.runs import current_run_dir
+from epi_utils.workbench.figure_lint import lint_figure
+from epi_utils.workbench.runs import atomic_write_json, current_run_dir
 
 _STYLE_APPLIED = False
 PALETTE = "colorblind"
@@ -44,6 +46,25 @@ def save_figure(fig, name: str, *, run_dir: os.PathLike | str | None = None,
     folder.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
         fig.savefig(folder / f"{name}.{fmt}", format=fmt)
+    record_lint(fig, name, folder=folder)
+
+
+LINT_FILE = "lint.json"
+
+
+def record_lint(fig, name: str, *, folder: Path) -> list[str]:
+    """Run :func:`epi_utils.workbench.figure_lint.lint_figure` on a saved figure and keep its problems
+    in ``<folder>/lint.json`` (``{figure name: [problem, ...]}``, written atomically), so that a run's
+    figures can be checked after the fact (the notebook smoke tests read it)."""
+    problems = lint_figure(fig)
+    path = folder / LINT_FILE
+    try:
+        known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:
+        known = {}
+    known[name] = problems
+    atomic_write_json(path, known)
+    return problems
 
 
 def figure_paths(name: str, *, run_dir: os.PathLike | str | None = None) -> list[Path]:
