@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from epi_utils.ilp.diagnosis import CAUSES
+from epi_utils.workbench.plots import legend_outside
 
 
 def _labels(names) -> list[str]:
@@ -49,9 +50,10 @@ def scores_figure(per_cause: pd.DataFrame):
         ax.bar(x + (k - 1) * 0.27, mean, width=0.27, yerr=np.vstack([lo, hi]), capsize=3, label=m)
     ax.set_xticks(x, _labels(per_cause.index))
     ax.set_ylim(0, 1.08)
+    ax.set_xlabel("cause (truth)")
     ax.set_ylabel("score (mean over worlds)")
     ax.set_title("Diagnosis per cause (95% t-intervals over worlds)", fontsize=10)
-    ax.legend(loc="lower right", fontsize=8)
+    legend_outside(ax, where="right", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -65,14 +67,15 @@ def prevalence_figure(pooled: pd.DataFrame):
     order = list(CAUSES) + ["none / unexplained"]
     truth = unl["truth"].replace({"none": order[-1]}).value_counts().reindex(order, fill_value=0) / n
     diag = unl["diagnosis"].replace({"unexplained": order[-1]}).value_counts().reindex(order, fill_value=0) / n
-    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    fig, ax = plt.subplots(figsize=(9.5, 3.6))
     x = np.arange(len(order))
     ax.bar(x - 0.2, truth.to_numpy(), width=0.4, label="truth")
     ax.bar(x + 0.2, diag.to_numpy(), width=0.4, label="diagnosed")
     ax.set_xticks(x, _labels(order))
+    ax.set_xlabel("cause")
     ax.set_ylabel("unlearned samples per world")
     ax.set_title("Prevalence of the five causes among unlearned samples", fontsize=10)
-    ax.legend(fontsize=8)
+    legend_outside(ax, where="right", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -94,9 +97,10 @@ def mitigation_figure(table: pd.DataFrame):
            label="targeted fix - compute-matched control")
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(x, _labels(table.index))
+    ax.set_xlabel("diagnosed cause (its targeted fix)")
     ax.set_ylabel("difference in recovery rate")
     ax.set_title("Mitigations (paired 95% t-intervals over worlds)", fontsize=10)
-    ax.legend(fontsize=8)
+    legend_outside(ax, where="right", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -111,15 +115,16 @@ def dynamics_figure(pooled: pd.DataFrame):
     pats = {"never reproduced": unl["dyn_correctness"].fillna(0) == 0,
             "reproduced, then lost": unl["dyn_correctness"].fillna(0) > 0,
             "oscillating (>= 2 forgetting events)": unl["dyn_forgetting_events"].fillna(0) >= 2}
-    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    fig, ax = plt.subplots(figsize=(9.5, 3.6))
     x = np.arange(len(order))
     for k, (name, mask) in enumerate(pats.items()):
         vals = [float(mask[unl["truth"] == c].mean()) for c in order]
         ax.bar(x + (k - 1) * 0.27, vals, width=0.27, label=name)
     ax.set_xticks(x, _labels(order))
     ax.set_ylim(0, 1.05)
+    ax.set_xlabel("cause (truth)")
     ax.set_ylabel("share of unlearned samples")
     ax.set_title("Training dynamics of unlearned samples by truth cause", fontsize=10)
-    ax.legend(fontsize=8)
+    legend_outside(ax, where="right", fontsize=8)
     fig.tight_layout()
     return fig
