@@ -19,27 +19,35 @@ def _err(t, m):
     return np.vstack([t[m] - t[f"{m}_low"], t[f"{m}_high"] - t[m]])
 
 
+def _ratio_sizes(ratios) -> dict[float, float]:
+    """Marker size per isolation ratio: larger for larger ratios (the frontier's third dimension)."""
+    ordered = sorted({float(r) for r in ratios})
+    return {r: 3.5 + 2.0 * k for k, r in enumerate(ordered)}
+
+
 def plot_frontier(frontier, *, x: str = "plastic", y: str = "retained0", title: str = "isolation-ratio frontier"):
     """Retention of stage 0 (``y``) against stage-1 score (``x``), mean and 95% t-interval over seeds
-    on both axes: one line per masking policy through its ratios (labelled), bounds as black markers."""
+    on both axes: one line per masking policy through its ratios (marker size grows with the ratio, a
+    size key in the legend), bounds as black markers."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    fig, ax = plt.subplots(figsize=(8.5, 5.2))
     masked = frontier[frontier["ratio"].notna()]
+    sizes = _ratio_sizes(masked["ratio"])
     for k, (method, g) in enumerate(masked.groupby("method", sort=False)):
         g = g.sort_values("ratio")
-        ax.errorbar(g[x], g[y], xerr=_err(g, x), yerr=_err(g, y), marker="o", ms=4, capsize=2, lw=1.2,
-                    color=f"C{k}", label=method)
-        for _, r in g.iterrows():
-            ax.annotate(f"{100 * r['ratio']:g}%", (r[x], r[y]), textcoords="offset points", xytext=(4, 3),
-                        fontsize=7, color=f"C{k}")
+        ax.errorbar(g[x], g[y], xerr=_err(g, x), yerr=_err(g, y), ls="-", lw=1.2, capsize=2, color=f"C{k}",
+                    marker="none", label=method)
+        ax.scatter(g[x], g[y], s=[sizes[float(r)] ** 2 for r in g["ratio"]], color=f"C{k}", zorder=3)
     for _, r in frontier[frontier["ratio"].isna()].iterrows():
         color, marker = BOUND_STYLE.get(r["method"], ("k", "x"))
         ax.errorbar([r[x]], [r[y]], xerr=_err(r.to_frame().T.astype({x: float, y: float}), x),
                     yerr=_err(r.to_frame().T.astype({x: float, y: float}), y), marker=marker, ms=9, color=color,
                     capsize=2, ls="none", label=f"{r['method']} (bound)", mfc="white" if marker != "o" else color)
-    ax.set(xlabel=f"{x}: stage-1 held-out score after stage 1", ylabel=f"{y}: stage-0 held-out score after stage 1",
+    for ratio, size in sizes.items():  # the size key
+        ax.plot([], [], ls="none", marker="o", ms=size, color="0.5", label=f"ratio {100 * ratio:g}%")
+    ax.set(xlabel=f"{x}: stage-1 held-out score after stage 1", ylabel=f"{y}: stage-0 score after stage 1",
            title=title)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
 
@@ -74,36 +82,42 @@ def plot_paired(cmp, *, metric: str = "retained0"):
 
 def plot_moved(frontier, *, methods: Sequence[str] | None = None):
     """Share of the elements a policy owned for stage-0 tasks at the start of stage 1 that changed
-    during stage 1, per ratio (0 = the protection held)."""
+    during stage 1, per ratio (0 = the protection held); ratios as evenly spaced categories."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
     masked = frontier[frontier["ratio"].notna()]
+    ratios = sorted({float(r) for r in masked["ratio"]})
+    pos = {r: i for i, r in enumerate(ratios)}
     for k, (method, g) in enumerate(masked.groupby("method", sort=False)):
         if methods is not None and method not in methods:
             continue
         g = g.sort_values("ratio")
-        ax.errorbar(g["ratio"] * 100, g["moved_owned_stage0"], yerr=_err(g, "moved_owned_stage0"), marker="o", ms=4,
-                    capsize=2, color=f"C{k}", label=method)
-    ax.set_xscale("log")
-    ax.set(xlabel="isolation ratio (%)", ylabel="stage-0-owned elements changed in stage 1", ylim=(-0.03, 1.03),
+        ax.errorbar([pos[float(r)] for r in g["ratio"]], g["moved_owned_stage0"], yerr=_err(g, "moved_owned_stage0"),
+                    marker="o", ms=4, capsize=2, color=f"C{k}", label=method)
+    ax.set_xticks(range(len(ratios)), [f"{100 * r:g}%" for r in ratios])
+    ax.set(xlabel="isolation ratio", ylabel="share changed in stage 1", ylim=(-0.03, 1.03),
            title="does the protection of stage 0 hold?")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
 
 
 def plot_ewc_tuning(tuning, chosen: float | None):
-    """Validation score after stage 1 for each EWC lambda tried (log x; ``tuning``: the
-    ``ewc_tuning`` frame or its rows), the chosen one marked."""
+    """Validation score after stage 1 for each EWC lambda tried (``tuning``: the ``ewc_tuning`` frame or
+    its rows), lambdas as evenly spaced categories in increasing order, the chosen one marked."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, ax = plt.subplots(figsize=(6, 3.6))
     rows = tuning.to_dict(orient="records") if hasattr(tuning, "to_dict") else list(tuning)
-    lam = [r["ewc_lambda"] for r in rows]
-    ax.plot(lam, [r["val_score"] for r in rows], marker="o", label="validation score")
-    if chosen is not None:
-        ax.axvline(chosen, color="C3", ls="--", label=f"chosen lambda = {chosen:g}")
-    ax.set_xscale("symlog", linthresh=1.0)
-    ax.set(xlabel="EWC lambda", ylabel="mean validation score after stage 1", title="EWC lambda on the validation split")
-    ax.legend(fontsize=8)
+    rows = sorted(rows, key=lambda r: float(r["ewc_lambda"]))
+    lam = [float(r["ewc_lambda"]) for r in rows]
+    ax.plot(range(len(lam)), [r["val_score"] for r in rows], marker="o", label="validation score")
+    if chosen is not None and float(chosen) in lam:
+        i = lam.index(float(chosen))
+        ax.plot([i], [rows[i]["val_score"]], ls="none", marker="o", ms=12, mfc="none", mec="C3", mew=2,
+                label=f"chosen lambda = {chosen:g}")
+    ax.set_xticks(range(len(lam)), [f"{v:.0e}" if v else "0" for v in lam], rotation=30, ha="right",
+                  rotation_mode="anchor")
+    ax.set(xlabel="EWC lambda", ylabel="validation score after stage 1", title="EWC lambda on the validation split")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
