@@ -109,8 +109,8 @@ def functional(ablations, *, unit: str, task: str = "all"):
         err = np.vstack([d["increase"] - d["increase_low"], d["increase_high"] - d["increase"]])
         ax.bar(x, d["increase"], width, yerr=err, capsize=3, color=f"C{k}", label=names[m])
     ax.set_xticks(np.arange(len(regimes)), labels=regimes)
-    ax.set(ylabel="held-out loss increase", title=f"ablation at step-{s} weights, task '{task}'; "
-           f"95% t-interval over {unit}")
-    ax.legend(fontsize=8)
+    ax.set(xlabel="regime (peak learning rate)", ylabel="held-out loss increase",
+           title=f"ablation at step-{s} weights, task '{task}'; 95% t-interval over {unit}")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
