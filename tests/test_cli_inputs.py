@@ -203,3 +203,13 @@ def test_ctrl_c_in_a_parallel_sweep_marks_every_unfinished_run(toy_notebook, tmp
         assert json.loads((folder / "metrics.json").read_text())["status"] == "interrupted"
         assert not [p for p in folder.rglob("*") if p.is_dir() and not any(p.iterdir())]
     assert (reports / "index.html").read_text().count("class='interrupted'") == 2
+
+
+@pytest.mark.parametrize("jobs", ["-3", "0", "two"])
+def test_sweep_jobs_must_be_at_least_one(toy_notebook, tmp_path, capsys, no_kernel, jobs):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["sweep", str(toy_notebook), "--profile", "smoke", "-p", "seed", "0,1", "--jobs", jobs,
+                  "--out", str(tmp_path / "r")])
+    assert exit_.value.code == 2
+    assert "--jobs: expected a whole number of at least 1" in capsys.readouterr().err
+    _no_runs(tmp_path / "r", tmp_path)

@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--profile", default="cpu")
     sw.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "V1,V2,..."),
                     help="a parameter and its comma-separated values (repeatable)")
-    sw.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
+    sw.add_argument("--jobs", type=_positive_int, default=1, help="parallel worker processes (default 1)")
     sw.add_argument("--out", type=Path, default=None)
 
     rep = sub.add_parser("report", help="rebuild reports/index.html from the runs on disk")
@@ -80,6 +80,17 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("name")
     fetch.add_argument("--dest", type=Path, default=None)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    """``--jobs``: a whole number of at least 1 (``--jobs -3`` used to run one worker silently)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
+    return value
 
 
 def _split_values(raw: str) -> list[str]:
