@@ -194,6 +194,7 @@ def test_metrics_record_every_effective_parameter_the_seed_and_each_data_file(tm
     assert files["$EPI_DATA_DIR/fewasp/separate.json"]["state"] == "corrupt"
     assert set(files) == {"$EPI_DATA_DIR/toyset/a.txt", "$EPI_DATA_DIR/fewasp/separate.json"}
     assert not (run_dir / "data_files.jsonl").exists()  # merged into metrics.json
+    assert "1 file(s) read differ from their known SHA-256" in (run_dir / "report.html").read_text()
 
 
 def test_a_kernel_that_dies_before_its_first_reply_is_started_again(toy_notebook, tmp_path, monkeypatch):

@@ -160,6 +160,11 @@ def _cmd_run(args) -> int:
                            run_id=args.run_id, validate=config_check(args.notebook))
     record = json.loads((run_dir / "metrics.json").read_text())
     print(f"{record['status']}: {run_dir}")
+    from epi_utils.workbench.report import modified_data_files
+
+    for name in modified_data_files(record):
+        print(f"  warning: the run read {name}, which differs from its known SHA-256 (see `epi data check`)",
+              file=sys.stderr)
     if record["status"] != "success":
         print(f"  error: {record.get('error', {}).get('message')}", file=sys.stderr)
         return 1

@@ -161,6 +161,12 @@ def kernel_never_replied(exc: BaseException) -> bool:
         "Kernel died before replying to kernel_info" in text or "Kernel didn't respond" in text)
 
 
+def modified_data_files(record: Mapping[str, Any]) -> list[str]:
+    """The data files a run read whose SHA-256 differs from the registry's (``state: corrupt``)."""
+    files = record.get("data_files") or {}
+    return [name for name, info in files.items() if isinstance(info, Mapping) and info.get("state") == "corrupt"]
+
+
 def _note_kernel_retry(run_dir: Path, attempt: int, exc: BaseException) -> None:
     with open(run_dir / KERNEL_LOG, "a", encoding="utf-8") as fh:
         fh.write(f"[epi] kernel start {attempt} of {KERNEL_START_ATTEMPTS} failed ({exc}); starting a new "
@@ -324,6 +330,10 @@ def _banner(record: Mapping[str, Any]) -> str:
     err = ""
     if record.get("error"):
         err = f"<br><b>Error:</b> <code>{html.escape(str(record['error'].get('message')))}</code>"
+    altered = modified_data_files(record)
+    if altered:
+        err += (f"<br><b>Data:</b> {len(altered)} file(s) read differ from their known SHA-256 "
+                f"(<code>epi data check</code>): <code>{html.escape(', '.join(altered[:3]))}</code>")
     return ("<div style='font-family:sans-serif;padding:8px 12px;margin:8px;border:1px solid #ccc;"
             f"border-left:6px solid {colour};background:#fafafa'>" + " · ".join(parts) + err + "</div>")
 
