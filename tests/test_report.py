@@ -321,3 +321,23 @@ def test_a_parameters_cell_edited_as_papermill_accepts_is_read(tmp_path, capsys)
     assert resolve_parameters(nb, profile="smoke", overrides={"n_seeds": "4", "sizes": "3,4"})["sizes"] == [3, 4]
     assert cli.main(["params", str(nb)]) == 0
     assert "n_seeds: int = 2" in capsys.readouterr().out
+
+
+def test_epi_params_tells_a_cell_edited_in_lab_from_the_committed_one(tmp_path, capsys):
+    """Lab's autosave writes an edited value into the notebook; ``epi params`` names each value that
+    differs from the study's config, and how to see and undo the edit."""
+    import nbformat
+    from conftest import REPO
+
+    nb = nbformat.read(REPO / "notebooks" / "00_environment.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code")
+    cell.source = "\n".join("matmul_size = 64" if line.startswith("matmul_size") else line
+                            for line in cell.source.splitlines())
+    edited = tmp_path / "00_environment.ipynb"
+    nbformat.write(nb, edited)
+    assert cli.main(["params", str(edited)]) == 0
+    out = capsys.readouterr().out
+    assert "matmul_size: int = 64" in out and "<- edited here; the study's default is 512" in out
+    assert f"`git diff {edited}`" in out and "--sync" in out
+    assert cli.main(["params", str(REPO / "notebooks" / "00_environment.ipynb")]) == 0
+    assert "edited" not in capsys.readouterr().out
