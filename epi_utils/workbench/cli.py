@@ -6,11 +6,18 @@
     epi publish [--profile P] [--out DIR] [--run RUN_DIR --as LABEL]
     epi params NOTEBOOK [--sync]             # list a notebook's parameters and profiles; --sync
                                              # rewrites its parameters cell from the study's config
-    epi data check | epi data fetch NAME      # check hashes every known file; fetch verifies them
+    epi lab-params NOTEBOOK [--profile P] [-p NAME VALUE]...   # a copy for JupyterLab with those values
+    epi data check [NAME]... | epi data fetch NAME  # check hashes every known file (exit 1 when any file is
+                                                    # missing or corrupt); fetch verifies them
+
+Before a kernel starts, ``epi run`` / ``epi sweep`` build the notebook's config
+(:func:`epi_utils.studies.config_class`) from every effective parameter, so a value the study refuses
+fails in seconds with the config's message; notebooks without a config are skipped.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -38,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--profile", default="cpu")
     sw.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "V1,V2,..."),
                     help="a parameter and its comma-separated values (repeatable)")
-    sw.add_argument("--jobs", type=int, default=1, help="parallel worker processes (default 1)")
+    sw.add_argument("--jobs", type=_positive_int, default=1, help="parallel worker processes (default 1)")
     sw.add_argument("--out", type=Path, default=None)
 
     rep = sub.add_parser("report", help="rebuild reports/index.html from the runs on disk")
@@ -58,13 +65,32 @@ def _parser() -> argparse.ArgumentParser:
     par.add_argument("--sync", action="store_true",
                      help="rewrite the parameters cell from the study's config (the one place defaults are declared)")
 
+    lab = sub.add_parser("lab-params", help="write a copy of a notebook with a profile's values for JupyterLab "
+                                            "(notebooks/lab/, ignored by git); the committed notebook is not touched")
+    lab.add_argument("notebook", type=Path)
+    lab.add_argument("--profile", default="cpu")
+    lab.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+
     data = sub.add_parser("data", help="check or fetch data sets under $EPI_DATA_DIR")
     dsub = data.add_subparsers(dest="data_command", required=True)
-    dsub.add_parser("check", help="report present and missing data sets and offline model packages")
+    check = dsub.add_parser("check", help="report present and missing data sets and offline model packages; "
+                                          "exit 1 when a file of a data set checked is missing or corrupt")
+    check.add_argument("names", nargs="*", metavar="NAME", help="check only these data sets (default: all)")
     fetch = dsub.add_parser("fetch", help="download a data set from its public source")
     fetch.add_argument("name")
     fetch.add_argument("--dest", type=Path, default=None)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    """``--jobs``: a whole number of at least 1 (``--jobs -3`` used to run one worker silently)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
+    return value
 
 
 def _split_values(raw: str) -> list[str]:
@@ -88,10 +114,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"epi: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # datasets.FetchError and other I/O failures: one line, no traceback
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+            print(f"epi: error: no space left on the device{where}; free some space, or write the runs "
+                  "elsewhere with --out DIR", file=sys.stderr)
+            return 2
         if not getattr(exc, "filename", None) and type(exc).__name__ != "FetchError":
             raise
         print(f"epi: error: {exc}", file=sys.stderr)
         return 2
+
+
+def config_check(notebook: Path):
+    """A callable that builds the notebook's config (:func:`epi_utils.studies.config_class`) from a run's
+    effective parameters, raising its ``ConfigError`` (a ``ParameterError``) for a value the study
+    refuses; ``None`` for a notebook without a config. Only this module looks configs up (the
+    import-linter contract keeps the runner's library code free of the study map)."""
+    from epi_utils.studies import config_class
+
+    try:
+        cls = config_class(notebook)
+    except (ImportError, AttributeError):  # a study package without a Config (yet): the kernel checks
+        return None
+    if cls is None:
+        return None
+
+    def check(values):
+        return cls.from_parameters(values)
+
+    return check
 
 
 def _cmd_run(args) -> int:
@@ -106,9 +157,14 @@ def _cmd_run(args) -> int:
 
         overrides.update(rehearsal_overrides(args.notebook, overrides))
     run_dir = run_notebook(args.notebook, profile=args.profile, overrides=overrides, reports_dir=args.out,
-                           run_id=args.run_id)
+                           run_id=args.run_id, validate=config_check(args.notebook))
     record = json.loads((run_dir / "metrics.json").read_text())
     print(f"{record['status']}: {run_dir}")
+    from epi_utils.workbench.report import modified_data_files
+
+    for name in modified_data_files(record):
+        print(f"  warning: the run read {name}, which differs from its known SHA-256 (see `epi data check`)",
+              file=sys.stderr)
     if record["status"] != "success":
         print(f"  error: {record.get('error', {}).get('message')}", file=sys.stderr)
         return 1
@@ -121,6 +177,16 @@ def _cmd_sweep(args) -> int:
     grid = {name: _split_values(values) for name, values in args.param}
     if not grid:
         raise ParameterError("epi sweep needs at least one -p NAME V1,V2,... (e.g. -p seed 0,1,2)")
+    check = config_check(args.notebook)
+    if check is not None:  # every point's config, before any kernel starts
+        from epi_utils.workbench.params import effective_parameters, resolve_parameters
+        from epi_utils.workbench.runs import check_run_request
+        from epi_utils.workbench.sweep import expand_grid
+
+        for point in expand_grid(grid):
+            check_run_request(profile=args.profile, overrides=point, run_id=None)
+            check(effective_parameters(args.notebook, resolve_parameters(args.notebook, profile=args.profile,
+                                                                           overrides=point)))
     out = sweep(args.notebook, grid=grid, profile=args.profile, jobs=args.jobs, reports_dir=args.out)
     print(f"summary: {out / 'summary.csv'}\n         {out / 'summary.html'}")
     listing = json.loads((out / "runs.json").read_text())
@@ -160,9 +226,41 @@ def _cmd_params(args) -> int:
             changed = sync_parameters_cell(notebook, parameters_cell(cfg_cls))
             print(f"{notebook}: parameters cell {'rewritten from the config' if changed else 'already matches the config'}")
             continue
-        for spec in parse_parameters(notebook).values():
-            print(f"{spec.name}: {spec.type_name} = {spec.default!r}  # {spec.comment}")
+        specs = parse_parameters(notebook)
+        from epi_utils.studies import config_class
+
+        try:
+            cls = config_class(notebook)
+        except (ImportError, AttributeError):
+            cls = None
+        defaults = cls.defaults() if cls is not None else {}
+        edited = []
+        for spec in specs.values():
+            line = f"{spec.name}: {spec.type_name} = {spec.default!r}  # {spec.comment}"
+            if spec.name in defaults and _differs(spec.default, defaults[spec.name]):
+                edited.append(spec.name)
+                line += f"   <- edited here; the study's default is {defaults[spec.name]!r}"
+            print(line)
         print(f"profiles: {', '.join(available_profiles(notebook)) or 'none'}")
+        if edited:
+            print(f"{notebook}: parameters cell edited (e.g. in JupyterLab): {', '.join(edited)} differ from the "
+                  f"study's config; `git diff {notebook}` shows the edit, `epi params {notebook} --sync` restores it")
+    return 0
+
+
+def _differs(a, b) -> bool:
+    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    return norm(a) != norm(b)
+
+
+def _cmd_lab_params(args) -> int:
+    from epi_utils.workbench.report import write_lab_copy
+
+    overrides = dict(args.param)
+    out = write_lab_copy(args.notebook, profile=args.profile, overrides=overrides,
+                         validate=config_check(args.notebook))
+    print(f"{out}\n  the '{args.profile}' profile's values{' and -p values' if overrides else ''} are in its "
+          "'injected-parameters' cell; open it in JupyterLab and Run All (notebooks/lab/ is ignored by git)")
     return 0
 
 
@@ -172,25 +270,35 @@ def _cmd_data(args) -> int:
     if args.data_command == "fetch":
         print(datasets.fetch_dataset(args.name, dest=args.dest))
         return 0
-    report = datasets.check_all()
+    report = datasets.check_all(names=args.names or None)
     print(f"data folder: {report['data_dir']}")
+    incomplete = []
     for name, info in report["datasets"].items():
         states = info["files"]
+        here = sum(st != datasets.FILE_MISSING for st in states.values())  # corrupt files are present too
         state = ("corrupt" if info["corrupt"] else "complete" if not info["missing"]
-                 else "partial" if info["present"] else "absent")
-        print(f"  {name}: {state} ({len(info['present'])} of {len(states)} files present)")
+                 else "partial" if here else "absent")
+        corrupt = f", {len(info['corrupt'])} corrupt" if info["corrupt"] else ""
+        print(f"  {name}: {state} ({here} of {len(states)} files present{corrupt})")
         for rel, st in states.items():
-            if st != datasets.FILE_MISSING or info["present"]:
+            if st != datasets.FILE_MISSING or here:
                 print(f"      {st}: {rel}")
-    print("offline model packages:")
-    for pkg, info in report["model_packages"].items():
-        print(f"  {pkg}: {'installed' if info['installed'] else 'NOT installed'} ({info['what']})")
+        if info["corrupt"] or info["missing"]:
+            incomplete.append(f"{name} ({state})")
+    if not args.names:
+        print("offline model packages:")
+        for pkg, info in report["model_packages"].items():
+            print(f"  {pkg}: {'installed' if info['installed'] else 'NOT installed'} ({info['what']})")
+    if incomplete:
+        print(f"epi data check: {len(incomplete)} of {len(report['datasets'])} data sets not complete: "
+              f"{', '.join(incomplete)}", file=sys.stderr)
+        return 1
     return 0
 
 
 #: subcommand -> handler (each takes the parsed arguments and returns the exit status)
 COMMANDS = {"run": _cmd_run, "sweep": _cmd_sweep, "report": _cmd_report, "publish": _cmd_publish,
-            "params": _cmd_params, "data": _cmd_data}
+            "params": _cmd_params, "lab-params": _cmd_lab_params, "data": _cmd_data}
 
 
 def _dispatch(args) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from epi_utils.workbench.runs import data_dir
+from epi_utils.workbench.runs import DATA_DIR_ENV, data_dir, data_dir_candidates, record_data_file
 
 
 @dataclass(frozen=True)
@@ -100,10 +100,11 @@ def check_dataset(name: str, *, root: Path | None = None) -> dict:
             "corrupt": [f for f, st in states.items() if st == FILE_CORRUPT], "files": states}
 
 
-def check_all(*, root: Path | None = None) -> dict:
-    """Report of every registered data set and offline model package."""
+def check_all(*, root: Path | None = None, names: list[str] | None = None) -> dict:
+    """Report of every registered data set (or only ``names``) and offline model package."""
     report = {"data_dir": str(Path(root) if root else data_dir()), "datasets": {}, "model_packages": {}}
-    for name in DATASETS:
+    for name in names or DATASETS:
+        _entry(name)
         report["datasets"][name] = check_dataset(name, root=root)
     for pkg, what in OFFLINE_MODEL_PACKAGES.items():
         spec = importlib.util.find_spec(pkg)
@@ -127,9 +128,21 @@ def require_dataset(name: str, *, root: Path | None = None, files: tuple[str, ..
         shown = ", ".join(p.relative_to(folder).as_posix() if p.is_relative_to(folder) else p.name
                           for p in absent[:3]) + (f" and {len(absent) - 3} more" if len(absent) > 3 else "")
         raise DatasetMissing(
-            f"data set {name!r} not found: looked in {folder} (missing: {shown or 'the folder'}). Fix: set "
-            f"EPI_DATA_DIR to a folder that holds {entry.folder or name}/, or run `epi data fetch {name}`.")
+            f"data set {name!r} not found: looked in {folder}{_searched(root)} (missing: {shown or 'the folder'}). "
+            f"Fix: set EPI_DATA_DIR to a folder that holds {entry.folder or name}/, or run `epi data fetch {name}`.")
+    for path in wanted:
+        record_data_file(path)
     return folder
+
+
+def _searched(root: Path | None) -> str:
+    """How the data folder was chosen, for a message (only when ``EPI_DATA_DIR`` did not choose it)."""
+    import os
+
+    if root is not None or os.environ.get(DATA_DIR_ENV):
+        return ""
+    first, second = data_dir_candidates()
+    return f" ({DATA_DIR_ENV} is unset: the data folder is {first} when it exists, else {second})"
 
 
 def require_folder(subdir: str, *, root: Path | None = None) -> Path:
@@ -143,9 +156,12 @@ def require_folder(subdir: str, *, root: Path | None = None) -> Path:
     base = Path(root) if root is not None else data_dir()
     folder = base / subdir
     if not folder.is_dir() or not any(folder.iterdir()):
-        raise DatasetMissing(f"data folder {subdir!r} not found or empty: looked in {folder}. Fix: set EPI_DATA_DIR "
-                             f"to a folder that holds {subdir}/, or fetch a registered data set with `epi data fetch "
-                             f"NAME` (known: {', '.join(DATASETS)}) and pass its folder.")
+        raise DatasetMissing(f"data folder {subdir!r} not found or empty: looked in {folder}{_searched(root)}. Fix: set "
+                             f"EPI_DATA_DIR to a folder that holds {subdir}/, or fetch a registered data set with "
+                             f"`epi data fetch NAME` (known: {', '.join(DATASETS)}) and pass its folder.")
+    for path in sorted(folder.rglob("*")):  # an unregistered folder: every file in it may be read
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts):
+            record_data_file(path)
     return folder
 
 

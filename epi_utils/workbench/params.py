@@ -3,9 +3,11 @@
 Papermill injects parameters *after* the cell tagged ``parameters`` and only warns about names
 it does not know, so a typo silently runs the defaults. This module builds on papermill's own
 reader (``papermill.inspect_notebook``): every parameter papermill sees must be one this module
-parses (``name: type = literal  # comment`` lines, read with ``ast`` for exact literal values) and
-the other way round, so a line papermill cannot read is refused instead of being injected
-wrongly. Every value is then checked by name and type *before* anything runs.
+parses and the other way round, so a line papermill cannot read is refused instead of being
+injected wrongly. The committed notebooks hold ``name: type = literal  # comment`` lines (generated
+from the study's config); a line edited in JupyterLab as papermill accepts it, ``name = literal``
+(no annotation, comment optional), is read too, its type inferred from the literal as papermill
+does. Every value is then checked by name and type *before* anything runs.
 
 A study builds its config object from the parameters with :func:`config_from_params`.
 
@@ -23,6 +25,7 @@ from typing import Any, Mapping
 
 ALLOWED_TYPES = ("int", "float", "str", "bool", "list")
 REQUIRED_PARAMETERS = ("profile", "seed", "device")
+MAX_INT = 2**63 - 1
 
 
 class ParameterError(ValueError):
@@ -78,6 +81,19 @@ def _annotation(node: ast.expr, where: str) -> tuple[str, str | None]:
                                   f"got {ast.unparse(node)!r}")
 
 
+def _inferred_type(value: Any, where: str, name: str) -> tuple[str, str | None]:
+    """``(type, item type)`` of a ``name = literal`` line, from the literal (papermill's inference)."""
+    for kind in (bool, int, float, str):
+        if type(value) is kind:
+            return kind.__name__, None
+    if isinstance(value, list):
+        kinds = {type(v).__name__ for v in value}
+        item = kinds.pop() if len(kinds) == 1 else None
+        return "list", item if item in ALLOWED_TYPES[:4] else None
+    raise NotebookConventionError(f"{where}: {name!r} = {value!r}: a parameter is an int, float, str, bool or "
+                                  "list literal")
+
+
 def _papermill_view(nb_path: Path, specs: Mapping[str, "ParameterSpec"]) -> None:
     """Refuse a parameters cell that papermill reads differently from :func:`parse_parameters`."""
     import logging
@@ -126,19 +142,25 @@ def parse_parameters(nb_path: Path | str) -> dict[str, ParameterSpec]:
     specs: dict[str, ParameterSpec] = {}
     for stmt in tree.body:
         where = f"{nb_path.name}: parameters cell line {stmt.lineno}"
-        if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None):
-            raise NotebookConventionError(f"{where}: only 'name: type = literal  # comment' is allowed, "
-                                          f"got {ast.unparse(stmt)!r}")
-        type_name, item_type = _annotation(stmt.annotation, where)
+        plain = (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name))
+        if not plain and not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                              and stmt.value is not None):
+            raise NotebookConventionError(f"{where}: only 'name: type = literal  # comment' (or 'name = literal') "
+                                          f"is allowed, got {ast.unparse(stmt)!r}")
+        target = stmt.targets[0] if plain else stmt.target
         try:
             default = ast.literal_eval(stmt.value)
         except ValueError as exc:
-            raise NotebookConventionError(f"{where}: value of {stmt.target.id!r} must be a literal "
+            raise NotebookConventionError(f"{where}: value of {target.id!r} must be a literal "
                                           f"(nothing derived), got {ast.unparse(stmt.value)!r}") from exc
         comment = comments.get(stmt.end_lineno or stmt.lineno, "")
-        if not comment:
-            raise NotebookConventionError(f"{where}: parameter {stmt.target.id!r} needs a '# comment' saying what it is")
-        spec = ParameterSpec(stmt.target.id, type_name, default, comment, item_type)
+        if plain:  # 'name = literal' as typed in JupyterLab: the type is the literal's, as papermill infers it
+            type_name, item_type = _inferred_type(default, where, target.id)
+        else:
+            type_name, item_type = _annotation(stmt.annotation, where)
+            if not comment:
+                raise NotebookConventionError(f"{where}: parameter {target.id!r} needs a '# comment' saying what it is")
+        spec = ParameterSpec(target.id, type_name, default, comment, item_type)
         coerce_value(spec, default, origin=f"{nb_path.name} default")
         specs[spec.name] = spec
     missing = [p for p in REQUIRED_PARAMETERS if p not in specs]
@@ -199,16 +221,21 @@ def _coerce_scalar(type_name: str, value: Any, what: str) -> Any:
     if type_name == "int":
         if isinstance(value, bool):
             raise ParameterError(f"{what}: expected int, got bool {value!r}")
+        number = None
         if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
+            number = value
+        elif isinstance(value, float) and value.is_integer():
+            number = int(value)
+        elif isinstance(value, str):
             try:
-                return int(value.strip())
+                number = int(value.strip())
             except ValueError:
                 pass
-        raise ParameterError(f"{what}: expected int, got {value!r}")
+        if number is None:
+            raise ParameterError(f"{what}: expected int, got {value!r}")
+        if abs(number) > MAX_INT:  # torch, NumPy and the kernel's C code take 64-bit integers
+            raise ParameterError(f"{what}: integer out of range (|value| <= 2**63 - 1), got {number}")
+        return number
     if type_name == "float":
         if isinstance(value, bool):
             raise ParameterError(f"{what}: expected float, got bool {value!r}")
@@ -222,6 +249,10 @@ def _coerce_scalar(type_name: str, value: Any, what: str) -> Any:
         raise ParameterError(f"{what}: expected float, got {value!r}")
     if type_name == "str":
         if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # bytes the shell could not decode (surrogate escapes)
+                raise ParameterError(f"{what}: not valid UTF-8 text, got {value!r}") from None
             return value
         raise ParameterError(f"{what}: expected str, got {type(value).__name__} {value!r}")
     raise ParameterError(f"{what}: unsupported type {type_name!r}")
@@ -279,9 +310,14 @@ def load_profile(nb_path: Path | str, profile: str) -> dict[str, Any]:
         raise ParameterError(f"profile {profile!r} not found for {Path(nb_path).name}: no file {path}; "
                              f"available profiles: {', '.join(available_profiles(nb_path)) or 'none'}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParameterError(f"{path}: not a text file (byte {exc.start} is not UTF-8); a profile is a YAML "
+                             "mapping of parameter name -> value") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ParameterError(f"{path}: not valid YAML ({exc})") from exc
+        raise ParameterError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(data, dict):
         raise ParameterError(f"{path}: must be a mapping of parameter name -> value, got {type(data).__name__}")
     return data
@@ -306,6 +342,14 @@ def resolve_parameters(nb_path: Path | str, *, profile: str = "cpu",
         for name, raw in mapping.items():
             values[name] = coerce_value(specs[name], raw, origin=origin)
     values["profile"] = profile
+    return values
+
+
+def effective_parameters(nb_path: Path | str, resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """Every parameter a run uses: the notebook's parameters-cell defaults overlaid with ``resolved``
+    (the profile's and ``-p`` values from :func:`resolve_parameters`), in the cell's order."""
+    values = {name: spec.default for name, spec in parse_parameters(nb_path).items()}
+    values.update(resolved)
     return values
 
 

@@ -23,10 +23,10 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from epi_utils.workbench import runs
-from epi_utils.workbench.params import resolve_parameters, study_name
+from epi_utils.workbench.params import effective_parameters, resolve_parameters, study_name
 from epi_utils.workbench.progress import batch_environment
 
 STATUS_RUNNING, STATUS_SUCCESS, STATUS_FAILED, STATUS_INTERRUPTED = "running", "success", "failed", "interrupted"
@@ -45,25 +45,46 @@ class RunInterrupted(KeyboardInterrupt):
         self.run_dir = run_dir
 
 
+#: how often a kernel that dies (or stays silent) before its first reply is started again, each time
+#: with fresh ports: kernels started side by side on a loaded machine can lose the race for a port
+KERNEL_START_ATTEMPTS = 3
+#: seconds a kernel may take to answer its first request (papermill's default, 60, is short on a loaded machine)
+KERNEL_START_TIMEOUT = 180
+
+
 def run_notebook(nb_path: Path | str, *, profile: str = "cpu", overrides: Mapping[str, Any] | None = None,
                  reports_dir: Path | str | None = None, run_id: str | None = None,
-                 refresh_index: bool = True, progress: bool = True, kernel_name: str = "python3") -> Path:
+                 refresh_index: bool = True, progress: bool = True, kernel_name: str = "python3",
+                 validate: Callable[[Mapping[str, Any]], Any] | None = None) -> Path:
     """Execute one notebook through papermill and render it; return the run folder.
 
     Parameters are validated before anything runs (see
     :func:`epi_utils.workbench.params.resolve_parameters` and :func:`epi_utils.workbench.runs.preflight`);
     ``profile`` and
-    ``run_id`` must be plain names (:func:`epi_utils.workbench.runs.check_name`). A notebook that
+    ``run_id`` must be plain names (:func:`epi_utils.workbench.runs.check_name`). ``validate``, when
+    given, is called with every effective parameter (the notebook's defaults overlaid with the
+    profile and ``overrides``) before the run folder is made; it raises (a ``ParameterError``, e.g. the
+    study config's ``ConfigError``) to refuse them: ``epi run`` passes the notebook's config class's
+    check. A notebook that
     raises gives a run with ``status: failed``; this function then returns normally (the caller
     reads the status). A Ctrl-C marks the run ``interrupted`` at once, refreshes the index and
-    raises :class:`RunInterrupted`.
+    raises :class:`RunInterrupted`. A kernel that dies before its first reply is started again
+    (:data:`KERNEL_START_ATTEMPTS`).
+
+    ``metrics.json`` records ``parameters`` (every effective parameter), ``parameters_given`` (what
+    the profile and ``overrides`` set), ``seed``, and ``data_files``: the SHA-256 of every data file
+    the run read through :func:`epi_utils.workbench.runs.record_data_file`, each checked against the
+    registry's known hashes (``ok``, ``corrupt``, ``unknown hash``).
     """
     import papermill as pm
 
     runs.check_run_request(profile=profile, overrides=overrides, run_id=run_id)
     nb_path = Path(nb_path).resolve()
     parameters = resolve_parameters(nb_path, profile=profile, overrides=overrides)
-    runs.preflight(parameters)
+    effective = effective_parameters(nb_path, parameters)
+    runs.preflight(effective)
+    if validate is not None:
+        validate(effective)
     study = study_name(nb_path)
     reports_dir = Path(reports_dir) if reports_dir is not None else default_reports_dir()
     run_id = run_id or runs.new_run_id(profile=profile, parameters=parameters)
@@ -74,7 +95,8 @@ def run_notebook(nb_path: Path | str, *, profile: str = "cpu", overrides: Mappin
     started = time.time()
     record: dict[str, Any] = {
         "study": study, "notebook": str(nb_path.relative_to(runs.repo_root()) if nb_path.is_relative_to(runs.repo_root()) else nb_path),
-        "run_id": run_id, "profile": profile, "parameters": parameters, "seed": parameters.get("seed"),
+        "run_id": run_id, "profile": profile, "parameters": effective, "parameters_given": parameters,
+        "seed": effective.get("seed"),
         "status": STATUS_RUNNING, **runs.runner_identity(), "started_at": runs.utc_now(),
         **runs.provenance(device=str(parameters.get("device", "auto"))),
     }
@@ -85,15 +107,22 @@ def run_notebook(nb_path: Path | str, *, profile: str = "cpu", overrides: Mappin
     # in the report); the study's progress lines reach this terminal through progress.log.
     try:
         with batch_environment(run_dir, prefix=f"[{study} {run_id}] " if not progress else ""), _quiet_interrupt():
-            try:
-                with _kernel_log(run_dir) as manager_class:
-                    pm.execute_notebook(str(nb_path), str(run_dir / "notebook.ipynb"), parameters=parameters,
-                                        kernel_name=kernel_name, cwd=str(nb_path.parent), progress_bar=progress,
-                                        log_output=False, kernel_manager_class=manager_class)
-            except Exception as exc:  # papermill.PapermillExecutionError and kernel failures
-                if getattr(exc, "ename", None) == "KeyboardInterrupt":
-                    raise KeyboardInterrupt from None  # the kernel got the same Ctrl-C first
-                error = {"type": type(exc).__name__, "message": _short_error(exc)}
+            for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+                try:
+                    with _kernel_log(run_dir) as manager_class:  # a new manager: a new connection file, new ports
+                        pm.execute_notebook(str(nb_path), str(run_dir / "notebook.ipynb"), parameters=parameters,
+                                            kernel_name=kernel_name, cwd=str(nb_path.parent), progress_bar=progress,
+                                            log_output=False, kernel_manager_class=manager_class,
+                                            start_timeout=KERNEL_START_TIMEOUT)
+                except Exception as exc:  # papermill.PapermillExecutionError and kernel failures
+                    if getattr(exc, "ename", None) == "KeyboardInterrupt":
+                        raise KeyboardInterrupt from None  # the kernel got the same Ctrl-C first
+                    if kernel_never_replied(exc) and attempt < KERNEL_START_ATTEMPTS:
+                        record["kernel_starts"] = attempt + 1
+                        _note_kernel_retry(run_dir, attempt, exc)
+                        continue
+                    error = {"type": type(exc).__name__, "message": _short_error(exc)}
+                break
     except KeyboardInterrupt:
         _interrupted(run_dir, record, started, reports_dir if refresh_index else None)
     record["wall_time_s"] = round(time.time() - started, 2)
@@ -105,6 +134,7 @@ def run_notebook(nb_path: Path | str, *, profile: str = "cpu", overrides: Mappin
     record["metrics"] = results.get("metrics", {})
     record["headlines"] = results.get("headlines", [])
     record["timings"] = results.get("timings", {})
+    record["data_files"] = _data_files(run_dir)
     if error is None and not results_path.exists():
         error = {"type": "MissingResults", "message": "the notebook finished without calling runs.save_metrics(...)"}
     record["status"] = STATUS_FAILED if error else STATUS_SUCCESS
@@ -121,6 +151,82 @@ def run_notebook(nb_path: Path | str, *, profile: str = "cpu", overrides: Mappin
     if refresh_index:
         write_index(reports_dir)
     return run_dir
+
+
+def kernel_never_replied(exc: BaseException) -> bool:
+    """Whether papermill failed because the kernel died or stayed silent before its first reply
+    (``kernel_info``): no cell ran, so the run can start a new kernel."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and not hasattr(exc, "ename") and (
+        "Kernel died before replying to kernel_info" in text or "Kernel didn't respond" in text)
+
+
+def modified_data_files(record: Mapping[str, Any]) -> list[str]:
+    """The data files a run read whose SHA-256 differs from the registry's (``state: corrupt``)."""
+    files = record.get("data_files") or {}
+    return [name for name, info in files.items() if isinstance(info, Mapping) and info.get("state") == "corrupt"]
+
+
+def _note_kernel_retry(run_dir: Path, attempt: int, exc: BaseException) -> None:
+    with open(run_dir / KERNEL_LOG, "a", encoding="utf-8") as fh:
+        fh.write(f"[epi] kernel start {attempt} of {KERNEL_START_ATTEMPTS} failed ({exc}); starting a new "
+                 "kernel with fresh ports\n")
+
+
+def _data_files(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """The run's recorded data files (:func:`runs.read_data_files`), each with its state against the
+    registry's known SHA-256 (``ok`` / ``corrupt`` / ``unknown hash``); the run folder's list is then
+    dropped (``metrics.json`` holds it)."""
+    from epi_utils.workbench import datasets
+
+    found = runs.read_data_files(run_dir)
+    known: dict[str, str] = {}
+    for name in datasets.DATASETS:
+        try:
+            known.update({f"$EPI_DATA_DIR/{rel}": digest for rel, digest in datasets.known_hashes(name).items()})
+        except (ImportError, AttributeError):  # a study package that cannot be imported here
+            continue
+    for name, info in found.items():
+        want = known.get(name)
+        info["state"] = (datasets.FILE_UNKNOWN if want is None
+                         else datasets.FILE_OK if want == info["sha256"] else datasets.FILE_CORRUPT)
+    (run_dir / runs.DATA_FILES).unlink(missing_ok=True)
+    return found
+
+
+#: JupyterLab copies of notebooks with a profile's values (:func:`write_lab_copy`), beside the notebooks
+LAB_FOLDER = "lab"
+
+
+def write_lab_copy(nb_path: Path | str, *, profile: str = "cpu", overrides: Mapping[str, Any] | None = None,
+                   validate: Callable[[Mapping[str, Any]], Any] | None = None) -> Path:
+    """``epi lab-params``: write ``notebooks/lab/<stem>.<profile>.ipynb``, a copy of the notebook (outputs
+    cleared) with the profile's and ``overrides``' values in an ``injected-parameters`` cell after the
+    parameters cell, exactly as ``epi run`` injects them; return its path.
+
+    The values are validated as for a run (``validate`` as in :func:`run_notebook`). The folder holds a
+    ``.gitignore`` of ``*``, so copies are never committed and never mark a run's tree dirty; the
+    committed notebook is not touched, and Lab's autosave of the copy changes nothing tracked."""
+    import nbformat
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    runs.check_run_request(profile=profile, overrides=overrides, run_id=None)
+    nb_path = Path(nb_path)
+    parameters = resolve_parameters(nb_path, profile=profile, overrides=overrides)
+    effective = effective_parameters(nb_path, parameters)
+    runs.preflight(effective)
+    if validate is not None:
+        validate(effective)
+    nb = parameterize_notebook(load_notebook_node(str(nb_path)), dict(parameters), report_mode=False)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    folder = nb_path.parent / LAB_FOLDER
+    folder.mkdir(exist_ok=True)
+    if not (folder / ".gitignore").exists():
+        runs.atomic_write_text(folder / ".gitignore", "# copies written by `epi lab-params`: never committed\n*\n")
+    return runs.atomic_write_text(folder / f"{nb_path.stem}.{profile}.ipynb", nbformat.writes(nb))
 
 
 #: loggers that report the kernel's shutdown after a Ctrl-C (tracebacks of never-retrieved tasks, "Kernel died")
@@ -224,6 +330,10 @@ def _banner(record: Mapping[str, Any]) -> str:
     err = ""
     if record.get("error"):
         err = f"<br><b>Error:</b> <code>{html.escape(str(record['error'].get('message')))}</code>"
+    altered = modified_data_files(record)
+    if altered:
+        err += (f"<br><b>Data:</b> {len(altered)} file(s) read differ from their known SHA-256 "
+                f"(<code>epi data check</code>): <code>{html.escape(', '.join(altered[:3]))}</code>")
     return ("<div style='font-family:sans-serif;padding:8px 12px;margin:8px;border:1px solid #ccc;"
             f"border-left:6px solid {colour};background:#fafafa'>" + " · ".join(parts) + err + "</div>")
 
@@ -283,7 +393,7 @@ def render_html(nb_file: Path | str, html_file: Path | str, *, record: Mapping[s
         end = body.find(">", pos) + 1 if pos >= 0 else 0
         body = body[:end] + _banner(record) + body[end:]
     data_dirs = _run_data_dirs(Path(nb_file).parent)
-    Path(html_file).write_text(_scrub_paths(body, data_dirs=data_dirs), encoding="utf-8")
+    runs.atomic_write_text(html_file, _scrub_paths(body, data_dirs=data_dirs))
     return Path(html_file)
 
 
@@ -396,9 +506,7 @@ def write_index(reports_dir: Path | str | None = None) -> Path:
             + "<table><tr><th>study</th><th>run</th><th>status</th><th>profile</th><th>wall s</th>"
               "<th>headline numbers</th><th>links</th></tr>" + "".join(rows) + "</table>"
             + (f"<h2>Sweeps</h2><ul>{sweep_html}</ul>" if sweep_html else "") + "</body></html>")
-    out = reports_dir / "index.html"
-    out.write_text(page, encoding="utf-8")
-    return out
+    return runs.atomic_write_text(reports_dir / "index.html", page)  # a full disk keeps the old index whole
 
 
 def publish(reports_dir: Path | str | None = None, *, profile: str = "cpu",
@@ -501,4 +609,4 @@ def write_published_index(root: Path | str) -> None:
                 "produced it. Intervals are 95%; each report says over which unit (seeds, episodes, documents).</p>"
                 "<table><tr><th>study</th><th>run</th><th>commit</th><th>wall s</th><th>headline numbers</th>"
                 "<th>links</th></tr>" + "".join(rows) + "</table></body></html>")
-        (target / "index.html").write_text(page, encoding="utf-8")
+        runs.atomic_write_text(target / "index.html", page)

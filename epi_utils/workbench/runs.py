@@ -35,6 +35,8 @@ RUN_DIR_ENV = "EPI_RUN_DIR"
 DATA_DIR_ENV = "EPI_DATA_DIR"
 CACHE_DIR_ENV = "EPI_CACHE_DIR"
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+#: seeds are below 2**31 (StudyConfig's bound; NumPy, torch and CUDA generators all take them)
+MAX_SEED = 2**31
 
 
 def repo_root() -> Path:
@@ -46,10 +48,82 @@ def repo_root() -> Path:
     return Path.cwd()
 
 
-def data_dir() -> Path:
-    """Where data sets live: ``$EPI_DATA_DIR``, else ``<repo>/data``."""
+def data_dir(root: Path | None = None) -> Path:
+    """Where data sets live: ``$EPI_DATA_DIR`` when set; else ``../shared/data`` beside the repository
+    when that folder exists (this project's machines and CI); else ``<repo>/data``. The Makefile
+    applies the same rule, so a command typed outside ``make`` reads the same data as one inside it.
+    ``root`` replaces the repository root (tests)."""
     env = os.environ.get(DATA_DIR_ENV)
-    return Path(env).expanduser().resolve() if env else repo_root() / "data"
+    if env:
+        return Path(env).expanduser().resolve()
+    root = Path(root) if root is not None else repo_root()
+    shared = root.parent / "shared" / "data"
+    return shared.resolve() if shared.is_dir() else root / "data"
+
+
+def data_dir_candidates(root: Path | None = None) -> list[Path]:
+    """The folders :func:`data_dir` chooses among when ``$EPI_DATA_DIR`` is unset, in order (for
+    messages that say where data was looked for)."""
+    root = Path(root) if root is not None else repo_root()
+    return [root.parent / "shared" / "data", root / "data"]
+
+
+#: a run folder's list of the data files its run read (one JSON object per line; merged into metrics.json)
+DATA_FILES = "data_files.jsonl"
+_HASHED: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_data_file(path: os.PathLike | str) -> str | None:
+    """Note that the current run reads the data file ``path``: its SHA-256 and size go to
+    ``<run>/data_files.jsonl``, which the runner merges into ``metrics.json`` under ``data_files``
+    (with ``ok`` / ``corrupt`` / ``unknown hash`` against the registry's known hashes). Returns the
+    digest; outside a batch run (no ``$EPI_RUN_DIR``: a notebook in Lab, a test) nothing is hashed or
+    written and ``None`` is returned.
+
+    :func:`epi_utils.workbench.datasets.require_dataset` and ``require_folder`` call it for every file
+    they hand out; a study that opens data files another way calls it once per file it reads."""
+    folder = os.environ.get(RUN_DIR_ENV)
+    if not folder:
+        return None
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    digest = _HASHED.get(key) or _HASHED.setdefault(key, _sha256(path))
+    line = json.dumps({"path": str(path), "sha256": digest, "bytes": st.st_size})
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with open(Path(folder) / DATA_FILES, "a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+    return digest
+
+
+def read_data_files(run_dir: os.PathLike | str) -> dict[str, dict[str, Any]]:
+    """``{path: {"sha256", "bytes"}}`` of the data files a run recorded (:func:`record_data_file`),
+    paths under the run's data folder written as ``$EPI_DATA_DIR/<relative path>``."""
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        lines = (Path(run_dir) / DATA_FILES).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return out
+    base = data_dir()
+    for line in lines:
+        try:
+            item = json.loads(line)
+            path = Path(item["path"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a killed kernel
+        name = f"$EPI_DATA_DIR/{path.relative_to(base).as_posix()}" if path.is_relative_to(base) else str(path)
+        out[name] = {"sha256": item.get("sha256"), "bytes": item.get("bytes")}
+    return dict(sorted(out.items()))
 
 
 def cache_dir() -> Path:
@@ -121,14 +195,20 @@ def atomic_write_json(path: os.PathLike | str, obj: Any) -> Path:
 
     NaN and infinity are written as ``null`` so the file stays valid JSON.
     """
+    return atomic_write_text(path, json.dumps(_json_safe(obj), indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write_text(path: os.PathLike | str, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file in the same folder, flushed to
+    disk, then renamed over ``path``. A failure (a full disk) leaves the old file as it was and no
+    temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_json_safe(obj), indent=2, sort_keys=False)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read by others
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -199,14 +279,16 @@ def flatten_leaves(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, An
 def git_state(root: Path | None = None) -> dict[str, Any]:
     """``{"git_commit": sha or None, "git_dirty": bool or None}`` of the repository.
 
-    Dirty means a tracked file outside ``reports/`` differs from the commit: the outputs under
-    ``reports/`` (e.g. ``reports/published/`` refreshed by ``epi publish``) cannot change a result."""
+    Dirty means a file outside ``reports/`` differs from the commit: a tracked file changed, or an
+    untracked file that git does not ignore (a new notebook or module a run may have used). The
+    outputs under ``reports/`` (e.g. ``reports/published/`` refreshed by ``epi publish``) cannot
+    change a result."""
     root = root or repo_root()
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+    try:  # generous timeouts: git on a loaded machine can take seconds
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=60)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal", "--", ".",
                                  ":(exclude)reports"], cwd=root,
-                                capture_output=True, text=True, timeout=10)
+                                capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}
     if sha.returncode != 0:
@@ -342,6 +424,8 @@ def preflight(parameters: Mapping[str, Any]) -> None:
         seed = parameters["seed"]
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise _parameter_error(f"parameter 'seed' must be a non-negative integer, got {seed!r}")
+        if seed >= MAX_SEED:
+            raise _parameter_error(f"parameter 'seed' must be below 2**31 = {MAX_SEED}, got {seed}")
     if "device" in parameters:
         try:
             resolve_device(str(parameters["device"]))
