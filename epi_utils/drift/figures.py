@@ -64,9 +64,9 @@ def drift_by_layer_type(pairs, *, first: int, last: int, share: float, unit: str
         ax.bar(x, d["d"], width, yerr=err, capsize=3, color=f"C{k}", label=regime)
     ax.set_xticks(np.arange(len(groups)), labels=groups)
     ax.axhline(0, color="k", lw=0.8)
-    ax.set(ylabel=f"D(step {first}, step {last})", title=f"{estimator}, task '{task}', top {share:.0%}; "
-           f"95% t-interval over {unit}")
-    ax.legend(title="regime", fontsize=8)
+    ax.set(xlabel="layer type", ylabel=f"D(step {first}, step {last})",
+           title=f"{estimator}, task '{task}', top {share:.0%}\n95% t-interval over {unit}")
+    ax.legend(title="regime", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
 
@@ -110,7 +110,7 @@ def functional(ablations, *, unit: str, task: str = "all"):
         ax.bar(x, d["increase"], width, yerr=err, capsize=3, color=f"C{k}", label=names[m])
     ax.set_xticks(np.arange(len(regimes)), labels=regimes)
     ax.set(xlabel="regime (peak learning rate)", ylabel="held-out loss increase",
-           title=f"ablation at step-{s} weights, task '{task}'; 95% t-interval over {unit}")
+           title=f"ablation at step-{s} weights, task '{task}'\n95% t-interval over {unit}")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
