@@ -275,3 +275,59 @@ def test_two_data_set_folders_never_read_a_document_twice(tmp_path):
     (subset / "test.json").write_text((full / "test.json").read_text())
     with pytest.raises(ValueError, match="read twice.*one data set"):
         load_documents(subset, SCHEMA)
+
+
+def _write_split_files(folder, docs_by_file):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, pairs in docs_by_file.items():
+        (folder / name).write_text(json.dumps(pairs, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
+def test_a_document_in_two_split_files_is_an_error_naming_both_files(tmp_path):
+    """Doc2EDAG's own train/dev/test files: a document id present in train.json and test.json would
+    leak the test set into training; the load refuses it and names both files."""
+    from epi_utils.events.prepare import SplitFileError, load_split_files
+    folder = _write_split_files(tmp_path / "release", {"train.json": [[f"t{i}", good_doc()] for i in range(4)] + [["x", good_doc()]],
+                                                       "dev.json": [[f"d{i}", good_doc()] for i in range(2)],
+                                                       "test.json": [[f"s{i}", good_doc()] for i in range(2)] + [["x", good_doc()]]})
+    with pytest.raises(SplitFileError, match=r"1 document id\(s\) of test\.json also in train\.json.*'x'"):
+        load_split_files(folder, ("train.json", "dev.json", "test.json"), SCHEMA)
+    with pytest.raises(SplitFileError, match=r"dev\.json also in dev\.json"):   # one file named twice
+        load_split_files(folder, ("train.json", "dev.json", "dev.json"), SCHEMA)
+    from epi_utils.events import Config
+    from epi_utils.workbench.contract import ConfigError
+    with pytest.raises(ConfigError, match="EventConfig.split_files: must not repeat a value"):
+        Config(split_files=["train.json", "dev.json", "dev.json"])
+
+
+def test_the_load_report_of_split_files_is_complete_per_file_and_says_where_the_split_came_from(tmp_path):
+    from epi_utils.events.prepare import load_split_files, prepare_data
+    odd = good_doc()
+    odd["ann_valid_dranges"] = [[[0, 0, 2]]]                      # an ignored field with an odd shape: a warning
+    folder = _write_split_files(tmp_path / "release", {"train.json": [[f"t{i}", good_doc()] for i in range(3)],
+                                                       "dev.json": [["d0", good_doc()], ["d1", bad("unknown_event_type")]],
+                                                       "test.json": [["s0", odd], ["s1", bad("structure")]]})
+    (folder / "schema.json").write_text(json.dumps({"events": [{"event_type": "Pay", "roles": ["Payer", "Amount"]},
+                                                               {"event_type": "Move", "roles": ["Mover", "Place", "Date"]}],
+                                                    "common_fields_entity_only": ["Code"]}), encoding="utf-8")
+    full, report, per_file = load_split_files(folder, ("train.json", "dev.json", "test.json"), SCHEMA)
+    assert [len(full[k]) for k in ("train", "dev", "test")] == [3, 2, 1]
+    assert list(per_file) == ["train.json", "dev.json", "test.json"]
+    assert per_file["dev.json"].dropped_records == {"unknown_event_type": 1}
+    assert per_file["test.json"].skipped == {"structure": 1} and per_file["test.json"].warnings == {"ann_valid_dranges": 1}
+    assert (report.n_read, report.n_kept) == (7, 6)                      # every file's counts, summed
+    assert report.dropped_records == {"unknown_event_type": 1} and report.warnings == {"ann_valid_dranges": 1}
+    assert report.skipped == {"structure": 1} and len(report.files) == 3
+    data = prepare_data(folder, folder / "schema.json", split_seed=0, split_files=("train.json", "dev.json", "test.json"),
+                        max_sentences=8, max_sentence_chars=64)
+    text = data.describe()
+    assert "Split from the files train.json (train), dev.json (dev), test.json (test)" in text and "Split (seed" not in text
+    assert "dev.json: read 2 documents" in text and "records dropped from kept documents: unknown_event_type=1" in text
+
+
+def test_a_seeded_split_still_says_its_seed_and_fractions(tmp_path):
+    from epi_utils.events.prepare import synthetic_data
+    data = synthetic_data(SCHEMA, n_docs=40, seed=3, max_sentences=8, max_sentence_chars=64)
+    assert "Split (seed 3, fractions [0.7, 0.1, 0.2], stratified by single/multi)" in data.describe()
+    assert data.per_file == {}

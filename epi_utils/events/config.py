@@ -30,7 +30,8 @@ class EventConfig(StudyConfig):
     data_subdir: str = option("docee/chfinann", "folder under EPI_DATA_DIR with the documents")
     schema_file: str = option("chfinann_event_schema.derived.json",
                               "schema file in data_subdir (or shipped in events/schemas)")
-    split_files: list[str] = option([], "three files (train, dev, test) holding the split; empty: seeded split of the folder")
+    split_files: list[str] = option([], "three files (train, dev, test) holding the split; empty: seeded split of the folder",
+                                    unique=True)
     limit_docs: int = option(0, "keep only the first N documents (0 keeps all)", ge=0)
     split_seed: int = option(0, "seed of the train/dev/test division", ge=0, lt=2**31)
     on_error: str = option("skip", "malformed documents: skip (and count) | raise", choices=ON_ERROR)

@@ -110,6 +110,17 @@ class LoadReport:
         if len(self.messages) < 20:
             self.messages.append(message)
 
+    def add(self, other: "LoadReport") -> None:
+        """Fold another load (e.g. one split file's) into this report: every count, file and message."""
+        self.n_read += other.n_read
+        self.n_kept += other.n_kept
+        self.skipped.update(other.skipped)
+        self.dropped_records.update(other.dropped_records)
+        self.warnings.update(other.warnings)
+        self.files += other.files
+        for message in other.messages:
+            self._note(message)
+
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)

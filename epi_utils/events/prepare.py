@@ -8,7 +8,7 @@ schema (``data_source="synthetic"``). Evaluation always uses the untruncated gol
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -31,6 +31,11 @@ from epi_utils.workbench.datasets import require_folder
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 #: the schema shipped for the synthetic data source (runs without any data)
 SYNTHETIC_SCHEMA = "chfinann_event_schema.json"
+SPLITS = ("train", "dev", "test")
+
+
+class SplitFileError(ValueError):
+    """A document present in two split files (train/dev/test would overlap)."""
 
 
 @dataclass
@@ -44,12 +49,20 @@ class PreparedData:
     split_seed: int
     fractions: tuple
     max_sentences: int
+    per_file: dict[str, LoadReport] = field(default_factory=dict)   # split file -> its load report (split files only)
 
     def describe(self) -> str:
+        """The load, where the split came from (a seeded split, or the split files with each file's
+        load report), the split sizes and the share of test arguments reachable after truncation."""
         sizes = ", ".join(f"{k} {len(v)} ({sum(d.is_multi for d in v)} multi-event)" for k, v in self.full.items())
         at = ", ".join(f"{k} sentences {100 * v:.1f}%" for k, v in sorted(self.reachable_at.items()))
-        return (f"{self.report.summary()}. Split (seed {self.split_seed}, fractions {list(self.fractions)}, "
-                f"stratified by single/multi): {sizes}. Test gold arguments reachable after truncation to "
+        if self.per_file:
+            files = ", ".join(f"{f} ({k})" for f, k in zip(self.per_file, SPLITS))
+            loads = "; ".join(f"{f}: {r.summary()}" for f, r in self.per_file.items())
+            where = f"Split from the files {files} (per file: {loads})"
+        else:
+            where = f"Split (seed {self.split_seed}, fractions {list(self.fractions)}, stratified by single/multi)"
+        return (f"{self.report.summary()}. {where}: {sizes}. Test gold arguments reachable after truncation to "
                 f"{self.max_sentences} sentences: {100 * self.reachable:.1f}% ({at}).")
 
 
@@ -76,20 +89,43 @@ def prepare_data(data_path: os.PathLike | str, schema_path: os.PathLike | str, *
     ``limit_docs > 0`` keeps only the first documents (of each file with ``split_files``)."""
     schema = load_schema(schema_path)
     if split_files:
-        if len(split_files) != 3:
-            raise ValueError(f"split_files must name three files (train, dev, test), got {list(split_files)}")
-        full, report = {}, LoadReport()
-        for name, fname in zip(("train", "dev", "test"), split_files):
-            docs, rep = load_documents(Path(data_path) / fname, schema, on_error=on_error, limit=limit_docs or None)
-            full[name] = docs
-            report.n_read += rep.n_read; report.n_kept += rep.n_kept; report.skipped.update(rep.skipped)
-            report.files += rep.files; report.messages += rep.messages
-        return _prepare(None, report, schema, split_seed, fractions, max_sentences, max_sentence_chars, reach_limits, full)
+        full, report, per_file = load_split_files(data_path, split_files, schema, on_error=on_error, limit_docs=limit_docs)
+        data = _prepare(None, report, schema, split_seed, fractions, max_sentences, max_sentence_chars, reach_limits, full)
+        data.per_file = per_file
+        return data
     docs, report = load_documents(data_path, schema, on_error=on_error, limit=limit_docs or None)
     if not docs:
         raise ValueError(f"no valid document under {Path(data_path).name} ({report.summary()}); "
                          f"first errors: {report.messages[:3]}")
     return _prepare(docs, report, schema, split_seed, fractions, max_sentences, max_sentence_chars, reach_limits)
+
+
+def load_split_files(folder: os.PathLike | str, split_files: Sequence[str], schema: EventSchema, *,
+                     on_error: str = "skip", limit_docs: int = 0
+                     ) -> tuple[dict[str, list[Document]], LoadReport, dict[str, LoadReport]]:
+    """Train, dev and test documents from three files of ``folder`` (Doc2EDAG's ``train.json``,
+    ``dev.json``, ``test.json``): ``(split -> documents, the report of all files, file -> its report)``.
+
+    The combined report holds every file's counts (read, kept, skipped, dropped records, warnings),
+    files and messages. A document id found in two files raises :class:`SplitFileError` naming both
+    files and the first ids (the test set would leak into training); ``limit_docs > 0`` keeps the
+    first documents of each file.
+    """
+    if len(split_files) != 3:
+        raise ValueError(f"split_files must name three files (train, dev, test), got {list(split_files)}")
+    full, per_file, report = {}, {}, LoadReport()
+    owner: dict[str, str] = {}
+    for name, fname in zip(SPLITS, split_files):
+        docs, rep = load_documents(Path(folder) / fname, schema, on_error=on_error, limit=limit_docs or None)
+        clash = [d.doc_id for d in docs if d.doc_id in owner]
+        if clash:
+            others = ", ".join(sorted({owner[i] for i in clash}))
+            raise SplitFileError(f"{len(clash)} document id(s) of {fname} also in {others} (first: {clash[:3]}); "
+                                 "a document must be in one split file only")
+        owner.update((d.doc_id, fname) for d in docs)
+        full[name], per_file[fname] = docs, rep
+        report.add(rep)
+    return full, report, per_file
 
 
 def _prepare(docs, report, schema, split_seed, fractions, max_sentences, max_sentence_chars, reach_limits,
