@@ -1,0 +1,72 @@
+"""Training length from the dev score (issue 29): stop at a plateau, and say when a selection is
+not interpretable.
+
+Not yet used by the study's default design (whose published numbers train for fixed counts); the
+redesign trains the encoder and the decoders with :class:`Plateau` and marks comparisons with
+:func:`selection_problems`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class Plateau:
+    """Early stopping on a dev score that is higher when better.
+
+    Call :meth:`update` after every dev check; it returns True when training should stop: after
+    ``patience`` checks without an improvement of more than ``min_delta`` over the best score, or at
+    ``max_checks``. ``best_check`` (1-based) is the check whose model is kept.
+    """
+
+    patience: int
+    max_checks: int | None = None
+    min_delta: float = 0.0
+    best: float = -math.inf
+    best_check: int = 0
+    checks: int = 0
+
+    def __post_init__(self) -> None:
+        if self.patience < 1:
+            raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if self.max_checks is not None and self.max_checks < 1:
+            raise ValueError(f"max_checks must be >= 1 or None, got {self.max_checks}")
+        if self.min_delta < 0:
+            raise ValueError(f"min_delta must be >= 0, got {self.min_delta}")
+
+    def update(self, score: float) -> bool:
+        """Record one dev check's ``score``; True when training should stop."""
+        if not math.isfinite(score):
+            raise ValueError(f"dev score must be finite, got {score}")
+        self.checks += 1
+        if score > self.best + self.min_delta:
+            self.best, self.best_check = score, self.checks
+        return self.plateaued or self.at_maximum
+
+    @property
+    def plateaued(self) -> bool:
+        """``patience`` checks in a row without improvement."""
+        return self.checks - self.best_check >= self.patience
+
+    @property
+    def at_maximum(self) -> bool:
+        return self.max_checks is not None and self.checks >= self.max_checks
+
+    @property
+    def still_improving(self) -> bool:
+        """Stopped by the maximum while the kept model is the last check's: longer training might pay."""
+        return self.at_maximum and self.best_check == self.checks
+
+
+def selection_problems(*, best_epoch: int, last_epoch: int, max_epochs: int, dev_f1: float,
+                       min_dev_f1: float = 0.05) -> list[str]:
+    """Why a trained model's comparison is not interpretable (empty when it is): the kept epoch is the
+    last one and the maximum was reached (still improving), or its dev F1 is below ``min_dev_f1``
+    (it barely learned)."""
+    problems = []
+    if best_epoch == last_epoch and last_epoch >= max_epochs:
+        problems.append(f"kept the last epoch ({last_epoch} of at most {max_epochs}): still improving")
+    if dev_f1 < min_dev_f1:
+        problems.append(f"dev F1 {dev_f1:.3f} < {min_dev_f1}: barely learned")
+    return problems
