@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from epi_utils.workbench.plots import natural_order
+
 
 def threshold_vs_labels(thresholds: pd.DataFrame):
     """Policy thresholds of test queries grouped by their true number of aspects: one panel per
@@ -62,6 +64,7 @@ def paired_differences(comparisons: list[dict], *, unit: str = "seeds"):
         handle = ax.errorbar(d, y, xerr=err, fmt="o", color="C0", capsize=3) if cs else handle
         ax.axvline(0, ls=":", color="k", lw=0.8)
         ax.set_yticks(y, [c["setting"] for c in cs], fontsize=8)
+        ax.set_ylabel("setting", fontsize=9)
         ax.set_xlabel(f"{metric}: A - B", fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(4))
         if cs:
@@ -83,7 +86,7 @@ def training_curves(training: pd.DataFrame):
 
     archs = list(dict.fromkeys(training["arch"]))
     groups = list(dict.fromkeys(training["settings"]))
-    fig, axes = plt.subplots(1, len(archs), figsize=(4.6 * len(archs), 3.3), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(archs), figsize=(4.6 * len(archs), 3.8), squeeze=False, sharey=True)
     for ax, arch in zip(axes[0], archs):
         sub = training[training.arch == arch]
         for (settings, seed, src), g in sub.groupby(["settings", "seed", "train_dataset"], sort=False):
@@ -95,7 +98,7 @@ def training_curves(training: pd.DataFrame):
         ax.set_title(arch)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("validation AUC (dot: restored epoch)")
+        ax.set_ylabel("validation AUC\n(dot: restored epoch)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(4, max(len(labels), 1)), fontsize=7,
                title="model trained on settings (one line per seed)", title_fontsize=7, frameon=False)
@@ -107,6 +110,7 @@ def attention_tokens(examples: list[dict], *, max_tokens: int = 30):
     """Support-set attention weights over the words of a few support sentences (one row each); with
     no examples (an encoder other than the CNN records none) a figure that says so."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     n = len(examples)
     if n == 0:
@@ -115,15 +119,18 @@ def attention_tokens(examples: list[dict], *, max_tokens: int = 30):
         ax.text(0.5, 0.5, "no support-attention examples recorded (they are drawn for the CNN encoder)",
                 ha="center", va="center", fontsize=9)
         return fig
-    fig, axes = plt.subplots(n, 1, figsize=(12, 1.25 * n + 0.4), squeeze=False)
+    fig, axes = plt.subplots(n, 1, figsize=(12, 1.9 * n + 0.4), squeeze=False)
     for ax, ex in zip(axes[:, 0], examples):
         toks, w = ex["tokens"][:max_tokens], np.asarray(ex["weights"][:max_tokens])
         im = ax.imshow(w[None, :], aspect="auto", cmap="Reds", vmin=0, vmax=max(w.max(), 1e-6))
-        fig.colorbar(im, ax=ax, fraction=0.02, pad=0.01, label="weight")
+        bar = fig.colorbar(im, ax=ax, fraction=0.02, pad=0.01, label="weight")
+        bar.locator = MaxNLocator(2)
+        bar.update_ticks()
         ax.set_xticks(range(len(toks)), toks, rotation=60, fontsize=8, ha="right", rotation_mode="anchor")
         ax.set_yticks([])
         ax.grid(False)
         ax.set_title(f"prototype of {ex['class']}  (sentence aspects: {', '.join(ex['aspects'])})", fontsize=9, loc="left")
+        ax.set_xlabel("word of the support sentence", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -141,6 +148,7 @@ def per_class_bars(table: pd.DataFrame, *, title: str = "test classes"):
         ax.barh(sub["class"], sub["f1"], color="C0")
         ax.set_xlim(0, 1)
         ax.set_xlabel("F1 (pooled over settings, seeds, episodes)")
+        ax.set_ylabel("aspect category")
         ax.set_title(f"{ds} {title}")
     fig.tight_layout()
     return fig
@@ -153,7 +161,7 @@ def results_bars(summary: pd.DataFrame, *, dataset: str, metric: str = "macro_f1
 
     sub = summary[summary.dataset == dataset]
     unit = f"95% t-interval over {int(sub['n'].iloc[0])} {sub['unit'].iloc[0]}" if len(sub) else "seeds"
-    settings = list(dict.fromkeys(sub.setting))
+    settings = natural_order(sub.setting)  # 5way5shot, 5way10shot, 10way5shot, 10way10shot
     methods = list(dict.fromkeys(sub.method))
     fig, ax = plt.subplots(figsize=(7, 3.4))
     width = 0.8 / max(len(methods), 1)
@@ -162,8 +170,9 @@ def results_bars(summary: pd.DataFrame, *, dataset: str, metric: str = "macro_f1
         err = np.abs(g[[f"{metric}_low", f"{metric}_high"]].to_numpy().T - g[metric].to_numpy())
         ax.bar(np.arange(len(settings)) + i * width, g[metric], width, yerr=err, label=m, capsize=2)
     ax.set_xticks(np.arange(len(settings)) + width * (len(methods) - 1) / 2, settings)
+    ax.set_xlabel("N-way K-shot setting")
     ax.set_ylabel(metric)
     ax.set_title(f"{dataset}: {metric} (mean over seeds, {unit})", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig

@@ -20,7 +20,8 @@ def recall_vs_events(by_count: pd.DataFrame):
                     marker="o", capsize=3, label=method)
     ax.set(xlabel="gold records in the document", ylabel="role-level recall (test)",
            title="Recall vs number of events (95% t-interval over seed units)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
     return fig
 
 
@@ -34,7 +35,8 @@ def encoder_curves(encoders: Sequence[EncoderRecord]):
             ax.plot([h["epoch"] for h in hist], [h["dev_mention_f1"] for h in hist], marker="o",
                     label=f"{e.step}, seed {e.encoder_seed}")
     ax.set(xlabel="stage-1 epoch", ylabel="dev mention F1 (NER head)", title="Entity front end on dev")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
     return fig
 
 
@@ -46,5 +48,6 @@ def decoder_curves(histories: dict[str, list]):
         if pts:
             ax.plot(*zip(*pts), marker="o", label=method)
     ax.set(xlabel="decoder epoch", ylabel="dev micro F1", title="Decoder checkpoints on dev (first seed unit)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
     return fig
