@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from epi_utils.events import study
+from epi_utils.events import prepare
 from epi_utils.events.config import EventConfig
 from epi_utils.events.frontend import extract_features, train_encoder
 from epi_utils.events.methods import variants_for
@@ -33,11 +33,11 @@ def main() -> None:
                       num_probes=6, candidates=args.candidates, eval_every=100)
     folder = runs.data_dir() / "docee" / "chfinann"
     if folder.exists():
-        data = study.prepare_data(folder, folder / "chfinann_event_schema.derived.json", split_seed=0,
+        data = prepare.prepare_data(folder, folder / "chfinann_event_schema.derived.json", split_seed=0,
                                   max_sentences=cfg.max_sentences, max_sentence_chars=cfg.max_sentence_chars)
         source = "chfinann"
     else:
-        data = study.synthetic_data(study.load_schema(study.SCHEMA_DIR / "chfinann_event_schema.json"),
+        data = prepare.synthetic_data(prepare.load_schema(prepare.SCHEMA_DIR / "chfinann_event_schema.json"),
                                     n_docs=args.docs * 2, seed=0, max_sentences=cfg.max_sentences,
                                     max_sentence_chars=cfg.max_sentence_chars)
         source = "synthetic"

@@ -468,6 +468,11 @@ def _intervals(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, tuple[
                 out[name[: -len("_ci95")]] = (float(value[0]), float(value[1]))
             except (TypeError, ValueError):
                 pass
+        elif key.endswith("_low") and f"{key[:-4]}_high" in metrics:  # the contract's naming: <m>_low/<m>_high
+            try:
+                out[name[:-4]] = (float(value), float(metrics[f"{key[:-4]}_high"]))
+            except (TypeError, ValueError):
+                pass
     return out
 
 
