@@ -72,48 +72,65 @@ def _outcomes(executor: str, fn, jobs, **options) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """A local Ray of 2 CPUs for this module (the workers import this test module: PYTHONPATH)."""
+    """A local Ray of 2 CPUs for this module (the workers import this test module: PYTHONPATH).
+    Skipped, with the reason, where Ray cannot start its node: on a heavily loaded machine the
+    raylet gives its agent a fixed 15 s to start and exits (ray-project/ray#65983)."""
     ray = pytest.importorskip("ray")
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, saved) if p)
-    os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")  # a loaded machine starts Ray slowly
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        except Exception as exc:
+            ray.shutdown()
+            pytest.skip(f"a local Ray could not start on this machine ({str(exc)[:120]}); "
+                        "the raylet allows its agent 15 s to start (ray-project/ray#65983): rerun when the machine is less loaded")
         yield ray
-    finally:
         ray.shutdown()
+    finally:
         if saved is None:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = saved
 
 
-@pytest.mark.slow
-def test_ray_and_submitit_give_the_local_results_and_failures(local_ray, tmp_path):
+SUBMITIT_LOCAL = {"cluster": "local", "poll_s": 0.3}
+
+
+def _same_results_and_failures(executor: str, options: dict) -> None:
     jobs = [3, 1, 4, 1, 5]
     local = map_jobs(noisy_sum, jobs, workers=2)
     assert [threads for _, threads in local] == [1] * 5  # one torch thread per task
-    assert map_jobs(noisy_sum, jobs, workers=2, executor="ray") == local  # bit-identical floats
-    assert map_jobs(noisy_sum, jobs, workers=2, executor="slurm", cluster="local", folder=tmp_path / "s") == local
-
+    assert map_jobs(noisy_sum, jobs, workers=2, executor=executor, **options) == local  # bit-identical floats
     mixed = [4.0, -1.0, 9.0]
     expected = [("done", 2.0, None), ("failed", None, "math domain error"), ("done", 3.0, None)]
     assert _outcomes("local", sqrt_or_fail, mixed) == expected
-    assert _outcomes("ray", sqrt_or_fail, mixed) == expected
-    assert _outcomes("slurm", sqrt_or_fail, mixed, cluster="local", folder=tmp_path / "s") == expected
-    for executor, options in (("ray", {}), ("slurm", {"cluster": "local", "folder": tmp_path / "s"})):
-        with pytest.raises(RuntimeError, match=r"job 1 \(-1.0\) failed in a worker: math domain error") as info:
-            map_jobs(sqrt_or_fail, mixed, workers=2, executor=executor, **options)
-        assert "ValueError: math domain error" in str(info.value.__cause__)  # the remote traceback
+    assert _outcomes(executor, sqrt_or_fail, mixed, **options) == expected
+    with pytest.raises(RuntimeError, match=r"job 1 \(-1.0\) failed in a worker: math domain error") as info:
+        map_jobs(sqrt_or_fail, mixed, workers=2, executor=executor, **options)
+    assert "ValueError: math domain error" in str(info.value.__cause__)  # the remote traceback
+
+
+@pytest.mark.slow
+def test_submitit_gives_the_local_results_and_failures(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p))
+    _same_results_and_failures("slurm", {**SUBMITIT_LOCAL, "folder": tmp_path / "s"})
+
+
+@pytest.mark.slow
+def test_ray_gives_the_local_results_and_failures(local_ray):
+    _same_results_and_failures("ray", {})
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("executor", ["ray", "slurm"])
-def test_ctrl_c_cancels_remote_tasks(local_ray, tmp_path, executor):
+def test_ctrl_c_cancels_remote_tasks(request, tmp_path, executor):
     """A Ctrl-C in the submitting process cancels what is running remotely and starts nothing more."""
     import _thread
 
-    options = {"cluster": "local", "folder": tmp_path / "s", "poll_s": 0.2} if executor == "slurm" else {}
+    if executor == "ray":
+        request.getfixturevalue("local_ray")
+    options = {**SUBMITIT_LOCAL, "folder": tmp_path / "s"} if executor == "slurm" else {}
     jobs = [(str(tmp_path / f"{i}.done"), 0.1 if i == 0 else 30.0) for i in range(4)]
     seen = []
     timer = None
@@ -130,7 +147,7 @@ def test_ctrl_c_cancels_remote_tasks(local_ray, tmp_path, executor):
 
 
 @pytest.mark.slow
-def test_study02_grid_is_the_same_in_one_two_workers_and_on_ray(local_ray):
+def test_study02_grid_is_the_same_in_one_two_workers_and_on_ray(request):
     """Study 02's runs through map_jobs (as its _run_jobs calls it): one process, two spawned
     processes and a local Ray give the same records to the last bit."""
     from epi_utils.isolation_study import study
@@ -149,13 +166,15 @@ def test_study02_grid_is_the_same_in_one_two_workers_and_on_ray(local_ray):
     serial = map_jobs(study._run_job, todo, workers=1, **shared)
     study._SHARED.clear()
     assert len(serial) == 2 * (2 + 2)
-    for other in (map_jobs(study._run_job, todo, workers=2, **shared),
-                  map_jobs(study._run_job, todo, workers=2, executor="ray", **shared)):
+    for executor in ("local", "ray"):
+        if executor == "ray":
+            request.getfixturevalue("local_ray")  # skips here where Ray cannot start
+        other = map_jobs(study._run_job, todo, workers=2, executor=executor, **shared)
         for a, b in zip(serial, other):
             assert (a.method, a.seed, a.ratio) == (b.method, b.seed, b.ratio)
             assert a.test == b.test and a.train == b.train and a.tokens == b.tokens
             assert a.losses == b.losses and len(a.losses) == 8 and len(set(a.losses)) > 1  # bit-identical training
-    assert not study._SHARED  # the parent keeps no reference to the shared inputs of remote workers
+        assert not study._SHARED  # the parent keeps no reference to the shared inputs of its workers
 
 
 def test_backends_are_imported_only_where_used():
@@ -179,23 +198,26 @@ def _sweep_results(out: Path) -> tuple[list, list]:
 
 
 @pytest.mark.slow
-def test_sweep_gives_the_same_runs_on_local_ray_and_submitit(local_ray, toy_notebook, tmp_path, capsys):
-    """The toy grid on local processes, a local Ray and submitit's local executor: the same summary
-    and metrics, and every run folder (report, notebook, figures) under reports/ as a local run's."""
+@pytest.mark.parametrize("executor", ["slurm", "ray"])
+def test_sweep_gives_the_same_runs_locally_and_remotely(request, toy_notebook, tmp_path, capsys, executor):
+    """The toy grid on local processes and on submitit's local executor / a local Ray: the same
+    summary and metrics, and every run folder (report, notebook, figures) under reports/ as a local run's."""
+    if executor == "ray":
+        request.getfixturevalue("local_ray")
     grid = {"seed": ["1", "2"]}
-    runs_by = {}
-    for executor, options in (("local", {}), ("ray", {}), ("slurm", {"cluster": "local", "folder": tmp_path / "s"})):
-        reports = tmp_path / executor
-        out = sweep(toy_notebook, grid=grid, profile="smoke", jobs=2, reports_dir=reports, executor=executor, **options)
-        runs_by[executor] = _sweep_results(out)
+    found = {}
+    for where, options in (("local", {}), (executor, {**SUBMITIT_LOCAL, "folder": tmp_path / "s"} if executor == "slurm" else {})):
+        reports = tmp_path / where
+        out = sweep(toy_notebook, grid=grid, profile="smoke", jobs=2, reports_dir=reports, executor=where, **options)
+        found[where] = _sweep_results(out)
         for run in (reports / "99_toy").glob("*-00?"):
             assert {p.name for p in run.iterdir()} >= {"metrics.json", "report.html", "notebook.ipynb", "figures"}
             assert (run / "figures" / "line.png").is_file()
         said = [ln for ln in capsys.readouterr().err.splitlines() if "points done" in ln]
         assert said[-1].split(": ")[1].startswith("2/2 points done") and "failed" not in said[-1]
-        assert (" on " + executor in said[-1]) == (executor != "local")
-    assert runs_by["ray"] == runs_by["local"] == runs_by["slurm"]
-    assert [m["value"] for _, m, _ in runs_by["local"][1]] == [10.0, 20.0]
+        assert (" on " + where in said[-1]) == (where != "local")
+    assert found[executor] == found["local"]
+    assert [m["value"] for _, m, _ in found["local"][1]] == [10.0, 20.0]
 
 
 def test_a_remote_task_without_the_notebook_runs_a_copy_and_ships_its_folder_back(toy_notebook, tmp_path):
