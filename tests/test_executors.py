@@ -124,10 +124,11 @@ def test_ray_gives_the_local_results_and_failures(local_ray):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("executor", ["ray", "slurm"])
-def test_ctrl_c_cancels_remote_tasks(request, tmp_path, executor):
+def test_ctrl_c_cancels_remote_tasks(request, tmp_path, monkeypatch, executor):
     """A Ctrl-C in the submitting process cancels what is running remotely and starts nothing more."""
     import _thread
 
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p))
     if executor == "ray":
         request.getfixturevalue("local_ray")
     options = {**SUBMITIT_LOCAL, "folder": tmp_path / "s"} if executor == "slurm" else {}
@@ -138,9 +139,10 @@ def test_ctrl_c_cancels_remote_tasks(request, tmp_path, executor):
         with Tasks(sleep_then_mark, jobs, executor=executor, workers=2, **options) as tasks:
             for outcome in tasks:
                 seen.append(outcome)
-                timer = threading.Timer(3.0, _thread.interrupt_main)  # the long tasks are running by now
-                timer.start()
-    assert [(o.index, o.status) for o in seen] == [(0, "done")]
+                if timer is None:
+                    timer = threading.Timer(3.0, _thread.interrupt_main)  # the long tasks are running by now
+                    timer.start()
+    assert [(o.index, o.status, o.failure) for o in seen] == [(0, "done", None)]
     assert tasks.outcomes[1:] == [None, None, None]  # 1 and 2 were running when cancelled, 3 never started
     time.sleep(2)
     assert sorted(p.name for p in tmp_path.glob("*.done")) == ["0.done"]  # job 1 was stopped, 2 and 3 never ran

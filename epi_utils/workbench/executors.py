@@ -281,7 +281,12 @@ class _Ray(_Backend):
                 kwargs["num_cpus"] = max(1, workers) * max(1, threads)
                 if gpus:
                     kwargs["num_gpus"] = int(max(1, workers) * gpus + 0.999)
-            ray.init(**kwargs)
+            try:
+                ray.init(**kwargs)
+            except Exception as exc:  # one line for the terminal, not Ray's start-up traceback
+                ray.shutdown()
+                where = f"join the Ray cluster at {address}" if address else "start a local Ray"
+                raise ConnectionError(f"could not {where}: {exc}") from exc
             self.owned = True
         self.threads = threads
         self.setup = None

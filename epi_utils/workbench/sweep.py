@@ -230,7 +230,8 @@ def sweep(nb_path: Path | str, *, grid: Mapping[str, Sequence[Any]], profile: st
     running = None
     try:
         with _sigterm_as_interrupt():
-            with Tasks(_one_point, tasks, executor=executor, workers=jobs, threads=1, **executor_options) as running:
+            with Tasks(_one_point, tasks, executor=executor, workers=min(jobs, len(tasks)), threads=1,
+                       **executor_options) as running:
                 for outcome in running:
                     point = tasks[outcome.index]
                     if outcome.status == DONE:
