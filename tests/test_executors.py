@@ -78,9 +78,13 @@ def local_ray():
     ray = pytest.importorskip("ray")
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, saved) if p)
+    address = os.environ.get("EPI_TEST_RAY_ADDRESS")  # a Ray started beforehand (its workers need PYTHONPATH too)
     try:
         try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         except Exception as exc:
             ray.shutdown()
             pytest.skip(f"a local Ray could not start on this machine ({str(exc)[:120]}); "

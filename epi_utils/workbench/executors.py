@@ -273,11 +273,11 @@ class _Ray(_Backend):
         self.ray = ray
         self.owned = False
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False, "runtime_env": runtime_env}
+            kwargs: dict[str, Any] = {"runtime_env": runtime_env} if runtime_env else {}
             if address:
                 kwargs["address"] = address
-            else:  # a local cluster; its start-up can take long on a loaded machine (Ray's default wait: 30 s)
-                os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
+            else:  # a local cluster for the duration
+                kwargs["include_dashboard"] = False
                 kwargs["num_cpus"] = max(1, workers) * max(1, threads)
                 if gpus:
                     kwargs["num_gpus"] = int(max(1, workers) * gpus + 0.999)
