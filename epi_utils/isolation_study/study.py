@@ -41,7 +41,7 @@ from epi_utils.isolation_study.inputs import Inputs, SeedData, build_inputs, see
 from epi_utils.lm.train import TrainConfig, TrainHook, train_sft
 from epi_utils.workbench import progress as progress_mod
 from epi_utils.workbench import runs
-from epi_utils.workbench.parallel import map_runs
+from epi_utils.workbench.executors import map_jobs
 
 
 @dataclass
@@ -266,10 +266,10 @@ def _run_job(job: tuple) -> RunRecord:
 
 
 def _run_jobs(jobs: list[tuple], *, base, data: dict, cfg: Config, desc: str) -> list[RunRecord]:
-    """:func:`_run_job` over ``jobs`` in ``cfg.workers`` processes (``workbench.parallel``; the
+    """:func:`_run_job` over ``jobs`` in ``cfg.workers`` processes (``workbench.executors.map_jobs``; the
     same records, in job order, as one process)."""
     try:
-        return map_runs(_run_job, jobs, workers=cfg.workers, threads=torch.get_num_threads(), init=_share,
+        return map_jobs(_run_job, jobs, workers=cfg.workers, threads=torch.get_num_threads(), init=_share,
                         initargs=(base, data, cfg), desc=desc)
     finally:
         _SHARED.clear()  # in one process, the inputs were shared with this one
@@ -298,7 +298,7 @@ def run_study(cfg: Config, *, progress: Callable = progress_mod.progress, inputs
     ``inputs``: the sample pool and base model (default :func:`.inputs.build_inputs` of ``cfg``, after
     seeding the global RNGs with ``cfg.seed``); ``checkpoint_root``: folder of the per-run checkpoints
     (default with ``cfg.checkpoint_runs``: ``checkpoints/`` in the run folder). The grid reports its
-    progress through ``workbench.parallel.map_runs`` (one line per run in batch runs); ``progress``
+    progress through ``workbench.executors.map_jobs`` (one line per run in batch runs); ``progress``
     wraps the preparation of the seeds' data.
     """
     if cfg.torch_threads:

@@ -2,6 +2,7 @@
 
     epi run NOTEBOOK [--profile P] [-p NAME VALUE]... [--out DIR]
     epi sweep NOTEBOOK -p seed 0,1,2 [-p NAME v1,v2]... [--profile P] [--jobs N] [--out DIR]
+              [--executor local|ray|slurm] [--address A] [--partition P --time T --gpus N]
     epi report [--out DIR]
     epi publish [--profile P] [--out DIR] [--run RUN_DIR --as LABEL]
     epi params NOTEBOOK [--sync]             # list a notebook's parameters and profiles; --sync
@@ -45,8 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--profile", default="cpu")
     sw.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "V1,V2,..."),
                     help="a parameter and its comma-separated values (repeatable)")
-    sw.add_argument("--jobs", type=_positive_int, default=1, help="parallel worker processes (default 1)")
+    sw.add_argument("--jobs", type=_positive_int, default=1, help="grid points run at a time (default 1)")
     sw.add_argument("--out", type=Path, default=None)
+    sw.add_argument("--executor", choices=("local", "ray", "slurm"), default="local",
+                    help="where the points run: local processes (default), a Ray cluster, SLURM (submitit)")
+    sw.add_argument("--address", default=None, help="ray: an existing cluster (default: a local one for the sweep)")
+    sw.add_argument("--partition", default=None, help="slurm: partition")
+    sw.add_argument("--time", default=None, help="slurm: time limit per point (minutes or HH:MM:SS)")
+    sw.add_argument("--gpus", type=float, default=0, help="ray/slurm: GPUs per point (default 0)")
 
     rep = sub.add_parser("report", help="rebuild reports/index.html from the runs on disk")
     rep.add_argument("--out", type=Path, default=None)
@@ -177,6 +184,12 @@ def _cmd_sweep(args) -> int:
     grid = {name: _split_values(values) for name, values in args.param}
     if not grid:
         raise ParameterError("epi sweep needs at least one -p NAME V1,V2,... (e.g. -p seed 0,1,2)")
+    options = {"ray": {"address": args.address, "gpus": args.gpus},
+               "slurm": {"partition": args.partition, "time": args.time, "gpus": int(args.gpus)}}.get(args.executor, {})
+    given = {"--address": args.address, "--partition": args.partition, "--time": args.time, "--gpus": args.gpus}
+    unused = [flag for flag, value in given.items() if value and flag.lstrip("-") not in options]
+    if unused:
+        raise ParameterError(f"{', '.join(unused)} do(es) not apply to --executor {args.executor}")
     check = config_check(args.notebook)
     if check is not None:  # every point's config, before any kernel starts
         from epi_utils.workbench.params import effective_parameters, resolve_parameters
@@ -187,7 +200,8 @@ def _cmd_sweep(args) -> int:
             check_run_request(profile=args.profile, overrides=point, run_id=None)
             check(effective_parameters(args.notebook, resolve_parameters(args.notebook, profile=args.profile,
                                                                            overrides=point)))
-    out = sweep(args.notebook, grid=grid, profile=args.profile, jobs=args.jobs, reports_dir=args.out)
+    out = sweep(args.notebook, grid=grid, profile=args.profile, jobs=args.jobs, reports_dir=args.out,
+                executor=args.executor, **options)
     print(f"summary: {out / 'summary.csv'}\n         {out / 'summary.html'}")
     listing = json.loads((out / "runs.json").read_text())
     failed = [r for r in listing if r["status"] != "success"]

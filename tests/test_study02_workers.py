@@ -1,22 +1,7 @@
-"""workbench.parallel: runs spread over spawned processes come back in job order, failures name
-their job, and study 02's grid gives the same records in two processes as in one."""
-import math
-
+"""Study 02's grid in worker processes (through workbench.executors.map_jobs) gives the same records
+as in one process, and run_study builds its own inputs from the config."""
 import pytest
 import torch
-
-from epi_utils.workbench.parallel import map_runs
-
-
-def test_results_in_job_order_and_failures_named():
-    jobs = [16.0, 1.0, 81.0, 4.0, 9.0]
-    assert map_runs(math.sqrt, jobs, workers=2) == [4.0, 1.0, 9.0, 2.0, 3.0]
-    assert map_runs(math.sqrt, jobs, workers=1) == [4.0, 1.0, 9.0, 2.0, 3.0]
-    with pytest.raises(RuntimeError, match=r"job 1 \(-1.0\) failed in a worker: math domain error"):
-        map_runs(math.sqrt, [4.0, -1.0, 9.0], workers=2)
-    for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match="workers must be a positive integer"):
-            map_runs(math.sqrt, jobs, workers=bad)
 
 
 def test_study02_two_workers_equal_one():

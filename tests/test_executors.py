@@ -1,0 +1,331 @@
+"""workbench.executors: one interface over local processes, Ray and SLURM (submitit). Results come
+back in job order and bit-identical on every backend, failures name their job the same way
+everywhere, a Ctrl-C cancels remote tasks, and study 02's grid runs through it."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TOY_CELLS, TOY_PARAMS, write_notebook
+
+from epi_utils.workbench import cli, executors
+from epi_utils.workbench.executors import Tasks, map_jobs, parse_minutes
+from epi_utils.workbench.sweep import sweep
+
+HERE = str(Path(__file__).resolve().parent)
+
+
+def noisy_sum(seed: int) -> tuple[float, int]:
+    """A tiny seeded torch computation (and the torch threads it ran with)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 64, generator=gen, dtype=torch.float64)
+    return float((x @ x.T).tanh().sum()), torch.get_num_threads()
+
+
+def sqrt_or_fail(x: float) -> float:
+    return math.sqrt(x)
+
+
+def sleep_then_mark(job: tuple[str, float]) -> str:
+    path, seconds = job
+    time.sleep(seconds)
+    Path(path).write_text("finished")
+    return path
+
+
+def test_results_in_job_order_and_failures_named():
+    jobs = [16.0, 1.0, 81.0, 4.0, 9.0]
+    assert map_jobs(math.sqrt, jobs, workers=2) == [4.0, 1.0, 9.0, 2.0, 3.0]
+    assert map_jobs(math.sqrt, jobs, workers=1) == [4.0, 1.0, 9.0, 2.0, 3.0]
+    for workers in (1, 2):
+        with pytest.raises(RuntimeError, match=r"job 1 \(-1.0\) failed in a worker: math domain error"):
+            map_jobs(math.sqrt, [4.0, -1.0, 9.0], workers=workers)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="workers must be a positive integer"):
+            map_jobs(math.sqrt, jobs, workers=bad)
+    with pytest.raises(ValueError, match="executor must be one of"):
+        map_jobs(math.sqrt, jobs, executor="dask")
+    with pytest.raises(ValueError, match=r"executor 'local' has no option\(s\) \['address'\]"):
+        map_jobs(math.sqrt, jobs, address="auto")
+
+
+def test_slurm_time_limits():
+    assert [parse_minutes(v) for v in (90, "90", "1:30", "01:30:00", "2-00", "1-02:03:04", None)] == [
+        90, 90, 2, 90, 2880, 1564, None]
+    for bad in ("soon", "0", "1:2:3:4", "-5"):
+        with pytest.raises(ValueError, match="time must be"):
+            parse_minutes(bad)
+
+
+def _outcomes(executor: str, fn, jobs, **options) -> list[tuple]:
+    with Tasks(fn, jobs, executor=executor, workers=2, **options) as tasks:
+        found = {o.index: (o.status, o.value, str(o.failure) if o.failure else None) for o in tasks}
+    return [found[i] for i in range(len(jobs))]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray of 2 CPUs for this module (the workers import this test module: PYTHONPATH).
+    Skipped, with the reason, where Ray cannot start its node: on a heavily loaded machine the
+    raylet gives its agent a fixed 15 s to start and exits (ray-project/ray#65983)."""
+    ray = pytest.importorskip("ray")
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, saved) if p)
+    address = os.environ.get("EPI_TEST_RAY_ADDRESS")  # a Ray started beforehand (its workers need PYTHONPATH too)
+    try:
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        except Exception as exc:
+            ray.shutdown()
+            pytest.skip(f"a local Ray could not start on this machine ({str(exc)[:120]}); "
+                        "the raylet allows its agent 15 s to start (ray-project/ray#65983): rerun when the machine is less loaded")
+        yield ray
+        ray.shutdown()
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+SUBMITIT_LOCAL = {"cluster": "local", "poll_s": 0.3}
+
+
+def _same_results_and_failures(executor: str, options: dict) -> None:
+    jobs = [3, 1, 4, 1, 5]
+    local = map_jobs(noisy_sum, jobs, workers=2)
+    assert [threads for _, threads in local] == [1] * 5  # one torch thread per task
+    assert map_jobs(noisy_sum, jobs, workers=2, executor=executor, **options) == local  # bit-identical floats
+    mixed = [4.0, -1.0, 9.0]
+    expected = [("done", 2.0, None), ("failed", None, "math domain error"), ("done", 3.0, None)]
+    assert _outcomes("local", sqrt_or_fail, mixed) == expected
+    assert _outcomes(executor, sqrt_or_fail, mixed, **options) == expected
+    with pytest.raises(RuntimeError, match=r"job 1 \(-1.0\) failed in a worker: math domain error") as info:
+        map_jobs(sqrt_or_fail, mixed, workers=2, executor=executor, **options)
+    assert "ValueError: math domain error" in str(info.value.__cause__)  # the remote traceback
+
+
+@pytest.mark.slow
+def test_submitit_gives_the_local_results_and_failures(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p))
+    _same_results_and_failures("slurm", {**SUBMITIT_LOCAL, "folder": tmp_path / "s"})
+
+
+@pytest.mark.slow
+def test_ray_gives_the_local_results_and_failures(local_ray):
+    _same_results_and_failures("ray", {})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["ray", "slurm"])
+def test_ctrl_c_cancels_remote_tasks(request, tmp_path, monkeypatch, executor):
+    """A Ctrl-C in the submitting process cancels what is running remotely and starts nothing more."""
+    import _thread
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p))
+    if executor == "ray":
+        request.getfixturevalue("local_ray")
+    options = {**SUBMITIT_LOCAL, "folder": tmp_path / "s"} if executor == "slurm" else {}
+    jobs = [(str(tmp_path / f"{i}.done"), 0.1 if i == 0 else 30.0) for i in range(4)]
+    seen = []
+    timer = None
+    with pytest.raises(KeyboardInterrupt):
+        with Tasks(sleep_then_mark, jobs, executor=executor, workers=2, **options) as tasks:
+            for outcome in tasks:
+                seen.append(outcome)
+                if timer is None:
+                    timer = threading.Timer(3.0, _thread.interrupt_main)  # the long tasks are running by now
+                    timer.start()
+    assert [(o.index, o.status, o.failure) for o in seen] == [(0, "done", None)]
+    assert tasks.outcomes[1:] == [None, None, None]  # 1 and 2 were running when cancelled, 3 never started
+    time.sleep(2)
+    assert sorted(p.name for p in tmp_path.glob("*.done")) == ["0.done"]  # job 1 was stopped, 2 and 3 never ran
+
+
+@pytest.mark.slow
+def test_study02_grid_is_the_same_in_one_two_workers_and_on_ray(request):
+    """Study 02's runs through map_jobs (as its _run_jobs calls it): one process, two spawned
+    processes and a local Ray give the same records to the last bit."""
+    from epi_utils.isolation_study import Config, study
+    from epi_utils.isolation_study.inputs import build_inputs, seed_data
+    from epi_utils.workbench import runs
+
+    torch.set_num_threads(1)
+    cfg = Config(device="cpu", model_size="default", pretrain=False, n_seeds=2, n_train_per_task=8, n_val_per_task=4,
+                 n_test_per_task=4, n_train_eval_per_task=2, steps_per_stage=4, batch_size=4, mask_update_interval=2,
+                 warmup_steps=1, probe_batches=1, replay_batches=1, replay_samples=2, ratios=(0.2,),
+                 methods=("cpi_after_stage", "epi_frozen"), bounds=("full_sft", "ewc"), ewc_lambdas=(1.0,))
+    runs.seed_everything(cfg.seed)
+    inputs = build_inputs(cfg)
+    model, tok = inputs.model, inputs.tokenizer
+    data = {s: seed_data(inputs.world, tok, cfg, s) for s in cfg.seeds}
+    todo = [(m, s, r, 1.0 if m == "ewc" else None, False, None) for s in cfg.seeds for m, r in study.jobs(cfg)]
+    shared = dict(init=study._share, initargs=((model, tok), data, cfg))
+    serial = map_jobs(study._run_job, todo, workers=1, **shared)
+    study._SHARED.clear()
+    assert len(serial) == 2 * (2 + 2)
+    for executor in ("local", "ray"):
+        if executor == "ray":
+            request.getfixturevalue("local_ray")  # skips here where Ray cannot start
+        other = map_jobs(study._run_job, todo, workers=2, executor=executor, **shared)
+        for a, b in zip(serial, other):
+            assert (a.method, a.seed, a.ratio) == (b.method, b.seed, b.ratio)
+            assert a.test == b.test and a.train == b.train and a.tokens == b.tokens
+            assert a.losses == b.losses and len(a.losses) == 8 and len(set(a.losses)) > 1  # bit-identical training
+        assert not study._SHARED  # the parent keeps no reference to the shared inputs of its workers
+
+
+def test_backends_are_imported_only_where_used():
+    code = ("import sys, epi_utils.workbench.executors, epi_utils.workbench.sweep, epi_utils.workbench.cli;"
+            "print(sorted(m for m in ('ray', 'submitit') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert executors.BACKENDS == ("local", "ray", "slurm")
+
+
+# --------------------------------------------------------------------------- epi sweep on every backend
+EPI = [sys.executable, "-m", "epi_utils.workbench.cli"]
+
+
+def _sweep_results(out: Path) -> tuple[list, list]:
+    import pandas as pd
+
+    listing = json.loads((out / "runs.json").read_text())
+    records = [json.loads((Path(r["run"]) / "metrics.json").read_text()) for r in listing]
+    return pd.read_csv(out / "summary.csv").to_dict("records"), [(r["status"], r["metrics"], r["parameters"]) for r in records]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["slurm", "ray"])
+def test_sweep_gives_the_same_runs_locally_and_remotely(request, toy_notebook, tmp_path, capsys, executor):
+    """The toy grid on local processes and on submitit's local executor / a local Ray: the same
+    summary and metrics, and every run folder (report, notebook, figures) under reports/ as a local run's."""
+    if executor == "ray":
+        request.getfixturevalue("local_ray")
+    grid = {"seed": ["1", "2"]}
+    found = {}
+    for where, options in (("local", {}), (executor, {**SUBMITIT_LOCAL, "folder": tmp_path / "s"} if executor == "slurm" else {})):
+        reports = tmp_path / where
+        out = sweep(toy_notebook, grid=grid, profile="smoke", jobs=2, reports_dir=reports, executor=where, **options)
+        found[where] = _sweep_results(out)
+        for run in (reports / "99_toy").glob("*-00?"):
+            assert {p.name for p in run.iterdir()} >= {"metrics.json", "report.html", "notebook.ipynb", "figures"}
+            assert (run / "figures" / "line.png").is_file()
+        said = [ln for ln in capsys.readouterr().err.splitlines() if "points done" in ln]
+        assert said[-1].split(": ")[1].startswith("2/2 points done") and "failed" not in said[-1]
+        assert (" on " + where in said[-1]) == (where != "local")
+    assert found[executor] == found["local"]
+    assert [m["value"] for _, m, _ in found["local"][1]] == [10.0, 20.0]
+
+
+def test_a_remote_task_without_the_notebook_runs_a_copy_and_ships_its_folder_back(toy_notebook, tmp_path):
+    """No shared filesystem: the notebook and its profiles travel with the task, the run folder
+    comes back as an archive and lands under reports/<study>/<run-id>/."""
+    import io
+    import tarfile
+
+    from epi_utils.workbench.sweep import _materialize, _receive
+
+    shipped = {"bytes": toy_notebook.read_bytes(), "sha256": "not-this-machine's",
+               "profiles": {"smoke.yaml": "seed: 0\n"}}
+    point = {"notebook": str(toy_notebook), "notebook_name": "notebooks/99_toy.ipynb", "run_id": "s-000",
+             "shipped": shipped}
+    nb, copied = _materialize(point, tmp_path / "remote")
+    assert copied and nb != toy_notebook and nb.read_bytes() == toy_notebook.read_bytes()
+    assert (nb.parent / "params" / "99_toy" / "smoke.yaml").read_text() == "seed: 0\n"
+    assert _materialize({**point, "shipped": {**shipped, "sha256": __import__("hashlib").sha256(
+        toy_notebook.read_bytes()).hexdigest()}}, tmp_path / "again") == (toy_notebook, False)
+
+    folder = tmp_path / "remote-run"
+    (folder / "figures").mkdir(parents=True)
+    (folder / "figures" / "line.png").write_bytes(b"png")
+    (folder / "metrics.json").write_text(json.dumps({"status": "success", "notebook": str(nb)}))
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(folder, arcname=".")
+    dest = _receive({"archive": buffer.getvalue(), "copied": True}, point, tmp_path / "r", "99_toy")
+    assert dest == tmp_path / "r" / "99_toy" / "s-000"
+    assert (dest / "figures" / "line.png").read_bytes() == b"png"
+    assert json.loads((dest / "metrics.json").read_text())["notebook"] == "notebooks/99_toy.ipynb"
+    with pytest.raises(FileExistsError):
+        _receive({"archive": buffer.getvalue()}, point, tmp_path / "r", "99_toy")
+
+
+DYING_CELLS = [*TOY_CELLS[:1], "import os\nif die:\n    os._exit(1)  # the kernel dies", *TOY_CELLS[1:]]
+
+
+def test_a_dead_kernel_fails_its_point_and_a_single_seed_has_no_interval(tmp_path, capsys):
+    """A point whose kernel died is counted failed in the progress lines, the summary and the exit
+    status; a sweep over a non-seed list reports one seed and no interval (not one equal to the mean)."""
+    import pandas as pd
+
+    nb = write_notebook(tmp_path / "notebooks", "98_dying", TOY_PARAMS + "\ndie: bool = False  # kill the kernel",
+                        DYING_CELLS)
+    reports = tmp_path / "r"
+    assert cli.main(["sweep", str(nb), "--profile", "smoke", "-p", "die", "false,true", "--out", str(reports)]) == 1
+    err = capsys.readouterr().err
+    said = [ln for ln in err.splitlines() if "points done" in ln]
+    assert [ln.split(": ")[1].split(", elapsed")[0] for ln in said] == ["1/2 points done", "2/2 points done, 1 failed"]
+    assert "1 of 2 runs failed" in err
+    (out,) = (reports / "98_dying" / "_sweeps").iterdir()
+    listing = json.loads((out / "runs.json").read_text())
+    assert [r["status"] for r in listing] == ["success", "failed"]
+    assert "died" in listing[1]["error"].lower()
+    summary = pd.read_csv(out / "summary.csv")
+    value = summary[(summary.metric == "value")].iloc[0]
+    assert value["n_seeds"] == 1 and value["mean"] == 0.0
+    assert math.isnan(value["ci_low"]) and math.isnan(value["ci_high"])
+
+
+def test_bad_jobs_and_executor_options_are_refused(toy_notebook, tmp_path, capsys):
+    base = ["sweep", str(toy_notebook), "--profile", "smoke", "-p", "seed", "0,1", "--out", str(tmp_path / "r")]
+    for extra, said in ((["--jobs", "-3"], "jobs (--jobs) must be a positive integer, got -3"),
+                        (["--jobs", "0"], "must be a positive integer, got 0"),
+                        (["--address", "auto"], "--address do(es) not apply to --executor local"),
+                        (["--executor", "ray", "--partition", "gpu"], "--partition do(es) not apply to --executor ray")):
+        assert cli.main(base + extra) == 2
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def _terminal_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_parallel_sweep_like_ctrl_c(toy_notebook, tmp_path):
+    """``kill PID`` (a batch scheduler's stop) reaches the sweep's parent alone: the workers stop,
+    their runs are marked interrupted, no queued point starts later, and what is done is summarised."""
+    reports = tmp_path / "r"
+    proc = subprocess.Popen([*EPI, "sweep", str(toy_notebook), "--profile", "smoke", "-p", "seed", "0,1,2",
+                             "-p", "sleep_s", "60", "--jobs", "2", "--out", str(reports)],
+                            start_new_session=True, preexec_fn=_terminal_signals,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 150
+    while len(list(reports.glob("99_toy/*/notebook.ipynb"))) < 2 and time.time() < deadline:
+        time.sleep(0.3)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in out + err
+    said = [ln for ln in (out + err).splitlines() if "interrupted" in ln]
+    assert len(said) == 1 and said[0].startswith("epi: interrupted"), out + err
+    time.sleep(3)  # a queued point would start now if a worker had survived
+    folders = sorted(p for p in (reports / "99_toy").iterdir() if p.is_dir() and p.name != "_sweeps")
+    assert len(folders) == 2
+    for folder in folders:
+        assert json.loads((folder / "metrics.json").read_text())["status"] == "interrupted"
+    (summary,) = (reports / "99_toy" / "_sweeps").iterdir()
+    assert [r["status"] for r in json.loads((summary / "runs.json").read_text())] == ["interrupted", "interrupted"]
+    assert (reports / "index.html").read_text().count("class='interrupted'") == 2
