@@ -1,7 +1,9 @@
 """Smoke run of every notebook through papermill on the ``smoke`` profile.
 
 Each run must succeed, carry the provenance fields in ``metrics.json``, render ``report.html``
-and (for the studies) save at least one figure. ``make reports`` runs the same notebooks on
+and (for the studies) save at least one figure, and every figure it saved must pass the figure lint
+(``figures/lint.json``, written by ``plots.save_figure``: no overlapping labels, no legend over data,
+labelled axes, log scales only on positive data, no text cut at the edge). ``make reports`` runs the same notebooks on
 the default ``cpu`` profile.
 """
 from __future__ import annotations
@@ -30,3 +32,6 @@ def test_notebook_smoke_run(nb_path, tmp_path):
     assert record["metrics"], f"{nb_path.name} saved no headline numbers"
     assert (run_dir / "report.html").stat().st_size > 0
     assert list((run_dir / "figures").glob("*.png")), f"{nb_path.name} saved no figure"
+    lint = json.loads((run_dir / "figures" / "lint.json").read_text())
+    problems = {name: found for name, found in lint.items() if found}
+    assert not problems, f"{nb_path.name}: figures fail the lint: {problems}"

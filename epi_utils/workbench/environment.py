@@ -94,5 +94,6 @@ def plot_matmul_times(timing: dict[str, Any]):
     ax.bar(range(1, len(timing["times_ms"]) + 1), timing["times_ms"])
     ax.axhline(timing["median_ms"], color="black", ls="--", label=f"median {timing['median_ms']:.2f} ms")
     ax.set(xlabel="repetition", ylabel="ms", title=f"{timing['size']}x{timing['size']} fp32 matmul")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
     return fig
