@@ -198,3 +198,18 @@ def test_mask_turnover_release_and_overlap_by_hand():
     assert o.loc["a", "b"] == pytest.approx(1 / 3) and o.loc["a", "a"] == 1.0
     with pytest.raises(TypeError, match="boolean"):
         masks.turnover(np.array([1, 0]), np.array([1, 0]))
+
+
+def test_tables_without_a_static_mask_have_empty_comparisons():
+    """A grid with EPI alone (or bounds alone) has no EPI-vs-static pair: empty tables, zero counts, no crash."""
+    recs = [r for r in _records() if r.method != "cpi_after_stage"]
+    res = Result(config=Config(), records=recs, ewc_lambda=None, ewc_tuning=[], stage_tasks=ST, pretrain={})
+    f = res.frames()
+    assert f["frontier_comparisons"].empty and f["equal_plasticity"].empty and f["ewc_tuning"].empty
+    assert "diff_low" in f["frontier_comparisons"].columns and "equal_plasticity" in f["equal_plasticity"].columns
+    m = res.metrics()
+    assert m["n_pairs"] == m["n_epi_retains_more"] == m["pooled_n_pairs"] == 0 and m["frontier_comparisons"] == []
+    from epi_utils.isolation_study import figures
+
+    figures.plot_paired(f["frontier_comparisons"])
+    figures.plot_ewc_tuning(f["ewc_tuning"], None)

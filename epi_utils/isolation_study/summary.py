@@ -112,6 +112,15 @@ def paired(df, a: tuple[str, float | None], b: tuple[str, float | None], metric:
                          higher_is_better=HIGHER_IS_BETTER.get(metric, True), a_name=arm(*a), b_name=arm(*b))
 
 
+#: columns of a paired comparison row (after ratio, a_method, b_method)
+COMPARISON_COLUMNS = ["metric", "a", "b", "a_mean", "b_mean", "diff", "diff_low", "diff_high", "n", "p_value",
+                      "verdict", "detectable"]
+#: columns of :func:`equal_plasticity`
+EQUAL_PLASTICITY_COLUMNS = ["ratio", "a_method", "b_method", "retained0_diff", "retained0_low", "retained0_high",
+                            "retained0_verdict", "retained0_detectable", "plastic_diff", "plastic_verdict",
+                            "plastic_detectable", "equal_plasticity", "epi_retains_more", "n"]
+
+
 def _row(c: stats.Comparison, **extra) -> dict:
     d = c.diff
     return {**extra, "metric": c.metric, "a": c.a_name, "b": c.b_name, "a_mean": c.a_mean, "b_mean": c.b_mean,
@@ -139,7 +148,7 @@ def frontier_comparisons(df, *, metrics: Sequence[str] = ("retained0", "plastic"
                 pooled = df[df["method"].isin([e, s])].groupby(["method", "seed"])[m].mean().reset_index()
                 pooled["ratio"] = np.nan
                 rows.append(_row(paired(pooled, (e, None), (s, None), m), ratio=np.nan, a_method=e, b_method=s))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["ratio", "a_method", "b_method", *COMPARISON_COLUMNS])
 
 
 def bound_comparisons(df, *, metrics: Sequence[str] = ("retained0", "plastic", "final"), against: str = "full_sft"):
@@ -155,7 +164,7 @@ def bound_comparisons(df, *, metrics: Sequence[str] = ("retained0", "plastic", "
         for m in metrics:
             rows.append(_row(paired(df, (method, r), (against, None), m), ratio=ratio, a_method=method,
                              b_method=against))
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["ratio", "a_method", "b_method", *COMPARISON_COLUMNS])
 
 
 def equal_plasticity(cmp):
@@ -182,7 +191,7 @@ def equal_plasticity(cmp):
                      "equal_plasticity": bool(eq),
                      "epi_retains_more": bool(eq and ret["verdict"] == stats.Verdict.A_BETTER.value),
                      "n": int(ret["n"])})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=EQUAL_PLASTICITY_COLUMNS)
 
 
 def headline_metrics(df, cmp, eqp, bounds_cmp, *, ewc_lambda, ewc_tuning, pretrain: dict) -> dict:
