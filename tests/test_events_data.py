@@ -18,6 +18,7 @@ from epi_utils.events.data import (
 )
 from epi_utils.events.schema import load_schema, schema_from_dict
 from epi_utils.events.synthetic import generate_documents
+from epi_utils.workbench.datasets import sha256_file
 
 SCHEMA = schema_from_dict({"events": [{"event_type": "Pay", "roles": ["Payer", "Amount"]},
                                       {"event_type": "Move", "roles": ["Mover", "Place", "Date"]}],
@@ -150,7 +151,7 @@ def _zip_bytes():
 def test_fetch_from_file_url_with_sha256(tmp_path):
     z = tmp_path / "Data.zip"
     z.write_bytes(_zip_bytes())
-    digest = fetch_mod.sha256_of(z)
+    digest = sha256_file(z)
     dest = fetch_mod.fetch_chfinann(tmp_path / "out", url=z.as_uri(), sha256=digest)
     assert (dest / "train.json").exists() and (dest / "test.json").exists()
     assert (dest / "chfinann_event_schema.json").exists()

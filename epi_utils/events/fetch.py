@@ -4,19 +4,21 @@
 
 Doc2EDAG (Zheng et al., EMNLP 2019) ships ``Data.zip`` (train 25,632 / dev 3,204 / test 3,204
 documents, JSON arrays of ``[doc_id, doc]``) in the root of github.com/shun-zheng/Doc2EDAG.
-:func:`fetch_chfinann` downloads it (any ``urllib`` URL, ``file://`` included), checks its
+:func:`fetch_chfinann` downloads it through the project's one fetcher
+(:func:`epi_utils.workbench.datasets.download_file`, on pooch; ``file://`` mirrors included), checks its
 SHA-256 when one is given, unpacks the JSON files into ``dest`` and writes the event schema
 (``chfinann_event_schema.json``, shipped in ``epi_utils/events/schemas/``) beside them.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import warnings
 import zipfile
 from pathlib import Path
 from typing import Callable
+
+from epi_utils.workbench.datasets import download_file, sha256_file
 
 DOC2EDAG_DATA_URL = "https://github.com/shun-zheng/Doc2EDAG/raw/master/Data.zip"
 #: SHA-256 of Data.zip; not known here (the file could not be downloaded when this was written).
@@ -40,12 +42,6 @@ SUBSET_COMMIT = "673b9dded09e32fe15943a0607d98d210ede2ede"
 SUBSET_URL = f"https://raw.githubusercontent.com/qinyan-li/DocEE/{SUBSET_COMMIT}/Data/test_split{{i}}.json"
 
 
-def _urllib_download(url: str, target: Path) -> None:
-    from epi_utils.workbench.datasets import download_file  # the project's one download loop
-
-    download_file(url, target)
-
-
 def fetch_chfinann_subset(dest: os.PathLike | str, *, url: str = SUBSET_URL,
                           downloader: Callable[[str, Path], None] | None = None) -> Path:
     """Download the 1,424-document subset into ``dest`` (``docee/chfinann``): each file is checked
@@ -67,24 +63,19 @@ def _fetch_subset_files(dest: Path, url: str, downloader) -> None:
     for i in range(1, 7):
         name = f"test_split{i}.jsonl"
         target = dest / name
-        if target.exists() and sha256_of(target) == CHFINANN_SUBSET_SHA256[name]:
+        if target.exists() and sha256_file(target) == CHFINANN_SUBSET_SHA256[name]:
+            continue
+        if downloader is None:  # pooch: written atomically, refused (and deleted) on a hash mismatch
+            download_file(url.format(i=i), target, sha256=CHFINANN_SUBSET_SHA256[name])
             continue
         part = dest / f".{name}.part"
-        (downloader or _urllib_download)(url.format(i=i), part)
-        digest = sha256_of(part)
+        downloader(url.format(i=i), part)
+        digest = sha256_file(part)
         if digest != CHFINANN_SUBSET_SHA256[name]:
             part.unlink(missing_ok=True)
             raise ValueError(f"sha256 of {url.format(i=i)} is {digest}, expected {CHFINANN_SUBSET_SHA256[name]}; "
                              "download deleted")
         os.replace(part, target)
-
-
-def sha256_of(path: os.PathLike | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch_chfinann(dest: os.PathLike | str, *, url: str = DOC2EDAG_DATA_URL,
@@ -95,8 +86,8 @@ def fetch_chfinann(dest: os.PathLike | str, *, url: str = DOC2EDAG_DATA_URL,
 
     Returns ``dest``. Files already there are kept unless ``force``. A SHA-256 mismatch raises
     ``ValueError`` and deletes the download; with ``sha256=None`` the digest is printed and a
-    warning says it was not checked. ``downloader(url, target_path)`` replaces the ``urllib``
-    download (tests pass a fake one). Load the result with
+    warning says it was not checked. ``downloader(url, target_path)`` replaces
+    :func:`~epi_utils.workbench.datasets.download_file` (tests pass a fake one). Load the result with
     ``load_documents(dest, load_schema(dest / "chfinann_event_schema.json"))``.
     """
     dest = Path(dest)
@@ -106,13 +97,13 @@ def fetch_chfinann(dest: os.PathLike | str, *, url: str = DOC2EDAG_DATA_URL,
         return dest
     archive = dest / "Data.zip.part"
     try:
-        (downloader or _urllib_download)(url, archive)
+        (downloader or download_file)(url, archive)
     except BaseException:
         archive.unlink(missing_ok=True)
         if dest.is_dir() and not any(dest.iterdir()):
             dest.rmdir()  # leave no empty folder behind a failed download
         raise
-    digest = sha256_of(archive)
+    digest = sha256_file(archive)
     if sha256 is not None and digest.lower() != sha256.lower():
         archive.unlink(missing_ok=True)
         raise ValueError(f"sha256 of {url} is {digest}, expected {sha256}; download deleted")
