@@ -26,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from epi_utils.acd.config import ACDConfig, parse_setting
+from epi_utils.acd.config import Config, parse_setting
 from epi_utils.acd.encoders import encode_bank
 from epi_utils.acd.episodes import sample_episodes
 from epi_utils.acd.study import new_model
@@ -51,7 +51,7 @@ def main() -> None:
     out = {"load_seconds": round(time.perf_counter() - t0, 2), "threads": args.threads,
            "loadavg_1min": os.getloadavg()[0], "cpu_count": os.cpu_count(), "results": {}}
     key = lambda sp: ("FewAsp(single)", sp)  # noqa: E731
-    cfg = ACDConfig(settings=args.settings, hidden=args.hidden, attn_dim=args.attn_dim)
+    cfg = Config(settings=args.settings, hidden=args.hidden, attn_dim=args.attn_dim, device="cpu")
     total_epoch_s = 0.0
     for arch in ("protonet", "proto_awatt"):
         for setting in args.settings:

@@ -143,13 +143,16 @@ def test_single_dataset_run_has_no_transfer_tables(toy_root):
 
 
 def test_missing_folder_names_every_file_and_gives_the_hint_once(tmp_path):
-    """Issue 12: a missing FewAsp folder repeated the fetch hint 9 times (2.4 KB)."""
+    """Issue 12: a missing FewAsp folder repeated the fetch hint 9 times (2.4 KB). Issue 31: the message
+    names the folder searched (no literal $EPI_DATA_DIR) and both remedies, with no hard-coded claim
+    about which files a shared copy lacks."""
     with pytest.raises(training.D.FewAspMissingError) as err:
         training.load_data(root=tmp_path / "nothing")
     msg = str(err.value)
     assert msg.count("epi data fetch fewasp") == 1 and msg.count("FewAsp(multi)/train.json") <= 2
-    assert "FewAsp(single)/val.json" in msg and len(msg) < 700
-    assert str(tmp_path) not in msg
+    assert "FewAsp(single)/val.json" in msg and len(msg) < 900
+    assert f"searched: {tmp_path / 'nothing'}" in msg and "set EPI_DATA_DIR to a folder" in msg
+    assert "$EPI_DATA_DIR" not in msg and "shared copy" not in msg
 
 
 def test_config_validation_names_the_parameter():

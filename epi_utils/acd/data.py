@@ -25,15 +25,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from epi_utils.workbench.datasets import sha256_file
+from epi_utils.workbench.datasets import download_file, sha256_file
+from epi_utils.workbench.runs import data_dir, record_data_file
 
 DATASETS = ("FewAsp(single)", "FewAsp(multi)", "FewAsp")
 SPLITS = ("train", "val", "test")
@@ -155,16 +156,21 @@ def parse_split(obj: object, *, source: str, classes: Sequence[str] | None = Non
 def _root(root: os.PathLike | str | None) -> Path:
     if root is not None:
         return Path(root)
-    from epi_utils.workbench.runs import data_dir
-
     return data_dir() / "fewasp"
+
+
+def remedies(folder: Path) -> str:
+    """The two ways to get FewAsp, naming the folder that was searched."""
+    return (f"either set EPI_DATA_DIR to a folder whose fewasp/ holds the files (searched: {folder}), or run "
+            f"`epi data fetch fewasp` to download them into {folder}")
 
 
 def load_class_split(root: os.PathLike | str | None = None) -> dict[str, list[str]]:
     """``separate.json`` as ``{"train": [...], "val": [...], "test": [...]}``."""
     path = _root(root) / "separate.json"
     if not path.exists():
-        raise FewAspMissingError(f"{path} is missing; run `epi data fetch fewasp` to download FewAsp")
+        raise FewAspMissingError(f"{path} is missing; {remedies(path.parent)}")
+    record_data_file(path)
     raw = json.loads(path.read_text())
     try:
         return {s: list(raw[_SEPARATE_KEY[s]]) for s in SPLITS}
@@ -182,7 +188,7 @@ def split_path(dataset: str, split: str, *, root: os.PathLike | str | None = Non
 
 
 def has_split(dataset: str, split: str, *, root: os.PathLike | str | None = None) -> bool:
-    """Whether the split file exists (FewAsp(multi) and FewAsp lack train.json in the shared copy)."""
+    """Whether the split file exists (a partial copy may lack some, e.g. the train.json of FewAsp(multi))."""
     return split_path(dataset, split, root=root).exists()
 
 
@@ -195,10 +201,8 @@ def load_split(dataset: str, split: str, *, root: os.PathLike | str | None = Non
     """
     path = split_path(dataset, split, root=root)
     if not path.exists():
-        raise FewAspMissingError(
-            f"{dataset}/{split}.json is missing: no file {path}. Run `epi data fetch fewasp` "
-            f"(epi_utils.acd.data.fetch_fewasp) to download all three FewAsp datasets "
-            f"(the partial shared copy lacks FewAsp(multi)/train.json and FewAsp/train.json).")
+        raise FewAspMissingError(f"{dataset}/{split}.json is missing: no file {path}; {remedies(path.parent.parent)}")
+    record_data_file(path)
     try:
         obj = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -210,9 +214,11 @@ def load_split(dataset: str, split: str, *, root: os.PathLike | str | None = Non
 
 
 # ----------------------------------------------------------------------------------------- fetch
-def _urlopen_bytes(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 (https URLs only)
-        return resp.read()
+def _download_bytes(url: str) -> bytes:
+    """One file through the project's one fetcher (:func:`~epi_utils.workbench.datasets.download_file`,
+    on pooch), as bytes; the mirror loop of :func:`download_fewasp` checks the hash."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return download_file(url, Path(tmp) / "download").read_bytes()
 
 
 def fetch_fewasp(dest: os.PathLike | str | None = None, **options) -> Path:
@@ -220,8 +226,6 @@ def fetch_fewasp(dest: os.PathLike | str | None = None, **options) -> Path:
     ``$EPI_DATA_DIR``) with :func:`download_fewasp` and return that folder. ``options`` go to
     :func:`download_fewasp` (``mirrors``, ``downloader``, ``overwrite``, ``hashes``)."""
     if dest is None:
-        from epi_utils.workbench.runs import data_dir
-
         dest = data_dir()
     root = Path(dest) / "fewasp"
     download_fewasp(root, **options)
@@ -242,7 +246,7 @@ def download_fewasp(dest: os.PathLike | str, *, mirrors: Sequence[str] = MIRRORS
     and writes it to ``dest/FETCHED.json``. Raises :class:`FewAspError` when a file cannot be had.
     """
     dest = Path(dest)
-    get = downloader or _urlopen_bytes
+    get = downloader or _download_bytes
     wanted = ["separate.json"] + [f"{d}/{s}.json" for d in DATASETS for s in SPLITS]
     report: dict[str, dict[str, str]] = {}
     for rel in wanted:

@@ -31,9 +31,6 @@ from epi_utils.acd.metrics import episode_auc
 from epi_utils.acd.models import multilabel_proto_loss
 from epi_utils.acd.threshold import ThresholdPolicy, reinforce_step
 
-FETCH_HINT = ("run `epi data fetch fewasp` (epi_utils.acd.data.fetch_fewasp) to download the three FewAsp "
-              "datasets; the shared copy lacks FewAsp(multi)/train.json and FewAsp/train.json")
-
 
 @dataclass
 class ACDData:
@@ -45,7 +42,7 @@ class ACDData:
     vocab: object
     matrix: np.ndarray | None
     missing: list[str] = field(default_factory=list)
-    where: str = "$EPI_DATA_DIR/fewasp"
+    where: str = ""  # the FewAsp folder searched
 
     def has(self, dataset: str, split: str) -> bool:
         return (dataset, split) in self.splits
@@ -55,7 +52,7 @@ class ACDData:
         """One line naming every missing file and saying once how to get them ("" when none)."""
         if not self.missing:
             return ""
-        return f"missing under {self.where}: {', '.join(self.missing)}; {FETCH_HINT}"
+        return f"missing under {self.where}: {', '.join(self.missing)}; {D.remedies(Path(self.where))}"
 
 
 def load_data(*, root=None, datasets=D.DATASETS, encoder: str = "cnn", tokenizer=None,
@@ -72,7 +69,7 @@ def load_data(*, root=None, datasets=D.DATASETS, encoder: str = "cnn", tokenizer
                 splits[(ds, sp)] = D.load_split(ds, sp, root=root)
             else:
                 missing.append(f"{ds}/{sp}.json")
-    where = "$EPI_DATA_DIR/fewasp" if root is None else Path(root).name
+    where = str(D._root(root))
     if ("FewAsp(single)", "train") not in splits:
         raise D.FewAspMissingError("FewAsp(single)/train.json is needed to train; "
                                    + ACDData({}, {}, None, None, missing, where).missing_note)
