@@ -240,9 +240,10 @@ class ImportanceTracker:
                       chunk_elements: int = 1 << 24) -> None:
         """:meth:`update_param` for several parameters with ``torch._foreach_*`` kernels (one call per
         operation for a chunk of tensors of at most ``chunk_elements`` elements, which bounds the
-        temporaries); the same values as :meth:`update_param`. Sensitivity and block-wise state
-        go one tensor at a time."""
-        if self.estimator == "sensitivity" or self.block_size is not None:
+        temporaries); the same values as :meth:`update_param` (the same element-wise operations in
+        the same order; ``_foreach_*`` on the CPU runs each tensor's ordinary kernel, without a
+        Python round trip per operation and tensor). Block-wise state goes one tensor at a time."""
+        if self.block_size is not None:
             for i, g in zip(indices, grads):
                 self.update_param(task, i, g)
             return
@@ -268,6 +269,15 @@ class ImportanceTracker:
         ema32 = ema if self.state_dtype == torch.float32 else [e.float() for e in ema]
         torch._foreach_mul_(ema32, self.beta)
         torch._foreach_add_(ema32, imp, alpha=1.0 - self.beta)
+        if self.estimator == "sensitivity":  # U <- b2 U + (1 - b2) |I - Ibar| (Ibar just updated, fp32)
+            unc = [self.unc[task][i] for i, _ in chunk]
+            unc32 = unc if self.state_dtype == torch.float32 else [u.float() for u in unc]
+            torch._foreach_sub_(imp, ema32)
+            torch._foreach_abs_(imp)
+            torch._foreach_mul_(unc32, self.beta_unc)
+            torch._foreach_add_(unc32, imp, alpha=1.0 - self.beta_unc)
+            if unc32 is not unc:
+                torch._foreach_copy_(unc, unc32)
         if ema32 is not ema:
             torch._foreach_copy_(ema, ema32)
 
