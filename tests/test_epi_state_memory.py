@@ -218,3 +218,60 @@ def test_tracker_update_equals_whole_model_formula_and_lazy_scores_equal_flat(es
     assert torch.equal(lazy[idx], full[idx]) and torch.equal(lazy.materialize(), full)
     tr._denom_cache.clear()  # without the normalisers of the last materialize()
     assert torch.equal(tr.lazy_flat_scores("t")[idx], full[idx])
+
+
+@pytest.mark.parametrize("form", ["bits", "indices", "auto"])
+def test_frozen_positions_from_packed_sets_equal_the_mask(form):
+    """Issue 34: ``CompactOwners.frozen_positions`` (on packed bytes, no pass over n bools) are
+    exactly the False entries of ``allowed``, and ``allowed_with_frozen`` gives the same mask,
+    for planted owners, overlaps owned, frozen (-2) or free (-1), and a task without a set."""
+    g = torch.Generator().manual_seed(5)
+    n, tasks = 1003, (0, 1, 2, 3)
+    masks = {t: torch.rand(n, generator=g) < share for t, share in zip(tasks, (0.05, 0.2, 0.02, 0.0))}
+    count = sum(m.to(torch.int8) for m in masks.values())
+    owner = torch.full((n,), -1, dtype=torch.int8)
+    for t, m in masks.items():
+        owner[m & (count == 1)] = t
+    overlap = (count > 1).nonzero().squeeze(1)
+    assert overlap.numel() > 10
+    for k, pos in enumerate(overlap.tolist()):  # owners of overlaps: a claimant, frozen, or free
+        claimants = [t for t in tasks if masks[t][pos]]
+        owner[pos] = (claimants[k % len(claimants)], -2, -1)[k % 3]
+    sets = {t: es.TaskSet.from_mask(m, form=form) for t, m in masks.items()}
+    for co in (es.CompactOwners(owner, sets), es.CompactOwners(owner, sets, overlap_pos=overlap)):
+        for tid in (*tasks, -3):
+            want = (owner == -1) | (owner == tid)
+            assert torch.equal(co.allowed(tid), want)
+            assert torch.equal(co.frozen_positions(tid), (~want).nonzero().squeeze(1))
+            allowed, frozen = co.allowed_with_frozen(tid)
+            assert torch.equal(allowed, want) and torch.equal(frozen, (~want).nonzero().squeeze(1))
+    odd = owner.clone()
+    odd[(count == 0).nonzero()[0]] = 2  # an exception: the compact path steps aside, same mask
+    co = es.CompactOwners(odd, sets)
+    assert co.frozen_positions(0) is None and torch.equal(co.allowed_with_frozen(0)[0], co.allowed(0))
+    assert es.CompactOwners(owner, masks, legacy=True).frozen_positions(0) is None
+
+
+def test_masked_adamw_takes_attached_frozen_positions():
+    """A mask whose frozen positions are attached (``attach_frozen_positions``) steps exactly as
+    the same mask without them (positions found by ``nonzero``)."""
+    from epi_utils.lm.masked_adamw import attach_frozen_positions
+
+    g = torch.Generator().manual_seed(6)
+    flat = torch.rand(40, generator=g) > 0.3
+    runs = []
+    for attach in (False, True):
+        params = {"a": torch.nn.Parameter(torch.ones(4, 5)), "b": torch.nn.Parameter(torch.ones(20))}
+        opt = MaskedAdamW(params, lr=0.1)
+        for step in range(3):
+            base = flat.clone()
+            if attach:
+                attach_frozen_positions(base, (~base).nonzero().squeeze(1))
+            masks = {"a": base[:20].view(4, 5), "b": base[20:]}
+            for p in params.values():
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(step))
+            opt.zero_masked_grads(masks)
+            opt.step(masks)
+        runs.append(params)
+    assert all(torch.equal(runs[0][n], runs[1][n]) for n in ("a", "b"))
+    assert torch.equal(runs[1]["a"].detach().reshape(-1)[~flat[:20]], torch.ones(int((~flat[:20]).sum())))
