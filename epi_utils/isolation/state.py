@@ -262,41 +262,6 @@ class CompactOwners:
             owner[self.exc_pos.to_mask()] = self.exc_owner
         return owner
 
-    def frozen_positions(self, tid: int) -> torch.Tensor | None:
-        """Sorted int64 positions of the elements a step of task id ``tid`` may NOT move (the
-        False entries of :meth:`allowed`), computed on the packed bytes: the set bits of the OR of
-        the other tasks' sets (``packed_positions`` scans ``n / 8`` bytes and expands only the
-        nonzero ones; no ``(n,)`` bool pass, no ``nonzero`` over ``n`` elements), less the overlap
-        elements ``tid`` may move (every overlap element is claimed by some other task, so it is
-        among those bits). ``None`` where the compact path does not apply (legacy, exceptions)."""
-        if self.legacy or self.exc_pos.count:
-            return None
-        others = [self._packed(s) for t, s in self.sets.items() if t != tid]
-        if not others:
-            return torch.zeros(0, dtype=torch.int64, device=self.device)
-        acc = others[0].clone() if len(others) > 1 else others[0]
-        for b in others[1:]:
-            acc |= b
-        pos = packed_positions(acc, self.n)
-        if self.overlap_owner.numel():
-            ov = self.overlap_owner
-            free = (ov == -1) | (ov == tid)
-            if bool(free.any()):
-                opos = packed_positions(self._multi_packed(), self.n)
-                keep = torch.ones(pos.shape, dtype=torch.bool, device=pos.device)
-                keep.index_fill_(0, torch.searchsorted(pos, opos[free]), False)
-                pos = pos[keep]
-        return pos
-
-    def allowed_with_frozen(self, tid: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(allowed(tid), frozen_positions(tid))``; the compact mask is built from the positions
-        (one fill and one scatter), equal to :meth:`allowed`."""
-        pos = self.frozen_positions(tid)
-        if pos is None:
-            return self.allowed(tid), None
-        allowed = torch.ones(self.n, dtype=torch.bool, device=self.device)
-        return allowed.index_fill_(0, pos, False), pos
-
     def allowed(self, tid: int) -> torch.Tensor:
         """Bool ``(n,)``: True where a step of task id ``tid`` may move the element (free or owned
         by ``tid``). Legacy: cached per task; compact: built from the sets (a transient)."""

@@ -30,15 +30,6 @@ from __future__ import annotations
 import torch
 
 
-def attach_frozen_positions(base: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Record on a 1-D bool mask ``base`` the sorted int64 positions of its False elements, when
-    its maker already has them (a compact isolation policy computes them from packed sets):
-    :meth:`FrozenPositions.prepare` then takes them instead of a ``nonzero`` pass over ``base``.
-    The caller guarantees ``positions == (~base).nonzero().squeeze(1)``; returns ``base``."""
-    base._frozen_positions = positions
-    return base
-
-
 class FrozenPositions:
     """Flat positions of the False (frozen) elements of bool masks, validated and cached per mask
     tensor: masking hooks return the same mask tensors until their next refresh. The cache holds a
@@ -64,9 +55,7 @@ class FrozenPositions:
                 continue
             if len(self._cache) + len(views) > self.max_entries:
                 self.clear()
-            frozen = getattr(base, "_frozen_positions", None)  # see attach_frozen_positions
-            if frozen is None:
-                frozen = (~base).nonzero().squeeze(1)
+            frozen = (~base).nonzero().squeeze(1)
             starts = torch.tensor([m.storage_offset() - base.storage_offset() for m in views])
             bounds = torch.searchsorted(frozen, torch.stack([starts, starts + torch.tensor([m.numel() for m in views])]))
             for m, start, lo, hi in zip(views, starts.tolist(), bounds[0].tolist(), bounds[1].tolist()):
