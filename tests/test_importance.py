@@ -205,12 +205,14 @@ def test_top_share_flat_equals_top_share_mask_both_scopes():
 
 @pytest.mark.parametrize("estimator", ["taylor", "fisher", "sensitivity"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_multi_tensor_update_bit_identical_to_per_tensor_update(estimator, dtype):
-    """``update`` (``_foreach_*`` kernels over a chunk of tensors, sensitivity included since
-    issue 34) gives exactly the values of ``update_param`` one tensor at a time (the path the
+@pytest.mark.parametrize("large", [False, True])
+def test_multi_tensor_update_bit_identical_to_per_tensor_update(estimator, dtype, large):
+    """``update`` (issue 34: each EMA operation one kernel over the span of the flat state, the
+    products of small tensors by one multi-tensor kernel, of large ones in place; sensitivity
+    included) gives exactly the values of ``update_param`` one tensor at a time (the path the
     sensitivity estimator took before): same element-wise operations in the same order."""
     g = torch.Generator().manual_seed(3)
-    shapes = {"a": (8, 33), "b": (129,), "c": (5, 7), "d": (64, 16)}
+    shapes = {"a": (8, 33), "b": (129,), "c": (5, 7), "d": (64, 16)} | ({"e": (301, 203)} if large else {})
     params = {n: torch.nn.Parameter(torch.randn(s, generator=g)) for n, s in shapes.items()}
     fast, ref = (imp.ImportanceTracker(params, estimator=estimator, state_dtype=dtype, beta=0.85, beta_unc=0.7)
                  for _ in range(2))
