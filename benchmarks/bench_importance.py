@@ -139,9 +139,9 @@ def extra_bytes_per_param(mode: str, *, n_tasks: int, frozen_share: float) -> di
     """Bytes per parameter that EPI's extra passes of one (non-refresh) step move, read + written,
     pass by pass as implemented (``f`` = frozen share of the step's task):
 
-    - importance: ``legacy`` concatenates parameters and gradients (2 x 8 B) then multiplies, takes
-      the absolute value, scales and adds the EMA (12 + 8 + 8 + 12 B) = 56; compact fp32 the same
-      passes per tensor without the concatenations = 40; bf16 adds the up/down casts of the EMA
+    - importance: product, absolute value, scaled EMA, add (12 + 8 + 8 + 12 B) = 40 for ``legacy``
+      (its own tracker pass: since the flat layout the same passes as the fused one, no
+      concatenations) and compact fp32 alike; bf16 adds the up/down casts of the EMA
       (6 + 6) = 52; lean: product and abs (20), block means (4), the EMA of 1/64 = 25.
     - masks (compact only; legacy caches one per task): OR of the other tasks' packed sets
       (3/8 B each), one unpack (int64 spread, select, compare: 7.1 B), negation (2), exceptions
@@ -152,7 +152,7 @@ def extra_bytes_per_param(mode: str, *, n_tasks: int, frozen_share: float) -> di
     """
     f = frozen_share
     if mode == "legacy":
-        return {"importance": 56.0, "masks": 0.0, "masking": 108 * f, "total": 56.0 + 108 * f}
+        return {"importance": 40.0, "masks": 0.0, "masking": 108 * f, "total": 40.0 + 108 * f}
     imp = {"fp32": 40.0, "bf16": 52.0, "lean": 25.0}[mode]
     masks = 18.2 + 0.375 * (n_tasks - 1)
     masking = 1 + 8 * f + 108 * f
