@@ -13,7 +13,7 @@ set (the task's top ``isolation_ratio`` share), and one owner per element. Store
   owned by task ``t``) derived from the critical sets: where exactly one task claims an element it
   owns it, where none does it is free; only the owners of *overlap* elements (claimed by several
   tasks: resolved by score, pinning or freezing) are stored, int8 in position order (the overlap
-  positions are recomputed from the packed sets). ``allowed(t)`` builds the per-step bool mask of
+  positions kept as int32 while 4 B each is below a bit per element, else recomputed from the packed sets). ``allowed(t)`` builds the per-step bool mask of
   task ``t`` from these, so no mask per task is cached. ``legacy=True`` keeps today's int8 vector and a cached bool mask per task (the
   reference for the equality test).
 - :func:`epi_state_bytes_per_param`: the memory model (bytes per parameter element) for ``T``
