@@ -17,7 +17,10 @@ pass), ``bf16`` (fp32 with a bf16 EMA), ``lean`` (an fp32 EMA per block of 64 el
 - ``peft``: ``ImportanceTracker(estimator="sensitivity")`` vs PEFT's AdaLoRA
   ``RankAllocator.update_ipt`` on the same gradients: max abs difference, speed-up.
 
-Usage: ``python benchmarks/bench_importance.py [--steps 40] [--interval 20] [--smollm2] [--threads 1]``
+Times are this thread's CPU time by default with one thread (``--clock cpu``: on a shared machine
+the time the process waits for a core is not counted; ``--clock wall`` for elapsed time).
+
+Usage: ``python benchmarks/bench_importance.py [--steps 40] [--interval 20] [--smollm2] [--threads 1] [--clock cpu]``
 """
 from __future__ import annotations
 
@@ -32,6 +35,15 @@ import torch
 from epi_utils.importance.estimators import ImportanceTracker
 from epi_utils.isolation.policies import make_policy
 from epi_utils.isolation.state import epi_state_bytes_per_param, measured_bytes_per_param
+
+_CLOCK = {"clock": time.perf_counter}
+
+
+def _now() -> float:
+    """The benchmark's clock (``--clock``): ``cpu`` = CPU time of this thread
+    (``time.thread_time``; with one torch thread all the timed work runs on it, so time lost to
+    other jobs on a loaded machine is not counted), ``wall`` = ``time.perf_counter``."""
+    return _CLOCK["clock"]()
 
 
 def adalora_model(*, n_embd: int = 128, n_layer: int = 4, r: int = 8, seed: int = 0):
@@ -66,11 +78,11 @@ def compare_with_peft(*, n_updates: int = 20, seed: int = 0, n_embd: int = 128, 
     for _ in range(n_updates):
         for p in params.values():
             p.grad = torch.randn(p.shape, generator=g)
-        t0 = time.perf_counter()
+        t0 = _now()
         alloc.update_ipt(model)
-        t1 = time.perf_counter()
+        t1 = _now()
         tracker.update("task")
-        t2 = time.perf_counter()
+        t2 = _now()
         t_peft.append(t1 - t0)
         t_ours.append(t2 - t1)
     ours = tracker.raw_scores("task")
@@ -127,9 +139,9 @@ def extra_bytes_per_param(mode: str, *, n_tasks: int, frozen_share: float) -> di
     """Bytes per parameter that EPI's extra passes of one (non-refresh) step move, read + written,
     pass by pass as implemented (``f`` = frozen share of the step's task):
 
-    - importance: ``legacy`` concatenates parameters and gradients (2 x 8 B) then multiplies, takes
-      the absolute value, scales and adds the EMA (12 + 8 + 8 + 12 B) = 56; compact fp32 the same
-      passes per tensor without the concatenations = 40; bf16 adds the up/down casts of the EMA
+    - importance: product, absolute value, scaled EMA, add (12 + 8 + 8 + 12 B) = 40 for ``legacy``
+      (its own tracker pass: since the flat layout the same passes as the fused one, no
+      concatenations) and compact fp32 alike; bf16 adds the up/down casts of the EMA
       (6 + 6) = 52; lean: product and abs (20), block means (4), the EMA of 1/64 = 25.
     - masks (compact only; legacy caches one per task): OR of the other tasks' packed sets
       (3/8 B each), one unpack (int64 spread, select, compare: 7.1 B), negation (2), exceptions
@@ -140,7 +152,7 @@ def extra_bytes_per_param(mode: str, *, n_tasks: int, frozen_share: float) -> di
     """
     f = frozen_share
     if mode == "legacy":
-        return {"importance": 56.0, "masks": 0.0, "masking": 108 * f, "total": 56.0 + 108 * f}
+        return {"importance": 40.0, "masks": 0.0, "masking": 108 * f, "total": 40.0 + 108 * f}
     imp = {"fp32": 40.0, "bf16": 52.0, "lean": 25.0}[mode]
     masks = 18.2 + 0.375 * (n_tasks - 1)
     masking = 1 + 8 * f + 108 * f
@@ -180,16 +192,16 @@ def step_cost(model, *, vocab: int, steps: int, interval: int, batch: int, seq: 
     fwd = []
     for i in range(steps + 2):
         task = tasks[i % len(tasks)]
-        t0 = time.perf_counter()
+        t0 = _now()
         dst.copy_(src)  # copy bandwidth, interleaved with the modes (same machine load)
-        copies.append(8 * src.numel() / (time.perf_counter() - t0))
+        copies.append(8 * src.numel() / (_now() - t0))
         for m, (pol, opt) in runs.items():
             st = states[m]
             st.batch_task = task
-            t0 = time.perf_counter()
+            t0 = _now()
             opt.zero_grad(set_to_none=True)
             model(**data[task]).loss.backward()
-            t1 = time.perf_counter()
+            t1 = _now()
             masks, n_up = {}, 0
             if pol is not None:
                 n_up = pol.n_mask_updates
@@ -198,7 +210,7 @@ def step_cost(model, *, vocab: int, steps: int, interval: int, batch: int, seq: 
             opt.zero_masked_grads(masks)
             torch.nn.utils.clip_grad_norm_(list(named.values()), 1.0)
             opt.step(masks)
-            t2 = time.perf_counter()
+            t2 = _now()
             st.step += 1
             if i < 2:  # warm-up steps are not timed
                 continue
@@ -216,10 +228,10 @@ def step_cost(model, *, vocab: int, steps: int, interval: int, batch: int, seq: 
     big = {"input_ids": ids, "labels": ids}
     for _ in range(2):
         for key, d in ((1, data[tasks[0]]), (tokens_target, big)):
-            t0 = time.perf_counter()
+            t0 = _now()
             model.zero_grad(set_to_none=True)
             model(**d).loss.backward()
-            fb[key].append(time.perf_counter() - t0)
+            fb[key].append(_now() - t0)
     model.zero_grad(set_to_none=True)
     base = statistics.median(post["adamw"])
     step_1k = min(fb[tokens_target]) + base
@@ -303,11 +315,11 @@ def refresh_time(model, *, vocab: int, n_tasks: int = 3, ratio: float = 0.05, re
     for _ in range(reps):
         for m, pol in pols.items():
             tr = pol.tracker
-            t0 = time.perf_counter()
+            t0 = _now()
             scores = {t: (tr.flat_scores(t) if m == "today" else tr.lazy_flat_scores(t)) for t in tr.tasks}
             pol.set_critical_flat(scores, names=tr.names, shapes=[p.shape for p in tr.params])
             del scores
-            times[m].append(time.perf_counter() - t0)
+            times[m].append(_now() - t0)
     med = {m: statistics.median(v) for m, v in times.items()}
     return {"n_params": n, "n_tasks": n_tasks, "ms_per_million_params": {m: 1e3 * v / (n / 1e6) for m, v in med.items()},
             "ratio_to_today": {m: v / med["today"] for m, v in med.items()}}
@@ -318,6 +330,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=40, help="timed steps per mode (tiny)")
     ap.add_argument("--interval", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=("cpu", "wall"), default=None,
+                    help="cpu: this thread's CPU time (default with --threads 1: robust to other jobs on the "
+                    "machine); wall: elapsed time (default with more threads)")
     ap.add_argument("--smollm2", action="store_true", help="also time SmolLM2-135M (slow on CPU)")
     ap.add_argument("--smollm2-steps", type=int, default=20, help="timed steps per mode on SmolLM2")
     ap.add_argument("--smollm2-batch", type=int, default=4, help="sequences of 32 tokens per SmolLM2 step "
@@ -326,7 +341,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--only-smollm2", action="store_true", help="skip the tiny model's sections")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = {"threads": args.threads}
+    clock = args.clock or ("cpu" if args.threads == 1 else "wall")
+    _CLOCK["clock"] = time.thread_time if clock == "cpu" else time.perf_counter
+    result = {"threads": args.threads, "clock": clock}
     if not args.only_smollm2:
         tiny = _gpt2(128, 4, 1000)  # the testbed's tiny architecture (4 layers, 128 wide), 1000-word vocabulary
         result |= {"memory": {f"T{t}": memory(tiny, n_tasks=t, vocab=1000) for t in (3, 7)},

@@ -51,7 +51,7 @@ def test_compact_owners_reproduce_planted_owner_vector():
     sets = {t: es.TaskSet.from_mask(m, form="bits") for t, m in masks.items()}
     co = es.CompactOwners(owner, sets)
     assert co.overlap_owner.tolist() == [1, -2] and co.exc_pos.count == 0  # only the overlaps' owners
-    assert co.nbytes == 2
+    assert co.nbytes == 2 and co._overlap_idx is None  # 2 int32 positions are larger than 10 bits
     assert torch.equal(co.to_int8(), owner)
     legacy = es.CompactOwners(owner, masks, legacy=True)
     for tid in (0, 1, 2, -3):
@@ -73,10 +73,11 @@ def test_memory_model_by_hand():
     legacy = es.epi_state_bytes_per_param(3, mode="legacy")
     assert legacy["total"] == 19.0 and es.epi_state_bytes_per_param(7, mode="legacy")["total"] == 43.0
     # bf16 EMA 2 B/task; 5% sets as bits (1/8 B < 0.2 B of int32); overlaps 2%: one int8 owner each
+    # and, as 4 x 0.02 < 1/8, their int32 positions (issue 34: read per step, not recomputed)
     d = es.epi_state_bytes_per_param(3, mode="bf16", ratio=0.05, overlap_share=0.02)
-    assert d["ema"] == 6.0 and d["critical_sets"] == pytest.approx(0.375) and d["owners"] == pytest.approx(0.02)
-    assert d["total"] == pytest.approx(6.395)
-    # worst-case overlap T * ratio / 2 = 0.175 at T = 7: 14 + 0.875 + 0.175
+    assert d["ema"] == 6.0 and d["critical_sets"] == pytest.approx(0.375) and d["owners"] == pytest.approx(0.1)
+    assert d["total"] == pytest.approx(6.475)
+    # worst-case overlap T * ratio / 2 = 0.175 at T = 7: 14 + 0.875 + 0.175 (positions recomputed)
     assert es.epi_state_bytes_per_param(7, mode="bf16")["total"] == pytest.approx(15.05)
     # 1% sets as indices: 0.04 B/task; lean: 4/64 B/task
     assert es.epi_state_bytes_per_param(7, mode="lean", ratio=0.01, overlap_share=0.0)["total"] == \
@@ -218,3 +219,29 @@ def test_tracker_update_equals_whole_model_formula_and_lazy_scores_equal_flat(es
     assert torch.equal(lazy[idx], full[idx]) and torch.equal(lazy.materialize(), full)
     tr._denom_cache.clear()  # without the normalisers of the last materialize()
     assert torch.equal(tr.lazy_flat_scores("t")[idx], full[idx])
+
+
+def test_kept_overlap_positions_give_the_same_masks():
+    """Issue 34: with few overlaps their int32 positions are kept (read at every step's mask
+    instead of recomputed from the packed sets); masks and owners equal the recomputing path."""
+    g = torch.Generator().manual_seed(7)
+    n = 4000
+    masks = {t: torch.rand(n, generator=g) < 0.05 for t in range(3)}
+    count = sum(m.to(torch.int8) for m in masks.values())
+    owner = torch.full((n,), -1, dtype=torch.int8)
+    for t, m in masks.items():
+        owner[m & (count == 1)] = t
+    overlap = (count > 1).nonzero().squeeze(1)
+    owner[overlap] = torch.tensor([(0, 1, -2)[k % 3] if masks[(0, 1, -2)[k % 3] % 3][p] else -2
+                                   for k, p in enumerate(overlap.tolist())], dtype=torch.int8)
+    sets = {t: es.TaskSet.from_mask(m, form="bits") for t, m in masks.items()}
+    kept = es.CompactOwners(owner, sets, overlap_pos=overlap)
+    derived = es.CompactOwners(owner, sets)
+    assert 0 < overlap.numel() and kept._overlap_idx is not None and derived._overlap_idx is not None
+    recompute = es.CompactOwners(owner, sets, overlap_pos=overlap)
+    recompute._overlap_idx = None
+    assert kept.nbytes == 5 * overlap.numel() and recompute.nbytes == overlap.numel()
+    for tid in (0, 1, 2, -3):
+        want = (owner == -1) | (owner == tid)
+        assert all(torch.equal(co.allowed(tid), want) for co in (kept, derived, recompute))
+    assert all(torch.equal(co.to_int8(), owner) for co in (kept, derived, recompute))

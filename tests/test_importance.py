@@ -201,3 +201,30 @@ def test_top_share_flat_equals_top_share_mask_both_scopes():
         assert torch.equal(imp.top_share_flat(flat, ratio=0.3, scope=scope, sizes=[30, 11]), want)
     with pytest.raises(ValueError, match="sizes"):
         imp.top_share_flat(flat, ratio=0.3, scope="layer", sizes=[3])
+
+
+@pytest.mark.parametrize("estimator", ["taylor", "fisher", "sensitivity"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("large", [False, True])
+def test_multi_tensor_update_bit_identical_to_per_tensor_update(estimator, dtype, large):
+    """``update`` (issue 34: each EMA operation one kernel over the span of the flat state, the
+    products of small tensors by one multi-tensor kernel, of large ones in place; sensitivity
+    included) gives exactly the values of ``update_param`` one tensor at a time (the path the
+    sensitivity estimator took before): same element-wise operations in the same order."""
+    g = torch.Generator().manual_seed(3)
+    shapes = {"a": (8, 33), "b": (129,), "c": (5, 7), "d": (64, 16)} | ({"e": (301, 203)} if large else {})
+    params = {n: torch.nn.Parameter(torch.randn(s, generator=g)) for n, s in shapes.items()}
+    fast, ref = (imp.ImportanceTracker(params, estimator=estimator, state_dtype=dtype, beta=0.85, beta_unc=0.7)
+                 for _ in range(2))
+    for step in range(4):
+        task = "xy"[step % 2]
+        grads = [torch.randn(p.shape, generator=g) for p in params.values()]
+        fast.update(task, grads)
+        ref.begin_update(task)
+        for i, gr in enumerate(grads):
+            ref.update_param(task, i, gr)
+        ref.end_update(task)
+    for task in ("x", "y"):
+        assert all(torch.equal(a, b) for a, b in zip(fast.ema[task], ref.ema[task]))
+        assert all(torch.equal(a, b) for a, b in zip(fast.unc.get(task, []), ref.unc.get(task, [])))
+        assert torch.equal(fast.flat_scores(task), ref.flat_scores(task))

@@ -122,6 +122,9 @@ class ImportanceTracker:
         self.layout = "foreach" if block_size is not None else layout
         self._flat: dict[str, torch.Tensor] = {}
         self._flat_unc: dict[str, torch.Tensor] = {}
+        self._offsets = [0]  # start of each parameter in the flat buffers
+        for p in self.params:
+            self._offsets.append(self._offsets[-1] + p.numel())
         self._denom_cache: dict[str, tuple] = {}  # task -> (n_updates, normalisers) of its last flat_scores
         self.ema: dict[str, list[torch.Tensor]] = {}
         self.unc: dict[str, list[torch.Tensor]] = {}
@@ -173,10 +176,7 @@ class ImportanceTracker:
             if len(grads) != len(self.params):
                 raise ValueError(f"grads has {len(grads)} tensors, expected {len(self.params)}")
             return [g.detach() for g in grads]
-        out = []
-        for name, p in zip(self.names, self.params):
-            out.append(torch.zeros_like(p) if p.grad is None else p.grad.detach())
-        return out
+        return [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in self.params]
 
     def _block_mean(self, t: torch.Tensor) -> torch.Tensor:
         flat = t.reshape(-1)
@@ -240,9 +240,10 @@ class ImportanceTracker:
                       chunk_elements: int = 1 << 24) -> None:
         """:meth:`update_param` for several parameters with ``torch._foreach_*`` kernels (one call per
         operation for a chunk of tensors of at most ``chunk_elements`` elements, which bounds the
-        temporaries); the same values as :meth:`update_param`. Sensitivity and block-wise state
-        go one tensor at a time."""
-        if self.estimator == "sensitivity" or self.block_size is not None:
+        temporaries); the same values as :meth:`update_param` (the same element-wise operations in
+        the same order; ``_foreach_*`` on the CPU runs each tensor's ordinary kernel, without a
+        Python round trip per operation and tensor). Block-wise state goes one tensor at a time."""
+        if self.block_size is not None:
             for i, g in zip(indices, grads):
                 self.update_param(task, i, g)
             return
@@ -258,6 +259,10 @@ class ImportanceTracker:
             self._update_chunk(task, chunk)
 
     def _update_chunk(self, task: str, chunk: Sequence[tuple[int, torch.Tensor]]) -> None:
+        first, last = chunk[0][0], chunk[-1][0]
+        if task in self._flat and last - first + 1 == len(chunk) and all(
+                i == first + k for k, (i, _) in enumerate(chunk)):
+            return self._update_flat_span(task, chunk)
         gs = [g.detach().float() for _, g in chunk]
         if self.estimator == "fisher":
             imp = torch._foreach_mul(gs, gs)
@@ -268,8 +273,47 @@ class ImportanceTracker:
         ema32 = ema if self.state_dtype == torch.float32 else [e.float() for e in ema]
         torch._foreach_mul_(ema32, self.beta)
         torch._foreach_add_(ema32, imp, alpha=1.0 - self.beta)
+        if self.estimator == "sensitivity":  # U <- b2 U + (1 - b2) |I - Ibar| (Ibar just updated, fp32)
+            unc = [self.unc[task][i] for i, _ in chunk]
+            unc32 = unc if self.state_dtype == torch.float32 else [u.float() for u in unc]
+            torch._foreach_sub_(imp, ema32)
+            torch._foreach_abs_(imp)
+            torch._foreach_mul_(unc32, self.beta_unc)
+            torch._foreach_add_(unc32, imp, alpha=1.0 - self.beta_unc)
+            if unc32 is not unc:
+                torch._foreach_copy_(unc, unc32)
         if ema32 is not ema:
             torch._foreach_copy_(ema, ema32)
+
+    def _update_flat_span(self, task: str, chunk: Sequence[tuple[int, torch.Tensor]]) -> None:
+        """:meth:`_update_chunk` for consecutive parameters of the flat layout: the instantaneous
+        importance is written per tensor into one chunk-sized fp32 buffer (the size of the
+        temporaries of the multi-tensor path), then every EMA operation is ONE kernel over the
+        span of the flat state (instead of one per tensor: what dominates for many small tensors,
+        e.g. LoRA adapters). Same element-wise operations in the same order: same values."""
+        lo, hi = self._offsets[chunk[0][0]], self._offsets[chunk[-1][0] + 1]
+        gs = [g if g.dtype == torch.float32 else g.float() for _, g in chunk]  # no autograd here (no_grad)
+        xs = gs if self.estimator == "fisher" else [
+            p if p.dtype == torch.float32 else p.float() for p in (self.params[i] for i, _ in chunk)]
+        if hi - lo < 4096 * len(chunk):  # small tensors: one multi-tensor product, then one copy into place
+            imp = torch.cat([t.reshape(-1) for t in torch._foreach_mul(xs, gs)])
+        else:  # large tensors: each product written in place (no extra pass)
+            imp = torch.empty(hi - lo, dtype=torch.float32, device=self.params[0].device)
+            for (i, _), x, g in zip(chunk, xs, gs):
+                torch.mul(x, g, out=imp[self._offsets[i] - lo:self._offsets[i + 1] - lo].view(g.shape))
+        if self.estimator != "fisher":
+            imp.abs_()
+        e = self._flat[task][lo:hi]
+        e32 = e if e.dtype == torch.float32 else e.float()
+        e32.mul_(self.beta).add_(imp, alpha=1.0 - self.beta)
+        if self.estimator == "sensitivity":
+            u = self._flat_unc[task][lo:hi]
+            u32 = u if u.dtype == torch.float32 else u.float()
+            u32.mul_(self.beta_unc).add_(imp.sub_(e32).abs_(), alpha=1.0 - self.beta_unc)
+            if u32 is not u:
+                u.copy_(u32)
+        if e32 is not e:
+            e.copy_(e32)
 
     @torch.no_grad()
     def update(self, task: str, grads: Sequence[torch.Tensor] | None = None) -> None:

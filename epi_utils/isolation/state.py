@@ -13,7 +13,7 @@ set (the task's top ``isolation_ratio`` share), and one owner per element. Store
   owned by task ``t``) derived from the critical sets: where exactly one task claims an element it
   owns it, where none does it is free; only the owners of *overlap* elements (claimed by several
   tasks: resolved by score, pinning or freezing) are stored, int8 in position order (the overlap
-  positions are recomputed from the packed sets). ``allowed(t)`` builds the per-step bool mask of
+  positions kept as int32 while 4 B each is below a bit per element, else recomputed from the packed sets). ``allowed(t)`` builds the per-step bool mask of
   task ``t`` from these, so no mask per task is cached. ``legacy=True`` keeps today's int8 vector and a cached bool mask per task (the
   reference for the equality test).
 - :func:`epi_state_bytes_per_param`: the memory model (bytes per parameter element) for ``T``
@@ -190,8 +190,9 @@ class CompactOwners:
 
     ``owner``: int8 ``(n,)``; ``sets``: ``task id -> TaskSet or bool (n,)`` (the critical sets the
     owner vector was resolved from). Stored beyond the sets: the owner of each *overlap* element
-    (claimed by two or more tasks), int8 in position order (1 byte per overlap element; the overlap
-    positions themselves are recomputed from the sets), and any element whose owner breaks the
+    (claimed by two or more tasks), int8 in position order (1 byte per overlap element), the
+    overlap positions as int32 while that is smaller than a bit per element (``4 k < n / 8``: read
+    at every step's mask instead of recomputed from the sets; otherwise recomputed), and any element whose owner breaks the
     unique-claimant rule elsewhere (none with the policies of ``isolation``) as a sparse exception.
     ``legacy=True`` stores ``owner`` as is and caches one bool mask per task, as before."""
 
@@ -210,17 +211,31 @@ class CompactOwners:
         self._owner = None
         self.sets = dict(sets)
         if overlap_pos is not None:
+            self._keep_overlap_positions(overlap_pos)
             self.overlap_owner = owner.index_select(0, overlap_pos.to(torch.int64)).to(torch.int8)
             self.exc_pos, self.exc_owner = TaskSet(self.n, idx=torch.zeros(0, dtype=torch.int32), count=0), \
                 torch.zeros(0, dtype=torch.int8)
             return
         mp = self._multi_packed()
         multi = unpack_bits(mp, self.n)
-        self.overlap_owner = owner.index_select(0, packed_positions(mp, self.n)).to(torch.int8)
+        opos = packed_positions(mp, self.n)
+        self._keep_overlap_positions(opos)
+        self.overlap_owner = owner.index_select(0, opos).to(torch.int8)
         naive = self._naive(multi)
         pos = ((owner != naive) & ~multi).nonzero().squeeze(1)
         self.exc_pos = TaskSet.from_indices(pos, self.n)
         self.exc_owner = owner[pos].to(torch.int8)
+
+    def _keep_overlap_positions(self, pos: torch.Tensor) -> None:
+        """Keep the sorted overlap positions as int32 when smaller than a bit per element."""
+        small = 4 * pos.numel() < math.ceil(self.n / 8) and self.n < 2 ** 31
+        self._overlap_idx = pos.to(torch.int32) if small else None
+
+    def _overlap_positions(self) -> torch.Tensor:
+        """Sorted int64 positions of the overlap elements (kept, or recomputed from the sets)."""
+        if self._overlap_idx is not None:
+            return self._overlap_idx.to(torch.int64)
+        return packed_positions(self._multi_packed(), self.n)
 
     def _packed(self, s) -> torch.Tensor:
         if isinstance(s, TaskSet):
@@ -279,7 +294,7 @@ class CompactOwners:
             allowed = torch.ones(self.n, dtype=torch.bool, device=self.device)
         if self.overlap_owner.numel():
             ov = self.overlap_owner
-            pos = packed_positions(self._multi_packed(), self.n)
+            pos = self._overlap_positions()
             allowed.index_put_((pos,), (ov == -1) | (ov == tid))
         if self.exc_pos.count:
             pos = self.exc_pos.to_mask()
@@ -292,7 +307,8 @@ class CompactOwners:
         if self.legacy:  # its cached masks are the policy's cached masks (counted there)
             return self._owner.numel()
         extra = self.exc_pos.nbytes + self.exc_owner.numel() if self.exc_pos.count else 0
-        return self.overlap_owner.numel() + extra
+        kept = self._overlap_idx.numel() * 4 if self._overlap_idx is not None else 0
+        return self.overlap_owner.numel() + kept + extra
 
 
 class LazyMapping(Mapping):
@@ -345,7 +361,7 @@ def epi_state_bytes_per_param(n_tasks: int, *, mode: str = "fp32", ratio: float 
     else:
         ovl = min(1.0, T * ratio / 2) if overlap_share is None else float(overlap_share)
         sets = T * min(1 / 8, 4 * ratio)
-        owners = ovl  # the int8 owner of each overlap element (positions recomputed from the sets)
+        owners = ovl + (4 * ovl if 4 * ovl < 1 / 8 else 0.0)  # int8 owner (+ int32 position while < 1 bit)
         parts = {"ema": ema, "critical_sets": sets, "owners": owners, "cached_masks": 0.0}
     parts["total"] = sum(parts.values())
     parts["adamw"] = 8.0
