@@ -32,6 +32,12 @@ def test_study02_two_workers_equal_one():
                                                                 and b.moved_owned_stage0 != b.moved_owned_stage0)
     with pytest.raises(ConfigError, match="workers"):
         Config(workers=0)
-    with pytest.raises(ConfigError, match="Config.workers: must be 1 on cuda"):
+    with pytest.raises(ConfigError, match="Config.workers: must be 1 on cuda with the local executor"):
         Config(workers=2, device="cuda")
+    Config(workers=2, device="cuda", executor="ray", executor_gpus=1)  # on a cluster each run asks for a GPU
+    assert Config(executor="slurm", executor_partition="gpu", executor_time="1:00:00").executor_options() == \
+        {"partition": "gpu", "time": "1:00:00", "gpus": 0}
+    assert Config(executor="ray").executor_options() == {"address": None, "gpus": 0.0}
+    with pytest.raises(ConfigError, match="Config.executor: is local, so executor_address"):
+        Config(executor_partition="gpu")
     assert not study._SHARED  # the parent keeps no reference to the shared inputs after a study

@@ -54,7 +54,7 @@ Pinned tasks (:meth:`IsolationPolicy.pin`): a pinned task's critical set is kept
 scores for it are ignored) and it owns every element of its set, overlaps included.
 
 Probe batches: ``probe_data`` maps task -> list of batches (dicts with ``input_ids``,
-``attention_mask``, ``labels``); ``isolation_study.study.batches_for`` builds them.
+``attention_mask``, ``labels``); ``epi_utils.isolation_study.inputs.batches_for`` builds them.
 Batch tasks come from ``state.batch_task``; ``None`` raises (masks need task-homogeneous batches).
 Gradient accumulation: EPI updates importance once per ``after_backward`` call.
 """

@@ -81,6 +81,22 @@ class Config(StudyConfig):
     torch_threads: int = option(1, "intra-op threads; 0 keeps the torch default", ge=0)
     workers: int = option(1, "processes running the runs side by side (CPU; each with torch_threads threads; "
                              "same results as 1)", ge=1)
+    executor: str = option("local", "where the grid's runs go: local processes, a Ray cluster or SLURM (submitit)",
+                           choices=("local", "ray", "slurm"))
+    executor_address: str = option("", "ray: address of an existing cluster (auto or ray://host:10001); "
+                                       "empty starts a local one")
+    executor_partition: str = option("", "slurm: partition of the runs' jobs")
+    executor_time: str = option("", "slurm: time limit per run (HH:MM:SS); empty keeps the default")
+    executor_gpus: float = option(0.0, "ray or slurm: GPUs per run", ge=0)
+
+    def executor_options(self) -> dict:
+        """Backend options of :func:`epi_utils.workbench.executors.map_jobs` for ``executor``."""
+        if self.executor == "ray":
+            return {"address": self.executor_address or None, "gpus": self.executor_gpus}
+        if self.executor == "slurm":
+            return {"partition": self.executor_partition or None, "time": self.executor_time or None,
+                    "gpus": int(self.executor_gpus)}
+        return {}
 
     def check(self) -> None:
         if "full_sft" not in self.bounds:
@@ -92,8 +108,12 @@ class Config(StudyConfig):
             raise self.error("n_val_per_task", "must be >= 1 when EWC's lambda is chosen on the validation split")
         if "replay" in self.bounds and self.replay_samples < 1:
             raise self.error("replay_samples", "must be >= 1 when the replay bound is run")
-        if self.workers > 1 and self.device.startswith("cuda"):
-            raise self.error("workers", "must be 1 on cuda (worker processes are for CPU cores)")
+        if self.workers > 1 and self.device.startswith("cuda") and self.executor == "local":
+            raise self.error("workers", "must be 1 on cuda with the local executor (worker processes are for CPU "
+                                        "cores; on ray or slurm each run asks for executor_gpus)")
+        if self.executor == "local" and (self.executor_address or self.executor_partition or self.executor_time
+                                         or self.executor_gpus):
+            raise self.error("executor", "is local, so executor_address/partition/time/gpus do not apply")
         if len(self.tasks) < 2:
             raise self.error("world_tasks" if self.data_source == "world" else "hf_tasks",
                              "needs at least two tasks (stage 0 | stage 1)")

@@ -270,7 +270,7 @@ def _run_jobs(jobs: list[tuple], *, base, data: dict, cfg: Config, desc: str) ->
     same records, in job order, as one process)."""
     try:
         return map_jobs(_run_job, jobs, workers=cfg.workers, threads=torch.get_num_threads(), init=_share,
-                        initargs=(base, data, cfg), desc=desc)
+                        initargs=(base, data, cfg), desc=desc, executor=cfg.executor, **cfg.executor_options())
     finally:
         _SHARED.clear()  # in one process, the inputs were shared with this one
 
@@ -304,8 +304,8 @@ def run_study(cfg: Config, *, progress: Callable = progress_mod.progress, inputs
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     device = cfg.torch_device
-    if cfg.workers > 1 and device.type == "cuda":
-        raise cfg.error("workers", "must be 1 on cuda (worker processes are for CPU cores)")
+    if cfg.workers > 1 and device.type == "cuda" and cfg.executor == "local":
+        raise cfg.error("workers", "must be 1 on cuda with the local executor (worker processes are for CPU cores)")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
