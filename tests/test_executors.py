@@ -131,7 +131,12 @@ def test_ray_gives_the_local_results_and_failures(local_ray):
 def test_ctrl_c_cancels_remote_tasks(request, tmp_path, monkeypatch, executor):
     """A Ctrl-C in the submitting process cancels what is running remotely and starts nothing more."""
     import _thread
+    import signal
 
+    # a suite started in the background (&, nohup) inherits SIGINT ignored, and interrupt_main then does
+    # nothing: give this process a terminal's SIGINT handler for the test
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p))
     if executor == "ray":
         request.getfixturevalue("local_ray")
