@@ -17,6 +17,9 @@ SOURCES = sorted({*REPO.glob("epi_utils/**/*.py"), *REPO.glob("tests/*.py"), *RE
 PATH_RE = re.compile(r"(?<![\w/.-])((?:docs|epi_utils|tests|notebooks|benchmarks|scripts)/[\w./()-]*\w)")
 NAME_RE = re.compile(r"(?<![\w.])(epi_utils(?:\.[A-Za-z_]\w*)+)")
 SKIP = re.compile(r"[<>{}*]")
+#: paths that exist only at run time: Lab copies written by `epi lab-params` (git-ignored) and the toy
+#: notebooks tests write into their temporary folders
+GENERATED = ("notebooks/lab", "notebooks/99_toy.ipynb")
 
 
 def _resolve_name(dotted: str) -> bool:
@@ -42,7 +45,7 @@ def _references(pattern: re.Pattern) -> dict[str, set[str]]:
             continue
         for m in pattern.finditer(path.read_text(encoding="utf-8", errors="replace")):
             ref = m.group(1).rstrip(".")
-            if not SKIP.search(ref):
+            if not SKIP.search(ref) and not ref.startswith(GENERATED):
                 found.setdefault(ref, set()).add(str(path.relative_to(REPO)))
     return found
 
