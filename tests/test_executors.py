@@ -294,9 +294,12 @@ def test_a_dead_kernel_fails_its_point_and_a_single_seed_has_no_interval(tmp_pat
 
 def test_bad_jobs_and_executor_options_are_refused(toy_notebook, tmp_path, capsys):
     base = ["sweep", str(toy_notebook), "--profile", "smoke", "-p", "seed", "0,1", "--out", str(tmp_path / "r")]
-    for extra, said in ((["--jobs", "-3"], "jobs (--jobs) must be a positive integer, got -3"),
-                        (["--jobs", "0"], "must be a positive integer, got 0"),
-                        (["--address", "auto"], "--address do(es) not apply to --executor local"),
+    for jobs in ("-3", "0"):  # refused by the argument parser (exit status 2, as argparse exits)
+        with pytest.raises(SystemExit) as info:
+            cli.main(base + ["--jobs", jobs])
+        assert info.value.code == 2
+        assert f"argument --jobs: expected a whole number of at least 1, got {jobs}" in capsys.readouterr().err
+    for extra, said in ((["--address", "auto"], "--address do(es) not apply to --executor local"),
                         (["--executor", "ray", "--partition", "gpu"], "--partition do(es) not apply to --executor ray")):
         assert cli.main(base + extra) == 2
         assert said in capsys.readouterr().err
