@@ -223,11 +223,15 @@ class ImportanceTracker:
             imp = self.params[i].detach().float().mul(g).abs_()
         if self.block_size is not None:
             imp = self._block_mean(imp)
-        e = self.ema[task][i]
+        self._fold(imp, self.ema[task][i], self.unc[task][i] if self.estimator == "sensitivity" else None)
+
+    def _fold(self, imp: torch.Tensor, e: torch.Tensor, u: torch.Tensor | None) -> None:
+        """Fold instantaneous importance ``imp`` (fp32, consumed) into the EMA view ``e`` and, for the
+        sensitivity estimator, the uncertainty view ``u`` (AdaLoRA: ``u <- b u + (1 - b) |imp - e|``),
+        in fp32 whatever the state's dtype. The one EMA step of :meth:`update_param` and the flat path."""
         e32 = e if e.dtype == torch.float32 else e.float()
         e32.mul_(self.beta).add_(imp, alpha=1.0 - self.beta)
-        if self.estimator == "sensitivity":
-            u = self.unc[task][i]
+        if u is not None:
             u32 = u if u.dtype == torch.float32 else u.float()
             u32.mul_(self.beta_unc).add_(imp.sub_(e32).abs_(), alpha=1.0 - self.beta_unc)
             if u32 is not u:
@@ -303,17 +307,8 @@ class ImportanceTracker:
                 torch.mul(x, g, out=imp[self._offsets[i] - lo:self._offsets[i + 1] - lo].view(g.shape))
         if self.estimator != "fisher":
             imp.abs_()
-        e = self._flat[task][lo:hi]
-        e32 = e if e.dtype == torch.float32 else e.float()
-        e32.mul_(self.beta).add_(imp, alpha=1.0 - self.beta)
-        if self.estimator == "sensitivity":
-            u = self._flat_unc[task][lo:hi]
-            u32 = u if u.dtype == torch.float32 else u.float()
-            u32.mul_(self.beta_unc).add_(imp.sub_(e32).abs_(), alpha=1.0 - self.beta_unc)
-            if u32 is not u:
-                u.copy_(u32)
-        if e32 is not e:
-            e.copy_(e32)
+        self._fold(imp, self._flat[task][lo:hi],
+                   self._flat_unc[task][lo:hi] if self.estimator == "sensitivity" else None)
 
     @torch.no_grad()
     def update(self, task: str, grads: Sequence[torch.Tensor] | None = None) -> None:
