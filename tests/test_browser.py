@@ -15,8 +15,8 @@ and reads the rendered outputs:
 - a two-line notebook: a ``tqdm.auto`` bar renders as an ipywidgets progress widget, not as text
   with "IProgress not found".
 
-The same browser takes full-page screenshots of the published index and of one published report
-into ``reports/screenshots/`` (ignored by git) and checks every image on them loaded.
+The same browser takes full-page screenshots of the published index and of each study's published
+report into ``reports/screenshots/`` (ignored by git) and checks every image on them loaded.
 
 Without ``chromium`` and ``chromedriver`` the tests are skipped with the command that installs them.
 """
@@ -326,11 +326,12 @@ def test_screenshots_of_published_pages(browser):
     index = PUBLISHED / "index.html"
     if not index.is_file():
         pytest.skip(f"nothing published yet ({index.relative_to(REPO)}); enable with: make publish")
-    report = next(iter(sorted(PUBLISHED.glob("*/report.html"))), None)
-    assert report is not None, "the published index has no report beside it"
+    reports = sorted(PUBLISHED.glob("*/report.html"))  # one report per published study
+    assert reports, "the published index has no report beside it"
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    for page, png in ((index, SCREENSHOTS / "published_index.png"),
-                      (report, SCREENSHOTS / f"published_{report.parent.name}.png")):
+    pages = [(index, SCREENSHOTS / "published_index.png")]
+    pages += [(report, SCREENSHOTS / f"published_{report.parent.name}.png") for report in reports]
+    for page, png in pages:
         browser.get(page.as_uri())
         broken = browser.execute_script(
             "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src.slice(0, 80));")

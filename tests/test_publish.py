@@ -45,7 +45,9 @@ def test_index_shows_declared_headlines_and_publish_keeps_other_studies(tmp_path
     assert "$EPI_DATA_DIR" in page
     assert "<title>91_alpha · cpu profile</title>" in page
     index = write_index(reports).read_text()
-    assert "main.acc = 10 [0.5, 1.5]" in index and "zz_first" not in index
+    # grouped by study, headlines named for a reader and rounded to their interval; no raw dotted keys
+    assert "<h2>91 · alpha</h2>" in index and "<h2>92 · beta</h2>" in index
+    assert "main · acc: 10.00 [0.50, 1.50]" in index and "zz_first" not in index and "main.acc" not in index
     # publish both from a process whose EPI_DATA_DIR differs: the run's own data folder (recorded
     # privately in its folder) is still scrubbed, and that note is not published
     monkeypatch.setenv("EPI_DATA_DIR", str(tmp_path / "elsewhere"))
@@ -57,7 +59,7 @@ def test_index_shows_declared_headlines_and_publish_keeps_other_studies(tmp_path
     run_notebook(a, profile="cpu", overrides={"seed": 3}, reports_dir=reports, progress=False)
     target = publish(reports, profile="cpu")
     listed = (target / "index.html").read_text()
-    assert "92_beta" in listed and "91_alpha" in listed and "main.acc = 30" in listed
+    assert "92_beta" in listed and "91_alpha" in listed and "30.00 [0.50, 1.50]" in listed
     assert (target / "92_beta" / "report.html").exists()
     # another profile is linked from the top published index, and links back
     run_notebook(a, profile="smoke", reports_dir=reports, progress=False)
@@ -106,3 +108,44 @@ def test_publish_named_runs_under_a_label(tmp_path):
         publish(reports, profile="cpu-long", run_dirs=[tmp_path], label="x")
     with pytest.raises(ValueError, match="publish label"):
         publish(reports, profile="cpu-long", run_dirs=[first], label="../x")
+
+
+CARD_CELLS = [
+    "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+    "from epi_utils.workbench import plots, runs\n"
+    "from epi_utils.workbench.cards import Card, Headline\n"
+    "from epi_utils.workbench.stats import compare\n"
+    "from epi_utils.workbench.cards import answer_sentence",
+    "cmp = compare([0.50, 0.61, 0.58, 0.66], [0.40, 0.42, 0.45, 0.41], unit='seeds', a_name='new', b_name='old',\n"
+    "              metric='accuracy')\n"
+    "card = Card('Is the new method more accurate than the old one?', answer_sentence(cmp),\n"
+    "            (Headline('accuracy, new', 0.5875, 0.49, 0.68, 'share', '95% t-interval over 4 seeds'),\n"
+    "             Headline('accuracy, old', 0.42, 0.39, 0.45, 'share', '95% t-interval over 4 seeds'),\n"
+    "             Headline('seeds', 4.0)), figure='key_result')\n"
+    "fig, ax = plt.subplots(figsize=(3, 2))\nax.bar(['old', 'new'], [0.42, 0.59])\nax.set_ylabel('accuracy')\n"
+    "plots.save_figure(fig, 'key_result')\n"
+    "runs.save_metrics({'acc': {'new': 0.5875}, 'card': card.to_dict(),\n"
+    "                   'config_table': [{'parameter': 'scale', 'value': scale, 'default': 10.0,\n"
+    "                                     'changed': 'yes' if scale != 10.0 else '', 'meaning': 'multiplier'}]},\n"
+    "                  headlines=['acc.new'])",
+]
+
+
+def test_published_index_is_a_results_page_and_reports_put_results_first(tmp_path):
+    """A study's card (question, answer from its verdict, headlines, key figure) reaches the published
+    index and the top of its report; the configuration is a collapsed parameter table."""
+    nb = write_notebook(tmp_path / "notebooks", "95_cards", TOY_PARAMS, CARD_CELLS)
+    reports = tmp_path / "r"
+    run = run_notebook(nb, profile="cpu", overrides={"scale": 2.0}, reports_dir=reports, progress=False)
+    assert json.loads((run / "metrics.json").read_text())["status"] == "success"
+    target = publish(reports, profile="cpu")
+    index = (target / "index.html").read_text()
+    assert "Is the new method more accurate than the old one?" in index
+    assert "new is better than old on accuracy: new - old" in index  # built from the verdict, not typed
+    assert "accuracy, new" in index and "0.588 [0.490, 0.680]" in index and "<td>4</td>" in index
+    assert "<img class='thumb' src='95_cards/key_result.png'" in index and (target / "95_cards" / "key_result.png").is_file()
+    page = (target / "95_cards" / "report.html").read_text()
+    result_at, notebook_at = page.find("Is the new method more accurate"), page.find("<h1")
+    assert 0 <= result_at < notebook_at, "the result card comes before the notebook's narrative"
+    assert "<details" in page and "Configuration: 1 of 1 parameters differ from their defaults" in page
+    assert "{&#x27;" not in page and "{'" not in page  # no raw dict

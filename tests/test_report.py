@@ -345,7 +345,7 @@ def test_epi_params_tells_a_cell_edited_in_lab_from_the_committed_one(tmp_path, 
 
 def test_headline_intervals_read_both_namings():
     """The index shows an interval for a headline stored as ``<m>_ci95`` or as ``<m>_low``/``<m>_high``."""
-    from epi_utils.workbench.report import _intervals
+    from epi_utils.workbench.index_page import _intervals
 
     metrics = {"a": {"acc": 0.5, "acc_ci95": [0.4, 0.6]}, "f1": 0.7, "f1_low": 0.65, "f1_high": 0.75, "x_low": 1}
     assert _intervals(metrics) == {"a.acc": (0.4, 0.6), "f1": (0.65, 0.75)}

@@ -58,7 +58,8 @@ class Headline:
     def value_text(self) -> str:
         """``"0.778 [0.699, 0.857]"``, or the value alone (three significant digits) without an interval."""
         if self.low is None or self.high is None:
-            return format_number(float(self.value))
+            value = float(self.value)
+            return format_number(int(value) if value.is_integer() else value)  # a count reads "4", not "4.00"
         return format_interval(self.value, self.low, self.high)
 
     def text(self) -> str:

@@ -38,6 +38,7 @@ from epi_utils.workbench import runs
 from epi_utils.workbench.params import ParameterError
 from epi_utils.workbench.progress import progress as default_progress
 from epi_utils.workbench.runs import resolve_device
+from epi_utils.workbench.tables import parameter_table
 
 #: parameters every notebook has that are not config fields (the run's bookkeeping, not the study's).
 NOTEBOOK_ONLY: dict[str, tuple[str, Any, str]] = {
@@ -283,6 +284,8 @@ def save(result: StudyResult, *, run_dir=None) -> dict[str, Any]:
         tmp.replace(tables / f"{name}.csv")
     metrics = dict(result.metrics())
     metrics.setdefault("config", result.config.to_dict())
+    # the report shows the configuration as a collapsed table: value, default, changed?, meaning
+    metrics["config_table"] = parameter_table(result.config).frame.to_dict(orient="records")
     card = getattr(result, "card", None)
     if callable(card):  # the study's result card for the index (epi_utils.workbench.cards.Card)
         metrics["card"] = card().to_dict()

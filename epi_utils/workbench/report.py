@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from epi_utils.workbench import runs
+from epi_utils.workbench import index_page, runs
 from epi_utils.workbench.params import effective_parameters, resolve_parameters, study_name
 from epi_utils.workbench.progress import batch_environment
 
@@ -338,6 +338,34 @@ def _banner(record: Mapping[str, Any]) -> str:
             f"border-left:6px solid {colour};background:#fafafa'>" + " · ".join(parts) + err + "</div>")
 
 
+def _result_box(record: Mapping[str, Any]) -> str:
+    """The run's result card (question, answer, headline numbers) on top of its report: results first."""
+    if not isinstance((record.get("metrics") or {}).get("card"), Mapping):
+        return ""
+    block = index_page.card_block(record, title="Result")
+    return f"<div style='margin:8px;font-family:sans-serif'>{index_page.CARD_STYLE}{block}</div>"
+
+
+def _configuration(record: Mapping[str, Any]) -> str:
+    """The run's configuration as a collapsed parameter table (name, value, default, changed, meaning):
+    the rows the study wrote (``metrics["config_table"]``, :func:`epi_utils.workbench.tables.parameter_table`),
+    else the recorded parameters, those given on the command line or by the profile marked."""
+    rows = (record.get("metrics") or {}).get("config_table")
+    if not isinstance(rows, list) or not rows:
+        given = set(record.get("parameters_given") or ())
+        rows = [{"parameter": k, "value": v, "default": "", "changed": "given" if k in given else "", "meaning": ""}
+                for k, v in (record.get("parameters") or {}).items()]
+    if not rows:
+        return ""
+    columns = [c for c in ("parameter", "value", "default", "changed", "meaning") if any(str(r.get(c, "")) for r in rows)]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in columns) + "</tr>" for r in rows)
+    changed = sum(1 for r in rows if r.get("changed"))
+    summary = f"Configuration: {changed} of {len(rows)} parameters differ from their defaults"
+    return (f"<details style='margin:8px 12px;font-family:sans-serif'><summary>{html.escape(summary)}</summary>"
+            f"<table style='border-collapse:collapse;font-size:13px'><tr>{head}</tr>{body}</table></details>")
+
+
 #: a run folder's private note of the machine paths its report must not show (read when rendering)
 MACHINE_PATHS = ".machine_paths.json"
 
@@ -391,7 +419,7 @@ def render_html(nb_file: Path | str, html_file: Path | str, *, record: Mapping[s
         marker = "<body"
         pos = body.find(marker)
         end = body.find(">", pos) + 1 if pos >= 0 else 0
-        body = body[:end] + _banner(record) + body[end:]
+        body = body[:end] + _banner(record) + _result_box(record) + _configuration(record) + body[end:]
     data_dirs = _run_data_dirs(Path(nb_file).parent)
     runs.atomic_write_text(html_file, _scrub_paths(body, data_dirs=data_dirs))
     return Path(html_file)
@@ -433,85 +461,11 @@ def collect_runs(reports_dir: Path | str | None = None) -> list[RunRecord]:
     return found
 
 
-def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a nested mapping as ``{"a.b.c": value}``; CI pairs and lists are skipped."""
-    return {name: float(value) for name, value in runs.flatten_leaves(metrics, prefix=prefix).items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool)}
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.4g}"
-
-
-def _headline_html(metrics: Mapping[str, Any], headlines: Sequence[str] = (), limit: int = 6) -> str:
-    """The study's declared headline metrics (``runs.save_metrics(..., headlines=[...])``) with their
-    intervals where recorded (``name_ci95``); the first numeric leaves for a run that declared none."""
-    flat = flatten_metrics(metrics)
-    intervals = _intervals(metrics)
-    names = [h for h in headlines if h in flat] or list(flat)[:limit]
-    more = f" … (+{len(flat) - len(names)} more in metrics.json)" if len(flat) > len(names) else ""
-    lines = []
-    for name in names:
-        ci = intervals.get(name)
-        lines.append(f"{html.escape(name)} = {_fmt(flat[name])}" + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""))
-    return "<br>".join(lines) + (f"<br><small>{more}</small>" if more and not headlines else "")
-
-
-def _intervals(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, tuple[float, float]]:
-    out: dict[str, tuple[float, float]] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_intervals(value, prefix=f"{name}."))
-        elif key.endswith("_ci95") and isinstance(value, (list, tuple)) and len(value) == 2:
-            try:
-                out[name[: -len("_ci95")]] = (float(value[0]), float(value[1]))
-            except (TypeError, ValueError):
-                pass
-        elif key.endswith("_low") and f"{key[:-4]}_high" in metrics:  # the contract's naming: <m>_low/<m>_high
-            try:
-                out[name[:-4]] = (float(value), float(metrics[f"{key[:-4]}_high"]))
-            except (TypeError, ValueError):
-                pass
-    return out
-
-
-PAGE_STYLE = ("<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse}"
-              "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:14px}"
-              "th{background:#eee}.success{color:#1b7837}.failed,.interrupted{color:#b2182b}"
-              ".running{color:#8c510a}</style>")
-
-
 def write_index(reports_dir: Path | str | None = None) -> Path:
-    """Rebuild ``<reports>/index.html``: a table of studies and runs with status and headlines."""
+    """Rebuild ``<reports>/index.html``: every run grouped by study, newest first
+    (:func:`epi_utils.workbench.index_page.write_index`)."""
     reports_dir = Path(reports_dir) if reports_dir is not None else default_reports_dir()
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for run in collect_runs(reports_dir):
-        rel = run.path.relative_to(reports_dir).as_posix()
-        links = []
-        if (run.path / "report.html").exists():
-            links.append(f"<a href='{rel}/report.html'>report</a>")
-        links.append(f"<a href='{rel}/metrics.json'>metrics.json</a>")
-        if (run.path / "notebook.ipynb").exists():
-            links.append(f"<a href='{rel}/notebook.ipynb'>notebook</a>")
-        err = run.record.get("error", {}).get("message", "") if isinstance(run.record.get("error"), dict) else ""
-        rows.append(f"<tr><td>{html.escape(run.study)}</td><td>{html.escape(run.run_id)}</td>"
-                    f"<td class='{run.status}'>{run.status}"
-                    f"{'<br><small>' + html.escape(err[:200]) + '</small>' if err else ''}</td>"
-                    f"<td>{html.escape(str(run.profile))}{' (rehearsal)' if (run.record.get('parameters') or {}).get('rehearse') else ''}</td><td>{run.record.get('wall_time_s', '')}</td>"
-                    f"<td>{_headline_html(run.metrics, run.record.get('headlines') or ())}</td><td>{' · '.join(links)}</td></tr>")
-    sweeps = sorted(reports_dir.glob("*/_sweeps/*/summary.html"), reverse=True)
-    sweep_html = "".join(f"<li><a href='{p.relative_to(reports_dir).as_posix()}'>{html.escape(p.parent.parent.parent.name)}"
-                         f" / {html.escape(p.parent.name)}</a></li>" for p in sweeps)
-    published = (reports_dir / "published" / "index.html").exists()
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>epi reports</title>" + PAGE_STYLE +
-            "</head><body><h1>Reports</h1>"
-            + ("<p><a href='published/index.html'>Published results (committed)</a></p>" if published else "")
-            + "<table><tr><th>study</th><th>run</th><th>status</th><th>profile</th><th>wall s</th>"
-              "<th>headline numbers</th><th>links</th></tr>" + "".join(rows) + "</table>"
-            + (f"<h2>Sweeps</h2><ul>{sweep_html}</ul>" if sweep_html else "") + "</body></html>")
-    return runs.atomic_write_text(reports_dir / "index.html", page)  # a full disk keeps the old index whole
+    return index_page.write_index(reports_dir, collect_runs(reports_dir))
 
 
 def publish(reports_dir: Path | str | None = None, *, profile: str = "cpu",
@@ -562,7 +516,10 @@ def publish(reports_dir: Path | str | None = None, *, profile: str = "cpu",
         dest.mkdir(parents=True)
         render_html(run.path / "notebook.ipynb", dest / "report.html", record=run.record, embed_images=True)
         shutil.copy2(run.path / "metrics.json", dest / "metrics.json")
-    write_published_index(root)
+        figure = index_page.key_figure_name(run.record)  # the card's key figure, for the index's thumbnail
+        if figure and (run.path / "figures" / f"{figure}.png").is_file():
+            shutil.copy2(run.path / "figures" / f"{figure}.png", dest / f"{figure}.png")
+    index_page.write_published_index(root)
     return target
 
 
@@ -573,45 +530,3 @@ def _is_rehearsal(run: RunRecord) -> bool:
 def _publishable(run: RunRecord, profile: str) -> bool:
     """A successful run of ``profile`` that is not a GPU rehearsal (rehearsals are never published)."""
     return run.status == STATUS_SUCCESS and run.profile == profile and not _is_rehearsal(run)
-
-
-def _published_profiles(root: Path) -> list[str]:
-    """Profiles published under ``root``: ``cpu`` (root itself) and each ``root/<profile>/``."""
-    found = ["cpu"] if any(root.glob("*/metrics.json")) else []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        if any(sub.glob("*/metrics.json")) and not (sub / "metrics.json").exists():
-            found.append(sub.name)
-    return found
-
-
-def write_published_index(root: Path | str) -> None:
-    """(Re)write ``index.html`` of every published profile under ``root`` from the pages on disk."""
-    root = Path(root)
-    profiles = _published_profiles(root)
-    for profile in profiles:
-        target = root if profile == "cpu" else root / profile
-        up = "" if profile == "cpu" else "../"
-        rows = []
-        for metrics_file in sorted(target.glob("*/metrics.json")):
-            study = metrics_file.parent.name
-            try:
-                rec = json.loads(metrics_file.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            commit = (rec.get("git_commit") or "unknown")[:12]
-            dirty = " (dirty tree)" if rec.get("git_dirty") else ""
-            rows.append(f"<tr><td>{html.escape(study)}</td><td>{html.escape(str(rec.get('run_id')))}</td>"
-                        f"<td><code>{commit}</code>{dirty}</td><td>{rec.get('wall_time_s', '')}</td>"
-                        f"<td>{_headline_html(rec.get('metrics') or {}, rec.get('headlines') or (), limit=8)}</td>"
-                        f"<td><a href='{study}/report.html'>report</a> · <a href='{study}/metrics.json'>metrics.json</a></td></tr>")
-        others = " · ".join(f"<a href='{up}{'' if p == 'cpu' else p + '/'}index.html'>{html.escape(p)}</a>"
-                            for p in profiles if p != profile)
-        page = ("<!doctype html><html><head><meta charset='utf-8'><title>published results · "
-                f"{html.escape(profile)} profile</title>" + PAGE_STYLE +
-                f"</head><body><h1>Published results ({html.escape(profile)} profile)</h1>"
-                + (f"<p>Other published profiles: {others}</p>" if others else "") +
-                "<p>Each page was rendered from the run named here; the commit column names the code that "
-                "produced it. Intervals are 95%; each report says over which unit (seeds, episodes, documents).</p>"
-                "<table><tr><th>study</th><th>run</th><th>commit</th><th>wall s</th><th>headline numbers</th>"
-                "<th>links</th></tr>" + "".join(rows) + "</table></body></html>")
-        runs.atomic_write_text(target / "index.html", page)

@@ -20,9 +20,10 @@ from typing import Any, Mapping, Sequence
 
 from epi_utils.workbench import runs
 from epi_utils.workbench.executors import BACKENDS, DONE, Tasks, check_workers
+from epi_utils.workbench.index_page import PAGE_STYLE, flatten_metrics
 from epi_utils.workbench.params import profiles_dir, resolve_parameters, study_name
 from epi_utils.workbench.progress import progress_line
-from epi_utils.workbench.report import PAGE_STYLE, default_reports_dir, flatten_metrics, run_notebook, write_index
+from epi_utils.workbench.report import default_reports_dir, run_notebook, write_index
 from epi_utils.workbench.stats import interval
 
 

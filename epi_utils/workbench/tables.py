@@ -28,8 +28,6 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from epi_utils.workbench.contract import StudyConfig
-
 #: cell values that mean "nothing here" (compared lower-cased, stripped): a column of only these is dropped.
 EMPTY_VALUES = frozenset({"", "nan", "none", "null", "unknown", "n/a", "na", "-", "\u2013"})
 #: column names formatted as p-values by :func:`format_table` unless ``p_columns`` says otherwise.
@@ -301,7 +299,7 @@ def _same(a: Any, b: Any) -> bool:
     return norm(a) == norm(b)
 
 
-def parameter_table(cfg: StudyConfig, *, extra: Mapping[str, Any] | None = None, changed_first: bool = False,
+def parameter_table(cfg: Any, *, extra: Mapping[str, Any] | None = None, changed_first: bool = False,
                     collapsed: bool = True, meaning: bool = True) -> ReaderTable:
     """The configuration of a run: one row per field of ``cfg`` (a frozen dataclass such as a
     :class:`epi_utils.workbench.contract.StudyConfig`) with columns ``parameter``, ``value``,
