@@ -26,13 +26,12 @@ help:
 venv:
 	@bash scripts/bootstrap.sh
 
+# Two lanes side by side, one core each (scripts/run_lanes.sh): the studies on the synthetic world's
+# pretrained models (00-03) and the real-data studies (04, 05).
+LANE_WORLDS := $(filter notebooks/00_% notebooks/01_% notebooks/02_% notebooks/03_%,$(NOTEBOOKS))
+LANE_DATA := $(filter-out $(LANE_WORLDS),$(NOTEBOOKS))
 reports: venv
-	@status=0; for nb in $(NOTEBOOKS); do \
-	  echo "== $$nb ($(PROFILE))"; \
-	  $(EPI) run $$nb --profile $(PROFILE) || status=1; \
-	done; \
-	$(EPI) report; \
-	echo "reports/index.html written"; exit $$status
+	@bash scripts/run_lanes.sh $(EPI) $(PROFILE) "$(LANE_WORLDS)" "$(LANE_DATA)"
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
