@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 
 from epi_utils.workbench import datasets, runs
+from epi_utils.workbench.cards import Card, Headline
 from epi_utils.workbench.contract import StudyConfig, option
+from epi_utils.workbench.tables import ReaderTable, format_number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,11 +40,12 @@ def describe(*, device) -> dict[str, Any]:
     return info
 
 
-def info_table(info: dict[str, Any]):
-    """``describe()`` as a two-column DataFrame for display."""
+def info_table(info: dict[str, Any]) -> ReaderTable:
+    """``describe()`` as a reader's table: ``property | value``."""
     import pandas as pd
 
-    return pd.DataFrame({"value": {k: str(v) for k, v in info.items()}})
+    frame = pd.DataFrame({"property": list(info), "value": [str(v) for v in info.values()]})
+    return ReaderTable(frame)
 
 
 def availability_table():
@@ -97,3 +100,23 @@ def plot_matmul_times(timing: dict[str, Any]):
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
+
+
+def card(info: dict[str, Any], availability, timing: dict[str, Any]) -> Card:
+    """The index's card for this machine: which data sets are complete, the device and threads, and
+    the matmul throughput (every number from this run's ``describe``, ``availability_table`` and
+    ``time_matmul``)."""
+    complete = int((availability["status"] == "complete").sum())
+    total = len(availability)
+    missing = [str(n) for n, s in zip(availability["name"], availability["status"]) if s != "complete"]
+    answer = (f"{complete} of {total} data sets and model packages are complete"
+              + (f" ({', '.join(missing)} not)" if missing else "")
+              + f"; device {info['device']} with {info['threads']} threads runs a {timing['size']}x{timing['size']} "
+              f"fp32 matmul at {format_number(timing['gflops'])} GFLOP/s.")
+    over = f"median of {len(timing['times_ms'])} repetitions"
+    return Card("What does this machine offer the studies?", answer,
+                (Headline("matmul throughput", float(timing["gflops"]), unit="GFLOP/s", over=over),
+                 Headline("matmul time", float(timing["median_ms"]), unit="ms", over=over),
+                 Headline("data sets and packages complete", float(complete), unit=f"of {total}"),
+                 Headline("torch threads", float(info["threads"]))),
+                figure="matmul_times")

@@ -351,17 +351,19 @@ def _configuration(record: Mapping[str, Any]) -> str:
     the rows the study wrote (``metrics["config_table"]``, :func:`epi_utils.workbench.tables.parameter_table`),
     else the recorded parameters, those given on the command line or by the profile marked."""
     rows = (record.get("metrics") or {}).get("config_table")
+    what = "differ from their defaults"
     if not isinstance(rows, list) or not rows:
         given = set(record.get("parameters_given") or ())
         rows = [{"parameter": k, "value": v, "default": "", "changed": "given" if k in given else "", "meaning": ""}
                 for k, v in (record.get("parameters") or {}).items()]
+        what = "set by the profile or on the command line"
     if not rows:
         return ""
     columns = [c for c in ("parameter", "value", "default", "changed", "meaning") if any(str(r.get(c, "")) for r in rows)]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in columns) + "</tr>" for r in rows)
     changed = sum(1 for r in rows if r.get("changed"))
-    summary = f"Configuration: {changed} of {len(rows)} parameters differ from their defaults"
+    summary = f"Configuration: {changed} of {len(rows)} parameters {what}"
     return (f"<details style='margin:8px 12px;font-family:sans-serif'><summary>{html.escape(summary)}</summary>"
             f"<table style='border-collapse:collapse;font-size:13px'><tr>{head}</tr>{body}</table></details>")
 
