@@ -185,9 +185,17 @@ def test_a_doc2edag_layout_data_set_with_another_schema_runs_from_a_folder(tmp_p
     steps = summary.frontend_table([Rung("no pretraining", e, ds), study_rung(cfg, res)])
     assert list(steps["candidates"][:3]) == ["predicted", "rules", "union"]
     assert steps["decoders"].tolist() == [1, 1, 1] + [1, 1, 1]   # the study row: probes of the first encoder
-    ment, test = summary.targets(res, candidates="union")
+    ment, share = summary.targets(res, candidates="union", mention_target=0.7, bound_share_target=0.6)
     assert ment.value == pytest.approx(np.mean([x.mention["predicted"]["f1"] for x in res.encoders]))  # the NER head's
-    assert test.value == pytest.approx(np.mean([r.scores["micro_f1"] for r in res.rows(candidates="union") if r.method == "probes"]))
+    e2e = np.mean([r.scores["micro_f1"] for r in res.rows(candidates="union") if r.method == "probes"])
+    bound = np.mean([r.scores["micro_f1"] for r in res.rows(candidates=ANNOTATED) if r.method == "probes"])
+    assert share.value == pytest.approx(e2e / bound if bound > 0 else 0.0) and share.target == 0.6
+    # the schedules' choices are recorded, and decoders that barely learned make comparisons not interpretable
+    sel = summary.selection_table(res, min_dev_f1=cfg.min_dev_f1)
+    assert len(sel) == 2 + 2 * 2 * 2 and (sel["kept epoch"] <= sel["last epoch"]).all()
+    table = summary.comparison_table(comps, res, min_dev_f1=1.0)   # nothing reaches dev F1 1.0
+    assert set(table["verdict"]) == {summary.NOT_INTERPRETABLE} and table["problems"].str.contains("barely learned").all()
+    assert result.data.name == "launches" and "launches" in result.card().question
     assert res.encoders[0].history[0].get("dev_mention_f1") is not None
     # the contract's outputs: metrics with intervals named _low/_high over the seed units, headlines present
     metrics = result.metrics()
@@ -198,7 +206,8 @@ def test_a_doc2edag_layout_data_set_with_another_schema_runs_from_a_folder(tmp_p
         node = metrics
         for part in key.split("."):
             node = node[part]
-    assert set(result.frames()) == {"decoders", "encoders", "frontend_steps", "recall_by_events", "lr_search", "comparisons"}
+    assert set(result.frames()) == {"decoders", "encoders", "frontend_steps", "recall_by_events", "lr_search", "comparisons",
+                                    "selection"}
     assert "study_total_s" in result.timings() and "synthetic_s" in result.timings()
     by_count = summary.recall_by_count_table(res.by_count)
     assert {"recall", "recall_low", "recall_high", "n", "unit", "n_docs"} <= set(by_count.columns)

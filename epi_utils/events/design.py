@@ -16,13 +16,14 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from epi_utils.events.config import EventConfig
-from epi_utils.events.frontend import extract_features, predict_mentions, train_encoder
+from epi_utils.events.config import RULE_GATES, EventConfig
+from epi_utils.events.frontend import extract_features, predict_mentions, train_encoder, union_candidates
 from epi_utils.events.methods import Variant, variants_for
 from epi_utils.events.metric import document_stats, evaluate_documents, mention_scores, prf, recall_by_event_count
 from epi_utils.events.prepare import PreparedData
+from epi_utils.events.rules import RuleSet, build_rule_set
 from epi_utils.events.training import decode, selection_key, train_decoder
-from epi_utils.workbench.progress import log_line
+from epi_utils.workbench.progress import format_duration, log_line
 
 ANNOTATED = "annotated"   # candidate-set name of the upper bound: decoded from the annotated mentions
 
@@ -42,6 +43,15 @@ class EncoderRecord:
     pretrain_losses: list[float]
     seconds: float
     step: str = "main"                     # front-end step name ("main" = the study's encoder)
+    best_epoch: int = 0                    # the epoch kept (dev mention F1)
+    max_epochs: int = 0                    # the most epochs allowed
+    rule_gate: float | None = None         # least train precision of a used candidate rule (chosen on dev)
+    gate_f1: dict = field(default_factory=dict)    # gate -> dev mention F1 of the union
+    rules: list = field(default_factory=list)      # the rule patterns (RuleSet.table())
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
 
 
 @dataclass
@@ -118,10 +128,29 @@ class _Encoded:
     record: EncoderRecord
 
 
+def choose_rules(enc, data: PreparedData, cfg: EventConfig) -> RuleSet:
+    """The rule patterns of ``enc``'s candidates, chosen on dev: the schema file's patterns always,
+    and the candidate patterns (built-in ones with ``cfg.builtin_rules``, shapes learned from the
+    training split's annotated mentions) whose precision on train reaches the gate of
+    :data:`~.config.RULE_GATES` that gives the best dev mention F1 of the union (NER + rules; ties:
+    the stricter gate). Sets ``enc.rule_patterns`` and returns the :class:`~.rules.RuleSet` (its
+    ``gate`` and ``gate_f1``)."""
+    rules = build_rule_set(data.cut["train"], user=dict(data.schema.patterns), builtin=cfg.builtin_rules)
+    gold = [d.mentions for d in data.cut["dev"]]
+    found = union_candidates(enc, data.cut["dev"], [rules.patterns(g) for g in RULE_GATES],
+                             min_mention_chars=cfg.min_mention_chars)
+    scores = {g: mention_scores(f, gold)["f1"] for g, f in zip(RULE_GATES, found)}
+    rules.gate = max(RULE_GATES, key=lambda g: (scores[g], 2.0 if g is None else g))   # ties: the stricter gate
+    rules.gate_f1 = scores
+    enc.rule_patterns = rules.patterns()
+    return rules
+
+
 def encode_split(data: PreparedData, cfg: EventConfig, *, seed: int, step: str = "main",
                  test_candidates: Sequence[str] = (), log: Callable[[str], None] | None = None) -> _Encoded:
-    """Train one stage-1 encoder (pretraining on every split's text, dev-chosen epoch), score its
-    candidate sets on dev, and extract the frozen features: ``train`` (``cfg.train_candidates``),
+    """Train one stage-1 encoder (pretraining on every split's text, dev-chosen epoch), choose its
+    rule patterns on dev (:func:`choose_rules`), score its candidate sets on dev, and extract the
+    frozen features: ``train`` (``cfg.train_candidates``),
     ``dev`` (``cfg.candidates``), ``dev_annotated``, ``test`` (``cfg.candidates``), ``test_annotated``
     and ``test_<c>`` for every extra candidate set in ``test_candidates``. ``log`` receives one line
     per encoder epoch."""
@@ -129,6 +158,7 @@ def encode_split(data: PreparedData, cfg: EventConfig, *, seed: int, step: str =
     unlabeled = data.cut["train"] + data.cut["dev"] + data.cut["test"]
     enc = train_encoder(data.cut["train"], data.schema, cfg, seed=seed, unlabeled=unlabeled,
                         dev_docs=data.cut["dev"], log=log)
+    rules = choose_rules(enc, data, cfg)
     kw = {"min_mention_chars": cfg.min_mention_chars}
     mention = {}
     for c in dict.fromkeys(("predicted", "rules", "union", cfg.candidates)):
@@ -146,7 +176,8 @@ def encode_split(data: PreparedData, cfg: EventConfig, *, seed: int, step: str =
         if c != cfg.candidates and f"test_{c}" not in feats:
             feats[f"test_{c}"] = extract_features(enc, data.cut["test"], s, candidates=c, **kw)
     rec = EncoderRecord(seed, mention, list(getattr(enc, "history", [])), list(getattr(enc, "pretrain_losses", [])),
-                        time.perf_counter() - t0, step)
+                        time.perf_counter() - t0, step, getattr(enc, "best_epoch", 0), getattr(enc, "max_epochs", 0),
+                        rules.gate, dict(rules.gate_f1), rules.table())
     return _Encoded(enc, feats, rec)
 
 
@@ -154,7 +185,7 @@ def _evaluate(res: Records, data: PreparedData, cfg: EventConfig, dec, info, *, 
               dec_seed: int, feats: list[dict], candidates: str, secs: float, step: str, lr: float) -> list:
     gold = [d.records for d in data.full["test"]]
     preds = decode(dec, feats, data.schema, cfg)
-    dev = {k: info.get(k) for k in ("best_dev_f1", "best_dev_f1_annotated", "best_epoch", "last_epoch",
+    dev = {k: info.get(k) for k in ("best_dev_f1", "best_dev_f1_annotated", "best_epoch", "last_epoch", "max_epochs",
                                     "exist_threshold", "type_gate")}
     dev["dec_lr"] = lr
     res.decoders.append(DecoderRecord(method, enc_seed, dec_seed, candidates, _flat(evaluate_documents(preds, gold, data.schema)),
@@ -190,52 +221,70 @@ def run_design(data: PreparedData, cfg: EventConfig, *, progress: Callable = sil
     gold_test = [d.records for d in data.full["test"]]
     t_all = time.perf_counter()
     chosen_lr: dict[str, float] = {}
-    units = [(i, j, v) for i in range(cfg.encoder_seeds) for j in range(cfg.decoder_seeds) for v in variants]
-    encoded, enc_seed = None, None
-    for i, j, v in progress(units, desc="study 04 decoders", unit="trained"):
-        if enc_seed != cfg.seed + i:
-            encoded, enc_seed = None, cfg.seed + i
-            encoded = encode_split(data, cfg, seed=enc_seed, test_candidates=extra_candidates if i == 0 else (), log=log)
-            res.encoders.append(encoded.record)
-            res.seconds[f"encoder_{enc_seed}"] = encoded.record.seconds
-            m = encoded.record.mention[cfg.candidates]
-            log(f"study 04 encoder {i + 1}/{cfg.encoder_seeds} (seed {enc_seed}): dev mention P {m['p']:.3f} R {m['r']:.3f} "
-                f"F1 {m['f1']:.3f} ({cfg.candidates} candidates), {encoded.record.seconds:.0f} s")
-        dec_seed = cfg.seed + 100 * (i + 1) + j
-        if v.name not in chosen_lr:   # the dev-tuned search, same grid for every method
-            found = []
-            for lr in cfg.dec_lr_grid or (cfg.dec_lr,):
-                dec, info, secs = _train(encoded, data, v, cfg.replace(dec_lr=lr), dec_seed)
-                key = selection_key(info["best_dev_f1"], info["best_dev_f1_annotated"], info["dev_loss"])
-                found.append((key, lr, dec, info, secs))
-                res.search.append(SearchRecord(v.name, lr, key))
-            best = max(found, key=lambda x: x[0])
-            chosen_lr[v.name] = best[1]
-            for r in res.search:
-                r.chosen = r.chosen or (r.method == v.name and r.dec_lr == best[1])
-            _, lr, dec, info, secs = best
-        else:
-            lr = chosen_lr[v.name]
-            dec, info, secs = _train(encoded, data, v, cfg.replace(dec_lr=lr), dec_seed)
-        run_cfg = cfg.replace(dec_lr=lr)
-        kw = dict(method=v.name, enc_seed=enc_seed, dec_seed=dec_seed, secs=secs, step="main", lr=lr)
-        preds = _evaluate(res, data, run_cfg, dec, info, feats=encoded.feats["test"], candidates=cfg.candidates, **kw)
-        _evaluate(res, data, run_cfg, dec, info, feats=encoded.feats["test_annotated"], candidates=ANNOTATED, **kw)
-        for c in extra_candidates:
-            if i == 0 and c != cfg.candidates:
-                _evaluate(res, data, run_cfg, dec, info, feats=encoded.feats[f"test_{c}"], candidates=c, **kw)
-        for k, s in recall_by_event_count(preds, gold_test, data.schema).items():
-            res.by_count.append({"method": v.name, "unit": f"enc{enc_seed}-dec{dec_seed}", "n_events": k,
-                                 "recall": s["r"], "f1": s["f1"], "n_docs": s["n_docs"]})
-        if i == 0 and j == 0:
-            res.predictions[v.name] = preds
-            res.histories[v.name] = info["history"]
-        last = res.rows(candidates=cfg.candidates)[-1]
-        log(f"study 04 decoder {v.name} enc {enc_seed} dec {dec_seed}: test micro F1 {last.scores['micro_f1']:.3f}, "
-            f"dev F1 {info['best_dev_f1']:.3f} (epoch {info['best_epoch']}/{info['last_epoch']}, "
-            f"lr {lr:g}, threshold {info['exist_threshold']}, gate {info['type_gate']}), {secs:.0f} s")
+    n_dec = cfg.encoder_seeds * cfg.decoder_seeds * len(variants)
+    dec_secs: list[float] = []
+    for i in range(cfg.encoder_seeds):
+        enc_seed = cfg.seed + i
+        encoded = encode_split(data, cfg, seed=enc_seed, test_candidates=extra_candidates if i == 0 else (), log=log)
+        res.encoders.append(encoded.record)
+        res.seconds[f"encoder_{enc_seed}"] = encoded.record.seconds
+        m, e = encoded.record.mention[cfg.candidates], encoded.record
+        log(f"study 04 encoder {i + 1}/{cfg.encoder_seeds} (seed {enc_seed}): dev mention P {m['p']:.3f} R {m['r']:.3f} "
+            f"F1 {m['f1']:.3f} ({cfg.candidates} candidates; epoch {e.best_epoch} kept of {e.epochs} trained, at most "
+            f"{e.max_epochs}; rule gate {e.rule_gate}, {sum(r['used'] for r in e.rules)} of {len(e.rules)} patterns used), "
+            f"{e.seconds:.0f} s")
+        units = [(j, v) for j in range(cfg.decoder_seeds) for v in variants]
+        for j, v in progress(units, desc=f"study 04 decoders of encoder {i + 1}/{cfg.encoder_seeds}", unit="trained"):
+            _decoder_unit(res, data, cfg, encoded, i, j, v, enc_seed, chosen_lr, extra_candidates, gold_test, log,
+                          dec_secs, n_dec, [r.seconds for r in res.encoders])
     res.seconds["total"] = time.perf_counter() - t_all
     return res
+
+
+def _decoder_unit(res, data, cfg, encoded, i, j, v, enc_seed, chosen_lr, extra_candidates, gold_test, log,
+                  dec_secs, n_dec, enc_secs) -> None:
+    """Train (with the learning-rate search the first time a method comes), evaluate and log one
+    decoder unit of :func:`run_design`; the log line's ETA counts the decoders and encoders left,
+    each at the mean time of those done."""
+    t_unit = time.perf_counter()
+    dec_seed = cfg.seed + 100 * (i + 1) + j
+    if v.name not in chosen_lr:   # the dev-tuned search, same grid for every method
+        found = []
+        for lr in cfg.dec_lr_grid or (cfg.dec_lr,):
+            dec, info, secs = _train(encoded, data, v, cfg.replace(dec_lr=lr), dec_seed)
+            key = selection_key(info["best_dev_f1"], info["best_dev_f1_annotated"], info["dev_loss"])
+            found.append((key, lr, dec, info, secs))
+            res.search.append(SearchRecord(v.name, lr, key))
+        best = max(found, key=lambda x: x[0])
+        chosen_lr[v.name] = best[1]
+        for r in res.search:
+            r.chosen = r.chosen or (r.method == v.name and r.dec_lr == best[1])
+        _, lr, dec, info, secs = best
+    else:
+        lr = chosen_lr[v.name]
+        dec, info, secs = _train(encoded, data, v, cfg.replace(dec_lr=lr), dec_seed)
+    run_cfg = cfg.replace(dec_lr=lr)
+    kw = dict(method=v.name, enc_seed=enc_seed, dec_seed=dec_seed, secs=secs, step="main", lr=lr)
+    preds = _evaluate(res, data, run_cfg, dec, info, feats=encoded.feats["test"], candidates=cfg.candidates, **kw)
+    _evaluate(res, data, run_cfg, dec, info, feats=encoded.feats["test_annotated"], candidates=ANNOTATED, **kw)
+    for c in extra_candidates:
+        if i == 0 and c != cfg.candidates:
+            _evaluate(res, data, run_cfg, dec, info, feats=encoded.feats[f"test_{c}"], candidates=c, **kw)
+    for k, s in recall_by_event_count(preds, gold_test, data.schema).items():
+        res.by_count.append({"method": v.name, "unit": f"enc{enc_seed}-dec{dec_seed}", "n_events": k,
+                             "recall": s["r"], "f1": s["f1"], "n_docs": s["n_docs"]})
+    if i == 0 and j == 0:
+        res.predictions[v.name] = preds
+        res.histories[v.name] = info["history"]
+    last = res.rows(candidates=cfg.candidates)[-1]
+    dec_secs.append(time.perf_counter() - t_unit)
+    left_dec = n_dec - len(dec_secs)
+    left_enc = cfg.encoder_seeds - len(enc_secs)
+    eta = left_dec * float(np.mean(dec_secs)) + left_enc * float(np.mean(enc_secs))
+    log(f"study 04 decoder {len(dec_secs)}/{n_dec} {v.name} enc {enc_seed} dec {dec_seed}: test micro F1 "
+        f"{last.scores['micro_f1']:.3f}, dev F1 {info['best_dev_f1']:.3f} (epoch {info['best_epoch']} kept of "
+        f"{info['last_epoch']} trained, at most {info['max_epochs']}; lr {lr:g}, threshold {info['exist_threshold']}, "
+        f"gate {info['type_gate']}), {secs:.0f} s; ETA {format_duration(eta)} ({left_dec} decoders, {left_enc} encoders left)")
 
 
 def frontend_step(data: PreparedData, cfg: EventConfig, *, step: str, seed: int, method: str = "probes",

@@ -30,6 +30,7 @@ from epi_utils.events.encoder import CharVocab, DocumentEncoder, sinusoid
 from epi_utils.events.metric import mention_scores
 from epi_utils.events.pretrain import pretrain_characters
 from epi_utils.events.rules import merge_candidates, rule_mentions
+from epi_utils.events.schedule import Plateau
 from epi_utils.events.schema import EventSchema
 from epi_utils.workbench.progress import progress_line
 
@@ -88,11 +89,13 @@ def train_encoder(docs: Sequence[Document], schema: EventSchema, cfg: EventConfi
                   max_steps: int | None = None, log=None) -> DocumentEncoder:
     """Stage 1: (masked-character pretraining on ``docs`` + ``unlabeled`` text for
     ``cfg.pretrain_epochs``, character Transformer only) then NER + event-type detection on ``docs``
-    for ``cfg.enc_epochs`` (OneCycle learning rate).
+    for at most ``cfg.enc_epochs`` (OneCycle learning rate over that maximum).
 
     With ``dev_docs`` the dev mention P/R/F1 of the NER head (:func:`~.metric.mention_scores`) is
-    measured after every epoch and the best epoch's weights are kept. The returned encoder carries
-    ``history`` (per epoch: loss, dev mention scores) and ``pretrain_losses``. ``max_steps`` stops
+    measured after every epoch, training stops after ``cfg.enc_patience`` epochs without a better
+    one (:class:`~.schedule.Plateau`) and the best epoch's weights are kept. The returned encoder
+    carries ``history`` (per epoch: loss, dev mention scores), ``best_epoch``, ``max_epochs`` and
+    ``pretrain_losses``. ``max_steps`` stops
     early (the GPU rehearsal's few timed steps). ``log`` (a callable) receives one line per epoch.
     """
     torch.manual_seed(seed)
@@ -112,6 +115,8 @@ def train_encoder(docs: Sequence[Document], schema: EventSchema, cfg: EventConfi
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.enc_lr, 10 * cfg.enc_lr], total_steps=steps,
                                                 pct_start=0.1)
     history, best, best_state, done, t0 = [], -1.0, None, 0, time.perf_counter()
+    plateau = Plateau(patience=cfg.enc_patience, max_checks=max(1, cfg.enc_epochs))
+    enc.best_epoch = 0
     for epoch in range(1, cfg.enc_epochs + 1):
         enc.train()
         tot = 0.0
@@ -132,17 +137,20 @@ def train_encoder(docs: Sequence[Document], schema: EventSchema, cfg: EventConfi
             s = mention_scores(found, [d.mentions for d in dev_docs])
             row.update({"dev_mention_p": s["p"], "dev_mention_r": s["r"], "dev_mention_f1": s["f1"]})
             if s["f1"] > best:
-                best, best_state = s["f1"], copy.deepcopy(enc.state_dict())
+                best, best_state, enc.best_epoch = s["f1"], copy.deepcopy(enc.state_dict()), epoch
         history.append(row)
+        stop = dev_docs is not None and plateau.update(row["dev_mention_f1"])
         if log is not None:
-            dev = f", dev mention F1 {row['dev_mention_f1']:.3f}" if "dev_mention_f1" in row else ""
-            log(progress_line(f"encoder seed {seed} epochs", done=epoch, total=cfg.enc_epochs,
-                              elapsed=time.perf_counter() - t0, unit="done") + f"; loss {tot:.1f}{dev}")
-        if max_steps is not None and done >= max_steps:
+            dev = f", dev mention F1 {row['dev_mention_f1']:.3f} (best epoch {enc.best_epoch})" if "dev_mention_f1" in row else ""
+            log(progress_line(f"encoder seed {seed} epochs (at most)", done=epoch, total=cfg.enc_epochs,
+                              elapsed=time.perf_counter() - t0, unit="done") + f"; loss {tot:.1f}{dev}"
+                + ("; dev plateau, stopped" if stop and plateau.plateaued else ""))
+        if stop or (max_steps is not None and done >= max_steps):
             break
     if best_state is not None:
         enc.load_state_dict(best_state)
     enc.history = history
+    enc.max_epochs = cfg.enc_epochs
     return enc.eval()
 
 
@@ -172,9 +180,30 @@ def _candidates(enc, part, tag_logits, starts, candidates, min_chars):
         return ner
     out = []
     for b, d in enumerate(part):
-        rules = rule_mentions(d.sentences)
+        rules = rule_mentions(d.sentences, patterns=getattr(enc, "rule_patterns", None))
         fld = enc.span_fields(tag_logits[b], starts[b], rules)
         out.append(merge_candidates(ner[b], {m: (fld[m], spans) for m, (_, spans) in rules.items()}))
+    return out
+
+
+@torch.no_grad()
+def union_candidates(enc: DocumentEncoder, docs: Sequence[Document], pattern_sets: Sequence[dict], *, batch: int = 16,
+                     min_mention_chars: int = 1) -> list[list[dict]]:
+    """The ``"union"`` candidates of ``docs`` for each rule pattern set of ``pattern_sets`` (one list
+    of per-document candidate dicts per set), the encoder run once per batch."""
+    enc.eval()
+    saved = getattr(enc, "rule_patterns", None)
+    out: list[list[dict]] = [[] for _ in pattern_sets]
+    try:
+        for i in range(0, len(docs), batch):
+            part = docs[i:i + batch]
+            X, _, _, _, starts, _ = enc.encode(part)
+            logits = enc.ner(X)
+            for k, pats in enumerate(pattern_sets):
+                enc.rule_patterns = pats
+                out[k].extend(_candidates(enc, part, logits, starts, "union", min_mention_chars))
+    finally:
+        enc.rule_patterns = saved
     return out
 
 

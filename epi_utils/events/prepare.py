@@ -50,6 +50,7 @@ class PreparedData:
     fractions: tuple
     max_sentences: int
     per_file: dict[str, LoadReport] = field(default_factory=dict)   # split file -> its load report (split files only)
+    name: str = ""                         # the data set's name in reports (schema "name", else the folder)
 
     def describe(self) -> str:
         """The load, where the split came from (a seeded split, or the split files with each file's
@@ -62,7 +63,8 @@ class PreparedData:
             where = f"Split from the files {files} (per file: {loads})"
         else:
             where = f"Split (seed {self.split_seed}, fractions {list(self.fractions)}, stratified by single/multi)"
-        return (f"{self.report.summary()}. {where}: {sizes}. Test gold arguments reachable after truncation to "
+        return (f"Data set: {self.name or 'unnamed'} ({len(self.schema.event_types)} event types: "
+                f"{', '.join(self.schema.event_types)}). {self.report.summary()}. {where}: {sizes}. Test gold arguments reachable after truncation to "
                 f"{self.max_sentences} sentences: {100 * self.reachable:.1f}% ({at}).")
 
 
@@ -92,12 +94,15 @@ def prepare_data(data_path: os.PathLike | str, schema_path: os.PathLike | str, *
         full, report, per_file = load_split_files(data_path, split_files, schema, on_error=on_error, limit_docs=limit_docs)
         data = _prepare(None, report, schema, split_seed, fractions, max_sentences, max_sentence_chars, reach_limits, full)
         data.per_file = per_file
+        data.name = schema.name or Path(data_path).name
         return data
     docs, report = load_documents(data_path, schema, on_error=on_error, limit=limit_docs or None)
     if not docs:
         raise ValueError(f"no valid document under {Path(data_path).name} ({report.summary()}); "
                          f"first errors: {report.messages[:3]}")
-    return _prepare(docs, report, schema, split_seed, fractions, max_sentences, max_sentence_chars, reach_limits)
+    data = _prepare(docs, report, schema, split_seed, fractions, max_sentences, max_sentence_chars, reach_limits)
+    data.name = schema.name or Path(data_path).name
+    return data
 
 
 def load_split_files(folder: os.PathLike | str, split_files: Sequence[str], schema: EventSchema, *,
@@ -155,8 +160,11 @@ def prepare(cfg: EventConfig) -> PreparedData:
     ``cfg.split_seed``."""
     if cfg.data_source == "real":
         folder, schema_path = locate_data(cfg.data_subdir, cfg.schema_file)
-        return prepare_data(folder, schema_path, split_seed=cfg.split_seed, max_sentences=cfg.max_sentences,
+        data = prepare_data(folder, schema_path, split_seed=cfg.split_seed, max_sentences=cfg.max_sentences,
                             max_sentence_chars=cfg.max_sentence_chars, on_error=cfg.on_error, limit_docs=cfg.limit_docs,
                             split_files=cfg.split_files)
-    return synthetic_data(load_schema(SCHEMA_DIR / SYNTHETIC_SCHEMA), n_docs=cfg.synthetic_docs, seed=cfg.split_seed,
+        return data
+    data = synthetic_data(load_schema(SCHEMA_DIR / SYNTHETIC_SCHEMA), n_docs=cfg.synthetic_docs, seed=cfg.split_seed,
                           max_sentences=cfg.max_sentences, max_sentence_chars=cfg.max_sentence_chars)
+    data.name = f"synthetic documents with the schema {SYNTHETIC_SCHEMA}"
+    return data

@@ -1,9 +1,10 @@
 """Training length from the dev score (issue 29): stop at a plateau, and say when a selection is
 not interpretable.
 
-Not yet used by the study's default design (whose published numbers train for fixed counts); the
-redesign trains the encoder and the decoders with :class:`Plateau` and marks comparisons with
-:func:`selection_problems`.
+The study trains the encoder (:func:`~.frontend.train_encoder`, dev mention F1) and every decoder
+(:func:`~.training.train_decoder`, the dev selection key) with :class:`Plateau`, and marks a
+comparison whose decoders :func:`selection_problems` flags as not interpretable
+(:func:`~.summary.comparison_table`).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class Plateau:
     patience: int
     max_checks: int | None = None
     min_delta: float = 0.0
-    best: float = -math.inf
+    best: float | tuple = -math.inf
     best_check: int = 0
     checks: int = 0
 
@@ -35,14 +36,28 @@ class Plateau:
         if self.min_delta < 0:
             raise ValueError(f"min_delta must be >= 0, got {self.min_delta}")
 
-    def update(self, score: float) -> bool:
-        """Record one dev check's ``score``; True when training should stop."""
-        if not math.isfinite(score):
+    def update(self, score: float | tuple) -> bool:
+        """Record one dev check's ``score``; True when training should stop. A tuple score (e.g.
+        :func:`~.training.selection_key`) is compared lexicographically, ``min_delta`` applying to
+        its first element: it improves when its first element gains more than ``min_delta``, or
+        stays within ``min_delta`` of the best and the rest of the tuple is larger."""
+        values = score if isinstance(score, tuple) else (score,)
+        if not values or not all(math.isfinite(v) for v in values):
             raise ValueError(f"dev score must be finite, got {score}")
         self.checks += 1
-        if score > self.best + self.min_delta:
+        if self._improves(score):
             self.best, self.best_check = score, self.checks
         return self.plateaued or self.at_maximum
+
+    def _improves(self, score) -> bool:
+        if not isinstance(score, tuple):
+            return score > self.best + self.min_delta
+        if self.best_check == 0:
+            return True
+        first, best_first = score[0], self.best[0]
+        if first > best_first + self.min_delta:
+            return True
+        return abs(first - best_first) <= self.min_delta and score[1:] > self.best[1:]
 
     @property
     def plateaued(self) -> bool:

@@ -4,7 +4,9 @@ The file has the shape of ``chfinann_event_schema.derived.json`` (values from Do
 ``dee/event_type.py``)::
 
     {"events": [{"event_type": "T", "roles": ["R1", "R2", ...], "key_roles": ["R1"]}, ...],
-     "common_fields_entity_only": ["F1", ...]}          # optional entity-only fields
+     "common_fields_entity_only": ["F1", ...],          # optional entity-only fields
+     "name": "ChFinAnn (Doc2EDAG)",                     # optional: the data set's name in reports
+     "patterns": {"date": "\\d{4}年...", ...}}        # optional: user rule patterns (see rules.py)
 
 No event type or role name is written in code: another data set in the same layout runs with
 nothing but its schema file. The role order is the slot order used by the Doc2EDAG metric.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -31,6 +34,8 @@ class EventSchema:
     key_roles: tuple[tuple[str, ...], ...] = ()
     entity_fields: tuple[str, ...] = ()
     source: str = ""
+    name: str = ""                                       # the data set's name (reports); "" unknown
+    patterns: tuple[tuple[str, str], ...] = ()           # user rule patterns (kind, regex) from the file
     _index: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -45,6 +50,11 @@ class EventSchema:
                 raise ValueError(f"schema: event type {name!r} has no roles")
             if len(set(roles)) != len(roles):
                 raise ValueError(f"schema: event type {name!r} repeats a role: {list(roles)}")
+        for kind, rx in self.patterns:
+            try:
+                re.compile(rx)
+            except re.error as e:
+                raise ValueError(f"schema: pattern {kind!r} is not a regular expression ({e}): {rx!r}") from None
         self._index.update({name: i for i, name in enumerate(self.event_types)})
 
     @property
@@ -78,7 +88,15 @@ class EventSchema:
         return {"events": [{"event_type": t, "roles": list(r),
                             "key_roles": list(self.key_roles[i]) if self.key_roles else []}
                            for i, (t, r) in enumerate(zip(self.event_types, self.roles))],
-                "common_fields_entity_only": list(self.entity_fields), "source": self.source}
+                "common_fields_entity_only": list(self.entity_fields), "source": self.source, "name": self.name,
+                "patterns": dict(self.patterns)}
+
+    def twin_types(self) -> list[tuple[str, ...]]:
+        """Groups of event types with identical role lists (only a type cue tells their records apart)."""
+        groups: dict[tuple, list[str]] = {}
+        for t, roles in zip(self.event_types, self.roles):
+            groups.setdefault(tuple(sorted(roles)), []).append(t)
+        return [tuple(g) for g in groups.values() if len(g) > 1]
 
 
 def schema_from_dict(obj: Mapping[str, Any], *, origin: str = "<dict>") -> EventSchema:
@@ -98,7 +116,14 @@ def schema_from_dict(obj: Mapping[str, Any], *, origin: str = "<dict>") -> Event
             raise ValueError(f"schema {origin}: key_roles {unknown} of {ev['event_type']!r} are not among its roles")
         types.append(ev["event_type"]); roles.append(tuple(rl)); keys.append(tuple(kr))
     fields = tuple(obj.get("common_fields_entity_only", ()) or ())
-    return EventSchema(tuple(types), tuple(roles), tuple(keys), fields, str(obj.get("source", origin)))
+    pats = obj.get("patterns", {}) or {}
+    if not isinstance(pats, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in pats.items()):
+        raise ValueError(f"schema {origin}: 'patterns' must map kind names to regular expressions (strings)")
+    name = obj.get("name", "")
+    if not isinstance(name, str):
+        raise ValueError(f"schema {origin}: 'name' must be a string")
+    return EventSchema(tuple(types), tuple(roles), tuple(keys), fields, str(obj.get("source", origin)), name,
+                       tuple(pats.items()))
 
 
 def load_schema(path: os.PathLike | str) -> EventSchema:

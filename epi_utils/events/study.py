@@ -22,15 +22,19 @@ from epi_utils.events.prepare import PreparedData, prepare
 from epi_utils.events.summary import (
     all_comparisons,
     comparison_table,
+    comparisons,
     decoder_frame,
     frontend_table,
     headline_metrics,
     recall_by_count_table,
     search_table,
+    selection_table,
 )
 from epi_utils.events.synthetic_check import SyntheticCheck, run_check
 from epi_utils.workbench import progress as progress_mod
+from epi_utils.workbench.cards import Card, Headline, answer_sentence
 from epi_utils.workbench.progress import log_line
+from epi_utils.workbench.stats import interval
 
 __all__ = ["ANNOTATED", "Result", "run_study"]
 
@@ -65,7 +69,9 @@ class Result:
                 "frontend_steps": frontend_table(self.ladder),
                 "recall_by_events": recall_by_count_table(self.records.by_count),
                 "lr_search": search_table(self.records.search),
-                "comparisons": comparison_table(all_comparisons(self.records, candidates=self.config.candidates))}
+                "comparisons": comparison_table(all_comparisons(self.records, candidates=self.config.candidates),
+                                                self.records, min_dev_f1=self.config.min_dev_f1),
+                "selection": selection_table(self.records, min_dev_f1=self.config.min_dev_f1)}
 
     def metrics(self) -> dict:
         """The metrics.json payload (:func:`.summary.headline_metrics`)."""
@@ -79,6 +85,41 @@ class Result:
         if self.estimate is not None:
             heads += ["rehearsal.gpu_hours", "rehearsal.decoders.hours"]
         return heads
+
+    def card(self) -> Card:
+        """The index's card: do the probes beat one shared decoder on this data set's test micro F1?
+        The answer is the paired comparison over seed units (or "not interpretable" with the reasons
+        when a decoder kept its last allowed epoch or barely learned); headlines: both methods' micro F1,
+        the probes' bound from the annotated mentions, the NER head's dev mention F1 and the probes'
+        multi-event recall."""
+        cfg, name = self.config, self.data.name or "the data set"
+        a, b = cfg.methods[0], cfg.methods[1] if len(cfg.methods) > 1 else cfg.methods[0]
+        comps = [c for c in comparisons(self.records, candidates=cfg.candidates, metrics=("micro_f1",), pairs=((a, b),))
+                 if c.metric.startswith("micro_f1")]
+        if not comps:
+            answer = f"No paired comparison was made (methods {list(cfg.methods)})."
+        else:
+            problems = comparison_table(comps, self.records, min_dev_f1=cfg.min_dev_f1)["problems"].iloc[0]
+            answer = answer_sentence(comps[0], a=a, b=b, metric=f"{name} test micro F1 ({cfg.candidates} candidates)",
+                                     unit="F1")
+            if problems:
+                answer = f"Not interpretable ({problems}); as measured: {answer}"
+        unit = f"seed units ({cfg.encoder_seeds} encoders x {cfg.decoder_seeds} decoders)"
+
+        def head(label: str, values: list[float], what: str = "micro F1") -> Headline:
+            if len(values) >= 2:
+                return Headline.from_interval(label, interval(values, unit=unit, bounds=(0, 1)), unit=what)
+            return Headline(label, float(values[0]) if values else float("nan"), unit=what)
+
+        rows = lambda c, m: [r.scores["micro_f1"] for r in self.records.rows(candidates=c) if r.method == m]
+        heads = [head(f"{a}, test micro F1", rows(cfg.candidates, a)), head(f"{b}, test micro F1", rows(cfg.candidates, b)),
+                 head(f"{a} from the annotated mentions (upper bound)", rows(ANNOTATED, a)),
+                 head("NER head, dev mention F1", [e.mention["predicted"]["f1"] for e in self.records.encoders
+                                                  if e.step == "main"], "F1"),
+                 head(f"{a}, multi-event recall", [r.scores["multi_recall"] for r in self.records.rows(candidates=cfg.candidates)
+                                                  if r.method == a], "recall")]
+        return Card(f"Do event-specific probes beat one shared decoder on {name} (document-level event extraction)?",
+                    answer, tuple(heads), figure="recall_vs_num_events")
 
     def timings(self) -> dict:
         """Seconds of each encoder, of the design, of each ladder rung, of the synthetic check and of
@@ -103,5 +144,5 @@ def run_study(cfg: EventConfig, *, progress: Callable = progress_mod.progress, d
     data = data if data is not None else prepare(cfg)
     records = run_design(data, cfg, progress=progress, log=log)
     ladder = run_ladder(data, cfg, records, progress=progress, log=log)
-    synthetic, _ = run_check(data.schema, cfg)
+    synthetic, _ = run_check(data.schema, cfg, name=data.name)
     return Result(cfg, data, records, ladder, synthetic, {"run_study": time.perf_counter() - t0})

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from epi_utils.events.data import Document
-from epi_utils.events.design import ANNOTATED, DecoderRecord, Records, SearchRecord
+from epi_utils.events.design import ANNOTATED, DecoderRecord, EncoderRecord, Records, SearchRecord
 from epi_utils.events.ladder import Rung
+from epi_utils.events.schedule import selection_problems
 from epi_utils.events.schema import EventSchema
 from epi_utils.workbench.stats import Comparison, compare, interval_table
 
@@ -94,15 +95,78 @@ def all_comparisons(records: Records, *, candidates: str) -> list[Comparison]:
     return comparisons(records, candidates=candidates) + comparisons(records, candidates=ANNOTATED, metrics=("micro_f1",))
 
 
-def comparison_table(comps: Sequence[Comparison]) -> pd.DataFrame:
+NOT_INTERPRETABLE = "not interpretable"
+
+
+def decoder_problems(r: DecoderRecord, *, min_dev_f1: float) -> list[str]:
+    """Why a decoder's scores do not support a comparison (:func:`~.schedule.selection_problems`):
+    it kept its last allowed epoch, or its dev micro F1 (from the annotated dev mentions when ``r``
+    is decoded from the annotated test mentions) is below ``min_dev_f1``."""
+    d = r.dev
+    f1 = d.get("best_dev_f1_annotated") if r.candidates == ANNOTATED else d.get("best_dev_f1")
+    return selection_problems(best_epoch=int(d.get("best_epoch") or 0), last_epoch=int(d.get("last_epoch") or 0),
+                              max_epochs=int(d.get("max_epochs") or 0), dev_f1=float(f1 or 0.0), min_dev_f1=min_dev_f1)
+
+
+def selection_table(records: Records, *, min_dev_f1: float) -> pd.DataFrame:
+    """What the adaptive schedules chose, one row per trained model of the main run: encoders (kept
+    epoch of at most, dev mention F1, the rule gate) and decoders (kept epoch, last epoch, dev F1) with
+    the problems that make their comparisons not interpretable (empty: none)."""
+    rows = []
+    for e in records.encoders:
+        if e.step != "main":
+            continue
+        last = e.epochs
+        probs = selection_problems(best_epoch=e.best_epoch, last_epoch=last, max_epochs=e.max_epochs,
+                                   dev_f1=e.mention.get("predicted", {}).get("f1", 0.0), min_dev_f1=min_dev_f1)
+        rows.append({"model": f"encoder {e.encoder_seed}", "candidates": "predicted", "kept epoch": e.best_epoch,
+                     "last epoch": last, "most epochs": e.max_epochs, "dev F1": e.mention.get("predicted", {}).get("f1"),
+                     "problems": "; ".join(probs)})
+    seen = set()
+    for r in records.rows():
+        if r.candidates not in ("predicted", "rules") and (r.unit, r.method, r.candidates) not in seen:
+            seen.add((r.unit, r.method, r.candidates))
+            d = r.dev
+            rows.append({"model": f"decoder {r.method} {r.unit}", "candidates": r.candidates,
+                         "kept epoch": d.get("best_epoch"), "last epoch": d.get("last_epoch"),
+                         "most epochs": d.get("max_epochs"),
+                         "dev F1": d.get("best_dev_f1_annotated") if r.candidates == ANNOTATED else d.get("best_dev_f1"),
+                         "problems": "; ".join(decoder_problems(r, min_dev_f1=min_dev_f1))})
+    return pd.DataFrame(rows, columns=["model", "candidates", "kept epoch", "last epoch", "most epochs", "dev F1",
+                                       "problems"])
+
+
+def comparison_table(comps: Sequence[Comparison], records: Records | None = None, *,
+                     min_dev_f1: float = 0.05) -> pd.DataFrame:
     """One row per comparison: means, difference ``diff`` (a - b) with its interval and unit, p,
-    verdict, detectable effect."""
+    verdict, detectable effect. With ``records``, a comparison one of whose decoders (of either
+    method, on the compared candidate set) has a selection problem (:func:`decoder_problems`) gets
+    the verdict ``"not interpretable"`` and its reasons in ``problems``."""
     rows = []
     for c in comps:
+        problems = _comparison_problems(c, records, min_dev_f1) if records is not None else []
         rows.append({"a": c.a_name, "b": c.b_name, "metric": c.metric, "a mean": c.a_mean, "b mean": c.b_mean,
                      "diff": c.diff.mean, "diff_low": c.diff.low, "diff_high": c.diff.high, "interval": c.diff.label(),
-                     "p": c.p_value, "verdict": c.verdict.value, "detectable": c.detectable})
+                     "p": c.p_value, "verdict": NOT_INTERPRETABLE if problems else c.verdict.value,
+                     "detectable": c.detectable, "problems": "; ".join(problems)})
     return pd.DataFrame(rows)
+
+
+def _comparison_problems(c: Comparison, records: Records, min_dev_f1: float) -> list[str]:
+    """Per method of the comparison: how many of its decoders kept their last allowed epoch and how
+    many barely learned (dev F1 below ``min_dev_f1``)."""
+    cand = c.metric[c.metric.rfind("(") + 1:-1] if c.metric.endswith(")") else ""
+    out = []
+    for m in dict.fromkeys((c.a_name, c.b_name)):
+        recs = [r for r in records.rows(candidates=cand) if r.method == m]
+        probs = [decoder_problems(r, min_dev_f1=min_dev_f1) for r in recs]
+        last = sum(any("last epoch" in p for p in ps) for ps in probs)
+        weak = sum(any("barely learned" in p for p in ps) for ps in probs)
+        if last:
+            out.append(f"{last} of {len(recs)} {m} decoders kept their last allowed epoch (still improving)")
+        if weak:
+            out.append(f"{weak} of {len(recs)} {m} decoders have dev F1 below {min_dev_f1} (barely learned)")
+    return out
 
 
 def frontend_table(rungs: Sequence[Rung]) -> pd.DataFrame:
@@ -137,20 +201,30 @@ class Target:
         return {"value": self.value, "target": self.target, "reached": self.reached}
 
 
-def targets(records: Records, *, candidates: str, method: str = "probes",
-            mention_candidates: str = "predicted") -> list[Target]:
-    """The issue's two targets: dev mention F1 of the entity front end's NER head (mean over the
-    study's encoders; ``mention_candidates``, default ``"predicted"``: the head's own spans, the
-    quantity the issue's 44.2 baseline measured) >= 0.70, and test micro F1 of ``method`` decoded
-    from the study's ``candidates`` >= 0.35."""
+def targets(records: Records, *, candidates: str, mention_target: float, bound_share_target: float,
+            method: str = "probes", mention_candidates: str = "predicted") -> list[Target]:
+    """The targets, from the config (``target_mention_f1``, ``target_bound_share``): dev mention F1
+    of the entity front end's NER head (mean over the study's encoders; ``mention_candidates``,
+    default ``"predicted"``: the head's own spans) >= ``mention_target``, and the test micro F1 of
+    ``method`` decoded from the study's ``candidates`` as a share of the same decoders' micro F1
+    decoded from the annotated test mentions (means over the seed units) >= ``bound_share_target``."""
     ment = float(np.mean([e.mention[mention_candidates]["f1"] for e in records.encoders if e.step == "main"]))
     f1 = [r.scores["micro_f1"] for r in records.rows(candidates=candidates) if r.method == method]
-    return [Target("dev_mention_f1", ment, 0.70), Target(f"test_micro_f1_{method}", float(np.mean(f1)) if f1 else 0.0, 0.35)]
+    bound = [r.scores["micro_f1"] for r in records.rows(candidates=ANNOTATED) if r.method == method]
+    share = float(np.mean(f1) / np.mean(bound)) if f1 and bound and np.mean(bound) > 0 else 0.0
+    return [Target("dev_mention_f1", ment, mention_target),
+            Target(f"bound_share_{method}", share, bound_share_target)]
 
 
-def targets_table(records: Records, *, candidates: str) -> pd.DataFrame:
-    """:func:`targets` as a table (one row per target: value, target, reached)."""
-    return pd.DataFrame({t.name: t.to_dict() for t in targets(records, candidates=candidates)}).T
+def config_targets(records: Records, cfg) -> list[Target]:
+    """:func:`targets` with the config's candidates and targets."""
+    return targets(records, candidates=cfg.candidates, mention_target=cfg.target_mention_f1,
+                   bound_share_target=cfg.target_bound_share, method=cfg.methods[0])
+
+
+def targets_table(records: Records, cfg) -> pd.DataFrame:
+    """:func:`config_targets` as a table (one row per target: name, value, target, reached)."""
+    return pd.DataFrame([{"name": t.name, **t.to_dict()} for t in config_targets(records, cfg)])
 
 
 def method_metrics(records: Records, *, candidates: str, keys: Sequence[str] = MAIN_METRICS) -> dict:
@@ -173,9 +247,16 @@ def headline_metrics(result) -> dict:
     cfg, records = result.config, result.records
     comps = all_comparisons(records, candidates=cfg.candidates)
     metrics = method_metrics(records, candidates=cfg.candidates)
-    metrics["targets"] = {t.name: t.to_dict() for t in targets(records, candidates=cfg.candidates)}
+    metrics["targets"] = {t.name: t.to_dict() for t in config_targets(records, cfg)}
     metrics["frontend_steps"] = frontend_table(result.ladder).to_dict(orient="records")
-    metrics["comparisons"] = [c.to_dict() for c in comps]
+    table = comparison_table(comps, records, min_dev_f1=cfg.min_dev_f1)
+    metrics["comparisons"] = [{**c.to_dict(), "verdict": v, "problems": p}
+                              for c, v, p in zip(comps, table["verdict"], table["problems"])] if comps else []
+    metrics["selection"] = selection_table(records, min_dev_f1=cfg.min_dev_f1).to_dict(orient="records")
+    metrics["rules"] = [{"encoder_seed": e.encoder_seed, "gate": e.rule_gate,
+                         "used": sum(r["used"] for r in e.rules), "offered": len(e.rules)}
+                        for e in records.encoders if e.step == "main"]
+    metrics["dataset"] = result.data.name
     metrics["reachable_at"] = {str(k): v for k, v in result.data.reachable_at.items()}
     metrics["synthetic"] = result.synthetic.to_dict()
     metrics["setup"] = {"split": result.data.describe(), "candidates": cfg.candidates, "encoder_seeds": cfg.encoder_seeds,
@@ -237,3 +318,10 @@ def _pair_with_gold(gold: list, pred: list) -> list:
         score = [sum(a is not None and a == b for a, b in zip(p, g)) for p in left]
         out.append(left.pop(int(np.argmax(score))))
     return out + left
+
+
+def rules_table(encoder: EncoderRecord) -> pd.DataFrame:
+    """The rule patterns of one encoder (:meth:`.rules.RuleSet.table`): used ones first, then by
+    train precision."""
+    frame = pd.DataFrame(encoder.rules, columns=["pattern", "source", "train precision", "train matches", "used"])
+    return frame.sort_values(["used", "train precision"], ascending=[False, False], na_position="first")

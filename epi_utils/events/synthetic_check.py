@@ -31,13 +31,18 @@ class SyntheticCheck:
     dev_mention_f1: float           # of the NER head
     passed: bool
     seconds: float
+    schema_name: str = ""
+    twin_types: tuple = ()          # groups of types with identical role lists (only the type cue separates them)
 
     def to_dict(self) -> dict:
         return {"micro_f1": self.micro_f1, "multi_recall": self.multi_recall, "passed": self.passed,
                 "end_to_end_micro_f1": self.end_to_end_micro_f1}
 
     def describe(self) -> str:
-        return (f"synthetic ({self.n_test} test documents), from annotated mentions: micro F1 {self.micro_f1:.3f}, "
+        twins = "; ".join(" / ".join(g) for g in self.twin_types)
+        head = (f"data set: {self.schema_name}, its schema" + (f" (types with identical role lists, told apart only by their type "
+                                                  f"marker: {twins})" if twins else "") + "\n") if self.schema_name else ""
+        return head + (f"synthetic ({self.n_test} test documents), from annotated mentions: micro F1 {self.micro_f1:.3f}, "
                 f"multi-event recall {self.multi_recall:.3f}; bar {BAR} {'passed' if self.passed else 'NOT passed'}\n"
                 f"end to end from NER-head candidates: micro F1 {self.end_to_end_micro_f1:.3f} "
                 f"(dev mention F1 {self.dev_mention_f1:.3f})")
@@ -52,8 +57,9 @@ def check_config(cfg: EventConfig) -> EventConfig:
                        encoder_seeds=1, decoder_seeds=1, dec_lr_grid=())
 
 
-def run_check(schema: EventSchema, cfg: EventConfig) -> tuple[SyntheticCheck, Records]:
-    """Run the check for ``schema`` (``cfg.synthetic_docs`` documents, seed ``cfg.seed``)."""
+def run_check(schema: EventSchema, cfg: EventConfig, *, name: str = "") -> tuple[SyntheticCheck, Records]:
+    """Run the check for ``schema`` (``cfg.synthetic_docs`` documents, seed ``cfg.seed``); ``name``: the
+    data set's name in the description."""
     t0 = time.perf_counter()
     syn = synthetic_data(schema, n_docs=cfg.synthetic_docs, seed=cfg.seed, max_sentences=min(cfg.max_sentences, 24),
                          max_sentence_chars=cfg.max_sentence_chars, min_events=1, max_events=3, share_prob=0.3)
@@ -62,6 +68,7 @@ def run_check(schema: EventSchema, cfg: EventConfig) -> tuple[SyntheticCheck, Re
     e2e = records.rows(candidates="predicted")[0].scores
     ner = records.encoders[0].mention["predicted"]
     check = SyntheticCheck(len(syn.full["test"]), scores["micro_f1"], scores["multi_recall"], e2e["micro_f1"], ner["f1"],
-                           scores["micro_f1"] >= BAR, time.perf_counter() - t0)
+                           scores["micro_f1"] >= BAR, time.perf_counter() - t0,
+                           name or schema.name, tuple(schema.twin_types()))
     return check, records
 

@@ -4,8 +4,9 @@ With the stage-1 encoder frozen (:mod:`.frontend`), a :class:`~.probes.RecordDec
 decode records from candidate mentions. Freezing lets every decoder variant of an encoder share
 exactly the same features and candidates, so variants differ only in the decoder and its losses.
 
-Selection on the dev split (:func:`train_decoder`): the checkpoint (every ``eval_every`` epochs and
-the last; this chooses the number of epochs), the record-existence threshold and the type gate are
+Selection on the dev split (:func:`train_decoder`): the checkpoint (every ``eval_every`` epochs;
+training stops after ``dec_patience`` checks without a better one, at most ``dec_epochs`` epochs:
+this chooses the number of epochs), the record-existence threshold and the type gate are
 chosen by the key ``(dev micro F1 on the test-time candidates, dev micro F1 on the annotated dev
 mentions, -dev loss)``: when the first ties (e.g. 0 at every check, which a weak front end gives
 early in training), the decoder that decodes the annotated mentions best and then the one with the
@@ -28,6 +29,7 @@ from epi_utils.events.losses import slot_nll, supcon
 from epi_utils.events.methods import Variant
 from epi_utils.events.metric import evaluate_documents
 from epi_utils.events.probes import RecordDecoder
+from epi_utils.events.schedule import Plateau
 from epi_utils.events.schema import EventSchema
 
 
@@ -122,11 +124,14 @@ def train_decoder(train_feats: Sequence[dict], schema: EventSchema, variant: Var
                   seed: int, dev_feats: Sequence[dict] | None = None, dev_docs: Sequence[Document] | None = None,
                   dev_gold_feats: Sequence[dict] | None = None, d_in: int, num_fields: int,
                   max_steps: int | None = None) -> tuple[RecordDecoder, dict]:
-    """Stage 2 for one variant; the learning rate ``cfg.dec_lr`` decays on a cosine to 0 over all steps.
+    """Stage 2 for one variant at the constant learning rate ``cfg.dec_lr``.
 
     With ``dev_feats``/``dev_docs`` (and optionally ``dev_gold_feats``, the annotated dev mentions):
-    every ``cfg.eval_every`` epochs and at the last, the checkpoint is scored by
-    :func:`selection_key` (dev F1, dev F1 from annotated mentions, dev loss) and the best kept; then the
+    every ``cfg.eval_every`` epochs and at the last allowed, the checkpoint is scored by
+    :func:`selection_key` (dev F1, dev F1 from annotated mentions, dev loss) and the best kept;
+    training stops after ``cfg.dec_patience`` checks without a better key
+    (:class:`~.schedule.Plateau`) or at ``cfg.dec_epochs`` epochs. Without dev data it trains
+    ``cfg.dec_epochs`` epochs. Then the
     existence threshold (:data:`~.config.THRESHOLDS`, if ``cfg.tune_threshold``) and, with
     ``cfg.type_gate == "dev"``, the type gate (on/off) are chosen by the same key. The choices are set
     on the decoder (``dec.exist_threshold``, ``dec.type_gate``) and returned in ``info`` with the
@@ -141,8 +146,7 @@ def train_decoder(train_feats: Sequence[dict], schema: EventSchema, variant: Var
     dec.exist_threshold = cfg.exist_threshold
     dec.type_gate = cfg.type_gate != "off"
     opt = torch.optim.AdamW(dec.parameters(), lr=cfg.dec_lr)
-    total = max(1, cfg.dec_epochs * len(batches(len(train_feats), cfg.dec_batch, None)))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + np.cos(np.pi * min(i, total) / total)))
+    plateau = Plateau(patience=cfg.dec_patience)
     gold = [d.records for d in dev_docs] if dev_docs is not None else None
 
     def score() -> tuple[float, float]:
@@ -163,7 +167,6 @@ def train_decoder(train_feats: Sequence[dict], schema: EventSchema, variant: Var
             loss.backward()
             torch.nn.utils.clip_grad_norm_(dec.parameters(), 1.0)
             opt.step()
-            sched.step()
             steps += 1
             for k, v in losses.items():
                 tot[k] = tot.get(k, 0.0) + float(v.detach())
@@ -178,12 +181,14 @@ def train_decoder(train_feats: Sequence[dict], schema: EventSchema, variant: Var
             key = selection_key(f1, fa, loss_dev)
             if best is None or key > best:
                 best, best_state, best_epoch = key, copy.deepcopy(dec.state_dict()), epoch
+            last = plateau.update(key) or last
         history.append(row)
         if last:
             break
     if best_state is not None:
         dec.load_state_dict(best_state)
-    info = {"history": history, "best_epoch": best_epoch, "last_epoch": history[-1]["epoch"] if history else 0}
+    info = {"history": history, "best_epoch": best_epoch, "last_epoch": history[-1]["epoch"] if history else 0,
+            "max_epochs": cfg.dec_epochs}
     if dev_feats is not None:
         loss_dev = -best[2]
         gates = [True, False] if cfg.type_gate == "dev" else [cfg.type_gate == "on"]
