@@ -74,6 +74,9 @@ def test_token_bank_matches_direct_encoding():
     with torch.no_grad():
         direct = model.encoder(torch.as_tensor(i2), torch.as_tensor(m2))
     assert torch.equal(m, torch.as_tensor(m2)) and torch.allclose(h, direct, atol=1e-5)
+    part = encode_bank(model.encoder, enc, batch_size=3, sentence_ids=[[11, 3], [0, 19]])  # only these sentences
+    hp, mp = part.batch(sel)
+    assert part.flat.shape[0] == int(lengths[sel].sum()) and torch.equal(mp, m) and torch.allclose(hp, h, atol=1e-6)
 
 
 @pytest.mark.parametrize("cls", [ProtoNet, ProtoAWATT])

@@ -11,11 +11,14 @@ from epi_utils.acd.data import load_split
 
 def test_full_scale_tokens_by_hand():
     cfg = Config(settings=["5way5shot"], n_seeds=1, n_query=5, max_epochs=2, train_episodes=10,
-                    eval_datasets=["FewAsp(single)"], encoder="bert")
+                 archs=["protonet", "proto_awatt"], tune_on="FewAsp(multi)", holdout=0.5,
+                 eval_datasets=["FewAsp(single)"], encoder="bert")
     sizes = rehearsal.full_scale_tokens(cfg)
     assert sizes["micro_batch"] == 50
     assert sizes["train_tokens"] == 2 * 2 * 10 * 50 * 64                      # archs x epochs x episodes x sentences x len
-    assert sizes["forward_tokens"] == 2 * 2 * 3200 * 64 + 2 * (3200 + 4000) * 64  # validation per epoch + evaluation
+    assert sizes["forward_tokens"] == (2 * 10 * 50 * 64                      # joint policy: one episode per step
+                                       + 2 * 2 * 0.5 * 6261 * 64             # held-out share of multi val per epoch
+                                       + 2 * (6261 + 4000) * 64)             # evaluation: tuning split + test
 
 
 def test_toy_copy_has_the_real_layout(tmp_path):
@@ -23,6 +26,7 @@ def test_toy_copy_has_the_real_layout(tmp_path):
     assert set(json.loads((root / "separate.json").read_text())) == {"train", "validation", "test"}
     split = load_split("FewAsp(single)", "test", root=root)  # validates against separate.json
     assert len(split.classes) == 4 and all(len(v) == 8 for v in split.by_class.values())
+    assert rehearsal.TOY_PER_CLASS >= 2 * (2 + 2)  # both halves of a toy split fill a 3way2shot episode of Q = 2
 
 
 def test_rehearsal_needs_the_bert_encoder(tmp_path):
@@ -41,7 +45,8 @@ def test_rehearsal_runs_the_study_and_estimates(tmp_path, monkeypatch):
     assert res.config.settings == ("3way2shot",) and res.config.n_seeds == 1
     assert {r.arch for r in res.training} == {"protonet", "proto_awatt"}
     assert est["rehearsal"]["steps"] == 2 * 4 * len(res.training[0].epoch_seconds)
-    assert set(res.episode_frame().method) == set(study.METHODS)
+    assert set(res.episode_frame().method) == {"protonet", "proto_awatt_static", *study.POLICY_METHODS,
+                                               "proto_awatt_oracle_count"}
     reh = rehearsal.prepare(cfg, tmp_path / "again")
     backbone = next(iter(study.new_model("protonet", reh.toy, reh.data, 0, backbone=reh.backbone).encoder.children()))
     assert backbone.config.model_type == "bert" and backbone.config.hidden_size == 64
@@ -50,7 +55,8 @@ def test_rehearsal_runs_the_study_and_estimates(tmp_path, monkeypatch):
     # the rehearsal's result goes through the notebook's cells: every contract view is complete
     metrics = res.metrics()
     assert all(_has(metrics, key) for key in res.headlines())
-    assert {"per_seed", "results", "comparisons", "training", "per_class_f1", "splits"} <= set(res.frames())
+    assert {"per_seed", "results", "comparisons", "training", "policy_curves", "per_class_f1", "splits"} <= set(res.frames())
+    assert res.card().to_dict()["figure"] == "paired_differences"
     assert res.timings()["wall_seconds"] > 0 and res.attention == []
 
 

@@ -1,7 +1,8 @@
 """Episodic training of Study 05: early stopping restores the best epoch (planted validation
-curve), the jointly trained policy learns, and the study runs end to end on a tiny FewAsp root
-(full protocol where a train.json exists, labelled transfer otherwise; every method scored on the
-same test episodes; a run on FewAsp(single) alone has no transfer tables -- issue 12)."""
+curve), the jointly trained policy learns (on training episodes, or on episodes of a validation
+split with its held-out reward kept), and the study runs end to end on a tiny FewAsp root (every
+method scored on the same test episodes; comparisons over seeds with the oracle's headroom; the
+result card)."""
 import json
 
 import numpy as np
@@ -53,8 +54,8 @@ def toy_root(tmp_path, monkeypatch):
 
 def small_cfg(**kw):
     base = dict(settings=["2way2shot", "3way1shot"], n_seeds=2, n_query=1, train_episodes=4, max_epochs=2, patience=1,
-                val_episodes=3, test_episodes=4, transfer_test_episodes=2, hidden=8, attn_dim=4, policy_epochs=1,
-                shared_training=False)
+                holdout=0.5, val_episodes=3, select_episodes=2, test_episodes=4, hidden=8, attn_dim=4,
+                policy_max_epochs=2, policy_patience=1, shared_training=False)
     return Config(**{**base, **kw})
 
 
@@ -97,49 +98,83 @@ def test_joint_policy_trains_on_training_episodes(toy_root):
                            rng=np.random.default_rng(1), policies=pols)
 
 
-def test_study_protocols_pairing_and_summaries(toy_root):
+def test_joint_policy_on_episodes_of_another_split_records_its_held_out_reward(toy_root):
+    """Issue 30: the joint policy steps on multi-label episodes of validation classes (scored by the
+    current encoder), and its deterministic reward on the held-out episodes is kept per epoch."""
+    data = training.load_data(root=toy_root, datasets=("FewAsp(single)", "FewAsp(multi)"))
+    model = study.new_model("proto_awatt", small_cfg(), data, 0)
+    pol = {2: ThresholdPolicy(2, init_threshold=0.5)}
+    tune, enc = data.splits[("FewAsp(multi)", "val")], data.encoded[("FewAsp(multi)", "val")]
+    held = sample_episodes(tune, 2, n_way=2, k_shot=1, n_query=1, rng=np.random.default_rng(0))
+    before = [p.clone() for p in pol[2].parameters()]
+    fit = training.fit_model(model, data.splits[("FewAsp(single)", "train")], data.encoded[("FewAsp(single)", "train")],
+                             shapes=[(2, 1)], n_query=1, episodes_per_epoch=3, max_epochs=2, patience=3, lr=0.01,
+                             rng=np.random.default_rng(1), val_episodes=held, val_enc=enc, policies=pol,
+                             policy_split=tune, policy_enc=enc, policy_reward="macro_f1")
+    assert len(fit.policy_val_reward) == 2 and all(0 <= r <= 1 for r in fit.policy_val_reward)
+    assert any(not torch.equal(a, b) for a, b in zip(before, pol[2].parameters()))
+    with pytest.raises(ValueError, match="policy_enc"):
+        training.fit_model(model, data.splits[("FewAsp(single)", "train")], data.encoded[("FewAsp(single)", "train")],
+                           shapes=[(2, 1)], n_query=1, episodes_per_epoch=1, max_epochs=1, patience=1, lr=0.01,
+                           rng=np.random.default_rng(1), policies=pol, policy_split=tune)
+
+
+def test_study_design_pairing_and_summaries(toy_root):
     data = training.load_data(root=toy_root)
-    assert data.missing == ["FewAsp/train.json"]
-    res = study.run_study(small_cfg(), data=data, progress=lambda it, **kw: it)
+    cfg = small_cfg()
+    res = study.run_study(cfg, data=data, progress=lambda it, **kw: it)
     eps = res.episode_frame()
-    src = eps.groupby("dataset").train_dataset.first().to_dict()
-    assert src == {"FewAsp(single)": "FewAsp(single)", "FewAsp(multi)": "FewAsp(multi)", "FewAsp": "FewAsp(single)"}
-    assert eps.groupby("dataset").episode.nunique().to_dict() == {"FewAsp(single)": 4, "FewAsp(multi)": 4, "FewAsp": 2}
+    assert set(eps.dataset) == {"FewAsp(multi)", "FewAsp"}
+    assert eps.groupby(["dataset", "method", "setting", "seed"]).size().eq(4).all()
     assert set(eps.method) == set(study.METHODS)
     assert eps[["auc", "macro_f1"]].stack().between(0, 1).all()
-    # one model per setting and seed, two architectures, two training sources
-    assert len(res.training) == 2 * 2 * 2 * 2 and {r.settings for r in res.training} == {("2way2shot",), ("3way1shot",)}
-    # the three Proto-AWATT rows share one encoder and the same test episodes: identical AUC
+    # one model per setting, seed and architecture (five), all trained on FewAsp(single)
+    assert len(res.training) == 2 * 2 * 5 and {r.settings for r in res.training} == {("2way2shot",), ("3way1shot",)}
+    assert all(len(r.policy_val_reward) == len(r.val_auc) for r in res.training if r.arch == "proto_awatt")
+    # every method sees the same test episodes: the Proto-AWATT rows share one encoder (identical AUC)
     piv = eps.pivot_table(index=["dataset", "setting", "seed", "episode"], columns="method", values="auc")
-    assert np.allclose(piv["proto_awatt_static"], piv["proto_awatt_policy_joint"])
-    assert np.allclose(piv["proto_awatt_static"], piv["proto_awatt_policy_posthoc"])
-    results = res.results
-    head = summary.headline_metrics(results)
-    cell = head["proto_awatt_policy_joint"]["2way2shot"]
-    assert cell["n_seeds"] == 2 and cell["auc_ci95"][0] <= cell["auc"] <= cell["auc_ci95"][1]
-    assert res.metrics()["proto_awatt_policy_joint"]["2way2shot"] == cell
-    assert list(res.results.columns[:8]) == ["method", "setting", "dataset", "train_dataset", "auc", "auc_low",
-                                             "auc_high", "macro_f1"]
-    tm = summary.transfer_metrics(results)
-    assert tm["FewAsp"]["transfer"] is True and tm["FewAsp(multi)"]["transfer"] is False
+    for m in ("proto_awatt_policy_joint", "proto_awatt_policy_posthoc", "proto_awatt_oracle_count"):
+        assert np.allclose(piv["proto_awatt_static"], piv[m])
+    # the post-hoc policy: one curve per (setting, seed), restored epoch within it
+    pol = res.policy_frame()
+    assert pol.groupby(["setting", "seed"]).ngroups == 4 and (pol.best_epoch <= pol.groupby(
+        ["setting", "seed"]).epoch.transform("max")).all()
+    comps = res.comparisons
+    assert {c["claim"] for c in comps} == set(summary.CLAIMS) and {c["diff"]["unit"] for c in comps} == {"seeds"}
+    assert {c["setting"] for c in comps} == {"2way2shot", "3way1shot", "all"}
+    # the oracle's headroom sits beside every threshold difference, equal to the oracle's own comparison
+    for c in comps:
+        if c["claim"] in summary.THRESHOLD_CLAIMS:
+            oracle = res.comparison("count_oracle", dataset=c["dataset"], setting=c["setting"])
+            assert c["headroom"]["mean"] == oracle["diff"]["mean"]
+        else:
+            assert "headroom" not in c
+    metrics = res.metrics()
+    assert all(_has(metrics, k) for k in res.headlines()) and len(res.headlines()) == 5
+    card = res.card()
+    assert card.figure == "paired_differences" and 3 <= len(card.headlines) <= 5
+    main = res.comparison("learned_threshold_joint")
+    assert f"{main['diff']['n']} seeds" in card.answer
+    assert {"per_seed", "results", "comparisons", "policy_curves", "training", "splits"} <= set(res.frames())
     assert len(res.attention) > 0 and abs(sum(res.attention[0]["weights"]) - 1) < 1e-5
-    comps = summary.paired_comparisons(eps)
-    assert {c["claim"] for c in comps} == set(summary.CLAIMS) and {c["diff"]["unit"] for c in comps} == {"seeds", "episodes"}
-    assert {(m, p) for m, p in zip(res.threshold_frame().method, res.threshold_frame().dataset)} >= {
-        ("proto_awatt_policy_joint", "FewAsp"), ("proto_awatt_policy_posthoc", "FewAsp(single)")}
 
 
-def test_single_dataset_run_has_no_transfer_tables(toy_root):
-    """Issue 12: eval_datasets=["FewAsp(single)"] (a declared value) crashed the transfer cell with KeyError."""
+def test_study_without_ablations_and_with_single_label_tuning(toy_root):
+    """The ablation claims are left out when their models are not trained; tune_on may be another split."""
     data = training.load_data(root=toy_root)
-    res = study.run_study(small_cfg(eval_datasets=["FewAsp(single)"], n_seeds=1, settings=["2way2shot"]), data=data)
-    results = res.results
-    assert set(results.dataset) == {"FewAsp(single)"}
-    assert summary.transfer_table(results).empty and summary.transfer_metrics(results) == {}
-    assert res.metrics()["transfer"] == {} and set(summary.per_class_tables(
-        res.class_frame(), method="proto_awatt_policy_joint", datasets=summary.PER_CLASS_DATASETS).dataset) == {"FewAsp(single)"}
-    empty = summary.results_table(results, dataset="FewAsp(multi)")
-    assert empty.empty and "macro-F1" in empty.columns
+    res = study.run_study(small_cfg(archs=["proto_awatt"], tune_on="FewAsp(single)", eval_datasets=["FewAsp"],
+                                    n_seeds=1, settings=["2way2shot"]), data=data)
+    assert set(res.episode_frame().method) == {"proto_awatt_static", *study.POLICY_METHODS, "proto_awatt_oracle_count"}
+    assert {c["claim"] for c in res.comparisons} == set(summary.THRESHOLD_CLAIMS)
+    assert len(res.card().headlines) == 3
+
+
+def _has(tree, dotted):
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
 
 
 def test_missing_folder_names_every_file_and_gives_the_hint_once(tmp_path):
@@ -164,6 +199,10 @@ def test_config_validation_names_the_parameter():
         Config(eval_datasets=["Yelp"])
     with pytest.raises(ConfigError, match=r"^Config.settings: must not repeat a value"):
         Config(settings=["5way5shot", "5way5shot"])
+    with pytest.raises(ConfigError, match=r"^Config.archs: must include proto_awatt"):
+        Config(archs=["protonet"])
+    with pytest.raises(ConfigError, match=r"^Config.holdout: "):
+        Config(holdout=1.0)
     assert Config(settings=["5way5shot"], seed=3, n_seeds=2).seeds == [3, 4]
     assert Config(settings=["5way10shot"]).shapes == [(5, 10)]
 

@@ -4,11 +4,15 @@ Every field is declared once, with its default and help text, by ``option``; the
 parameters cell is generated from it (``epi params notebooks/05_fewshot_acd.ipynb --sync``). The
 defaults are the ``cpu`` profile; profile YAMLs hold only what differs.
 
-Training protocol: ``train_episodes`` episodes per epoch, at most ``max_epochs`` epochs, early
-stopping when the mean episode AUC on ``val_episodes`` validation episodes has not improved for
-``patience`` epochs (the best epoch's weights are restored). ``shared_training``: one model per
-(architecture, seed) on episodes cycling through every setting's (N, K); else one model per setting,
-as in the paper.
+Design (issue 30): every architecture of ``archs`` is meta-trained on FewAsp(single) train
+(``train_episodes`` episodes per epoch, at most ``max_epochs`` epochs, early stopping when the mean
+episode AUC on held-out episodes of ``tune_on`` has not improved for ``patience`` epochs, best
+epoch restored). ``tune_on``'s validation split (16 classes, disjoint from train and test) is cut
+by sentence into a *fit* view (``1 - holdout``: static thresholds, both threshold policies) and a
+*held-out* view (``holdout``: model selection -- encoder early stopping, post-hoc policy stopping,
+the policies' validation-reward curves). Test: ``eval_datasets``' test splits. ``shared_training``:
+one model per (architecture, seed) on episodes cycling through every setting's (N, K); else one
+model per setting, as in the paper.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ import re
 from dataclasses import dataclass
 
 from epi_utils.acd.data import DATASETS
+from epi_utils.acd.models import MODELS
+from epi_utils.acd.threshold import REWARDS
 from epi_utils.workbench.contract import StudyConfig, option
 
 _SETTING = re.compile(r"^(\d+)way(\d+)shot$")
@@ -35,21 +41,28 @@ class Config(StudyConfig):
     """Validated parameters of Study 05 (multi-label few-shot ACD, Hu et al. 2021)."""
 
     n_seeds: int = option(5, "independent training runs: the unit of the intervals and paired comparisons", ge=1)
-    settings: tuple[str, ...] = option(["5way5shot", "5way10shot", "10way5shot", "10way10shot"],
-                                       "N-way K-shot settings", nonempty=True, unique=True)
+    settings: tuple[str, ...] = option(["5way5shot", "10way5shot"], "N-way K-shot settings", nonempty=True,
+                                       unique=True)
     n_query: int = option(5, "query instances per class in every episode", ge=1)
-    train_episodes: int = option(200, "training episodes per epoch", ge=1)
-    max_epochs: int = option(3, "epochs at most (early stopping may end training sooner)", ge=1)
-    patience: int = option(3, "epochs without a better validation AUC before training stops (best epoch restored)",
+    archs: tuple[str, ...] = option(list(MODELS), "architectures trained per seed: ProtoNet, Proto-AWATT and its "
+                                    "attention ablations (proto_awatt is required)", choices=MODELS, nonempty=True,
+                                    unique=True)
+    train_episodes: int = option(100, "training episodes per epoch (FewAsp(single) train)", ge=1)
+    max_epochs: int = option(2, "epochs at most (early stopping may end training sooner)", ge=1)
+    patience: int = option(3, "epochs without a better held-out AUC before training stops (best epoch restored)",
                            ge=1)
-    val_episodes: int = option(50, "validation episodes: early stopping, static threshold, post-hoc policy", ge=1)
-    test_episodes: int = option(200, "test episodes per setting on datasets scored by their own model", ge=1)
-    transfer_test_episodes: int = option(100, "test episodes per setting on datasets scored by the FewAsp(single) model",
-                                         ge=1)
-    eval_datasets: tuple[str, ...] = option(list(DATASETS), "datasets to evaluate", choices=DATASETS, nonempty=True,
-                                            unique=True)
-    protocol: str = option("auto", "auto: train on a dataset's own train.json when present; transfer: always "
-                           "FewAsp(single)", choices=("auto", "transfer"))
+    tune_on: str = option("FewAsp(multi)", "dataset whose validation split (classes disjoint from train and test) "
+                          "tunes the thresholds, trains the policies and selects models", choices=DATASETS)
+    holdout: float = option(0.3, "share of tune_on's validation sentences held out for model selection", gt=0.0,
+                            lt=1.0)
+    val_episodes: int = option(30, "fit-view episodes per setting: static threshold and post-hoc policy training",
+                               ge=1)
+    select_episodes: int = option(15, "held-out episodes per setting: early stopping and policy validation reward",
+                                  ge=1)
+    test_episodes: int = option(60, "test episodes per setting and test dataset (identical for every method)",
+                                ge=1)
+    eval_datasets: tuple[str, ...] = option(["FewAsp(multi)", "FewAsp"], "test datasets (test classes disjoint from "
+                                            "tune_on's)", choices=DATASETS, nonempty=True, unique=True)
     encoder: str = option("cnn", "cnn (GloVe 50d + CNN, the paper's setting) | minilm (frozen all-MiniLM-L6-v2) | "
                           "bert (fine-tuned)", choices=ENCODERS)
     model_id: str = option("bert-base-uncased", "Hugging Face id of the BERT encoder (used by encoder bert)")
@@ -57,7 +70,11 @@ class Config(StudyConfig):
     attn_dim: int = option(32, "attention size of Proto-AWATT", ge=1)
     dropout: float = option(0.1, "dropout on word embeddings during training", ge=0.0, lt=1.0)
     lr: float = option(0.003, "Adam learning rate of the encoder and heads", gt=0)
-    policy_epochs: int = option(5, "REINFORCE epochs of the post-hoc policy over the validation instances", ge=1)
+    policy_reward: str = option("macro_f1", "REINFORCE reward of both policies: episode macro-F1 (the evaluation "
+                                "metric) or instance F1", choices=REWARDS)
+    policy_max_epochs: int = option(30, "post-hoc policy: epochs at most over the fit-view episodes", ge=1)
+    policy_patience: int = option(3, "post-hoc policy: epochs without a better held-out reward before it stops "
+                                  "(best epoch restored)", ge=1)
     policy_sigma: float = option(0.5, "std of the Gaussian policy over the threshold's logit", gt=0)
     policy_lr: float = option(0.01, "Adam learning rate of both threshold policies", gt=0)
     shared_training: bool = option(True, "True: one model per seed on all settings' shapes (cpu); False: one per "
@@ -70,6 +87,8 @@ class Config(StudyConfig):
                 parse_setting(s)
             except ValueError as err:
                 raise self.error("settings", str(err)) from None
+        if "proto_awatt" not in self.archs:
+            raise self.error("archs", "must include proto_awatt (the thresholds and policies are Proto-AWATT's)")
         if not self.model_id.strip():
             raise self.error("model_id", "must not be empty")
 

@@ -113,14 +113,21 @@ class TokenBank:
 
 
 @torch.no_grad()
-def encode_bank(encoder: nn.Module, enc: EncodedSplit, *, batch_size: int = 256, device="cpu") -> TokenBank:
-    """Run ``encoder`` (in eval mode) once over all sentences of ``enc`` -> :class:`TokenBank`."""
+def encode_bank(encoder: nn.Module, enc: EncodedSplit, *, batch_size: int = 256, device="cpu",
+                sentence_ids=None) -> TokenBank:
+    """Run ``encoder`` (in eval mode) once over all sentences of ``enc`` -> :class:`TokenBank`;
+    with ``sentence_ids`` only over those (the bank may then be asked for those sentences only:
+    the others have no states)."""
     was_training = encoder.training
     encoder.eval()
     n = enc.lengths.shape[0]
-    order = np.argsort(enc.lengths, kind="stable")
+    if sentence_ids is None:
+        order = np.argsort(enc.lengths, kind="stable")
+    else:
+        sel = np.unique(np.asarray(sentence_ids, dtype=np.int64).reshape(-1))
+        order = sel[np.argsort(enc.lengths[sel], kind="stable")]
     chunks, offsets, start = [], np.zeros(n, dtype=np.int64), 0
-    for i in range(0, n, batch_size):
+    for i in range(0, len(order), batch_size):
         sel = order[i:i + batch_size]
         ids, mask = enc.batch(sel)
         m = torch.as_tensor(mask, device=device)

@@ -22,7 +22,8 @@ def threshold_vs_labels(thresholds: pd.DataFrame):
     settings = list(dict.fromkeys(thresholds["setting"]))
     ncol = min(3, len(panels))
     nrow = -(-len(panels) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol, 3.6 * nrow), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol, 3.6 * nrow + 0.5), squeeze=False, sharey=True)
+    legend = None
     for ax, (method, ds) in zip(axes.flat, panels):
         sub = thresholds[(thresholds.method == method) & (thresholds.dataset == ds)]
         sns.boxplot(data=sub, x="n_labels", y="threshold", hue="setting", hue_order=settings, ax=ax, fliersize=1,
@@ -36,45 +37,103 @@ def threshold_vs_labels(thresholds: pd.DataFrame):
         ax.set_title(f"{method.replace('proto_awatt_', '')} | {ds}", fontsize=9)
         ax.set_xlabel("aspects in the query (number of queries)")
         ax.set_ylabel("policy threshold (dashed: static)")
-        if ax is not axes.flat[0] and ax.get_legend():
+        if ax.get_legend():
+            if not legend:
+                legend = (list(ax.get_legend().legend_handles), [t.get_text() for t in ax.get_legend().get_texts()])
             ax.get_legend().remove()
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.tight_layout()
+    if legend:
+        fig.legend(*legend, loc="lower center", ncol=min(4, max(len(legend[1]), 1)), fontsize=8, title="setting",
+                   title_fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12 / nrow, 1, 1))
     return fig
 
 
-def paired_differences(comparisons: list[dict], *, unit: str = "seeds"):
-    """Forest plot of each claim's paired difference A - B per setting (one panel per claim and
-    metric) with its 95% interval over ``unit``; the dotted line is no difference."""
+def paired_differences(comparisons: list[dict], *, metric: str = "macro_f1", claims=None):
+    """Forest plot of each claim's paired difference A - B on ``metric`` (one panel per claim) for
+    every (test dataset, setting), the pooled ``all`` row included, with its 95% interval over
+    seeds; the dotted line is no difference."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    sel = [c for c in comparisons if c["diff"]["unit"] == unit]
-    panels = list(dict.fromkeys((c["claim"], c["metric"]) for c in sel)) or [("none", "none")]
-    ncol = min(3, len(panels))
+    sel = [c for c in comparisons if c["metric"] == metric and (claims is None or c["claim"] in claims)]
+    panels = list(dict.fromkeys(c["claim"] for c in sel)) or ["none"]
+    ncol = min(4, len(panels))
     nrow = -(-len(panels) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.0 * ncol, 2.9 * nrow + 0.4), squeeze=False)
+    rows = max([sum(c["claim"] == p for c in sel) for p in panels] + [1])
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.7 * ncol, (0.3 * rows + 1.5) * nrow + 0.4), squeeze=False)
     handle = None
-    for ax, (claim, metric) in zip(axes.flat, panels):
-        cs = [c for c in sel if c["claim"] == claim and c["metric"] == metric]
-        y = np.arange(len(cs))
+    for ax, claim in zip(axes.flat, panels):
+        cs = [c for c in sel if c["claim"] == claim]
+        y = np.arange(len(cs))[::-1]
         d = np.array([c["diff"]["mean"] for c in cs])
         err = np.array([[c["diff"]["mean"] - c["diff"]["low"], c["diff"]["high"] - c["diff"]["mean"]] for c in cs]).T
-        handle = ax.errorbar(d, y, xerr=err, fmt="o", color="C0", capsize=3) if cs else handle
-        ax.axvline(0, ls=":", color="k", lw=0.8)
-        ax.set_yticks(y, [c["setting"] for c in cs], fontsize=8)
-        ax.set_ylabel("setting", fontsize=9)
-        ax.set_xlabel(f"{metric}: A - B", fontsize=9)
-        ax.xaxis.set_major_locator(MaxNLocator(4))
         if cs:
-            ax.set_title(f"{claim}\nA={cs[0]['a_name']}\nB={cs[0]['b_name']}", fontsize=8)
+            handle = ax.errorbar(d, y, xerr=err, fmt="o", color="C0", capsize=3, ms=4)
+        ax.axvline(0, ls=":", color="k", lw=0.8)
+        labels = [f"{c['dataset']} {c['setting']}" for c in cs]
+        ax.set_yticks(y, labels, fontsize=7)
+        ax.set_ylabel("test set, setting", fontsize=8)
+        ax.set_xlabel(f"{metric}: A - B", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(3))
+        if cs:
+            ax.set_title(f"{claim}\nA={cs[0]['a_name']}\nB={cs[0]['b_name']}", fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     if handle is not None:
-        fig.legend([handle], [f"A - B with its 95% interval over {unit}; dotted: no difference"], loc="lower center",
+        fig.legend([handle], ["A - B with its 95% t-interval over seeds; dotted: no difference"], loc="lower center",
                    ncol=1, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def policy_curves(curves: pd.DataFrame, training: pd.DataFrame | None = None):
+    """Validation-reward curves of the threshold policies on the held-out episodes: one panel per
+    setting with the post-hoc policy's reward per epoch (a line per seed, the restored epoch
+    dotted) and the static threshold's and the joint policy's reward on the same episodes (dashed
+    and dash-dotted, means over seeds); with ``training``, a last panel with the joint policy's
+    held-out reward per encoder epoch (all settings' episodes, a line per seed)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    settings = natural_order(curves["setting"]) if len(curves) else []
+    joint = (training[training["policy_val_reward"].notna()] if training is not None and "policy_val_reward" in training
+             else pd.DataFrame())
+    n = max(len(settings) + (1 if len(joint) else 0), 1)
+    fig, axes = plt.subplots(1, n, figsize=(3.8 * n, 3.4), squeeze=False)
+    handles = {}
+    for ax, setting in zip(axes[0], settings):
+        sub = curves[curves.setting == setting]
+        for seed, g in sub.groupby("seed"):
+            (h,) = ax.plot(g.epoch, g.val_reward, color="C0", lw=0.9, alpha=0.8)
+            handles.setdefault("post-hoc policy (one line per seed)", h)
+            best = g[g.epoch == g.best_epoch]
+            (h,) = ax.plot(best.epoch, best.val_reward, "o", color="C0", ms=4)
+            handles.setdefault("restored epoch", h)
+        handles.setdefault("static threshold (mean over seeds)",
+                           ax.axhline(sub.groupby("seed").static_reward.first().mean(), color="C1", ls="--", lw=1))
+        handles.setdefault("joint policy (mean over seeds)",
+                           ax.axhline(sub.groupby("seed").joint_reward.first().mean(), color="C2", ls="-.", lw=1))
+        ax.set_title(setting, fontsize=9)
+        ax.set_xlabel("post-hoc policy epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("held-out reward")
+    if len(joint):
+        ax = axes[0][len(settings)]
+        for (seed, group), g in joint.groupby(["seed", "settings"]):
+            (h,) = ax.plot(g.epoch, g.policy_val_reward, color="C2", lw=0.9, alpha=0.8)
+            handles.setdefault("joint policy per encoder epoch", h)
+        ax.set_title("joint policy, during meta-training", fontsize=9)
+        ax.set_xlabel("encoder epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("held-out reward")
+    if not settings and not len(joint):
+        axes[0][0].axis("off")
+        axes[0][0].text(0.5, 0.5, "no policy was trained", ha="center", va="center")
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(3, max(len(handles), 1)),
+               fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     return fig
 
 
@@ -89,7 +148,7 @@ def training_curves(training: pd.DataFrame):
     fig, axes = plt.subplots(1, len(archs), figsize=(4.6 * len(archs), 3.8), squeeze=False, sharey=True)
     for ax, arch in zip(axes[0], archs):
         sub = training[training.arch == arch]
-        for (settings, seed, src), g in sub.groupby(["settings", "seed", "train_dataset"], sort=False):
+        for (settings, seed), g in sub.groupby(["settings", "seed"], sort=False):
             color = f"C{groups.index(settings)}"
             label = settings if seed == sub[sub.settings == settings].seed.min() else None
             ax.plot(g.epoch, g.val_auc, color=color, lw=0.9, alpha=0.8, label=label)
@@ -98,7 +157,7 @@ def training_curves(training: pd.DataFrame):
         ax.set_title(arch)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("validation AUC\n(dot: restored epoch)")
+        ax.set_ylabel("held-out AUC\n(dot: restored epoch)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(4, max(len(labels), 1)), fontsize=7,
                title="model trained on settings (one line per seed)", title_fontsize=7, frameon=False)

@@ -13,9 +13,7 @@ the estimate attached as ``result.estimate``.
 
 Full-scale token counts (assumptions, stated in the estimate): every training episode is one
 batch of ``N*(K+Q)`` sentences padded to :data:`SEQ_LEN` WordPieces; every epoch runs all
-``max_epochs`` (early stopping only shortens it); validation encodes the training dataset's
-validation split once per epoch; evaluation encodes each evaluated dataset's val and test splits
-once per (seed, group, architecture); every dataset trains on its own train split (files fetched).
+``max_epochs`` (early stopping only shortens it); see :func:`full_scale_tokens`.
 """
 from __future__ import annotations
 
@@ -40,6 +38,8 @@ SEQ_LEN = 64
 FULL_SENTENCES = {("FewAsp(single)", "train"): 12800, ("FewAsp(single)", "val"): 3200, ("FewAsp(single)", "test"): 4000,
                   ("FewAsp(multi)", "train"): 25600, ("FewAsp(multi)", "val"): 6261, ("FewAsp(multi)", "test"): 7809,
                   ("FewAsp", "train"): 40320, ("FewAsp", "val"): 9899, ("FewAsp", "test"): 12383}
+#: sentences per class of the toy copy (the held-out half must still fill an episode's K + Q per class)
+TOY_PER_CLASS = 12
 _WORDS = ["the", "food", "was", "great", "staff", "friendly", "room", "clean", "price", "too", "high", "pool",
           "nice", "service", "slow", "music", "loud", "bed", "comfy", "parking", "easy", "view", "amazing"]
 
@@ -73,38 +73,42 @@ def write_toy_fewasp(folder: Path | str, *, per_class: int = 8, seed: int = 0) -
 
 
 def prepare(cfg: Config, folder: Path | str) -> Rehearsal:
-    """Toy config (one seed, ``3way2shot``, Q=2, 4 episodes x 2 epochs, CPU), local data and the
-    tiny random BERT factory for a rehearsal of ``cfg``. Raises ``ValueError`` unless
-    ``cfg.encoder == "bert"`` (the gpu profile's encoder)."""
+    """Toy config (one seed, ``3way2shot``, Q=2, 4 episodes x 2 epochs, ProtoNet and Proto-AWATT,
+    FewAsp(single) as tuning and test set, CPU), local data and the tiny random BERT factory for a
+    rehearsal of ``cfg``. Raises ``ValueError`` unless ``cfg.encoder == "bert"`` (the gpu
+    profile's encoder)."""
     if cfg.encoder != "bert":
         raise ValueError(f"the GPU rehearsal of study 05 rehearses the BERT encoder; encoder is {cfg.encoder!r} "
                          "(set encoder: bert in the gpu profile)")
     from transformers import AutoModel
 
-    root = write_toy_fewasp(Path(folder) / "fewasp")
+    root = write_toy_fewasp(Path(folder) / "fewasp", per_class=TOY_PER_CLASS)
     tok = minilm_tokenizer()  # uncased WordPiece, the vocabulary of bert-base-uncased
-    toy = cfg.replace(settings=["3way2shot"], n_seeds=1, n_query=2, train_episodes=4, max_epochs=2, patience=1,
-                      val_episodes=2, test_episodes=3, transfer_test_episodes=3, eval_datasets=["FewAsp(single)"],
-                      hidden=32, attn_dim=16, policy_epochs=1, device="cpu", num_threads=1)
+    toy = cfg.replace(settings=["3way2shot"], n_seeds=1, n_query=2, archs=["protonet", "proto_awatt"], train_episodes=4,
+                      max_epochs=2, patience=1, tune_on="FewAsp(single)", holdout=0.5, val_episodes=2,
+                      select_episodes=2, test_episodes=3, eval_datasets=["FewAsp(single)"], hidden=32, attn_dim=16,
+                      policy_max_epochs=2, policy_patience=1, device="cpu", num_threads=1)
     data = load_data(root=root, datasets=("FewAsp(single)",), encoder="bert", tokenizer=tok)
     config = tiny_model_config(cfg.model_id, vocab_size=tok.vocab_size)
     return Rehearsal(full=cfg, toy=toy, data=data, backbone=lambda: AutoModel.from_config(config), root=root)
 
 
 def full_scale_tokens(cfg: Config) -> dict[str, float]:
-    """Training and forward-only WordPiece tokens, and the largest episode batch, of ``cfg`` at full scale."""
+    """Training and forward-only WordPiece tokens, and the largest episode batch, of ``cfg`` at full
+    scale: every architecture trains on FewAsp(single) train; the joint policy adds one forward
+    episode per training episode; validation encodes the held-out share of ``tune_on``'s validation
+    split once per epoch; evaluation encodes that split and every test split once per model."""
     shapes = [parse_setting(s) for s in cfg.settings]
     groups = [shapes] if cfg.shared_training else [[s] for s in shapes]
-    sources = list(cfg.eval_datasets) if cfg.protocol == "auto" else ["FewAsp(single)"]
+    tune = FULL_SENTENCES[(cfg.tune_on, "val")]
     train = forward = 0.0
     for group in groups:
         per_episode = np.mean([n * (k + cfg.n_query) for n, k in group])
-        for src in sources:
-            models = 2 * cfg.n_seeds
-            train += models * cfg.max_epochs * cfg.train_episodes * per_episode * SEQ_LEN
-            forward += models * cfg.max_epochs * FULL_SENTENCES[(src, "val")] * SEQ_LEN
-        for d in cfg.eval_datasets:
-            forward += 2 * cfg.n_seeds * (FULL_SENTENCES[(d, "val")] + FULL_SENTENCES[(d, "test")]) * SEQ_LEN
+        models = len(cfg.archs) * cfg.n_seeds
+        train += models * cfg.max_epochs * cfg.train_episodes * per_episode * SEQ_LEN
+        forward += cfg.n_seeds * cfg.max_epochs * cfg.train_episodes * per_episode * SEQ_LEN  # joint policy
+        forward += models * cfg.max_epochs * cfg.holdout * tune * SEQ_LEN
+        forward += models * (tune + sum(FULL_SENTENCES[(d, "test")] for d in cfg.eval_datasets)) * SEQ_LEN
     return {"train_tokens": float(train), "forward_tokens": float(forward),
             "micro_batch": int(max(n * (k + cfg.n_query) for n, k in shapes))}
 
@@ -116,7 +120,7 @@ def estimate_full_scale(r: Rehearsal, measured) -> dict:
     est = estimate(model_id=r.full.model_id, train_tokens=sizes["train_tokens"], forward_tokens=sizes["forward_tokens"],
                    micro_batch=sizes["micro_batch"], seq_len=SEQ_LEN, measured=measured)
     return {**est.to_dict(), "toy": {"settings": list(r.toy.settings), "train_episodes": r.toy.train_episodes,
-                                     "max_epochs": r.toy.max_epochs, "sentences_per_class": 8}}
+                                     "max_epochs": r.toy.max_epochs, "sentences_per_class": TOY_PER_CLASS}}
 
 
 def rehearse(cfg: Config, *, progress: Callable = progress, folder: Path | str | None = None) -> Result:

@@ -5,13 +5,16 @@ training episodes with Adam; after every epoch the mean episode AUC on fixed val
 (classes disjoint from training) decides early stopping with ``patience``; the best epoch's weights
 are restored (:func:`fit_model`).
 
-Threshold policy trained *jointly* (the paper's design: the policy learns during meta-training,
-on the training episodes): with ``policies`` given, every training episode also makes one
-REINFORCE step (:func:`~epi_utils.acd.threshold.reinforce_step`, baseline = mean reward of the
-samples drawn for the same query) on that episode's query outputs. Choice made here: the policy's
+Threshold policy trained *jointly* (the paper's design: the policy learns during meta-training):
+with ``policies`` given, every training episode also makes one REINFORCE step
+(:func:`~epi_utils.acd.threshold.reinforce_step`) -- on that episode's query outputs, or (study 05
+since issue 30, ``policy_split``) on the current model's outputs of a multi-label episode of the
+same shape drawn from the fit view of a validation split, since FewAsp(single) training episodes
+are all single-label and teach the policy nothing about counts. Choice made here: the policy's
 state is detached, so the policy loss does not reach the encoder -- the static and joint-policy
 rows then share one encoder and differ only in the threshold, which is what the comparison tests.
-The policy is saved and restored with the encoder at the best epoch.
+The policy is saved and restored with the encoder at the best epoch; its deterministic reward on
+the validation episodes is recorded per epoch (``FitResult.policy_val_reward``).
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from epi_utils.acd.encoders import TokenBank, encode_bank
 from epi_utils.acd.episodes import Episode, sample_episodes
 from epi_utils.acd.metrics import episode_auc
 from epi_utils.acd.models import multilabel_proto_loss
-from epi_utils.acd.threshold import ThresholdPolicy, reinforce_step
+from epi_utils.acd.threshold import ThresholdPolicy, episode_reward, reinforce_step
 
 
 @dataclass
@@ -122,18 +125,39 @@ def score_episodes(model, episodes, bank: TokenBank) -> list[dict]:
     return out
 
 
+def episode_sentences(episodes) -> np.ndarray:
+    """The sentence ids that ``episodes`` use (support and query), for a partial token bank."""
+    return np.unique(np.concatenate([np.concatenate([ep.support.reshape(-1), ep.query]) for ep in episodes]))
+
+
 def validation_auc(model, episodes: list[Episode], enc: EncodedSplit) -> float:
     """Mean episode AUC of ``model`` on ``episodes`` (the early-stopping criterion)."""
+    return validate(model, episodes, enc)[0]
+
+
+def validate(model, episodes: list[Episode], enc: EncodedSplit, *, policies: dict | None = None,
+             reward: str = "macro_f1") -> tuple[float, float]:
+    """``(mean episode AUC, mean policy reward)`` of ``model`` on ``episodes``: the reward of the
+    deterministic thresholds of ``policies[n_way]`` (:func:`~epi_utils.acd.threshold.episode_reward`;
+    NaN without policies)."""
     dev = next(model.parameters()).device
-    bank = encode_bank(model.encoder, enc, device=dev)
+    bank = encode_bank(model.encoder, enc, device=dev, sentence_ids=episode_sentences(episodes))
     scores = score_episodes(model, episodes, bank)
-    return float(np.nanmean([episode_auc(s["labels"], s["probs"]) for s in scores]))
+    auc = float(np.nanmean([episode_auc(s["labels"], s["probs"]) for s in scores]))
+    if not policies:
+        return auc, float("nan")
+    by_way: dict[int, list] = {}
+    for s in scores:
+        by_way.setdefault(s["probs"].shape[1], []).append((s["probs"], s["logits"], s["labels"]))
+    total = sum(episode_reward(policies[n], eps, reward=reward) * len(eps) for n, eps in by_way.items())
+    return auc, float(total / len(scores))
 
 
 @dataclass
 class FitResult:
-    """What :func:`fit_model` did: per-episode losses, per-epoch validation AUC, seconds and mean
-    policy reward (joint policy; empty without), the best epoch (1-based) and whether it stopped early."""
+    """What :func:`fit_model` did: per-episode losses, per-epoch validation AUC, seconds, mean
+    sampled policy training reward and the policies' deterministic reward on the validation
+    episodes (joint policy; empty without), the best epoch (1-based) and whether it stopped early."""
 
     losses: list[float]
     val_auc: list[float]
@@ -141,6 +165,7 @@ class FitResult:
     policy_reward: list[float]
     best_epoch: int
     stopped_early: bool
+    policy_val_reward: list[float] = field(default_factory=list)
 
     @property
     def epochs_run(self) -> int:
@@ -151,23 +176,32 @@ def fit_model(model, split, enc: EncodedSplit, *, shapes: list[tuple[int, int]],
               episodes_per_epoch: int, max_epochs: int, patience: int, lr: float, rng: np.random.Generator,
               val_episodes: list[Episode] | None = None, val_enc: EncodedSplit | None = None,
               policies: dict[int, ThresholdPolicy] | None = None, policy_lr: float = 1e-2,
-              policy_samples: int = 8, policy_seed: int = 0, device="cpu", on_epoch=None) -> FitResult:
+              policy_samples: int = 8, policy_seed: int = 0, policy_split=None,
+              policy_enc: EncodedSplit | None = None, policy_reward: str = "instance_f1", device="cpu",
+              on_epoch=None) -> FitResult:
     """Episodic training with Adam; training episode ``i`` has ``(n_way, k_shot) = shapes[i % len(shapes)]``.
 
     With ``val_episodes`` (and their ``val_enc``), early stopping on validation AUC with
     ``patience`` epochs and restoration of the best epoch (model and ``policies``); without, all
-    ``max_epochs`` run. ``policies``: ``{n_way: ThresholdPolicy}`` trained jointly (module docstring).
-    ``on_epoch(epoch, val_auc)`` is called after each epoch when given (a hook, e.g. for tests).
+    ``max_epochs`` run. ``policies``: ``{n_way: ThresholdPolicy}`` trained jointly, one REINFORCE
+    step (``policy_reward``) per training episode: on that episode's query outputs, or, with
+    ``policy_split`` (and its ``policy_enc``), on the current model's outputs (eval mode, no
+    gradient) of an episode of the same shape drawn from ``policy_split`` (issue 30: multi-label
+    episodes of validation classes). ``on_epoch(epoch, val_auc)`` is called after each epoch when
+    given (a hook, e.g. for tests).
     """
     if val_episodes and val_enc is None:
         raise ValueError("val_episodes need val_enc (the token ids of their split)")
+    if policy_split is not None and policy_enc is None:
+        raise ValueError("policy_split needs policy_enc (the token ids of its split)")
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     popt = {n: torch.optim.Adam(p.parameters(), lr=policy_lr) for n, p in (policies or {}).items()}
     missing = sorted({n for n, _ in shapes} - set(popt)) if policies is not None else []
     if missing:
         raise ValueError(f"policies lack n_way {missing}; have {sorted(popt)}")
     gen = torch.Generator().manual_seed(policy_seed)
-    losses, vals, secs, rewards = [], [], [], []
+    prng = np.random.default_rng(policy_seed)
+    losses, vals, secs, rewards, pvals = [], [], [], [], []
     best, best_epoch, bad, best_state = -np.inf, 0, 0, None
     step = 0
     for epoch in range(1, max_epochs + 1):
@@ -186,11 +220,25 @@ def fit_model(model, split, enc: EncodedSplit, *, shapes: list[tuple[int, int]],
             opt.step()
             losses.append(float(loss.detach()))
             if policies is not None:
+                if policy_split is not None:
+                    pep = sample_episodes(policy_split, 1, n_way=n_way, k_shot=k_shot, n_query=n_query, rng=prng)[0]
+                    pb = episode_tensors(pep, policy_enc, device)
+                    model.eval()
+                    with torch.no_grad():
+                        pout = forward(model, pb)
+                    model.train()
+                    probs, logits, labels = pout["probs"], pout["logits"], pb["labels"]
+                else:
+                    probs, logits, labels = out["probs"].detach(), out["logits"].detach(), b["labels"]
                 epoch_rewards.append(reinforce_step(
-                    policies[n_way], popt[n_way], out["probs"].detach().cpu(), out["logits"].detach().cpu(),
-                    b["labels"].cpu(), n_samples=policy_samples, generator=gen))
+                    policies[n_way], popt[n_way], probs.cpu(), logits.cpu(), labels.cpu(), n_samples=policy_samples,
+                    generator=gen, reward=policy_reward))
         rewards.append(float(np.mean(epoch_rewards)) if epoch_rewards else float("nan"))
-        auc = validation_auc(model, val_episodes, val_enc) if val_episodes else float("nan")
+        if val_episodes and policies is not None:
+            auc, pval = validate(model, val_episodes, val_enc, policies=policies, reward=policy_reward)
+            pvals.append(pval)
+        else:
+            auc = validation_auc(model, val_episodes, val_enc) if val_episodes else float("nan")
         vals.append(auc)
         secs.append(time.perf_counter() - t0)
         if on_epoch is not None:
@@ -212,4 +260,4 @@ def fit_model(model, split, enc: EncodedSplit, *, shapes: list[tuple[int, int]],
             policies[n].load_state_dict(sd)
     model.eval()
     return FitResult(losses, vals, secs, [r for r in rewards if policies is not None], best_epoch,
-                     stopped_early=len(secs) < max_epochs)
+                     stopped_early=len(secs) < max_epochs, policy_val_reward=pvals)
