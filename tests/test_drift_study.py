@@ -151,9 +151,10 @@ def test_drift_index_is_zero_without_drift_and_near_one_for_unrelated_sets():
 # --- the study's controls on the real model ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def control_runs(small_tiny, small_world):
-    cfg = Config(device="cpu", pretrain_seeds=[0], n_seeds=3, steps=6, batch_size=4, high_lr=0.0, sft_lr=1e-3,
-                 checkpoints=[0, 6], probe_batch=3, spearman_sample=2000, top_shares=[0.05],
-                 estimators=["taylor", "magnitude"])
+    # three "pretrained models" (the same small model; the parts, masks and seeds differ per model)
+    cfg = Config(device="cpu", pretrain_seeds=[0, 1, 2], n_seeds=1, steps=6, batch_size=4, sft_lr=1e-3,
+                 schedules=["constant"], checkpoints=[0, 3, 6], probe_batch=3, spearman_sample=2000,
+                 top_shares=[0.05], ablate_share=0.05, estimators=["taylor", "magnitude"], null_margin=0.3)
     inputs = Inputs(world=small_world, train=small_world.mixed()[0], heldout=small_world.split("heldout"),
                     model_fn=lambda _p: (copy.deepcopy(small_tiny[0]), small_tiny[1]))
     seen = []
@@ -162,7 +163,7 @@ def control_runs(small_tiny, small_world):
         seen.append(desc)
         return items
     result = study.run_study(cfg, inputs=inputs, progress=progress)
-    assert seen == ["run (regime x pretraining seed x seed)"]  # progress is reported one way: per run
+    assert seen == ["run (pretrained model x regime x schedule x seed)"]  # progress is reported one way: per run
     return result
 
 
@@ -175,8 +176,14 @@ def test_controls_pass_on_planted_truth(control_runs):
     assert all(r.planted_loss_change < 1e-4 for r in control_runs.runs)
     pf = control_runs.pair_frame()
     assert set(pf["group"]) >= {"all", "embedding", "attention", "mlp", "norm"}
+    # the no-drift control is the main estimator at the same checkpoint: M1 and M2 of the last step
+    nod = pf[(pf["kind"] == "no_drift") & (pf["group"] == "all") & (pf["task"] == "all") & (pf["estimator"] == "taylor")]
+    main = pf[(pf["kind"] == "drift") & (pf["t"] == 3) & (pf["s"] == 6) & (pf["group"] == "all")
+              & (pf["task"] == "all") & (pf["estimator"] == "taylor")]
+    assert nod["r_s"].tolist() == main["r_s"].tolist()  # the same M2 at step 6 in both
+    assert (nod["chance"] > 0).all() and (nod["chance"] < 0.05).all()
     af = control_runs.ablation_frame()
-    assert set(af["mask"]) == {"step_t", "step_s", "random"} and (af["loss_base"] > 0).all()
+    assert set(af["mask"]) == {"step", "random"} and set(af["t"]) == {0, 3, 6} and (af["loss_base"] > 0).all()
     assert s.controls_pass and "no verdict" not in s.answer()
 
 
@@ -184,33 +191,47 @@ def test_result_follows_the_contract(control_runs):
     frames = control_runs.frames()
     assert set(frames) == {"runs", "pairs", "ablations"}
     assert len(frames["runs"]) == 3 and set(frames["runs"]["unit"]) == set(frames["pairs"]["unit"])
+    assert set(frames["runs"]["unit"]) == {"model0", "model1", "model2"}
     metrics = control_runs.metrics()
     flat = runs.flatten_leaves(metrics)
     assert all(key in flat for key in control_runs.headlines()), control_runs.headlines()
-    low, high = metrics["sft"]["drift_index_ci95"]  # the metrics form the report index reads
-    assert low <= metrics["sft"]["drift_index"] <= high
+    low, high = metrics["sft"]["constant"]["drift_index_ci95"]  # the metrics form the report index reads
+    assert low <= metrics["sft"]["constant"]["drift_index"] <= high
+    assert metrics["sft"]["constant"]["drift_index_ci_unit"] == "3 pretrained models"
     assert control_runs.timings()["seconds_per_run"] and control_runs.estimate is None
+    card = control_runs.card()
+    assert card.figure == "dose_response" and 3 <= len(card.headlines) <= 5
+    assert all("pretrained models" in h.over for h in card.headlines)
+    assert card.answer.startswith(("D(step 0, step 6)", "No difference"))  # built from the verdict
 
 
 def test_summary_tables_use_the_one_interval_naming(control_runs):
     s = control_runs.summary()
     controls = summary.control_table(s)
-    assert {"d", "d_low", "d_high", "passed"} <= set(controls.columns)
+    assert {"d", "d_low", "d_high", "passed", "unit"} <= set(controls.columns)
     layers = summary.layer_table(control_runs)
     assert {"d", "d_low", "d_high", "r_t", "n", "unit"} <= set(layers.columns) and (layers["n"] == 3).all()
-    assert set(layers["group"]) >= {"all", "mlp"}
+    assert set(layers["group"]) >= {"all", "mlp"} and set(layers["unit"]) == {"pretrained models"}
     tasks = summary.task_table(control_runs)
-    assert set(tasks["estimator"]) == {"taylor"} and "all" in set(tasks["task"])
-    assert {"d", "rbo_d", "rho_ts_low"} <= set(summary.measure_table(control_runs).columns)
+    assert set(tasks["estimator"]) == {"taylor"} and "all" in set(tasks["task"]) and "d_star" in tasks
+    assert {"d", "d_star", "chance", "rbo_d", "rho_ts_low"} <= set(summary.measure_table(control_runs).columns)
     fun = summary.functional_table(control_runs)
-    assert {"step_t", "step_t_low", "step_s_high", "random", "verdict", "detectable"} <= set(fun.columns)
+    assert {"first_mask", "first_mask_low", "last_mask_high", "random", "verdict", "detectable"} <= set(fun.columns)
     row = fun[fun["task"] == "all"].iloc[0]
     af = control_runs.ablation_frame()
-    assert row["step_s"] == pytest.approx(af[(af["task"] == "all") & (af["mask"] == "step_s")]["increase"].mean())
+    assert row["last_mask"] == pytest.approx(af[(af["task"] == "all") & (af["mask"] == "step")
+                                                & (af["t"] == 6)]["increase"].mean())
+    dose = s.dose
+    assert dose["task"].tolist()[0] == "all" and dose["task"].tolist()[-1] == "pooled"
+    assert {"slope", "slope_low", "slope_random", "slope_star", "n", "unit"} <= set(dose.columns)
+    df = summary.dose_frame(control_runs)
+    assert set(df["t"]) == {0, 3} and (df["dose"].notna()).all()  # t < last only
+    pts = summary.dose_points(control_runs)
+    assert {"dose", "dose_low", "extra", "extra_random_high"} <= set(pts.columns) and (pts["n"] == 3).all()
     head = s.headline_table()
     assert list(head["regime"]) == ["sft"] and bool(head["controls_pass"].iloc[0]) and (head["n"] == 3).all()
     assert head["drift_index_low"][0] <= head["drift_index"][0] <= head["drift_index_high"][0]
-    assert "[sft] training loss" in s.report()
+    assert "[sft/constant] training loss" in s.report()
 
 
 def test_figures_return_figures(control_runs):
@@ -221,7 +242,7 @@ def test_figures_return_figures(control_runs):
     for fig in (figures.drift_over_time(frames["pairs"], first=0, share=0.05, unit=cfg.unit),
                 figures.drift_matrix(frames["pairs"], share=0.05),
                 figures.drift_by_layer_type(frames["pairs"], first=0, last=6, share=0.05, unit=cfg.unit),
-                figures.functional(frames["ablations"], unit=cfg.unit)):
+                figures.dose_response(summary.dose_points(control_runs), unit=cfg.unit, last=6)):
         assert fig.axes
         plt.close(fig)
 
@@ -243,25 +264,34 @@ def test_functional_ablation_restores_the_weights(small_tiny):
 
 
 # --- verdicts are data ------------------------------------------------------------------------------
-def _fake_result(main, nodrift, planted, inc_s, inc_t, late=(0.0, 0.01, 0.02)):
-    cfg = Config(pretrain_seeds=[0], n_seeds=len(main), high_lr=0.0, checkpoints=[0, 100, 200],
-                 estimators=["taylor"])
+def _fake_result(main, nodrift, planted, inc_s, inc_t, late=(0.0, 0.01, 0.02), *, n_seeds=1, schedules=("cosine",),
+                 late_constant=None):
+    """A result with one record per (model, SFT seed): the values of model i are ``main[i]`` etc.; with
+    ``n_seeds > 1`` the seeds of a model get value + (seed offset - mean offset) * 0.01 (mean unchanged)."""
+    cfg = Config(pretrain_seeds=list(range(len(main))), n_seeds=n_seeds, checkpoints=[0, 100, 200],
+                 estimators=["taylor"], schedules=list(schedules), top_shares=[0.05], ablate_share=0.05)
     res = study.Result(config=cfg)
-    for i, seed in enumerate(cfg.sft_seeds):
-        for kind, d, t in (("drift", main[i], 0), ("drift", late[i], 100), ("no_drift", nodrift[i], 200),
-                           ("planted", planted[i], 200)):
-            res.pairs.append(study.PairRecord(kind, "sft", 0, seed, "all", "taylor", 0.05, t, 200, "all",
-                                              0.6, 0.5, 0.3, d))
-        for mask, inc in (("step_t", inc_t[i]), ("step_s", inc_s[i]), ("random", 0.0)):
-            res.ablations.append(study.AblationRecord("sft", 0, seed, "all", mask, 0, 200, 0.01, 1.0, 1.0 + inc))
-        res.runs.append(study.RunRecord("sft", 2e-4, 0, seed, 10, {0: 5.0, 200: 2.0}, 0.0, 1.0))
+    for sch in schedules:
+        lt = late_constant if (sch == "constant" and late_constant is not None) else late
+        for i, p in enumerate(cfg.pretrain_seeds):
+            for j, seed in enumerate(cfg.sft_seeds):
+                e = (j - (n_seeds - 1) / 2) * 0.01
+                for kind, d, t in (("drift", main[i] + e, 0), ("drift", lt[i] + e, 100),
+                                   ("no_drift", nodrift[i] + e, 200), ("planted", planted[i], 200)):
+                    res.pairs.append(study.PairRecord(kind, "sft", sch, p, seed, "all", "taylor", 0.05, t, 200, "all",
+                                                      0.6, 0.5, 0.3, d, chance=0.026, d_star=d, d_at_chance=0.95))
+                for t, inc in ((0, inc_t[i]), (100, (inc_t[i] + inc_s[i]) / 2), (200, inc_s[i])):
+                    for mask, v in (("step", inc + e), ("random", 0.0)):
+                        res.ablations.append(study.AblationRecord("sft", sch, p, seed, "all", mask, t, 200, 0.05,
+                                                                  1.0, 1.0 + v))
+                res.runs.append(study.RunRecord("sft", sch, 2e-4, p, seed, 10, {0: 5.0, 200: 2.0}, 0.0, 1.0))
     return res
 
 
 def test_summary_verdicts_come_from_paired_compare():
     s = summary.summarize(_fake_result([0.60, 0.62, 0.58], [0.01, -0.02, 0.0], [0.90, 0.92, 0.91],
                                        [1.0, 1.2, 1.1], [0.5, 0.6, 0.55]))
-    r = s.regimes[0]
+    r = s.arms[0]
     assert r.beyond_noise.verdict is stats.Verdict.A_BETTER
     assert r.beyond_noise.diff.mean == pytest.approx(0.60 - (-1 / 300))
     assert r.functional_s_vs_t.verdict is stats.Verdict.A_BETTER
@@ -270,8 +300,45 @@ def test_summary_verdicts_come_from_paired_compare():
     assert r.d.mean == pytest.approx(0.6) and r.d.n == 3
     assert s.controls_pass and "drifts beyond" in s.answer()
     m = s.metrics()
-    assert m["sft"]["drift_beyond_noise"]["verdict"] == "a_better"
-    assert m["sft"]["drift_index_ci_unit"] == "3 runs (1 pretraining seed x 3 SFT seeds)"
+    assert m["sft"]["cosine"]["drift_beyond_noise"]["verdict"] == "a_better"
+    assert m["sft"]["cosine"]["drift_index_ci_unit"] == "3 pretrained models"
+
+
+def test_dose_response_slope_by_hand_on_a_fake_result():
+    # model i: dose D(0, 200) = main[i], D(100, 200) = late[i]; extra loss of the last mask over the
+    # step-t mask: inc_s - inc_t at t = 0 and (inc_s - inc_t) / 2 at t = 100
+    res = _fake_result([0.60, 0.62, 0.58], [0.01, -0.02, 0.0], [0.9, 0.92, 0.91], [1.0, 1.2, 1.1],
+                       [0.5, 0.6, 0.55], late=(0.1, 0.12, 0.08))
+    s = summary.summarize(res)
+    # model 0: points (0.6, 0.5), (0.1, 0.25) -> slope 0.25 / 0.5 = 0.5; model 1: (0.62, 0.6), (0.12, 0.3)
+    # -> 0.6; model 2: (0.58, 0.55), (0.08, 0.275) -> 0.55
+    assert s.slope_all.mean == pytest.approx(0.55) and s.slope_all.n == 3
+    assert s.slope_all_random.mean == pytest.approx(0.0)  # random masks cost nothing here: a flat line
+    assert "D predicts function" in s.answer() and s.card().figure == "dose_response"
+
+
+def test_sft_seeds_are_nested_within_the_pretrained_model():
+    one = summary.summarize(_fake_result([0.60, 0.62, 0.58], [0.01, -0.02, 0.0], [0.9, 0.92, 0.91],
+                                         [1.0, 1.2, 1.1], [0.5, 0.6, 0.55]))
+    two = summary.summarize(_fake_result([0.60, 0.62, 0.58], [0.01, -0.02, 0.0], [0.9, 0.92, 0.91],
+                                         [1.0, 1.2, 1.1], [0.5, 0.6, 0.55], n_seeds=2))
+    # the seeds of a model are averaged first: the same means and n = 3 models, not 6 runs
+    assert two.arms[0].d.n == 3 and two.arms[0].d.mean == pytest.approx(one.arms[0].d.mean)
+    assert (two.arms[0].d.low, two.arms[0].d.high) == pytest.approx((one.arms[0].d.low, one.arms[0].d.high))
+    frame = _fake_result([0.6, 0.6], [0, 0], [0.9, 0.9], [1, 1], [0.5, 0.5], late=(0, 0)).pair_frame()
+    with pytest.raises(ValueError, match="several rows per run"):
+        summary.by_unit(frame, kind="drift")  # two checkpoints' rows per run: a filter is missing
+
+
+def test_constant_schedule_arm_is_compared_paired_over_models():
+    s = summary.summarize(_fake_result([0.60, 0.62, 0.58], [0.01, -0.02, 0.0], [0.9, 0.92, 0.91],
+                                       [1.0, 1.2, 1.1], [0.5, 0.6, 0.55], schedules=("cosine", "constant"),
+                                       late=(0.04, 0.05, 0.03), late_constant=(0.30, 0.33, 0.29)))
+    assert [a.name for a in s.arms] == ["sft/cosine", "sft/constant"]
+    cmp = s.schedule_late["sft"]
+    assert cmp.diff.mean == pytest.approx((0.26 + 0.28 + 0.26) / 3) and cmp.verdict is stats.Verdict.A_BETTER
+    assert summary.schedule_table(s)["n"].tolist() == [3]
+    assert "constant minus cosine" in s.card().headlines[-1].name
 
 
 def test_summary_refuses_a_verdict_when_a_control_fails():
@@ -279,6 +346,7 @@ def test_summary_refuses_a_verdict_when_a_control_fails():
                                        [1.0, 1.2, 1.1], [0.5, 0.6, 0.55]))
     assert not s.controls_pass
     assert s.answer().startswith("no verdict") and "planted" in s.answer()
+    assert s.card().answer.startswith("no verdict")
     tiny_bias = summary.summarize(_fake_result([0.60, 0.62, 0.58], [0.005, 0.008, 0.009], [0.9, 0.92, 0.91],
                                                [1.0, 1.2, 1.1], [0.5, 0.6, 0.55]))
     assert tiny_bias.controls_pass  # interval [0.003, 0.012] excludes 0 but lies within the +-0.1 margin
@@ -291,7 +359,8 @@ def test_summary_refuses_a_verdict_when_a_control_fails():
 @pytest.mark.parametrize("field,value,match", [
     ("checkpoints", [0], "checkpoints"), ("checkpoints", [0, 300], "checkpoints"),
     ("headline_share", 0.1, "headline_share"), ("estimators", ["fisher"], "estimators"),
-    ("top_shares", [0.2, 0.05], "top_shares"), ("samples_per_task", 2, "samples_per_task"),
+    ("top_shares", [0.05, 0.01], "top_shares"), ("samples_per_task", 1, "samples_per_task"),
+    ("schedules", ["linear"], "schedules"), ("schedules", [], "schedules"),
     ("pairs", "some", "pairs"), ("ablation", "noise", "ablation"), ("null_margin", 0.9, "null_margin"),
     ("checkpoints", [0, 50, 20, 200], "checkpoints"), ("ablate_share", 0.5, "ablate_share"),
     ("estimators", ["taylor", "taylor"], "estimators"), ("world_facts", "fake", "world_facts")])
@@ -303,7 +372,7 @@ def test_config_names_the_bad_parameter(field, value, match):
 def test_only_tiny_varies_the_pretraining_seed():
     with pytest.raises(ConfigError, match="^Config.pretrain_seeds: must be \\[0\\] for model"):
         Config(model="HuggingFaceTB/SmolLM2-360M-Instruct", pretrain_seeds=[0, 1])
-    assert Config().unit == "runs (2 pretraining seeds x 2 SFT seeds)"
+    assert Config().unit == "pretrained models" and Config().design == "5 pretrained models x 1 SFT seed each"
 
 
 def test_gpu_profile_builds_the_config_and_rehearsal_prepares_a_toy_copy(tmp_path):

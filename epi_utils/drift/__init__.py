@@ -4,9 +4,9 @@
 and model factory a run reads), ``study`` (:func:`run_study` -> :class:`Result`, typed records),
 ``summary`` (controls, verdicts from ``stats.compare`` and interval tables, as data), ``figures``
 (return figures), ``rehearsal`` (:func:`rehearse`: the gpu profile's code path at toy scale on the
-CPU through the same ``run_study``, with the full-scale cost estimate). Pieces for the redesign
-(issue 27), not yet used by the study: ``chance`` (chance level of a top-k Jaccard, a
-chance-corrected drift index) and ``dose_response`` (slopes of loss against D over units).
+CPU through the same ``run_study``, with the full-scale cost estimate), ``chance`` (chance level
+of a top-k Jaccard, the chance-corrected drift index D*) and ``dose_response`` (slopes of the
+extra held-out loss against D, over pretrained models).
 """
 from __future__ import annotations
 

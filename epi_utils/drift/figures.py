@@ -1,14 +1,17 @@
 """Figures of study 01. Each function takes frames of a :class:`~epi_utils.drift.study.Result`
-(``frames()["pairs"]``, ``frames()["ablations"]``) and returns a
-``matplotlib`` figure; nothing here writes a file (the notebook does, through ``workbench.plots``).
-Bands and error bars are t-intervals over runs (the unit is written in each title).
+(``frames()["pairs"]``, ``frames()["ablations"]``) or summary tables and returns a ``matplotlib``
+figure; nothing here writes a file (the notebook does, through ``workbench.plots``). Bands and error
+bars are t-intervals over pretrained models (SFT seeds averaged within a model first); the unit is
+written in each title. An arm is one regime x schedule.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from epi_utils.drift.summary import model_means, model_table
 from epi_utils.workbench import plots
-from epi_utils.workbench.stats import interval_table
+
+ARM = ["regime", "schedule"]
 
 
 def _plt():
@@ -17,100 +20,120 @@ def _plt():
     return plt
 
 
+def _arms(frame) -> list[tuple[str, str]]:
+    return list(dict.fromkeys(zip(frame["regime"], frame["schedule"])))
+
+
 def drift_over_time(pairs, *, first: int, share: float, unit: str, task: str = "all"):
-    """Top row: D(first, s) against checkpoint s, one line per estimator, one panel per regime.
-    Bottom row: the reliability R_s = J(A_s, B_s) of each checkpoint (what D is normalised by)."""
+    """Per arm (columns): D(first, s) against checkpoint s, one line per estimator, with the level the
+    uncorrected D reads at chance overlap (dotted) and the no-drift control (dashed); the
+    chance-corrected D* (1 = chance); the reliability R_s of each checkpoint's measurement."""
     plt = _plt()
     sub = pairs[(pairs["kind"] == "drift") & (pairs["t"] == first) & (pairs["task"] == task)
                 & (pairs["share"] == share) & (pairs["group"] == "all")]
-    tab = interval_table(sub, by=["regime", "estimator", "s"], columns=("d", "r_s"), unit=unit)
-    regimes = list(dict.fromkeys(sub["regime"]))
-    fig, axes = plt.subplots(2, len(regimes), figsize=(5.2 * len(regimes), 6.2), squeeze=False, sharex="col")
-    for j, regime in enumerate(regimes):
-        for k, est in enumerate(sorted(set(tab["estimator"]))):
-            d = tab[(tab["regime"] == regime) & (tab["estimator"] == est)].sort_values("s")
-            for i, col in enumerate(("d", "r_s")):
+    tab = model_table(sub, by=[*ARM, "estimator", "s"], columns=("d", "d_star", "r_s", "d_at_chance"), unit=unit)
+    arms = _arms(sub)
+    fig, axes = plt.subplots(3, len(arms), figsize=(4.2 * len(arms) + 1.8, 8.4), squeeze=False, sharex="col")
+    for j, (regime, sch) in enumerate(arms):
+        at = tab[(tab["regime"] == regime) & (tab["schedule"] == sch)]
+        for k, est in enumerate(sorted(set(at["estimator"]))):
+            d = at[at["estimator"] == est].sort_values("s")
+            for i, col in enumerate(("d", "d_star", "r_s")):
                 ax = axes[i, j]
                 ax.plot(d["s"], d[col], marker="o", color=f"C{k}", label=est)
                 ax.fill_between(d["s"], d[f"{col}_low"], d[f"{col}_high"], color=f"C{k}", alpha=0.2)
-        nod = pairs[(pairs["kind"] == "no_drift") & (pairs["regime"] == regime) & (pairs["task"] == task)
-                    & (pairs["share"] == share) & (pairs["group"] == "all") & (pairs["estimator"] == "taylor")]
+        taylor = at[at["estimator"] == "taylor"]
+        if len(taylor):
+            axes[0, j].axhline(float(np.nanmean(taylor["d_at_chance"])), color="0.4", ls=":", lw=1.2,
+                               label="chance level (taylor)")
+        nod = pairs[(pairs["kind"] == "no_drift") & (pairs["regime"] == regime) & (pairs["schedule"] == sch)
+                    & (pairs["task"] == task) & (pairs["share"] == share) & (pairs["group"] == "all")
+                    & (pairs["estimator"] == "taylor")]
         if len(nod):
             axes[0, j].axhline(float(nod["d"].mean()), color="k", ls="--", lw=1, label="no-drift control (taylor)")
-        axes[0, j].set(title=f"{regime}: D(step {first}, step s)", ylabel="drift index D", ylim=(-0.1, 1.05))
-        axes[0, j].axhline(0, color="k", lw=0.8)
-        axes[1, j].set(xlabel="checkpoint step s", ylabel="reliability R_s", ylim=(0, 1.05))
-        axes[0, j].legend(title="estimator", fontsize=8)
+        axes[0, j].set(title=f"{regime}, {sch} lr", ylim=(-0.15, 1.1))
+        axes[1, j].axhline(1.0, color="0.4", ls=":", lw=1.2, label="chance")
+        axes[1, j].set(ylim=(-0.15, 1.25))
+        axes[2, j].set(xlabel="checkpoint step s", ylim=(0, 1.05))
+        for ax in axes[:, j]:
+            ax.axhline(0, color="k", lw=0.6)
+    for j in range(len(arms)):
+        axes[0, j].set_ylabel(f"D(step {first}, step s)")
+        axes[1, j].set_ylabel("chance-corrected D*")
+        axes[2, j].set_ylabel("reliability R_s")
+    plots.legend_outside(axes[0, -1], title="estimator")
+    plots.legend_outside(axes[1, -1])
     fig.suptitle(f"task '{task}', top {share:.0%}; bands: 95% t-interval over {unit}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def dose_response(points, *, unit: str, last: int, slope_text: str = ""):
+    """Extra held-out loss of the step-``last`` mask over the step-t mask (y) against D(t, last) (x),
+    at the step-``last`` weights; one marker series per arm (filled: the step-t masks; hollow: random
+    masks of the same size in their place, the control). ``points``: :func:`summary.dose_points`."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.6, 4.4))
+    for k, (regime, sch) in enumerate(_arms(points)):
+        d = points[(points["regime"] == regime) & (points["schedule"] == sch)].sort_values("t")
+        xerr = np.vstack([d["dose"] - d["dose_low"], d["dose_high"] - d["dose"]])
+        for col, fill, name in (("extra", f"C{k}", f"{regime}, {sch}: step-t mask"),
+                                ("extra_random", "none", f"{regime}, {sch}: random mask")):
+            yerr = np.vstack([d[col] - d[f"{col}_low"], d[f"{col}_high"] - d[col]])
+            ax.errorbar(d["dose"], d[col], xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt="o",
+                        color=f"C{k}", mfc=fill, capsize=2, lw=0.8, label=name,
+                        ls="-" if col == "extra" else "none")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set(xlabel=f"drift index D(step t, step {last}) of the ablated mask",
+           ylabel=f"extra held-out loss of the step-{last} mask",
+           title=f"dose-response at step-{last} weights, task 'all'\n95% t-intervals over {unit}"
+                 + (f"; {slope_text}" if slope_text else ""))
+    plots.legend_outside(ax, fontsize=7)
     fig.tight_layout()
     return fig
 
 
 def drift_by_layer_type(pairs, *, first: int, last: int, share: float, unit: str, estimator: str = "taylor",
                         task: str = "all"):
-    """D(first, last) per layer type (and all parameters), one bar group per regime, with t-intervals."""
+    """D(first, last) per layer type (and all parameters), one bar per arm, with t-intervals."""
     plt = _plt()
     sub = pairs[(pairs["kind"] == "drift") & (pairs["t"] == first) & (pairs["s"] == last) & (pairs["task"] == task)
                 & (pairs["share"] == share) & (pairs["estimator"] == estimator)]
-    tab = interval_table(sub, by=["regime", "group"], columns=("d",), unit=unit)
-    regimes = list(dict.fromkeys(sub["regime"]))
+    tab = model_table(sub, by=[*ARM, "group"], columns=("d",), unit=unit)
+    arms = _arms(sub)
     groups = ["all"] + sorted(g for g in set(tab["group"]) if g != "all")
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) + 2), 3.8))
-    width = 0.8 / len(regimes)
-    for k, regime in enumerate(regimes):
-        d = tab[tab["regime"] == regime].set_index("group").reindex(groups)
-        x = np.arange(len(groups)) + (k - (len(regimes) - 1) / 2) * width
-        err = np.vstack([d["d"] - d["d_low"], d["d_high"] - d["d"]])
-        ax.bar(x, d["d"], width, yerr=err, capsize=3, color=f"C{k}", label=regime)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(groups) + 2), 3.8))
+    width = 0.8 / len(arms)
+    for k, (regime, sch) in enumerate(arms):
+        d = tab[(tab["regime"] == regime) & (tab["schedule"] == sch)].set_index("group").reindex(groups)
+        x = np.arange(len(groups)) + (k - (len(arms) - 1) / 2) * width
+        err = np.nan_to_num(np.vstack([d["d"] - d["d_low"], d["d_high"] - d["d"]]))
+        ax.bar(x, d["d"], width, yerr=err, capsize=3, color=f"C{k}", label=f"{regime}, {sch}")
     ax.set_xticks(np.arange(len(groups)), labels=groups)
     ax.axhline(0, color="k", lw=0.8)
     ax.set(xlabel="layer type", ylabel=f"D(step {first}, step {last})",
            title=f"{estimator}, task '{task}', top {share:.0%}\n95% t-interval over {unit}")
-    ax.legend(title="regime", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    plots.legend_outside(ax, title="arm", fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def drift_matrix(pairs, *, share: float, estimator: str = "taylor", task: str = "all"):
-    """Heatmaps of D(t, s) (mean over runs) for every pair of checkpoints t < s, one panel per regime."""
+    """Heatmaps of D(t, s) (mean over pretrained models) for every pair t < s, one panel per arm."""
     plt = _plt()
     sub = pairs[(pairs["kind"] == "drift") & (pairs["task"] == task) & (pairs["share"] == share)
                 & (pairs["estimator"] == estimator) & (pairs["group"] == "all")]
-    regimes = list(dict.fromkeys(sub["regime"]))
+    arms = _arms(sub)
     steps = sorted(set(sub["t"]) | set(sub["s"]))
-    fig, axes = plt.subplots(1, len(regimes), figsize=(5.2 * len(regimes), 4.2), squeeze=False)
-    for ax, regime in zip(axes[0], regimes):
+    fig, axes = plt.subplots(1, len(arms), figsize=(4.4 * len(arms), 4.0), squeeze=False)
+    for ax, (regime, sch) in zip(axes[0], arms):
         mat = np.full((len(steps), len(steps)), np.nan)
-        for (t, s), v in sub[sub["regime"] == regime].groupby(["t", "s"])["d"].mean().items():
+        mm = model_means(sub[(sub["regime"] == regime) & (sub["schedule"] == sch)], by=["t", "s"], columns=("d",))
+        for (t, s), v in mm.groupby(["t", "s"])["d"].mean().items():
             mat[steps.index(t), steps.index(s)] = v
         plots.matrix(ax, mat, xlabels=[str(s) for s in steps], ylabels=[str(t) for t in steps],
-                     cbar_label="drift index D (mean over runs)", cmap="magma", vmin=0, vmax=1, fmt=".2f")
-        ax.set(xlabel="later checkpoint s", ylabel="earlier checkpoint t",
-               title=f"{regime}: D(t, s), {estimator}, top {share:.0%}")
-    fig.tight_layout()
-    return fig
-
-
-def functional(ablations, *, unit: str, task: str = "all"):
-    """Held-out loss increase when the step-t mask, the step-s mask or a random mask of the same size
-    is ablated at the step-s weights; bars per regime with t-intervals over runs."""
-    plt = _plt()
-    sub = ablations[ablations["task"] == task]
-    tab = interval_table(sub, by=["regime", "mask"], columns=("increase",), unit=unit)
-    regimes = list(dict.fromkeys(sub["regime"]))
-    masks = ["step_t", "step_s", "random"]
-    t, s = int(sub["t"].iloc[0]), int(sub["s"].iloc[0])
-    names = {"step_t": f"mask of step {t}", "step_s": f"mask of step {s}", "random": "random mask"}
-    fig, ax = plt.subplots(figsize=(2.4 * len(regimes) + 2.5, 3.8))
-    width = 0.8 / len(masks)
-    for k, m in enumerate(masks):
-        d = tab[tab["mask"] == m].set_index("regime").reindex(regimes)
-        x = np.arange(len(regimes)) + (k - 1) * width
-        err = np.vstack([d["increase"] - d["increase_low"], d["increase_high"] - d["increase"]])
-        ax.bar(x, d["increase"], width, yerr=err, capsize=3, color=f"C{k}", label=names[m])
-    ax.set_xticks(np.arange(len(regimes)), labels=regimes)
-    ax.set(xlabel="regime (peak learning rate)", ylabel="held-out loss increase",
-           title=f"ablation at step-{s} weights, task '{task}'\n95% t-interval over {unit}")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+                     cbar_label="D (mean over models)", cmap="magma", vmin=0, vmax=1, fmt=".2f")
+        ax.set(xlabel="later checkpoint s", ylabel="earlier checkpoint t", title=f"{regime}, {sch}: D(t, s)")
+    fig.suptitle(f"{estimator}, task '{task}', top {share:.0%}", fontsize=10)
     fig.tight_layout()
     return fig

@@ -4,10 +4,10 @@ The gpu profile's code path at toy scale: a random-initialised model of the prof
 (:func:`epi_utils.workbench.rehearsal.tiny_model_config`; SmolLM2 -> Llama) with the world's word
 tokenizer (vocabulary = the world's words, so one core suffices; the estimate uses the full model's sizes), 8 training and 8 held-out samples per task written locally in the world's ``Sample``
 field layout and read back, and :func:`epi_utils.drift.study.run_study` (the same function as the
-full run: checkpoint rankings, pairs, both controls, the functional test) for two SFT seeds in every
-regime, 4 steps each (:func:`prepare` builds the toy config and inputs). Then :func:`epi_utils.workbench.rehearsal.estimate` with the full profile's
+full run: checkpoint rankings, pairs, both controls, the functional test) for one model and two SFT seeds in every regime and
+schedule, 4 steps each (:func:`prepare` builds the toy config and inputs). Then :func:`epi_utils.workbench.rehearsal.estimate` with the full profile's
 sizes. The host memory of the full run is dominated by the stored rankings:
-``measurements x (2 halves x (tasks + 1) x gradient estimators + 1) x 4 bytes x max(top_shares) x
+``measurements x (4 parts x (tasks + 1) x gradient estimators + 1) x 4 bytes x max(top_shares) x
 n_params`` (the data-free ``magnitude`` ranking is one per measurement)
 (measurements held at once: all checkpoints for ``pairs="all"``, three for ``"anchored"``, plus
 the permuted copy's), plus the per-element layer-type map (1 byte) and one model copy (4 bytes).
@@ -53,12 +53,12 @@ def _estimate(cfg: Config, world, meter, n_grad_est: int, result: Result) -> dic
     words = [len((s.prompt + " " + s.response).split()) for s in train]
     seq = 2.0 * max(words) + 8  # subword tokens: ~2 per word of the world's text + format tokens (assumption)
     avg = 2.0 * float(sum(words)) / len(words) + 8
-    runs = len(cfg.regimes) * len(cfg.pretrain_seeds) * cfg.n_seeds
-    passes = len(cfg.checkpoints) + 2  # halves at every checkpoint, quarters, the permuted copy
+    runs = len(cfg.regimes) * len(cfg.schedules) * len(cfg.pretrain_seeds) * cfg.n_seeds
+    passes = len(cfg.checkpoints) + 1  # four parts (one pass over the data) at every checkpoint, the permuted copy
     train_tokens = runs * (cfg.steps * cfg.batch_size + passes * len(train)) * avg
-    forward_tokens = runs * 2 * len(world.split("heldout")) * 4 * avg  # functional test: base + 3 masks, per task and all
+    forward_tokens = runs * 2 * len(world.split("heldout")) * (1 + 2 * len(cfg.checkpoints)) * avg  # dose test: base + 2 masks per checkpoint, per task and all
     held = (len(cfg.checkpoints) if cfg.pairs == "all" else 3) + 1
-    per_measurement = 2 * (n_tasks + 1) * n_grad_est + ("magnitude" in cfg.estimators)  # |theta|: one, shared
+    per_measurement = 4 * (n_tasks + 1) * n_grad_est + ("magnitude" in cfg.estimators)  # |theta|: one, shared
     ranking_bytes = held * per_measurement * 4 * max(cfg.top_shares) * n
     host_extra = ranking_bytes + 1 * n + 4 * n  # layer-type map + permuted model copy
     device_state = 4 * (3 + 2 * n_grad_est + 2)  # theta, grad, per-task and "all" sums, normalised copy, sort
@@ -72,7 +72,7 @@ def _estimate(cfg: Config, world, meter, n_grad_est: int, result: Result) -> dic
     combos = (n_tasks + 1) * len(cfg.estimators) * (len(pairs_of(cfg.checkpoints, cfg.pairs)) + 2) * runs
     per_combo = 24 * n + 160 * sum(cfg.top_shares) * n
     # plus the rankings themselves: ~40 bytes per parameter each (normalise, k-th value, select, sort)
-    rankings = runs * (2 * len(cfg.checkpoints) + 4 + 2) * per_measurement
+    rankings = runs * (len(cfg.checkpoints) + 1) * per_measurement
     stats_hours = (combos * per_combo + rankings * 40 * n) / (rehearsal.GPUS[est.gpu]["bandwidth"] * 0.5) / 3600
     out = est.to_dict()
     out["statistics_gpu_hours"] = stats_hours
@@ -88,7 +88,7 @@ def _estimate(cfg: Config, world, meter, n_grad_est: int, result: Result) -> dic
 
 
 def prepare(cfg: Config, folder) -> tuple[Config, Inputs]:
-    """The toy config (one pretraining seed, two SFT seeds, 4 steps, checkpoints 0/2/4, CPU) and
+    """The toy config (one pretrained model, two SFT seeds, 4 steps, checkpoints 0/2/4, CPU) and
     the toy inputs (local samples, a random-initialised model of the profile model's family with
     the world's word tokenizer) for a rehearsal of ``cfg``; samples are written under ``folder``."""
     from transformers import AutoModelForCausalLM

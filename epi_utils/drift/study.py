@@ -1,26 +1,27 @@
 """Study 01: run the design and return typed records (:class:`Result`).
 
-One **run** = one regime (learning rate) x one pretraining seed x one SFT seed: mixed multi-task SFT
-of the model for ``steps`` optimizer steps (:func:`epi_utils.lm.train.train_sft`, cosine schedule).
-At every checkpoint step (step 0 = the model before SFT) the weights are held fixed and importance
-is measured from the two disjoint, equal-size halves A and B of each task's training data
-(:func:`epi_utils.importance.checkpoint.checkpoint_rankings`). After the last checkpoint:
+One **run** = one regime (peak learning rate) x one learning-rate schedule (cosine decay or
+constant) x one pretrained model (pretraining seed) x one SFT seed: mixed multi-task SFT of that
+model for ``steps`` optimizer steps (:func:`epi_utils.lm.train.train_sft`). Each task's training
+samples are split once per run into four disjoint, equal parts P1..P4. At every checkpoint step
+(step 0 = the model before SFT) the weights are held fixed and importance is measured on each part
+(:func:`epi_utils.importance.checkpoint.checkpoint_rankings`). A **measurement** is a pair of
+parts: M1 = (P1, P2), M2 = (P3, P4). Statistics (Jaccard from :mod:`epi_utils.importance.drift`):
 
-- **negative control** (no drift): the last checkpoint measured twice, on four disjoint quarters of
-  the data, (Q1, Q2) standing for "step t" and (Q3, Q4) for "step s": the same weights, so the true
-  drift is 0 and D must be 0 within its interval;
-- **positive control** (planted drift): the last checkpoint against a function-preserving
-  permutation of itself (:func:`~epi_utils.importance.checkpoint.permute_hidden_units`): the
-  same function, with nearly every importance value moved to another index, so D must be near 1;
-- **functional test**: at the last checkpoint's weights, the top-``ablate_share`` (taylor, half A)
-  mask of the first checkpoint, the one of the last checkpoint and a random mask of the same size
-  are ablated in turn; the held-out loss increase of each is recorded per task.
-
-Statistics per pair of checkpoints (t, s) (Jaccard from :mod:`epi_utils.importance.drift`):
-reliability ``R_t = J(A_t, B_t)``; cross-time overlap ``C_ts`` = mean of ``J(A_t, B_s)`` and
-``J(B_t, A_s)`` (cross-half: no sample shared); drift index ``D_ts = 1 - C_ts / sqrt(R_t R_s)``;
-the same normalisation for rank-biased overlap at top-p and for Spearman on a fixed sample of
-positions. Jaccard and D also per layer type.
+- reliability of a measurement ``R = J(P1, P2)`` (or ``J(P3, P4)``);
+- drift of checkpoint t to s: M1 at step t against M2 at step s, cross-overlap ``C_ts`` = mean of
+  ``J(P1_t, P4_s)`` and ``J(P2_t, P3_s)`` (no sample shared), ``D_ts = 1 - C_ts / sqrt(R_t R_s)``;
+  the chance level of the overlap ``J0`` (:func:`epi_utils.drift.chance.chance_jaccard`) gives
+  the chance-corrected ``D*`` (1 at chance) and what the uncorrected D reads at chance;
+- **no-drift control** at the main measurement's budget: the same two measurements M1, M2 (two
+  pairs of disjoint parts, independent draws) at the *same* checkpoint (the last): the very
+  estimator of D with the weights unchanged, so the true drift is 0;
+- **planted control**: M1 at the last checkpoint against M2 on a function-preserving permutation
+  of the same weights (:func:`~epi_utils.importance.checkpoint.permute_hidden_units`): D near 1;
+- **dose-response**: at the last checkpoint's weights, the top-``ablate_share`` taylor mask (part
+  P1) of *every* checkpoint t is ablated in turn, and a fresh random mask of the same size beside
+  each; the held-out loss increase per task. The dose is D(t, last), the response the extra loss
+  of the current mask over the step-t mask.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from epi_utils.drift import chance
 from epi_utils.drift.config import Config
 from epi_utils.drift.inputs import Inputs, build_inputs
 from epi_utils.drift.summary import Summary, summarize
@@ -40,6 +42,7 @@ from epi_utils.importance import checkpoint as ci
 from epi_utils.importance import drift as dr
 from epi_utils.lm.train import TrainConfig, TrainHook, train_sft
 from epi_utils.workbench import progress, runs
+from epi_utils.workbench.cards import Card
 
 ALL = ci.ALL
 
@@ -48,10 +51,12 @@ ALL = ci.ALL
 class PairRecord:
     """One comparison of two importance measurements (``kind``: drift between checkpoints t < s,
     or a control at the last checkpoint, where ``t == s``). ``group``: ``"all"`` parameters or a
-    layer type; ``rbo_*``/``rho_*`` only for ``group == "all"`` (NaN otherwise)."""
+    layer type; ``rbo_*``/``rho_*``/``chance``/``d_star`` only for ``group == "all"`` (NaN
+    otherwise). ``chance``: the Jaccard of two random top-k sets; ``d_star``: the chance-corrected D."""
 
     kind: str
     regime: str
+    schedule: str
     pretrain_seed: int
     seed: int
     task: str
@@ -64,6 +69,9 @@ class PairRecord:
     r_s: float
     c_ts: float
     d: float
+    chance: float = float("nan")
+    d_star: float = float("nan")
+    d_at_chance: float = float("nan")
     rbo_r_t: float = float("nan")
     rbo_r_s: float = float("nan")
     rbo_ts: float = float("nan")
@@ -74,15 +82,17 @@ class PairRecord:
 
     @property
     def unit(self) -> str:
-        return run_id(self.pretrain_seed, self.seed)
+        return model_id(self.pretrain_seed)
 
 
 @dataclass(frozen=True)
 class AblationRecord:
-    """Held-out loss of task ``task`` at step ``s`` with the ``mask`` (top ``share`` of step
-    ``t``'s or step ``s``'s taylor importance, or random) ablated."""
+    """Held-out loss of task ``task`` at step ``s`` with the ``mask`` ablated: ``"step"``, the top
+    ``share`` of step ``t``'s taylor importance (part P1), or ``"random"``, a random mask of the
+    same size drawn beside it."""
 
     regime: str
+    schedule: str
     pretrain_seed: int
     seed: int
     task: str
@@ -99,7 +109,7 @@ class AblationRecord:
 
     @property
     def unit(self) -> str:
-        return run_id(self.pretrain_seed, self.seed)
+        return model_id(self.pretrain_seed)
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,7 @@ class RunRecord:
     one; step 0: the loss on all training samples before SFT) and the planted control's check."""
 
     regime: str
+    schedule: str
     lr: float
     pretrain_seed: int
     seed: int
@@ -138,12 +149,12 @@ class Result:
 
     def run_frame(self) -> pd.DataFrame:
         return pd.DataFrame([{k: v for k, v in asdict(r).items() if k != "loss_at"} | {
-            f"loss_step{s}": v for s, v in r.loss_at.items()} | {"unit": run_id(r.pretrain_seed, r.seed)}
+            f"loss_step{s}": v for s, v in r.loss_at.items()} | {"unit": model_id(r.pretrain_seed)}
             for r in self.runs])
 
     def frames(self) -> dict[str, pd.DataFrame]:
-        """The per-unit tables: ``runs`` (one row per run), ``pairs`` (every comparison) and
-        ``ablations`` (the functional test)."""
+        """The per-run tables: ``runs`` (one row per run), ``pairs`` (every comparison) and
+        ``ablations`` (the dose-response test); column ``unit`` names the pretrained model."""
         return {"runs": self.run_frame(), "pairs": self.pair_frame(), "ablations": self.ablation_frame()}
 
     def summary(self) -> Summary:
@@ -156,14 +167,18 @@ class Result:
     def headlines(self) -> list[str]:
         return self.summary().headlines()
 
+    def card(self) -> Card:
+        """The index's card (:meth:`epi_utils.drift.summary.Summary.card`)."""
+        return self.summary().card()
+
     def timings(self) -> dict:
         return {"seconds_per_run": [round(r.seconds, 1) for r in self.runs],
                 "statistics_seconds_per_run": [round(r.stats_seconds, 1) for r in self.runs]}
 
 
-def run_id(pretrain_seed: int, seed: int) -> str:
-    """The unit an interval is over: one (pretraining seed, SFT seed) run."""
-    return f"pretrain{pretrain_seed}/seed{seed}"
+def model_id(pretrain_seed: int) -> str:
+    """The unit every interval is over: one independently pretrained model."""
+    return f"model{pretrain_seed}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,7 +201,7 @@ class _CheckpointHook(TrainHook):
 
 
 def _compare_rankings(ra: dict, rb: dict, ra2: dict, rb2: dict, *, cfg: Config, groups, n: int, kind: str,
-             run: tuple[str, int, int], t: int, s: int, rel: dict, labels: tuple[str, str],
+             run: tuple[str, str, int, int], t: int, s: int, rel: dict, labels: tuple[str, str],
              device="cpu") -> list[PairRecord]:
     """PairRecords for measurement 1 = (ra, rb) (halves A, B) against measurement 2 = (ra2, rb2);
     ``labels`` name the two measurements for the reliability cache ``rel``. The rankings are
@@ -216,11 +231,15 @@ def _compare_rankings(ra: dict, rb: dict, ra2: dict, rb2: dict, *, cfg: Config, 
                       dr.topk_jaccard(b1.indices, a2.indices, k=k, n=n, groups=groups, inv_b=inv["a2"])]
                 rbox = 0.5 * (dr.rbo(a1.indices, b2.indices, k=k, n=n, inv_b=inv["b2"])
                               + dr.rbo(b1.indices, a2.indices, k=k, n=n, inv_b=inv["a2"]))
+                j0 = chance.chance_jaccard(k, n) if k not in rel["chance"] else rel["chance"][k]
+                rel["chance"][k] = j0
                 for g in j1:
                     c = 0.5 * (jx[0][g] + jx[1][g])
                     extra = {}
                     if g == "all":
-                        extra = dict(rbo_r_t=rbo1, rbo_r_s=rbo2, rbo_ts=rbox, rbo_d=dr.drift_index(rbox, rbo1, rbo2),
+                        extra = dict(chance=j0, d_star=chance.drift_index_corrected(c, j1[g], j2[g], j0),
+                                     d_at_chance=chance.drift_index_at_chance(j0, j1[g], j2[g]),
+                                     rbo_r_t=rbo1, rbo_r_s=rbo2, rbo_ts=rbox, rbo_d=dr.drift_index(rbox, rbo1, rbo2),
                                      rho_r_t=rho1, rho_r_s=rho2, rho_ts=rhox)
                     out.append(PairRecord(kind, *run, task, est, share, t, s, g, j1[g], j2[g], c,
                                           dr.drift_index(c, j1[g], j2[g]), **extra))
@@ -238,9 +257,11 @@ def pairs_of(checkpoints: list[int], mode: str) -> list[tuple[int, int]]:
 
 
 def run_one(cfg: Config, inputs: Inputs, *, regime: str, lr: float, pretrain_seed: int, seed: int,
-            device: str = "cpu") -> tuple[RunRecord, list[PairRecord], list[AblationRecord]]:
+            schedule: str = "cosine", device: str = "cpu") -> tuple[RunRecord, list[PairRecord], list[AblationRecord]]:
     """One run (module docstring): a fresh model from ``inputs.model_fn(pretrain_seed)``, SFT on
-    ``inputs.train``, the functional test on ``inputs.heldout``; rankings compared on ``device``."""
+    ``inputs.train`` under ``schedule``, the dose-response test on ``inputs.heldout``; rankings
+    compared on ``device``. The parts P1..P4 and the random masks depend on (seed, pretrain_seed)
+    only, so every regime and schedule of one model sees the same parts."""
     t0 = time.perf_counter()
     train_samples, heldout = inputs.train, inputs.heldout
     net, tok = inputs.model_fn(pretrain_seed)
@@ -251,32 +272,35 @@ def run_one(cfg: Config, inputs: Inputs, *, regime: str, lr: float, pretrain_see
     gen = torch.Generator().manual_seed(10_007 * seed + pretrain_seed)
     sample_idx = torch.randint(0, n, (min(cfg.spearman_sample, n),), generator=gen)
     rng = np.random.default_rng([seed, pretrain_seed])
-    half_a, half_b = ci.split_parts(train_samples, n_parts=2, rng=rng)
-    quarters = ci.split_parts(train_samples, n_parts=4, rng=rng)
+    parts = ci.split_parts(train_samples, n_parts=4, rng=rng)
+    half_a = parts[0] + parts[1]
     kw = dict(estimators=cfg.estimators, probe_batch=cfg.probe_batch, max_share=max(cfg.top_shares),
               sample_idx=sample_idx, normalize=cfg.normalize)
-    stored: dict[int, tuple[dict, dict]] = {}
+    stored: dict[int, list[dict]] = {}
     keep = set(cfg.checkpoints) if cfg.pairs == "all" else None
     start_state = ({k: v.detach().cpu().clone() for k, v in net.named_parameters()}
                    if cfg.ablation == "reference" else None)
     loss0 = ci.mean_loss(net, tok, train_samples, batch_size=32)
 
     def measure(step: int) -> None:
-        stored[step] = (ci.checkpoint_rankings(net, tok, half_a, **kw), ci.checkpoint_rankings(net, tok, half_b, **kw))
+        stored[step] = [ci.checkpoint_rankings(net, tok, part, **kw) for part in parts]
         if keep is None:  # anchored: keep the first checkpoint and the last two only
             for old in sorted(stored)[1:-2]:
                 del stored[old]
 
-    run = (regime, pretrain_seed, seed)
+    run = (regime, schedule, pretrain_seed, seed)
     pairs: list[PairRecord] = []
-    rel: dict = {}
+    rel: dict = {"chance": {}}
     timer = [0.0]
 
-    def _compare(*args, **kw):  # the module-level comparison, timed (host-side statistics cost)
+    def _compare(t: int, s: int, m2: list[dict], kind: str, label2: str) -> None:
+        """M1 = (P1, P2) at step t against M2 = (P3, P4) of ``m2`` (timed: host-side statistics)."""
         t1 = time.perf_counter()
-        out = _compare_rankings(*args, device=device, **kw)
+        m1 = stored[t]
+        pairs.extend(_compare_rankings(m1[0], m1[1], m2[2], m2[3], cfg=cfg, groups=groups, n=n, kind=kind, run=run,
+                                       t=t, s=s, rel=rel, labels=(f"m1_step{t}", label2), device=device))
         timer[0] += time.perf_counter() - t1
-        return out
+
     hook = _CheckpointHook(measure, cfg.checkpoints)
     if cfg.pairs == "anchored":  # compare as we go, so only three checkpoints are ever held
         orig = hook.measure
@@ -285,60 +309,59 @@ def run_one(cfg: Config, inputs: Inputs, *, regime: str, lr: float, pretrain_see
             orig(step)
             for t, s in pairs_of(cfg.checkpoints, "anchored"):
                 if s == step:
-                    pairs.extend(_compare(*stored[t], *stored[s], cfg=cfg, groups=groups, n=n, kind="drift",
-                                          run=run, t=t, s=s, rel=rel, labels=(f"step{t}", f"step{s}")))
+                    _compare(t, s, stored[s], "drift", f"m2_step{s}")
         hook.measure = measure_and_compare
     tcfg = TrainConfig(lr=lr, batch_size=cfg.batch_size, max_steps=cfg.steps, eval_every=0, eval_train=False,
-                       seed=seed, schedule="cosine")
+                       seed=seed, schedule=schedule)
     train_sft(net, tok, [train_samples], config=tcfg, hooks=[hook], progress=False)
     if cfg.pairs == "all":
         for t, s in pairs_of(cfg.checkpoints, "all"):
-            pairs.extend(_compare(*stored[t], *stored[s], cfg=cfg, groups=groups, n=n, kind="drift", run=run,
-                                  t=t, s=s, rel=rel, labels=(f"step{t}", f"step{s}")))
-    first, last = cfg.checkpoints[0], cfg.checkpoints[-1]
-    # negative control: the same weights measured on quarters (Q1, Q2) vs (Q3, Q4)
-    qr = [ci.checkpoint_rankings(net, tok, q, **kw) for q in quarters]
-    pairs.extend(_compare(qr[0], qr[1], qr[2], qr[3], cfg=cfg, groups=groups, n=n, kind="no_drift", run=run,
-                          t=last, s=last, rel=rel, labels=("q12", "q34")))
+            _compare(t, s, stored[s], "drift", f"m2_step{s}")
+    last = cfg.checkpoints[-1]
+    # no-drift control: the same two measurements at the same checkpoint (the main budget, weights unchanged)
+    _compare(last, last, stored[last], "no_drift", f"m2_step{last}")
     # positive control: a function-preserving permutation of the same weights
     perm = copy.deepcopy(net)
     ci.permute_hidden_units(perm, generator=torch.Generator().manual_seed(seed + 1))
     loss_change = abs(ci.mean_loss(perm, tok, half_a) - ci.mean_loss(net, tok, half_a))
-    pr = (ci.checkpoint_rankings(perm, tok, half_a, **kw), ci.checkpoint_rankings(perm, tok, half_b, **kw))
+    permuted = [{}, {}] + [ci.checkpoint_rankings(perm, tok, part, **kw) for part in parts[2:]]
     del perm
-    pairs.extend(_compare(*stored[last], *pr, cfg=cfg, groups=groups, n=n, kind="planted", run=run, t=last, s=last,
-                          rel=rel, labels=(f"step{last}", "permuted")))
-    ablations = functional_test(cfg, net, tok, stored[first][0], stored[last][0], heldout=heldout, n=n, run=run,
-                                t=first, s=last, reference=start_state, generator=gen)
-    rec = RunRecord(regime, lr, pretrain_seed, seed, n, {0: loss0, **hook.losses}, float(loss_change),
+    _compare(last, last, permuted, "planted", "m2_permuted")
+    masks = {t: stored[t][0] for t in stored}
+    ablations = dose_test(cfg, net, tok, masks, heldout=heldout, n=n, run=run, s=last, reference=start_state,
+                          generator=gen)
+    rec = RunRecord(regime, schedule, lr, pretrain_seed, seed, n, {0: loss0, **hook.losses}, float(loss_change),
                     time.perf_counter() - t0, timer[0])
     return rec, pairs, ablations
 
 
-def functional_test(cfg: Config, net, tok, rank_t: dict, rank_s: dict, *, heldout, n: int, run, t: int, s: int,
-                    reference, generator: torch.Generator) -> list[AblationRecord]:
-    """Ablate the step-t, step-s and a random top-``ablate_share`` mask at the current weights
-    (those of step s); held-out loss per task and for ``"all"`` (all held-out samples)."""
+def dose_test(cfg: Config, net, tok, masks: dict[int, dict], *, heldout, n: int, run, s: int, reference,
+              generator: torch.Generator) -> list[AblationRecord]:
+    """At the current weights (those of step ``s``), ablate the top-``ablate_share`` taylor mask of
+    every checkpoint t in ``masks`` (``{t: rankings of part P1}``) and a fresh random mask of the
+    same size beside each; held-out loss per task and for ``"all"`` (all held-out samples)."""
     k = max(1, int(round(cfg.ablate_share * n)))
     out = []
     by_task = {task: [x for x in heldout if x.task == task] for task in sorted({x.task for x in heldout})}
     by_task[ALL] = list(heldout)
+    steps = sorted(masks)
+    randoms = {t: torch.randperm(n, generator=generator)[:k] for t in steps}
     for task, samples in by_task.items():
         base = ci.mean_loss(net, tok, samples)
-        masks = {"step_t": rank_t[(task, "taylor")].indices[:k], "step_s": rank_s[(task, "taylor")].indices[:k],
-                 "random": torch.randperm(n, generator=generator)[:k]}
-        for name, idx in masks.items():
-            saved = ci.ablate(net, idx, mode=cfg.ablation, reference=reference)
-            try:
-                loss = ci.mean_loss(net, tok, samples)
-            finally:
-                ci.restore(net, saved)
-            out.append(AblationRecord(*run, task, name, t, s, cfg.ablate_share, base, loss))
+        for t in steps:
+            for name, idx in (("step", masks[t][(task, "taylor")].indices[:k]), ("random", randoms[t])):
+                saved = ci.ablate(net, idx, mode=cfg.ablation, reference=reference)
+                try:
+                    loss = ci.mean_loss(net, tok, samples)
+                finally:
+                    ci.restore(net, saved)
+                out.append(AblationRecord(*run, task, name, t, s, cfg.ablate_share, base, loss))
     return out
 
 
 def run_study(cfg: Config, *, progress: Callable = progress.progress, inputs: Inputs | None = None) -> Result:
-    """Every regime x pretraining seed x SFT seed (:func:`run_one`), one ``progress`` step per run.
+    """Every regime x schedule x pretrained model x SFT seed (:func:`run_one`), one ``progress``
+    step per run.
 
     Seeds the run (``seed_everything(cfg.seed)``) and builds its inputs from ``cfg``
     (:func:`~epi_utils.drift.inputs.build_inputs`) unless ``inputs`` are given (the rehearsal's
@@ -350,9 +373,11 @@ def run_study(cfg: Config, *, progress: Callable = progress.progress, inputs: In
     inputs = build_inputs(cfg) if inputs is None else inputs
     device = str(cfg.torch_device)
     result = Result(config=cfg)
-    plan = [(r, lr, p, s) for r, lr in cfg.regimes for p in cfg.pretrain_seeds for s in cfg.sft_seeds]
-    for regime, lr, p, s in progress(plan, desc="run (regime x pretraining seed x seed)"):
-        rec, pairs, abl = run_one(cfg, inputs, regime=regime, lr=lr, pretrain_seed=p, seed=s, device=device)
+    plan = [(r, lr, sch, p, s) for p in cfg.pretrain_seeds for r, lr in cfg.regimes for sch in cfg.schedules
+            for s in cfg.sft_seeds]
+    for regime, lr, sch, p, s in progress(plan, desc="run (pretrained model x regime x schedule x seed)"):
+        rec, pairs, abl = run_one(cfg, inputs, regime=regime, lr=lr, schedule=sch, pretrain_seed=p, seed=s,
+                                  device=device)
         result.runs.append(rec)
         result.pairs.extend(pairs)
         result.ablations.extend(abl)
