@@ -45,3 +45,14 @@ def test_schema_file_patterns_and_name_are_read_and_checked():
     assert s.name == "Demo" and s.patterns == (("id", r"ID\d+"),)
     with pytest.raises(ValueError, match="regular expression"):
         schema_from_dict({"events": [{"event_type": "A", "roles": ["x"]}], "patterns": {"bad": "("}})
+
+
+def test_the_transfer_demo_writes_a_doc2edag_folder_that_loads_with_its_own_schema(tmp_path):
+    from epi_utils.events.demo import DEMO_SCHEMA, main
+    from epi_utils.events.prepare import prepare_data
+
+    folder = main([str(tmp_path / "transfer"), "--docs", "40"])
+    data = prepare_data(folder, folder / DEMO_SCHEMA, split_seed=0, max_sentences=8, max_sentence_chars=64)
+    assert data.report.n_kept == 40 and data.schema.event_types == ("Launch", "Dock", "Undock", "Contract")
+    assert data.name.startswith("transfer demo") and "Launch" in data.describe()
+    assert data.schema.twin_types() == [("Dock", "Undock")]

@@ -32,6 +32,8 @@ class EventConfig(StudyConfig):
     data_subdir: str = option("docee/chfinann", "folder under EPI_DATA_DIR with the documents")
     schema_file: str = option("chfinann_event_schema.derived.json",
                               "schema file in data_subdir (or shipped in events/schemas)")
+    synthetic_schema: str = option("chfinann_event_schema.json", "shipped schema (events/schemas) of data_source synthetic "
+                                   "(transfer_demo_schema.json: the worked transfer example)")
     split_files: list[str] = option([], "three files (train, dev, test) holding the split; empty: seeded split of the folder",
                                     unique=True)
     limit_docs: int = option(0, "keep only the first N documents (0 keeps all)", ge=0)
@@ -76,6 +78,9 @@ class EventConfig(StudyConfig):
                              choices=CANDIDATES)
     train_candidates: str = option("union", "decoder training candidates: union (+ annotated) | gold (annotated only)",
                                    choices=TRAIN_CANDIDATES)
+    train_fields: str = option("annotated", "entity field of a training candidate that both the NER head and the annotation "
+                                            "give: annotated | predicted (the field the decoder meets at test time)",
+                               choices=("annotated", "predicted"))
     type_gate: str = option("dev", "decode only detected types: on | off | dev (chosen on dev per decoder)",
                             choices=("on", "off", "dev"))
     builtin_rules: bool = option(True, "offer the built-in value patterns (events/rules.py) to the dev-chosen rule gate "

@@ -167,7 +167,8 @@ def encode_split(data: PreparedData, cfg: EventConfig, *, seed: int, step: str =
                                     gold_fields=[d.fields for d in data.cut["dev"]])
     s = data.schema
     feats = {"train": (extract_features(enc, data.cut["train"], s, candidates="gold") if cfg.train_candidates == "gold"
-                       else extract_features(enc, data.cut["train"], s, candidates="union", add_gold=True, **kw)),
+                       else extract_features(enc, data.cut["train"], s, candidates="union", add_gold=True,
+                                            predicted_fields=cfg.train_fields == "predicted", **kw)),
              "dev": extract_features(enc, data.cut["dev"], s, candidates=cfg.candidates, **kw),
              "dev_annotated": extract_features(enc, data.cut["dev"], s, candidates="gold"),
              "test": extract_features(enc, data.cut["test"], s, candidates=cfg.candidates, **kw),

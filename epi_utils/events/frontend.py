@@ -209,10 +209,12 @@ def union_candidates(enc: DocumentEncoder, docs: Sequence[Document], pattern_set
 
 @torch.no_grad()
 def extract_features(enc: DocumentEncoder, docs: Sequence[Document], schema: EventSchema, *,
-                     candidates: str, batch: int = 16, min_mention_chars: int = 1, add_gold: bool = False
+                     candidates: str, batch: int = 16, min_mention_chars: int = 1, add_gold: bool = False,
+                     predicted_fields: bool = False
                      ) -> list[dict]:
     """Frozen stage-1 features per document for one candidate set (``add_gold``: plus the annotated
-    mentions, annotation's field wins; the decoder's ``"union"`` training candidates).
+    mentions, annotation's field wins unless ``predicted_fields``, where the NER head's field of a
+    candidate it found wins, as at test time; the decoder's ``"union"`` training candidates).
 
     Each dict: ``sent [S, d + T]``, ``ment [M, 2d + T]`` (mean over the mention's spans of
     ``[span mean character vector ; its sentence's vector + a sinusoidal code of the sentence index ;
@@ -234,8 +236,9 @@ def extract_features(enc: DocumentEncoder, docs: Sequence[Document], schema: Eve
             found = gold_found
         else:
             found = _candidates(enc, part, enc.ner(X), starts, candidates, min_mention_chars)
-            if add_gold:
-                found = [merge_candidates(g, f) for f, g in zip(found, gold_found)]
+            if add_gold:   # the first source's field wins
+                found = [merge_candidates(f, g) if predicted_fields else merge_candidates(g, f)
+                         for f, g in zip(found, gold_found)]
         cs = torch.cat([X.new_zeros(X.shape[0], 1, X.shape[2]), X.cumsum(1)], 1)
         for b, (d, st) in enumerate(zip(part, starts)):
             strings = list(found[b])

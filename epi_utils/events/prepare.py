@@ -156,15 +156,20 @@ def synthetic_data(schema: EventSchema, *, n_docs: int, seed: int, max_sentences
 def prepare(cfg: EventConfig) -> PreparedData:
     """The documents ``cfg`` names: ``cfg.data_source == "real"``: the folder ``cfg.data_subdir`` under
     ``EPI_DATA_DIR`` with ``cfg.schema_file`` (:func:`locate_data`, :func:`prepare_data`);
-    ``"synthetic"``: ``cfg.synthetic_docs`` documents for the shipped ChFinAnn schema, split with
-    ``cfg.split_seed``."""
+    ``"synthetic"``: ``cfg.synthetic_docs`` documents for the shipped schema ``cfg.synthetic_schema``
+    (default ChFinAnn's), split with ``cfg.split_seed``."""
     if cfg.data_source == "real":
         folder, schema_path = locate_data(cfg.data_subdir, cfg.schema_file)
         data = prepare_data(folder, schema_path, split_seed=cfg.split_seed, max_sentences=cfg.max_sentences,
                             max_sentence_chars=cfg.max_sentence_chars, on_error=cfg.on_error, limit_docs=cfg.limit_docs,
                             split_files=cfg.split_files)
         return data
-    data = synthetic_data(load_schema(SCHEMA_DIR / SYNTHETIC_SCHEMA), n_docs=cfg.synthetic_docs, seed=cfg.split_seed,
+    path = SCHEMA_DIR / cfg.synthetic_schema
+    if not path.is_file():
+        raise FileNotFoundError(f"synthetic_schema {cfg.synthetic_schema!r} is not among the shipped schemas "
+                                f"{sorted(p.name for p in SCHEMA_DIR.glob('*.json'))}")
+    schema = load_schema(path)
+    data = synthetic_data(schema, n_docs=cfg.synthetic_docs, seed=cfg.split_seed,
                           max_sentences=cfg.max_sentences, max_sentence_chars=cfg.max_sentence_chars)
-    data.name = f"synthetic documents with the schema {SYNTHETIC_SCHEMA}"
+    data.name = f"synthetic documents, schema {schema.name or cfg.synthetic_schema}"
     return data
