@@ -28,8 +28,11 @@ def _probe():
 
 def _policy(name):
     kw = dict(tasks=TASKS, isolation_ratio=0.2)
-    if name in ("epi", "epi_replay", "epi_frozen"):
+    if name in ("epi", "epi_replay", "epi_frozen", "epi_warmup_frozen", "random_refresh"):
         kw.update(mask_update_interval=2, warmup_steps=2)
+    if name == "frozen_cores":  # a fixed 20% of every tensor, frozen for both tasks
+        g = torch.Generator().manual_seed(5)
+        kw["cores"] = {n: torch.rand(p.shape, generator=g) < 0.2 for n, p in tiny_gpt2(seed=1, n_layer=1).named_parameters()}
     if name in ("static_grad", "static_cpi", "ewc", "importance_after_stage"):
         kw.update(probe_data=_probe())
     if name == "static_cpi":

@@ -6,7 +6,8 @@ import torch
 
 from epi_utils.isolation_study import Config, inputs, study
 
-CFG = dict(device="cpu", model_size="default", pretrain=False, n_seeds=2, n_train_per_task=8, n_val_per_task=4, n_test_per_task=4,
+CFG = dict(design="two_stage", world_tasks=("fact_qa", "format_conversion"), workers=1, device="cpu",
+           model_size="default", pretrain=False, n_seeds=2, n_train_per_task=8, n_val_per_task=4, n_test_per_task=4,
            n_train_eval_per_task=2, steps_per_stage=6, batch_size=4, mask_update_interval=2, warmup_steps=1,
            probe_batches=1, probe_steps=2, replay_batches=1, replay_samples=2, ratios=(0.2,))
 

@@ -13,12 +13,13 @@ def test_study02_two_workers_equal_one():
     from epi_utils.workbench.contract import ConfigError
 
     torch.set_num_threads(1)
-    common = dict(device="cpu", model_size="default", pretrain=False, n_seeds=2, n_train_per_task=8,
+    common = dict(design="two_stage", world_tasks=("fact_qa", "format_conversion"), device="cpu",
+                  model_size="default", pretrain=False, n_seeds=2, n_train_per_task=8,
                   n_val_per_task=4, n_test_per_task=4, n_train_eval_per_task=2, steps_per_stage=4, batch_size=4,
                   mask_update_interval=2, warmup_steps=1, probe_batches=1, replay_batches=1, replay_samples=2,
                   ratios=(0.2,), methods=("cpi_after_stage", "epi_frozen"), bounds=("full_sft", "ewc"),
                   ewc_lambdas=(1.0, 1e4))
-    one = Config(**common)
+    one = Config(workers=1, **common)
     serial = study.run_study(one)
     runs.seed_everything(one.seed)
     parallel = study.run_study(Config(workers=2, **common), inputs=build_inputs(one))
@@ -33,7 +34,7 @@ def test_study02_two_workers_equal_one():
     with pytest.raises(ConfigError, match="workers"):
         Config(workers=0)
     with pytest.raises(ConfigError, match="Config.workers: must be 1 on cuda with the local executor"):
-        Config(workers=2, device="cuda")
+        Config(workers=2, device="cuda")  # the default workers is 2 (the cpu profile)
     Config(workers=2, device="cuda", executor="ray", executor_gpus=1)  # on a cluster each run asks for a GPU
     assert Config(executor="slurm", executor_partition="gpu", executor_time="1:00:00").executor_options() == \
         {"partition": "gpu", "time": "1:00:00", "gpus": 0}

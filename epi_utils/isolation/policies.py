@@ -38,6 +38,9 @@ Policies (``make_policy(name, ...)``):
   stage and then pins it: a pinned critical set is never recomputed and wins every overlap.
 - ``random_mask``: per-task random critical sets of the same share (seeded), fixed: the control
   that separates "which parameters" from "how many".
+- ``epi_warmup_frozen``: EPI whose refreshes stop after the first refresh that covers every task
+  (same estimator, same first masks, then frozen); ``random_refresh``: random sets redrawn on EPI's
+  schedule; ``frozen_cores``: given core regions frozen for every task (CPI-FT's final mixed SFT).
 - ``cpi_after_stage``, ``importance_after_stage``, ``random_after_stage``
   (:mod:`epi_utils.isolation.stage_policies`): full SFT within a stage; at the end of a task's stage its
   critical set is taken from the task's accumulated update during its stage (CPI-FT's criterion
@@ -519,6 +522,88 @@ class EPIFrozen(EPI):
 
     def __init__(self, **kw):
         super().__init__(**{**kw, "finished": "frozen"})
+
+
+class EPIWarmupFrozen(EPI):
+    """EPI whose refreshes stop after the first one that gives every task a mask: the same
+    estimator and the same first masks as :class:`EPI` on the same run, then frozen (the ablation
+    of "evolving" in mixed multi-task SFT). The importance EMA is no longer updated once the masks
+    are frozen (it would not be read again)."""
+
+    name = "epi_warmup_frozen"
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.frozen_at: int | None = None
+
+    def after_backward(self, state):
+        if self.frozen_at is None:
+            super().after_backward(state)
+
+    def update_mask(self, state):
+        if self.frozen_at is None:
+            allowed = super().update_mask(state)
+            if self.n_mask_updates and all(t in self._crit_flat for t in self.tasks):
+                self.frozen_at = state.step
+            return allowed
+        return self.allowed_for(state.batch_task)
+
+
+class RandomRefresh(IsolationPolicy):
+    """Random per-task critical sets of the same share, drawn anew on EPI's schedule (first at
+    ``warmup_steps``, then every ``mask_update_interval`` steps; no protection before): the control
+    for "the masks change" without any importance signal."""
+
+    name = "random_refresh"
+
+    def __init__(self, *, mask_update_interval: int = 20, warmup_steps: int = 20, seed: int = 0, **kw):
+        super().__init__(**kw)
+        if mask_update_interval < 1 or warmup_steps < 0:
+            raise ValueError(f"mask_update_interval must be >= 1 and warmup_steps >= 0, got "
+                             f"{mask_update_interval}, {warmup_steps}")
+        self.interval, self.warmup, self.seed = int(mask_update_interval), int(warmup_steps), seed
+        self._last_update_step = -1
+
+    def update_mask(self, state):
+        due = state.step >= self.warmup and (state.step - self.warmup) % self.interval == 0
+        if due and state.step != self._last_update_step:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + state.step)
+            names = list(state.named_params)
+            shapes = [tuple(p.shape) for p in state.named_params.values()]
+            n = sum(math.prod(sh) for sh in shapes)
+            dev = next(iter(state.named_params.values())).device
+            scores = {t: torch.rand(n, generator=g).to(dev) for t in self.tasks}
+            self.set_critical_flat(scores, names=names, shapes=shapes, step=state.step)
+            self._last_update_step = state.step
+        return self.allowed_for(state.batch_task)
+
+
+class FrozenCores(IsolationPolicy):
+    """Given core regions frozen for every task (CPI-FT's final mixed SFT): ``cores`` maps a
+    parameter name to a bool tensor of its shape (True = core, never moves); parameters it does not
+    name are free. ``tasks`` only names the run's tasks."""
+
+    name = "frozen_cores"
+
+    def __init__(self, *, cores: Mapping[str, torch.Tensor] | None = None, **kw):
+        super().__init__(**kw)
+        if not cores:
+            raise ValueError("frozen_cores needs cores: a mapping parameter name -> bool tensor (True = frozen)")
+        self.cores = {n: c.bool() for n, c in cores.items()}
+        self._moving: dict[str, torch.Tensor] | None = None
+
+    def on_train_begin(self, state):
+        unknown = [n for n in self.cores if n not in state.named_params]
+        if unknown:
+            raise KeyError(f"frozen_cores: cores name unknown parameters {unknown[:5]}")
+        for n, c in self.cores.items():
+            if tuple(c.shape) != tuple(state.named_params[n].shape):
+                raise ValueError(f"frozen_cores: core of {n!r} has shape {tuple(c.shape)}, the parameter "
+                                 f"{tuple(state.named_params[n].shape)}")
+        self._moving = {n: ~c.to(state.named_params[n].device) for n, c in self.cores.items()}
+
+    def update_mask(self, state):
+        return self._moving
 
 
 def policy_names() -> tuple[str, ...]:

@@ -20,30 +20,39 @@ BOUNDS = ("full_sft", "separate", "replay", "ewc")
 MODEL_SIZES = {"default": dict(n_layer=4, n_head=4, n_embd=128),   # ~0.9M parameters
                "small": dict(n_layer=6, n_head=8, n_embd=256)}     # ~4.9M parameters
 DATA_SOURCES = ("world", "hf")
+DESIGNS = ("mixed", "two_stage")
+#: arms of the mixed design (issue 26): floor, ceiling, CPI-FT as its paper runs it, EPI, EPI frozen after its
+#: warmup (the ablation of "evolving"), random masks on EPI's schedule
+ARMS = ("full_sft", "separate", "cpi_ft", "epi", "epi_warmup_frozen", "random_refresh")
+RATIO_ARMS = ("cpi_ft", "epi", "epi_warmup_frozen", "random_refresh")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(StudyConfig):
-    """Every setting of study 02 (two-stage sequential SFT, policies x ratios x seeds, with bounds)."""
+    """Every setting of study 02: the mixed multi-task design (default) or the two-stage one."""
 
+    design: str = option("mixed", "mixed: one mixed multi-task SFT run over every task (issue 26) | two_stage: "
+                                  "sequential stages (the earlier design)", choices=DESIGNS)
     n_seeds: int = option(3, "seeds per arm (data sampling, batch order, random masks)", ge=1)
     model: str = option("tiny", "tiny (GPT-2 pretrained here on the world) | smollm2 | HF id")
-    model_size: str = option("small", "tiny builder size: small (4.9M parameters) | default (0.9M)",
+    model_size: str = option("default", "tiny builder size: small (4.9M parameters) | default (0.9M)",
                              choices=tuple(MODEL_SIZES))
     pretrain: bool = option(True, "tiny: pretrain once on the world corpus (cached); False: random init (smoke)")
-    pretrain_seed: int = option(0, "tiny: seed of the pretraining run", ge=0)
+    pretrain_seed: int = option(0, "tiny: seed of the (first) pretraining run", ge=0)
+    n_pretrain_seeds: int = option(3, "mixed, tiny: seed s starts from the model pretrained with seed "
+                                      "pretrain_seed + (s mod n_pretrain_seeds)", ge=1)
     pretrain_epochs: int = option(40, "tiny: pretraining epochs over the corpus", ge=1)
-    pretrain_lr: float = option(0.001, "tiny: pretraining peak learning rate", gt=0)
+    pretrain_lr: float = option(0.003, "tiny: pretraining peak learning rate", gt=0)
     data_source: str = option("world", "world (synthetic tasks) | hf (GSM8K, CodeAlpaca, Alpaca via datasets)",
                               choices=DATA_SOURCES)
     world_seed: int = option(0, "seed of the synthetic world (facts, corpus, sample pool)", ge=0)
-    world_tasks: tuple[str, ...] = option(["fact_qa", "format_conversion"],
-                                          "world tasks in schedule order: first half stage 0, rest stage 1",
+    world_tasks: tuple[str, ...] = option(["reversal", "sorting", "key_lookup", "format_conversion"],
+                                          "world tasks (two_stage: first half stage 0, rest stage 1)",
                                           choices=WORLD_TASKS, nonempty=True, unique=True)
-    n_train_per_task: int = option(48, "world: train samples per task and seed", ge=1)
-    n_val_per_task: int = option(16, "world: validation samples per task (EWC lambda)", ge=0)
-    n_test_per_task: int = option(48, "world: held-out test samples per task (the primary measure)", ge=1)
-    n_train_eval_per_task: int = option(16, "train samples per task scored for memorisation (secondary)", ge=0)
+    n_train_per_task: int = option(128, "world: train samples per task and seed", ge=1)
+    n_val_per_task: int = option(100, "world: validation samples per task (tuning)", ge=0)
+    n_test_per_task: int = option(100, "world: held-out test samples per task (the primary measure)", ge=1)
+    n_train_eval_per_task: int = option(32, "train samples per task scored for memorisation (secondary)", ge=0)
     interference_rate: float = option(0.0, "share of stage-0 prompts re-trained in stage 1 with other answers "
                                            "(own label)", ge=0, le=1)
     hf_tasks: tuple[str, ...] = option(["gsm8k", "codealpaca"], "data_source hf: stage 0 then stage 1 data sets",
@@ -60,8 +69,24 @@ class Config(StudyConfig):
                                      choices=BOUNDS, unique=True)
     ratios: tuple[float, ...] = option([0.05, 0.2, 0.5], "isolation ratios of the frontier", gt=0, lt=1,
                                        nonempty=True, unique=True)
-    steps_per_stage: int = option(100, "optimizer steps per stage, the same for every arm", ge=1)
-    lr: float = option(0.0003, "fine-tuning peak learning rate", gt=0)
+    arms: tuple[str, ...] = option(list(ARMS), "mixed: arms of the grid (full_sft, the floor, always)",
+                                   choices=ARMS, unique=True)
+    lr_grid: tuple[float, ...] = option([0.001, 0.003],
+                                        "mixed: learning rates tried per arm on the validation split", gt=0,
+                                        nonempty=True, unique=True)
+    epi_lr_grid: tuple[float, ...] = option([0.003], "mixed: EPI's learning rates, each with every "
+                                            "(interval, warmup) pair: as many tuning runs as lr_grid", gt=0,
+                                            nonempty=True, unique=True)
+    epi_intervals: tuple[int, ...] = option([20, 50], "mixed: EPI's candidate mask-update intervals (paired "
+                                            "with epi_warmups)", ge=1, nonempty=True)
+    epi_warmups: tuple[int, ...] = option([20, 50], "mixed: EPI's candidate warmups (steps before the first "
+                                          "mask), one per interval", ge=0, nonempty=True)
+    tune_ratio: float = option(0.2, "mixed: isolation ratio of the tuning runs", gt=0, lt=1)
+    equivalence_margin: float = option(0.03, "mixed: equivalence margin of the TOST (score units; fixed before "
+                                             "the run)", gt=0, lt=1)
+    steps_per_stage: int = option(400, "optimizer steps per stage, the same for every arm (mixed: of the one "
+                                       "mixed run; separate: split evenly over the tasks)", ge=1)
+    lr: float = option(0.0003, "two_stage: fine-tuning peak learning rate", gt=0)
     batch_size: int = option(16, "samples per task-homogeneous step", ge=1)
     mask_update_interval: int = option(10, "EPI: steps between mask refreshes", ge=1)
     warmup_steps: int = option(10, "EPI: steps before the first mask", ge=0)
@@ -79,7 +104,7 @@ class Config(StudyConfig):
     bf16: bool = option(False, "cuda: bf16 autocast (TF32 matmuls are on whenever the device is cuda)")
     checkpoint_runs: bool = option(False, "save each run's model at each stage end in the run folder (gpu)")
     torch_threads: int = option(1, "intra-op threads; 0 keeps the torch default", ge=0)
-    workers: int = option(1, "processes running the runs side by side (CPU; each with torch_threads threads; "
+    workers: int = option(2, "processes running the runs side by side (CPU; each with torch_threads threads; "
                              "same results as 1)", ge=1)
     executor: str = option("local", "where the grid's runs go: local processes, a Ray cluster or SLURM (submitit)",
                            choices=("local", "ray", "slurm"))
@@ -99,6 +124,16 @@ class Config(StudyConfig):
         return {}
 
     def check(self) -> None:
+        if self.design == "mixed":
+            if "full_sft" not in self.arms:
+                raise self.error("arms", "must contain 'full_sft' (the floor every comparison is paired with)")
+            if len(self.epi_intervals) != len(self.epi_warmups):
+                raise self.error("epi_warmups", f"needs one warmup per interval ({len(self.epi_intervals)})")
+            if len(self.epi_lr_grid) * len(self.epi_intervals) != len(self.lr_grid):
+                raise self.error("epi_lr_grid", "x epi_intervals must give as many tuning runs as lr_grid "
+                                                f"({len(self.lr_grid)}): the same tuning budget for every arm")
+            if self.steps_per_stage < len(self.tasks):
+                raise self.error("steps_per_stage", f"must give each of the {len(self.tasks)} tasks a step")
         if "full_sft" not in self.bounds:
             raise self.error("bounds", "must contain 'full_sft' (the floor every comparison is paired with)")
         if "ewc" in self.bounds and not self.ewc_lambdas:

@@ -121,3 +121,73 @@ def plot_ewc_tuning(tuning, chosen: float | None):
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- the mixed design (issue 26)
+ARM_NAMES = {"full_sft": "full mixed SFT", "separate": "one model per task", "cpi_ft": "CPI-FT", "epi": "EPI",
+             "epi_warmup_frozen": "EPI frozen after warmup", "random_refresh": "random masks, EPI's schedule"}
+
+
+def plot_epi_minus_frozen(cmp, *, margin: float):
+    """The answer: EPI - EPI frozen after warmup per isolation ratio (and pooled), one panel per task and
+    the mean over tasks; 95% t-interval over seeds, the pre-declared equivalence band (+-margin) shaded."""
+    plt = _plt()
+    sel = cmp[(cmp["a"] == "epi") & (cmp["b"] == "epi_warmup_frozen")]
+    tasks = list(dict.fromkeys(sel["task"]))
+    fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(2.6 * max(1, len(tasks)) + 0.6, 3.6), sharey=True,
+                             squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        g = sel[sel["task"] == task]
+        labels = [f"{100 * r:g}%" if r == r else "pooled" for r in g["ratio"]]
+        xs = np.arange(len(g))
+        ax.axhspan(-margin, margin, color="0.9", zorder=0)
+        ax.axhline(0, color="0.4", lw=0.8)
+        ax.errorbar(xs, g["diff"], yerr=np.vstack([g["diff"] - g["diff_low"], g["diff_high"] - g["diff"]]),
+                    marker="o", ls="none", capsize=3, color="C0")
+        ax.set_xticks(xs, labels, fontsize=8)
+        ax.set(title=task, xlabel="isolation ratio")
+    axes[0][0].set_ylabel("EPI - frozen, test score")
+    fig.suptitle(f"EPI minus EPI frozen after warmup (grey: equivalence margin +-{margin:g})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_scores_by_ratio(scores, *, task: str = "mean"):
+    """Mean test score (``task``, default the mean over tasks) per arm against the isolation ratio, 95%
+    interval over seeds; floor and ceiling as horizontal lines with their interval shaded."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.8, 4.2))
+    s = scores[scores["task"] == task]
+    ratio_arms = s[s["ratio"].notna()]
+    for k, (arm, g) in enumerate(ratio_arms.groupby("arm", sort=False)):
+        g = g.sort_values("ratio")
+        ax.errorbar(g["ratio"] * 100, g["score"], yerr=_err(g, "score"), marker="o", capsize=2, color=f"C{k}",
+                    label=ARM_NAMES.get(arm, arm))
+    for arm, style in (("full_sft", "--"), ("separate", ":")):
+        b = s[(s["arm"] == arm) & s["ratio"].isna()]
+        if len(b):
+            ax.axhline(float(b["score"].iloc[0]), color="k", ls=style, lw=1, label=f"{ARM_NAMES[arm]} (bound)")
+            lo, hi = b["score_low"].iloc[0], b["score_high"].iloc[0]
+            if lo == lo and hi == hi:
+                ax.axhspan(float(lo), float(hi), color="0.85", alpha=0.5, zorder=0)
+    ax.set_xscale("log")
+    ax.set(xlabel="isolation ratio (% of parameters per task)", ylabel=f"test score ({task})",
+           title="held-out test score by arm and isolation ratio")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+    return fig
+
+
+def plot_turnover(curve):
+    """Turnover of the tasks' critical sets at each refresh (share of the new set not in the previous one;
+    mean over tasks and seeds), one line per arm and ratio."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.8, 4.0))
+    for k, ((arm, ratio), g) in enumerate(curve.groupby(["arm", "ratio"], sort=True)):
+        ax.plot(g["step"], g["turnover"], marker=".", color=f"C{k}",
+                label=f"{ARM_NAMES.get(arm, arm)} @ {100 * ratio:g}%")
+    ax.set(xlabel="optimizer step of the refresh", ylabel="turnover since the previous refresh",
+           title="how much the masks move", ylim=(0, 1.02))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+    return fig

@@ -25,7 +25,7 @@ from epi_utils.isolation.state import epi_state_bytes_per_param
 from epi_utils.isolation_study.config import Config
 from epi_utils.isolation_study.hf_data import HF_TASKS
 from epi_utils.isolation_study.inputs import Inputs, study_world
-from epi_utils.isolation_study.study import Result, jobs, run_study
+from epi_utils.isolation_study.study import jobs, run_study
 from epi_utils.workbench import progress as progress_mod
 from epi_utils.workbench import rehearsal, runs
 
@@ -44,7 +44,8 @@ SEQ_LEN = 320
 
 def toy_config(cfg: Config) -> Config:
     """The profile's config shrunk to toy scale (same methods, bounds, scoring and code path)."""
-    return cfg.replace(device="cpu", n_seeds=1, hf_n_train=6, hf_n_val=1, hf_n_test=1, steps_per_stage=2, batch_size=2,
+    return cfg.replace(device="cpu", n_seeds=1, hf_n_train=6, hf_n_val=1, hf_n_test=1,
+                       steps_per_stage=max(2, len(cfg.tasks)), batch_size=2,
                        probe_batches=1, probe_steps=1, replay_batches=1, replay_samples=1, mask_update_interval=1,
                        warmup_steps=1, ratios=cfg.ratios[:1], ewc_lambdas=cfg.ewc_lambdas[:2],
                        max_new_tokens=min(cfg.max_new_tokens or 16, 16), eval_batch_size=4, bf16=False,
@@ -86,20 +87,52 @@ def toy_inputs(cfg: Config, folder: Path | str) -> Inputs:
     return Inputs(world=world, model=model.eval(), tokenizer=tok, pretrain={"rehearsal": True})
 
 
-def rehearse(cfg: Config, *, progress: Callable = progress_mod.progress, folder: Path | str | None = None) -> Result:
+def toy_mixed_config(cfg: Config) -> Config:
+    """The mixed design's profile shrunk to toy scale: one candidate per tuning grid, one ratio."""
+    return toy_config(cfg).replace(lr_grid=cfg.lr_grid[:1], epi_lr_grid=cfg.epi_lr_grid[:1],
+                                   epi_intervals=[1], epi_warmups=[1], tune_ratio=cfg.ratios[0])
+
+
+def full_scale_mixed(cfg: Config) -> dict:
+    """Full-scale work of a mixed-design profile, in run-equivalents of ``steps_per_stage`` steps:
+    tuning (every arm x ``len(lr_grid)``; CPI-FT's per-task models once more per candidate) and per seed
+    the bounds, CPI-FT (its per-task models once, a final run per ratio) and the other ratio arms."""
+    from epi_utils.isolation_study.config import RATIO_ARMS
+
+    arms, n_r, n_l = list(cfg.arms), len(cfg.ratios), len(cfg.lr_grid)
+    tune_runs = len(arms) * n_l - (n_l if "epi_warmup_frozen" in arms else 0) + (n_l if "cpi_ft" in arms else 0)
+    per_seed = sum(1 for a in arms if a not in RATIO_ARMS) + sum(n_r for a in arms if a in RATIO_ARMS)
+    per_seed += 1 if "cpi_ft" in arms else 0
+    n_runs = tune_runs + cfg.n_seeds * per_seed
+    n_tasks = len(cfg.tasks)
+    train = n_runs * cfg.steps_per_stage * cfg.batch_size * SEQ_LEN
+    cap = cfg.max_new_tokens or 512
+    gen = cfg.n_seeds * per_seed * n_tasks * cfg.hf_n_test * cap + tune_runs * n_tasks * cfg.hf_n_val * cap
+    return {"n_runs": n_runs, "train_tokens": float(train), "generated_tokens": float(gen), "seq_len": SEQ_LEN}
+
+
+def rehearse(cfg: Config, *, progress: Callable = progress_mod.progress, folder: Path | str | None = None):
     """Run the toy-scale study on toy inputs (written to ``folder``, default ``rehearsal_data/`` in the
     run folder) through :func:`~epi_utils.isolation_study.study.run_study` and attach the full
     profile's estimate as ``result.estimate``. Raises ``ValueError`` unless ``data_source`` is ``hf``."""
     if cfg.data_source != "hf":
         raise cfg.error("data_source", "must be 'hf': the GPU rehearsal rehearses the gpu profile's real-data path")
-    toy = toy_config(cfg)
+    mixed = cfg.design == "mixed"
+    toy = toy_mixed_config(cfg) if mixed else toy_config(cfg)
     folder = Path(folder) if folder is not None else runs.current_run_dir() / "rehearsal_data"
     inputs = toy_inputs(toy, folder)
     with rehearsal.meter() as m:
-        result = run_study(toy, progress=progress, inputs=inputs)
-        m.steps = sum(r.steps for r in result.records)
-        m.tokens = sum(r.tokens for r in result.records)
-    size = full_scale(cfg)
+        if mixed:
+            from epi_utils.isolation_study.mixed import run_mixed
+
+            result = run_mixed(toy, progress=progress, inputs=inputs)
+            recs = list(result.records) + list(result.tuning_records)
+        else:
+            result = run_study(toy, progress=progress, inputs=inputs)
+            recs = result.records
+        m.steps = sum(r.steps for r in recs)
+        m.tokens = sum(r.tokens for r in recs)
+    size = full_scale_mixed(cfg) if mixed else full_scale(cfg)
     est = rehearsal.estimate(model_id=cfg.model, train_tokens=size["train_tokens"], micro_batch=cfg.batch_size,
                              seq_len=size["seq_len"], generated_tokens=size["generated_tokens"],
                              generation_batch=cfg.eval_batch_size, extra_state_bytes_per_param=_epi_state_bytes(cfg),
