@@ -51,8 +51,8 @@ def test_hook_stops_on_the_plateau_and_not_before():
     assert [v for _, _, v in seen] == [0.0, 0.5, 0.5, 0.5]
 
 
-def test_config_default_is_the_design_and_plateau_is_an_option():
-    assert Config().converge_on == "clean"
-    assert Config(converge_on="plateau", plateau_patience=2).plateau_patience == 2
+def test_config_default_is_the_plateau_and_clean_is_an_option():
+    assert Config().converge_on == "plateau"   # issue 28: no planted label decides when training stops
+    assert Config(converge_on="clean").converge_on == "clean"
     with pytest.raises(ValueError, match="Config.converge_on: must be one of"):
         Config(converge_on="truth")

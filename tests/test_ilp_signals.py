@@ -178,3 +178,41 @@ def test_probe_does_not_apply_where_the_base_model_knows_nothing():
     assert not out["conflict_flag"].any()
     with pytest.raises(sg.SignalInputError, match="not among the samples"):
         sg.probe_signals(probe, samples.iloc[:3])
+
+
+PARA_PROMPTS = ["the color of zabok is", "zabok 's color is", "the city of zabok is", "the color of mirel is",
+                "the city of mirel is", "the food of tovar is", "people say that the food of tovar is",
+                "the job of kelda is", "the job of polin is", "the color of ruvek is"]
+PARA_TARGETS = ["red", "blue", "rome", "red", "lima", "rice", "soup", "pilot", "baker", "red"]
+
+
+def test_paraphrase_pairs_by_hand():
+    prompts, targets = PARA_PROMPTS, PARA_TARGETS
+    # template words (in >= half the prompts): the, of, is. (0, 1): content {color, zabok} in
+    # {zabok, 's, color}, the extra "'s" is in 1 prompt and no target; (5, 6): 3 extra words
+    assert sg.paraphrase_pairs(prompts, targets) == [(0, 1), (5, 6)]
+    # the same targets are not an inconsistency; too many extra words are not a paraphrase
+    assert sg.paraphrase_pairs(prompts, ["x"] * len(prompts)) == []
+    assert sg.paraphrase_pairs(prompts, targets, max_extra=2) == [(0, 1)]
+
+
+def test_reordered_or_longer_content_is_not_a_paraphrase():
+    prompts = ["reverse a b", "reverse b a", "reverse a b c", "reverse d e", "reverse f g h", "reverse k l"]
+    targets = ["b a", "a b", "c b a", "e d", "h g f", "l k"]
+    # same skeleton ("reverse *"), or the extra word ("c") is part of a target
+    assert sg.paraphrase_pairs(prompts, targets) == []
+    frame = pd.DataFrame({"sample_id": [f"p{i}" for i in range(len(PARA_PROMPTS))], "task": "qa", "stage": 0,
+                          "prompt": PARA_PROMPTS, "response": PARA_TARGETS})
+    out = sg.inconsistency_signals(frame)
+    assert out["incons_paraphrase"].tolist() == [i in (0, 1, 5, 6) for i in range(10)] == out["incons_flag"].tolist()
+    assert out.loc["p0", "incons_partner"] == "p1" and out.loc["p0", "incons_group_key"] == out.loc["p1", "incons_group_key"]
+    assert not sg.inconsistency_signals(frame, paraphrase=False)["incons_flag"].any()
+
+
+def test_robust_length_z_by_hand():
+    out = sg.rarity_signals(_samples())
+    # math lengths [1, 1, 1, 6]: median 1, absolute deviations [0, 0, 0, 5] with median 0 -> their mean 1.25
+    assert out.loc["t/8", "rarity_target_len_rz"] == pytest.approx(5 / 1.25)
+    assert out.loc["t/5", "rarity_target_len_rz"] == 0.0
+    # qa lengths [1, 1, 1, 1, 2]: median 1, deviations [0, 0, 0, 0, 1] -> mean 0.2
+    assert out.loc["t/4", "rarity_target_len_rz"] == pytest.approx(1 / 0.2)

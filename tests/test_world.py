@@ -166,3 +166,25 @@ def test_cloze_fact_prompts_are_additive(world):
                                                                          if s.task != "fact_qa"]
     with pytest.raises(ValueError, match=r"fact_prompt must be one of \('question', 'cloze'\)"):
         WorldConfig(fact_prompt="essay")
+
+
+def test_paraphrased_inconsistency_is_additive(world):
+    # default 0: exact duplicate pairs only; the correct answer of each pair is recorded on both copies
+    assert CFG.paraphrase_share == 0.0
+    pairs = [s for s in world.split("train") if s.planted_cause == "inconsistency"]
+    assert pairs and all(s.true_response is not None for s in pairs)
+    assert all(s.true_response is None for s in world.samples if s.planted_cause != "inconsistency")
+    para = build_world(WorldConfig(**{**CFG.to_dict(), "tasks": CFG.tasks, "fact_prompt": "cloze",
+                                      "paraphrase_share": 1.0}))
+    cloze = build_world(WorldConfig(**{**CFG.to_dict(), "tasks": CFG.tasks, "fact_prompt": "cloze"}))
+    # same corpus, vocabulary (the pretrained model's cache key) and targets; only fact-QA pair prompts change
+    assert para.pretrain_corpus == cloze.pretrain_corpus and para.vocabulary() == cloze.vocabulary()
+    assert [s.response for s in para.samples] == [s.response for s in cloze.samples]
+    changed = [(a, b) for a, b in zip(para.samples, cloze.samples) if a.prompt != b.prompt]
+    assert changed and all(a.task == "fact_qa" and a.planted_cause == "inconsistency" for a, _ in changed)
+    f = para.fact(changed[0][0].fact_id)
+    assert changed[0][0].prompt in (f"{f.entity} 's {f.attribute} is",
+                                    f"people say that the {f.attribute} of {f.entity} is")
+    # each pair: one copy answers the fact, the other copy (the paraphrase) another value
+    for a, _ in changed:
+        assert a.true_response == para.fact(a.fact_id).value != a.response

@@ -66,6 +66,9 @@ PRETRAIN_TEMPLATES = (
     "people say that the {attr} of {ent} is {value} .",
 )
 RECALL_TEMPLATE = "the {attr} of {ent} is"   # cloze probe of the pretrained model
+#: other phrasings of a fact question, from the corpus' own templates (words of the base vocabulary):
+#: paraphrased inconsistency copies and the measured knowledge of the base model use them
+PARAPHRASE_TEMPLATES = ("{ent} 's {attr} is", "people say that the {attr} of {ent} is")
 MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august",
           "september", "october", "november", "december")
 LETTERS = tuple("abcdefghijklmnopqrstuvwxyz")
@@ -93,6 +96,8 @@ class WorldConfig:
     n_stages: int = 2                  # sequential schedule: tasks split into this many stages
     fact_prompt: str = "question"      # fact-QA prompt: "question" (QA form) | "cloze" (the corpus' recall
     #                                    form RECALL_TEMPLATE, so the base model's knowledge applies to it)
+    paraphrase_share: float = 0.0      # share of fact_qa inconsistency pairs whose second copy asks the same
+    #                                    fact in a paraphrased prompt (PARAPHRASE_TEMPLATES); 0 = exact copies
 
     def __post_init__(self) -> None:
         def _int(name: str, lo: int, hi: int | None = None) -> None:
@@ -116,7 +121,7 @@ class WorldConfig:
         _int("n_stages", 1, len(self.tasks))
         if self.fact_prompt not in FACT_PROMPTS:
             raise ValueError(f"WorldConfig.fact_prompt must be one of {FACT_PROMPTS}, got {self.fact_prompt!r}")
-        for name in ("pretrain_fact_fraction", *[f"{c}_rate" for c in PLANTED_CAUSES]):
+        for name in ("pretrain_fact_fraction", "paraphrase_share", *[f"{c}_rate" for c in PLANTED_CAUSES]):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.0 <= float(v) <= 1.0):
                 raise ValueError(f"WorldConfig.{name} must be a fraction in [0, 1], got {v!r}")
@@ -164,6 +169,8 @@ class Sample:
     fact_id: str | None = None
     pretrain_answer: str | None = None
     interferes_with: str | None = None   # for a later-stage copy: id of the stage-0 sample it overwrites
+    true_response: str | None = None     # inconsistency pairs: the task's correct answer (the other copy's
+    #                                      target is an alternative); None elsewhere
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -388,6 +395,11 @@ def fact_question(attribute: str, entity: str, *, form: str = "question") -> str
     return f"question : what is the {attribute} of {entity} ?"
 
 
+def paraphrase(attribute: str, entity: str, k: int = 0) -> str:
+    """The ``k``-th (cyclic) other phrasing of the fact question (:data:`PARAPHRASE_TEMPLATES`)."""
+    return PARAPHRASE_TEMPLATES[k % len(PARAPHRASE_TEMPLATES)].format(attr=attribute, ent=entity)
+
+
 def _fact_qa_samples(config, facts, rng, values_of, *, n_train_counts, n_heldout, stage, rare_start=0):
     """Fact-QA train items (list of (cause, prompt, response, template, fact_id, pretrain_answer)) and heldout."""
     pre = [f for f in facts if f.in_pretrain]
@@ -482,11 +494,15 @@ def _build_samples(config: WorldConfig, facts: list[Fact], values: dict, rng) ->
         planted = [it for it in items if it[0] != "plain"]
         n_pairs = counts["inconsistency"] // 2
         train: list[list] = []
-        for it in plain[:n_pairs]:
+        n_para = int(round(config.paraphrase_share * n_pairs)) if task == "fact_qa" else 0
+        truth_of: dict[int, str] = {}
+        for k, it in enumerate(plain[:n_pairs]):
             f = fact_by_id.get(it[4]) if it[4] else None
             alt = _alternate_response(task, it[1], it[2], rng, values_of(f) if f else None)
+            prompt2 = paraphrase(f.attribute, f.entity, k) if (k < n_para and f is not None) else it[1]
+            truth_of[len(train)] = truth_of[len(train) + 1] = it[2]
             train.append(["inconsistency", *it[1:]])
-            train.append(["inconsistency", it[1], alt, *it[3:]])
+            train.append(["inconsistency", prompt2, alt, *it[3:]])
         for it in plain[n_pairs:n_pairs + counts["forgetting"]]:
             train.append(["forgetting", *it[1:]])
         for it in plain[n_pairs + counts["forgetting"]:]:
@@ -497,7 +513,7 @@ def _build_samples(config: WorldConfig, facts: list[Fact], values: dict, rng) ->
             cause, prompt, resp, tmpl, fid, pans = train[int(idx)]
             s = Sample(id=f"{task}/train/{j:04d}", task=task, split="train", prompt=prompt, response=resp,
                        stage=stage, planted_cause=cause, template_id=tmpl, fact_id=fid,
-                       pretrain_answer=pans if task == "fact_qa" else None)
+                       pretrain_answer=pans if task == "fact_qa" else None, true_response=truth_of.get(int(idx)))
             samples.append(s)
             if cause == "forgetting":
                 f = fact_by_id.get(fid) if fid else None

@@ -41,6 +41,8 @@ class Config(StudyConfig):
                                              "targets", ge=0, le=1)
     rare_complex_rate: float = option(0.1, "share of a task's samples in rare prompt forms with long outputs",
                                       ge=0, le=1)
+    paraphrase_share: float = option(0.0, "share of fact-QA inconsistency pairs whose second copy asks the fact in "
+                                          "other words (0: exact duplicate prompts only)", ge=0, le=1)
     pretrain_epochs: int = option(25, "tiny: pretraining epochs on the world's corpus (cached per world and seed)",
                                   ge=1)
     # SFT
@@ -54,11 +56,17 @@ class Config(StudyConfig):
     eval_every: int = option(40, "steps between dynamics checkpoints (and convergence checks)", ge=1)
     converge_share: float = option(0.95, "a stage converges when this share of its clean samples is reproduced, "
                                          "0 trains max_epochs", ge=0, le=1)
-    converge_on: str = option("clean", "clean (planted-clean samples reach converge_share: the design) | plateau "
-                                       "(share of all own samples reproduced stops rising: no planted label)",
-                              choices=("clean", "plateau"))
-    plateau_patience: int = option(3, "plateau: checks without a rise before a stage stops", ge=1)
-    plateau_min_delta: float = option(0.01, "plateau: smallest rise of the reproduced share that counts", ge=0, le=1)
+    converge_on: str = option("plateau", "plateau (share of all own samples reproduced stops rising: reads no "
+                                         "planted label) | clean (planted-clean samples reach converge_share: "
+                                         "reads the plan, kept for comparison)", choices=("clean", "plateau"))
+    plateau_patience: int = option(2, "plateau: checks without a rise before a stage stops", ge=1)
+    plateau_min_delta: float = option(0.02, "plateau: smallest rise of the reproduced share that counts", ge=0, le=1)
+    # held-out settings (issue 28)
+    n_settings: int = option(3, "extra worlds from the settings family (held out from every fit of the "
+                                "diagnosis), beside the n_seeds worlds of the default design", ge=0)
+    settings_seed: int = option(100, "seed of the settings family draw", ge=0)
+    settings_cold: bool = option(False, "family may change the base model (new world seeds, more entities with "
+                                        "fewer pretrained facts, shorter pretraining): pretrains new models")
     # signals and diagnosis
     probe_format: str = option("raw", "how the base model reads a prompt in the probe: raw text | sft (with the "
                                       "SFT separator)", choices=PROBE_FORMATS)
@@ -72,6 +80,8 @@ class Config(StudyConfig):
     rare_max_ratio: float = option(0.25, "rarity: a prompt form at most this share of the task's dominant form "
                                          "is rare", ge=0, le=1)
     complex_min_len_z: float = option(3.0, "complexity: target-length z-score within the task", gt=0)
+    cuts: str = option("adaptive", "rarity/complexity cuts: adaptive (from each data set's own distribution) | "
+                                   "fixed (rare_max_ratio, mean/sd z)", choices=("adaptive", "fixed"))
     # mitigation
     mitigate: bool = option(True, "run the mitigation interventions")
     mit_steps: int = option(40, "optimizer steps per intervention arm (fix and control alike)", ge=1)

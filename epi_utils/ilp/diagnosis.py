@@ -58,6 +58,7 @@ class CascadeThresholds:
     complex_min_len_z: float = 3.0              # target length z-score within the task
     overwrite_is_forgetting: bool = True        # a later-stage copy with another target -> forgetting
     dynamics_forgetting: bool = True            # learned in its stage, unlearned later -> forgetting
+    robust_z: bool = False                      # complexity on the robust length z (median/MAD): adaptive cuts
 
     def __post_init__(self):
         if not 0.0 <= self.rare_max_ratio <= 1.0:
@@ -116,7 +117,7 @@ def diagnose_row(row: pd.Series, th: CascadeThresholds) -> tuple[str, str]:
                               f"unlearned after later stage(s); {int(_get(row, 'dyn_forgetting_events', 0))} "
                               "forgetting events")
     ratio = float(_get(row, "rarity_ratio", 1.0))
-    len_z = float(_get(row, "rarity_target_len_z", 0.0))
+    len_z = float(_get(row, "rarity_target_len_rz" if th.robust_z else "rarity_target_len_z", 0.0))
     reasons = []
     if ratio <= th.rare_max_ratio:
         reasons.append(f"prompt form '{_get(row, 'rarity_skeleton', '')}' has {int(_get(row, 'rarity_group_size', 0))} "

@@ -128,3 +128,38 @@ def dynamics_figure(pooled: pd.DataFrame):
     legend_outside(ax, where="right", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def heldout_figure(scores: pd.DataFrame):
+    """Macro-F1 per method on the fitting worlds and on the held-out settings: one point per world
+    or setting, the mean as a bar (:func:`epi_utils.ilp.heldout.evaluate`)."""
+    import matplotlib.pyplot as plt
+
+    from epi_utils.ilp.heldout import METHODS
+
+    parts = [p for p in ("fitting", "held out") if not scores.empty and (scores["part"] == p).any()]
+    fig, axes = plt.subplots(1, max(1, len(parts)), figsize=(5.2 * max(1, len(parts)), 4.2), sharey=True,
+                             squeeze=False)
+    if not parts:
+        axes[0, 0].text(0.5, 0.5, "no unlearned samples", ha="center", va="center")
+        axes[0, 0].set_xlabel("method")
+        axes[0, 0].set_ylabel("macro-F1")
+        return fig
+    methods = [m for m in METHODS if m in set(scores["method"])]
+    names = {"cascade": "cascade\nadaptive", "cascade_fixed_cuts": "cascade\nfixed cuts", "forest": "random\nforest",
+             "cascade_without_probe": "cascade\nno probe", "rules_baseline": "no-model\nrules"}
+    for ax, part in zip(axes[0], parts):
+        g = scores[scores["part"] == part]
+        for i, m in enumerate(methods):
+            v = g.loc[g["method"] == m, "macro_f1"].to_numpy(float)
+            ax.bar(i, np.nanmean(v) if len(v) else 0.0, color="0.85", edgecolor="0.4", width=0.6)
+            ax.scatter(np.full(len(v), i) + np.linspace(-0.15, 0.15, len(v)) if len(v) > 1 else np.full(len(v), i),
+                       v, s=14, color="C0", zorder=3)
+        ax.set_xticks(range(len(methods)), [names.get(m, m) for m in methods], fontsize=8)
+        unit = "settings" if part == "held out" else "worlds"
+        ax.set_title(f"{part}: {g['unit'].nunique()} {unit}", fontsize=10)
+        ax.set_xlabel("diagnosis method")
+        ax.set_ylim(0, 1.05)
+    axes[0, 0].set_ylabel("macro-F1, five causes")
+    fig.tight_layout()
+    return fig

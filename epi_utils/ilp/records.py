@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 #: fields of the world's samples that only the generator knows (scrambled by the leak test)
-GENERATOR_FIELDS = ("planted_cause", "template_id", "fact_id", "pretrain_answer", "interferes_with")
+GENERATOR_FIELDS = ("planted_cause", "template_id", "fact_id", "pretrain_answer", "interferes_with", "true_response")
 #: causes whose signal restates how they are planted / measured, and causes the diagnosis infers
 CLOSE_TO_RULE = ("inconsistency", "forgetting")
 INFERRED = ("missing_knowledge", "conflict", "rare_complex")
@@ -36,7 +36,7 @@ class RecoveryRecord:
     """One arm of one mitigation on one seed: share of the diagnosed samples reproduced afterwards."""
     seed: int
     cause: str
-    arm: str            # "fix" | "control"
+    arm: str            # "fix" | "focused" (same diagnosed samples, no cause-specific change) | "control" (uniform)
     n_targets: int
     recovery_rate: float
     heldout_after: float
@@ -53,3 +53,5 @@ class SeedRecord:
     recovery: list[RecoveryRecord] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     world: pd.DataFrame | None = None      # train/held-out samples per stage, task and planted cause
+    setting: str = "default"               # the settings-family member (:mod:`epi_utils.ilp.settings`)
+    setting_text: str = ""                 # what the setting changes, in words

@@ -311,7 +311,8 @@ def probe_signals(probe: pd.DataFrame, samples: pd.DataFrame, *, min_known_share
 
 # --------------------------------------------------------------------------- inconsistency
 def inconsistency_signals(samples: pd.DataFrame, *, normalize: str = "alnum", similarity_threshold: float = 0.95,
-                          ngram: int = 3, block_cols: Sequence[str] = ("stage", "task")) -> pd.DataFrame:
+                          ngram: int = 3, block_cols: Sequence[str] = ("stage", "task"), paraphrase: bool = True,
+                          template_df: float = 0.5, marker_df: float = 0.1, max_extra: int = 3) -> pd.DataFrame:
     """Flag samples whose prompt occurs elsewhere in the SFT data with a different target.
 
     Exact duplicates: prompts with equal normalised-text hash (:func:`text_hash`). Near
@@ -323,7 +324,9 @@ def inconsistency_signals(samples: pd.DataFrame, *, normalize: str = "alnum", si
     Columns (index ``sample_id``): ``incons_group_size`` (copies of the normalised prompt),
     ``incons_n_targets`` (distinct targets among them), ``incons_max_similarity`` (highest
     similarity to a prompt with a *different* target, 0 if none), ``incons_partner`` (that
-    prompt's sample id), ``incons_flag``, ``incons_group_key`` (block + prompt hash), ``incons_majority_target`` (most frequent target in the
+    prompt's sample id), ``incons_paraphrase`` (with ``paraphrase``: the prompt and another one of
+    the block ask the same in other words with different targets, :func:`paraphrase_pairs`; both
+    share one ``incons_group_key``), ``incons_flag`` (any of these), ``incons_group_key`` (block + prompt hash), ``incons_majority_target`` (most frequent target in the
     exact group, ties broken by first occurrence), ``incons_is_majority``, and
     ``overwrite_later`` / ``overwrite_by``: the same normalised prompt appears in a *later* stage
     with a different target (and the id of the first such sample); needs a ``stage`` column.
@@ -364,14 +367,79 @@ def inconsistency_signals(samples: pd.DataFrame, *, normalize: str = "alnum", si
             has = max_sim[idx] > 0
             partner[idx[has]] = frame["sample_id"].iloc[idx[best[has]]].to_numpy()
     flag = (n_targets.to_numpy() > 1) | (max_sim >= similarity_threshold)
+    para = np.zeros(len(frame), dtype=bool)
+    if paraphrase:
+        for _, idx in blocks.items():
+            for i, j in paraphrase_pairs(frame["prompt"].iloc[idx].tolist(), norm_r.iloc[idx].tolist(),
+                                         template_df=template_df, marker_df=marker_df, max_extra=max_extra):
+                a, b = int(idx[i]), int(idx[j])
+                para[[a, b]] = True
+                for x, y in ((a, b), (b, a)):
+                    if not flag[x]:
+                        partner[x] = frame["sample_id"].iloc[y]
+                keys.iloc[b] = keys.iloc[a]   # one group: the majority relabel sees both copies
+        flag = flag | para
     over, over_by = _later_overwrites(frame, prompt_hash, norm_r)
     out = pd.DataFrame({
         "incons_group_size": group_size.to_numpy(int), "incons_n_targets": n_targets.to_numpy(int),
         "incons_max_similarity": max_sim, "incons_partner": partner, "incons_flag": flag,
         "incons_majority_target": majority.to_numpy(), "incons_is_majority": (norm_r == majority).to_numpy(),
         "overwrite_later": over, "overwrite_by": over_by, "incons_group_key": keys.to_numpy(),
+        "incons_paraphrase": para,
     }, index=pd.Index(frame["sample_id"], name="sample_id"))
     return out
+
+
+def paraphrase_pairs(prompts: Sequence[str], targets: Sequence[str], *, template_df: float = 0.5,
+                     marker_df: float = 0.1, max_extra: int = 3) -> list[tuple[int, int]]:
+    """Index pairs ``(i, j)`` of prompts of one block that ask the same thing in other words and
+    have different targets.
+
+    Per block, *template words* are in at least ``template_df`` of the prompts and a prompt's
+    *content* is its other words (lower-cased word set). A pair is a paraphrase when the smaller
+    content is contained in the larger, the 1 to ``max_extra`` extra words are *markers* (each in
+    at most ``marker_df`` of the block's prompts, at least one prompt) that appear in neither
+    target, the two skeletons (:func:`prompt_skeleton`) differ and the targets differ. Example:
+    ``"the color of zabok is"`` and ``"zabok 's color is"`` (content {color, zabok} and {zabok,
+    's, color}; ``'s`` is a rare word in no target). Two prompts that only reorder or extend their
+    content (``"reverse a b"``, ``"reverse b a"``, ``"reverse a b c"``) are not paraphrases: same
+    skeleton, or an extra word that is part of a target."""
+    words = [normalize_text(p, mode="lower").split() for p in prompts]
+    n = len(words)
+    df: dict[str, int] = {}
+    for ws in words:
+        for w in set(ws):
+            df[w] = df.get(w, 0) + 1
+    frequent = {w for w, c in df.items() if c >= template_df * n}
+    marker_cut = max(1.0, marker_df * n)
+    content = [frozenset(w for w in ws if w not in frequent) for ws in words]
+    skeleton = [prompt_skeleton(p, frequent) for p in prompts]
+    tgt_words = [set(normalize_text(t, mode="lower").split()) for t in targets]
+    by_word: dict[str, list[int]] = {}
+    for i, c in enumerate(content):
+        for w in c:
+            if df[w] > marker_cut:
+                continue
+            by_word.setdefault(w, []).append(i)
+    out = set()
+    for i in range(n):
+        if not content[i]:
+            continue
+        rarest = min(content[i], key=lambda w: df[w])
+        cands = by_word.get(rarest, []) if df[rarest] <= marker_cut else range(n)
+        for j in cands:
+            if j == i or targets[i] == targets[j] or skeleton[i] == skeleton[j]:
+                continue
+            small, large = (i, j) if len(content[i]) <= len(content[j]) else (j, i)
+            if small != i or not content[small] <= content[large]:
+                continue
+            extra = content[large] - content[small]
+            if not 1 <= len(extra) <= max_extra:
+                continue
+            if any(df[w] > marker_cut or w in tgt_words[i] or w in tgt_words[j] for w in extra):
+                continue
+            out.add((min(i, j), max(i, j)))
+    return sorted(out)
 
 
 def _later_overwrites(frame: pd.DataFrame, prompt_hash: pd.Series, norm_r: pd.Series):
@@ -434,8 +502,11 @@ def rarity_signals(samples: pd.DataFrame, *, template_df: float = 0.5) -> pd.Dat
     ``rarity_skeleton``, ``rarity_group_size`` (prompts of the task with the same skeleton),
     ``rarity_group_share`` (that size / the task's prompts), ``rarity_ratio`` (that size / the
     size of the task's most common skeleton: 1 for the dominant form), ``rarity_target_len``
-    (words of the target) and ``rarity_target_len_z`` (its z-score within the task; 0 when the
-    task's lengths do not vary). No generator field (template id) is read.
+    (words of the target), ``rarity_target_len_z`` (its z-score within the task; 0 when the
+    task's lengths do not vary) and ``rarity_target_len_rz`` (robust z-score: distance from the
+    task's median length over 1.4826 x the median absolute deviation, or over the mean absolute
+    deviation when more than half the targets have the median length; a share of long targets
+    does not hide itself by inflating the scale, as it does the standard deviation). No generator field (template id) is read.
     """
     _require_columns(samples, ("sample_id", "task", "prompt", "response"), source="samples")
     if not 0.0 < template_df <= 1.0:
@@ -458,10 +529,15 @@ def rarity_signals(samples: pd.DataFrame, *, template_df: float = 0.5) -> pd.Dat
     mean = length.groupby(frame["task"]).transform("mean")
     std = length.groupby(frame["task"]).transform(lambda v: v.std(ddof=0))
     z = np.where(std > 0, (length - mean) / std.replace(0, 1), 0.0)
+    med = length.groupby(frame["task"]).transform("median")
+    scale = (length - med).abs().groupby(frame["task"]).transform(
+        lambda d: 1.4826 * d.median() if d.median() > 0 else d.mean())
+    rz = np.where(scale > 0, (length - med) / scale.replace(0, 1), 0.0)
     return pd.DataFrame({"rarity_skeleton": skeleton.to_numpy(), "rarity_group_size": size.to_numpy(int),
                          "rarity_group_share": (size / task_size).to_numpy(float),
                          "rarity_ratio": (size / largest).to_numpy(float),
-                         "rarity_target_len": length.to_numpy(int), "rarity_target_len_z": z},
+                         "rarity_target_len": length.to_numpy(int), "rarity_target_len_z": z,
+                         "rarity_target_len_rz": rz},
                         index=pd.Index(frame["sample_id"], name="sample_id"))
 
 

@@ -11,7 +11,14 @@ batch order), the replay draw and the SFT batch order.
 planted ``inconsistency``; planted ``conflict`` / ``missing_knowledge``; *measured* forgetting
 (a sample of an earlier stage, reproduced at the end of its own stage and not at the end of
 training); planted ``rare_complex``; otherwise ``none``. Forgetting comes from the dynamics, not
-from the plan: with replay < 1 a stage-0 sample may or may not be lost.
+from the plan: with replay < 1 a stage-0 sample may or may not be lost; it is *definitional* (its
+truth and the cascade's signal are the same measured condition), so the summaries report macro-F1
+over the inferred causes beside the total. Knowledge truth is measured on the base model
+(:func:`base_knowledge`): a conflict needs a fact the base model answers under other phrasings.
+
+Held-out settings (issue 28): ``n_settings`` further worlds drawn from a family of settings
+(:mod:`epi_utils.ilp.settings`) run without mitigation; :class:`Result` scores every diagnosis
+method on them with nothing fitted there (:mod:`epi_utils.ilp.heldout`).
 """
 from __future__ import annotations
 
@@ -38,7 +45,13 @@ from epi_utils.workbench.progress import progress as default_progress
 # --------------------------------------------------------------------------- truth
 def truth_labels(table: pd.DataFrame) -> pd.Series:
     """Validation truth per row (module docstring); needs ``planted_cause``, ``stage``, ``learned``
-    and the dynamics columns. Learned rows get ``"learned"``."""
+    and the dynamics columns. Learned rows get ``"learned"``.
+
+    With a ``truth_base_knows`` column (what the base model demonstrably knows of the fact the
+    sample asks, :func:`base_knowledge`; NaN where not measured), knowledge truth is measured, not
+    planted: a planted ``conflict`` whose fact the base model does not know is ``missing_knowledge``
+    (it cannot conflict with knowledge it never had), and so is an unplanted fact question whose
+    corpus fact it does not know (unless the sample was measurably forgotten)."""
     planted = table["planted_cause"].fillna(NO_CAUSE).astype(str)
     last = int(table["stage"].max())
     forgot = (table["stage"] < last) & (table["dyn_learned_in_stage"].fillna(0) >= 0.5) & ~table["learned"].astype(bool)
@@ -47,7 +60,37 @@ def truth_labels(table: pd.DataFrame) -> pd.Series:
     out[forgot | (planted == "forgetting")] = "forgetting"
     for c in ("missing_knowledge", "conflict", "inconsistency"):
         out[planted == c] = c
+    if "truth_base_knows" in table.columns:
+        knows = table["truth_base_knows"]
+        unknown = knows.notna() & (knows.astype(float) < 0.5)
+        out[(planted == "conflict") & unknown] = "missing_knowledge"
+        out[(planted == NO_CAUSE) & unknown & ~forgot] = "missing_knowledge"
     out[table["learned"].astype(bool)] = "learned"
+    return out
+
+
+def base_knowledge(model, tokenizer, train: Sequence, world) -> pd.Series:
+    """Per training sample that asks one fact of the corpus (validation only: reads the generator's
+    ``fact_id``): 1.0 when the base model answers the corpus' value under at least 2 of the 3
+    phrasings of the fact (the corpus' cloze form and :data:`~epi_utils.data.world.PARAPHRASE_TEMPLATES`),
+    else 0.0; NaN for other samples. This is what "the base model knows the fact" means for the
+    conflict truth."""
+    from epi_utils.data.world import PARAPHRASE_TEMPLATES, RECALL_TEMPLATE, Sample
+
+    facts = {f.fact_id: f for f in world.facts}
+    asks = {s.id: facts[s.fact_id] for s in train
+            if s.fact_id in facts and facts[s.fact_id].in_pretrain and s.template_id == "fact_qa/main"}
+    out = pd.Series(np.nan, index=[s.id for s in train], dtype=float)
+    if not asks:
+        return out
+    uniq = sorted({f.fact_id for f in asks.values()})
+    rows = [Sample(id=f"{fid}#{k}", task="fact_qa", split="train", stage=0, planted_cause=None,
+                   prompt=t.format(attr=facts[fid].attribute, ent=facts[fid].entity), response=facts[fid].value,
+                   template_id="probe") for fid in uniq for k, t in enumerate((RECALL_TEMPLATE, *PARAPHRASE_TEMPLATES))]
+    known = probe.knowledge_probe(model, tokenizer, rows, fmt="raw").set_index("sample_id")["known"]
+    votes = {fid: sum(bool(known[f"{fid}#{k}"]) for k in range(1 + len(PARAPHRASE_TEMPLATES))) for fid in uniq}
+    for sid, f in asks.items():
+        out[sid] = 1.0 if votes[f.fact_id] >= 2 else 0.0
     return out
 
 
@@ -63,7 +106,8 @@ def signal_table_for(cfg: Config, train: Sequence, *, learned: pd.Series, dynami
 
 
 def thresholds(cfg: Config) -> diagnosis.CascadeThresholds:
-    return diagnosis.CascadeThresholds(rare_max_ratio=cfg.rare_max_ratio, complex_min_len_z=cfg.complex_min_len_z)
+    return diagnosis.CascadeThresholds(rare_max_ratio=cfg.rare_max_ratio, complex_min_len_z=cfg.complex_min_len_z,
+                                       robust_z=cfg.cuts == "adaptive")
 
 
 def run_seed(cfg: Config, seed: int, *, world=None, base=None, workdir: Path | None = None) -> SeedRecord:
@@ -87,6 +131,7 @@ def run_seed(cfg: Config, seed: int, *, world=None, base=None, workdir: Path | N
     heldout = world.split("heldout")
     own_stage = {s.id: s.stage for s in train}
     probe_raw = probe.knowledge_probe(base, tok, train, fmt=cfg.probe_format)
+    knows = base_knowledge(base, tok, train, world) if cfg.tiny_backend else None
     times["probe"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -111,6 +156,8 @@ def run_seed(cfg: Config, seed: int, *, world=None, base=None, workdir: Path | N
 
     t = time.perf_counter()
     table = signal_table_for(cfg, train, learned=learned, dynamics=dyn, probe_raw=probe_raw)
+    if knows is not None:
+        table["truth_base_knows"] = knows.reindex(table.index)
     table["truth"] = truth_labels(table)
     if (~table["learned"]).any():
         table = table.join(diagnosis.diagnose(table, thresholds=thresholds(cfg)))
@@ -128,9 +175,14 @@ def run_seed(cfg: Config, seed: int, *, world=None, base=None, workdir: Path | N
 
 
 def mitigate(cfg: Config, *, seed: int, model, tokenizer, train, heldout, table) -> list[RecoveryRecord]:
-    """Every fix with diagnosed samples against ONE compute-matched control shared by the causes
-    (same steps, batch size and learning rate; the control draws uniformly from the SFT data)."""
-    from epi_utils.ilp.mitigation import InterventionConfig, plan_fix, run_arm
+    """Every fix with diagnosed samples against two compute-matched controls (same steps, batch size
+    and learning rate): the *focused* control trains the same diagnosed samples, with their own SFT
+    targets, in the same share of every batch but without the cause-specific change (no statement
+    form, no relabelling, no replay buffer); the *uniform* control (``"control"``, shared by the
+    causes) draws every row uniformly from the SFT data. ``rare_complex``'s fix (up-sampling) is
+    focused training itself, so it has no focused arm. Inconsistency is judged against the correct
+    answer of each duplicated prompt (the generator's, which no arm sees), not the fix's relabelling."""
+    from epi_utils.ilp.mitigation import FixPlan, InterventionConfig, plan_fix, run_arm
     from epi_utils.lm.evaluate import exact_match
 
     icfg = InterventionConfig(steps=cfg.mit_steps, batch_size=cfg.mit_batch_size, lr=cfg.mit_lr,
@@ -153,27 +205,53 @@ def mitigate(cfg: Config, *, seed: int, model, tokenizer, train, heldout, table)
     control_held = held(control)
     out = []
     for i, (cause, plan) in enumerate(plans.items()):
+        targets = dict(plan.targets)
+        if cause == "inconsistency":
+            targets = {k: (by_id[k].true_response or v) for k, v in targets.items()}
         fixed, _ = run_arm(model, tokenizer, plan=plan, train_samples=train, config=icfg,
                            rng=np.random.default_rng([seed, 37, i]))
-        out.append(RecoveryRecord(seed, cause, "fix", len(plan.targets), judge(fixed, plan.targets), held(fixed)))
-        out.append(RecoveryRecord(seed, cause, "control", len(plan.targets), judge(control, plan.targets), control_held))
+        out.append(RecoveryRecord(seed, cause, "fix", len(targets), judge(fixed, targets), held(fixed)))
         del fixed
+        if cause != "rare_complex":
+            focus = FixPlan(cause=cause, focus=[("sft", by_id[k].prompt, by_id[k].response) for k in plan.targets],
+                            train=[("sft", s.prompt, s.response) for s in train], targets=targets)
+            focused, _ = run_arm(model, tokenizer, plan=focus, train_samples=train, config=icfg,
+                                 rng=np.random.default_rng([seed, 41, i]))
+            out.append(RecoveryRecord(seed, cause, "focused", len(targets), judge(focused, targets), held(focused)))
+            del focused
+        out.append(RecoveryRecord(seed, cause, "control", len(targets), judge(control, targets), control_held))
     return out
 
 
 def _run_one(args) -> SeedRecord:
-    cfg, seed, workdir = args
+    cfg, seed, workdir, setting = args
     import torch
 
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    return run_seed(cfg, seed, workdir=workdir)
+    if setting is None:
+        return run_seed(cfg, seed, workdir=workdir)
+    rec = run_seed(setting.apply(cfg).replace(mitigate=False), setting.seed, workdir=workdir)
+    rec.setting, rec.setting_text = setting.name, setting.describe()
+    return rec
+
+
+def family_settings(cfg: Config) -> list:
+    """The held-out settings of ``cfg`` (:func:`epi_utils.ilp.settings.family`; empty for
+    ``n_settings = 0`` or a non-tiny backend)."""
+    from epi_utils.ilp import settings
+
+    if cfg.n_settings == 0 or not cfg.tiny_backend:
+        return []
+    return settings.family(cfg, n=cfg.n_settings, seed=cfg.settings_seed, cold=cfg.settings_cold,
+                           warm_seeds=cfg.n_seeds)
 
 
 def _seed_records(cfg: Config, *, workdir: Path | None, progress: Callable) -> list[SeedRecord]:
-    """:func:`run_seed` for every seed of ``cfg`` in ``cfg.workers`` processes (seeds are
-    independent; records in seed order), one progress step and one terminal line per world."""
-    jobs = [(cfg, s, workdir) for s in cfg.seeds]
+    """:func:`run_seed` for every seed of ``cfg`` and every held-out setting (without mitigation)
+    in ``cfg.workers`` processes (worlds are independent; records in job order), one progress step
+    and one terminal line per world."""
+    jobs = [(cfg, s, workdir, None) for s in cfg.seeds] + [(cfg, st.seed, workdir, st) for st in family_settings(cfg)]
     out = []
     if cfg.workers <= 1 or len(jobs) == 1:
         for rec in progress(map(_run_one, jobs), desc="world", total=len(jobs), unit="world"):
@@ -208,6 +286,77 @@ class Result:
             self._cache[name] = make()
         return self._cache[name]
 
+    def __post_init__(self):
+        self.family = [r for r in self.records if r.setting != "default"]
+        self.records = [r for r in self.records if r.setting == "default"]
+
+    @property
+    def heldout_scores(self) -> pd.DataFrame:
+        """Per world and method, macro-F1 on the fitting worlds and the held-out settings
+        (:func:`epi_utils.ilp.heldout.evaluate`)."""
+        from epi_utils.ilp import heldout
+        return self._cached("heldout", lambda: heldout.evaluate(self.records, self.family,
+                                                                thresholds=thresholds(self.config),
+                                                                seed=self.config.seed))
+
+    @property
+    def heldout_pooled(self) -> pd.DataFrame:
+        from epi_utils.ilp import heldout
+        return self._cached("heldout_pooled", lambda: heldout.pooled_table(self.heldout_scores))
+
+    @property
+    def comparisons_focused(self) -> dict[str, stats.Comparison]:
+        """Targeted fix vs the focused control per cause, paired over worlds."""
+        return self._cached("comparisons_focused", lambda: summary.mitigation_comparisons(self.records, against="focused")
+                            if self.config.mitigate else {})
+
+    def settings_table(self) -> pd.DataFrame:
+        """One row per held-out setting: what it changes, its world seed and its unlearned samples."""
+        return pd.DataFrame([{"setting": r.setting, "world seed": r.seed, "what it changes": r.setting_text,
+                              "unlearned": int((~r.table["learned"].astype(bool)).sum()),
+                              "stage steps": " / ".join(str(s.steps) for s in r.stages),
+                              "stages converged": sum(s.converged for s in r.stages)} for r in self.family],
+                            columns=["setting", "world seed", "what it changes", "unlearned", "stage steps",
+                                     "stages converged"])
+
+    def card(self):
+        """The index's card: does the diagnosis hold on settings it was not fitted on?"""
+        from epi_utils.ilp import heldout
+        from epi_utils.workbench.cards import Card, Headline, answer_sentence
+
+        heads = []
+        d = self.diagnosis
+        if d.macro_f1 is not None:
+            heads.append(Headline.from_interval("diagnosis macro-F1, default design (all five causes)", d.macro_f1,
+                                                unit="F1"))
+        if d.macro_f1_inferred is not None:
+            heads.append(Headline.from_interval("diagnosis macro-F1, default design (inferred causes)",
+                                                d.macro_f1_inferred, unit="F1"))
+        scores = self.heldout_scores
+        held = scores[scores["part"] == "held out"] if not scores.empty else scores
+        answer = None
+        for m in ("cascade", "forest"):
+            vals = held.loc[held["method"] == m, "macro_f1"].dropna().tolist() if not held.empty else []
+            if len(vals) >= 2:
+                heads.append(Headline.from_interval(f"macro-F1 on held-out settings, {heldout.METHOD_NAMES[m]}",
+                                                    stats.interval(vals, unit="settings"), unit="F1"))
+        cmp = heldout.better_method(scores) if not scores.empty else None
+        if cmp is not None:
+            answer = answer_sentence(cmp, unit="F1")
+        elif "missing_knowledge" in self.comparisons:
+            answer = answer_sentence(self.comparisons["missing_knowledge"])
+        if answer is None:
+            answer = "Too few worlds or held-out settings for a paired comparison in this run."
+        fix = self.comparisons_focused.get("missing_knowledge")
+        if fix is not None and len(heads) < 5:
+            heads.append(Headline("knowledge injection minus focused control, missing-knowledge recovery",
+                                  float(fix.diff.mean), float(fix.diff.low), float(fix.diff.high),
+                                  "share of samples", fix.diff.label()))
+        while len(heads) < 3:
+            heads.append(Headline("worlds of the default design", float(len(self.records)), unit="worlds"))
+        return Card(question="Does the diagnosis of unlearned samples hold on world settings it was not fitted on?",
+                    answer=answer, headlines=tuple(heads[:5]), figure="diagnosis_heldout")
+
     @property
     def pooled(self) -> pd.DataFrame:
         """All worlds' per-sample tables stacked, with a ``seed`` column (index ``sample_id``)."""
@@ -240,11 +389,17 @@ class Result:
                 "manifestation": self.manifestation.reset_index(),
                 "per_cause": self.diagnosis.per_cause.reset_index(),
                 "none_bucket": self.diagnosis.none_bucket.reset_index(),
-                "mitigation": summary.mitigation_table(self.comparisons).reset_index()}
+                "mitigation": summary.mitigation_table(self.comparisons, self.comparisons_focused).reset_index(),
+                "heldout_scores": self.heldout_scores,
+                "heldout_pooled": self.heldout_pooled,
+                "settings": self.settings_table()}
 
     def metrics(self) -> dict:
         """The metrics.json payload (:func:`~epi_utils.ilp.summary.headline_metrics`)."""
-        return summary.headline_metrics(self.records, self.diagnosis, self.manifestation, self.comparisons)[0]
+        out = summary.headline_metrics(self.records, self.diagnosis, self.manifestation, self.comparisons)[0]
+        out["mitigation_vs_focused"] = {c: cmp.to_dict() for c, cmp in self.comparisons_focused.items()}
+        out["heldout"] = summary.heldout_metrics(self.heldout_scores)
+        return out
 
     def headlines(self) -> list[str]:
         """Dotted metric names for the index (plus the rehearsal's GPU-hours when there is an estimate)."""

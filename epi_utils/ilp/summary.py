@@ -154,27 +154,46 @@ def recovery_frame(records: Sequence[SeedRecord]) -> pd.DataFrame:
                         columns=[f.name for f in dataclasses.fields(RecoveryRecord)])
 
 
-def mitigation_comparisons(records: Sequence[SeedRecord]) -> dict[str, stats.Comparison]:
-    """Per cause: recovery rate of the targeted fix vs the compute-matched control, paired over
-    worlds (:func:`epi_utils.workbench.stats.compare`)."""
+def mitigation_comparisons(records: Sequence[SeedRecord], *, against: str = "control") -> dict[str, stats.Comparison]:
+    """Per cause: recovery rate of the targeted fix vs the ``against`` arm (``"control"``: uniform
+    rows; ``"focused"``: the same diagnosed samples without the cause-specific change), paired over
+    worlds (:func:`epi_utils.workbench.stats.compare`). Causes without that arm are left out."""
     frame = recovery_frame(records)
     out = {}
     if frame.empty:
         return out
+    name = {"control": "uniform control", "focused": "focused control"}[against]
     for cause, g in frame.groupby("cause", sort=False):
         fix = dict(zip(g.loc[g["arm"] == "fix", "seed"], g.loc[g["arm"] == "fix", "recovery_rate"]))
-        ctl = dict(zip(g.loc[g["arm"] == "control", "seed"], g.loc[g["arm"] == "control", "recovery_rate"]))
+        ctl = dict(zip(g.loc[g["arm"] == against, "seed"], g.loc[g["arm"] == against, "recovery_rate"]))
+        if len(set(fix) & set(ctl)) < 2:
+            continue
         out[cause] = stats.compare(fix, ctl, unit=UNIT, paired=True, metric=f"recovery rate ({cause})",
-                                   a_name="targeted fix", b_name="control")
+                                   a_name="targeted fix", b_name=name)
     return out
 
 
-def mitigation_table(comparisons: dict[str, stats.Comparison]) -> pd.DataFrame:
-    """One row per cause: fix and control means, difference with its interval, p, verdict, detectable."""
-    return pd.DataFrame([{"cause": c, "fix": cmp.a_mean, "control": cmp.b_mean, "diff": cmp.diff.mean,
-                          "diff_low": cmp.diff.low, "diff_high": cmp.diff.high, "n_worlds": cmp.diff.n,
-                          "p_value": cmp.p_value, "verdict": cmp.verdict.value, "detectable": cmp.detectable}
-                         for c, cmp in comparisons.items()]).set_index("cause") if comparisons else pd.DataFrame()
+def mitigation_table(comparisons: dict[str, stats.Comparison],
+                     focused: dict[str, stats.Comparison] | None = None) -> pd.DataFrame:
+    """One row per cause: fix and uniform-control means, difference with its interval, p, verdict,
+    detectable; with ``focused`` also the focused control's mean and the fix's difference to it."""
+    if not comparisons:
+        return pd.DataFrame()
+    rows = []
+    for c, cmp in comparisons.items():
+        row = {"cause": c, "fix": cmp.a_mean, "control": cmp.b_mean, "diff": cmp.diff.mean,
+               "diff_low": cmp.diff.low, "diff_high": cmp.diff.high, "n_worlds": cmp.diff.n,
+               "p_value": cmp.p_value, "verdict": cmp.verdict.value, "detectable": cmp.detectable}
+        if focused is not None:
+            f = focused.get(c)
+            row.update({"focused": f.b_mean if f else np.nan,
+                        "diff_focused": f.diff.mean if f else np.nan,
+                        "diff_focused_low": f.diff.low if f else np.nan,
+                        "diff_focused_high": f.diff.high if f else np.nan,
+                        "p_focused": f.p_value if f else np.nan,
+                        "verdict_focused": f.verdict.value if f else "no focused arm (the fix is focused training)"})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("cause")
 
 
 # --------------------------------------------------------------------------- metrics.json
@@ -217,6 +236,23 @@ def headline_metrics(records: Sequence[SeedRecord], diag: DiagnosisSummary, mani
     if diag.macro_f1_inferred is not None:
         heads += ["diagnosis.macro_f1_inferred.mean"]
     return metrics, heads
+
+
+def heldout_metrics(scores: pd.DataFrame) -> dict:
+    """Macro-F1 per part (fitting / held out) and method, with intervals over worlds / settings,
+    and per held-out setting (the ``metrics.json`` entry ``heldout``)."""
+    out: dict = {}
+    if scores.empty:
+        return out
+    for (part, method), g in scores.groupby(["part", "method"], sort=False):
+        key = "heldout" if part == "held out" else "fitting"
+        vals = g["macro_f1"].dropna().tolist()
+        inf = g["macro_f1_inferred"].dropna().tolist()
+        out.setdefault(key, {})[method] = {
+            "macro_f1": _iv(_interval(vals, unit="settings" if key == "heldout" else UNIT)),
+            "macro_f1_inferred": _iv(_interval(inf, unit="settings" if key == "heldout" else UNIT)),
+            "per_unit": dict(zip(g["unit"], [float(v) for v in g["macro_f1"]]))}
+    return out
 
 
 def diagnosis_sentence(diag: DiagnosisSummary) -> str:

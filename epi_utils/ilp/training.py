@@ -1,14 +1,13 @@
 """Inputs and training of one world of study 03: the world, the base model, the stage schedule with
 replay and knowledge mix, sequential SFT to convergence with per-sample dynamics, the final evaluation.
 
-**Convergence.** Each stage trains until at least ``converge_share`` of its own *clean* samples
-(no planted cause: the learnable part of the data) are reproduced exactly, checked every
-``eval_every`` steps, or ``max_epochs``; the stage records whether it converged. A user without
-planted truth would stop on held-out accuracy; here the criterion is part of the experimental
-design, so that what stays unlearned is not under-training. ``converge_share = 0`` trains
-``max_epochs`` (the real-facts run, where nothing is planted). ``converge_on = "plateau"`` (off by
-default) reads no planted label: a stage stops when the share of *all* its own samples reproduced
-has not risen by more than ``plateau_min_delta`` for ``plateau_patience`` checks (:class:`Plateau`).
+**Convergence** (issue 28: no planted label decides how long training runs). By default
+(``converge_on = "plateau"``) a stage stops when the share of *all* its own samples reproduced
+exactly, checked every ``eval_every`` steps, has not risen by more than ``plateau_min_delta`` for
+``plateau_patience`` checks (:class:`Plateau`), or at ``max_epochs``; the stage records whether the
+plateau stopped it. ``converge_on = "clean"`` (the earlier design, kept for comparison) reads the
+generator's plan: it stops when ``converge_share`` of the stage's *clean* samples (no planted cause)
+are reproduced; with it, ``converge_share = 0`` trains ``max_epochs``.
 """
 from __future__ import annotations
 
@@ -34,7 +33,7 @@ def make_world(cfg: Config, seed: int):
                      missing_knowledge_rate=cfg.missing_knowledge_rate, conflict_rate=cfg.conflict_rate,
                      inconsistency_rate=cfg.inconsistency_rate, forgetting_rate=0.0,
                      rare_complex_rate=cfg.rare_complex_rate, n_stages=cfg.n_stages,
-                     fact_prompt="question" if real else "cloze")
+                     fact_prompt="question" if real else "cloze", paraphrase_share=cfg.paraphrase_share)
     return build_world(wc, facts="real" if real else "synthetic")
 
 
