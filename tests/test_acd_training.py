@@ -154,7 +154,7 @@ def test_study_design_pairing_and_summaries(toy_root):
     card = res.card()
     assert card.figure == "paired_differences" and 3 <= len(card.headlines) <= 5
     main = res.comparison("learned_threshold_joint")
-    assert f"{main['diff']['n']} seeds" in card.answer
+    assert f"{main['diff']['n']} seeds" in card.answer and card.answer[0].isupper()
     assert {"per_seed", "results", "comparisons", "policy_curves", "training", "splits"} <= set(res.frames())
     assert len(res.attention) > 0 and abs(sum(res.attention[0]["weights"]) - 1) < 1e-5
 

@@ -295,6 +295,7 @@ class Result:
         answer = (answer_sentence(comparison_object(main), a=names[main["a_name"]], b=names[main["b_name"]],
                                   metric=f"{ds} test macro-F1 (mean over {len(self.config.settings)} settings)")
                   if main else "The threshold comparison was not made (no Proto-AWATT results).")
+        answer = answer[:1].upper() + answer[1:]
         heads = []
         for claim, name in (("learned_threshold_joint", "joint policy - static threshold"),
                             ("learned_threshold_posthoc", "post-hoc policy - static threshold"),
