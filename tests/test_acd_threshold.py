@@ -121,8 +121,25 @@ def test_policy_trained_on_episode_macro_f1_until_validation_stops_improving():
     start = episode_reward(policy, val)
     fit = train_policy_episodes(policy, train, val_episodes=val, max_epochs=40, patience=3, lr=3e-2, seed=0)
     assert len(fit.val_reward) == len(fit.train_reward) and 1 <= fit.best_epoch <= len(fit.val_reward)
+    assert fit.initial_val_reward == pytest.approx(start)
     assert fit.stopped_early == (len(fit.train_reward) < 40)
     assert episode_reward(policy, val) == pytest.approx(max(fit.val_reward))   # the best epoch is restored
     assert start < max(fit.val_reward) == pytest.approx(perfect)
     with pytest.raises(ValueError, match="N = 4"):
         train_policy_episodes(ThresholdPolicy(4), train)
+
+
+def test_policy_that_never_beats_its_start_on_validation_is_kept_unchanged():
+    """Epoch 0 (the untrained policy: for the post-hoc policy, the static threshold) takes part in the
+    model selection: a policy started at the perfect threshold and trained with a huge step size
+    keeps its starting weights."""
+    rng = np.random.default_rng(1)
+    train, val = _episodes(20, rng), _episodes(10, rng)
+    policy = ThresholdPolicy(3, init_threshold=0.3)   # 0.3 separates the two kinds of row perfectly
+    start = [p.clone() for p in policy.parameters()]
+    perfect = episode_reward(policy, val)
+    fit = train_policy_episodes(policy, train, val_episodes=val, max_epochs=3, patience=3, lr=5.0, seed=0)
+    assert fit.initial_val_reward == pytest.approx(perfect)
+    if max(fit.val_reward) <= perfect:
+        assert fit.best_epoch == 0 and all(torch.equal(a, b) for a, b in zip(start, policy.parameters()))
+    assert episode_reward(policy, val) == pytest.approx(max([perfect, *fit.val_reward]))

@@ -90,8 +90,8 @@ def paired_differences(comparisons: list[dict], *, metric: str = "macro_f1", cla
 
 def policy_curves(curves: pd.DataFrame, training: pd.DataFrame | None = None):
     """Validation-reward curves of the threshold policies on the held-out episodes: one panel per
-    setting with the post-hoc policy's reward per epoch (a line per seed, the restored epoch
-    dotted) and the static threshold's and the joint policy's reward on the same episodes (dashed
+    setting with the post-hoc policy's reward per epoch (epoch 0: before training, i.e. the static
+    threshold; a line per seed, the restored epoch dotted) and the static threshold's and the joint policy's reward on the same episodes (dashed
     and dash-dotted, means over seeds); with ``training``, a last panel with the joint policy's
     held-out reward per encoder epoch (all settings' episodes, a line per seed)."""
     import matplotlib.pyplot as plt
@@ -106,6 +106,7 @@ def policy_curves(curves: pd.DataFrame, training: pd.DataFrame | None = None):
     for ax, setting in zip(axes[0], settings):
         sub = curves[curves.setting == setting]
         for seed, g in sub.groupby("seed"):
+            g = g[g.val_reward.notna()]
             (h,) = ax.plot(g.epoch, g.val_reward, color="C0", lw=0.9, alpha=0.8)
             handles.setdefault("post-hoc policy (one line per seed)", h)
             best = g[g.epoch == g.best_epoch]
@@ -116,7 +117,7 @@ def policy_curves(curves: pd.DataFrame, training: pd.DataFrame | None = None):
         handles.setdefault("joint policy (mean over seeds)",
                            ax.axhline(sub.groupby("seed").joint_reward.first().mean(), color="C2", ls="-.", lw=1))
         ax.set_title(setting, fontsize=9)
-        ax.set_xlabel("post-hoc policy epoch")
+        ax.set_xlabel("post-hoc policy epoch (0: untrained)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("held-out reward")
     if len(joint):

@@ -129,8 +129,9 @@ class TrainingRun:
 @dataclass(slots=True)
 class PolicyRun:
     """The post-hoc policy of one (setting, seed): mean sampled reward on the fit-view episodes and
-    deterministic reward on the held-out episodes per epoch, the restored epoch, and on the same
-    held-out episodes the static threshold's and the joint policy's reward (references)."""
+    deterministic reward on the held-out episodes per epoch (``initial_reward``: before training),
+    the restored epoch (0: the untrained policy, i.e. the static threshold, was kept), and on the
+    same held-out episodes the static threshold's and the joint policy's reward (references)."""
 
     setting: str
     seed: int
@@ -140,6 +141,7 @@ class PolicyRun:
     stopped_early: bool
     static_reward: float
     joint_reward: float
+    initial_reward: float = float("nan")
 
 
 @dataclass
@@ -189,12 +191,13 @@ class Result:
         return pd.DataFrame(rows)
 
     def policy_frame(self) -> pd.DataFrame:
-        """One row per post-hoc policy and epoch: ``setting, seed, epoch, train_reward, val_reward,
-        best_epoch, static_reward, joint_reward`` (the validation-reward curves)."""
-        rows = [{"setting": p.setting, "seed": p.seed, "epoch": e + 1, "train_reward": t,
-                 "val_reward": p.val_reward[e] if e < len(p.val_reward) else float("nan"), "best_epoch": p.best_epoch,
-                 "static_reward": p.static_reward, "joint_reward": p.joint_reward}
-                for p in self.policies for e, t in enumerate(p.train_reward)]
+        """One row per post-hoc policy and epoch (epoch 0: before training): ``setting, seed, epoch,
+        train_reward, val_reward, best_epoch, static_reward, joint_reward`` (the validation-reward curves)."""
+        rows = [{"setting": p.setting, "seed": p.seed, "epoch": e, "train_reward": t, "val_reward": v,
+                 "best_epoch": p.best_epoch, "static_reward": p.static_reward, "joint_reward": p.joint_reward}
+                for p in self.policies
+                for e, (t, v) in enumerate(zip([float("nan"), *p.train_reward],
+                                               [p.initial_reward, *(p.val_reward + [float("nan")] * len(p.train_reward))]))]
         return pd.DataFrame(rows, columns=["setting", "seed", "epoch", "train_reward", "val_reward", "best_epoch",
                                            "static_reward", "joint_reward"])
 
@@ -395,7 +398,7 @@ def evaluate_setting(outputs: dict, joint: ThresholdPolicy | None, cfg: Config, 
                                     reward=cfg.policy_reward, seed=seed)
         res.policies.append(PolicyRun(
             setting=setting, seed=seed, train_reward=fit.train_reward, val_reward=fit.val_reward,
-            best_epoch=fit.best_epoch, stopped_early=fit.stopped_early,
+            best_epoch=fit.best_epoch, stopped_early=fit.stopped_early, initial_reward=fit.initial_val_reward,
             static_reward=static_reward(aw[("held", setting)], tau, reward=cfg.policy_reward),
             joint_reward=(episode_reward(joint, _triples(aw[("held", setting)]), reward=cfg.policy_reward)
                           if joint is not None else float("nan"))))

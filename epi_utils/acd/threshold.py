@@ -187,13 +187,15 @@ def train_policy(policy: ThresholdPolicy, probs: np.ndarray, logits: np.ndarray,
 @dataclass
 class PolicyFit:
     """What :func:`train_policy_episodes` did: mean sampled training reward and deterministic
-    validation reward per epoch (the curve to show), the restored best epoch (1-based) and
-    whether it stopped before ``max_epochs``."""
+    validation reward per epoch (the curve to show), the restored best epoch (1-based; 0: the
+    untrained policy, whose validation reward is ``initial_val_reward``, was kept) and whether it
+    stopped before ``max_epochs``."""
 
     train_reward: list[float]
     val_reward: list[float]
     best_epoch: int
     stopped_early: bool
+    initial_val_reward: float = float("nan")
 
 
 def episode_reward(policy: ThresholdPolicy, episodes: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], *,
@@ -218,7 +220,9 @@ def train_policy_episodes(policy: ThresholdPolicy, episodes: Sequence[tuple[np.n
     """Train ``policy`` on frozen model outputs of whole episodes (one REINFORCE step per episode,
     :func:`reinforce_step` with ``reward``), until the deterministic reward on ``val_episodes``
     (:func:`episode_reward`) has not improved for ``patience`` epochs; the best epoch's weights
-    are restored. Without ``val_episodes`` all ``max_epochs`` run. Issue 30's post-hoc policy:
+    are restored -- the untrained policy counts as epoch 0, so a policy that never beats its
+    starting point on ``val_episodes`` is returned unchanged (the post-hoc policy starts at the
+    static threshold). Without ``val_episodes`` all ``max_epochs`` run. Issue 30's post-hoc policy:
     reward = the evaluation metric, trained until its validation reward stops improving."""
     if not episodes:
         raise ValueError("train_policy_episodes needs at least one episode")
@@ -230,6 +234,10 @@ def train_policy_episodes(policy: ThresholdPolicy, episodes: Sequence[tuple[np.n
     tensors = [tuple(torch.as_tensor(a, dtype=torch.float32) for a in ep) for ep in episodes]
     train, val = [], []
     best, best_epoch, bad, best_state = -np.inf, 0, 0, None
+    initial = float("nan")
+    if val_episodes:
+        initial = episode_reward(policy, val_episodes, reward=reward, min_one=min_one)
+        best, best_state = initial, copy.deepcopy(policy.state_dict())
     for epoch in range(1, max_epochs + 1):
         order = torch.randperm(len(tensors), generator=gen).tolist()
         train.append(float(np.mean([reinforce_step(policy, opt, *tensors[i], n_samples=n_samples, min_one=min_one,
@@ -246,4 +254,4 @@ def train_policy_episodes(policy: ThresholdPolicy, episodes: Sequence[tuple[np.n
                 break
     if best_state is not None and best_epoch != len(train):
         policy.load_state_dict(best_state)
-    return PolicyFit(train, val, best_epoch, stopped_early=len(train) < max_epochs)
+    return PolicyFit(train, val, best_epoch, stopped_early=len(train) < max_epochs, initial_val_reward=initial)
