@@ -101,14 +101,15 @@ def evaluate(fit: Sequence[SeedRecord], held: Sequence[SeedRecord], *, threshold
 
 
 def pooled_table(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per part and method: mean macro-F1 (all causes, inferred causes) with t-intervals over the
-    part's worlds, and each method's paired difference to the cascade (``diff*``, same worlds)."""
+    """Per part and method: mean macro-F1 (all causes, inferred causes) with intervals over the
+    part's worlds kept inside [0, 1] (logit-t), and each method's paired difference to the cascade (``diff*``, same worlds)."""
     if scores.empty:
         return pd.DataFrame()
     parts = []
     for part, g in scores.groupby("part", sort=False):
         t = stats.interval_table(g, by=["method"], columns=["macro_f1", "macro_f1_inferred"],
-                                 unit="settings" if part == "held out" else "worlds", unit_column="unit")
+                                 unit="settings" if part == "held out" else "worlds", unit_column="unit",
+                                 bounds=(0.0, 1.0))
         t.insert(0, "part", part)
         casc = dict(zip(g.loc[g["method"] == "cascade", "unit"], g.loc[g["method"] == "cascade", "macro_f1"]))
         diffs = []

@@ -339,7 +339,8 @@ class Result:
             vals = held.loc[held["method"] == m, "macro_f1"].dropna().tolist() if not held.empty else []
             if len(vals) >= 2:
                 heads.append(Headline.from_interval(f"macro-F1 on held-out settings, {heldout.METHOD_NAMES[m]}",
-                                                    stats.interval(vals, unit="settings"), unit="F1"))
+                                                    stats.interval(vals, unit="settings", bounds=(0.0, 1.0)),
+                                                    unit="F1"))
         cmp = heldout.better_method(scores) if not scores.empty else None
         if cmp is not None:
             answer = answer_sentence(cmp, unit="F1")
@@ -409,6 +410,7 @@ class Result:
     def timings(self) -> dict:
         """Seconds per world and phase (``seed<k>_<phase>``) and the whole run (``total``)."""
         out = {f"seed{r.seed}_{k}": v for r in self.records for k, v in r.timings.items()}
+        out.update({f"{r.setting}_seed{r.seed}_{k}": v for r in self.family for k, v in r.timings.items()})
         if np.isfinite(self.seconds):
             out["total"] = self.seconds
         return out
