@@ -33,3 +33,12 @@ def test_selection_problems_name_the_last_epoch_and_a_near_zero_dev_f1():
         "kept the last epoch (5 of at most 5): still improving"]
     assert selection_problems(best_epoch=4, last_epoch=5, max_epochs=20, dev_f1=0.02) == ["dev F1 0.020 < 0.05: barely learned"]
     assert selection_problems(best_epoch=3, last_epoch=5, max_epochs=20, dev_f1=0.3) == []   # stopped by the plateau
+
+
+def test_a_tuple_key_improves_lexicographically_like_the_decoder_selection_key():
+    p = Plateau(patience=2)
+    # (dev F1, dev F1 from annotated mentions, -dev loss): ties on F1 are broken by the rest of the key
+    stops = [p.update(k) for k in ((0.0, 0.1, -3.0), (0.0, 0.1, -2.0), (0.0, 0.1, -2.5), (0.0, 0.05, -1.0))]
+    assert stops == [False, False, False, True] and p.best == (0.0, 0.1, -2.0) and p.best_check == 2
+    with pytest.raises(ValueError, match="finite"):
+        Plateau(patience=1).update((0.1, float("inf")))
