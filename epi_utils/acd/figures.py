@@ -223,7 +223,7 @@ def results_bars(summary: pd.DataFrame, *, dataset: str, metric: str = "macro_f1
     unit = f"95% t-interval over {int(sub['n'].iloc[0])} {sub['unit'].iloc[0]}" if len(sub) else "seeds"
     settings = natural_order(sub.setting)  # 5way5shot, 5way10shot, 10way5shot, 10way10shot
     methods = list(dict.fromkeys(sub.method))
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    fig, ax = plt.subplots(figsize=(max(7.0, 2.4 * len(settings)), 3.4))
     width = 0.8 / max(len(methods), 1)
     for i, m in enumerate(methods):
         g = sub[sub.method == m].set_index("setting").reindex(settings)
