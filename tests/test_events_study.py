@@ -179,7 +179,7 @@ def test_a_doc2edag_layout_data_set_with_another_schema_runs_from_a_folder(tmp_p
     assert [c.metric for c in comps] == ["micro_f1 (union)", "document F1 (union)"]
     assert all(c.verdict in tuple(Verdict) for c in comps)
     table = summary.score_table(res.rows(candidates=ANNOTATED))
-    assert set(table.index) == {"probes", "no_probe"}
+    assert set(table["method"]) == {"probes", "no_probe"} and list(table.columns)[0] == "method"
     e, ds = frontend_step(data, cfg.replace(pretrain_epochs=0, enc_lstm=True, bigram_buckets=64), step="no pretraining", seed=0)
     assert [d.candidates for d in ds] == ["union", "predicted", "rules"] and {d.step for d in ds} == {"no pretraining"}
     steps = summary.frontend_table([Rung("no pretraining", e, ds), study_rung(cfg, res)])

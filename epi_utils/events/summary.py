@@ -55,7 +55,7 @@ def decoder_frame(records: Sequence[DecoderRecord]) -> pd.DataFrame:
 
 
 def score_table(records: Sequence[DecoderRecord], *, metrics: Sequence[str] = MAIN_METRICS) -> pd.DataFrame:
-    """Methods x metrics, each cell ``"mean [low, high]"`` (x100): 95% t-interval over the seed units
+    """One row per method (column ``method``) x metrics, each cell ``"mean [low, high]"`` (x100): 95% t-interval over the seed units
     (:func:`~epi_utils.workbench.stats.interval_table`); the value alone where there is one unit."""
     frame = decoder_frame(records)
     frame[list(metrics)] = 100 * frame[list(metrics)]
@@ -66,7 +66,8 @@ def score_table(records: Sequence[DecoderRecord], *, metrics: Sequence[str] = MA
                  for m in metrics}
         cells["n units"] = int(row["n"])
         out[row["method"]] = cells
-    return pd.DataFrame(out).T
+    frame = pd.DataFrame(out).T
+    return frame.rename_axis("method").reset_index()  # the method is a column: a report shows no index
 
 
 def comparisons(records: Records, *, candidates: str, metrics: Sequence[str] = ("micro_f1", "multi_f1", "multi_recall"),
