@@ -89,7 +89,8 @@ def headline_pairs(metrics: Mapping[str, Any], headlines: Sequence[str] = (), *,
     out = []
     for name in names:
         ci = intervals.get(name)
-        text = format_interval(flat[name], *ci) if ci else format_number(flat[name])
+        value = flat[name]
+        text = format_interval(value, *ci) if ci else format_number(int(value) if value.is_integer() else value)
         out.append((reader_name(name), text))
     return out
 
