@@ -111,7 +111,7 @@ def card(info: dict[str, Any], availability, timing: dict[str, Any]) -> Card:
     missing = [str(n) for n, s in zip(availability["name"], availability["status"]) if s != "complete"]
     answer = (f"{complete} of {total} data sets and model packages are complete"
               + (f" ({', '.join(missing)} not)" if missing else "")
-              + f"; device {info['device']} with {info['threads']} threads runs a {timing['size']}x{timing['size']} "
+              + f"; device {info['device']} with {info['threads']} thread{'' if info['threads'] == 1 else 's'} runs a {timing['size']}x{timing['size']} "
               f"fp32 matmul at {format_number(timing['gflops'])} GFLOP/s.")
     over = f"median of {len(timing['times_ms'])} repetitions"
     return Card("What does this machine offer the studies?", answer,
