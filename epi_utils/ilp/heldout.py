@@ -38,9 +38,12 @@ def _unlearned(table: pd.DataFrame) -> pd.DataFrame:
 
 def fit_forest(tables: Sequence[pd.DataFrame], *, seed: int = 0, trees: int = 200):
     """A random forest (``trees`` trees, balanced classes) fitted on the unlearned rows of ``tables``
-    against their ``truth``; returns ``(model, feature columns)`` (None when there is one class)."""
+    against their ``truth``; returns ``(model, feature columns)`` (None when there is one class, or no
+    table to fit on)."""
     from sklearn.ensemble import RandomForestClassifier
 
+    if not tables:  # leave-one-world-out with a single fitting world (e.g. a rehearsal): nothing to fit on
+        return None, []
     rows = pd.concat([_unlearned(t) for t in tables])
     x = dg.feature_matrix(rows)
     y = rows["truth"].astype(str).to_numpy()

@@ -177,8 +177,11 @@ def mitigation_table(comparisons: dict[str, stats.Comparison],
                      focused: dict[str, stats.Comparison] | None = None) -> pd.DataFrame:
     """One row per cause: fix and uniform-control means, difference with its interval, p, verdict,
     detectable; with ``focused`` also the focused control's mean and the fix's difference to it."""
-    if not comparisons:
-        return pd.DataFrame()
+    if not comparisons:  # mitigation off (e.g. a rehearsal): the table's columns, no rows
+        columns = ["fix", "control", "diff", "diff_low", "diff_high", "n_worlds", "p_value", "verdict", "detectable"]
+        if focused is not None:
+            columns += ["focused", "diff_focused", "diff_focused_low", "diff_focused_high", "p_focused", "verdict_focused"]
+        return pd.DataFrame(columns=columns, index=pd.Index([], name="cause"))
     rows = []
     for c, cmp in comparisons.items():
         row = {"cause": c, "fix": cmp.a_mean, "control": cmp.b_mean, "diff": cmp.diff.mean,

@@ -323,9 +323,17 @@ class _Ray(_Backend):
         for ref in handles:
             with contextlib.suppress(Exception):
                 self.ray.cancel(ref, force=False)  # KeyboardInterrupt in a running task
-        if handles:
-            with contextlib.suppress(Exception):
-                self.ray.wait(handles, num_returns=len(handles), timeout=30)
+        if not handles:
+            return
+        with contextlib.suppress(Exception):
+            _, pending = self.ray.wait(handles, num_returns=len(handles), timeout=5)
+            # a task the interrupt did not reach (its worker was still starting on a busy machine, or it
+            # does not return to Python) is killed with its worker process
+            for ref in pending:
+                with contextlib.suppress(Exception):
+                    self.ray.cancel(ref, force=True)
+            if pending:
+                self.ray.wait(pending, num_returns=len(pending), timeout=30)
 
     def close(self):
         if self.owned:
