@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 from epi_utils.workbench import index_page, runs
 from epi_utils.workbench.params import effective_parameters, resolve_parameters, study_name
 from epi_utils.workbench.progress import batch_environment
+from epi_utils.workbench.tables import ReaderTable
 
 STATUS_RUNNING, STATUS_SUCCESS, STATUS_FAILED, STATUS_INTERRUPTED = "running", "success", "failed", "interrupted"
 
@@ -359,13 +360,13 @@ def _configuration(record: Mapping[str, Any]) -> str:
         what = "set by the profile or on the command line"
     if not rows:
         return ""
+    import pandas as pd
+
     columns = [c for c in ("parameter", "value", "default", "changed", "meaning") if any(str(r.get(c, "")) for r in rows)]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in columns) + "</tr>" for r in rows)
+    frame = pd.DataFrame([{c: str(r.get(c, "")) for c in columns} for r in rows], columns=columns)
     changed = sum(1 for r in rows if r.get("changed"))
-    summary = f"Configuration: {changed} of {len(rows)} parameters {what}"
-    return (f"<details style='margin:8px 12px;font-family:sans-serif'><summary>{html.escape(summary)}</summary>"
-            f"<table style='border-collapse:collapse;font-size:13px'><tr>{head}</tr>{body}</table></details>")
+    table = ReaderTable(frame, summary=f"Configuration: {changed} of {len(rows)} parameters {what}")  # as parameter_table shows it
+    return f"<div style='margin:8px 12px;font-family:sans-serif;font-size:13px'>{table.to_html()}</div>"
 
 
 #: a run folder's private note of the machine paths its report must not show (read when rendering)
