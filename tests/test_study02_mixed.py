@@ -46,7 +46,7 @@ def test_mask_trace_equals_the_offline_definitions():
     rng = np.random.default_rng(0)
     hist = {t: [rng.random(50) < 0.3 for _ in range(5)] for t in ("a", "b")}
     pol = _Policy()
-    trace = mixed.MaskTrace(pol, ["a", "b"])
+    trace = masks.MaskTrace(pol, ["a", "b"])
     for k in range(5):
         pol._crit_flat = {t: torch.from_numpy(h[k]) for t, h in hist.items()}
         pol.n_mask_updates += 1
@@ -90,7 +90,7 @@ def _epi_run(name, tasks=("a", "b"), steps=12):
     if name == "random_refresh":
         kw["seed"] = 7
     policy = make_policy(name, **kw)
-    trace = mixed.MaskTrace(policy, list(tasks))
+    trace = masks.MaskTrace(policy, list(tasks))
     hooked_steps(model, torch.optim.AdamW(model.parameters(), lr=1e-2), [(t, b, 0) for t, b in sched],
                  hooks=[policy, trace])
     return policy, trace, model
@@ -135,7 +135,8 @@ def tiny_result():
                  n_train_eval_per_task=2, steps_per_stage=8, batch_size=4, ratios=[0.2],
                  arms=["full_sft", "separate", "epi", "epi_warmup_frozen"], lr_grid=[0.003, 0.01],
                  epi_lr_grid=[0.003], epi_intervals=[2, 3], epi_warmups=[2, 2], workers=1,
-                 world_tasks=["format_conversion", "key_lookup"], eval_batch_size=16)
+                 world_tasks=["format_conversion", "key_lookup"], eval_batch_size=16, capacity_seeds=2,
+                 forgetting_seeds=2)
     return mixed.run_mixed(cfg, progress=lambda xs, **kw: xs)
 
 
@@ -157,6 +158,39 @@ def test_tiny_grid_end_to_end(tiny_result):
     card = res.card()
     assert card.figure == "epi_minus_frozen" and 3 <= len(card.headlines) <= 5
     assert set(res.headlines()) <= set(_flat(res.metrics()))
+    # the capacity check: per seed, the all-parameters models (ratio 1) and the critical-set-only models
+    caps = res.capacity_records
+    assert sorted((r.seed, r.ratio) for r in caps) == [(0, 0.2), (0, 1.0), (1, 0.2), (1, 1.0)]
+    assert all(r.steps == 8 for r in caps if r.ratio == 0.2)        # 2 tasks x 8 // 2 steps, each task alone
+    cap = res.frames()["capacity"]
+    assert list(cap["task"]) == ["format_conversion", "key_lookup", "mean"] and (cap["n"] == 2).all()
+    # the forgetting table: plain EPI and EPI frozen beside the bounds, paired rows per metric
+    fg = res.frames()["forgetting"]
+    assert set(fg["arm"]) == {"full_sft", "separate", "replay", "epi@20%", "epi_frozen@20%"}
+    cmp = res.frames()["forgetting_comparisons"]
+    assert len(cmp) == 3 * 3 and set(cmp["metric"]) == {"retained0", "forgetting0", "plastic"}
+    assert res.forgetting.config.steps_per_stage == 4 and res.forgetting.config.design == "two_stage"
+    assert res.forgetting.config.lr == res.hp["epi"]["lr"]
+
+
+def test_capacity_table_by_hand():
+    """Two seeds; task a: share-only 0.4 / 0.6 vs all-parameters 0.8 / 0.8; task b: 0.2 / 0.2 vs 0.4 / 0.6."""
+    from epi_utils.isolation_study import checks
+
+    def rec(seed, ratio, a, b):
+        return mixed.MixedRecord(arm="capacity", seed=seed, ratio=ratio, hp={}, tuning=False, pretrain_seed=0,
+                                 test={"a": a, "b": b})
+
+    recs = [rec(0, 1.0, 0.8, 0.4), rec(1, 1.0, 0.8, 0.6), rec(0, 0.1, 0.4, 0.2), rec(1, 0.1, 0.6, 0.2)]
+    t = checks.capacity_table(recs, ["a", "b"]).set_index("task")
+    assert t.loc["a", "share_only"] == pytest.approx(0.5) and t.loc["a", "all_parameters"] == pytest.approx(0.8)
+    assert t.loc["a", "diff"] == pytest.approx(-0.3) and t.loc["a", "share_kept"] == pytest.approx(0.625)
+    # diffs -0.4, -0.2: mean -0.3, sd 0.1414, t(0.975, 1) = 12.706 -> half-width 12.706 * 0.1414 / sqrt(2) = 1.2706
+    assert t.loc["a", "diff_low"] == pytest.approx(-0.3 - 1.2706, abs=1e-3)
+    assert t.loc["b", "share_kept"] == pytest.approx(0.2 / 0.5)
+    # mean over tasks: share-only 0.3 / 0.4, all-parameters 0.6 / 0.7 -> diff -0.3 on both seeds
+    assert t.loc["mean", "diff"] == pytest.approx(-0.3) and t.loc["mean", "share_kept"] == pytest.approx(0.35 / 0.65)
+    assert checks.capacity_table([], ["a"]).empty
 
 
 def _flat(d, prefix=""):

@@ -84,6 +84,10 @@ class Config(StudyConfig):
     tune_ratio: float = option(0.2, "mixed: isolation ratio of the tuning runs", gt=0, lt=1)
     equivalence_margin: float = option(0.03, "mixed: equivalence margin of the TOST (score units; fixed before "
                                              "the run)", gt=0, lt=1)
+    capacity_seeds: int = option(0, "mixed: seeds of the capacity check (each task trained with only its critical "
+                                    "set trainable, per ratio; checks.py); 0: not run", ge=0)
+    forgetting_seeds: int = option(0, "mixed: seeds of the two-stage forgetting table with plain EPI and EPI frozen "
+                                      "(checks.py); 0: not run", ge=0)
     steps_per_stage: int = option(400, "optimizer steps per stage, the same for every arm (mixed: of the one "
                                        "mixed run; separate: split evenly over the tasks)", ge=1)
     lr: float = option(0.0003, "two_stage: fine-tuning peak learning rate", gt=0)
@@ -132,6 +136,10 @@ class Config(StudyConfig):
             if len(self.epi_lr_grid) * len(self.epi_intervals) != len(self.lr_grid):
                 raise self.error("epi_lr_grid", "x epi_intervals must give as many tuning runs as lr_grid "
                                                 f"({len(self.lr_grid)}): the same tuning budget for every arm")
+            if self.capacity_seeds > self.n_seeds:
+                raise self.error("capacity_seeds", f"must be at most n_seeds ({self.n_seeds})")
+            if self.forgetting_seeds > self.n_seeds:
+                raise self.error("forgetting_seeds", f"must be at most n_seeds ({self.n_seeds})")
             if self.steps_per_stage < len(self.tasks):
                 raise self.error("steps_per_stage", f"must give each of the {len(self.tasks)} tasks a step")
         if "full_sft" not in self.bounds:

@@ -15,6 +15,9 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
+import torch
+
+from epi_utils.lm.train import TrainHook
 
 
 def _bool(mask) -> np.ndarray:
@@ -83,3 +86,71 @@ def overlap_table(masks: Mapping[str, object]):
 
     names = list(masks)
     return pd.DataFrame([[jaccard(masks[a], masks[b]) for b in names] for a in names], index=names, columns=names)
+
+
+class MaskTrace(TrainHook):
+    """What a policy's per-task critical sets do over a run (placed after the policy in the hooks):
+    at every refresh (``policy.n_mask_updates`` grows) and for every task with a set: the turnover
+    from its previous set (``1 - |prev & new| / |new|``), and, online, the elements ever protected,
+    released (protected at one refresh, not at the next) and re-protected (protected again at a
+    later refresh after a release): the same numbers as
+    :func:`epi_utils.isolation_study.masks.release_and_reprotect` on the whole history. At the end:
+    the pairwise Jaccard overlap of the tasks' final sets and each task's Jaccard between its first
+    and its final set."""
+
+    def __init__(self, policy, tasks: Sequence[str]):
+        self.policy, self.tasks = policy, list(tasks)
+        self.seen = 0
+        self.prev: dict[str, torch.Tensor] = {}
+        self.first: dict[str, torch.Tensor] = {}
+        self.ever: dict[str, torch.Tensor] = {}
+        self.released: dict[str, torch.Tensor] = {}
+        self.reprotected: dict[str, torch.Tensor] = {}
+        self.rows: list[dict] = []
+
+    def update_mask(self, state):
+        n = getattr(self.policy, "n_mask_updates", 0)
+        if n > self.seen:
+            self.seen = n
+            self._record(state.step)
+        return None
+
+    def _record(self, step: int) -> None:
+        sets = getattr(self.policy, "_crit_flat", None)
+        for t in self.tasks:
+            if sets is None or t not in sets:
+                continue
+            m = sets[t].detach().to("cpu", torch.bool).clone()
+            if t in self.prev:
+                p = self.prev[t]
+                size = int(m.sum())
+                turn = 0.0 if size == 0 else 1.0 - float((p & m).sum()) / size
+                self.rows.append({"task": t, "step": int(step), "turnover": turn})
+                self.reprotected[t] |= self.released[t] & m
+                self.released[t] |= p & ~m
+                self.ever[t] |= m
+            else:
+                self.first[t] = m
+                self.ever[t] = m.clone()
+                self.released[t] = torch.zeros_like(m)
+                self.reprotected[t] = torch.zeros_like(m)
+            self.prev[t] = m
+
+    def stats(self) -> dict:
+        """``refreshes`` (rows task, step, turnover), per-task ``released`` / ``reprotected`` shares
+        (of the elements ever protected / of those released; NaN when none), ``first_final`` (Jaccard
+        of a task's first and final set) and ``overlap`` (mean pairwise Jaccard of the final sets)."""
+        def jac(a, b):
+            u = int((a | b).sum())
+            return 1.0 if u == 0 else float((a & b).sum()) / u
+
+        per = {}
+        for t in self.prev:
+            n_ever, n_rel = int(self.ever[t].sum()), int(self.released[t].sum())
+            per[t] = {"released": n_rel / n_ever if n_ever else float("nan"),
+                      "reprotected": int(self.reprotected[t].sum()) / n_rel if n_rel else float("nan"),
+                      "first_final": jac(self.first[t], self.prev[t])}
+        names = list(self.prev)
+        pairs = [jac(self.prev[a], self.prev[b]) for i, a in enumerate(names) for b in names[i + 1:]]
+        return {"refreshes": self.rows, "per_task": per, "overlap": float(np.mean(pairs)) if pairs else float("nan"),
+                "n_refreshes": self.seen}

@@ -46,6 +46,7 @@ import torch
 from epi_utils.isolation.policies import make_policy
 from epi_utils.isolation_study.config import RATIO_ARMS, Config
 from epi_utils.isolation_study.inputs import INTERFERENCE, Inputs, build_inputs, seed_data
+from epi_utils.isolation_study.masks import MaskTrace
 from epi_utils.lm.train import TrainConfig, TrainHook, train_sft
 from epi_utils.workbench import progress as progress_mod
 from epi_utils.workbench import runs
@@ -73,75 +74,6 @@ class MixedRecord:
     tokens: int = 0
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
-
-
-# ----------------------------------------------------------------------------- mask statistics
-class MaskTrace(TrainHook):
-    """What a policy's per-task critical sets do over a run (placed after the policy in the hooks):
-    at every refresh (``policy.n_mask_updates`` grows) and for every task with a set: the turnover
-    from its previous set (``1 - |prev & new| / |new|``), and, online, the elements ever protected,
-    released (protected at one refresh, not at the next) and re-protected (protected again at a
-    later refresh after a release): the same numbers as
-    :func:`epi_utils.isolation_study.masks.release_and_reprotect` on the whole history. At the end:
-    the pairwise Jaccard overlap of the tasks' final sets and each task's Jaccard between its first
-    and its final set."""
-
-    def __init__(self, policy, tasks: Sequence[str]):
-        self.policy, self.tasks = policy, list(tasks)
-        self.seen = 0
-        self.prev: dict[str, torch.Tensor] = {}
-        self.first: dict[str, torch.Tensor] = {}
-        self.ever: dict[str, torch.Tensor] = {}
-        self.released: dict[str, torch.Tensor] = {}
-        self.reprotected: dict[str, torch.Tensor] = {}
-        self.rows: list[dict] = []
-
-    def update_mask(self, state):
-        n = getattr(self.policy, "n_mask_updates", 0)
-        if n > self.seen:
-            self.seen = n
-            self._record(state.step)
-        return None
-
-    def _record(self, step: int) -> None:
-        sets = getattr(self.policy, "_crit_flat", None)
-        for t in self.tasks:
-            if sets is None or t not in sets:
-                continue
-            m = sets[t].detach().to("cpu", torch.bool).clone()
-            if t in self.prev:
-                p = self.prev[t]
-                size = int(m.sum())
-                turn = 0.0 if size == 0 else 1.0 - float((p & m).sum()) / size
-                self.rows.append({"task": t, "step": int(step), "turnover": turn})
-                self.reprotected[t] |= self.released[t] & m
-                self.released[t] |= p & ~m
-                self.ever[t] |= m
-            else:
-                self.first[t] = m
-                self.ever[t] = m.clone()
-                self.released[t] = torch.zeros_like(m)
-                self.reprotected[t] = torch.zeros_like(m)
-            self.prev[t] = m
-
-    def stats(self) -> dict:
-        """``refreshes`` (rows task, step, turnover), per-task ``released`` / ``reprotected`` shares
-        (of the elements ever protected / of those released; NaN when none), ``first_final`` (Jaccard
-        of a task's first and final set) and ``overlap`` (mean pairwise Jaccard of the final sets)."""
-        def jac(a, b):
-            u = int((a | b).sum())
-            return 1.0 if u == 0 else float((a & b).sum()) / u
-
-        per = {}
-        for t in self.prev:
-            n_ever, n_rel = int(self.ever[t].sum()), int(self.released[t].sum())
-            per[t] = {"released": n_rel / n_ever if n_ever else float("nan"),
-                      "reprotected": int(self.reprotected[t].sum()) / n_rel if n_rel else float("nan"),
-                      "first_final": jac(self.first[t], self.prev[t])}
-        names = list(self.prev)
-        pairs = [jac(self.prev[a], self.prev[b]) for i, a in enumerate(names) for b in names[i + 1:]]
-        return {"refreshes": self.rows, "per_task": per, "overlap": float(np.mean(pairs)) if pairs else float("nan"),
-                "n_refreshes": self.seen}
 
 
 class Counter(TrainHook):
@@ -275,26 +207,36 @@ def separate_run(*, data: MixedData, base, cfg: Config, hp: dict, tuning: bool, 
 
 
 @torch.no_grad()
+def core_regions(base_model, task_models: dict[str, Any], ratio: float):
+    """CPI-FT's core regions (arXiv 2508.21741): per task, the top ``ratio`` (one global threshold) of
+    its layer-mean-normalised ``|theta_t - theta_0|``. Returns ``(names, sizes, flat0, flats, scores,
+    sets)``: the trainable parameter names and sizes, the flat base vector ``(n,)``, each task's flat
+    vector ``(n,)``, its flat normalised scores ``(n,)`` and its bool core set ``(n,)``."""
+    from epi_utils.importance.estimators import normalize_scores, top_share_flat
+
+    names = [n for n, p in base_model.named_parameters() if p.requires_grad]
+    theta0 = dict(base_model.named_parameters())
+    params = {t: dict(m.named_parameters()) for t, m in task_models.items()}
+    sizes = [theta0[n].numel() for n in names]
+    flat0 = torch.cat([theta0[n].detach().reshape(-1) for n in names])
+    flats = {t: torch.cat([params[t][n].detach().reshape(-1) for n in names]) for t in task_models}
+    scores, sets = {}, {}
+    for t in task_models:
+        moved = {n: (params[t][n].detach() - theta0[n].detach()).abs() for n in names}
+        scores[t] = torch.cat([v.reshape(-1) for v in normalize_scores(moved, how="layer_mean").values()])
+        sets[t] = top_share_flat(scores[t], ratio=ratio, scope="global", sizes=sizes)
+    return names, sizes, flat0, flats, scores, sets
+
+
+@torch.no_grad()
 def cpi_merge(base_model, task_models: dict[str, Any], ratio: float):
     """CPI-FT's transplant and merge: ``(merged model, cores)`` with ``cores`` = parameter name ->
     bool tensor (True: some task's core). Core regions: the top ``ratio`` (one global threshold) of
     each task's layer-mean-normalised ``|theta_t - theta_0|``; an element in several cores goes to
     the task with the highest normalised score; a core element takes its task's value, every other
     element ``theta_0 + mean_t(theta_t - theta_0)``."""
-    from epi_utils.importance.estimators import normalize_scores, top_share_flat
-
-    names = [n for n, p in base_model.named_parameters() if p.requires_grad]
-    theta0 = dict(base_model.named_parameters())
     tasks = list(task_models)
-    params = {t: dict(m.named_parameters()) for t, m in task_models.items()}
-    sizes = [theta0[n].numel() for n in names]
-    flat0 = torch.cat([theta0[n].detach().reshape(-1) for n in names])
-    flats = {t: torch.cat([params[t][n].detach().reshape(-1) for n in names]) for t in tasks}
-    scores = {}
-    for t in tasks:
-        moved = {n: (params[t][n].detach() - theta0[n].detach()).abs() for n in names}
-        scores[t] = torch.cat([v.reshape(-1) for v in normalize_scores(moved, how="layer_mean").values()])
-    sets = {t: top_share_flat(scores[t], ratio=ratio, scope="global", sizes=sizes) for t in tasks}
+    names, sizes, flat0, flats, scores, sets = core_regions(base_model, task_models, ratio)
     best = torch.full_like(flat0, -math.inf)
     owner = torch.full(flat0.shape, -1, dtype=torch.long)
     for k, t in enumerate(tasks):
@@ -339,6 +281,39 @@ def cpi_runs(*, data: MixedData, base, cfg: Config, ratios: Sequence[float], hp:
     return out
 
 
+def capacity_runs(*, data, base, cfg: Config, ratios: Sequence[float], hp: dict, pretrain_seed: int) -> list:
+    """One :class:`.mixed.MixedRecord` (arm ``capacity``) per ratio of ``ratios`` plus one at ratio 1.0
+    (the all-parameters per-task models), each holding every task's test score from its own model
+    (:mod:`.checks` says what it shows). ``hp["lr"]``: the per-task learning rate (the ceiling's tuned one)."""
+    t0 = time.perf_counter()
+    models = per_task_models(data=data, base=base, cfg=cfg, lr=hp["lr"])
+    full = MixedRecord(arm="capacity", seed=data.seed, ratio=1.0, hp=dict(hp), tuning=False,
+                       pretrain_seed=pretrain_seed)
+    for t, m in models.items():
+        _finish(full, m, base[1], data=data, cfg=cfg, tasks=[t])
+    full.seconds = time.perf_counter() - t0
+    out = [full]
+    steps = max(1, cfg.steps_per_stage // len(data.tasks))
+    for r in ratios:
+        t1 = time.perf_counter()
+        rec = MixedRecord(arm="capacity", seed=data.seed, ratio=float(r), hp=dict(hp), tuning=False,
+                          pretrain_seed=pretrain_seed)
+        names, sizes, _, _, _, sets = core_regions(base[0], models, r)
+        for k, t in enumerate(data.tasks):
+            runs.seed_everything(data.seed * 1000 + k)
+            model = copy.deepcopy(base[0])
+            params = dict(model.named_parameters())
+            frozen = {n: (~piece).view_as(params[n]).clone() for n, piece in zip(names, torch.split(sets[t], sizes))}
+            policy = make_policy("frozen_cores", tasks=list(data.tasks), cores=frozen)
+            _train(model, base[1], list(data.train[t]), steps=steps, lr=hp["lr"], seed=data.seed,
+                   hooks=[policy, Counter(rec)], cfg=cfg)
+            _finish(rec, model, base[1], data=data, cfg=cfg, tasks=[t])
+        rec.masks = {"trainable_share": float(r)}
+        rec.seconds = time.perf_counter() - t1
+        out.append(rec)
+    return out
+
+
 # ----------------------------------------------------------------------------- jobs
 _SHARED: dict = {}
 
@@ -354,6 +329,8 @@ def _run_job(job: tuple) -> list[MixedRecord]:
     cfg, data = _SHARED["cfg"], _SHARED["data"][seed]
     ps = pretrain_seed_of(cfg, seed)
     base = _SHARED["bases"][ps]
+    if arm == "capacity":
+        return capacity_runs(data=data, base=base, cfg=cfg, ratios=ratios, hp=hp, pretrain_seed=ps)
     if arm == "separate":
         return [separate_run(data=data, base=base, cfg=cfg, hp=hp, tuning=tuning, pretrain_seed=ps)]
     if arm == "cpi_ft":
@@ -481,11 +458,21 @@ def run_mixed(cfg: Config, *, progress: Callable = progress_mod.progress, inputs
     hp, tuning, tuning_recs = tune(bases=bases, data=data, cfg=cfg)
     tuning_s = time.perf_counter() - t0
     records = _run_jobs(grid_jobs(cfg, hp), bases=bases, data=data, cfg=cfg, desc="study 02 runs")
+    capacity, forgetting = [], None
+    if cfg.capacity_seeds:
+        sep = hp.get("separate", hp["full_sft"])
+        jobs = [("capacity", s, list(cfg.ratios), {"lr": sep["lr"]}, False) for s in cfg.seeds[:cfg.capacity_seeds]]
+        capacity = _run_jobs(jobs, bases=bases, data=data, cfg=cfg, desc="study 02 capacity check")
+    if cfg.forgetting_seeds:
+        from epi_utils.isolation_study.checks import forgetting_run
+
+        forgetting = forgetting_run(cfg, hp, inputs=inputs, progress=progress)
     pretrain = dict(inputs.pretrain)
     pretrain.setdefault("n_params", sum(p.numel() for p in inputs.model.parameters()))
     pretrain["pretrain_seeds"] = sorted(bases)
     return MixedResult(config=cfg, records=records, hp=hp, tuning=tuning, tuning_records=tuning_recs,
-                       tasks=list(data[cfg.seeds[0]].tasks), pretrain=pretrain, tuning_seconds=tuning_s)
+                       tasks=list(data[cfg.seeds[0]].tasks), pretrain=pretrain, tuning_seconds=tuning_s,
+                       capacity_records=capacity, forgetting=forgetting)
 
 
 def run_study(cfg: Config, *, progress: Callable = progress_mod.progress, inputs: Inputs | None = None):

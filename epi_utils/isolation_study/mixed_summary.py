@@ -221,14 +221,22 @@ class MixedResult:
     tasks: list[str]
     pretrain: dict
     tuning_seconds: float = 0.0
+    capacity_records: list = field(default_factory=list)
+    forgetting: Any = None                  # the two-stage Result of checks.forgetting_run, or None
     estimate: Any = None
     _frames: dict = field(default=None, init=False, repr=False, compare=False)
 
     design = "mixed"
 
     def frames(self) -> dict:
+        """The tables of :func:`tables`, ``capacity`` (:func:`.checks.capacity_table`, empty when not run)
+        and ``forgetting`` / ``forgetting_comparisons`` (:func:`.checks.forgetting_tables`)."""
+        from epi_utils.isolation_study import checks
+
         if self._frames is None:
             self._frames = tables(self.records, self.tasks, margin=self.config.equivalence_margin, tuning=self.tuning)
+            self._frames["capacity"] = checks.capacity_table(self.capacity_records, self.tasks)
+            self._frames.update(checks.forgetting_tables(self.forgetting))
         return dict(self._frames)
 
     def answer(self, task: str = "mean", ratio: float | None = None) -> dict:
@@ -254,7 +262,9 @@ class MixedResult:
                                                                              "pretrain_seeds")},
                 "n_runs": int(len(f["runs"]) // (len(self.tasks) + 1)) if len(f["runs"]) else 0,
                 "n_seeds": int(f["runs"]["seed"].nunique()) if len(f["runs"]) else 0,
-                "equivalence_margin": self.config.equivalence_margin}
+                "equivalence_margin": self.config.equivalence_margin,
+                "capacity": _records(f["capacity"]), "forgetting": _records(f["forgetting"]),
+                "forgetting_comparisons": _records(f["forgetting_comparisons"])}
 
     def headlines(self) -> list[str]:
         m = self.metrics()
@@ -267,7 +277,11 @@ class MixedResult:
         for r in self.records:
             out[f"seconds/{r.arm}"] = out.get(f"seconds/{r.arm}", 0.0) + r.seconds
         out["seconds/tuning"] = self.tuning_seconds
-        out["seconds/total"] = sum(r.seconds for r in self.records) + self.tuning_seconds
+        extra = {"seconds/capacity_check": sum(r.seconds for r in self.capacity_records)}
+        if self.forgetting is not None:
+            extra["seconds/forgetting_table"] = self.forgetting.timings()["seconds/total"]
+        out.update({k: v for k, v in extra.items() if v})
+        out["seconds/total"] = sum(r.seconds for r in self.records) + self.tuning_seconds + sum(extra.values())
         return out
 
     def card(self):
@@ -384,3 +398,44 @@ READER_NAMES = {"a": "A", "b": "B", "a_mean": "A mean", "b_mean": "B mean", "dif
                 "overlap": "overlap between tasks (Jaccard)", "chance_overlap": "overlap of random sets",
                 "n_refreshes": "refreshes", "val_score": "validation score (mean over tasks)",
                 "arm": "arm", "lr": "learning rate", "interval": "mask interval", "warmup": "warmup steps"}
+
+
+def _not_run(what: str, option: str):
+    import pandas as pd
+
+    return pd.DataFrame([{"note": f"{what} not run in this profile ({option} = 0; the cpu-long profile runs it)"}])
+
+
+def capacity_rows(capacity):
+    """The capacity check for the reader (ratio as a percentage), or a one-row note when it was not run."""
+    if not len(capacity):
+        return _not_run("capacity check", "capacity_seeds")
+    out = capacity.copy()
+    out["ratio"] = out["ratio"].map(lambda r: f"{100 * r:g}%")
+    return out.drop(columns=["unit"])
+
+
+def forgetting_rows(forgetting):
+    """The two-stage forgetting table for the reader, or a one-row note when it was not run."""
+    if not len(forgetting):
+        return _not_run("two-stage forgetting table", "forgetting_seeds")
+    out = forgetting.copy()
+    out["arm"] = out["arm"].map(lambda a: a.replace("epi_frozen", "EPI frozen (stage-0 set pinned)")
+                                .replace("epi@", "EPI@").replace("full_sft", "full SFT")
+                                .replace("separate", "one model per stage"))
+    return out.drop(columns=[c for c in ("method", "ratio", "unit") if c in out])
+
+
+def forgetting_comparison_rows(cmp):
+    """Paired rows of the forgetting table (EPI - EPI frozen, each - full SFT), or a note."""
+    if not len(cmp):
+        return _not_run("two-stage forgetting table", "forgetting_seeds")
+    out = cmp.copy()
+    out["ratio"] = out["ratio"].map(lambda r: f"{100 * r:g}%")
+    return out.drop(columns=["a_method", "b_method"])
+
+
+READER_NAMES.update({"share_only": "only the critical set trainable", "all_parameters": "all parameters trainable",
+                     "share_kept": "share of the all-parameters score", "learned0": "stage 0 learned",
+                     "retained0": "stage 0 retained", "forgetting0": "forgetting", "plastic": "stage 1 learned",
+                     "metric": "metric", "verdict": "verdict", "note": "note", "task": "task", "ratio": "ratio"})
