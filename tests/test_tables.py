@@ -13,6 +13,7 @@ from epi_utils.workbench.tables import (
     format_number,
     format_p,
     format_table,
+    format_value,
     interval_decimals,
     parameter_table,
     round_to_interval,
@@ -65,6 +66,11 @@ def test_format_number():
     assert format_number(7) == "7" and format_number(np.int64(7)) == "7"
     assert format_number(True) == "yes" and format_number(float("nan")) == "" and format_number(None) == ""
     assert format_number("5-way 5-shot") == "5-way 5-shot"
+
+
+def test_format_value_shows_whole_floats_as_counts():
+    assert format_value(4.0) == "4" and format_value(0.77777) == "0.778" and format_value(7) == "7"
+    assert format_value(float("nan")) == ""
 
 
 def test_format_table_merges_intervals_formats_p_and_drops_index_and_empty_columns():

@@ -23,7 +23,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from epi_utils.workbench.stats import Comparison, Interval, Verdict
-from epi_utils.workbench.tables import format_interval, format_number, format_p
+from epi_utils.workbench.tables import format_interval, format_number, format_p, format_value
 
 #: how many headline numbers a card holds (issue 32: "3-5 headline numbers").
 MIN_HEADLINES, MAX_HEADLINES = 3, 5
@@ -58,8 +58,7 @@ class Headline:
     def value_text(self) -> str:
         """``"0.778 [0.699, 0.857]"``, or the value alone (three significant digits) without an interval."""
         if self.low is None or self.high is None:
-            value = float(self.value)
-            return format_number(int(value) if value.is_integer() else value)  # a count reads "4", not "4.00"
+            return format_value(float(self.value))
         return format_interval(self.value, self.low, self.high)
 
     def text(self) -> str:

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 from epi_utils.workbench import runs
 from epi_utils.workbench.cards import Card
-from epi_utils.workbench.tables import format_interval, format_number, humanize
+from epi_utils.workbench.tables import format_interval, format_value, humanize
 
 #: metrics entries that are not results (the config echo, the card itself, the config table)
 NOT_RESULTS = ("config", "card", "config_table", "rehearsal")
@@ -90,7 +90,7 @@ def headline_pairs(metrics: Mapping[str, Any], headlines: Sequence[str] = (), *,
     for name in names:
         ci = intervals.get(name)
         value = flat[name]
-        text = format_interval(value, *ci) if ci else format_number(int(value) if value.is_integer() else value)
+        text = format_interval(value, *ci) if ci else format_value(value)
         out.append((reader_name(name), text))
     return out
 

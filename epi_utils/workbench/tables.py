@@ -100,6 +100,14 @@ def format_number(value: Any, *, digits: int = 3) -> str:
     return _fixed(x, max(digits - 1 - magnitude, 0))
 
 
+
+def format_value(value: Any, *, digits: int = 3) -> str:
+    """:func:`format_number`, with a whole float shown as the count it is (``4.0`` -> ``"4"``, not
+    ``"4.00"``): for a headline value without an interval, where a count and a measure share a field."""
+    if isinstance(value, float) and value.is_integer():
+        return format_number(int(value), digits=digits)
+    return format_number(value, digits=digits)
+
 def interval_decimals(low: float, high: float, *, digits: int = 2) -> int | None:
     """Decimal places that keep ``digits`` significant digits of the half-width ``(high - low) / 2``
     (negative: round to tens, hundreds, ...); ``None`` for a degenerate or missing interval.
