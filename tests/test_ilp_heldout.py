@@ -86,3 +86,47 @@ def test_focused_control_comparison_by_hand():
     tab = summary.mitigation_table(uniform, focused)
     assert tab.loc["conflict", "focused"] == pytest.approx(0.4)
     assert np.isnan(tab.loc["rare_complex", "diff_focused"])
+
+
+def _copy(rec, **kw):
+    return records.SeedRecord(seed=kw.get("seed", rec.seed), table=rec.table.copy(), stages=[], heldout_accuracy=0.5,
+                              base_recall={}, setting=kw.get("setting", rec.setting), setting_text="-")
+
+
+def test_forest_diagnosis_is_fitted_only_on_other_worlds_and_never_reads_the_diagnosed_worlds_truth():
+    """The study's diagnosis (issue 28): each world by a forest fitted on the other worlds' labels. Scrambling
+    a world's own truth changes none of its diagnoses; relabelling the *other* worlds does (so the test can fail)."""
+    base = [_rec(0), _rec(1), _rec(2)]
+    held = _rec(0, "setting0")
+
+    def diagnose(fit, h):
+        fit, h = [_copy(r) for r in fit], _copy(h)
+        heldout.apply_diagnosis(fit, [h], seed=0, trees=10)
+        return fit, h
+
+    fit, h = diagnose(base, held)
+    d0 = fit[0].table["diagnosis"]
+    assert (fit[0].table["diagnosed_by"] == "forest").all() and (d0 == fit[0].table["truth"]).all()
+    assert (fit[0].table["cascade"] == base[0].table["diagnosis"]).all()       # the cascade stays beside it
+    assert "2 other world(s) (default/1, default/2)" in fit[0].table["evidence"].iloc[0]
+    assert "3 other world(s)" in h.table["evidence"].iloc[0]                   # held out: the whole default design
+    rng = np.random.default_rng(0)
+    scrambled = [_copy(r) for r in base]
+    scrambled[0].table["truth"] = rng.permutation(scrambled[0].table["truth"].to_numpy())
+    held_scr = _copy(held)
+    held_scr.table["truth"] = rng.permutation(held_scr.table["truth"].to_numpy())
+    fit_s, h_s = diagnose(scrambled, held_scr)
+    pd.testing.assert_series_equal(fit_s[0].table["diagnosis"], d0)
+    pd.testing.assert_series_equal(h_s.table["diagnosis"], h.table["diagnosis"])
+    rotate = dict(zip(CAUSES, CAUSES[1:] + CAUSES[:1]))
+    others = [_copy(r) for r in base]
+    for r in others[1:]:
+        r.table["truth"] = r.table["truth"].map(rotate)
+    assert not fit_s[0].table["diagnosis"].equals(diagnose(others, held)[0][0].table["diagnosis"])
+
+
+def test_a_world_with_no_other_world_to_fit_on_keeps_the_cascade():
+    one = _copy(_rec(0))
+    heldout.apply_diagnosis([one], [], seed=0, trees=10)
+    assert one.table["diagnosed_by"].str.startswith("cascade (no forest").all()
+    pd.testing.assert_series_equal(one.table["diagnosis"], one.table["cascade"], check_names=False)

@@ -2,14 +2,15 @@
 (planted causes, template ids, fact ids, corpus answers, interference links, correct answers of
 inconsistent pairs, sample ids) changes no signal, no stage length and no diagnosis of a real
 (small) run: probe, sequential SFT with convergence on (the study's default plateau rule, issue
-28), dynamics, cascade."""
+28), dynamics, cascade, and the study's forest diagnosis (fitted on other worlds' labels only: the
+diagnosed world's own scrambled truth changes none of its diagnoses)."""
 import dataclasses
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from epi_utils.ilp import Config, study, training
+from epi_utils.ilp import Config, heldout, records, study, training
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +75,23 @@ def test_convergence_does_not_read_the_plan(runs):
     a, b, _ = runs
     assert [st.steps for st in a.stages] == [st.steps for st in b.stages]
     assert any(st.converged for st in a.stages), [dataclasses.asdict(st) for st in a.stages]  # the rule did stop
+
+
+def test_forest_diagnosis_does_not_read_the_diagnosed_worlds_planted_labels(runs):
+    """The same two runs diagnosed by the study's forest, fitted on two other worlds (copies of the unscrambled
+    run under other names: training data of the classifier): the world whose generator fields (and so its
+    truth) were scrambled gets exactly the diagnoses of the original."""
+    a, b, new_ids = runs
+
+    def lowo(rec, rename=None):
+        own = records.SeedRecord(seed=0, table=rec.table.copy(), stages=[], heldout_accuracy=0.0, base_recall={})
+        others = [records.SeedRecord(seed=k, table=a.table.rename(index=lambda i, k=k: f"w{k}/{i}"), stages=[],
+                                     heldout_accuracy=0.0, base_recall={}) for k in (1, 2)]
+        heldout.apply_diagnosis([own, *others], [], seed=0, trees=20)
+        return own.table.rename(index=rename) if rename else own.table
+
+    ta, tb = lowo(a, new_ids), lowo(b)
+    ta = ta.loc[tb.index]
+    assert (ta["truth"] != tb["truth"]).any()            # the scrambled world's own labels differ...
+    assert (tb.loc[~tb["learned"], "diagnosed_by"] == "forest").all()
+    pd.testing.assert_series_equal(ta["diagnosis"], tb["diagnosis"])   # ...and its diagnosis does not

@@ -19,7 +19,8 @@ PROBE_FORMATS = ("raw", "sft")
 class Config(StudyConfig):
     """Every setting of one run of study 03; seed k builds world k and pretrains the tiny model with seed k."""
 
-    n_seeds: int = option(5, "worlds (each with its own pretraining, replay draw and SFT order)", ge=1)
+    n_seeds: int = option(3, "worlds of the default design (each with its own pretraining, replay draw and SFT "
+                             "order; the forest is fitted on them)", ge=1)
     threads: int = option(1, "torch CPU threads per worker, 0 keeps the torch default", ge=0)
     workers: int = option(2, "worlds run in parallel processes (one per CPU core)", ge=1)
     backend: str = option("tiny", "tiny (GPT-2 pretrained on each world's corpus) | smollm2 | a Hugging Face "
@@ -62,7 +63,7 @@ class Config(StudyConfig):
     plateau_patience: int = option(2, "plateau: checks without a rise before a stage stops", ge=1)
     plateau_min_delta: float = option(0.02, "plateau: smallest rise of the reproduced share that counts", ge=0, le=1)
     # held-out settings (issue 28)
-    n_settings: int = option(3, "extra worlds from the settings family (held out from every fit of the "
+    n_settings: int = option(2, "extra worlds from the settings family (held out from every fit of the "
                                 "diagnosis), beside the n_seeds worlds of the default design", ge=0)
     settings_seed: int = option(100, "seed of the settings family draw", ge=0)
     settings_cold: bool = option(False, "family may change the base model (new world seeds, more entities with "
@@ -80,6 +81,11 @@ class Config(StudyConfig):
     rare_max_ratio: float = option(0.25, "rarity: a prompt form at most this share of the task's dominant form "
                                          "is rare", ge=0, le=1)
     complex_min_len_z: float = option(3.0, "complexity: target-length z-score within the task", gt=0)
+    diagnoser: str = option("forest", "the study's diagnosis (tables, mitigation, card): forest (random forest on "
+                                      "the signals, fitted only on other worlds: leave-one-world-out on the default "
+                                      "design, the default design for held-out settings; their truth is its "
+                                      "training data) | cascade (the rule cascade, reported beside it anyway)",
+                            choices=("forest", "cascade"))
     cuts: str = option("adaptive", "rarity/complexity cuts: adaptive (from each data set's own distribution) | "
                                    "fixed (rare_max_ratio, mean/sd z)", choices=("adaptive", "fixed"))
     # mitigation

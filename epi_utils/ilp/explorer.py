@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-EXPLORER_COLUMNS = ("seed", "task", "stage", "prompt", "response", "diagnosis", "evidence", "truth",
+EXPLORER_COLUMNS = ("seed", "task", "stage", "prompt", "response", "diagnosis", "cascade", "evidence", "truth",
                     "probe_category", "probe_base_answer", "dyn_correctness", "dyn_max_in_stage",
                     "rarity_group_size")
 

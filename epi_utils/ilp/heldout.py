@@ -1,16 +1,26 @@
-"""Leave-settings-out evaluation of the diagnosis (issue 28).
+"""Leave-settings-out evaluation of the diagnosis and the study's learned diagnosis (issue 28).
 
 The worlds of the default design are the *fitting* settings: the cascade's cuts were chosen on
 them and the learned diagnosis (a random forest on the signals, :func:`fit_forest`) is fitted on
-their unlearned samples and truth labels. The worlds of the settings family
+their unlearned samples and validation labels. The worlds of the settings family
 (:mod:`epi_utils.ilp.settings`) are *held out*: nothing is fitted or tuned on them; every method
 diagnoses their unlearned samples and is scored against their truth, per setting and pooled.
 
-Methods (:data:`METHODS`): the adaptive cascade (the study's ``diagnosis`` column), the cascade
-with the fixed cuts, the random forest, and the two baselines of :mod:`epi_utils.ilp.baselines`
-(cascade without the probe, no-model rules). On the fitting worlds the forest is scored by
-leave-one-world-out (each world diagnosed by a forest fitted on the others), so neither number
-is in-sample.
+**The forest is the study's diagnosis** (``Config.diagnoser = "forest"``; it held out better than
+the cascade in run 20261207-005151-cpu-58f0: 0.964 vs 0.847). :func:`forest_predictions` fits it
+*only on worlds other than the one it diagnoses*: a world of the default design is diagnosed by a
+forest fitted on the other worlds of the default design (leave-one-world-out), a held-out setting
+by a forest fitted on the default design's worlds only. Its labels are the other worlds' planted
+(and measured) truth: that is the training data of a classifier, as a user would label a few
+worlds to train it; the diagnosed world's own truth is never read (``tests/test_ilp_leak.py``
+scrambles it). :func:`apply_diagnosis` writes the chosen diagnosis into each world's table and
+keeps the cascade beside it (``cascade``, ``cascade_evidence``) as the interpretable baseline; a
+world with no forest to fit (a single world, or one class in the other worlds) falls back to the
+cascade and says so in ``diagnosed_by``.
+
+Methods (:data:`METHODS`): the forest, the adaptive cascade, the cascade with the fixed cuts, and
+the two baselines of :mod:`epi_utils.ilp.baselines` (cascade without the probe, no-model rules).
+On the fitting worlds the forest is scored by leave-one-world-out, so no number is in-sample.
 """
 from __future__ import annotations
 
@@ -25,9 +35,9 @@ from epi_utils.ilp.diagnosis import CAUSES, NO_CAUSE, UNEXPLAINED
 from epi_utils.ilp.records import INFERRED, SeedRecord
 from epi_utils.workbench import stats
 
-METHODS = ("cascade", "cascade_fixed_cuts", "forest", "cascade_without_probe", "rules_baseline")
+METHODS = ("forest", "cascade", "cascade_fixed_cuts", "cascade_without_probe", "rules_baseline")
 METHOD_NAMES = {"cascade": "rule cascade (adaptive cuts)", "cascade_fixed_cuts": "rule cascade (fixed cuts)",
-                "forest": "random forest (fitted on the default design)",
+                "forest": "random forest (the study's diagnosis; fitted on other worlds only)",
                 "cascade_without_probe": "cascade without the knowledge probe",
                 "rules_baseline": "no-model rules (duplicates, stage, task)"}
 
@@ -62,14 +72,71 @@ def predict_forest(model, columns: list[str], table: pd.DataFrame) -> pd.Series:
     return pd.Series(pred, index=table.index, name="forest")
 
 
+def forest_predictions(fit: Sequence[SeedRecord], held: Sequence[SeedRecord], *, seed: int = 0,
+                       trees: int = 200) -> dict[int, tuple[pd.Series | None, list[str], int]]:
+    """The forest's diagnosis of every world's unlearned rows, fitted only on *other* worlds: a
+    world of ``fit`` (the default design) by a forest fitted on the other worlds of ``fit``
+    (leave-one-world-out), a world of ``held`` by a forest fitted on all of ``fit``. Keyed by
+    ``id(record)``: ``(predictions or None when no forest could be fitted, the names of the worlds
+    it was fitted on, their unlearned rows)``. The diagnosed world's ``truth`` is never read."""
+    fit_ok = [r for r in fit if len(_unlearned(r.table))]
+    full = fit_forest([r.table for r in fit_ok], seed=seed, trees=trees) if fit_ok else (None, [])
+    out = {}
+    for r in [*fit, *held]:
+        unl = _unlearned(r.table)
+        if not len(unl):
+            continue
+        others = [o for o in fit_ok if o is not r]
+        model = full if len(others) == len(fit_ok) else fit_forest([o.table for o in others], seed=seed, trees=trees)
+        names = [f"{o.setting}/{o.seed}" if o.setting == "default" else o.setting for o in others]
+        n_rows = sum(len(_unlearned(o.table)) for o in others)
+        out[id(r)] = (predict_forest(*model, unl) if model[0] is not None else None, names, n_rows)
+    return out
+
+
+def apply_diagnosis(fit: Sequence[SeedRecord], held: Sequence[SeedRecord], *, method: str = "forest",
+                    seed: int = 0, trees: int = 200) -> None:
+    """Write the study's diagnosis into every world's table (in place): ``cascade`` /
+    ``cascade_evidence`` (the rule cascade, computed per world by the study), ``forest`` (the
+    forest of :func:`forest_predictions`), ``diagnosis`` / ``evidence`` (the ``method`` chosen;
+    the cascade where no forest could be fitted) and ``diagnosed_by``."""
+    if method not in ("forest", "cascade"):
+        raise ValueError(f"apply_diagnosis: method must be 'forest' or 'cascade', got {method!r}")
+    preds = forest_predictions(fit, held, seed=seed, trees=trees) if method == "forest" else {}
+    for r in [*fit, *held]:
+        t = r.table
+        if "cascade" not in t.columns:
+            t["cascade"], t["cascade_evidence"] = t["diagnosis"], t["evidence"]
+        pred, names, n_fit = preds.get(id(r), (None, [], 0))
+        t["forest"] = pred.reindex(t.index) if pred is not None else None
+        unl = ~t["learned"].astype(bool)
+        if pred is None:
+            why = "cascade" if method == "cascade" else "cascade (no forest: too few other worlds or causes to fit on)"
+            t["diagnosis"], t["evidence"] = t["cascade"], t["cascade_evidence"]
+            t["diagnosed_by"] = np.where(unl, why, None)
+            continue
+        text = (f"random forest on the signals, fitted on {n_fit} unlearned samples of {len(names)} other "
+                f"world(s) ({', '.join(names)}) and their labels; the rule cascade says ")
+        t["diagnosis"] = t["forest"].where(unl, None)
+        t["evidence"] = [text + f"{c}: {e}" if u else None
+                         for u, c, e in zip(unl, t["cascade"], t["cascade_evidence"])]
+        t["diagnosed_by"] = np.where(unl, "forest", None)
+
+
 def method_diagnoses(table: pd.DataFrame, *, forest, thresholds: dg.CascadeThresholds) -> dict[str, pd.Series]:
-    """Every method's diagnosis of the unlearned rows of ``table``."""
+    """Every method's diagnosis of the unlearned rows of ``table``; ``forest``: ``(model,
+    columns)`` or the forest's predictions (a Series, :func:`forest_predictions`)."""
     unl = _unlearned(table)
     fixed = dg.CascadeThresholds(rare_max_ratio=thresholds.rare_max_ratio,
                                  complex_min_len_z=thresholds.complex_min_len_z, robust_z=False)
-    return {"cascade": unl["diagnosis"].astype(str),
+    cascade = unl["cascade"] if "cascade" in unl.columns else unl["diagnosis"]
+    if isinstance(forest, pd.Series):
+        forest_diag = forest.reindex(unl.index).rename("forest")
+    else:
+        forest_diag = predict_forest(*(forest if forest is not None else (None, [])), unl)
+    return {"forest": forest_diag.astype(str),
+            "cascade": cascade.astype(str),
             "cascade_fixed_cuts": dg.diagnose(unl, thresholds=fixed, only_unlearned=False)["diagnosis"],
-            "forest": predict_forest(*forest, unl),
             "cascade_without_probe": baselines.cascade_without_probe(unl, thresholds=thresholds),
             "rules_baseline": baselines.rules_baseline(unl)}
 
@@ -87,14 +154,15 @@ def evaluate(fit: Sequence[SeedRecord], held: Sequence[SeedRecord], *, threshold
     """One row per world and method: ``part`` (``"fitting"`` / ``"held out"``), ``setting``,
     ``seed``, ``unit`` (``setting`` for held-out worlds, ``default/<seed>`` for fitting ones),
     ``method``, ``macro_f1``, ``macro_f1_inferred`` and ``f1_<cause>``. Fitting worlds: the forest
-    by leave-one-world-out; held-out worlds: the forest fitted on all fitting worlds."""
+    by leave-one-world-out; held-out worlds: the forest fitted on all fitting worlds
+    (:func:`forest_predictions`; a world with no forest to fit scores it as all ``unexplained``)."""
     fit = [r for r in fit if len(_unlearned(r.table))]
+    held = [r for r in held if len(_unlearned(r.table))]
     rows = []
-    full = fit_forest([r.table for r in fit], seed=seed, trees=trees) if fit else (None, [])
-    for part, recs in (("fitting", fit), ("held out", [r for r in held if len(_unlearned(r.table))])):
+    preds = forest_predictions(fit, held, seed=seed, trees=trees)
+    for part, recs in (("fitting", fit), ("held out", held)):
         for r in recs:
-            forest = full if part == "held out" else fit_forest([o.table for o in fit if o is not r], seed=seed,
-                                                                trees=trees)
+            forest = preds[id(r)][0]
             truth = _unlearned(r.table)["truth"].astype(str)
             for method, diag in method_diagnoses(r.table, forest=forest, thresholds=thresholds).items():
                 rows.append({"part": part, "setting": r.setting, "setting_text": r.setting_text, "seed": r.seed,

@@ -19,6 +19,15 @@ over the inferred causes beside the total. Knowledge truth is measured on the ba
 Held-out settings (issue 28): ``n_settings`` further worlds drawn from a family of settings
 (:mod:`epi_utils.ilp.settings`) run without mitigation; :class:`Result` scores every diagnosis
 method on them with nothing fitted there (:mod:`epi_utils.ilp.heldout`).
+
+**The study's diagnosis** (``diagnoser = "forest"``, the default since it held out better) is a
+random forest on the signals, fitted only on worlds other than the one it diagnoses
+(:func:`epi_utils.ilp.heldout.apply_diagnosis`: leave-one-world-out on the default design, the
+default design's worlds for a held-out setting). Its training labels are those other worlds'
+truth; the diagnosed world's own truth never reaches it. So :func:`run_study` runs in three
+phases: every world to its signals and rule-cascade diagnosis (:func:`run_seed`, in parallel), the
+forests over worlds, then the mitigations of the default design's worlds on the chosen diagnosis
+(:func:`mitigate_world`, in parallel, from each world's fine-tuned model saved in phase one).
 """
 from __future__ import annotations
 
@@ -110,10 +119,14 @@ def thresholds(cfg: Config) -> diagnosis.CascadeThresholds:
                                        robust_z=cfg.cuts == "adaptive")
 
 
-def run_seed(cfg: Config, seed: int, *, world=None, base=None, workdir: Path | None = None) -> SeedRecord:
-    """One seed of the study (module docstring). ``world`` / ``base`` (``(model, tokenizer)``)
-    replace :func:`~epi_utils.ilp.training.make_world` /
-    :func:`~epi_utils.ilp.training.load_base` (the leak test passes a scrambled world)."""
+def run_seed(cfg: Config, seed: int, *, world=None, base=None, workdir: Path | None = None,
+             model_out: Path | None = None) -> SeedRecord:
+    """One seed of the study up to the rule cascade's diagnosis (``diagnosis`` / ``evidence``, also
+    kept as ``cascade`` / ``cascade_evidence``; the forest replaces ``diagnosis`` over worlds in
+    :func:`run_study`). ``world`` / ``base`` (``(model, tokenizer)``) replace
+    :func:`~epi_utils.ilp.training.make_world` / :func:`~epi_utils.ilp.training.load_base` (the
+    leak test passes a scrambled world); ``model_out``: where the fine-tuned model's weights are
+    saved for the mitigations (:func:`mitigate_world`)."""
     import torch
 
     from epi_utils.lm.evaluate import exact_match
@@ -163,15 +176,30 @@ def run_seed(cfg: Config, seed: int, *, world=None, base=None, workdir: Path | N
         table = table.join(diagnosis.diagnose(table, thresholds=thresholds(cfg)))
     else:
         table["diagnosis"], table["evidence"] = None, None
+    table["cascade"], table["cascade_evidence"] = table["diagnosis"], table["evidence"]
     held_acc = float(exact_match(model, tok, heldout).mean()) if heldout else float("nan")
     times["signals_and_diagnosis"] = time.perf_counter() - t
-    rec = SeedRecord(seed=seed, table=table, stages=stage_runs, heldout_accuracy=held_acc, base_recall=recall,
-                     timings=times, world=summary.world_summary(world))
-    if cfg.mitigate and table["diagnosis"].notna().any():
-        t = time.perf_counter()
-        rec.recovery = mitigate(cfg, seed=seed, model=model, tokenizer=tok, train=train, heldout=heldout, table=table)
-        times["mitigation"] = time.perf_counter() - t
-    return rec
+    if model_out is not None:
+        torch.save(model.state_dict(), model_out)
+    return SeedRecord(seed=seed, table=table, stages=stage_runs, heldout_accuracy=held_acc, base_recall=recall,
+                      timings=times, world=summary.world_summary(world))
+
+
+def mitigate_world(cfg: Config, seed: int, table: pd.DataFrame, model_path: Path) -> tuple[list[RecoveryRecord], float]:
+    """The mitigations of world ``seed`` (:func:`mitigate`) on its table's ``diagnosis``, from the
+    fine-tuned weights :func:`run_seed` saved at ``model_path``; ``(records, seconds)``."""
+    import torch
+
+    t = time.perf_counter()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    world = training.make_world(cfg, seed)
+    model, tok, _ = training.load_base(cfg, world, seed)
+    model.load_state_dict(torch.load(model_path, map_location=next(model.parameters()).device))
+    model.eval()
+    out = mitigate(cfg, seed=seed, model=model, tokenizer=tok, train=world.split("train"),
+                   heldout=world.split("heldout"), table=table)
+    return out, time.perf_counter() - t
 
 
 def mitigate(cfg: Config, *, seed: int, model, tokenizer, train, heldout, table) -> list[RecoveryRecord]:
@@ -224,13 +252,13 @@ def mitigate(cfg: Config, *, seed: int, model, tokenizer, train, heldout, table)
 
 
 def _run_one(args) -> SeedRecord:
-    cfg, seed, workdir, setting = args
+    cfg, seed, workdir, setting, model_out = args
     import torch
 
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     if setting is None:
-        return run_seed(cfg, seed, workdir=workdir)
+        return run_seed(cfg, seed, workdir=workdir, model_out=model_out)
     rec = run_seed(setting.apply(cfg).replace(mitigate=False), setting.seed, workdir=workdir)
     rec.setting, rec.setting_text = setting.name, setting.describe()
     return rec
@@ -247,24 +275,33 @@ def family_settings(cfg: Config) -> list:
                            warm_seeds=cfg.n_seeds)
 
 
-def _seed_records(cfg: Config, *, workdir: Path | None, progress: Callable) -> list[SeedRecord]:
-    """:func:`run_seed` for every seed of ``cfg`` and every held-out setting (without mitigation)
-    in ``cfg.workers`` processes (worlds are independent; records in job order), one progress step
-    and one terminal line per world."""
-    jobs = [(cfg, s, workdir, None) for s in cfg.seeds] + [(cfg, st.seed, workdir, st) for st in family_settings(cfg)]
-    out = []
-    if cfg.workers <= 1 or len(jobs) == 1:
-        for rec in progress(map(_run_one, jobs), desc="world", total=len(jobs), unit="world"):
-            log_line(summary.seed_line(rec))
-            out.append(rec)
-        return out
+def _mitigate_one(args):
+    return mitigate_world(*args)
+
+
+def _pool_map(cfg: Config, fn: Callable, jobs: list, *, progress: Callable, desc: str):
+    """``map(fn, jobs)`` in ``cfg.workers`` spawned processes (in order), under ``progress``."""
+    if cfg.workers <= 1 or len(jobs) <= 1:
+        yield from progress(map(fn, jobs), desc=desc, total=len(jobs), unit=desc)
+        return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=min(cfg.workers, len(jobs)), mp_context=mp.get_context("spawn")) as ex:
-        for rec in progress(ex.map(_run_one, jobs), desc="world", total=len(jobs), unit="world"):
-            log_line(summary.seed_line(rec))
-            out.append(rec)
+        yield from progress(ex.map(fn, jobs), desc=desc, total=len(jobs), unit=desc)
+
+
+def _seed_records(cfg: Config, *, workdir: Path | None, progress: Callable,
+                  models: Path | None = None) -> list[SeedRecord]:
+    """:func:`run_seed` for every seed of ``cfg`` and every held-out setting in ``cfg.workers``
+    processes (worlds are independent; records in job order), one progress step and one terminal
+    line per world; with ``models``, the default design's fine-tuned weights are saved there."""
+    jobs = [(cfg, s, workdir, None, models / f"seed{s}.pt" if models is not None else None) for s in cfg.seeds]
+    jobs += [(cfg, st.seed, workdir, st, None) for st in family_settings(cfg)]
+    out = []
+    for rec in _pool_map(cfg, _run_one, jobs, progress=progress, desc="world"):
+        log_line(summary.seed_line(rec))
+        out.append(rec)
     return out
 
 
@@ -279,6 +316,7 @@ class Result:
     records: list[SeedRecord]
     seconds: float = float("nan")
     estimate: Any = None
+    diagnosis_seconds: float = float("nan")   # the forests over worlds (:func:`run_study`'s second phase)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def _cached(self, name: str, make: Callable):
@@ -326,16 +364,17 @@ class Result:
 
         heads = []
         d = self.diagnosis
+        who = {"forest": "random forest, leave-one-world-out", "cascade": "rule cascade"}[self.config.diagnoser]
         if d.macro_f1 is not None:
-            heads.append(Headline.from_interval("diagnosis macro-F1, default design (all five causes)", d.macro_f1,
-                                                unit="F1"))
+            heads.append(Headline.from_interval(f"diagnosis macro-F1, default design ({who}; five causes)",
+                                                d.macro_f1, unit="F1"))
         if d.macro_f1_inferred is not None:
-            heads.append(Headline.from_interval("diagnosis macro-F1, default design (inferred causes)",
+            heads.append(Headline.from_interval(f"diagnosis macro-F1, default design ({who}; inferred causes)",
                                                 d.macro_f1_inferred, unit="F1"))
         scores = self.heldout_scores
         held = scores[scores["part"] == "held out"] if not scores.empty else scores
         answer = None
-        for m in ("cascade", "forest"):
+        for m in ("forest", "cascade"):
             vals = held.loc[held["method"] == m, "macro_f1"].dropna().tolist() if not held.empty else []
             if len(vals) >= 2:
                 heads.append(Headline.from_interval(f"macro-F1 on held-out settings, {heldout.METHOD_NAMES[m]}",
@@ -350,7 +389,7 @@ class Result:
             answer = "Too few worlds or held-out settings for a paired comparison in this run."
         fix = self.comparisons_focused.get("missing_knowledge")
         if fix is not None and len(heads) < 5:
-            heads.append(Headline("knowledge injection minus focused control, missing-knowledge recovery",
+            heads.append(Headline("knowledge injection minus focused control, recovery of diagnosed samples",
                                   float(fix.diff.mean), float(fix.diff.low), float(fix.diff.high),
                                   "share of samples", fix.diff.label()))
         while len(heads) < 3:
@@ -411,6 +450,8 @@ class Result:
         """Seconds per world and phase (``seed<k>_<phase>``) and the whole run (``total``)."""
         out = {f"seed{r.seed}_{k}": v for r in self.records for k, v in r.timings.items()}
         out.update({f"{r.setting}_seed{r.seed}_{k}": v for r in self.family for k, v in r.timings.items()})
+        if np.isfinite(self.diagnosis_seconds):
+            out["forest_diagnosis"] = self.diagnosis_seconds
         if np.isfinite(self.seconds):
             out["total"] = self.seconds
         return out
@@ -421,6 +462,19 @@ def run_study(cfg: Config, *, progress: Callable = default_progress, workdir: Pa
 
     ``workdir``: where the per-stage dynamics files are written (default: a temporary folder per
     world, removed once read back)."""
+    from epi_utils.ilp import heldout
+
     start = time.perf_counter()
-    records = _seed_records(cfg, workdir=workdir, progress=progress)
-    return Result(config=cfg, records=records, seconds=time.perf_counter() - start)
+    with tempfile.TemporaryDirectory(prefix="ilp_models_") as models:
+        records = _seed_records(cfg, workdir=workdir, progress=progress, models=Path(models) if cfg.mitigate else None)
+        default = [r for r in records if r.setting == "default"]
+        t = time.perf_counter()
+        heldout.apply_diagnosis(default, [r for r in records if r.setting != "default"], method=cfg.diagnoser,
+                                seed=cfg.seed)
+        forest_seconds = time.perf_counter() - t
+        todo = [r for r in default if cfg.mitigate and r.table["diagnosis"].notna().any()]
+        jobs = [(cfg, r.seed, r.table, Path(models) / f"seed{r.seed}.pt") for r in todo]
+        for r, (recovery, seconds) in zip(todo, _pool_map(cfg, _mitigate_one, jobs, progress=progress,
+                                                          desc="mitigation")):
+            r.recovery, r.timings["mitigation"] = recovery, seconds
+    return Result(config=cfg, records=records, seconds=time.perf_counter() - start, diagnosis_seconds=forest_seconds)
