@@ -7,9 +7,11 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from epi_utils.drift import dose_response as dose
 from epi_utils.drift import figures, study, summary
 from epi_utils.drift.config import Config
 from epi_utils.drift.inputs import Inputs
@@ -317,6 +319,23 @@ def test_dose_response_slope_by_hand_on_a_fake_result():
     assert "D predicts function" in s.answer() and s.card().figure == "dose_response"
 
 
+def test_dose_slope_is_within_arm_not_pooled_over_arms():
+    """Two arms per model: inside each arm the extra loss falls with the dose (slope -1), but the arm
+    with more drift also has more loss, so a line through both arms' points would rise."""
+    rows = []
+    for unit, shift in (("m0", 0.0), ("m1", 0.1), ("m2", -0.1)):
+        for regime, base_d, base_y in (("low", 0.1, 0.0), ("high", 0.6, 1.0)):
+            for t, dd in ((0, 0.1), (100, 0.0)):
+                rows.append({"regime": regime, "schedule": "cosine", "task": "all", "t": t, "unit": unit,
+                             "dose": base_d + dd, "extra": base_y + shift - dd})
+    frame = pd.DataFrame(rows)
+    iv = summary._slopes(frame, "extra", "3 pretrained models")
+    assert iv.mean == pytest.approx(-1.0) and iv.n == 3
+    pooled = dose.unit_slopes(summary.model_means(frame, by=[*summary.ARM, "task", "t"], columns=("dose", "extra")),
+                              x="dose", y="extra")
+    assert (pooled["slope"] > 0).all()   # what the pooled fit would have reported
+
+
 def test_sft_seeds_are_nested_within_the_pretrained_model():
     one = summary.summarize(_fake_result([0.60, 0.62, 0.58], [0.01, -0.02, 0.0], [0.9, 0.92, 0.91],
                                          [1.0, 1.2, 1.1], [0.5, 0.6, 0.55]))
@@ -434,7 +453,6 @@ def test_chance_corrected_drift_index_by_hand():
 def test_dose_response_slope_by_hand():
     import pandas as pd
 
-    from epi_utils.drift import dose_response as dose
 
     assert dose.ols_slope([0, 1, 2], [1, 2, 4]) == pytest.approx(1.5)
     assert math.isnan(dose.ols_slope([1, 1], [0, 3]))

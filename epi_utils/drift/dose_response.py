@@ -36,28 +36,40 @@ def ols_slope(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) 
 
 
 def unit_slopes(frame: pd.DataFrame, *, x: str, y: str, unit_column: str = "unit",
-                by: Sequence[str] = ()) -> pd.DataFrame:
+                by: Sequence[str] = (), within: Sequence[str] = ()) -> pd.DataFrame:
     """One row per (``by`` group, unit): the slope of ``y`` on ``x`` over that unit's rows and the
-    number of points ``m``. Groups and units keep ``frame``'s order of first appearance."""
-    keys = [*by, unit_column]
+    number of points ``m``. With ``within`` (e.g. the training arm), one slope per ``within`` group
+    first, then their mean per (``by`` group, unit) (``m`` summed): the slope inside each group, free of
+    the differences between groups. Groups and units keep ``frame``'s order of first appearance."""
+    keys = [*by, *within, unit_column]
     rows = []
     for key, sub in frame.groupby(keys, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         rows.append({**dict(zip(keys, key)), "slope": ols_slope(sub[x], sub[y]), "m": int(len(sub))})
-    return pd.DataFrame(rows, columns=[*keys, "slope", "m"])
+    out = pd.DataFrame(rows, columns=[*keys, "slope", "m"])
+    if within:
+        out = (out.groupby([*by, unit_column], sort=False)
+               .agg(slope=("slope", "mean"), m=("m", "sum")).reset_index())
+    return out
 
 
 def slope_table(frame: pd.DataFrame, *, x: str, y: str, unit: str, unit_column: str = "unit",
-                by: Sequence[str] = (), pooled: bool = True) -> pd.DataFrame:
+                by: Sequence[str] = (), within: Sequence[str] = (), pooled: bool = True) -> pd.DataFrame:
     """Mean per-unit slope of ``y`` on ``x`` with its t-interval over units (columns ``slope``,
-    ``slope_low``, ``slope_high``, ``n``, ``unit``), one row per ``by`` group; with ``pooled`` a
-    last row whose ``by`` columns read ``"pooled"``: each unit's slope over all its points."""
+    ``slope_low``, ``slope_high``, ``n``, ``unit``), one row per ``by`` group (slopes inside each
+    ``within`` group, averaged: :func:`unit_slopes`); with ``pooled`` a last row whose ``by`` columns
+    read ``"pooled"``: each unit's slope over all its points, or with ``within`` the mean of its
+    slopes over every ``by`` x ``within`` group."""
     by = list(by)
-    per_unit = unit_slopes(frame, x=x, y=y, unit_column=unit_column, by=by)
+    per_unit = unit_slopes(frame, x=x, y=y, unit_column=unit_column, by=by, within=within)
     out = stats.interval_table(per_unit, by=by, columns=("slope",), unit=unit, unit_column=unit_column,
                                method="t")
     if pooled and by:
-        whole = unit_slopes(frame, x=x, y=y, unit_column=unit_column)
+        if within:
+            whole = (unit_slopes(frame, x=x, y=y, unit_column=unit_column, within=[*by, *within])
+                     .groupby(unit_column, sort=False)["slope"].mean().reset_index())
+        else:
+            whole = unit_slopes(frame, x=x, y=y, unit_column=unit_column)
         row = stats.interval_table(whole, by=[], columns=("slope",), unit=unit, unit_column=unit_column, method="t")
         for column in by:
             row[column] = "pooled"

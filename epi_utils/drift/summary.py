@@ -132,7 +132,7 @@ class Summary:
     arms: list[ArmResult]
     dose: pd.DataFrame          # slope table per task (pooled over arms) + pooled row
     dose_arms: pd.DataFrame     # slope table per arm, task "all"
-    slope_all: stats.Interval   # task "all", every arm's points per model
+    slope_all: stats.Interval   # task "all", the within-arm slope per model, averaged over arms
     slope_all_random: stats.Interval
     schedule_late: dict         # regime -> Comparison late D constant - cosine
     t: int
@@ -189,7 +189,8 @@ class Summary:
                          f"{_iv(r.d_star)}, no-drift control {_iv(r.d_null)}; between the last two checkpoints it "
                          f"{late_what}: D(step {self.t_late}, step {self.s}) = {_iv(r.d_late)}; {fun}; "
                          f"dose-response: {slope_words(r.slope)}.")
-        lines.append(f"All arms, task 'all': {slope_words(self.slope_all)}; random-mask control slope "
+        lines.append(f"Within each arm (mean over arms), task 'all': {slope_words(self.slope_all)}; "
+                     "random-mask control slope "
                      f"{_iv(self.slope_all_random)}.")
         for regime, cmp in self.schedule_late.items():
             lines.append(f"{regime}: late drift, constant minus cosine schedule: {cmp.sentence()}")
@@ -203,14 +204,14 @@ class Summary:
         else:
             drift = answer_sentence(r.beyond_noise, a=f"D(step {self.t}, step {self.s})", b="the no-drift control",
                                     metric=f"drift of the top-{self.share:.0%} critical set ({r.regime}, {r.schedule})")
-            answer = drift.rstrip(".") + "; across all arms " + slope_words(self.slope_all) + "."
+            answer = drift.rstrip(".") + "; within each arm (mean over arms) " + slope_words(self.slope_all) + "."
         heads = [Headline.from_interval(f"drift index D(step {self.t}, step {self.s}), {r.regime} lr, {r.schedule}",
                                         r.d, unit="D (0 no drift)"),
                  Headline.from_interval(f"chance-corrected D*(step {self.t}, step {self.s}), {r.regime} lr, "
                                         f"{r.schedule}", r.d_star, unit="D* (1 at chance)"),
                  Headline.from_interval(f"no-drift control D at step {self.s}, {r.regime} lr, {r.schedule}",
                                         r.d_null, unit="D"),
-                 Headline.from_interval("dose-response slope, task 'all', all arms", self.slope_all,
+                 Headline.from_interval("dose-response slope within each arm (mean over arms), task 'all'", self.slope_all,
                                         unit="held-out loss per unit of D")]
         if self.schedule_late:
             regime, cmp = next(iter(self.schedule_late.items()))
@@ -322,8 +323,12 @@ def dose_share(cfg) -> float:
 
 
 def _slopes(frame: pd.DataFrame, y: str, unit: str) -> stats.Interval:
+    """The within-arm dose-response slope over units: per unit (pretrained model) one least-squares
+    slope of ``y`` on the dose per arm, averaged over the arms, then the interval over units. A slope
+    fitted to every arm's points at once would also carry the differences between arms (an arm with
+    more drift and more loss makes a slope with no dose-response inside any arm)."""
     mm = model_means(frame, by=[*ARM, "task", "t"], columns=("dose", y))
-    per = dose_response.unit_slopes(mm, x="dose", y=y)
+    per = dose_response.unit_slopes(mm, x="dose", y=y, within=ARM)
     return _interval(per["slope"].to_numpy(float), unit)
 
 
@@ -396,8 +401,8 @@ def summarize(result) -> Summary:
 
 
 def dose_table(result, *, frame: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Dose-response slope per task (each model's slope over every arm's points), and a pooled row
-    over the tasks (not ``"all"``): mean slope of extra loss on D with its t-interval over models,
+    """Dose-response slope per task (each model's slope within each arm, averaged over the arms), and a
+    pooled row over the tasks (not ``"all"``; the mean of the per-task, per-arm slopes): mean slope of extra loss on D with its t-interval over models,
     beside the random-mask control's slope and the slope on the chance-corrected D*."""
     cfg = result.config
     df = dose_frame(result) if frame is None else frame
@@ -407,8 +412,8 @@ def dose_table(result, *, frame: pd.DataFrame | None = None) -> pd.DataFrame:
     for y, x, name in (("extra", "dose", "slope"), ("extra_random", "dose", "slope_random"),
                        ("extra", "dose_star", "slope_star")):
         per_task = dose_response.slope_table(mm[mm["task"] == "all"], x=x, y=y, unit=cfg.unit, by=["task"],
-                                             pooled=False)
-        rest = dose_response.slope_table(tasks, x=x, y=y, unit=cfg.unit, by=["task"], pooled=True)
+                                             within=ARM, pooled=False)
+        rest = dose_response.slope_table(tasks, x=x, y=y, unit=cfg.unit, by=["task"], within=ARM, pooled=True)
         tab = pd.concat([per_task, rest], ignore_index=True)
         tab = tab.rename(columns={"slope": name, "slope_low": f"{name}_low", "slope_high": f"{name}_high"})
         tabs.append(tab if not tabs else tab.drop(columns=["n", "unit"]))
