@@ -213,3 +213,22 @@ def test_a_doc2edag_layout_data_set_with_another_schema_runs_from_a_folder(tmp_p
     assert {"recall", "recall_low", "recall_high", "n", "unit", "n_docs"} <= set(by_count.columns)
     with pytest.raises(FileNotFoundError, match="my_schema_typo.json"):
         prepare.locate_data("launches", "my_schema_typo.json")
+
+
+def test_decoding_from_cached_outputs_gives_the_same_records_and_loss_at_every_threshold_and_gate():
+    """The dev checks and the threshold/gate search decode from one forward pass
+    (``decoder_outputs``); the records and the dev loss must equal a fresh ``decode``/``dev_loss``."""
+    docs = _docs(40)
+    cfg = Config(**{**SMALL, **dict(dim=32, hidden=32, enc_layers=1, dec_layers=1, heads=2, max_sentence_chars=64,
+                                    max_sentences=8, enc_epochs=1, dec_epochs=2, num_probes=3, dropout=0.0)})
+    enc = fe.train_encoder(docs[:30], MADE_UP, cfg, seed=0)
+    f_train = fe.extract_features(enc, docs[:30], MADE_UP, candidates="gold")
+    feats = fe.extract_features(enc, docs[30:], MADE_UP, candidates="gold")
+    dec, _ = tr.train_decoder(f_train, MADE_UP, VARIANTS["probes"], cfg, seed=0, d_in=32, num_fields=len(enc.labels))
+    outs, loss = tr.decoder_outputs(dec, feats, cfg, batch=4, variant=VARIANTS["probes"])
+    assert loss == pytest.approx(tr.dev_loss(dec, feats, VARIANTS["probes"], cfg, batch=4))
+    assert len(outs) == 3                                              # 10 documents in batches of 4
+    for gate in (True, False):
+        for thr in (0.1, 0.5, 0.9):
+            dec.type_gate, dec.exist_threshold = gate, thr
+            assert tr.decode(dec, feats, MADE_UP, cfg, batch=4, outputs=outs) == tr.decode(dec, feats, MADE_UP, cfg, batch=4)

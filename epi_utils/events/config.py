@@ -49,10 +49,11 @@ class EventConfig(StudyConfig):
     enc_layers: int = option(1, "stage-1 Transformer layers", ge=1)
     heads: int = option(4, "attention heads", ge=1)
     dropout: float = option(0.1, "dropout in encoder and decoder", ge=0, lt=1)
-    pretrain_epochs: int = option(1, "masked-character pretraining passes over every document's text", ge=0)
+    pretrain_epochs: int = option(0, "masked-character pretraining passes over every document's text (0: none; it bought "
+                                     "nothing on the front-end ladder of run 20261204-153305-cpu-long-4241)", ge=0)
     pretrain_lr: float = option(0.002, "pretraining peak learning rate", gt=0)
-    enc_epochs: int = option(10, "most stage-1 epochs (NER head + type detector; stops at a dev mention F1 plateau, "
-                                 "best epoch kept)", ge=0)
+    enc_epochs: int = option(6, "most stage-1 epochs (NER head + type detector; one-cycle learning rate over them, stops "
+                                "at a dev mention F1 plateau, best epoch kept)", ge=0)
     enc_patience: int = option(2, "stage-1 epochs without a better dev mention F1 before stopping", ge=1)
     enc_lr: float = option(0.003, "stage-1 peak learning rate", gt=0)
     enc_batch: int = option(8, "documents per stage-1 batch", ge=1)
@@ -92,10 +93,11 @@ class EventConfig(StudyConfig):
     min_dev_f1: float = option(0.05, "a decoder with a lower dev micro F1 (or one that kept its last allowed epoch) makes "
                                      "its comparisons 'not interpretable'", ge=0, lt=1)
     # design of the study
-    methods: tuple[str, ...] = option(["probes", "no_probe", "probes_no_extra_losses", "no_probe_extra_losses"],
-                                      "decoder methods (config.METHODS)", choices=METHODS, nonempty=True, unique=True)
-    encoder_seeds: int = option(2, "stage-1 encoders (seeds vary pretraining, initialisation and order)", ge=1)
-    decoder_seeds: int = option(2, "decoders per encoder and method", ge=1)
+    methods: tuple[str, ...] = option(["probes", "no_probe"], "decoder methods (config.METHODS; the first two are the "
+                                      "card's question; cpu-long adds the extra-loss cells)", choices=METHODS,
+                                      nonempty=True, unique=True)
+    encoder_seeds: int = option(1, "stage-1 encoders (seeds vary pretraining, initialisation and order)", ge=1)
+    decoder_seeds: int = option(3, "decoders per encoder and method", ge=1)
     frontend_steps: bool = option(False, "also train the front-end ladder (3 more encoders, one probe decoder each; "
                                          "profile cpu-long)")
     num_threads: int = option(1, "torch CPU threads", ge=1)

@@ -1,7 +1,7 @@
 """The Study 04 experiment: from a config to a :class:`Result`.
 
 :func:`run_study` builds its inputs from the config (:func:`.prepare.prepare`: the real documents or
-synthetic ones), runs the design (:func:`.design.run_design`: the four decoder cells over encoder x
+synthetic ones), runs the design (:func:`.design.run_design`: the decoder methods over encoder x
 decoder seeds), the front-end ladder when ``frontend_steps`` is set (:func:`.ladder.run_ladder`) and
 the synthetic sanity check (:func:`.synthetic_check.run_check`). The :class:`Result` holds the
 records and offers the study contract's ``frames()``, ``metrics()``, ``headlines()`` and ``timings()``;
@@ -104,7 +104,8 @@ class Result:
                                      unit="F1")
             if problems:
                 answer = f"Not interpretable ({problems}); as measured: {answer}"
-        unit = f"seed units ({cfg.encoder_seeds} encoders x {cfg.decoder_seeds} decoders)"
+        plural = lambda n, word: f"{n} {word}" + ("" if n == 1 else "s")
+        unit = f"seed units ({plural(cfg.encoder_seeds, 'encoder')} x {plural(cfg.decoder_seeds, 'decoder')})"
 
         def head(label: str, values: list[float], what: str = "micro F1") -> Headline:
             if len(values) >= 2:

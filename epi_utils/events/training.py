@@ -105,13 +105,7 @@ def decoder_loss(out: dict, feats: Sequence[dict], dec: RecordDecoder, variant: 
 @torch.no_grad()
 def dev_loss(dec: RecordDecoder, feats: Sequence[dict], variant: Variant, cfg: EventConfig, *, batch: int = 32) -> float:
     """Mean total decoder loss (:func:`decoder_loss`) over ``feats`` in eval mode (a selection tie-break)."""
-    dec.eval()
-    tot, n = 0.0, 0
-    for i in range(0, len(feats), batch):
-        part = list(feats[i:i + batch])
-        tot += float(sum(decoder_loss(dec(**collate(part, cfg.torch_device)), part, dec, variant, cfg).values())) * len(part)
-        n += len(part)
-    return tot / max(n, 1)
+    return decoder_outputs(dec, feats, cfg, batch=batch, variant=variant)[1]
 
 
 def selection_key(f1: float, f1_annotated: float, loss: float) -> tuple[float, float, float]:
@@ -149,11 +143,20 @@ def train_decoder(train_feats: Sequence[dict], schema: EventSchema, variant: Var
     plateau = Plateau(patience=cfg.dec_patience)
     gold = [d.records for d in dev_docs] if dev_docs is not None else None
 
-    def score() -> tuple[float, float]:
-        f1 = evaluate_documents(decode(dec, dev_feats, schema, cfg), gold, schema)["micro_f1"]
-        fa = (evaluate_documents(decode(dec, dev_gold_feats, schema, cfg), gold, schema)["micro_f1"]
+    def score(outs, outs_gold) -> tuple[float, float]:
+        """Dev micro F1 from the test-time and from the annotated candidates, decoded from the
+        cached network outputs with the decoder's current threshold and gate."""
+        f1 = evaluate_documents(decode(dec, dev_feats, schema, cfg, outputs=outs), gold, schema)["micro_f1"]
+        fa = (evaluate_documents(decode(dec, dev_gold_feats, schema, cfg, outputs=outs_gold), gold, schema)["micro_f1"]
               if dev_gold_feats is not None else 0.0)
         return f1, fa
+
+    def outputs(with_loss: bool = True) -> tuple[list, list | None, float]:
+        """One eval-mode pass over the dev features (outputs and, ``with_loss``, the dev loss) and one
+        over the annotated dev features: what every dev check and the threshold/gate search decode from."""
+        outs, loss_dev = decoder_outputs(dec, dev_feats, cfg, variant=variant if with_loss else None)
+        outs_gold = decoder_outputs(dec, dev_gold_feats, cfg)[0] if dev_gold_feats is not None else None
+        return outs, outs_gold, loss_dev
 
     best, best_state, best_epoch, history, steps = None, None, 0, [], 0
     for epoch in range(1, cfg.dec_epochs + 1):
@@ -175,8 +178,8 @@ def train_decoder(train_feats: Sequence[dict], schema: EventSchema, variant: Var
         row = {"epoch": epoch, **tot}
         last = epoch == cfg.dec_epochs or (max_steps is not None and steps >= max_steps)
         if dev_feats is not None and (epoch % cfg.eval_every == 0 or last):
-            f1, fa = score()
-            loss_dev = dev_loss(dec, dev_feats, variant, cfg)
+            outs, outs_gold, loss_dev = outputs()
+            f1, fa = score(outs, outs_gold)
             row.update({"dev_f1": f1, "dev_f1_annotated": fa, "dev_loss": loss_dev})
             key = selection_key(f1, fa, loss_dev)
             if best is None or key > best:
@@ -193,11 +196,12 @@ def train_decoder(train_feats: Sequence[dict], schema: EventSchema, variant: Var
         loss_dev = -best[2]
         gates = [True, False] if cfg.type_gate == "dev" else [cfg.type_gate == "on"]
         thresholds = THRESHOLDS if cfg.tune_threshold else (cfg.exist_threshold,)
+        outs, outs_gold, _ = outputs(with_loss=False)   # the kept checkpoint's outputs, decoded at every setting
         choices = {}
         for gate in gates:
             for thr in thresholds:
                 dec.type_gate, dec.exist_threshold = gate, thr
-                f1, fa = score()
+                f1, fa = score(outs, outs_gold)
                 # ties: prefer the configured threshold, then the gate on
                 choices[(gate, thr)] = (selection_key(f1, fa, loss_dev), thr == cfg.exist_threshold, gate)
         (gate, thr), (key, _, _) = max(choices.items(), key=lambda kv: kv[1])
@@ -208,21 +212,40 @@ def train_decoder(train_feats: Sequence[dict], schema: EventSchema, variant: Var
 
 
 @torch.no_grad()
+def decoder_outputs(dec: RecordDecoder, feats: Sequence[dict], cfg: EventConfig, *, batch: int = 32,
+                    variant: Variant | None = None) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], float]:
+    """One eval-mode pass of ``dec`` over ``feats`` in batches of ``batch``: per batch the existence
+    probabilities ``[B, T, K]`` and the argmax candidate of every slot ``[B, T, K, R]`` (what
+    :func:`decode` turns into records at any threshold and gate), and with ``variant`` the mean
+    decoder loss over ``feats`` (:func:`dev_loss`, from the same forward pass; else NaN)."""
+    dec.eval()
+    outs, tot, n = [], 0.0, 0
+    for i in range(0, len(feats), batch):
+        part = list(feats[i:i + batch])
+        out = dec(**collate(part, cfg.torch_device))
+        outs.append((torch.sigmoid(out["exist"]).cpu(), out["logp"].argmax(-1).cpu()))
+        if variant is not None:
+            tot += float(sum(decoder_loss(out, part, dec, variant, cfg).values())) * len(part)
+            n += len(part)
+    return outs, (tot / max(n, 1) if variant is not None else float("nan"))
+
+
+@torch.no_grad()
 def decode(dec: RecordDecoder, feats: Sequence[dict], schema: EventSchema, cfg: EventConfig, *,
-           batch: int = 32) -> list[list[tuple[str, tuple]]]:
+           batch: int = 32, outputs: list | None = None) -> list[list[tuple[str, tuple]]]:
     """Records ``[(event_type, args), ...]`` per document: with the type gate on (``dec.type_gate``,
     set by :func:`train_decoder`), a type is decoded only when the stage-1 detector gives it
     probability >= 0.5, and then at least its best probe; each probe with existence probability at
-    or above ``dec.exist_threshold`` gives one record; empty and duplicate records are dropped."""
-    dec.eval()
+    or above ``dec.exist_threshold`` gives one record; empty and duplicate records are dropped.
+    ``outputs``: :func:`decoder_outputs` of ``feats`` with the same ``batch`` (decoding at several
+    thresholds and gates without running the network again; the records are the same)."""
     thr = getattr(dec, "exist_threshold", cfg.exist_threshold)
     use_gate = getattr(dec, "type_gate", cfg.type_gate != "off")
+    if outputs is None:
+        outputs, _ = decoder_outputs(dec, feats, cfg, batch=batch)
     preds = []
-    for i in range(0, len(feats), batch):
-        part = feats[i:i + batch]
-        out = dec(**collate(part, cfg.torch_device))
-        pex = torch.sigmoid(out["exist"]).cpu()
-        arg = out["logp"].argmax(-1).cpu()
+    for n_batch, (pex, arg) in enumerate(outputs):
+        part = feats[n_batch * batch:(n_batch + 1) * batch]
         for b, f in enumerate(part):
             recs = []
             for t, etype in enumerate(schema.event_types):
