@@ -63,7 +63,7 @@ class Config(StudyConfig):
     plateau_patience: int = option(2, "plateau: checks without a rise before a stage stops", ge=1)
     plateau_min_delta: float = option(0.02, "plateau: smallest rise of the reproduced share that counts", ge=0, le=1)
     # held-out settings (issue 28)
-    n_settings: int = option(2, "extra worlds from the settings family (held out from every fit of the "
+    n_settings: int = option(3, "extra worlds from the settings family (held out from every fit of the "
                                 "diagnosis), beside the n_seeds worlds of the default design", ge=0)
     settings_seed: int = option(100, "seed of the settings family draw", ge=0)
     settings_cold: bool = option(False, "family may change the base model (new world seeds, more entities with "

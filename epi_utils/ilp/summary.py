@@ -28,9 +28,11 @@ def _unlearned(table: pd.DataFrame) -> pd.DataFrame:
     return table[~table["learned"].astype(bool)]
 
 
-def _interval(values, *, unit: str = UNIT) -> stats.Interval | None:
+def _interval(values, *, unit: str = UNIT, bounds: tuple[float, float] | None = (0.0, 1.0)) -> stats.Interval | None:
+    """Interval over worlds of a score in [0, 1] (F1, accuracy: kept inside the bounds, logit-t);
+    None with fewer than 2 finite values."""
     vals = [float(v) for v in values if v is not None and np.isfinite(v)]
-    return stats.interval(vals, unit=unit) if len(vals) >= 2 else None
+    return stats.interval(vals, unit=unit, bounds=bounds) if len(vals) >= 2 else None
 
 
 # --------------------------------------------------------------------------- tables over worlds
@@ -120,7 +122,8 @@ def _scores_one(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def diagnosis_summary(records: Sequence[SeedRecord]) -> DiagnosisSummary:
-    """Per-cause P/R/F1 computed per world and summarised with t-intervals over worlds; macro-F1
+    """Per-cause P/R/F1 computed per world and summarised with intervals over worlds kept inside
+    [0, 1] (logit-t; issue 28: a plain t reached 1.06 for F1 near 1); macro-F1
     per world over the five causes and over the two groups (:data:`CLOSE_TO_RULE`, :data:`INFERRED`)."""
     per_world = {r.seed: _scores_one(r.table) for r in records if len(_unlearned(r.table))}
     if not per_world:
@@ -128,7 +131,7 @@ def diagnosis_summary(records: Sequence[SeedRecord]) -> DiagnosisSummary:
     long = pd.DataFrame([{"cause": c, "seed": seed, **{m: float(s.loc[c, m]) for m in ("support", "precision", "recall", "f1")}}
                          for seed, s in per_world.items() for c in CAUSES])
     per_cause = stats.interval_table(long, by=["cause"], columns=["precision", "recall", "f1"], unit=UNIT,
-                                     unit_column="seed", method="auto").set_index("cause")
+                                     unit_column="seed", method="auto", bounds=(0.0, 1.0)).set_index("cause")
     per_cause.insert(0, "support_per_world", long.groupby("cause", sort=False)["support"].mean().astype(float))
     per_cause.insert(0, "group", ["close to rule" if c in CLOSE_TO_RULE else "inferred" for c in per_cause.index])
 
