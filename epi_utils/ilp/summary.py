@@ -49,8 +49,9 @@ def convergence_table(records: Sequence[SeedRecord]) -> pd.DataFrame:
 
 
 def timing_table(records: Sequence[SeedRecord]) -> pd.DataFrame:
-    """Seconds per phase and seed."""
-    return pd.DataFrame({r.seed: r.timings for r in records}).T.rename_axis("seed").round(1)
+    """Seconds per phase and world (``default/<seed>`` or the held-out setting's name)."""
+    names = [f"default/{r.seed}" if r.setting == "default" else f"{r.setting} (world seed {r.seed})" for r in records]
+    return pd.DataFrame(dict(zip(names, [r.timings for r in records]))).T.rename_axis("world").round(1)
 
 
 def world_summary(world) -> pd.DataFrame:
