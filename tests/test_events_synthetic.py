@@ -44,3 +44,4 @@ def test_the_notebook_check_trains_the_probes_on_annotated_mentions_without_pret
     assert (cfg.methods, cfg.encoder_seeds, cfg.decoder_seeds, cfg.dec_lr_grid) == (("probes",), 1, 1, ())
     assert (cfg.candidates, cfg.train_candidates, cfg.pretrain_epochs, cfg.dropout) == ("gold", "gold", 0, 0.0)
     assert (cfg.enc_epochs, cfg.dec_epochs, cfg.dec_batch) == (4, 30, 16)   # the synthetic_* defaults
+    assert cfg.dec_lr_decay and cfg.dec_patience >= cfg.dec_epochs and cfg.enc_patience >= cfg.enc_epochs   # fixed schedule

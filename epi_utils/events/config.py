@@ -67,6 +67,8 @@ class EventConfig(StudyConfig):
     dec_patience: int = option(2, "stage-2 dev checks (every eval_every epochs) without improvement before stopping",
                                ge=1)
     dec_lr: float = option(0.003, "stage-2 learning rate when dec_lr_grid is empty", gt=0)
+    dec_lr_decay: bool = option(False, "cosine decay of the stage-2 learning rate over dec_epochs (the synthetic check's "
+                                       "fixed schedule); off: constant, for the plateau schedule")
     dec_lr_grid: tuple[float, ...] = option([], "decoder learning rates searched on dev, the same for every method "
                                                 "(empty: dec_lr only)", gt=0)
     dec_batch: int = option(32, "documents per stage-2 batch", ge=1)

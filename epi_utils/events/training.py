@@ -140,6 +140,10 @@ def train_decoder(train_feats: Sequence[dict], schema: EventSchema, variant: Var
     dec.exist_threshold = cfg.exist_threshold
     dec.type_gate = cfg.type_gate != "off"
     opt = torch.optim.AdamW(dec.parameters(), lr=cfg.dec_lr)
+    sched = None
+    if cfg.dec_lr_decay:   # cosine over the most epochs (the synthetic check's fixed schedule)
+        total = max(1, cfg.dec_epochs * len(batches(len(train_feats), cfg.dec_batch, None)))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + np.cos(np.pi * min(i, total) / total)))
     plateau = Plateau(patience=cfg.dec_patience)
     gold = [d.records for d in dev_docs] if dev_docs is not None else None
 
@@ -170,6 +174,8 @@ def train_decoder(train_feats: Sequence[dict], schema: EventSchema, variant: Var
             loss.backward()
             torch.nn.utils.clip_grad_norm_(dec.parameters(), 1.0)
             opt.step()
+            if sched is not None:
+                sched.step()
             steps += 1
             for k, v in losses.items():
                 tot[k] = tot.get(k, 0.0) + float(v.detach())
