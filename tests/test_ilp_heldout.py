@@ -30,7 +30,9 @@ def test_settings_family_is_drawn_by_a_seed_and_warm_settings_keep_the_base_mode
                and s.pretrain_fact_fraction == cfg.pretrain_fact_fraction and s.tasks[-1] == "fact_qa" for s in a)
     cold = settings.family(cfg, n=6, seed=5, cold=True, warm_seeds=2)
     assert [s.seed >= 2 for s in cold] == [False, True] * 3
-    assert (cold[3].n_entities, cold[3].pretrain_fact_fraction) == (19, 0.5) and cold[5].pretrain_epochs == 10
+    assert cold[1].pretrain_epochs == 10 and (cold[1].n_entities, cold[1].pretrain_fact_fraction) == (12, 0.75)
+    assert (cold[3].n_entities, cold[3].pretrain_fact_fraction) == (19, 0.5) and cold[3].pretrain_epochs == 25
+    assert cold[5].pretrain_epochs == 25 and cold[5].n_entities == 12
     applied = a[0].apply(cfg)
     assert applied.tasks == a[0].tasks and applied.conflict_rate == a[0].conflict_rate
 
