@@ -412,6 +412,8 @@ def capacity_rows(capacity):
         return _not_run("capacity check", "capacity_seeds")
     out = capacity.copy()
     out["ratio"] = out["ratio"].map(lambda r: f"{100 * r:g}%")
+    out = out.rename(columns={"diff": "capacity_diff", "diff_low": "capacity_diff_low",
+                              "diff_high": "capacity_diff_high"})
     return out.drop(columns=["unit"])
 
 
@@ -435,7 +437,8 @@ def forgetting_comparison_rows(cmp):
     return out.drop(columns=["a_method", "b_method"])
 
 
-READER_NAMES.update({"share_only": "only the critical set trainable", "all_parameters": "all parameters trainable",
+READER_NAMES.update({"capacity_diff": "critical set only - all parameters (95% CI)",
+                     "share_only": "only the critical set trainable", "all_parameters": "all parameters trainable",
                      "share_kept": "share of the all-parameters score", "learned0": "stage 0 learned",
                      "retained0": "stage 0 retained", "forgetting0": "forgetting", "plastic": "stage 1 learned",
                      "metric": "metric", "verdict": "verdict", "note": "note", "task": "task", "ratio": "ratio"})
