@@ -18,7 +18,7 @@ from epi_utils.events.synthetic import generate_documents
 from epi_utils.workbench.contract import ConfigError
 
 #: the small, fast front end these tests were written with (the config's defaults are the cpu profile)
-SMALL = dict(max_sentences=24, enc_lstm=False, bigram_buckets=0, pretrain_epochs=0, enc_layers=2, enc_epochs=4,
+SMALL = dict(enc_epoch_steps=0, dec_epoch_steps=0, max_sentences=24, enc_lstm=False, bigram_buckets=0, pretrain_epochs=0, enc_layers=2, enc_epochs=4,
              enc_lr=2e-3, dec_epochs=20, dec_lr=2e-3, num_probes=8, dec_batch=16, device="cpu")
 
 

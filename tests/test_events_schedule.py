@@ -1,7 +1,7 @@
 """Early stopping on a dev plateau and the interpretability flags of a selection (issue 29), by hand."""
 import pytest
 
-from epi_utils.events.schedule import Plateau, selection_problems
+from epi_utils.events.schedule import Plateau, epoch_scale, selection_problems
 
 
 def test_plateau_stops_after_patience_checks_without_improvement_and_keeps_the_best():
@@ -42,3 +42,18 @@ def test_a_tuple_key_improves_lexicographically_like_the_decoder_selection_key()
     assert stops == [False, False, False, True] and p.best == (0.0, 0.1, -2.0) and p.best_check == 2
     with pytest.raises(ValueError, match="finite"):
         Plateau(patience=1).update((0.1, float("inf")))
+
+
+def test_epoch_scale_counts_small_data_sets_in_groups_of_passes():
+    # ChFinAnn's 997 training documents: 125 batches of 8 (one pass is a scheduled epoch), 32 of 32
+    assert epoch_scale(n_items=997, batch=8, epoch_steps=125) == 1
+    assert epoch_scale(n_items=997, batch=32, epoch_steps=32) == 1
+    # 210 documents: ceil(210 / 8) = 27 batches; ceil(125 / 27) = 5 passes per scheduled epoch
+    assert epoch_scale(n_items=210, batch=8, epoch_steps=125) == 5
+    # ceil(210 / 32) = 7 batches; ceil(32 / 7) = 5
+    assert epoch_scale(n_items=210, batch=32, epoch_steps=32) == 5
+    # 714 documents (a held-out data set's size): ceil(714 / 8) = 90; ceil(125 / 90) = 2
+    assert epoch_scale(n_items=714, batch=8, epoch_steps=125) == 2
+    assert epoch_scale(n_items=5, batch=8, epoch_steps=0) == 1       # scaling off
+    with pytest.raises(ValueError, match="batch"):
+        epoch_scale(n_items=10, batch=0, epoch_steps=10)

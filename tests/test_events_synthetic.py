@@ -27,7 +27,7 @@ def test_synthetic_planted_records_are_recovered():
     data = synthetic_data(TWINS, n_docs=400, seed=0, max_sentences=8, max_sentence_chars=64,
                           min_events=1, max_events=3, share_prob=0.3)
     # the small front end this test was written with: no BiLSTM, bigrams or pretraining
-    cfg = Config(enc_lstm=False, bigram_buckets=0, pretrain_epochs=0, device="cpu", dim=32, hidden=64, heads=2, enc_layers=1,
+    cfg = Config(enc_lstm=False, bigram_buckets=0, pretrain_epochs=0, enc_epoch_steps=0, dec_epoch_steps=0, device="cpu", dim=32, hidden=64, heads=2, enc_layers=1,
                  dec_layers=2, dropout=0.0, max_sentences=8, max_sentence_chars=64, enc_epochs=6, enc_lr=3e-3,
                  dec_epochs=30, dec_lr=3e-3, dec_batch=16, num_probes=4, eval_every=2, type_gate="dev", candidates="gold", train_candidates="gold",
                  methods=("probes",), encoder_seeds=1, decoder_seeds=1)

@@ -54,6 +54,9 @@ class EventConfig(StudyConfig):
     pretrain_lr: float = option(0.002, "pretraining peak learning rate", gt=0)
     enc_epochs: int = option(6, "most stage-1 epochs (NER head + type detector; one-cycle learning rate over them, stops "
                                 "at a dev mention F1 plateau, best epoch kept)", ge=0)
+    enc_epoch_steps: int = option(125, "a scheduled stage-1 epoch is at least this many optimiser steps: on a smaller data "
+                                       "set enc_epochs and enc_patience count groups of passes (125: one pass over "
+                                       "ChFinAnn's 997 training documents; 0: plain passes)", ge=0)
     enc_patience: int = option(2, "stage-1 epochs without a better dev mention F1 before stopping", ge=1)
     enc_lr: float = option(0.003, "stage-1 peak learning rate", gt=0)
     enc_batch: int = option(8, "documents per stage-1 batch", ge=1)
@@ -64,6 +67,9 @@ class EventConfig(StudyConfig):
     num_probes: int = option(6, "probes per event type", ge=1)
     anchor_probes: bool = option(True, "start each probe from a ranked candidate (see probes.py)")
     dec_epochs: int = option(20, "most stage-2 epochs (stops at a dev plateau; the checkpoint is chosen on dev)", ge=0)
+    dec_epoch_steps: int = option(32, "a scheduled stage-2 epoch is at least this many optimiser steps: on a smaller data "
+                                      "set dec_epochs and eval_every count groups of passes (32: one pass over "
+                                      "ChFinAnn's 997 training documents; 0: plain passes)", ge=0)
     dec_patience: int = option(2, "stage-2 dev checks (every eval_every epochs) without improvement before stopping",
                                ge=1)
     dec_lr: float = option(0.003, "stage-2 learning rate when dec_lr_grid is empty", gt=0)

@@ -30,7 +30,7 @@ from epi_utils.events.encoder import CharVocab, DocumentEncoder, sinusoid
 from epi_utils.events.metric import mention_scores
 from epi_utils.events.pretrain import pretrain_characters
 from epi_utils.events.rules import merge_candidates, rule_mentions
-from epi_utils.events.schedule import Plateau
+from epi_utils.events.schedule import Plateau, epoch_scale
 from epi_utils.events.schema import EventSchema
 from epi_utils.workbench.progress import progress_line
 
@@ -89,7 +89,9 @@ def train_encoder(docs: Sequence[Document], schema: EventSchema, cfg: EventConfi
                   max_steps: int | None = None, log=None) -> DocumentEncoder:
     """Stage 1: (masked-character pretraining on ``docs`` + ``unlabeled`` text for
     ``cfg.pretrain_epochs``, character Transformer only) then NER + event-type detection on ``docs``
-    for at most ``cfg.enc_epochs`` (OneCycle learning rate over that maximum).
+    for at most ``cfg.enc_epochs`` scheduled epochs (OneCycle learning rate over that maximum). On a
+    data set with fewer than ``cfg.enc_epoch_steps`` batches a scheduled epoch is several passes
+    (:func:`~.schedule.epoch_scale`): the most passes and the patience scale with it.
 
     With ``dev_docs`` the dev mention P/R/F1 of the NER head (:func:`~.metric.mention_scores`) is
     measured after every epoch, training stops after ``cfg.enc_patience`` epochs without a better
@@ -111,13 +113,15 @@ def train_encoder(docs: Sequence[Document], schema: EventSchema, cfg: EventConfi
     rest = [p for n, p in enc.named_parameters() if n != "type_lex.weight"]
     # the lexical bag-of-n-grams table is a linear model over sparse features: 10x the learning rate
     opt = torch.optim.AdamW([{"params": rest}, {"params": lex, "weight_decay": 0.0}], lr=cfg.enc_lr)
-    steps = max(1, cfg.enc_epochs * len(batches(len(docs), cfg.enc_batch, None)))
+    scale = epoch_scale(n_items=max(1, len(docs)), batch=cfg.enc_batch, epoch_steps=cfg.enc_epoch_steps)
+    max_epochs = cfg.enc_epochs * scale
+    steps = max(1, max_epochs * len(batches(len(docs), cfg.enc_batch, None)))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[cfg.enc_lr, 10 * cfg.enc_lr], total_steps=steps,
                                                 pct_start=0.1)
     history, best, best_state, done, t0 = [], -1.0, None, 0, time.perf_counter()
-    plateau = Plateau(patience=cfg.enc_patience, max_checks=max(1, cfg.enc_epochs))
+    plateau = Plateau(patience=cfg.enc_patience * scale, max_checks=max(1, max_epochs))
     enc.best_epoch = 0
-    for epoch in range(1, cfg.enc_epochs + 1):
+    for epoch in range(1, max_epochs + 1):
         enc.train()
         tot = 0.0
         for idx in batches(len(docs), cfg.enc_batch, rng):
@@ -142,7 +146,7 @@ def train_encoder(docs: Sequence[Document], schema: EventSchema, cfg: EventConfi
         stop = dev_docs is not None and plateau.update(row["dev_mention_f1"])
         if log is not None:
             dev = f", dev mention F1 {row['dev_mention_f1']:.3f} (best epoch {enc.best_epoch})" if "dev_mention_f1" in row else ""
-            log(progress_line(f"encoder seed {seed} epochs (at most)", done=epoch, total=cfg.enc_epochs,
+            log(progress_line(f"encoder seed {seed} epochs (at most)", done=epoch, total=max_epochs,
                               elapsed=time.perf_counter() - t0, unit="done") + f"; loss {tot:.1f}{dev}"
                 + ("; dev plateau, stopped" if stop and plateau.plateaued else ""))
         if stop or (max_steps is not None and done >= max_steps):
@@ -150,7 +154,7 @@ def train_encoder(docs: Sequence[Document], schema: EventSchema, cfg: EventConfi
     if best_state is not None:
         enc.load_state_dict(best_state)
     enc.history = history
-    enc.max_epochs = cfg.enc_epochs
+    enc.max_epochs = max_epochs
     return enc.eval()
 
 

@@ -77,7 +77,7 @@ def prepare_toy(cfg: EventConfig, folder: Path) -> tuple[EventConfig, PreparedDa
     chars = {c for docs in data.cut.values() for d in docs for s in d.sentences for c in s}
     local = tiny_encoder(cfg.hf_encoder or DEFAULT_MODEL, folder / "tiny_model", chars)
     toy = cfg.replace(hf_encoder=str(local), device="cpu", data_source="real", split_files=list(SPLIT_FILES),
-                      enc_epochs=1, dec_epochs=1, eval_every=1, encoder_seeds=1, decoder_seeds=1, dec_lr_grid=(),
+                      enc_epochs=1, dec_epochs=1, enc_epoch_steps=0, dec_epoch_steps=0, eval_every=1, encoder_seeds=1, decoder_seeds=1, dec_lr_grid=(),
                       frontend_steps=False, synthetic_docs=40, synthetic_enc_epochs=1, synthetic_dec_epochs=1,
                       num_threads=1)
     return toy, data

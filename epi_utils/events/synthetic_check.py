@@ -50,10 +50,10 @@ class SyntheticCheck:
 
 def check_config(cfg: EventConfig) -> EventConfig:
     """The check's config: the study's model sizes, ``synthetic_*`` epochs and batch as a fixed schedule
-    (no plateau stop; the decoder's learning rate decays by a cosine over its epochs, the best dev
+    (no plateau stop and no step-sized epochs; the decoder's learning rate decays by a cosine over its epochs, the best dev
     checkpoint kept: with the plateau schedule's constant rate it reached 0.935-0.940, under the bar), no pretraining,
     no dropout, annotated candidates for training and test, the probe method, one seed unit."""
-    return cfg.replace(enc_epochs=cfg.synthetic_enc_epochs, dec_epochs=cfg.synthetic_dec_epochs,
+    return cfg.replace(enc_epochs=cfg.synthetic_enc_epochs, dec_epochs=cfg.synthetic_dec_epochs, enc_epoch_steps=0, dec_epoch_steps=0,
                        enc_patience=cfg.synthetic_enc_epochs, dec_patience=cfg.synthetic_dec_epochs, dec_lr_decay=True,
                        dec_batch=cfg.synthetic_dec_batch, pretrain_epochs=0, dropout=0.0, candidates="gold",
                        train_candidates="gold", methods=("probes",),

@@ -29,7 +29,7 @@ from epi_utils.events.losses import slot_nll, supcon
 from epi_utils.events.methods import Variant
 from epi_utils.events.metric import evaluate_documents
 from epi_utils.events.probes import RecordDecoder
-from epi_utils.events.schedule import Plateau
+from epi_utils.events.schedule import Plateau, epoch_scale
 from epi_utils.events.schema import EventSchema
 
 
@@ -124,8 +124,10 @@ def train_decoder(train_feats: Sequence[dict], schema: EventSchema, variant: Var
     every ``cfg.eval_every`` epochs and at the last allowed, the checkpoint is scored by
     :func:`selection_key` (dev F1, dev F1 from annotated mentions, dev loss) and the best kept;
     training stops after ``cfg.dec_patience`` checks without a better key
-    (:class:`~.schedule.Plateau`) or at ``cfg.dec_epochs`` epochs. Without dev data it trains
-    ``cfg.dec_epochs`` epochs. Then the
+    (:class:`~.schedule.Plateau`) or at ``cfg.dec_epochs`` scheduled epochs. On a data set with fewer
+    than ``cfg.dec_epoch_steps`` batches a scheduled epoch is several passes
+    (:func:`~.schedule.epoch_scale`): the most passes and the check period scale with it. Without dev
+    data it trains the most passes. Then the
     existence threshold (:data:`~.config.THRESHOLDS`, if ``cfg.tune_threshold``) and, with
     ``cfg.type_gate == "dev"``, the type gate (on/off) are chosen by the same key. The choices are set
     on the decoder (``dec.exist_threshold``, ``dec.type_gate``) and returned in ``info`` with the
@@ -140,9 +142,11 @@ def train_decoder(train_feats: Sequence[dict], schema: EventSchema, variant: Var
     dec.exist_threshold = cfg.exist_threshold
     dec.type_gate = cfg.type_gate != "off"
     opt = torch.optim.AdamW(dec.parameters(), lr=cfg.dec_lr)
+    scale = epoch_scale(n_items=max(1, len(train_feats)), batch=cfg.dec_batch, epoch_steps=cfg.dec_epoch_steps)
+    max_epochs, check_every = cfg.dec_epochs * scale, cfg.eval_every * scale
     sched = None
     if cfg.dec_lr_decay:   # cosine over the most epochs (the synthetic check's fixed schedule)
-        total = max(1, cfg.dec_epochs * len(batches(len(train_feats), cfg.dec_batch, None)))
+        total = max(1, max_epochs * len(batches(len(train_feats), cfg.dec_batch, None)))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + np.cos(np.pi * min(i, total) / total)))
     plateau = Plateau(patience=cfg.dec_patience)
     gold = [d.records for d in dev_docs] if dev_docs is not None else None
@@ -163,7 +167,7 @@ def train_decoder(train_feats: Sequence[dict], schema: EventSchema, variant: Var
         return outs, outs_gold, loss_dev
 
     best, best_state, best_epoch, history, steps = None, None, 0, [], 0
-    for epoch in range(1, cfg.dec_epochs + 1):
+    for epoch in range(1, max_epochs + 1):
         dec.train()
         tot: dict[str, float] = {}
         for idx in batches(len(train_feats), cfg.dec_batch, rng):
@@ -182,8 +186,8 @@ def train_decoder(train_feats: Sequence[dict], schema: EventSchema, variant: Var
             if max_steps is not None and steps >= max_steps:
                 break
         row = {"epoch": epoch, **tot}
-        last = epoch == cfg.dec_epochs or (max_steps is not None and steps >= max_steps)
-        if dev_feats is not None and (epoch % cfg.eval_every == 0 or last):
+        last = epoch == max_epochs or (max_steps is not None and steps >= max_steps)
+        if dev_feats is not None and (epoch % check_every == 0 or last):
             outs, outs_gold, loss_dev = outputs()
             f1, fa = score(outs, outs_gold)
             row.update({"dev_f1": f1, "dev_f1_annotated": fa, "dev_loss": loss_dev})
@@ -197,7 +201,7 @@ def train_decoder(train_feats: Sequence[dict], schema: EventSchema, variant: Var
     if best_state is not None:
         dec.load_state_dict(best_state)
     info = {"history": history, "best_epoch": best_epoch, "last_epoch": history[-1]["epoch"] if history else 0,
-            "max_epochs": cfg.dec_epochs}
+            "max_epochs": max_epochs}
     if dev_feats is not None:
         loss_dev = -best[2]
         gates = [True, False] if cfg.type_gate == "dev" else [cfg.type_gate == "on"]
