@@ -67,7 +67,8 @@ class Config(StudyConfig):
                                       choices=MASKED, unique=True)
     bounds: tuple[str, ...] = option(list(BOUNDS), "reference arms of every table (full_sft, the floor, always)",
                                      choices=BOUNDS, unique=True)
-    ratios: tuple[float, ...] = option([0.05, 0.5], "isolation ratios of the frontier", gt=0, lt=1,
+    ratios: tuple[float, ...] = option([0.05], "isolation ratios of the frontier (cpu: 5% only, inside its 15-minute "
+                                       "budget; cpu-long: 1, 5, 20, 50%)", gt=0, lt=1,
                                        nonempty=True, unique=True)
     arms: tuple[str, ...] = option(list(ARMS), "mixed: arms of the grid (full_sft, the floor, always)",
                                    choices=ARMS, unique=True)
