@@ -198,3 +198,13 @@ def _flat(d, prefix=""):
     for k, v in d.items():
         out += _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
     return out
+
+
+def test_forgetting_rows_name_every_arm_for_the_reader():
+    import pandas as pd
+    table = pd.DataFrame({"method": ["full_sft", "epi", "epi_frozen", "separate"],
+                          "ratio": [float("nan"), 0.05, 0.05, float("nan")], "arm": ["x"] * 4,
+                          "unit": ["seed"] * 4, "retained0": [0.1, 0.2, 0.3, 0.4]})
+    rows = mixed_summary.forgetting_rows(table)
+    assert list(rows["arm"]) == ["full SFT", "EPI at 5%", "EPI frozen (stage-0 set pinned) at 5%", "one model per stage"]
+    assert list(rows.columns) == ["arm", "retained0"]

@@ -422,10 +422,14 @@ def forgetting_rows(forgetting):
     if not len(forgetting):
         return _not_run("two-stage forgetting table", "forgetting_seeds")
     out = forgetting.copy()
-    out["arm"] = out["arm"].map(lambda a: a.replace("epi_frozen", "EPI frozen (stage-0 set pinned)")
-                                .replace("epi@", "EPI@").replace("full_sft", "full SFT")
-                                .replace("separate", "one model per stage"))
+    out["arm"] = [FORGETTING_NAMES.get(m, m) + ("" if r is None or r != r else f" at {100 * r:g}%")
+                  for m, r in zip(out["method"], out["ratio"])]
     return out.drop(columns=[c for c in ("method", "ratio", "unit") if c in out])
+
+
+#: reader names of the two-stage forgetting table's arms (its design trains one stage after another)
+FORGETTING_NAMES = {"epi": "EPI", "epi_frozen": "EPI frozen (stage-0 set pinned)", "full_sft": "full SFT",
+                    "separate": "one model per stage", "replay": "replay"}
 
 
 def forgetting_comparison_rows(cmp):
