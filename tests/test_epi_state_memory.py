@@ -57,7 +57,10 @@ def test_compact_owners_reproduce_planted_owner_vector():
     for tid in (0, 1, 2, -3):
         want = (owner == -1) | (owner == tid)
         assert torch.equal(co.allowed(tid), want) and torch.equal(legacy.allowed(tid), want)
+        assert torch.equal(co.frozen_positions(tid), (~want).nonzero().squeeze(1))
+        assert torch.equal(legacy.frozen_positions(tid), (~want).nonzero().squeeze(1))
     assert co.allowed(0).tolist() == [1, 1, 0, 0, 1, 0, 1, 0, 1, 1]
+    assert co.frozen_positions(0).tolist() == [2, 3, 5, 7]  # 2 is owned by task 1, 5 frozen for all
     given = es.CompactOwners(owner, sets, overlap_pos=torch.tensor([2, 5]))  # the caller's overlaps: no check
     assert given.overlap_owner.tolist() == [1, -2] and torch.equal(given.to_int8(), owner)
     assert all(torch.equal(given.allowed(t), co.allowed(t)) for t in (0, 1, 2, -3))
@@ -67,6 +70,32 @@ def test_compact_owners_reproduce_planted_owner_vector():
     assert co.exc_pos.count == 1 and torch.equal(co.to_int8(), odd)
     want = (odd == -1) | (odd == 0)
     assert torch.equal(co.allowed(0), want)
+    assert co.frozen_positions(0).tolist() == [2, 3, 5, 7, 9]
+
+
+def test_step_masks_carry_local_frozen_positions():
+    """Issue 34: a compact policy's step masks are frozen positions over the tensors laid end to
+    end; each tensor's local positions and its bool mask by hand, and MaskedAdamW takes them."""
+    sm = es.StepMasks(torch.tensor([1, 4, 5, 9]), names=["a", "b", "c"], shapes=[(2, 2), (3,), (3,)],
+                      sizes=[4, 3, 3])
+    pos = sm.frozen_positions()
+    assert {n: v.tolist() for n, v in pos.items()} == {"a": [1], "b": [0, 1], "c": [2]}
+    assert sm["a"].tolist() == [[True, False], [True, True]] and sm["b"].tolist() == [False, False, True]
+    assert list(sm) == ["a", "b", "c"] and "b" in sm and "z" not in sm
+    params = {n: torch.nn.Parameter(torch.randn(sh)) for n, sh in (("a", (2, 2)), ("b", (3,)), ("c", (3,)))}
+    twin = {n: torch.nn.Parameter(p.detach().clone()) for n, p in params.items()}
+    b0 = params["b"].detach().clone()
+    opts = [MaskedAdamW(ps, lr=0.1, weight_decay=0.1) for ps in (params, twin)]
+    for _ in range(2):
+        for ps, opt, masks in ((params, opts[0], sm), (twin, opts[1], {n: sm[n].clone() for n in sm})):
+            for p in ps.values():
+                p.grad = torch.ones_like(p)
+            opt.zero_masked_grads(masks)
+            opt.step(masks)
+    for n in params:  # positions given by the masks = positions computed from the bool masks
+        assert torch.equal(params[n], twin[n])
+        assert torch.equal(opts[0].state[params[n]]["exp_avg"], opts[1].state[twin[n]]["exp_avg"])
+    assert torch.equal(params["b"].detach()[:2], b0[:2]) and params["b"].detach()[2] != b0[2]  # frozen / moved
 
 
 def test_memory_model_by_hand():

@@ -70,7 +70,7 @@ import torch
 
 from epi_utils.importance.drift import turnover
 from epi_utils.importance.estimators import ImportanceTracker, normalize_scores, top_share_flat
-from epi_utils.isolation.state import CompactOwners, LazyMapping, PackedSets, measured_bytes_per_param
+from epi_utils.isolation.state import CompactOwners, LazyMapping, PackedSets, StepMasks, measured_bytes_per_param
 from epi_utils.lm.masked_adamw import FrozenPositions
 from epi_utils.lm.train import TrainHook
 
@@ -325,8 +325,9 @@ class IsolationPolicy(TrainHook):
             raise ValueError(f"{self.name}: state.batch_task is None; isolation needs task-homogeneous batches "
                              "(TrainConfig.task_homogeneous_batches=True)")
         tid = self.tasks.index(task) if task in self.tasks else -3
-        if self.compact_state:  # built per call from the packed sets (a transient)
-            return self._unflatten(self._owner_flat.allowed(tid))
+        if self.compact_state:  # built per call from the packed sets (a transient, frozen positions only)
+            return StepMasks(self._owner_flat.frozen_positions(tid), names=self._names, shapes=self._shapes,
+                             sizes=self._sizes)
         if task not in self._allowed:
             self._allowed[task] = self._unflatten(self._owner_flat.allowed(tid))
         return self._allowed[task]

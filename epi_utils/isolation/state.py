@@ -301,6 +301,28 @@ class CompactOwners:
             allowed[pos] = (self.exc_owner == -1) | (self.exc_owner == tid)
         return allowed
 
+    def frozen_positions(self, tid: int) -> torch.Tensor:
+        """Sorted int64 positions of the elements a step of task id ``tid`` may NOT move: the
+        complement of :meth:`allowed` (equal to ``(~allowed(tid)).nonzero()``), built from the
+        OR of the other tasks' packed sets with the overlap owners written in, by one ``nonzero``
+        (no negation of the bool vector, no per-tensor masks)."""
+        if self.legacy:
+            return (~self.allowed(tid)).nonzero().squeeze(1)
+        others = [self._packed(s) for t, s in self.sets.items() if t != tid]
+        if not others:
+            frozen = torch.zeros(self.n, dtype=torch.bool, device=self.device)
+        else:
+            acc = others[0].clone()
+            for b in others[1:]:
+                acc |= b
+            frozen = unpack_bits(acc, self.n)
+        if self.overlap_owner.numel():
+            ov = self.overlap_owner
+            frozen.index_put_((self._overlap_positions(),), (ov != -1) & (ov != tid))
+        if self.exc_pos.count:
+            frozen[self.exc_pos.to_mask()] = (self.exc_owner != -1) & (self.exc_owner != tid)
+        return frozen.nonzero().squeeze(1)
+
     @property
     def nbytes(self) -> int:
         """Bytes held beyond the critical sets (which the policy holds anyway)."""
@@ -309,6 +331,48 @@ class CompactOwners:
         extra = self.exc_pos.nbytes + self.exc_owner.numel() if self.exc_pos.count else 0
         kept = self._overlap_idx.numel() * 4 if self._overlap_idx is not None else 0
         return self.overlap_owner.numel() + kept + extra
+
+
+class StepMasks(Mapping):
+    """One step's update masks (``name -> bool``, True = may move) given by the sorted flat int64
+    positions of the frozen elements over tensors of ``shapes`` laid end to end (as a compact
+    policy derives them): a bool mask is built only when a value is read (all of them at once, as
+    views of one base); :meth:`frozen_positions` gives each tensor's local positions (one
+    vectorised pass, no per-tensor ``nonzero``), which ``MaskedAdamW`` uses directly."""
+
+    def __init__(self, frozen: torch.Tensor, *, names, shapes, sizes):
+        self._frozen, self._names, self._shapes, self._sizes = frozen, list(names), list(shapes), list(sizes)
+        self._index = {n: i for i, n in enumerate(self._names)}
+        self._masks: dict[str, torch.Tensor] | None = None
+        self._local: dict[str, torch.Tensor] | None = None
+
+    def frozen_positions(self) -> dict[str, torch.Tensor]:
+        """``name -> int64 (k,)``: sorted positions of the frozen elements in ``param.view(-1)``."""
+        if self._local is None:
+            dev = self._frozen.device
+            starts = torch.tensor([0] + self._sizes, device=dev).cumsum(0)
+            bounds = torch.searchsorted(self._frozen, starts).tolist()
+            counts = [hi - lo for lo, hi in zip(bounds[:-1], bounds[1:])]
+            local = self._frozen - torch.repeat_interleave(starts[:-1], torch.tensor(counts, device=dev))
+            self._local = dict(zip(self._names, torch.split(local, counts)))
+        return self._local
+
+    def __getitem__(self, name):
+        if self._masks is None:
+            base = torch.ones(sum(self._sizes), dtype=torch.bool, device=self._frozen.device)
+            base.index_fill_(0, self._frozen, False)
+            self._masks = {n: v.view(sh) for n, v, sh in zip(self._names, torch.split(base, self._sizes),
+                                                               self._shapes)}
+        return self._masks[name]
+
+    def __contains__(self, name) -> bool:
+        return name in self._index
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 class LazyMapping(Mapping):

@@ -54,12 +54,18 @@ def add_extra_loss(hooks: Sequence, state: Any, named: Mapping[str, torch.Tensor
 
 def combined_mask(hooks: Sequence, state: Any, named: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
     """AND of the hooks' ``update_mask`` (name -> bool tensor on the parameter's device), ``None``
-    when no hook masks; a name that is not a trainable parameter raises ``KeyError``."""
+    when no hook masks; a name that is not a trainable parameter raises ``KeyError``. When one hook
+    masks and its mapping carries its frozen positions (``frozen_positions()``, a compact isolation
+    policy's ``StepMasks``), that mapping is returned as it is (no bool masks are built)."""
     masks: dict[str, torch.Tensor] | None = None
-    for h in hooks:
-        got = h.update_mask(state)
-        if got is None:
-            continue
+    given = [(h, m) for h, m in ((h, h.update_mask(state)) for h in hooks) if m is not None]
+    if len(given) == 1 and callable(getattr(given[0][1], "frozen_positions", None)):
+        h, got = given[0]  # one hook's masks that carry their frozen positions: passed on as they are
+        unknown = [name for name in got if name not in named]
+        if unknown:
+            raise KeyError(f"update_mask of {type(h).__name__} names unknown parameter {unknown[0]!r}")
+        return got
+    for h, got in given:
         masks = {} if masks is None else masks
         for name, m in got.items():
             if name not in named:

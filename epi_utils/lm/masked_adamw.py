@@ -136,13 +136,31 @@ class MaskedAdamW(torch.optim.Optimizer):
         if unknown:
             raise KeyError(f"update mask name not among the optimised parameters: {sorted(unknown)[0]!r}")
         self.flush_importance()  # fold the raw gradients first (multi-tensor kernels)
-        self._frozen_index.prepare(masks)
+        given = self._given_positions(masks)
+        if given is None:
+            self._frozen_index.prepare(masks)
         for name, p in zip(self.names, self.param_groups[0]["params"]):
-            mask = masks.get(name)
-            if mask is not None and p.grad is not None:
-                idx = self._frozen_index(name, p, mask)
+            if name in masks and p.grad is not None:
+                idx = self._positions(masks, given, name, p)
                 if idx.numel():
                     p.grad.view(-1).index_fill_(0, idx, 0)
+
+    def _given_positions(self, masks) -> dict[str, torch.Tensor] | None:
+        """The frozen positions a mask mapping carries itself (``frozen_positions()``, e.g. the
+        ``StepMasks`` of a compact isolation policy), or None."""
+        fn = getattr(masks, "frozen_positions", None)
+        return fn() if callable(fn) else None
+
+    def _positions(self, masks, given, name: str, p: torch.Tensor) -> torch.Tensor:
+        """Flat int64 positions of the frozen elements of parameter ``name`` (given by the masks,
+        or computed from the bool mask and cached per mask tensor)."""
+        if given is None:
+            return self._frozen_index(name, p, masks[name])
+        idx = given[name]
+        if not p.is_contiguous() or (idx.numel() and int(idx[-1]) >= p.numel()):
+            raise ValueError(f"frozen positions of {name!r} do not fit the parameter (contiguous, "
+                             f"{p.numel()} elements)")
+        return idx.to(p.device)
 
     @torch.no_grad()
     def step(self, masks: dict[str, torch.Tensor] | None = None, closure=None):  # type: ignore[override]
@@ -152,15 +170,15 @@ class MaskedAdamW(torch.optim.Optimizer):
             raise KeyError(f"update mask names not among the optimised parameters: {sorted(unknown)[:5]}")
         if self._pending is not None:  # importance deferred but zero_masked_grads not called
             self.zero_masked_grads(None)
+        given = self._given_positions(masks)
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for name, p in zip(group["names"], group["params"]):
                 if p.grad is None:
                     continue
-                mask = masks.get(name)
                 frozen = None
-                if mask is not None:
-                    frozen = self._frozen_index(name, p, mask)
+                if name in masks:
+                    frozen = self._positions(masks, given, name, p)
                     if frozen.numel() == p.numel():
                         continue  # nothing may move: skip entirely (moments and step count unchanged)
                     if frozen.numel() == 0:
@@ -182,8 +200,8 @@ class MaskedAdamW(torch.optim.Optimizer):
                 denom = (v / bc2).sqrt_().add_(eps)
                 p.mul_(1 - lr * wd).addcdiv_(m, denom, value=-lr / bc1)
                 if frozen is not None:
-                    for tensor, values in saved:
-                        tensor.view(-1).index_copy_(0, frozen, values)
+                    for tensor, values in saved:  # distinct positions: scatter_ = index_copy_, faster on CPU
+                        tensor.view(-1).scatter_(0, frozen, values)
         if self.frozen_cache == "step":
             self._frozen_index.clear()
         return None
