@@ -11,9 +11,11 @@ pass), ``bf16`` (fp32 with a bf16 EMA), ``lean`` (an fp32 EMA per block of 64 el
   (``epi_state.measured_bytes_per_param``) on the tiny model, beside the memory model
   (``epi_state.epi_state_bytes_per_param``) at the measured overlap share and AdamW's own state.
 - ``refresh_*``: a mask refresh in ms per million parameters, today's path vs the compact modes.
-- ``step_*``: EPI's extra time per step against the memory-traffic bound of its extra passes
-  (bytes moved per step / copy bandwidth measured in the same run; target <= 2x) and, with the
-  refresh amortised, as a share of a step at 1024 tokens (target <= 5%).
+- ``step_*``: EPI's extra time per step against the memory-traffic bound of its work (bytes that
+  must be read and written per step, and per refresh / interval, over the copy bandwidth measured
+  in the same run; target <= 2x), beside the bytes its passes move as implemented, per pass
+  (importance, masks, masking), and, with the refresh amortised, as a share of a step at 1024
+  tokens (target <= 5%).
 - ``peft``: ``ImportanceTracker(estimator="sensitivity")`` vs PEFT's AdaLoRA
   ``RankAllocator.update_ipt`` on the same gradients: max abs difference, speed-up.
 
@@ -135,27 +137,47 @@ def _state(model, opt, named, task):
     return types.SimpleNamespace(model=model, optimizer=opt, named_params=named, step=0, stage=0, batch_task=task)
 
 
+def must_bytes_per_param(mode: str, *, n_tasks: int, frozen_share: float) -> dict[str, float]:
+    """Bytes per parameter that EPI's work of one non-refresh step MUST read or write, whatever
+    the implementation (one fused pass each; ``f`` = frozen share of the step's task), and of one
+    refresh (``refresh``, per parameter, to be divided by the interval):
+
+    - importance (the EPI default, Taylor): read the parameter and the gradient, read and write the
+      task's EMA: 4 + 4 + 4 + 4 = 16 (bf16 EMA: 12; lean, one fp32 score per 64 elements: 8.125);
+    - masks: read the other tasks' packed critical sets, (T - 1) / 8;
+    - masking: write a zero over each frozen gradient element (4f); a masked AdamW step needs
+      nothing beyond reading the mask (counted above), it updates the same elements AdamW does;
+    - refresh: read every task's EMA once (4T; bf16 2T, lean 4T / 64) and write its packed set (T / 8)."""
+    T, f = n_tasks, frozen_share
+    imp = {"legacy": 16.0, "fp32": 16.0, "bf16": 12.0, "lean": 8.0 + 8 / 64}[mode]
+    ema = {"legacy": 4.0, "fp32": 4.0, "bf16": 2.0, "lean": 4 / 64}[mode]
+    out = {"importance": imp, "masks": (T - 1) / 8, "masking": 4 * f}
+    out["total"] = sum(out.values())
+    out["refresh"] = T * ema + T / 8
+    return out
+
+
 def extra_bytes_per_param(mode: str, *, n_tasks: int, frozen_share: float) -> dict[str, float]:
     """Bytes per parameter that EPI's extra passes of one (non-refresh) step move, read + written,
-    pass by pass as implemented (``f`` = frozen share of the step's task):
+    pass by pass AS IMPLEMENTED (``f`` = frozen share of the step's task; an upper count beside
+    the must-move one of :func:`must_bytes_per_param`):
 
     - importance: product, absolute value, scaled EMA, add (12 + 8 + 8 + 12 B) = 40 for ``legacy``
-      (its own tracker pass: since the flat layout the same passes as the fused one, no
-      concatenations) and compact fp32 alike; bf16 adds the up/down casts of the EMA
-      (6 + 6) = 52; lean: product and abs (20), block means (4), the EMA of 1/64 = 25.
-    - masks (compact only; legacy caches one per task): OR of the other tasks' packed sets
-      (3/8 B each), one unpack (int64 spread, select, compare: 7.1 B), negation (2), exceptions
-      (unpack + masked write: 9.1) = 18.2 + 0.375 (T - 1).
-    - masking: positions of frozen elements (compact: read the mask, write int64: 1 + 8f; legacy:
-      cached), zero their gradients (12f), save and restore parameter, exp_avg, exp_avg_sq
-      (3 x 2 x (8 + 4 + 4) f = 96f).
+      and compact fp32 alike; bf16 adds the up/down casts of the EMA (6 + 6) = 52; lean: product
+      and abs (20), block means (4), the EMA of 1/64 = 25.
+    - masks (compact only; legacy caches positions per task): OR of the other tasks' packed sets
+      (2/8 B each), one unpack (byte to int32 and table gather: 1/8 + 4/8 + 4/8 + 1 = 2.1), overlap
+      owners written (small, not counted), one ``nonzero`` over the n bools (1 + 8f), the positions
+      made local to each tensor (read, offset, write: 24f) = 2.1 + 0.25 (T - 1) + 33f.
+    - masking: zero the frozen gradients (positions 8f, write 4f), save and restore parameter,
+      ``exp_avg``, ``exp_avg_sq`` (3 x 2 x (8 + 4 + 4) f = 96f): 108f.
     """
     f = frozen_share
     if mode == "legacy":
         return {"importance": 40.0, "masks": 0.0, "masking": 108 * f, "total": 40.0 + 108 * f}
     imp = {"fp32": 40.0, "bf16": 52.0, "lean": 25.0}[mode]
-    masks = 18.2 + 0.375 * (n_tasks - 1)
-    masking = 1 + 8 * f + 108 * f
+    masks = 2.1 + 0.25 * (n_tasks - 1) + 33 * f
+    masking = 108 * f
     return {"importance": imp, "masks": masks, "masking": masking, "total": imp + masks + masking}
 
 
@@ -163,14 +185,20 @@ def step_cost(model, *, vocab: int, steps: int, interval: int, batch: int, seq: 
               ratio: float = 0.05, modes=("legacy", "fp32", "bf16"), tokens_target: int = 1024) -> dict:
     """EPI's extra time per step, interleaved round-robin with plain MaskedAdamW (``adamw``).
 
-    Each step is timed in two segments: zero_grad + forward + backward, and the post-backward
-    segment (``after_backward``, ``update_mask``, ``zero_masked_grads``, clipping, the masked step)
-    where all of EPI's work happens. ``extra_ms``: median post-backward time on non-refresh steps
-    minus AdamW's; ``refresh_ms``: median extra on refresh steps (mask recomputation) minus that;
-    ``extra_amortised_ms = extra_ms + refresh_ms / interval``. ``bound_ms``: the byte model
-    (:func:`extra_bytes_per_param`, with the measured frozen share) over the copy bandwidth measured
-    here; ``extra_over_bound``: the target is <= 2. ``share_of_step_at_1k``: amortised extra over
-    an AdamW step at ``tokens_target`` tokens (forward+backward timed at that size here)."""
+    Each step is timed in segments: zero_grad + forward + backward, then the post-backward work
+    where all of EPI's happens, itself in three: ``importance`` (``after_backward`` and the fused
+    importance fold, ``flush_importance``), ``masks`` (``update_mask`` and, for masks that carry
+    them, the frozen positions), ``masking`` (``zero_masked_grads``, clipping, the masked step;
+    minus AdamW's own). ``extra_ms``: median post-backward time on non-refresh steps minus AdamW's;
+    ``refresh_ms``: median extra on refresh steps (mask recomputation) minus that;
+    ``extra_amortised_ms = extra_ms + refresh_ms / interval``. Bounds: bytes over the copy
+    bandwidth measured here, interleaved: ``bound_ms`` from the bytes EPI's work must move
+    (:func:`must_bytes_per_param`; ``extra_over_bound``, target <= 2; ``amortised_over_bound`` with
+    the refresh's bytes / interval), ``passes_bound_ms`` from the bytes its passes move as
+    implemented (:func:`extra_bytes_per_param`; ``extra_over_passes``: how far the passes are from
+    their own traffic); ``pass_over_bound``: each segment's extra over its must-move bytes.
+    ``share_of_step_at_1k``: amortised extra over an AdamW step at ``tokens_target`` tokens
+    (forward+backward timed at that size here)."""
     from epi_utils.lm.masked_adamw import MaskedAdamW
 
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -184,6 +212,7 @@ def step_cost(model, *, vocab: int, steps: int, interval: int, batch: int, seq: 
             pol.on_train_begin(states[m])
             pol.on_stage_begin(states[m])
     post = {m: [] for m in runs}
+    parts = {m: {"importance": [], "masks": [], "masking": []} for m in runs}
     copies = []
     src = torch.rand(max(n, 8_000_000))  # larger than the caches: memory bandwidth
     dst = torch.empty_like(src)
@@ -206,7 +235,14 @@ def step_cost(model, *, vocab: int, steps: int, interval: int, batch: int, seq: 
             if pol is not None:
                 n_up = pol.n_mask_updates
                 pol.after_backward(st)
+                if pol.n_mask_updates == n_up and not _refresh_due(pol, st):
+                    opt.flush_importance()  # timed as the importance pass (a refresh flushes it itself)
+            ta = _now()
+            if pol is not None:
                 masks = pol.update_mask(st) or {}
+                if hasattr(masks, "frozen_positions"):
+                    masks.frozen_positions()  # computed once per step, cached on the masks
+            tb = _now()
             opt.zero_masked_grads(masks)
             torch.nn.utils.clip_grad_norm_(list(named.values()), 1.0)
             opt.step(masks)
@@ -219,6 +255,8 @@ def step_cost(model, *, vocab: int, steps: int, interval: int, batch: int, seq: 
                 refresh[m].append(t2 - t1)
             else:
                 post[m].append(t2 - t1)
+                for key, v in (("importance", ta - t1), ("masks", tb - ta), ("masking", t2 - tb)):
+                    parts[m][key].append(v)
                 if masks:
                     frozen[m].append(sum(int((~v).sum()) for v in masks.values()) / n)
     del src, dst
@@ -234,6 +272,7 @@ def step_cost(model, *, vocab: int, steps: int, interval: int, batch: int, seq: 
             fb[key].append(_now() - t0)
     model.zero_grad(set_to_none=True)
     base = statistics.median(post["adamw"])
+    base_masking = statistics.median(parts["adamw"]["masking"])
     step_1k = min(fb[tokens_target]) + base
     out = {"n_params": n, "tokens_per_step": batch * seq, "steps": steps, "interval": interval, "ratio": ratio,
            "n_tasks": len(tasks), "copy_bandwidth_gb_s": bw / 1e9, "copy_bandwidth_best_gb_s": max(copies) / 1e9,
@@ -244,14 +283,29 @@ def step_cost(model, *, vocab: int, steps: int, interval: int, batch: int, seq: 
         extra = statistics.median(post[m]) - base
         ref = (statistics.median(refresh[m]) - statistics.median(post[m])) if refresh[m] else 0.0
         f = statistics.mean(frozen[m]) if frozen[m] else 0.0
-        bytes_pp = extra_bytes_per_param(m, n_tasks=len(tasks), frozen_share=f)
-        bound = bytes_pp["total"] * n / bw
+        must = must_bytes_per_param(m, n_tasks=len(tasks), frozen_share=f)
+        passes = extra_bytes_per_param(m, n_tasks=len(tasks), frozen_share=f)
+        bound = must["total"] * n / bw
+        bound_amort = (must["total"] + must["refresh"] / interval) * n / bw
         amort = extra + ref / interval
+        seg = {k: statistics.median(v) - (base_masking if k == "masking" else 0.0) for k, v in parts[m].items()}
         out["modes"][m] = {"extra_ms": 1e3 * extra, "refresh_ms": 1e3 * ref, "extra_amortised_ms": 1e3 * amort,
-                           "frozen_share": f, "bytes_per_param": bytes_pp, "bound_ms": 1e3 * bound,
-                           "extra_over_bound": extra / bound, "share_of_step_at_1k": amort / step_1k,
+                           "frozen_share": f, "must_bytes_per_param": must, "bytes_per_param": passes,
+                           "bound_ms": 1e3 * bound, "extra_over_bound": extra / bound,
+                           "amortised_over_bound": amort / bound_amort,
+                           "passes_bound_ms": 1e3 * passes["total"] * n / bw,
+                           "extra_over_passes": extra / (passes["total"] * n / bw),
+                           "pass_ms": {k: 1e3 * v for k, v in seg.items()},
+                           "pass_over_bound": {k: (v / (must[k] * n / bw) if must[k] > 0 else None)
+                                               for k, v in seg.items()},
+                           "share_of_step_at_1k": amort / step_1k,
                            "n_timed": len(post[m]), "n_refresh": len(refresh[m])}
     return out
+
+
+def _refresh_due(pol, st) -> bool:
+    """Whether ``update_mask`` of this step will recompute the masks (EPI's schedule)."""
+    return st.step >= pol.warmup and (st.step - pol.warmup) % pol.interval == 0 and st.step != pol._last_update_step
 
 
 def memory(model, *, n_tasks: int, vocab: int, ratio: float = 0.05, steps: int = 2, interval: int = 1) -> dict:
