@@ -208,3 +208,29 @@ def test_forgetting_rows_name_every_arm_for_the_reader():
     rows = mixed_summary.forgetting_rows(table)
     assert list(rows["arm"]) == ["full SFT", "EPI at 5%", "EPI frozen (stage-0 set pinned) at 5%", "one model per stage"]
     assert list(rows.columns) == ["arm", "retained0"]
+
+
+def _runs(pretrain_of):
+    import pandas as pd
+    scores = {"epi": [0.5, 0.6, 0.7, 0.8], "epi_warmup_frozen": [0.4, 0.6, 0.5, 0.6],
+              "full_sft": [0.3, 0.3, 0.3, 0.3], "separate": [0.9, 0.9, 0.9, 0.9]}
+    rows = [{"arm": arm, "ratio": 0.05 if arm.startswith("epi") else float("nan"), "seed": s,
+             "pretrain_seed": pretrain_of(s), "task": "mean", "score": v[s], "score_train": v[s]}
+            for arm, v in scores.items() for s in range(4)]
+    return pd.DataFrame(rows)
+
+
+def test_model_comparisons_average_the_seeds_of_one_pretrained_model_first():
+    cmp = mixed_summary.model_comparisons(_runs(lambda s: s % 2), margin=0.03)
+    row = cmp[(cmp["a"] == "epi") & (cmp["b"] == "epi_warmup_frozen")].iloc[0]
+    # model 0 = seeds 0, 2: EPI 0.6, frozen 0.45 -> 0.15; model 1 = seeds 1, 3: 0.7, 0.6 -> 0.10
+    # mean 0.125; sd 0.035355, se 0.025, t(0.975, 1) = 12.706 -> half-width 0.31765
+    assert row["n"] == 2 and row["unit"] == "pretrained models"
+    assert row["a_mean"] == pytest.approx(0.65) and row["b_mean"] == pytest.approx(0.525)
+    assert row["diff"] == pytest.approx(0.125)
+    assert row["diff_low"] == pytest.approx(0.125 - 0.31765, abs=1e-4)
+    assert row["diff_high"] == pytest.approx(0.125 + 0.31765, abs=1e-4)
+    assert row["floor"] == pytest.approx(0.3) and row["ceiling"] == pytest.approx(0.9)
+    # every seed its own model: nothing to average, the note instead of a table
+    assert not len(mixed_summary.model_comparisons(_runs(lambda s: s), margin=0.03))
+    assert "note" in mixed_summary.model_rows(mixed_summary.model_comparisons(_runs(lambda s: s), margin=0.03))

@@ -74,16 +74,16 @@ def _pooled(df, arm: str, ratios: Sequence[float], task: str) -> dict:
     return {s: float(np.mean([p[s] for p in per])) for s in seeds}
 
 
-def compare_row(a: dict, b: dict, *, a_name: str, b_name: str, margin: float, **extra) -> dict:
-    """One comparison row (see the module docstring); ``a``/``b``: seed -> score."""
+def compare_row(a: dict, b: dict, *, a_name: str, b_name: str, margin: float, unit: str = UNIT, **extra) -> dict:
+    """One comparison row (see the module docstring); ``a``/``b``: unit (a seed) -> score."""
     keys = sorted(set(a) & set(b))
     a, b = {k: a[k] for k in keys}, {k: b[k] for k in keys}
-    row = {**extra, "a": a_name, "b": b_name, "margin": margin, "n": len(keys), "unit": UNIT}
+    row = {**extra, "a": a_name, "b": b_name, "margin": margin, "n": len(keys), "unit": unit}
     if len(keys) < 2:
         return {**row, "a_mean": np.nan, "b_mean": np.nan, "diff": np.nan, "diff_low": np.nan, "diff_high": np.nan,
                 "p_value": np.nan, "detectable": np.nan, "tost_p": np.nan, "outcome": "not_enough_data"}
-    c = stats.compare(a, b, unit=UNIT, metric="score", a_name=a_name, b_name=b_name)
-    e = summary.tost(a, b, margin=margin, unit=UNIT, metric="score", a_name=a_name, b_name=b_name)
+    c = stats.compare(a, b, unit=unit, metric="score", a_name=a_name, b_name=b_name)
+    e = summary.tost(a, b, margin=margin, unit=unit, metric="score", a_name=a_name, b_name=b_name)
     sd = float(np.std([a[k] - b[k] for k in keys], ddof=1))
     if c.verdict is stats.Verdict.A_BETTER:
         outcome = "a_better"
@@ -122,6 +122,52 @@ def comparisons(df, *, margin: float, pairs: Sequence[tuple[str, str]] = PAIRS):
     cols = ["a", "b", "ratio", "task", "a_mean", "b_mean", "diff", "diff_low", "diff_high", "p_value", "detectable",
             "tost_p", "margin", "outcome", "floor", "ceiling", "n", "unit"]
     return pd.DataFrame(rows, columns=cols)
+
+
+MODEL_UNIT = "pretrained models"
+
+
+def model_comparisons(df, *, margin: float, pairs: Sequence[tuple[str, str]] = PAIRS):
+    """The pooled comparisons on the mean over tasks with the pretrained model as the unit: the seeds
+    that start from one pretrained model (seed mod ``n_pretrain_seeds``) are averaged first, because
+    they share its weights and are not independent of each other; the seed rows of
+    :func:`comparisons` treat them as independent. A sensitivity check of those rows (review of issue
+    26): same columns, ``unit`` "pretrained models", ``n`` the number of models. Empty when every
+    seed has its own pretrained model (the seed intervals are then over independent units)."""
+    import pandas as pd
+
+    cols = ["a", "b", "ratio", "task", "a_mean", "b_mean", "diff", "diff_low", "diff_high", "p_value", "detectable",
+            "tost_p", "margin", "outcome", "floor", "ceiling", "n", "unit"]
+    model_of = dict(zip(df["seed"], df["pretrain_seed"]))
+    if not len(df) or max(list(model_of.values()).count(m) for m in set(model_of.values())) <= 1:
+        return pd.DataFrame(columns=cols)
+
+    def by_model(per_seed: dict) -> dict:
+        groups: dict = {}
+        for seed, score in per_seed.items():
+            groups.setdefault(model_of[seed], []).append(score)
+        return {m: float(np.mean(v)) for m, v in groups.items()}
+
+    arms, ratios = set(df["arm"]), sorted(df["ratio"].dropna().unique())
+    rows = []
+    for a, b in pairs:
+        if a in arms and b in arms:
+            floor, ceil = by_model(_by_seed(df, "full_sft", None, "mean")), by_model(_by_seed(df, "separate", None, "mean"))
+            rows.append(compare_row(by_model(_pooled(df, a, ratios, "mean")), by_model(_pooled(df, b, ratios, "mean")),
+                                    a_name=a, b_name=b, margin=margin, unit=MODEL_UNIT, ratio=np.nan, task="mean",
+                                    floor=float(np.mean(list(floor.values()))) if floor else np.nan,
+                                    ceiling=float(np.mean(list(ceil.values()))) if ceil else np.nan))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def model_rows(cmp):
+    """:func:`model_comparisons` for the reader, or a one-row note when every seed has its own model."""
+    import pandas as pd
+
+    if not len(cmp):
+        return pd.DataFrame([{"note": "every seed starts from its own pretrained model: the seed intervals above "
+                                      "are over independent units"}])
+    return _reader(cmp).rename(columns={"n": "n_models"})
 
 
 def wide_scores(scores, tasks: Sequence[str]):
@@ -200,7 +246,8 @@ def tables(records: Sequence, tasks: Sequence[str], *, margin: float, tuning: Se
     df = run_table(records, tasks)
     scores = score_table(df)
     return {"runs": df, "scores": scores, "score_table": wide_scores(scores, tasks),
-            "comparisons": comparisons(df, margin=margin), "masks": mask_table(records),
+            "comparisons": comparisons(df, margin=margin),
+            "model_comparisons": model_comparisons(df, margin=margin), "masks": mask_table(records),
             "turnover": turnover_curve(records), "tuning": pd.DataFrame(list(tuning))}
 
 
@@ -397,7 +444,8 @@ READER_NAMES = {"a": "A", "b": "B", "a_mean": "A mean", "b_mean": "B mean", "dif
                 "reprotected": "share of released re-protected", "first_final": "Jaccard first vs final set",
                 "overlap": "overlap between tasks (Jaccard)", "chance_overlap": "overlap of random sets",
                 "n_refreshes": "refreshes", "val_score": "validation score (mean over tasks)",
-                "arm": "arm", "lr": "learning rate", "interval": "mask interval", "warmup": "warmup steps"}
+                "arm": "arm", "lr": "learning rate", "interval": "mask interval", "warmup": "warmup steps",
+                "n_models": "pretrained models"}
 
 
 def _not_run(what: str, option: str):
