@@ -86,15 +86,21 @@ def test_step_masks_carry_local_frozen_positions():
     twin = {n: torch.nn.Parameter(p.detach().clone()) for n, p in params.items()}
     b0 = params["b"].detach().clone()
     opts = [MaskedAdamW(ps, lr=0.1, weight_decay=0.1) for ps in (params, twin)]
-    for _ in range(2):
+    for k in range(3):
+        if k == 2:  # resumed: loaded moments are laid out flat again
+            assert opts[0]._flat is not None and opts[1]._flat is None  # restored flat / per tensor
+            opts[0], state = MaskedAdamW(params, lr=0.1, weight_decay=0.1), opts[0].state_dict()
+            opts[0].load_state_dict(state)
         for ps, opt, masks in ((params, opts[0], sm), (twin, opts[1], {n: sm[n].clone() for n in sm})):
             for p in ps.values():
                 p.grad = torch.ones_like(p)
             opt.zero_masked_grads(masks)
             opt.step(masks)
+    assert opts[0]._flat is not None
     for n in params:  # positions given by the masks = positions computed from the bool masks
         assert torch.equal(params[n], twin[n])
-        assert torch.equal(opts[0].state[params[n]]["exp_avg"], opts[1].state[twin[n]]["exp_avg"])
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(opts[0].state[params[n]][key], opts[1].state[twin[n]][key])
     assert torch.equal(params["b"].detach()[:2], b0[:2]) and params["b"].detach()[2] != b0[2]  # frozen / moved
 
 

@@ -357,6 +357,11 @@ class StepMasks(Mapping):
             self._local = dict(zip(self._names, torch.split(local, counts)))
         return self._local
 
+    def flat_frozen(self) -> tuple[list[str], torch.Tensor]:
+        """``(names, positions)``: the tensors in layout order and the sorted frozen positions over
+        them laid end to end (``MaskedAdamW`` restores its flat moments with them in one pass)."""
+        return self._names, self._frozen
+
     def __getitem__(self, name):
         if self._masks is None:
             base = torch.ones(sum(self._sizes), dtype=torch.bool, device=self._frozen.device)

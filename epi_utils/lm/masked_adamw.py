@@ -18,6 +18,12 @@ Frozen positions are cached per mask tensor for one step (``frozen_cache="step"`
 no int64 positions per task stay allocated) or across steps (``"persistent"``: up to ~8 mask sets,
 for callers that return the same mask tensors at every step).
 
+Masks that carry their own frozen positions (``frozen_positions()``: the ``StepMasks`` of a compact
+isolation policy) are used as given, without a ``nonzero`` per mask; when they are laid out as this
+optimizer's parameters (``flat_frozen()``), ``exp_avg`` and ``exp_avg_sq`` live as views of two flat
+buffers and their frozen elements are saved and restored by one pass each instead of one per tensor
+(the moments are laid out flat at the first such step, and again after ``load_state_dict``).
+
 Fused importance (EPI, arXiv 2604.14010): ``defer_importance(tracker, task)`` makes the next
 ``zero_masked_grads`` (or, if it is not called, ``step``; or ``flush_importance`` before a mask
 refresh) fold the gradients into ``task``'s importance EMA (``ImportanceTracker.update_params``,
@@ -100,6 +106,46 @@ class MaskedAdamW(torch.optim.Optimizer):
         n_sets = 8 if frozen_cache == "persistent" else 1  # ~8 mask sets kept alive, or this step's
         self._frozen_index = FrozenPositions(max_entries=n_sets * len(self.names) + 1)
         self._pending: tuple | None = None
+        self._flat: tuple[torch.Tensor, torch.Tensor] | None = None  # exp_avg, exp_avg_sq of all parameters
+
+    def load_state_dict(self, state_dict) -> None:
+        """``torch.optim.Optimizer.load_state_dict``; the loaded moments are laid out flat again at
+        the next step."""
+        super().load_state_dict(state_dict)
+        self._flat = None
+
+    def _flat_moments(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``exp_avg`` and ``exp_avg_sq`` of every parameter as views of two flat buffers (the
+        parameters laid end to end, in order), created on first use (existing moments copied in,
+        missing ones zero with step 0), so that frozen moments are saved and restored by one
+        pass each; None when the parameters do not share one float dtype and device."""
+        params = self.param_groups[0]["params"]
+        if self._flat is not None:
+            fm, fv = self._flat
+            st = self.state.get(params[-1])
+            last = fm.numel() - params[-1].numel()
+            if st and st["exp_avg"].data_ptr() == fm[last:].data_ptr() \
+                    and st["exp_avg_sq"].data_ptr() == fv[last:].data_ptr():  # still the flat views
+                return self._flat
+        p0 = params[0]
+        if any(p.dtype != p0.dtype or p.device != p0.device or not p.is_contiguous() for p in params) \
+                or not p0.is_floating_point():
+            return None
+        n = sum(p.numel() for p in params)
+        fm, fv = (torch.zeros(n, dtype=p0.dtype, device=p0.device) for _ in range(2))
+        off = 0
+        for p in params:
+            st = self.state[p]
+            m, v = fm[off:off + p.numel()].view_as(p), fv[off:off + p.numel()].view_as(p)
+            if st:
+                m.copy_(st["exp_avg"])
+                v.copy_(st["exp_avg_sq"])
+            else:
+                st["step"] = torch.zeros((), dtype=torch.float32)
+            st["exp_avg"], st["exp_avg_sq"] = m, v
+            off += p.numel()
+        self._flat = (fm, fv)
+        return self._flat
 
     def defer_importance(self, tracker, task: str) -> None:
         """Fold the gradients into ``tracker``'s EMA of ``task`` during the next
@@ -139,28 +185,44 @@ class MaskedAdamW(torch.optim.Optimizer):
         given = self._given_positions(masks)
         if given is None:
             self._frozen_index.prepare(masks)
+        zeros = None
         for name, p in zip(self.names, self.param_groups[0]["params"]):
             if name in masks and p.grad is not None:
                 idx = self._positions(masks, given, name, p)
-                if idx.numel():
-                    p.grad.view(-1).index_fill_(0, idx, 0)
+                if idx.numel():  # scatter_ of a zero vector: the same zeros as index_fill_, faster on CPU
+                    g = p.grad.view(-1)
+                    if zeros is None or zeros.numel() < idx.numel() or zeros.dtype != g.dtype \
+                            or zeros.device != g.device:
+                        zeros = torch.zeros(max(idx.numel(), 4096), dtype=g.dtype, device=g.device)
+                    g.scatter_(0, idx, zeros[:idx.numel()])
 
     def _given_positions(self, masks) -> dict[str, torch.Tensor] | None:
         """The frozen positions a mask mapping carries itself (``frozen_positions()``, e.g. the
         ``StepMasks`` of a compact isolation policy), or None."""
         fn = getattr(masks, "frozen_positions", None)
-        return fn() if callable(fn) else None
+        if not callable(fn):
+            return None
+        given = fn()
+        if getattr(masks, "_checked_by", None) is not self:  # once per mask mapping
+            for name, p in zip(self.names, self.param_groups[0]["params"]):
+                idx = given.get(name)
+                if idx is not None and (not p.is_contiguous() or (idx.numel() and int(idx[-1]) >= p.numel())):
+                    raise ValueError(f"frozen positions of {name!r} do not fit the parameter (contiguous, "
+                                     f"{p.numel()} elements)")
+            try:
+                masks._checked_by = self
+                flat_frozen = getattr(masks, "flat_frozen", None)  # laid out as this optimizer's parameters
+                masks._flat_ok = callable(flat_frozen) and list(flat_frozen()[0]) == self.names
+            except AttributeError:
+                pass
+        return given
 
     def _positions(self, masks, given, name: str, p: torch.Tensor) -> torch.Tensor:
         """Flat int64 positions of the frozen elements of parameter ``name`` (given by the masks,
         or computed from the bool mask and cached per mask tensor)."""
         if given is None:
             return self._frozen_index(name, p, masks[name])
-        idx = given[name]
-        if not p.is_contiguous() or (idx.numel() and int(idx[-1]) >= p.numel()):
-            raise ValueError(f"frozen positions of {name!r} do not fit the parameter (contiguous, "
-                             f"{p.numel()} elements)")
-        return idx.to(p.device)
+        return given[name].to(p.device)
 
     @torch.no_grad()
     def step(self, masks: dict[str, torch.Tensor] | None = None, closure=None):  # type: ignore[override]
@@ -171,6 +233,11 @@ class MaskedAdamW(torch.optim.Optimizer):
         if self._pending is not None:  # importance deferred but zero_masked_grads not called
             self.zero_masked_grads(None)
         given = self._given_positions(masks)
+        flat = self._flat_moments() if given is not None and getattr(masks, "_flat_ok", False) else None
+        if flat is not None:  # frozen moments saved (and restored below) in one pass per buffer
+            _, pos = masks.flat_frozen()
+            pos = pos.to(flat[0].device)
+            saved_flat = [(t, t.index_select(0, pos)) for t in flat]
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for name, p in zip(group["names"], group["params"]):
@@ -190,7 +257,7 @@ class MaskedAdamW(torch.optim.Optimizer):
                     st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 m, v = st["exp_avg"], st["exp_avg_sq"]
                 if frozen is not None:  # save the masked elements; written back after the update
-                    saved = [(t, t.view(-1).index_select(0, frozen)) for t in (p.data, m, v)]
+                    saved = [(t, t.view(-1).index_select(0, frozen)) for t in ((p.data,) if flat else (p.data, m, v))]
                 st["step"] += 1
                 t = float(st["step"])
                 g = p.grad
@@ -202,6 +269,9 @@ class MaskedAdamW(torch.optim.Optimizer):
                 if frozen is not None:
                     for tensor, values in saved:  # distinct positions: scatter_ = index_copy_, faster on CPU
                         tensor.view(-1).scatter_(0, frozen, values)
+        if flat is not None:
+            for tensor, values in saved_flat:
+                tensor.scatter_(0, pos, values)
         if self.frozen_cache == "step":
             self._frozen_index.clear()
         return None
