@@ -99,12 +99,15 @@ def local_ray():
 
 
 SUBMITIT_LOCAL = {"cluster": "local", "poll_s": 0.3}
+# the tests that ask for the module's local Ray (some by request.getfixturevalue) stay on one pytest-xdist
+# worker, the group conftest.py gives the tests that name it as an argument
+ON_RAY = pytest.mark.xdist_group(__name__)
 
 
 def _same_results_and_failures(executor: str, options: dict) -> None:
-    jobs = [3, 1, 4, 1, 5]
+    jobs = [3, 1, 4]  # more jobs than workers: the third waits for a free one and still comes back third
     local = map_jobs(noisy_sum, jobs, workers=2)
-    assert [threads for _, threads in local] == [1] * 5  # one torch thread per task
+    assert [threads for _, threads in local] == [1] * 3  # one torch thread per task
     assert map_jobs(noisy_sum, jobs, workers=2, executor=executor, **options) == local  # bit-identical floats
     mixed = [4.0, -1.0, 9.0]
     expected = [("done", 2.0, None), ("failed", None, "math domain error"), ("done", 3.0, None)]
@@ -127,7 +130,7 @@ def test_ray_gives_the_local_results_and_failures(local_ray):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("executor", ["ray", "slurm"])
+@pytest.mark.parametrize("executor", [pytest.param("ray", marks=ON_RAY), "slurm"])
 def test_ctrl_c_cancels_remote_tasks(request, tmp_path, monkeypatch, executor):
     """A Ctrl-C in the submitting process cancels what is running remotely and starts nothing more."""
     import _thread
@@ -158,13 +161,15 @@ def test_ctrl_c_cancels_remote_tasks(request, tmp_path, monkeypatch, executor):
 
 
 @pytest.mark.slow
-def test_study02_grid_is_the_same_in_one_two_workers_and_on_ray(request):
-    """Study 02's runs through map_jobs (as its _run_jobs calls it): one process, two spawned
-    processes and a local Ray give the same records to the last bit."""
+@ON_RAY
+def test_study02_grid_is_the_same_in_one_process_and_on_ray(request):
+    """Study 02's runs through map_jobs (as its _run_jobs calls it): one process and a local Ray give
+    the same records to the last bit (two local worker processes: tests/test_study02_workers.py)."""
     from epi_utils.isolation_study import Config, study
     from epi_utils.isolation_study.inputs import build_inputs, seed_data
     from epi_utils.workbench import runs
 
+    request.getfixturevalue("local_ray")  # skips here where Ray cannot start
     torch.set_num_threads(1)
     cfg = Config(device="cpu", model_size="default", pretrain=False, n_seeds=2, n_train_per_task=8, n_val_per_task=4,
                  n_test_per_task=4, n_train_eval_per_task=2, steps_per_stage=4, batch_size=4, mask_update_interval=2,
@@ -179,15 +184,12 @@ def test_study02_grid_is_the_same_in_one_two_workers_and_on_ray(request):
     serial = map_jobs(study._run_job, todo, workers=1, **shared)
     study._SHARED.clear()
     assert len(serial) == 2 * (2 + 2)
-    for executor in ("local", "ray"):
-        if executor == "ray":
-            request.getfixturevalue("local_ray")  # skips here where Ray cannot start
-        other = map_jobs(study._run_job, todo, workers=2, executor=executor, **shared)
-        for a, b in zip(serial, other):
-            assert (a.method, a.seed, a.ratio) == (b.method, b.seed, b.ratio)
-            assert a.test == b.test and a.train == b.train and a.tokens == b.tokens
-            assert a.losses == b.losses and len(a.losses) == 8 and len(set(a.losses)) > 1  # bit-identical training
-        assert not study._SHARED  # the parent keeps no reference to the shared inputs of its workers
+    other = map_jobs(study._run_job, todo, workers=2, executor="ray", **shared)
+    for a, b in zip(serial, other, strict=True):
+        assert (a.method, a.seed, a.ratio) == (b.method, b.seed, b.ratio)
+        assert a.test == b.test and a.train == b.train and a.tokens == b.tokens
+        assert a.losses == b.losses and len(a.losses) == 8 and len(set(a.losses)) > 1  # bit-identical training
+    assert not study._SHARED  # the parent keeps no reference to the shared inputs of its workers
 
 
 def test_backends_are_imported_only_where_used():
@@ -210,27 +212,45 @@ def _sweep_results(out: Path) -> tuple[list, list]:
     return pd.read_csv(out / "summary.csv").to_dict("records"), [(r["status"], r["metrics"], r["parameters"]) for r in records]
 
 
+def _toy_sweep(notebook: Path, reports: Path, where: str, **options) -> tuple[list, list]:
+    """The toy grid (seed 1, 2) swept on ``where``: its summary and (status, metrics, parameters) per run,
+    after checking every run folder (report, notebook, figures) and the progress line."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        out = sweep(notebook, grid={"seed": ["1", "2"]}, profile="smoke", jobs=2, reports_dir=reports,
+                    executor=where, **options)
+    runs = list((reports / "99_toy").glob("*-00?"))
+    assert len(runs) == 2
+    for run in runs:
+        assert {p.name for p in run.iterdir()} >= {"metrics.json", "report.html", "notebook.ipynb", "figures"}
+        assert (run / "figures" / "line.png").is_file()
+    said = [ln for ln in err.getvalue().splitlines() if "points done" in ln]
+    assert said[-1].split(": ")[1].startswith("2/2 points done") and "failed" not in said[-1]
+    assert (" on " + where in said[-1]) == (where != "local")
+    return _sweep_results(out)
+
+
+@pytest.fixture(scope="module")
+def local_toy_sweep(tmp_path_factory):
+    """The toy grid swept on local processes once, the reference of every remote backend's test."""
+    base = tmp_path_factory.mktemp("local_sweep")
+    found = _toy_sweep(write_notebook(base / "notebooks", "99_toy", TOY_PARAMS, TOY_CELLS), base / "local", "local")
+    assert [m["value"] for _, m, _ in found[1]] == [10.0, 20.0]
+    return found
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("executor", ["slurm", "ray"])
-def test_sweep_gives_the_same_runs_locally_and_remotely(request, toy_notebook, tmp_path, capsys, executor):
+@pytest.mark.parametrize("executor", ["slurm", pytest.param("ray", marks=ON_RAY)])
+def test_sweep_gives_the_same_runs_locally_and_remotely(request, local_toy_sweep, toy_notebook, tmp_path, executor):
     """The toy grid on local processes and on submitit's local executor / a local Ray: the same
     summary and metrics, and every run folder (report, notebook, figures) under reports/ as a local run's."""
     if executor == "ray":
         request.getfixturevalue("local_ray")
-    grid = {"seed": ["1", "2"]}
-    found = {}
-    for where, options in (("local", {}), (executor, {**SUBMITIT_LOCAL, "folder": tmp_path / "s"} if executor == "slurm" else {})):
-        reports = tmp_path / where
-        out = sweep(toy_notebook, grid=grid, profile="smoke", jobs=2, reports_dir=reports, executor=where, **options)
-        found[where] = _sweep_results(out)
-        for run in (reports / "99_toy").glob("*-00?"):
-            assert {p.name for p in run.iterdir()} >= {"metrics.json", "report.html", "notebook.ipynb", "figures"}
-            assert (run / "figures" / "line.png").is_file()
-        said = [ln for ln in capsys.readouterr().err.splitlines() if "points done" in ln]
-        assert said[-1].split(": ")[1].startswith("2/2 points done") and "failed" not in said[-1]
-        assert (" on " + where in said[-1]) == (where != "local")
-    assert found[executor] == found["local"]
-    assert [m["value"] for _, m, _ in found["local"][1]] == [10.0, 20.0]
+    options = {**SUBMITIT_LOCAL, "folder": tmp_path / "s"} if executor == "slurm" else {}
+    assert _toy_sweep(toy_notebook, tmp_path / executor, executor, **options) == local_toy_sweep
 
 
 def test_a_remote_task_without_the_notebook_runs_a_copy_and_ships_its_folder_back(toy_notebook, tmp_path):
