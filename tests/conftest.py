@@ -17,6 +17,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # tiny, and on a 2-core machine that runs anything else, two threads per process oversubscribe
 # the cores (measured here: a tiny-model SFT step 5-10x slower with 2 threads under load).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers (pytest-xdist): one thread each, always
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -62,3 +64,15 @@ def toy_notebook(tmp_path: Path) -> Path:
 
 # session fixtures of the language-model testbed (small world, pretrained tiny model), for any test
 pytest_plugins = ["lm_fixtures"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """For `make test`'s pytest-xdist run (``-n 2 --dist loadgroup``): a test that uses a module-scoped
+    fixture (a pretrained model, a run, a local Ray, JupyterLab) joins its module's group, so one
+    worker builds that fixture once instead of each worker building it again."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        if any(fd.scope == "module" for name in info.names_closure for fd in info.name2fixturedefs.get(name, ())):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -29,9 +29,16 @@ def small_world():
 def small_tiny(small_world):
     """(model, tokenizer) pretrained on the small world's corpus (cached). Do not train it in place:
     use the ``fresh_tiny`` fixture for a private copy."""
-    from epi_utils.lm.models import load_model
+    import fcntl
 
-    return load_model("tiny", world=small_world, device="cpu", tiny_pretrain=SMALL_PRETRAIN, progress=False)
+    from epi_utils.lm.models import load_model
+    from epi_utils.workbench import runs
+
+    # Under pytest-xdist each worker builds this session fixture: the first pretrains (fresh clone, empty
+    # cache), the others wait for it and load the cached model instead of pretraining the same one again.
+    with open(runs.cache_dir() / ".small_tiny.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return load_model("tiny", world=small_world, device="cpu", tiny_pretrain=SMALL_PRETRAIN, progress=False)
 
 
 @pytest.fixture()
