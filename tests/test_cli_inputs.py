@@ -166,7 +166,7 @@ def test_a_stopped_run_is_marked_interrupted_at_once(toy_notebook, tmp_path, how
     a batch scheduler) sends SIGTERM to the runner alone, e.g. one started with ``&`` that ignores
     SIGINT. Either marks the run at once, with one line and no empty folder."""
     reports = tmp_path / "r"
-    proc = subprocess.Popen([*TOY, "run", str(toy_notebook), "--profile", "smoke", "-p", "sleep_s", "60",
+    proc = subprocess.Popen([*TOY, "run", str(toy_notebook), "--profile", "smoke", "-p", "sleep_s", "600",
                              "--out", str(reports)], start_new_session=True, preexec_fn=_terminal_signals,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for("99_toy/*/notebook.ipynb", reports)
@@ -188,7 +188,7 @@ def test_a_stopped_run_is_marked_interrupted_at_once(toy_notebook, tmp_path, how
 def test_ctrl_c_in_a_parallel_sweep_marks_every_unfinished_run(toy_notebook, tmp_path):
     reports = tmp_path / "r"
     proc = subprocess.Popen([*TOY, "sweep", str(toy_notebook), "--profile", "smoke", "-p", "seed", "0,1,2",
-                             "-p", "sleep_s", "60", "--jobs", "2", "--out", str(reports)],
+                             "-p", "sleep_s", "600", "--jobs", "2", "--out", str(reports)],
                             start_new_session=True, preexec_fn=_terminal_signals,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for("99_toy/*/notebook.ipynb", reports, n=2)

@@ -80,14 +80,18 @@ def local_ray():
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, saved) if p)
     address = os.environ.get("EPI_TEST_RAY_ADDRESS")  # a Ray started beforehand (its workers need PYTHONPATH too)
     try:
-        try:
-            if address:
-                ray.init(address=address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        except Exception as exc:
-            ray.shutdown()
-            pytest.skip(f"a local Ray could not start on this machine ({str(exc)[:120]}); "
+        for _ in range(2):  # a second start finds the files cached and usually makes the 15 s
+            try:
+                if address:
+                    ray.init(address=address, log_to_driver=False)
+                else:
+                    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+                break
+            except Exception as exc:
+                ray.shutdown()
+                error = exc
+        else:
+            pytest.skip(f"a local Ray could not start on this machine, twice ({str(error)[:120]}); "
                         "the raylet allows its agent 15 s to start (ray-project/ray#65983): rerun when the machine is less loaded")
         yield ray
         ray.shutdown()
@@ -336,15 +340,15 @@ def test_sigterm_stops_a_parallel_sweep_like_ctrl_c(toy_notebook, tmp_path):
     their runs are marked interrupted, no queued point starts later, and what is done is summarised."""
     reports = tmp_path / "r"
     proc = subprocess.Popen([*EPI, "sweep", str(toy_notebook), "--profile", "smoke", "-p", "seed", "0,1,2",
-                             "-p", "sleep_s", "60", "--jobs", "2", "--out", str(reports)],
+                             "-p", "sleep_s", "600", "--jobs", "2", "--out", str(reports)],
                             start_new_session=True, preexec_fn=_terminal_signals,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 150
+    deadline = time.time() + 300  # bounds a hang only: kernels start slowly on a loaded machine
     while len(list(reports.glob("99_toy/*/notebook.ipynb"))) < 2 and time.time() < deadline:
         time.sleep(0.3)
     time.sleep(2)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=90)
+    out, err = proc.communicate(timeout=240)
     assert proc.returncode == 130, err
     assert "Traceback" not in out + err
     said = [ln for ln in (out + err).splitlines() if "interrupted" in ln]

@@ -99,7 +99,7 @@ def test_failing_notebook_gives_failed_run_in_index(toy_notebook, tmp_path, caps
 def test_killed_run_never_claims_success(toy_notebook, tmp_path):
     reports = tmp_path / "r"
     proc = subprocess.Popen([sys.executable, "-m", "epi_utils.workbench.cli", "run", str(toy_notebook), "--profile", "smoke",
-                             "-p", "sleep_s", "60", "--out", str(reports)], start_new_session=True,
+                             "-p", "sleep_s", "600", "--out", str(reports)], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300  # bounds a hang only: a kernel starts slowly on a loaded machine
     metrics = None
