@@ -392,7 +392,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--smollm2-batch", type=int, default=4, help="sequences of 32 tokens per SmolLM2 step "
                     "(EPI's extra work does not depend on it; forward+backward is also timed at 1024 tokens)")
     ap.add_argument("--skip-peft", action="store_true")
-    ap.add_argument("--only-smollm2", action="store_true", help="skip the tiny model's sections")
+    ap.add_argument("--only-smollm2", action="store_true", help="SmolLM2 only (implies --smollm2)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     clock = args.clock or ("cpu" if args.threads == 1 else "wall")
@@ -406,7 +406,7 @@ def main(argv=None) -> dict:
                                           seq=32)}
     if not (args.skip_peft or args.only_smollm2):
         result["peft"] = compare_with_peft()
-    if args.smollm2:
+    if args.smollm2 or args.only_smollm2:
         from epi_utils.lm.models import load_model
 
         model, tok = load_model("smollm2", device="cpu")
