@@ -4,7 +4,8 @@ Prints one JSON object measured in one run (modes interleaved round-robin so tha
 hits them alike; one thread by default). Modes: ``legacy`` (EPI's state before issue 19: bool
 critical sets, int8 owner map, a cached bool mask per task, frozen positions cached across steps,
 importance as its own tracker pass), ``fp32`` (the EPI policy's default: bit-packed critical sets,
-owners derived from them, masks built per step, importance fused into ``MaskedAdamW``'s gradient
+owners derived from them, each step's frozen positions derived from them by one ``nonzero``
+(``StepMasks``; no positions kept between steps), importance fused into ``MaskedAdamW``'s gradient
 pass), ``bf16`` (fp32 with a bf16 EMA), ``lean`` (an fp32 EMA per block of 64 elements).
 
 - ``memory``: EPI state in bytes per parameter for T = 3 and T = 7 tasks in each mode, measured
