@@ -45,6 +45,7 @@ def test_perfect_diagnosis_gives_macro_f1_one_and_metrics():
     manif = summary.manifestation(recs)
     assert manif.loc["conflict", "unlearned_min"] == 4
     assert manif.loc["none", "prevalence"] == pytest.approx(3 / 23)
+    assert (manif["prevalence_low"] >= 0).all() and (manif["prevalence_high"] <= 1).all()
     cmp = summary.mitigation_comparisons(recs)
     # paired differences 0.5, 0.5, 0.3: mean 0.433, sd 0.1155, t(2) 4.303 -> half-width 0.287
     assert cmp["conflict"].diff.mean == pytest.approx(1.3 / 3) and cmp["conflict"].a_name == "targeted fix"
@@ -54,6 +55,18 @@ def test_perfect_diagnosis_gives_macro_f1_one_and_metrics():
     assert metrics["mitigation"]["conflict"]["verdict"] == "a_better"
     assert "diagnosis.macro_f1.mean" in heads
     assert len(explorer.explorer_table(summary.pooled_table(recs), limit=5)) == 5
+
+
+def test_prevalence_interval_stays_inside_zero_one():
+    recs = _records()
+    t = recs[0].table
+    t.loc[t["truth"] == "none", ["learned", "truth", "diagnosis"]] = [True, "learned", None]
+    # 'none' makes up 0/20, 3/23, 3/23 of the unlearned samples: mean 0.087, sd 0.0753; a plain t-interval
+    # (t(2) = 4.303) would reach 0.087 - 0.187 < 0
+    manif = summary.manifestation(recs)
+    assert manif.loc["none", "prevalence"] == pytest.approx(2 / 23)
+    assert 0.0 <= manif.loc["none", "prevalence_low"] < manif.loc["none", "prevalence"]
+    assert manif.loc["none", "prevalence_high"] <= 1.0
 
 
 def test_scores_by_hand_with_interval_over_worlds():

@@ -81,7 +81,8 @@ def run_lines(records: Sequence[SeedRecord], *, estimate=None) -> str:
 # --------------------------------------------------------------------------- manifestation
 def manifestation(records: Sequence[SeedRecord]) -> pd.DataFrame:
     """Per truth cause (and ``none``): unlearned samples per world (mean, min, max) and the share
-    of the unlearned samples it makes up (``prevalence``, with its interval over worlds)."""
+    of the unlearned samples it makes up (``prevalence``, with its interval over worlds, kept inside
+    [0, 1]: logit-t, or Wilson where every world has the same share)."""
     rows = []
     for c in (*CAUSES, NO_CAUSE):
         for r in records:
@@ -93,7 +94,7 @@ def manifestation(records: Sequence[SeedRecord]) -> pd.DataFrame:
                                                                  unlearned_max="max")
     counts["unlearned_mean"] = counts["unlearned_mean"].astype(float)
     ivs = stats.interval_table(long, by=["cause"], columns=["prevalence"], unit=UNIT, unit_column="seed",
-                               method="auto").set_index("cause")
+                               method="auto", bounds=(0.0, 1.0)).set_index("cause")   # a share: never below 0
     return counts.join(ivs)
 
 
