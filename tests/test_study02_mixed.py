@@ -160,10 +160,14 @@ def test_tiny_grid_end_to_end(tiny_result):
     assert set(res.headlines()) <= set(_flat(res.metrics()))
     # the capacity check: per seed, the all-parameters models (ratio 1) and the critical-set-only models
     caps = res.capacity_records
-    assert sorted((r.seed, r.ratio) for r in caps) == [(0, 0.2), (0, 1.0), (1, 0.2), (1, 1.0)]
+    assert sorted((r.seed, r.ratio) for r in caps if r.arm == "capacity") == [(0, 0.0), (0, 0.2), (0, 1.0), (1, 0.0),
+                                                                             (1, 0.2), (1, 1.0)]
+    assert sorted((r.seed, r.ratio) for r in caps if r.arm == "capacity_random") == [(0, 0.2), (1, 0.2)]
     assert all(r.steps == 8 for r in caps if r.ratio == 0.2)        # 2 tasks x 8 // 2 steps, each task alone
+    assert all(r.steps == 0 for r in caps if r.ratio == 0.0)        # the floor: the pretrained model as it is
     cap = res.frames()["capacity"]
     assert list(cap["task"]) == ["format_conversion", "key_lookup", "mean"] and (cap["n"] == 2).all()
+    assert cap[["random_set", "base_model", "diff_random"]].notna().all().all()
     # the forgetting table: plain EPI and EPI frozen beside the bounds, paired rows per metric
     fg = res.frames()["forgetting"]
     assert set(fg["arm"]) == {"full_sft", "separate", "replay", "epi@20%", "epi_frozen@20%"}
@@ -181,8 +185,16 @@ def test_capacity_table_by_hand():
         return mixed.MixedRecord(arm="capacity", seed=seed, ratio=ratio, hp={}, tuning=False, pretrain_seed=0,
                                  test={"a": a, "b": b})
 
-    recs = [rec(0, 1.0, 0.8, 0.4), rec(1, 1.0, 0.8, 0.6), rec(0, 0.1, 0.4, 0.2), rec(1, 0.1, 0.6, 0.2)]
+    recs = [rec(0, 1.0, 0.8, 0.4), rec(1, 1.0, 0.8, 0.6), rec(0, 0.1, 0.4, 0.2), rec(1, 0.1, 0.6, 0.2),
+            rec(0, 0.0, 0.1, 0.0), rec(1, 0.0, 0.3, 0.0)]
+    # the control: a random set of the same size, task a 0.2 / 0.5
+    recs += [mixed.MixedRecord(arm="capacity_random", seed=s, ratio=0.1, hp={}, tuning=False, pretrain_seed=0,
+                               test={"a": a, "b": 0.1}) for s, a in ((0, 0.2), (1, 0.5))]
     t = checks.capacity_table(recs, ["a", "b"]).set_index("task")
+    assert t.loc["a", "base_model"] == pytest.approx(0.2) and t.loc["a", "random_set"] == pytest.approx(0.35)
+    # critical - random on task a: 0.4 - 0.2 = 0.2, 0.6 - 0.5 = 0.1 -> 0.15; half-width 12.706 * 0.0707 / sqrt(2)
+    assert t.loc["a", "diff_random"] == pytest.approx(0.15)
+    assert t.loc["a", "diff_random_high"] == pytest.approx(0.15 + 12.706 * 0.070711 / np.sqrt(2), abs=1e-3)
     assert t.loc["a", "share_only"] == pytest.approx(0.5) and t.loc["a", "all_parameters"] == pytest.approx(0.8)
     assert t.loc["a", "diff"] == pytest.approx(-0.3) and t.loc["a", "share_kept"] == pytest.approx(0.625)
     # diffs -0.4, -0.2: mean -0.3, sd 0.1414, t(0.975, 1) = 12.706 -> half-width 12.706 * 0.1414 / sqrt(2) = 1.2706

@@ -8,7 +8,9 @@ what does plain EPI do to forgetting in the sequential (two-stage) design.
   fresh copy of the pretrained model is trained on that task alone for the same steps with ONLY that
   set trainable (every other element frozen, policy ``frozen_cores``). Its test score next to the
   all-parameters model of the same seed says whether a share of ``r`` can hold a task: if it cannot,
-  protecting ``r`` cannot protect the task either.
+  protecting ``r`` cannot protect the task either. Beside it: the floor (the pretrained model, untrained)
+  and a control, a random set of the same size trainable (the critical set shuffled over all elements):
+  a critical set that does no better than a random one of its size is not what carries the task.
 - **Forgetting** (:func:`forgetting_run`, :func:`forgetting_tables`): the earlier two-stage design
   (stage 0 = the first half of the tasks, stage 1 = the rest; :mod:`.study`) with plain ``epi`` and
   ``epi_frozen`` (its stage-0 set pinned in stage 1) at the grid's ratios, beside full SFT, one model
@@ -29,35 +31,49 @@ UNIT = "seeds"
 
 def capacity_table(records: Sequence, tasks: Sequence[str]):
     """Per ratio and task (and ``mean``): the score of the model with only the task's critical set
-    trainable, the all-parameters model's score on the same seeds, their paired difference with its
-    95% t-interval over seeds, and ``share_kept`` = share-only mean / all-parameters mean."""
+    trainable, the all-parameters model's score on the same seeds and their paired difference with its
+    95% t-interval over seeds, ``share_kept`` = share-only mean / all-parameters mean, the floor
+    (``base_model``: the pretrained model untrained) and the control (``random_set``: a random set of
+    the same size trainable) with the paired difference critical - random (``diff_random``)."""
     import pandas as pd
 
-    cols = ["ratio", "task", "share_only", "share_only_low", "share_only_high", "all_parameters", "diff",
-            "diff_low", "diff_high", "share_kept", "n", "unit"]
-    caps = [r for r in records if r.arm == "capacity" and not r.tuning]
-    if not caps:
+    cols = ["ratio", "task", "share_only", "share_only_low", "share_only_high", "random_set", "diff_random",
+            "diff_random_low", "diff_random_high", "all_parameters", "base_model", "diff", "diff_low", "diff_high",
+            "share_kept", "n", "unit"]
+    caps = [r for r in records if r.arm in ("capacity", "capacity_random") and not r.tuning]
+    if not [r for r in caps if r.arm == "capacity"]:
         return pd.DataFrame(columns=cols)
-    per: dict[tuple[float, str], dict[int, float]] = {}
+    per: dict[tuple[str, float, str], dict[int, float]] = {}
     for r in caps:
         for t in tasks:
-            per.setdefault((r.ratio, t), {})[r.seed] = r.test.get(t, np.nan)
-        per.setdefault((r.ratio, "mean"), {})[r.seed] = float(np.mean([r.test[t] for t in tasks]))
-    rows = []
-    for (ratio, task), by_seed in sorted(per.items(), key=lambda kv: (kv[0][0], kv[0][1] == "mean")):
-        if ratio == 1.0:
-            continue
-        ref = per.get((1.0, task), {})
-        seeds = sorted(set(by_seed) & set(ref))
+            per.setdefault((r.arm, r.ratio, t), {})[r.seed] = r.test.get(t, np.nan)
+        per.setdefault((r.arm, r.ratio, "mean"), {})[r.seed] = float(np.mean([r.test[t] for t in tasks]))
+
+    def paired(a: dict, b: dict, b_name: str):
+        seeds = sorted(set(a) & set(b))
         if len(seeds) < 2:
+            return None
+        return stats.compare({s: a[s] for s in seeds}, {s: b[s] for s in seeds}, unit=UNIT, metric="score",
+                             a_name="critical set only", b_name=b_name)
+
+    rows = []
+    keys = sorted((k for k in per if k[0] == "capacity" and k[1] not in (0.0, 1.0)), key=lambda k: (k[1], k[2] == "mean"))
+    for _, ratio, task in keys:
+        by_seed, ref = per[("capacity", ratio, task)], per.get(("capacity", 1.0, task), {})
+        c = paired(by_seed, ref, "all parameters")
+        if c is None:
             continue
-        a, b = {s: by_seed[s] for s in seeds}, {s: ref[s] for s in seeds}
-        iv = stats.interval(list(a.values()), unit=UNIT, bounds=(0.0, 1.0))
-        c = stats.compare(a, b, unit=UNIT, metric="score", a_name="share only", b_name="all parameters")
+        iv = stats.interval([by_seed[s] for s in sorted(set(by_seed) & set(ref))], unit=UNIT, bounds=(0.0, 1.0))
+        rnd = paired(by_seed, per.get(("capacity_random", ratio, task), {}), "random set")
+        floor = per.get(("capacity", 0.0, task), {})
+        nan3 = (np.nan, np.nan, np.nan)
+        dr = (rnd.diff.mean, rnd.diff.low, rnd.diff.high) if rnd is not None else nan3
         rows.append({"ratio": ratio, "task": task, "share_only": iv.mean, "share_only_low": iv.low,
-                     "share_only_high": iv.high, "all_parameters": c.b_mean, "diff": c.diff.mean,
-                     "diff_low": c.diff.low, "diff_high": c.diff.high,
-                     "share_kept": c.a_mean / c.b_mean if c.b_mean > 0 else np.nan, "n": len(seeds), "unit": UNIT})
+                     "share_only_high": iv.high, "random_set": rnd.b_mean if rnd is not None else np.nan,
+                     "diff_random": dr[0], "diff_random_low": dr[1], "diff_random_high": dr[2],
+                     "all_parameters": c.b_mean, "base_model": float(np.mean(list(floor.values()))) if floor else np.nan,
+                     "diff": c.diff.mean, "diff_low": c.diff.low, "diff_high": c.diff.high,
+                     "share_kept": c.a_mean / c.b_mean if c.b_mean > 0 else np.nan, "n": c.diff.n, "unit": UNIT})
     return pd.DataFrame(rows, columns=cols)
 
 

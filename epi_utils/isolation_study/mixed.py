@@ -282,9 +282,11 @@ def cpi_runs(*, data: MixedData, base, cfg: Config, ratios: Sequence[float], hp:
 
 
 def capacity_runs(*, data, base, cfg: Config, ratios: Sequence[float], hp: dict, pretrain_seed: int) -> list:
-    """One :class:`.mixed.MixedRecord` (arm ``capacity``) per ratio of ``ratios`` plus one at ratio 1.0
-    (the all-parameters per-task models), each holding every task's test score from its own model
-    (:mod:`.checks` says what it shows). ``hp["lr"]``: the per-task learning rate (the ceiling's tuned one)."""
+    """One :class:`.mixed.MixedRecord` (arm ``capacity``) per ratio of ``ratios``, one at ratio 1.0 (the
+    all-parameters per-task models) and one at ratio 0.0 (the pretrained model untrained: the floor), and
+    per ratio one of arm ``capacity_random`` (a random set of the same size trainable: the control), each
+    holding every task's test score from its own model (:mod:`.checks` says what it shows).
+    ``hp["lr"]``: the per-task learning rate (the ceiling's tuned one)."""
     t0 = time.perf_counter()
     models = per_task_models(data=data, base=base, cfg=cfg, lr=hp["lr"])
     full = MixedRecord(arm="capacity", seed=data.seed, ratio=1.0, hp=dict(hp), tuning=False,
@@ -292,25 +294,31 @@ def capacity_runs(*, data, base, cfg: Config, ratios: Sequence[float], hp: dict,
     for t, m in models.items():
         _finish(full, m, base[1], data=data, cfg=cfg, tasks=[t])
     full.seconds = time.perf_counter() - t0
-    out = [full]
+    floor = MixedRecord(arm="capacity", seed=data.seed, ratio=0.0, hp=dict(hp), tuning=False,
+                        pretrain_seed=pretrain_seed)
+    _finish(floor, base[0], base[1], data=data, cfg=cfg)
+    out = [full, floor]
     steps = max(1, cfg.steps_per_stage // len(data.tasks))
     for r in ratios:
-        t1 = time.perf_counter()
-        rec = MixedRecord(arm="capacity", seed=data.seed, ratio=float(r), hp=dict(hp), tuning=False,
-                          pretrain_seed=pretrain_seed)
         names, sizes, _, _, _, sets = core_regions(base[0], models, r)
-        for k, t in enumerate(data.tasks):
-            runs.seed_everything(data.seed * 1000 + k)
-            model = copy.deepcopy(base[0])
-            params = dict(model.named_parameters())
-            frozen = {n: (~piece).view_as(params[n]).clone() for n, piece in zip(names, torch.split(sets[t], sizes))}
-            policy = make_policy("frozen_cores", tasks=list(data.tasks), cores=frozen)
-            _train(model, base[1], list(data.train[t]), steps=steps, lr=hp["lr"], seed=data.seed,
-                   hooks=[policy, Counter(rec)], cfg=cfg)
-            _finish(rec, model, base[1], data=data, cfg=cfg, tasks=[t])
-        rec.masks = {"trainable_share": float(r)}
-        rec.seconds = time.perf_counter() - t1
-        out.append(rec)
+        draw = torch.Generator().manual_seed(data.seed)
+        for arm in ("capacity", "capacity_random"):
+            t1 = time.perf_counter()
+            rec = MixedRecord(arm=arm, seed=data.seed, ratio=float(r), hp=dict(hp), tuning=False,
+                              pretrain_seed=pretrain_seed)
+            for k, t in enumerate(data.tasks):
+                runs.seed_everything(data.seed * 1000 + k)
+                chosen = sets[t] if arm == "capacity" else sets[t][torch.randperm(sets[t].numel(), generator=draw)]
+                model = copy.deepcopy(base[0])
+                params = dict(model.named_parameters())
+                frozen = {n: (~piece).view_as(params[n]).clone() for n, piece in zip(names, torch.split(chosen, sizes))}
+                policy = make_policy("frozen_cores", tasks=list(data.tasks), cores=frozen)
+                _train(model, base[1], list(data.train[t]), steps=steps, lr=hp["lr"], seed=data.seed,
+                       hooks=[policy, Counter(rec)], cfg=cfg)
+                _finish(rec, model, base[1], data=data, cfg=cfg, tasks=[t])
+            rec.masks = {"trainable_share": float(r)}
+            rec.seconds = time.perf_counter() - t1
+            out.append(rec)
     return out
 
 

@@ -490,6 +490,8 @@ def forgetting_comparison_rows(cmp):
 
 
 READER_NAMES.update({"capacity_diff": "critical set only - all parameters (95% CI)",
+                     "random_set": "random set of the same size trainable (control)",
+                     "diff_random": "critical set - random set (95% CI)", "base_model": "pretrained model (floor)",
                      "share_only": "only the critical set trainable", "all_parameters": "all parameters trainable",
                      "share_kept": "share of the all-parameters score", "learned0": "stage 0 learned",
                      "retained0": "stage 0 retained", "forgetting0": "forgetting", "plastic": "stage 1 learned",
