@@ -65,14 +65,3 @@ def toy_notebook(tmp_path: Path) -> Path:
 # session fixtures of the language-model testbed (small world, pretrained tiny model), for any test
 pytest_plugins = ["lm_fixtures"]
 
-
-def pytest_collection_modifyitems(config, items):
-    """For `make test`'s pytest-xdist run (``-n 2 --dist loadgroup``): a test that uses a module-scoped
-    fixture (a pretrained model, a run, a local Ray, JupyterLab) joins its module's group, so one
-    worker builds that fixture once instead of each worker building it again."""
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None:
-            continue
-        if any(fd.scope == "module" for name in info.names_closure for fd in info.name2fixturedefs.get(name, ())):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -103,9 +103,6 @@ def local_ray():
 
 
 SUBMITIT_LOCAL = {"cluster": "local", "poll_s": 0.3}
-# the tests that ask for the module's local Ray (some by request.getfixturevalue) stay on one pytest-xdist
-# worker, the group conftest.py gives the tests that name it as an argument
-ON_RAY = pytest.mark.xdist_group(__name__)
 
 
 def _same_results_and_failures(executor: str, options: dict) -> None:
@@ -134,7 +131,7 @@ def test_ray_gives_the_local_results_and_failures(local_ray):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("executor", [pytest.param("ray", marks=ON_RAY), "slurm"])
+@pytest.mark.parametrize("executor", ["ray", "slurm"])
 def test_ctrl_c_cancels_remote_tasks(request, tmp_path, monkeypatch, executor):
     """A Ctrl-C in the submitting process cancels what is running remotely and starts nothing more."""
     import _thread
@@ -165,7 +162,6 @@ def test_ctrl_c_cancels_remote_tasks(request, tmp_path, monkeypatch, executor):
 
 
 @pytest.mark.slow
-@ON_RAY
 def test_study02_grid_is_the_same_in_one_process_and_on_ray(request):
     """Study 02's runs through map_jobs (as its _run_jobs calls it): one process and a local Ray give
     the same records to the last bit (two local worker processes: tests/test_study02_workers.py)."""
@@ -247,7 +243,7 @@ def local_toy_sweep(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("executor", ["slurm", pytest.param("ray", marks=ON_RAY)])
+@pytest.mark.parametrize("executor", ["slurm", "ray"])
 def test_sweep_gives_the_same_runs_locally_and_remotely(request, local_toy_sweep, toy_notebook, tmp_path, executor):
     """The toy grid on local processes and on submitit's local executor / a local Ray: the same
     summary and metrics, and every run folder (report, notebook, figures) under reports/ as a local run's."""
