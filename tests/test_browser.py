@@ -59,6 +59,9 @@ LAB_SETTINGS = {
     "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
     "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false"},
 }
+# Every wait polls for what it waits for and returns as soon as it is there: the limit only bounds a
+# hang, and is generous because `make test` runs beside other work (2 pytest workers, maybe a study run).
+WAIT_S = 300
 WIDGET_CHECK = "from tqdm.auto import tqdm\nfor _ in tqdm(range(5), desc='widget check'):\n    pass"
 
 
@@ -121,7 +124,7 @@ def lab(tmp_path_factory):
         (settings / rel).parent.mkdir(parents=True, exist_ok=True)
         (settings / rel).write_text(json.dumps(value))
 
-    port, token = _free_port(), secrets.token_hex(16)
+    token = secrets.token_hex(16)
     data_dir = str(runs.data_dir())
     env = {**os.environ, "EPI_DATA_DIR": data_dir, "EPI_RUN_DIR": str(base / "run"),
            "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTERLAB_WORKSPACES_DIR": str(base / "workspaces"),
@@ -130,17 +133,25 @@ def lab(tmp_path_factory):
         env.pop(name, None)
     if Path(data_dir) == (REPO.parent / "shared" / "data").resolve():
         env.pop("EPI_DATA_DIR")  # the usual case: `make lab` must find ../shared/data by its own rule
-    # `-o venv`: the bootstrap already ran for this interpreter; a test must not reinstall packages.
-    lab_args = (f"--ServerApp.ip=127.0.0.1 --ServerApp.port={port} "
-                f"--ServerApp.port_retries=0 --IdentityProvider.token={token} --no-browser")
     log = base / "lab.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(["make", "--no-print-directory", "-C", str(REPO), "-o", "venv", "lab",
-                                 f"VENV={sys.prefix}", f"LAB_DIR={root}", f"LAB_ARGS={lab_args}"],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    for attempt in range(3):  # the free port can be taken between _free_port() and Lab's bind (other tests run beside)
+        port = _free_port()
+        # `-o venv`: the bootstrap already ran for this interpreter; a test must not reinstall packages.
+        lab_args = (f"--ServerApp.ip=127.0.0.1 --ServerApp.port={port} "
+                    f"--ServerApp.port_retries=0 --IdentityProvider.token={token} --no-browser")
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(["make", "--no-print-directory", "-C", str(REPO), "-o", "venv", "lab",
+                                     f"VENV={sys.prefix}", f"LAB_DIR={root}", f"LAB_ARGS={lab_args}"],
+                                    env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_http(f"{url}/api/status?token={token}", timeout=WAIT_S, proc=proc, log=log)
+            break
+        except RuntimeError:
+            _stop_group(proc)
+            if attempt == 2 or "already in use" not in log.read_text():
+                raise
     try:
-        _wait_http(f"{url}/api/status?token={token}", timeout=90, proc=proc, log=log)
         yield {"url": url, "token": token, "root": root, "run_dir": base / "run", "data_dir": data_dir}
     finally:
         _stop_group(proc)
@@ -158,7 +169,7 @@ def browser(tmp_path_factory):
                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(60)
+    driver.set_page_load_timeout(WAIT_S)
     try:
         yield driver
     finally:
@@ -167,7 +178,7 @@ def browser(tmp_path_factory):
 
 def _api(lab, path: str, method: str = "GET"):
     req = urllib.request.Request(f"{lab['url']}{path}?token={lab['token']}", method=method)
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=60) as resp:
         body = resp.read()
     return json.loads(body) if body else None
 
@@ -201,10 +212,10 @@ def _open_and_run_all(driver, lab, name: str) -> None:
     driver.get(f"{lab['url']}/lab/tree/{name}?reset&token={lab['token']}")
     for what, condition in steps:
         try:
-            found = WebDriverWait(driver, 60).until(condition)
+            found = WebDriverWait(driver, WAIT_S).until(condition)
         except TimeoutException:
             shot = _failure_screenshot(driver, f"{name} {what}")
-            raise AssertionError(f"{name}: no {what} in JupyterLab after 60 s (the page: {shot})") from None
+            raise AssertionError(f"{name}: no {what} in JupyterLab after {WAIT_S} s (the page: {shot})") from None
         if what in ("the Run menu", "Run All Cells"):
             found.click()
 
@@ -258,8 +269,8 @@ def test_environment_notebook_runs_in_lab(lab, browser):
 
     _open_and_run_all(browser, lab, "00_environment.ipynb")
     match = _wait_for_output(browser, r"median [\d.]+ ms per (\d+)x\1 matmul = [\d.]+ GFLOP/s",
-                             timeout=90, what="00_environment")
-    deadline = time.monotonic() + 30
+                             timeout=WAIT_S, what="00_environment")
+    deadline = time.monotonic() + WAIT_S
     while _busy_prompts(browser) and time.monotonic() < deadline:
         time.sleep(0.3)
     assert not _errors(browser)
@@ -286,7 +297,7 @@ def test_fewshot_notebook_finds_its_data_in_lab(lab, browser):
     _open_and_run_all(browser, lab, "05_fewshot_acd.ipynb")
     try:
         # The split table: FewAsp(single) train has the paper's 64 training classes and some instances.
-        _wait_for_output(browser, r"FewAsp\(single\)\s+train\s+64\s+[1-9]\d*\b", timeout=120,
+        _wait_for_output(browser, r"FewAsp\(single\)\s+train\s+64\s+[1-9]\d*\b", timeout=WAIT_S,
                          what="05_fewshot_acd (smoke values)")
     finally:  # the data are found: stop the kernel rather than train the smoke run
         for session in _api(lab, "/api/sessions"):
@@ -295,7 +306,7 @@ def test_fewshot_notebook_finds_its_data_in_lab(lab, browser):
 
 def test_progress_bar_is_a_widget_in_lab(lab, browser):
     _open_and_run_all(browser, lab, "widget_check.ipynb")
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         bars = browser.execute_script(
             "return document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) "
@@ -306,7 +317,7 @@ def test_progress_bar_is_a_widget_in_lab(lab, browser):
         time.sleep(0.5)
     else:
         shot = _failure_screenshot(browser, "widget_check")
-        raise AssertionError(f"no progress output after 60 s (the page: {shot}):\n{text[-2000:]}")
+        raise AssertionError(f"no progress output after {WAIT_S} s (the page: {shot}):\n{text[-2000:]}")
     assert "IProgress not found" not in text, "tqdm.auto fell back to a text bar: is ipywidgets installed?"
     assert not _errors(browser), _errors(browser)
     assert bars, f"tqdm.auto drew no progress widget:\n{text[-2000:]}"
