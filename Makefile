@@ -33,8 +33,12 @@ LANE_DATA := $(filter-out $(LANE_WORLDS),$(NOTEBOOKS))
 reports: venv
 	@bash scripts/run_lanes.sh $(EPI) $(PROFILE) "$(LANE_WORLDS)" "$(LANE_DATA)"
 
+# Two pytest-xdist workers (one torch thread each, tests/conftest.py), one test file at a time each
+# (--dist loadfile: a module's fixtures, e.g. a pretrained model or a local Ray, are built once; xdist's
+# loadgroup does not group with pytest 9.2). TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # JupyterLab on notebooks/ with the data found as in `make reports`: the server (and so every kernel
 # it starts) inherits the exported EPI_DATA_DIR, and the project's kernel, registered inside .venv
