@@ -4,7 +4,7 @@ The gpu profile's code path at toy scale: a random-initialised model of the prof
 (:func:`epi_utils.workbench.rehearsal.tiny_model_config`; SmolLM2 -> Llama) with the world's word
 tokenizer (vocabulary = the world's words, so one core suffices; the estimate uses the full model's sizes), 8 training and 8 held-out samples per task written locally in the world's ``Sample``
 field layout and read back, and :func:`epi_utils.drift.study.run_study` (the same function as the
-full run: checkpoint rankings, pairs, both controls, the functional test) for one model and two SFT seeds in every regime and
+full run: checkpoint rankings, pairs, both controls, the functional test) for one model and one SFT seed in every regime and
 schedule, 4 steps each (:func:`prepare` builds the toy config and inputs). Then :func:`epi_utils.workbench.rehearsal.estimate` with the full profile's
 sizes. The host memory of the full run is dominated by the stored rankings:
 ``measurements x (4 parts x (tasks + 1) x gradient estimators + 1) x 4 bytes x max(top_shares) x
@@ -88,7 +88,7 @@ def _estimate(cfg: Config, world, meter, n_grad_est: int, result: Result) -> dic
 
 
 def prepare(cfg: Config, folder) -> tuple[Config, Inputs]:
-    """The toy config (one pretrained model, two SFT seeds, 4 steps, checkpoints 0/2/4, CPU) and
+    """The toy config (one pretrained model, one SFT seed, 4 steps, checkpoints 0/2/4, CPU) and
     the toy inputs (local samples, a random-initialised model of the profile model's family with
     the world's word tokenizer) for a rehearsal of ``cfg``; samples are written under ``folder``."""
     from transformers import AutoModelForCausalLM
@@ -97,7 +97,7 @@ def prepare(cfg: Config, folder) -> tuple[Config, Inputs]:
     tok = build_word_tokenizer(world.vocabulary())
     model_cfg = rehearsal.tiny_model_config(cfg.model, vocab_size=len(tok))  # the world's words only: fast on one core
     train, heldout = _local_samples(world, folder)
-    toy = cfg.replace(rehearse=False, device="cpu", pretrain_seeds=[0], n_seeds=2, steps=REHEARSAL_STEPS,
+    toy = cfg.replace(rehearse=False, device="cpu", pretrain_seeds=[0], n_seeds=1, steps=REHEARSAL_STEPS,
                       batch_size=min(cfg.batch_size, 4), checkpoints=[0, 2, REHEARSAL_STEPS],
                       probe_batch=min(cfg.probe_batch, 4), spearman_sample=min(cfg.spearman_sample, 2000))
 
