@@ -100,7 +100,11 @@ def glove_vocab_and_matrix(splits: Sequence[FewAspSplit], *, cache: os.PathLike 
     if idx.size:
         matrix[2:] = vectors[np.sort(idx)][np.argsort(np.argsort(idx))]
     cache.mkdir(parents=True, exist_ok=True)
-    np.savez(path, itos=np.array(vocab.itos), matrix=matrix)
+    # written whole under a private name, then renamed: a reader (another test worker, a kernel stopped
+    # mid-write) never sees a half-written cache file
+    tmp = cache / f".{path.name}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, itos=np.array(vocab.itos), matrix=matrix)
+    os.replace(tmp, path)
     return vocab, matrix
 
 
