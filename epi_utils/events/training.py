@@ -6,7 +6,8 @@ exactly the same features and candidates, so variants differ only in the decoder
 
 Selection on the dev split (:func:`train_decoder`): the checkpoint (every ``eval_every`` epochs;
 training stops after ``dec_patience`` checks without a better one, at most ``dec_epochs`` epochs:
-this chooses the number of epochs), the record-existence threshold and the type gate are
+this chooses the number of epochs; on a small data set an epoch is several passes,
+:func:`~.schedule.epoch_scale`), the record-existence threshold and the type gate are
 chosen by the key ``(dev micro F1 on the test-time candidates, dev micro F1 on the annotated dev
 mentions, -dev loss)``: when the first ties (e.g. 0 at every check, which a weak front end gives
 early in training), the decoder that decodes the annotated mentions best and then the one with the

@@ -465,6 +465,11 @@ def capacity_rows(capacity):
     return out.drop(columns=["unit"])
 
 
+#: reader names of the two-stage forgetting table's arms (its design trains one stage after another)
+FORGETTING_NAMES = {"epi": "EPI", "epi_frozen": "EPI frozen (stage-0 set pinned)", "full_sft": "full SFT",
+                    "separate": "one model per stage", "replay": "replay"}
+
+
 def forgetting_rows(forgetting):
     """The two-stage forgetting table for the reader, or a one-row note when it was not run."""
     if not len(forgetting):
@@ -474,10 +479,6 @@ def forgetting_rows(forgetting):
                   for m, r in zip(out["method"], out["ratio"])]
     return out.drop(columns=[c for c in ("method", "ratio", "unit") if c in out])
 
-
-#: reader names of the two-stage forgetting table's arms (its design trains one stage after another)
-FORGETTING_NAMES = {"epi": "EPI", "epi_frozen": "EPI frozen (stage-0 set pinned)", "full_sft": "full SFT",
-                    "separate": "one model per stage", "replay": "replay"}
 
 
 def forgetting_comparison_rows(cmp):
