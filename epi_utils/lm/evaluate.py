@@ -52,18 +52,18 @@ def _decode_loop(model, ids: torch.Tensor, *, max_new_tokens: int, eos_id: int, 
     past = out.cache
     logits = out.logits[:, -1, :]
     gen: list[list[int]] = [[] for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool, device=ids.device)
+    done = [False] * B  # per row: EOS already produced (one host copy of the tokens per step)
     for t in range(max_new_tokens):
         if temperature > 0:
             probs = torch.softmax(logits.float() / temperature, dim=-1)
             nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(ids.device)
         else:
             nxt = logits.argmax(dim=-1)
-        for b in range(B):
+        for b, tok in enumerate(nxt.tolist()):
             if not done[b]:
-                gen[b].append(int(nxt[b]))
-        done |= nxt == eos_id
-        if bool(done.all()) or t == max_new_tokens - 1:
+                gen[b].append(tok)
+                done[b] = tok == eos_id
+        if all(done) or t == max_new_tokens - 1:
             break
         out = model(input_ids=nxt[:, None], cache=past, use_cache=True, logits_to_keep=1)
         past = out.cache
