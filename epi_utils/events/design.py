@@ -238,6 +238,7 @@ def run_design(data: PreparedData, cfg: EventConfig, *, progress: Callable = sil
         for j, v in progress(units, desc=f"study 04 decoders of encoder {i + 1}/{cfg.encoder_seeds}", unit="trained"):
             _decoder_unit(res, data, cfg, encoded, i, j, v, enc_seed, chosen_lr, extra_candidates, gold_test, log,
                           dec_secs, n_dec, [r.seconds for r in res.encoders])
+    res.seconds["decoders"] = float(sum(dec_secs))  # every trained decoder (a part of the total)
     res.seconds["total"] = time.perf_counter() - t_all
     return res
 

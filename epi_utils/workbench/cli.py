@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("--as", dest="label", default=None,
                      help="publish under reports/published/<label>/ (e.g. cpu-long-5way5shot for one part of a grid)")
 
+    cost = sub.add_parser("costs", help="where each study's time went: the top costs of its newest run, as Markdown")
+    cost.add_argument("--out", type=Path, default=None, help="reports folder (default <repo>/reports)")
+    cost.add_argument("--profile", default="cpu", help="the profile whose newest runs are read (default cpu)")
+    cost.add_argument("--top", type=_positive_int, default=4, help="parts shown per study (default 4)")
+
     par = sub.add_parser("params", help="list a notebook's parameters and available profiles")
     par.add_argument("notebook", type=Path, nargs="+")
     par.add_argument("--sync", action="store_true",
@@ -218,6 +223,15 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_costs(args) -> int:
+    from epi_utils.workbench import costs
+    from epi_utils.workbench.report import default_reports_dir
+
+    reports = args.out if args.out is not None else default_reports_dir()
+    print(costs.markdown(costs.costs_table(costs.newest_runs(reports, profile=args.profile), top=args.top)))
+    return 0
+
+
 def _cmd_publish(args) -> int:
     from epi_utils.workbench.report import publish
 
@@ -312,7 +326,7 @@ def _cmd_data(args) -> int:
 
 #: subcommand -> handler (each takes the parsed arguments and returns the exit status)
 COMMANDS = {"run": _cmd_run, "sweep": _cmd_sweep, "report": _cmd_report, "publish": _cmd_publish,
-            "params": _cmd_params, "lab-params": _cmd_lab_params, "data": _cmd_data}
+            "params": _cmd_params, "lab-params": _cmd_lab_params, "data": _cmd_data, "costs": _cmd_costs}
 
 
 def _dispatch(args) -> int:
