@@ -4,9 +4,14 @@ Prints one JSON object measured in one run (modes interleaved round-robin so tha
 hits them alike; one thread by default). Modes: ``legacy`` (EPI's state before issue 19: bool
 critical sets, int8 owner map, a cached bool mask per task, frozen positions cached across steps,
 importance as its own tracker pass), ``fp32`` (the EPI policy's default: bit-packed critical sets,
-owners derived from them, each step's frozen positions derived from them by one ``nonzero``
-(``StepMasks``; no positions kept between steps), importance fused into ``MaskedAdamW``'s gradient
-pass), ``bf16`` (fp32 with a bf16 EMA), ``lean`` (an fp32 EMA per block of 64 elements).
+owners derived from them, each step's frozen elements as a packed bitmap (``StepMasks``: the OR of
+the other tasks' packed sets, overlap owners written in), read by the fused C kernels of
+``MaskedAdamW`` (``epi_utils.lm.fused_kernels``: the importance fold and the zeroed frozen
+gradients in one pass, frozen parameters and moments saved and restored around the eager AdamW
+step by one call each), ``fp32_eager`` (the same state on the eager torch path, ``fused=False``:
+frozen positions by one ``nonzero`` over the unpacked bitmap, importance fused into the gradient
+pass as multi-tensor ops, per-tensor index ops), ``bf16`` (fp32 with a bf16 EMA: eager importance,
+kernel masking), ``lean`` (an fp32 EMA per block of 64 elements).
 
 - ``memory``: EPI state in bytes per parameter for T = 3 and T = 7 tasks in each mode, measured
   (``epi_state.measured_bytes_per_param``) on the tiny model, beside the memory model
@@ -116,10 +121,12 @@ def _epi(mode: str, named, tasks, *, interval: int, ratio: float, lr: float = 1e
     into ``zero_masked_grads``) with an fp32, bf16 or block-wise (64) EMA."""
     from epi_utils.lm.masked_adamw import MaskedAdamW
 
-    kw = {"fp32": {}, "legacy": {}, "bf16": {"state_dtype": torch.bfloat16}, "lean": {"block_size": 64}}[mode]
+    kw = {"fp32": {}, "fp32_eager": {}, "legacy": {}, "bf16": {"state_dtype": torch.bfloat16},
+          "lean": {"block_size": 64}}[mode]
     pol = make_policy("epi", tasks=list(tasks), isolation_ratio=ratio, mask_update_interval=interval, warmup_steps=0,
                       compact_state=mode != "legacy", fuse_importance=mode != "legacy", **kw)
-    opt = MaskedAdamW(named, lr=lr, frozen_cache="persistent" if mode == "legacy" else "step")
+    opt = MaskedAdamW(named, lr=lr, frozen_cache="persistent" if mode == "legacy" else "step",
+                      fused=False if mode in ("legacy", "fp32_eager") else None)
     return pol, opt
 
 
@@ -132,6 +139,9 @@ def _batches(tasks, *, vocab: int, batch: int, seq: int, seed: int = 0) -> dict:
         ids = torch.randint(k * width, (k + 1) * width, (batch, seq), generator=g)
         out[t] = {"input_ids": ids, "labels": ids}
     return out
+
+
+FUSED = ("fp32", "bf16", "lean")  # modes whose masks are packed bitmaps read by MaskedAdamW's fused kernels
 
 
 def _state(model, opt, named, task):
@@ -150,6 +160,7 @@ def must_bytes_per_param(mode: str, *, n_tasks: int, frozen_share: float) -> dic
       nothing beyond reading the mask (counted above), it updates the same elements AdamW does;
     - refresh: read every task's EMA once (4T; bf16 2T, lean 4T / 64) and write its packed set (T / 8)."""
     T, f = n_tasks, frozen_share
+    mode = "fp32" if mode == "fp32_eager" else mode
     imp = {"legacy": 16.0, "fp32": 16.0, "bf16": 12.0, "lean": 8.0 + 8 / 64}[mode]
     ema = {"legacy": 4.0, "fp32": 4.0, "bf16": 2.0, "lean": 4 / 64}[mode]
     out = {"importance": imp, "masks": (T - 1) / 8, "masking": 4 * f}
@@ -163,33 +174,44 @@ def extra_bytes_per_param(mode: str, *, n_tasks: int, frozen_share: float) -> di
     pass by pass AS IMPLEMENTED (``f`` = frozen share of the step's task; an upper count beside
     the must-move one of :func:`must_bytes_per_param`):
 
-    - importance: product, absolute value, scaled EMA, add (12 + 8 + 8 + 12 B) = 40 for ``legacy``
-      and compact fp32 alike; bf16 adds the up/down casts of the EMA (6 + 6) = 52; lean: product
-      and abs (20), block means (4), the EMA of 1/64 = 25.
-    - masks (compact only; legacy caches positions per task): OR of the other tasks' packed sets
-      (2/8 B each), one unpack (byte to int32 and table gather: 1/8 + 4/8 + 4/8 + 1 = 2.1), overlap
-      owners written (small, not counted), one ``nonzero`` over the n bools (1 + 8f), the positions
-      made local to each tensor (read, offset, write: 24f) = 2.1 + 0.25 (T - 1) + 33f.
-    - masking: zero the frozen gradients (positions 8f, write 4f), save and restore parameter,
-      ``exp_avg``, ``exp_avg_sq`` (3 x 2 x (8 + 4 + 4) f = 96f): 108f.
+    - importance: eager (``legacy``, ``fp32_eager``): product, absolute value, scaled EMA, add
+      (12 + 8 + 8 + 12 B) = 40; bf16 adds the up/down casts of the EMA (6 + 6) = 52; lean: product
+      and abs (20), block means (4), the EMA of 1/64 = 25; fused (``fp32``): one pass reading the
+      parameter, the gradient and the EMA and writing the EMA = 16.
+    - masks: eager compact (``fp32_eager``): OR of the other tasks' packed sets (2/8 B each; the
+      first is copied), overlap owners written (small, not counted), one unpack (byte to int32 and
+      table gather: 1/8 + 4/8 + 4/8 + 1 = 2.1), one ``nonzero`` over the n bools (1 + 8f), the
+      positions made local to each tensor (read, offset, write: 24f) = 2.1 + 0.25 (T - 1) + 33f;
+      with the kernels (``fp32``, ``bf16``, ``lean``): the OR alone, 0.25 (T - 1); legacy caches
+      positions per task: 0.
+    - masking: eager: zero the frozen gradients (positions 8f, write 4f), save and restore
+      parameter, ``exp_avg``, ``exp_avg_sq`` (3 x 2 x (8 + 4 + 4) f = 96f): 108f; with the kernels:
+      the bitmap read by the zeroing, the count, the save and the restore (4 / 8), zeros written (4f),
+      three tensors' frozen values read, saved, read back and restored (3 x 16f): 0.5 + 52f.
     """
     f = frozen_share
     if mode == "legacy":
         return {"importance": 40.0, "masks": 0.0, "masking": 108 * f, "total": 40.0 + 108 * f}
-    imp = {"fp32": 40.0, "bf16": 52.0, "lean": 25.0}[mode]
+    if mode != "fp32_eager":
+        imp = {"fp32": 16.0, "bf16": 52.0, "lean": 25.0}[mode]
+        masks, masking = 0.25 * (n_tasks - 1), 0.5 + 52 * f
+        return {"importance": imp, "masks": masks, "masking": masking, "total": imp + masks + masking}
+    imp = 40.0
     masks = 2.1 + 0.25 * (n_tasks - 1) + 33 * f
     masking = 108 * f
     return {"importance": imp, "masks": masks, "masking": masking, "total": imp + masks + masking}
 
 
 def step_cost(model, *, vocab: int, steps: int, interval: int, batch: int, seq: int, tasks=("a", "b", "c"),
-              ratio: float = 0.05, modes=("legacy", "fp32", "bf16"), tokens_target: int = 1024) -> dict:
+              ratio: float = 0.05, modes=("legacy", "fp32", "fp32_eager", "bf16"), tokens_target: int = 1024) -> dict:
     """EPI's extra time per step, interleaved round-robin with plain MaskedAdamW (``adamw``).
 
     Each step is timed in segments: zero_grad + forward + backward, then the post-backward work
-    where all of EPI's happens, itself in three: ``importance`` (``after_backward`` and the fused
-    importance fold, ``flush_importance``), ``masks`` (``update_mask`` and, for masks that carry
-    them, the frozen positions), ``masking`` (``zero_masked_grads``, clipping, the masked step;
+    where all of EPI's happens, itself in three: ``importance`` (``after_backward`` and the
+    importance fold, ``flush_importance``; in the modes of ``FUSED`` the fold runs in the kernel
+    pass of ``zero_masked_grads`` that also zeroes the frozen gradients, as in training, and that
+    call is timed here), ``masks`` (``update_mask`` and, on the eager path, the frozen positions),
+    ``masking`` (``zero_masked_grads`` unless timed as importance, clipping, the masked step;
     minus AdamW's own). ``extra_ms``: median post-backward time on non-refresh steps minus AdamW's;
     ``refresh_ms``: median extra on refresh steps (mask recomputation) minus that;
     ``extra_amortised_ms = extra_ms + refresh_ms / interval``. Bounds: bytes over the copy
@@ -213,7 +235,7 @@ def step_cost(model, *, vocab: int, steps: int, interval: int, batch: int, seq: 
             pol.on_train_begin(states[m])
             pol.on_stage_begin(states[m])
     post = {m: [] for m in runs}
-    parts = {m: {"importance": [], "masks": [], "masking": []} for m in runs}
+    parts = {m: {"importance": [], "masks": [], "masking": [], "zero": []} for m in runs}
     copies = []
     src = torch.rand(max(n, 8_000_000))  # larger than the caches: memory bandwidth
     dst = torch.empty_like(src)
@@ -233,18 +255,20 @@ def step_cost(model, *, vocab: int, steps: int, interval: int, batch: int, seq: 
             model(**data[task]).loss.backward()
             t1 = _now()
             masks, n_up = {}, 0
+            fused = m in FUSED  # the importance fold in the kernels' pass of zero_masked_grads
             if pol is not None:
                 n_up = pol.n_mask_updates
                 pol.after_backward(st)
-                if pol.n_mask_updates == n_up and not _refresh_due(pol, st):
+                if pol.n_mask_updates == n_up and not _refresh_due(pol, st) and not fused:
                     opt.flush_importance()  # timed as the importance pass (a refresh flushes it itself)
             ta = _now()
             if pol is not None:
                 masks = pol.update_mask(st) or {}
-                if hasattr(masks, "frozen_positions"):
-                    masks.frozen_positions()  # computed once per step, cached on the masks
+                if hasattr(masks, "frozen_positions") and not fused:
+                    masks.frozen_positions()  # eager path: computed once per step, cached on the masks
             tb = _now()
-            opt.zero_masked_grads(masks)
+            opt.zero_masked_grads(masks)  # with the kernels: the importance fold and the zeroing, one pass
+            tz = _now()
             torch.nn.utils.clip_grad_norm_(list(named.values()), 1.0)
             opt.step(masks)
             t2 = _now()
@@ -256,7 +280,8 @@ def step_cost(model, *, vocab: int, steps: int, interval: int, batch: int, seq: 
                 refresh[m].append(t2 - t1)
             else:
                 post[m].append(t2 - t1)
-                for key, v in (("importance", ta - t1), ("masks", tb - ta), ("masking", t2 - tb)):
+                imp, masking = (ta - t1 + tz - tb, t2 - tz) if fused else (ta - t1, t2 - tb)
+                for key, v in (("importance", imp), ("masks", tb - ta), ("masking", masking), ("zero", tz - tb)):
                     parts[m][key].append(v)
                 if masks:
                     frozen[m].append(sum(int((~v).sum()) for v in masks.values()) / n)
@@ -274,6 +299,7 @@ def step_cost(model, *, vocab: int, steps: int, interval: int, batch: int, seq: 
     model.zero_grad(set_to_none=True)
     base = statistics.median(post["adamw"])
     base_masking = statistics.median(parts["adamw"]["masking"])
+    base_zero = statistics.median(parts["adamw"]["zero"])
     step_1k = min(fb[tokens_target]) + base
     out = {"n_params": n, "tokens_per_step": batch * seq, "steps": steps, "interval": interval, "ratio": ratio,
            "n_tasks": len(tasks), "copy_bandwidth_gb_s": bw / 1e9, "copy_bandwidth_best_gb_s": max(copies) / 1e9,
@@ -289,7 +315,8 @@ def step_cost(model, *, vocab: int, steps: int, interval: int, batch: int, seq: 
         bound = must["total"] * n / bw
         bound_amort = (must["total"] + must["refresh"] / interval) * n / bw
         amort = extra + ref / interval
-        seg = {k: statistics.median(v) - (base_masking if k == "masking" else 0.0) for k, v in parts[m].items()}
+        seg = {k: statistics.median(v) for k, v in parts[m].items() if k != "zero"}
+        seg["masking"] -= base_masking - (base_zero if m in FUSED else 0.0)  # AdamW's own clipping and step
         out["modes"][m] = {"extra_ms": 1e3 * extra, "refresh_ms": 1e3 * ref, "extra_amortised_ms": 1e3 * amort,
                            "frozen_share": f, "must_bytes_per_param": must, "bytes_per_param": passes,
                            "bound_ms": 1e3 * bound, "extra_over_bound": extra / bound,
@@ -413,7 +440,7 @@ def main(argv=None) -> dict:
         model, tok = load_model("smollm2", device="cpu")
         result["refresh_smollm2"] = refresh_time(model, vocab=len(tok), reps=2, modes=("fp32",))
         result["step_smollm2"] = step_cost(model, vocab=len(tok), steps=args.smollm2_steps, interval=args.interval,
-                                           batch=args.smollm2_batch, seq=32, modes=("legacy", "fp32"))
+                                           batch=args.smollm2_batch, seq=32, modes=("legacy", "fp32", "fp32_eager"))
     print(json.dumps(result, indent=2))
     return result
 

@@ -326,7 +326,7 @@ class IsolationPolicy(TrainHook):
                              "(TrainConfig.task_homogeneous_batches=True)")
         tid = self.tasks.index(task) if task in self.tasks else -3
         if self.compact_state:  # built per call from the packed sets (a transient, frozen positions only)
-            return StepMasks(self._owner_flat.frozen_positions(tid), names=self._names, shapes=self._shapes,
+            return StepMasks(bits=self._owner_flat.frozen_bits(tid), names=self._names, shapes=self._shapes,
                              sizes=self._sizes)
         if task not in self._allowed:
             self._allowed[task] = self._unflatten(self._owner_flat.allowed(tid))

@@ -29,6 +29,8 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
+from epi_utils.lm.fused_kernels import apply_owners, patch_bits
+
 _PACK = 0x0102040810204080              # gathers the low bit of 8 bytes into the top byte
 
 
@@ -301,6 +303,29 @@ class CompactOwners:
             allowed[pos] = (self.exc_owner == -1) | (self.exc_owner == tid)
         return allowed
 
+    def frozen_bits(self, tid: int) -> torch.Tensor:
+        """Packed uint8 ``(ceil(n / 8),)`` set of the elements a step of task id ``tid`` may NOT
+        move (the complement of :meth:`allowed`): the OR of the other tasks' packed sets (n / 8
+        bytes each) with the overlap owners and exceptions written in bit by bit; no bool vector
+        of n elements and no positions (the fused kernels of ``MaskedAdamW`` read it directly)."""
+        if self.legacy:
+            return pack_bits(~self.allowed(tid))
+        others = [self._packed(s) for t, s in self.sets.items() if t != tid]
+        if not others:
+            acc = torch.zeros(math.ceil(self.n / 8), dtype=torch.uint8, device=self.device)
+        else:
+            acc = others[0].clone()
+            for b in others[1:]:
+                acc |= b
+        if self.overlap_owner.numel():  # overlap owners in position order: positions kept, or walked in C
+            ov = self.overlap_owner
+            if self._overlap_idx is not None or not apply_owners(acc, self._multi_packed(), ov, tid):
+                patch_bits(acc, self._overlap_positions(), (ov != -1) & (ov != tid))
+        if self.exc_pos.count:
+            patch_bits(acc, self.exc_pos.to_mask().nonzero().squeeze(1),
+                       (self.exc_owner != -1) & (self.exc_owner != tid))
+        return acc
+
     def frozen_positions(self, tid: int) -> torch.Tensor:
         """Sorted int64 positions of the elements a step of task id ``tid`` may NOT move: the
         complement of :meth:`allowed` (equal to ``(~allowed(tid)).nonzero()``), built from the
@@ -334,38 +359,58 @@ class CompactOwners:
 
 
 class StepMasks(Mapping):
-    """One step's update masks (``name -> bool``, True = may move) given by the sorted flat int64
-    positions of the frozen elements over tensors of ``shapes`` laid end to end (as a compact
-    policy derives them): a bool mask is built only when a value is read (all of them at once, as
-    views of one base); :meth:`frozen_positions` gives each tensor's local positions (one
-    vectorised pass, no per-tensor ``nonzero``), which ``MaskedAdamW`` uses directly."""
+    """One step's update masks (``name -> bool``, True = may move) over tensors of ``shapes`` laid
+    end to end (as a compact policy derives them), given by the sorted flat int64 positions of the
+    frozen elements (``frozen``) or by their packed bitmap (``bits``, uint8 ``(ceil(n / 8),)``, as
+    :func:`pack_bits`; the positions are then derived on first use). A bool mask is built only when
+    a value is read (all of them at once, as views of one base); :meth:`frozen_positions` gives each
+    tensor's local positions (one vectorised pass, no per-tensor ``nonzero``) and :meth:`frozen_bits`
+    the bitmap: ``MaskedAdamW`` uses either directly, checking :meth:`layout` against its own."""
 
-    def __init__(self, frozen: torch.Tensor, *, names, shapes, sizes):
-        self._frozen, self._names, self._shapes, self._sizes = frozen, list(names), list(shapes), list(sizes)
+    def __init__(self, frozen: torch.Tensor | None = None, *, names, shapes, sizes, bits: torch.Tensor | None = None):
+        if (frozen is None) == (bits is None):
+            raise ValueError("StepMasks needs exactly one of frozen (positions) and bits (packed bitmap)")
+        self._frozen, self._bits = frozen, bits
+        self._names, self._shapes, self._sizes = list(names), list(shapes), list(sizes)
         self._index = {n: i for i, n in enumerate(self._names)}
         self._masks: dict[str, torch.Tensor] | None = None
         self._local: dict[str, torch.Tensor] | None = None
 
+    def layout(self) -> tuple[list[str], list[int]]:
+        """``(names, sizes)`` of the tensors in layout order."""
+        return self._names, self._sizes
+
+    def frozen_bits(self) -> torch.Tensor | None:
+        """The packed bitmap of the frozen elements over the layout (None when built from positions)."""
+        return self._bits
+
+    def _positions(self) -> torch.Tensor:
+        if self._frozen is None:
+            self._frozen = unpack_bits(self._bits, sum(self._sizes)).nonzero().squeeze(1)
+        return self._frozen
+
     def frozen_positions(self) -> dict[str, torch.Tensor]:
         """``name -> int64 (k,)``: sorted positions of the frozen elements in ``param.view(-1)``."""
         if self._local is None:
-            dev = self._frozen.device
+            frozen = self._positions()
+            dev = frozen.device
             starts = torch.tensor([0] + self._sizes, device=dev).cumsum(0)
-            bounds = torch.searchsorted(self._frozen, starts).tolist()
+            bounds = torch.searchsorted(frozen, starts).tolist()
             counts = [hi - lo for lo, hi in zip(bounds[:-1], bounds[1:])]
-            local = self._frozen - torch.repeat_interleave(starts[:-1], torch.tensor(counts, device=dev))
+            local = frozen - torch.repeat_interleave(starts[:-1], torch.tensor(counts, device=dev))
             self._local = dict(zip(self._names, torch.split(local, counts)))
         return self._local
 
     def flat_frozen(self) -> tuple[list[str], torch.Tensor]:
         """``(names, positions)``: the tensors in layout order and the sorted frozen positions over
         them laid end to end (``MaskedAdamW`` restores its flat moments with them in one pass)."""
-        return self._names, self._frozen
+        return self._names, self._positions()
 
     def __getitem__(self, name):
         if self._masks is None:
-            base = torch.ones(sum(self._sizes), dtype=torch.bool, device=self._frozen.device)
-            base.index_fill_(0, self._frozen, False)
+            frozen = self._positions()
+            base = torch.ones(sum(self._sizes), dtype=torch.bool, device=frozen.device)
+            base.index_fill_(0, frozen, False)
             self._masks = {n: v.view(sh) for n, v, sh in zip(self._names, torch.split(base, self._sizes),
                                                                self._shapes)}
         return self._masks[name]

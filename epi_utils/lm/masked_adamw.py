@@ -30,10 +30,24 @@ refresh) fold the gradients into ``task``'s importance EMA (``ImportanceTracker.
 multi-tensor kernels) at the start of its pass over the gradients, i.e. on the raw gradients
 (before masking and clipping): the same values as ``tracker.update(task)`` after the backward
 pass, without the tracker's own pass and its whole-model scratch buffers.
+
+Fused kernels (issue 34; :mod:`epi_utils.lm.fused_kernels`): when the masks carry a packed bitmap
+of their frozen elements laid out as this optimizer's parameters (``frozen_bits()`` and
+``layout()``: the ``StepMasks`` of a compact isolation policy) and every parameter, gradient and
+moment is an fp32 CPU tensor, ``zero_masked_grads`` is one C pass per tensor that folds a
+deferred Taylor importance (fp32 flat tracker over the same parameters) and zeroes the frozen
+gradients, and ``step`` saves the frozen parameters and moments by one C call before torch's eager
+AdamW arithmetic (unchanged) and writes them back by one after: bitwise the same values as the
+eager path, without int64 positions. ``fused=False`` (or ``EPI_FUSED_KERNELS=0``, or no C
+compiler) takes the eager path.
 """
 from __future__ import annotations
 
+import math
+
 import torch
+
+from epi_utils.lm import fused_kernels
 
 
 class FrozenPositions:
@@ -93,7 +107,7 @@ class MaskedAdamW(torch.optim.Optimizer):
 
     def __init__(self, named_params: dict[str, torch.nn.Parameter], *, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01,
-                 frozen_cache: str = "step"):
+                 frozen_cache: str = "step", fused: bool | None = None):
         if frozen_cache not in ("step", "persistent"):
             raise ValueError(f"frozen_cache must be 'step' or 'persistent', got {frozen_cache!r}")
         if lr < 0 or eps < 0 or weight_decay < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
@@ -107,6 +121,70 @@ class MaskedAdamW(torch.optim.Optimizer):
         self._frozen_index = FrozenPositions(max_entries=n_sets * len(self.names) + 1)
         self._pending: tuple | None = None
         self._flat: tuple[torch.Tensor, torch.Tensor] | None = None  # exp_avg, exp_avg_sq of all parameters
+        self._numels = [p.numel() for p in params]
+        self.fused = fused  # None: the fused kernels where they apply and load; False: always eager
+
+    def _kernels(self):
+        """The loaded fused kernels when the parameters and gradients suit them (fp32, CPU,
+        contiguous), else None (eager path)."""
+        kern = None if self.fused is False else fused_kernels.lib()
+        if kern is None:
+            return None
+        for p in self.param_groups[0]["params"]:
+            g = p.grad
+            if p.dtype != torch.float32 or not p.is_cpu or not p.is_contiguous() or (g is not None and (
+                    g.dtype != torch.float32 or not g.is_cpu or g.is_sparse or not g.is_contiguous())):
+                return None
+        return kern
+
+    def _same_layout(self, masks) -> bool:
+        """Whether ``masks`` (e.g. ``StepMasks``) say they lay out this optimizer's parameters, in
+        order and size (checked per call: no state kept on the caller's mapping)."""
+        layout = getattr(masks, "layout", None)
+        if not callable(layout):
+            return False
+        names, sizes = layout()
+        return list(names) == self.names and list(sizes) == self._numels
+
+    def _fused_bits(self, masks):
+        """``(kernels, packed frozen bitmap of masks)`` when this call can take the fused kernels
+        (masks laid out as the parameters, see :meth:`_kernels`), else None."""
+        fn = getattr(masks, "frozen_bits", None)
+        bits = fn() if callable(fn) else None
+        if bits is None or bits.dtype != torch.uint8 or not bits.is_cpu or not bits.is_contiguous() \
+                or bits.numel() != math.ceil(sum(self._numels) / 8) or not self._same_layout(masks):
+            return None
+        kern = self._kernels()
+        return None if kern is None else (kern, bits)
+
+    def uses_fused(self, masks) -> bool:
+        """Whether a step with ``masks`` takes the fused kernels (e.g. for a benchmark's pass split)."""
+        return self._fused_bits(masks) is not None
+
+    def _fusable(self, tracker, task) -> bool:
+        """Whether ``tracker``'s update of ``task`` is the kernel's fold: Taylor, fp32 flat state
+        over exactly these parameters."""
+        return (tracker.estimator == "taylor" and tracker.state_dtype == torch.float32 and tracker.block_size is None
+                and tracker.layout == "flat" and task in tracker._flat and tracker.names == self.names
+                and all(a is b for a, b in zip(tracker.params, self.param_groups[0]["params"])))
+
+    def _fold_zero(self, kern, bits: torch.Tensor | None) -> None:
+        """One kernel pass: fold the deferred importance if it is the kernel's (else it is flushed
+        eagerly first) and zero the frozen gradients of ``bits`` (None: fold only)."""
+        params = self.param_groups[0]["params"]
+        pending = self._pending
+        if pending is not None and not self._fusable(pending[0], pending[1]):
+            self.flush_importance()
+            pending = None
+        self._pending = None
+        if pending is None and bits is None:
+            return
+        tracker, task = (pending[0], pending[1]) if pending is not None else (None, None)
+        emas = tracker.ema[task] if tracker is not None else [None] * len(params)
+        fused_kernels.fold_zero(kern, params, [p.grad for p in params], emas,
+                                tracker.beta if tracker is not None else 0.0, bits, self._numels)
+        if tracker is not None:
+            tracker.end_update(task)
 
     def load_state_dict(self, state_dict) -> None:
         """``torch.optim.Optimizer.load_state_dict``; the loaded moments are laid out flat again at
@@ -167,6 +245,10 @@ class MaskedAdamW(torch.optim.Optimizer):
         if pending is None:
             return
         tracker, task, index = pending
+        kern = self._kernels() if self._fusable(tracker, task) else None
+        if kern is not None:  # the kernel's fold, no masks
+            self._pending = pending
+            return self._fold_zero(kern, None)
         pairs = [(index[name], torch.zeros_like(p) if p.grad is None else p.grad)
                  for name, p in zip(self.names, self.param_groups[0]["params"]) if name in index]
         tracker.update_params(task, [i for i, _ in pairs], [g for _, g in pairs])
@@ -181,6 +263,9 @@ class MaskedAdamW(torch.optim.Optimizer):
         unknown = set(masks) - set(self.names)
         if unknown:
             raise KeyError(f"update mask name not among the optimised parameters: {sorted(unknown)[0]!r}")
+        fused = self._fused_bits(masks) if masks else None
+        if fused is not None:  # one kernel pass: importance fold and zeroed frozen gradients
+            return self._fold_zero(*fused)
         self.flush_importance()  # fold the raw gradients first (multi-tensor kernels)
         given = self._given_positions(masks)
         if given is None:
@@ -198,23 +283,18 @@ class MaskedAdamW(torch.optim.Optimizer):
 
     def _given_positions(self, masks) -> dict[str, torch.Tensor] | None:
         """The frozen positions a mask mapping carries itself (``frozen_positions()``, e.g. the
-        ``StepMasks`` of a compact isolation policy), or None."""
+        ``StepMasks`` of a compact isolation policy), or None. Positions of masks laid out as
+        these parameters (``layout()``) fit by construction; others are checked against them."""
         fn = getattr(masks, "frozen_positions", None)
         if not callable(fn):
             return None
         given = fn()
-        if getattr(masks, "_checked_by", None) is not self:  # once per mask mapping
+        if not self._same_layout(masks):
             for name, p in zip(self.names, self.param_groups[0]["params"]):
                 idx = given.get(name)
                 if idx is not None and (not p.is_contiguous() or (idx.numel() and int(idx[-1]) >= p.numel())):
                     raise ValueError(f"frozen positions of {name!r} do not fit the parameter (contiguous, "
                                      f"{p.numel()} elements)")
-            try:
-                masks._checked_by = self
-                flat_frozen = getattr(masks, "flat_frozen", None)  # laid out as this optimizer's parameters
-                masks._flat_ok = callable(flat_frozen) and list(flat_frozen()[0]) == self.names
-            except AttributeError:
-                pass
         return given
 
     def _positions(self, masks, given, name: str, p: torch.Tensor) -> torch.Tensor:
@@ -232,8 +312,11 @@ class MaskedAdamW(torch.optim.Optimizer):
             raise KeyError(f"update mask names not among the optimised parameters: {sorted(unknown)[:5]}")
         if self._pending is not None:  # importance deferred but zero_masked_grads not called
             self.zero_masked_grads(None)
+        fused = self._fused_bits(masks) if masks else None
+        if fused is not None and self._fused_step(*fused):
+            return None
         given = self._given_positions(masks)
-        flat = self._flat_moments() if given is not None and getattr(masks, "_flat_ok", False) else None
+        flat = self._flat_moments() if given is not None and self._same_layout(masks) else None
         if flat is not None:  # frozen moments saved (and restored below) in one pass per buffer
             _, pos = masks.flat_frozen()
             pos = pos.to(flat[0].device)
@@ -258,14 +341,7 @@ class MaskedAdamW(torch.optim.Optimizer):
                 m, v = st["exp_avg"], st["exp_avg_sq"]
                 if frozen is not None:  # save the masked elements; written back after the update
                     saved = [(t, t.view(-1).index_select(0, frozen)) for t in ((p.data,) if flat else (p.data, m, v))]
-                st["step"] += 1
-                t = float(st["step"])
-                g = p.grad
-                m.mul_(b1).add_(g, alpha=1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
-                denom = (v / bc2).sqrt_().add_(eps)
-                p.mul_(1 - lr * wd).addcdiv_(m, denom, value=-lr / bc1)
+                _adamw_update(p, st, lr, b1, b2, eps, wd)
                 if frozen is not None:
                     for tensor, values in saved:  # distinct positions: scatter_ = index_copy_, faster on CPU
                         tensor.view(-1).scatter_(0, frozen, values)
@@ -275,3 +351,54 @@ class MaskedAdamW(torch.optim.Optimizer):
         if self.frozen_cache == "step":
             self._frozen_index.clear()
         return None
+
+    def _fused_step(self, kern, bits: torch.Tensor) -> bool:
+        """The masked step with the kernels: per-tensor frozen counts, then chunk by chunk the
+        frozen parameters and moments saved by one call, torch's eager AdamW update of every tensor
+        that may move, the saved values written back by one call. False (nothing done) when a moment is not an fp32
+        contiguous CPU tensor (the eager path then runs)."""
+        group = self.param_groups[0]
+        counts = fused_kernels.count_frozen(kern, bits, self._numels)
+        todo, n_values = [], 0
+        for p, c, n in zip(group["params"], counts, self._numels):
+            if p.grad is None or c == n:  # no gradient, or nothing may move: skipped (as the eager path)
+                todo.append(None)
+                continue
+            st = self.state[p]
+            if st and any(t.dtype != torch.float32 or not t.is_cpu or not t.is_contiguous()
+                          for t in (st["exp_avg"], st["exp_avg_sq"])):
+                return False
+            todo.append((p, c))
+            n_values += 3 * c
+        for p in group["params"]:  # every parameter gets its state, as the eager path's flat moments do
+            st = self.state[p]
+            if not st:
+                st["step"] = torch.zeros((), dtype=torch.float32)
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        groups = [None if item is None or item[1] == 0 else
+                  (item[0], self.state[item[0]]["exp_avg"], self.state[item[0]]["exp_avg_sq"]) for item in todo]
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+
+        def update(t: int) -> None:
+            if todo[t] is not None:
+                _adamw_update(todo[t][0], self.state[todo[t][0]], lr, b1, b2, eps, wd)
+
+        fused_kernels.save_around(kern, groups, bits, self._numels, n_values, update)
+        if self.frozen_cache == "step":
+            self._frozen_index.clear()
+        return True
+
+
+def _adamw_update(p: torch.Tensor, st: dict, lr: float, b1: float, b2: float, eps: float, wd: float) -> None:
+    """torch's eager AdamW arithmetic for one parameter (decoupled weight decay, bias correction
+    by the parameter's own step count), in place on ``p`` and its moments."""
+    st["step"] += 1
+    t = float(st["step"])
+    g = p.grad
+    m, v = st["exp_avg"], st["exp_avg_sq"]
+    m.mul_(b1).add_(g, alpha=1 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+    denom = (v / bc2).sqrt_().add_(eps)
+    p.mul_(1 - lr * wd).addcdiv_(m, denom, value=-lr / bc1)

@@ -1,0 +1,336 @@
+"""Fused CPU kernels for EPI's per-step work on the flat parameter layout (issue 34).
+
+Plain C compiled at first use with the system C compiler (``$CC``, else ``cc``/``gcc``;
+``-O3 -shared -fPIC -ffp-contract=off``, no ``-march=native``), loaded with ``ctypes`` and cached
+as ``runs.cache_dir()/kernels/<hash of source, flags, compiler version>.so`` (written under a
+private name and renamed into place: two test workers may build it at once). Frozen elements are
+given by a packed bitmap over the parameters laid end to end (element ``i`` = bit ``i % 8`` of
+byte ``i // 8``, as ``epi_utils.isolation.state.pack_bits``), so no int64 positions per step:
+
+- :func:`fold_zero`: one pass per tensor (in cache-sized blocks) that folds the Taylor importance
+  into an fp32 EMA, ``e <- beta e + (1 - beta) |p g|``, and zeroes the frozen gradients;
+- :func:`count_frozen`, :func:`save_around`: per-tensor frozen counts and the save / restore of
+  frozen values (parameters, AdamW moments) around an eager AdamW step, chunk by chunk;
+- :func:`patch_bits`, :func:`apply_owners`: set or clear bits at given positions, or at the
+  elements of a packed set in order (a compact policy's overlap owners).
+
+Bitwise equal to the eager torch path: torch folds the EMA as ``e.mul_(beta)`` then
+``add_(imp, alpha=1 - beta)``, whose CPU kernel is a fused multiply-add where torch's vector
+kernels use one (AVX2/AVX512) and a multiply then an add elsewhere; the kernel is compiled in the
+matching variant and checked against torch on odd sizes when loaded (a variant that differs is
+not used). ``lib()`` is None when no compiler is found, the build fails, the self-test fails,
+or ``EPI_FUSED_KERNELS=0``: callers then take the eager path (one warning naming the reason).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+ENV = "EPI_FUSED_KERNELS"
+
+SOURCE = r"""
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#if EPI_FMA
+#define FOLD(e, x, a, b) fmaf((x), (a), (e) * (b))
+#else
+#define FOLD(e, x, a, b) ((e) * (b) + (a) * (x))
+#endif
+#define BLOCK 4096
+
+static inline uint64_t word_at(const uint8_t *bits, int64_t nbytes, int64_t byte) {
+  uint64_t w = 0;
+  if (byte + 8 <= nbytes) memcpy(&w, bits + byte, 8);
+  else if (byte < nbytes) memcpy(&w, bits + byte, (size_t)(nbytes - byte));
+  return w;
+}
+
+/* calls BODY with j = local index of every set bit in global positions [lo, hi), base = lo0 */
+#define FOR_BITS(bits, nbytes, lo, hi, base, BODY)                                      \
+  for (int64_t w0_ = (lo) & ~(int64_t)63; w0_ < (hi); w0_ += 64) {                      \
+    uint64_t w_ = word_at((bits), (nbytes), w0_ >> 3);                                   \
+    if (w0_ < (lo)) w_ &= ~(uint64_t)0 << ((lo) - w0_);                                 \
+    if ((hi) - w0_ < 64) w_ &= ((uint64_t)1 << ((hi) - w0_)) - 1;                        \
+    while (w_) { int64_t j = w0_ + __builtin_ctzll(w_) - (base); w_ &= w_ - 1; BODY; } \
+  }
+
+static void fold(float *restrict e, const float *restrict p, const float *restrict g, int64_t lo, int64_t hi,
+                 float a, float b) {
+  if (g) for (int64_t j = lo; j < hi; j++) e[j] = FOLD(e[j], fabsf(p[j] * g[j]), a, b);
+  else for (int64_t j = lo; j < hi; j++) e[j] = FOLD(e[j], fabsf(p[j] * 0.0f), a, b);
+}
+
+void epi_fold_zero(int64_t nt, const int64_t *sizes, const int64_t *offs, float *const *p, float *const *g,
+                   float *const *e, float a, float b, const uint8_t *bits, int64_t nbytes) {
+  for (int64_t t = 0; t < nt; t++) {
+    for (int64_t lo = 0; lo < sizes[t]; lo += BLOCK) {
+      int64_t hi = lo + BLOCK < sizes[t] ? lo + BLOCK : sizes[t];
+      if (e[t]) fold(e[t], p[t], g[t], lo, hi, a, b);
+      if (bits && g[t]) { float *gt = g[t]; FOR_BITS(bits, nbytes, offs[t] + lo, offs[t] + hi, offs[t], gt[j] = 0.0f); }
+    }
+  }
+}
+
+void epi_count(int64_t nt, const int64_t *sizes, const int64_t *offs, const uint8_t *bits, int64_t nbytes,
+               int64_t *counts) {
+  for (int64_t t = 0; t < nt; t++) {
+    int64_t c = 0, lo = offs[t], hi = offs[t] + sizes[t];
+    for (int64_t w0 = lo & ~(int64_t)63; w0 < hi; w0 += 64) {
+      uint64_t w = word_at(bits, nbytes, w0 >> 3);
+      if (w0 < lo) w &= ~(uint64_t)0 << (lo - w0);
+      if (hi - w0 < 64) w &= ((uint64_t)1 << (hi - w0)) - 1;
+      c += __builtin_popcountll(w);
+    }
+    counts[t] = c;
+  }
+}
+
+/* k (<= 4) arrays per tensor (ptrs[t * k + c]; tensor skipped when ptrs[t * k] is NULL) for tensors
+   [t0, t1): the frozen values of the k arrays, element by element, to (or, with back != 0, from)
+   scratch from index s0; returns the index after the last value */
+int64_t epi_gather(int64_t t0, int64_t t1, int64_t k, const int64_t *sizes, const int64_t *offs, float *const *ptrs,
+                   const uint8_t *bits, int64_t nbytes, float *scratch, int64_t s0, int back) {
+  int64_t s = s0;
+  for (int64_t t = t0; t < t1; t++) {
+    if (!ptrs[t * k]) continue;
+    float *x0 = ptrs[t * k], *x1 = k > 1 ? ptrs[t * k + 1] : 0, *x2 = k > 2 ? ptrs[t * k + 2] : 0;
+    if (k == 3 && back) { FOR_BITS(bits, nbytes, offs[t], offs[t] + sizes[t], offs[t],
+                                   x0[j] = scratch[s]; x1[j] = scratch[s + 1]; x2[j] = scratch[s + 2]; s += 3); }
+    else if (k == 3) { FOR_BITS(bits, nbytes, offs[t], offs[t] + sizes[t], offs[t],
+                                scratch[s] = x0[j]; scratch[s + 1] = x1[j]; scratch[s + 2] = x2[j]; s += 3); }
+    else {
+      for (int64_t c = 0; c < k; c++) {
+        float *x = ptrs[t * k + c];
+        if (back) { FOR_BITS(bits, nbytes, offs[t], offs[t] + sizes[t], offs[t], x[j] = scratch[s++]); }
+        else { FOR_BITS(bits, nbytes, offs[t], offs[t] + sizes[t], offs[t], scratch[s++] = x[j]); }
+      }
+    }
+  }
+  return s;
+}
+
+/* multi: packed set of the overlap elements; owner: their owners in position order (k of them);
+   writes into acc whether each is frozen for task tid (owner not -1 and not tid) */
+void epi_apply_owners(uint8_t *acc, const uint8_t *multi, int64_t nbytes, const int8_t *owner, int64_t k,
+                      int64_t tid) {
+  int64_t i = 0;
+  FOR_BITS(multi, nbytes, 0, nbytes * 8, 0, if (i < k) {
+    int64_t o = owner[i++]; uint8_t m = (uint8_t)(1u << (j & 7));
+    uint8_t f = (uint8_t)-(uint8_t)((o != -1) & (o != tid));  /* branch-free: owners are unpredictable */
+    acc[j >> 3] = (uint8_t)((acc[j >> 3] & (uint8_t)~m) | (m & f)); });
+}
+
+void epi_patch_bits(uint8_t *bits, const int64_t *pos, const uint8_t *val, int64_t k) {
+  for (int64_t i = 0; i < k; i++) {
+    uint8_t m = (uint8_t)(1u << (pos[i] & 7));
+    if (val[i]) bits[pos[i] >> 3] |= m; else bits[pos[i] >> 3] &= (uint8_t)~m;
+  }
+}
+"""
+
+_STATE: dict = {}
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    return cc if cc and shutil.which(cc) else None
+
+
+def _variants() -> list[list[str]]:
+    """Compiler flags to try, the one matching torch's vector kernels first: a fused multiply-add
+    where torch's CPU capability uses one (x86 AVX2 / AVX512: ``-mavx2 -mfma``, safe since torch
+    detected it on this CPU; arm64 always has it), a multiply then an add otherwise."""
+    base = ["-O3", "-shared", "-fPIC", "-ffp-contract=off", "-std=c99"]
+    cap = torch.backends.cpu.get_cpu_capability()
+    import platform
+
+    machine = platform.machine().lower()
+    fma = []
+    if machine in ("x86_64", "amd64") and cap in ("AVX2", "AVX512"):
+        fma = [base + ["-mavx2", "-mfma", "-DEPI_FMA=1"]]
+    elif machine in ("aarch64", "arm64"):
+        fma = [base + ["-DEPI_FMA=1"]]
+    return fma + [base + ["-DEPI_FMA=0"]]
+
+
+def _build(cc: str, flags: list[str]) -> Path:
+    """Compile (or reuse) the shared object for ``flags``; atomic write into the cache."""
+    from epi_utils.workbench.runs import cache_dir
+
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout.splitlines()[:1]
+    key = hashlib.sha256("\0".join([SOURCE, " ".join(flags), *version, sys.platform]).encode()).hexdigest()[:20]
+    folder = cache_dir() / "kernels"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"epi_{key}.so"
+    if target.exists():
+        return target
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
+        src, out = Path(tmp) / "epi.c", Path(tmp) / "epi.so"
+        src.write_text(SOURCE)
+        res = subprocess.run([cc, *flags, str(src), "-o", str(out), "-lm"], capture_output=True, text=True,
+                             timeout=300)
+        if res.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {res.stderr.strip()[-500:]}")
+        os.replace(out, target)
+    return target
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+    lib.epi_fold_zero.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, f32, f32, ptr, i64]
+    lib.epi_fold_zero.restype = None
+    lib.epi_count.argtypes = [i64, ptr, ptr, ptr, i64, ptr]
+    lib.epi_count.restype = None
+    lib.epi_gather.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, i64, ctypes.c_int]
+    lib.epi_gather.restype = i64
+    lib.epi_patch_bits.argtypes = [ptr, ptr, ptr, i64]
+    lib.epi_patch_bits.restype = None
+    lib.epi_apply_owners.argtypes = [ptr, ptr, i64, ptr, i64, i64]
+    lib.epi_apply_owners.restype = None
+    return lib
+
+
+def _self_test(lib) -> bool:
+    """The kernel's EMA fold equals torch's eager fold bit for bit on odd sizes (vector bodies and
+    scalar tails), including a pass with the work spread over the whole tensor."""
+    g = torch.Generator().manual_seed(0)
+    beta = 0.9
+    for n in (1, 7, 13, 31, 64, 1001, 4099, 70001):
+        p, gr = torch.randn(n, generator=g), torch.randn(n, generator=g)
+        e = torch.rand(n, generator=g)
+        want = e.clone().mul_(beta).add_(p.mul(gr).abs_(), alpha=1.0 - beta)
+        got = e.clone()
+        fold_zero(lib, [p], [gr], [got], beta, None, [n])
+        if not torch.equal(got, want):
+            return False
+    return True
+
+
+def lib():
+    """The loaded kernels, or None (eager path): ``EPI_FUSED_KERNELS=0``, no C compiler, a failed
+    build or self-test (one warning naming the reason, once per process)."""
+    if os.environ.get(ENV, "1") == "0":
+        return None
+    if "lib" in _STATE:
+        return _STATE["lib"]
+    reason, found = None, None
+    cc = _compiler()
+    if sys.byteorder != "little":
+        reason = "big-endian machine"
+    elif cc is None:
+        reason = "no C compiler found (set CC, or install cc/gcc)"
+    else:
+        for flags in _variants():
+            try:
+                cand = _load(_build(cc, flags))
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                reason = f"build failed: {exc}"
+                continue
+            if _self_test(cand):
+                found = cand
+                break
+            reason = "the compiled kernel does not match torch's eager arithmetic bit for bit"
+    if found is None:
+        warnings.warn(f"EPI fused kernels unavailable ({reason}); using the eager torch path", RuntimeWarning,
+                      stacklevel=2)
+    _STATE["lib"] = found
+    return found
+
+
+def _ptrs(tensors) -> torch.Tensor:
+    return torch.tensor([0 if t is None else t.data_ptr() for t in tensors], dtype=torch.int64)
+
+
+def _layout(sizes) -> tuple[torch.Tensor, torch.Tensor]:
+    sz = torch.tensor(list(sizes), dtype=torch.int64)
+    return sz, torch.cumsum(sz, 0) - sz
+
+
+def fold_zero(kern, params, grads, emas, beta: float, bits: torch.Tensor | None, sizes) -> None:
+    """Per tensor ``t`` (fp32, contiguous, ``sizes[t]`` elements, laid end to end over ``bits``):
+    ``emas[t] <- beta emas[t] + (1 - beta) |params[t] grads[t]|`` (skipped where ``emas[t]`` is
+    None; a None gradient counts as zeros), then every frozen element of ``grads[t]`` set to 0."""
+    sz, off = _layout(sizes)
+    p, g, e = _ptrs(params), _ptrs(grads), _ptrs(emas)
+    kern.epi_fold_zero(len(sz), sz.data_ptr(), off.data_ptr(), p.data_ptr(), g.data_ptr(), e.data_ptr(),
+                       1.0 - beta, beta, 0 if bits is None else bits.data_ptr(),
+                       0 if bits is None else bits.numel())
+
+
+def count_frozen(kern, bits: torch.Tensor, sizes) -> list[int]:
+    """Number of frozen (set) bits of each tensor's range."""
+    sz, off = _layout(sizes)
+    out = torch.empty(len(sz), dtype=torch.int64)
+    kern.epi_count(len(sz), sz.data_ptr(), off.data_ptr(), bits.data_ptr(), bits.numel(), out.data_ptr())
+    return out.tolist()
+
+
+def save_around(kern, groups, bits: torch.Tensor, sizes, n_values: int, update, *, chunk_elements: int = 1 << 16):
+    """Save the frozen values of every tensor of ``groups`` (per layout tensor a tuple of 3 fp32
+    tensors, e.g. parameter and AdamW moments, or None to skip it), call ``update(t)`` for every
+    layout index ``t``, and write the saved values back: chunk by chunk (consecutive tensors of
+    about ``chunk_elements`` elements), so that the save, the update and the restore of a chunk
+    find its values in the cache. ``n_values``: 3 x the frozen elements of the saved tensors."""
+    sizes = list(sizes)
+    sz, off = _layout(sizes)
+    ptrs = _ptrs([t for gr in groups for t in (gr if gr is not None else (None, None, None))])
+    scratch = torch.empty(max(n_values, 1), dtype=torch.float32)
+    args = (sz.data_ptr(), off.data_ptr(), ptrs.data_ptr(), bits.data_ptr(), bits.numel(), scratch.data_ptr())
+    nt, lo, s = len(groups), 0, 0
+    while lo < nt:
+        hi, size = lo, 0
+        while hi < nt and (size < chunk_elements or hi == lo):
+            size += sizes[hi] if groups[hi] is not None else 0
+            hi += 1
+        end = kern.epi_gather(lo, hi, 3, *args, s, 0)
+        for t in range(lo, hi):
+            update(t)
+        kern.epi_gather(lo, hi, 3, *args, s, 1)
+        lo, s = hi, end
+    if s != n_values:
+        raise RuntimeError(f"saved {s} frozen values, expected {n_values}")
+
+
+def apply_owners(acc: torch.Tensor, multi: torch.Tensor, owner: torch.Tensor, tid: int) -> bool:
+    """With the kernels: for each element of the packed set ``multi`` (in position order, owners
+    ``owner`` int8), set its bit of ``acc`` when it is frozen for task ``tid`` (owner neither -1
+    nor ``tid``), else clear it; returns False (nothing done) without the kernels."""
+    kern = lib() if acc.is_cpu and multi.is_cpu else None
+    if kern is None:
+        return False
+    owner = owner.to(torch.int8).contiguous()
+    kern.epi_apply_owners(acc.data_ptr(), multi.contiguous().data_ptr(), multi.numel(), owner.data_ptr(),
+                          owner.numel(), tid)
+    return True
+
+
+def patch_bits(bits: torch.Tensor, pos: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
+    """Set (``val`` True) or clear the bits at sorted distinct positions ``pos`` of a packed uint8
+    set, in place (the kernel when loaded, else torch ops on the touched bytes); returns ``bits``."""
+    if pos.numel() == 0:
+        return bits
+    pos = pos.to(torch.int64).contiguous()
+    kern = lib() if bits.device.type == "cpu" and bits.is_contiguous() else None
+    if kern is not None:
+        v = val.to(torch.uint8).contiguous()
+        kern.epi_patch_bits(bits.data_ptr(), pos.data_ptr(), v.data_ptr(), pos.numel())
+        return bits
+    byte = pos >> 3
+    bit = torch.ones_like(pos).bitwise_left_shift_(pos & 7)
+    ub, inv = torch.unique_consecutive(byte, return_inverse=True)
+    touched = torch.zeros(ub.numel(), dtype=torch.int64, device=bits.device).index_add_(0, inv, bit)
+    wanted = torch.zeros_like(touched).index_add_(0, inv, bit * val.to(torch.int64))
+    cur = bits.index_select(0, ub).to(torch.int64)
+    bits.index_copy_(0, ub, ((cur & ~touched) | wanted).to(torch.uint8))
+    return bits
