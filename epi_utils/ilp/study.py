@@ -31,6 +31,7 @@ forests over worlds, then the mitigations of the default design's worlds on the 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import tempfile
@@ -279,27 +280,38 @@ def _mitigate_one(args):
     return mitigate_world(*args)
 
 
-def _pool_map(cfg: Config, fn: Callable, jobs: list, *, progress: Callable, desc: str):
-    """``map(fn, jobs)`` in ``cfg.workers`` spawned processes (in order), under ``progress``."""
-    if cfg.workers <= 1 or len(jobs) <= 1:
-        yield from progress(map(fn, jobs), desc=desc, total=len(jobs), unit=desc)
+@contextlib.contextmanager
+def _worker_pool(cfg: Config):
+    """``cfg.workers`` spawned processes shared by the worlds and the mitigations (each process
+    imports torch and transformers once: ~4 s), or None for ``workers = 1``."""
+    if cfg.workers <= 1:
+        yield None
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=min(cfg.workers, len(jobs)), mp_context=mp.get_context("spawn")) as ex:
-        yield from progress(ex.map(fn, jobs), desc=desc, total=len(jobs), unit=desc)
+    with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as ex:
+        yield ex
+
+
+def _pool_map(pool, fn: Callable, jobs: list, *, progress: Callable, desc: str):
+    """``map(fn, jobs)`` in ``pool``'s processes (in order; in this process when ``pool`` is None
+    or there is one job), under ``progress``."""
+    if pool is None or len(jobs) <= 1:
+        yield from progress(map(fn, jobs), desc=desc, total=len(jobs), unit=desc)
+        return
+    yield from progress(pool.map(fn, jobs), desc=desc, total=len(jobs), unit=desc)
 
 
 def _seed_records(cfg: Config, *, workdir: Path | None, progress: Callable,
-                  models: Path | None = None) -> list[SeedRecord]:
-    """:func:`run_seed` for every seed of ``cfg`` and every held-out setting in ``cfg.workers``
+                  models: Path | None = None, pool=None) -> list[SeedRecord]:
+    """:func:`run_seed` for every seed of ``cfg`` and every held-out setting in ``pool``'s
     processes (worlds are independent; records in job order), one progress step and one terminal
     line per world; with ``models``, the default design's fine-tuned weights are saved there."""
     jobs = [(cfg, s, workdir, None, models / f"seed{s}.pt" if models is not None else None) for s in cfg.seeds]
     jobs += [(cfg, st.seed, workdir, st, None) for st in family_settings(cfg)]
     out = []
-    for rec in _pool_map(cfg, _run_one, jobs, progress=progress, desc="world"):
+    for rec in _pool_map(pool, _run_one, jobs, progress=progress, desc="world"):
         log_line(summary.seed_line(rec))
         out.append(rec)
     return out
@@ -465,8 +477,9 @@ def run_study(cfg: Config, *, progress: Callable = default_progress, workdir: Pa
     from epi_utils.ilp import heldout
 
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="ilp_models_") as models:
-        records = _seed_records(cfg, workdir=workdir, progress=progress, models=Path(models) if cfg.mitigate else None)
+    with tempfile.TemporaryDirectory(prefix="ilp_models_") as models, _worker_pool(cfg) as pool:
+        records = _seed_records(cfg, workdir=workdir, progress=progress, models=Path(models) if cfg.mitigate else None,
+                                pool=pool)
         default = [r for r in records if r.setting == "default"]
         t = time.perf_counter()
         heldout.apply_diagnosis(default, [r for r in records if r.setting != "default"], method=cfg.diagnoser,
@@ -474,7 +487,7 @@ def run_study(cfg: Config, *, progress: Callable = default_progress, workdir: Pa
         forest_seconds = time.perf_counter() - t
         todo = [r for r in default if cfg.mitigate and r.table["diagnosis"].notna().any()]
         jobs = [(cfg, r.seed, r.table, Path(models) / f"seed{r.seed}.pt") for r in todo]
-        for r, (recovery, seconds) in zip(todo, _pool_map(cfg, _mitigate_one, jobs, progress=progress,
+        for r, (recovery, seconds) in zip(todo, _pool_map(pool, _mitigate_one, jobs, progress=progress,
                                                           desc="mitigation")):
             r.recovery, r.timings["mitigation"] = recovery, seconds
     return Result(config=cfg, records=records, seconds=time.perf_counter() - start, diagnosis_seconds=forest_seconds)
