@@ -29,7 +29,8 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-from epi_utils.lm.fused_kernels import apply_owners, patch_bits
+from epi_utils.lm.fused_kernels import frozen_bits as fused_frozen_bits
+from epi_utils.lm.fused_kernels import patch_bits
 
 _PACK = 0x0102040810204080              # gathers the low bit of 8 bytes into the top byte
 
@@ -310,16 +311,20 @@ class CompactOwners:
         of n elements and no positions (the fused kernels of ``MaskedAdamW`` read it directly)."""
         if self.legacy:
             return pack_bits(~self.allowed(tid))
-        others = [self._packed(s) for t, s in self.sets.items() if t != tid]
-        if not others:
-            acc = torch.zeros(math.ceil(self.n / 8), dtype=torch.uint8, device=self.device)
-        else:
-            acc = others[0].clone()
-            for b in others[1:]:
-                acc |= b
-        if self.overlap_owner.numel():  # overlap owners in position order: positions kept, or walked in C
-            ov = self.overlap_owner
-            if self._overlap_idx is not None or not apply_owners(acc, self._multi_packed(), ov, tid):
+        tids = list(self.sets)
+        packed = [self._packed(self.sets[t]) for t in tids]
+        acc = fused_frozen_bits(packed, tids.index(tid) if tid in tids else -1, self.overlap_owner, tid) \
+            if packed else None
+        if acc is None:  # no kernels: OR of the others' packed bytes, overlap owners written at their positions
+            others = [b for t, b in zip(tids, packed) if t != tid]
+            if not others:
+                acc = torch.zeros(math.ceil(self.n / 8), dtype=torch.uint8, device=self.device)
+            else:
+                acc = others[0].clone()
+                for b in others[1:]:
+                    acc |= b
+            if self.overlap_owner.numel():
+                ov = self.overlap_owner
                 patch_bits(acc, self._overlap_positions(), (ov != -1) & (ov != tid))
         if self.exc_pos.count:
             patch_bits(acc, self.exc_pos.to_mask().nonzero().squeeze(1),

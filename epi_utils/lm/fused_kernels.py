@@ -11,8 +11,8 @@ byte ``i // 8``, as ``epi_utils.isolation.state.pack_bits``), so no int64 positi
   into an fp32 EMA, ``e <- beta e + (1 - beta) |p g|``, and zeroes the frozen gradients;
 - :func:`count_frozen`, :func:`save_around`: per-tensor frozen counts and the save / restore of
   frozen values (parameters, AdamW moments) around an eager AdamW step, chunk by chunk;
-- :func:`patch_bits`, :func:`apply_owners`: set or clear bits at given positions, or at the
-  elements of a packed set in order (a compact policy's overlap owners).
+- :func:`frozen_bits`: a step's packed frozen set from the tasks' packed critical sets and the
+  owners of their overlaps, in one pass; :func:`patch_bits`: set or clear bits at positions.
 
 Bitwise equal to the eager torch path: torch folds the EMA as ``e.mul_(beta)`` then
 ``add_(imp, alpha=1 - beta)``, whose CPU kernel is a fused multiply-add where torch's vector
@@ -23,6 +23,7 @@ or ``EPI_FUSED_KERNELS=0``: callers then take the eager path (one warning naming
 """
 from __future__ import annotations
 
+import array
 import ctypes
 import hashlib
 import os
@@ -119,15 +120,28 @@ int64_t epi_gather(int64_t t0, int64_t t1, int64_t k, const int64_t *sizes, cons
   return s;
 }
 
-/* multi: packed set of the overlap elements; owner: their owners in position order (k of them);
-   writes into acc whether each is frozen for task tid (owner not -1 and not tid) */
-void epi_apply_owners(uint8_t *acc, const uint8_t *multi, int64_t nbytes, const int8_t *owner, int64_t k,
-                      int64_t tid) {
+/* the packed frozen set of a step of task tid: the OR of the packed sets other than sets[self]
+   (self < 0: none is the task's), where elements claimed by two or more sets (the overlaps, in
+   position order, owners owner[0..k)) are frozen when their owner is neither -1 nor tid; one pass */
+void epi_frozen_bits(uint8_t *acc, const uint8_t *const *sets, int64_t nsets, int64_t self, int64_t nbytes,
+                     const int8_t *owner, int64_t k, int64_t tid) {
   int64_t i = 0;
-  FOR_BITS(multi, nbytes, 0, nbytes * 8, 0, if (i < k) {
-    int64_t o = owner[i++]; uint8_t m = (uint8_t)(1u << (j & 7));
-    uint8_t f = (uint8_t)-(uint8_t)((o != -1) & (o != tid));  /* branch-free: owners are unpredictable */
-    acc[j >> 3] = (uint8_t)((acc[j >> 3] & (uint8_t)~m) | (m & f)); });
+  for (int64_t b = 0; b < nbytes; b += 8) {
+    uint64_t seen = 0, multi = 0, others = 0, f = 0, done = 0;
+    for (int64_t c = 0; c < nsets; c++) {
+      uint64_t w = word_at(sets[c], nbytes, b);
+      multi |= seen & w;
+      seen |= w;
+      if (c != self) others |= w;
+    }
+    for (uint64_t r = multi; r && i < k; r &= r - 1) {
+      int64_t o = owner[i++];
+      done |= r & (~r + 1);
+      f |= (uint64_t)((o != -1) & (o != tid)) << __builtin_ctzll(r);
+    }
+    uint64_t a = (others & ~done) | f;
+    memcpy(acc + b, &a, (size_t)(b + 8 <= nbytes ? 8 : nbytes - b));
+  }
 }
 
 void epi_patch_bits(uint8_t *bits, const int64_t *pos, const uint8_t *val, int64_t k) {
@@ -196,8 +210,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.epi_gather.restype = i64
     lib.epi_patch_bits.argtypes = [ptr, ptr, ptr, i64]
     lib.epi_patch_bits.restype = None
-    lib.epi_apply_owners.argtypes = [ptr, ptr, i64, ptr, i64, i64]
-    lib.epi_apply_owners.restype = None
+    lib.epi_frozen_bits.argtypes = [ptr, ptr, i64, i64, i64, ptr, i64, i64]
+    lib.epi_frozen_bits.restype = None
     return lib
 
 
@@ -248,13 +262,27 @@ def lib():
     return found
 
 
-def _ptrs(tensors) -> torch.Tensor:
-    return torch.tensor([0 if t is None else t.data_ptr() for t in tensors], dtype=torch.int64)
+def _ptrs(tensors) -> array.array:
+    """int64 array of the tensors' data pointers (0 for None); its address: ``_addr``."""
+    return array.array("q", [0 if t is None else t.data_ptr() for t in tensors])
+
+
+def _addr(a: array.array) -> int:
+    return a.buffer_info()[0]
+
+
+_LAYOUTS: dict = {}
 
 
 def _layout(sizes) -> tuple[torch.Tensor, torch.Tensor]:
-    sz = torch.tensor(list(sizes), dtype=torch.int64)
-    return sz, torch.cumsum(sz, 0) - sz
+    """int64 sizes and offsets of tensors laid end to end (cached: an optimizer's sizes are fixed)."""
+    key = tuple(sizes)
+    if key not in _LAYOUTS:
+        if len(_LAYOUTS) > 64:
+            _LAYOUTS.clear()
+        sz = torch.tensor(key, dtype=torch.int64)
+        _LAYOUTS[key] = (sz, torch.cumsum(sz, 0) - sz)
+    return _LAYOUTS[key]
 
 
 def fold_zero(kern, params, grads, emas, beta: float, bits: torch.Tensor | None, sizes) -> None:
@@ -263,7 +291,7 @@ def fold_zero(kern, params, grads, emas, beta: float, bits: torch.Tensor | None,
     None; a None gradient counts as zeros), then every frozen element of ``grads[t]`` set to 0."""
     sz, off = _layout(sizes)
     p, g, e = _ptrs(params), _ptrs(grads), _ptrs(emas)
-    kern.epi_fold_zero(len(sz), sz.data_ptr(), off.data_ptr(), p.data_ptr(), g.data_ptr(), e.data_ptr(),
+    kern.epi_fold_zero(len(sz), sz.data_ptr(), off.data_ptr(), _addr(p), _addr(g), _addr(e),
                        1.0 - beta, beta, 0 if bits is None else bits.data_ptr(),
                        0 if bits is None else bits.numel())
 
@@ -286,7 +314,7 @@ def save_around(kern, groups, bits: torch.Tensor, sizes, n_values: int, update, 
     sz, off = _layout(sizes)
     ptrs = _ptrs([t for gr in groups for t in (gr if gr is not None else (None, None, None))])
     scratch = torch.empty(max(n_values, 1), dtype=torch.float32)
-    args = (sz.data_ptr(), off.data_ptr(), ptrs.data_ptr(), bits.data_ptr(), bits.numel(), scratch.data_ptr())
+    args = (sz.data_ptr(), off.data_ptr(), _addr(ptrs), bits.data_ptr(), bits.numel(), scratch.data_ptr())
     nt, lo, s = len(groups), 0, 0
     while lo < nt:
         hi, size = lo, 0
@@ -302,17 +330,20 @@ def save_around(kern, groups, bits: torch.Tensor, sizes, n_values: int, update, 
         raise RuntimeError(f"saved {s} frozen values, expected {n_values}")
 
 
-def apply_owners(acc: torch.Tensor, multi: torch.Tensor, owner: torch.Tensor, tid: int) -> bool:
-    """With the kernels: for each element of the packed set ``multi`` (in position order, owners
-    ``owner`` int8), set its bit of ``acc`` when it is frozen for task ``tid`` (owner neither -1
-    nor ``tid``), else clear it; returns False (nothing done) without the kernels."""
-    kern = lib() if acc.is_cpu and multi.is_cpu else None
-    if kern is None:
-        return False
-    owner = owner.to(torch.int8).contiguous()
-    kern.epi_apply_owners(acc.data_ptr(), multi.contiguous().data_ptr(), multi.numel(), owner.data_ptr(),
-                          owner.numel(), tid)
-    return True
+def frozen_bits(sets: list, self_index: int, owner: torch.Tensor, tid: int) -> torch.Tensor | None:
+    """With the kernels, one pass: the packed frozen set of a step of task ``tid`` from the packed
+    critical ``sets`` (uint8, equal sizes; ``sets[self_index]`` is the task's own, -1: none): the
+    OR of the others, the elements claimed by two or more sets frozen when their owner (``owner``,
+    int8, in position order) is neither -1 nor ``tid``. None without the kernels."""
+    kern = lib() if all(b.is_cpu and b.is_contiguous() for b in sets) else None
+    if kern is None or not sets:
+        return None
+    owner = owner.to(torch.int8).contiguous()  # alive during the call
+    ptrs = array.array("q", [b.data_ptr() for b in sets])
+    acc = torch.empty(sets[0].numel(), dtype=torch.uint8)
+    kern.epi_frozen_bits(acc.data_ptr(), _addr(ptrs), len(sets), self_index, acc.numel(), owner.data_ptr(),
+                         owner.numel(), tid)
+    return acc
 
 
 def patch_bits(bits: torch.Tensor, pos: torch.Tensor, val: torch.Tensor) -> torch.Tensor:

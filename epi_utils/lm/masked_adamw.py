@@ -122,6 +122,7 @@ class MaskedAdamW(torch.optim.Optimizer):
         self._pending: tuple | None = None
         self._flat: tuple[torch.Tensor, torch.Tensor] | None = None  # exp_avg, exp_avg_sq of all parameters
         self._numels = [p.numel() for p in params]
+        self._name_set, self._identity_index = set(self.names), {n: i for i, n in enumerate(self.names)}
         self.fused = fused  # None: the fused kernels where they apply and load; False: always eager
 
     def _kernels(self):
@@ -230,8 +231,11 @@ class MaskedAdamW(torch.optim.Optimizer):
         ``zero_masked_grads`` (or ``step``), fused into its per-parameter pass (see the module
         docstring). ``tracker``: an ``ImportanceTracker`` over (a subset of) these parameters."""
         self.flush_importance()  # an earlier deferred update that no step consumed
-        index = {n: i for i, n in enumerate(tracker.names)}
-        unknown = [n for n in tracker.names if n not in self.names]
+        if tracker.names == self.names:  # the usual case (EPI over the optimised parameters): no lookups
+            index = self._identity_index
+        else:
+            index = {n: i for i, n in enumerate(tracker.names)}
+        unknown = [n for n in index if n not in self._name_set]
         if unknown:
             raise KeyError(f"tracker parameters not among the optimised parameters: {unknown[:5]}")
         tracker.begin_update(task)
@@ -358,31 +362,28 @@ class MaskedAdamW(torch.optim.Optimizer):
         that may move, the saved values written back by one call. False (nothing done) when a moment is not an fp32
         contiguous CPU tensor (the eager path then runs)."""
         group = self.param_groups[0]
+        params, state = group["params"], self.state
         counts = fused_kernels.count_frozen(kern, bits, self._numels)
-        todo, n_values = [], 0
-        for p, c, n in zip(group["params"], counts, self._numels):
-            if p.grad is None or c == n:  # no gradient, or nothing may move: skipped (as the eager path)
-                todo.append(None)
-                continue
-            st = self.state[p]
-            if st and any(t.dtype != torch.float32 or not t.is_cpu or not t.is_contiguous()
-                          for t in (st["exp_avg"], st["exp_avg_sq"])):
-                return False
-            todo.append((p, c))
-            n_values += 3 * c
-        for p in group["params"]:  # every parameter gets its state, as the eager path's flat moments do
-            st = self.state[p]
-            if not st:
+        todo, groups, n_values = [], [], 0
+        for p, c, n in zip(params, counts, self._numels):
+            st = state[p]
+            if not st:  # every parameter gets its state, as the eager path's flat moments do
                 st["step"] = torch.zeros((), dtype=torch.float32)
                 st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        groups = [None if item is None or item[1] == 0 else
-                  (item[0], self.state[item[0]]["exp_avg"], self.state[item[0]]["exp_avg_sq"]) for item in todo]
+            m, v = st["exp_avg"], st["exp_avg_sq"]
+            if m.dtype != torch.float32 or v.dtype != torch.float32 or not (m.is_cpu and v.is_cpu) \
+                    or not (m.is_contiguous() and v.is_contiguous()):
+                return False
+            moves = p.grad is not None and c < n  # no gradient, or nothing may move: skipped (as the eager path)
+            todo.append(moves)
+            groups.append((p, m, v) if moves and c else None)
+            n_values += 3 * c if moves else 0
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
 
         def update(t: int) -> None:
-            if todo[t] is not None:
-                _adamw_update(todo[t][0], self.state[todo[t][0]], lr, b1, b2, eps, wd)
+            if todo[t]:
+                _adamw_update(params[t], state[params[t]], lr, b1, b2, eps, wd)
 
         fused_kernels.save_around(kern, groups, bits, self._numels, n_values, update)
         if self.frozen_cache == "step":
