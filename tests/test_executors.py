@@ -14,30 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TOY_CELLS, TOY_PARAMS, write_notebook
+from executor_jobs import noisy_sum, sleep_then_mark, sqrt_or_fail
 
 from epi_utils.workbench import cli, executors
 from epi_utils.workbench.executors import Tasks, map_jobs, parse_minutes
 from epi_utils.workbench.sweep import sweep
 
 HERE = str(Path(__file__).resolve().parent)
-
-
-def noisy_sum(seed: int) -> tuple[float, int]:
-    """A tiny seeded torch computation (and the torch threads it ran with)."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(64, 64, generator=gen, dtype=torch.float64)
-    return float((x @ x.T).tanh().sum()), torch.get_num_threads()
-
-
-def sqrt_or_fail(x: float) -> float:
-    return math.sqrt(x)
-
-
-def sleep_then_mark(job: tuple[str, float]) -> str:
-    path, seconds = job
-    time.sleep(seconds)
-    Path(path).write_text("finished")
-    return path
 
 
 def test_results_in_job_order_and_failures_named():
