@@ -304,16 +304,20 @@ def count_frozen(kern, bits: torch.Tensor, sizes) -> list[int]:
     return out.tolist()
 
 
-def save_around(kern, groups, bits: torch.Tensor, sizes, n_values: int, update, *, chunk_elements: int = 1 << 16):
+def save_around(kern, groups, bits: torch.Tensor, sizes, n_values: int, update, *, chunk_elements: int = 1 << 16,
+                scratch: torch.Tensor | None = None) -> None:
     """Save the frozen values of every tensor of ``groups`` (per layout tensor a tuple of 3 fp32
     tensors, e.g. parameter and AdamW moments, or None to skip it), call ``update(t)`` for every
     layout index ``t``, and write the saved values back: chunk by chunk (consecutive tensors of
     about ``chunk_elements`` elements), so that the save, the update and the restore of a chunk
-    find its values in the cache. ``n_values``: 3 x the frozen elements of the saved tensors."""
+    find its values in the cache. ``n_values``: 3 x the frozen elements of the saved tensors;
+    ``scratch``: an fp32 CPU buffer of at least ``n_values`` values to reuse (a fresh one would be
+    page-faulted in at every step)."""
     sizes = list(sizes)
     sz, off = _layout(sizes)
     ptrs = _ptrs([t for gr in groups for t in (gr if gr is not None else (None, None, None))])
-    scratch = torch.empty(max(n_values, 1), dtype=torch.float32)
+    if scratch is None or scratch.numel() < n_values:
+        scratch = torch.empty(max(n_values, 1), dtype=torch.float32)
     args = (sz.data_ptr(), off.data_ptr(), _addr(ptrs), bits.data_ptr(), bits.numel(), scratch.data_ptr())
     nt, lo, s = len(groups), 0, 0
     while lo < nt:

@@ -124,6 +124,7 @@ class MaskedAdamW(torch.optim.Optimizer):
         self._numels = [p.numel() for p in params]
         self._name_set, self._identity_index = set(self.names), {n: i for i, n in enumerate(self.names)}
         self.fused = fused  # None: the fused kernels where they apply and load; False: always eager
+        self._scratch: torch.Tensor | None = None  # the fused step's buffer of saved frozen values
 
     def _kernels(self):
         """The loaded fused kernels when the parameters and gradients suit them (fp32, CPU,
@@ -385,7 +386,9 @@ class MaskedAdamW(torch.optim.Optimizer):
             if todo[t]:
                 _adamw_update(params[t], state[params[t]], lr, b1, b2, eps, wd)
 
-        fused_kernels.save_around(kern, groups, bits, self._numels, n_values, update)
+        if self._scratch is None or self._scratch.numel() < n_values:  # kept: reused at every step
+            self._scratch = torch.empty(int(n_values * 1.25) + 1024, dtype=torch.float32)
+        fused_kernels.save_around(kern, groups, bits, self._numels, n_values, update, scratch=self._scratch)
         if self.frozen_cache == "step":
             self._frozen_index.clear()
         return True
