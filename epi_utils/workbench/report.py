@@ -182,7 +182,9 @@ def _data_files(run_dir: Path) -> dict[str, dict[str, Any]]:
 
     found = runs.read_data_files(run_dir)
     known: dict[str, str] = {}
-    for name in datasets.DATASETS:
+    # the registry's hashes live in the study packages (torch and their own imports): loaded only when the
+    # run read a data file, so a run that read none (a sweep worker's toy run) does not import them
+    for name in datasets.DATASETS if found else ():
         try:
             known.update({f"$EPI_DATA_DIR/{rel}": digest for rel, digest in datasets.known_hashes(name).items()})
         except (ImportError, AttributeError):  # a study package that cannot be imported here
