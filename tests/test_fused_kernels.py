@@ -19,7 +19,7 @@ SHAPES = [(3, 5), (7,), (13, 11), (1,), (129,), (2, 33)]  # odd sizes, layout of
 def kern():
     k = fk.lib()
     if k is None:
-        pytest.skip("no C compiler: fused kernels unavailable")
+        pytest.skip("fused kernels unavailable: install a C compiler (cc or gcc) or set CC")
     return k
 
 
