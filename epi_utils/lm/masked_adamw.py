@@ -5,7 +5,7 @@ True = the element may move). For elements with False, the parameter, ``exp_avg`
 ``exp_avg_sq`` keep their exact previous values (saved with ``index_select`` before the in-place
 update and written back with ``index_copy_``, so they are bit-identical) and no weight decay is
 applied; the flat positions of a mask's False elements are cached per mask tensor
-(:class:`FrozenPositions`, shared with ``epi_utils.isolation.policies.MaskedStepGuard``). Elements with
+(:class:`FrozenPositions`, shared with ``epi_utils.isolation.base.MaskedStepGuard``). Elements with
 True get the ordinary AdamW update
 
     m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
