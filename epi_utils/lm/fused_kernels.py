@@ -150,6 +150,62 @@ void epi_patch_bits(uint8_t *bits, const int64_t *pos, const uint8_t *val, int64
     if (val[i]) bits[pos[i] >> 3] |= m; else bits[pos[i] >> 3] &= (uint8_t)~m;
   }
 }
+
+/* 64 bits of the bitmap from global bit position pos (bit k = element pos + k) */
+static inline uint64_t bits64(const uint8_t *bits, int64_t nbytes, int64_t pos) {
+  int64_t byte = pos >> 3;
+  int sh = (int)(pos & 7);
+  uint64_t w = word_at(bits, nbytes, byte) >> sh;
+  if (sh && byte + 8 < nbytes) w |= (uint64_t)bits[byte + 8] << (64 - sh);
+  return w;
+}
+
+#if EPI_FMA
+#define MADD(x, y, z) fmaf((x), (y), (z))
+#else
+#define MADD(x, y, z) ((x) * (y) + (z))
+#endif
+
+/* AdamW of one tensor in torch's eager arithmetic, frozen elements (bits from global position off;
+   bits NULL: none) left bit for bit as they were. Moments: m <- m b1 + (1 - b1) g (torch's
+   mul_ then add_(alpha)), v <- v b2 + (1 - b2) g g (mul_ then addcmul_). Per block of 64
+   elements the frozen values are kept in registers / L1, the vector loop runs over the block,
+   and they are written back. */
+void epi_adamw_moments(int64_t n, const float *restrict g, float *restrict m, float *restrict v, float b1,
+                       float omb1, float b2, float omb2, const uint8_t *bits, int64_t nbytes, int64_t off) {
+  float sm[64], sv[64];
+  for (int64_t j0 = 0; j0 < n; j0 += 64) {
+    int64_t j1 = j0 + 64 < n ? j0 + 64 : n;
+    uint64_t w = bits ? bits64(bits, nbytes, off + j0) : 0;
+    if (j1 - j0 < 64) w &= ((uint64_t)1 << (j1 - j0)) - 1;
+    int k = 0;
+    for (uint64_t r = w; r; r &= r - 1) { int64_t j = j0 + __builtin_ctzll(r); sm[k] = m[j]; sv[k++] = v[j]; }
+    for (int64_t j = j0; j < j1; j++) {
+      float gj = g[j];
+      m[j] = MADD(gj, omb1, m[j] * b1);
+      v[j] = MADD(omb2 * gj, gj, v[j] * b2);
+    }
+    k = 0;
+    for (uint64_t r = w; r; r &= r - 1) { int64_t j = j0 + __builtin_ctzll(r); m[j] = sm[k]; v[j] = sv[k++]; }
+  }
+}
+
+/* p <- p (1 - lr wd) + (-lr / bc1) m / d (torch's mul_ then addcdiv_: self + value * t1 / t2),
+   d = sqrt(v / bc2) + eps computed by torch (its sqrt is not IEEE's on every CPU); frozen kept */
+void epi_adamw_params(int64_t n, float *restrict p, const float *restrict m, const float *restrict d, float decay,
+                      float step, const uint8_t *bits, int64_t nbytes, int64_t off) {
+  float sp[64];
+  for (int64_t j0 = 0; j0 < n; j0 += 64) {
+    int64_t j1 = j0 + 64 < n ? j0 + 64 : n;
+    uint64_t w = bits ? bits64(bits, nbytes, off + j0) : 0;
+    if (j1 - j0 < 64) w &= ((uint64_t)1 << (j1 - j0)) - 1;
+    int k = 0;
+    for (uint64_t r = w; r; r &= r - 1) sp[k++] = p[j0 + __builtin_ctzll(r)];
+    for (int64_t j = j0; j < j1; j++) p[j] = p[j] * decay + (step * m[j]) / d[j];
+    k = 0;
+    for (uint64_t r = w; r; r &= r - 1) p[j0 + __builtin_ctzll(r)] = sp[k++];
+  }
+}
 """
 
 _STATE: dict = {}
@@ -212,6 +268,10 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.epi_patch_bits.restype = None
     lib.epi_frozen_bits.argtypes = [ptr, ptr, i64, i64, i64, ptr, i64, i64]
     lib.epi_frozen_bits.restype = None
+    lib.epi_adamw_moments.argtypes = [i64, ptr, ptr, ptr, f32, f32, f32, f32, ptr, i64, i64]
+    lib.epi_adamw_moments.restype = None
+    lib.epi_adamw_params.argtypes = [i64, ptr, ptr, ptr, f32, f32, ptr, i64, i64]
+    lib.epi_adamw_params.restype = None
     return lib
 
 
@@ -228,7 +288,60 @@ def _self_test(lib) -> bool:
         fold_zero(lib, [p], [gr], [got], beta, None, [n])
         if not torch.equal(got, want):
             return False
+    return _adamw_self_test(lib, g)
+
+
+def _eager_adamw(p, grad, m, v, *, lr, b1, b2, eps, wd, t) -> None:
+    """torch's eager AdamW arithmetic (as ``MaskedAdamW``'s eager path), in place."""
+    m.mul_(b1).add_(grad, alpha=1 - b1)
+    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+    denom = (v / (1 - b2 ** t)).sqrt_().add_(eps)
+    p.mul_(1 - lr * wd).addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
+
+
+def _adamw_self_test(lib, g: torch.Generator) -> bool:
+    """:func:`adamw` equals torch's eager AdamW bit for bit (two steps, odd sizes, with and
+    without frozen elements, which must keep their values)."""
+    hp = dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, wd=0.01)
+    for n in (1, 63, 65, 1001, 70001):
+        frozen = torch.rand(n + 9, generator=g) < 0.1
+        bits = _pack(frozen)
+        for use_bits in (False, True):
+            x = [torch.randn(n, generator=g) * s for s in (1.0, 0.01, 0.01)] + [torch.rand(n, generator=g) * 1e-3]
+            before, want = [t.clone() for t in x], [t.clone() for t in x]
+            for t in (1, 2):
+                _eager_adamw(want[0], want[1], want[2], want[3], t=t, **hp)
+                adamw(lib, x[0], x[1], x[2], x[3], t=t, bits=bits if use_bits else None, offset=9, **hp)
+            if use_bits:  # frozen elements keep their values bit for bit
+                want = [torch.where(frozen[9:], b, w) for b, w in zip(before, want)]
+            if not all(torch.equal(a, b) for a, b in zip(x, want)):
+                return False
     return True
+
+
+def _pack(flags: torch.Tensor) -> torch.Tensor:
+    """Bool (n,) -> packed uint8 bitmap (element i = bit i % 8 of byte i // 8)."""
+    n = flags.numel()
+    padded = torch.zeros((n + 7) // 8 * 8, dtype=torch.uint8)
+    padded[:n] = flags.to(torch.uint8)
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+    return (padded.view(-1, 8) * weights).sum(1).to(torch.uint8)
+
+
+def adamw(kern, p: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor, *, lr: float, b1: float,
+          b2: float, eps: float, wd: float, t: float, bits: torch.Tensor | None = None, offset: int = 0) -> None:
+    """One AdamW step of fp32 contiguous CPU ``p`` with moments ``m``, ``v`` (step count ``t``)
+    in torch's eager arithmetic, bit for bit, in two kernel passes and torch's own denominator
+    ``sqrt(v / bc2) + eps`` (torch's vector ``sqrt`` differs from IEEE's in the last bit on some
+    CPUs); the elements set in ``bits`` from ``offset`` on (the tensor's place in the flat layout)
+    keep their parameter and moments bit for bit (no update, no weight decay)."""
+    n = p.numel()
+    nbytes = 0 if bits is None else bits.numel()
+    bp = 0 if bits is None else bits.data_ptr()
+    kern.epi_adamw_moments(n, grad.data_ptr(), m.data_ptr(), v.data_ptr(), b1, 1 - b1, b2, 1 - b2, bp, nbytes, offset)
+    denom = (v / (1 - b2 ** t)).sqrt_().add_(eps)
+    kern.epi_adamw_params(n, p.data_ptr(), m.data_ptr(), denom.data_ptr(), 1 - lr * wd, -lr / (1 - b1 ** t),
+                          bp, nbytes, offset)
 
 
 def lib():

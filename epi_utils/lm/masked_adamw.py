@@ -36,10 +36,12 @@ of their frozen elements laid out as this optimizer's parameters (``frozen_bits(
 ``layout()``: the ``StepMasks`` of a compact isolation policy) and every parameter, gradient and
 moment is an fp32 CPU tensor, ``zero_masked_grads`` is one C pass per tensor that folds a
 deferred Taylor importance (fp32 flat tracker over the same parameters) and zeroes the frozen
-gradients, and ``step`` saves the frozen parameters and moments by one C call before torch's eager
-AdamW arithmetic (unchanged) and writes them back by one after: bitwise the same values as the
-eager path, without int64 positions. ``fused=False`` (or ``EPI_FUSED_KERNELS=0``, or no C
-compiler) takes the eager path.
+gradients, and ``step`` runs torch's eager AdamW arithmetic in two C passes per tensor (moments,
+then parameter; the denominator ``sqrt(v / bc2) + eps`` stays torch's, whose vector ``sqrt`` is not
+IEEE's in the last bit on every CPU) that skip the frozen elements: bitwise the same values as the
+eager path, without int64 positions or a save and restore. A step without masks takes the same
+kernels with nothing frozen, so full SFT and EPI share one AdamW. ``fused=False`` (or
+``EPI_FUSED_KERNELS=0``, or no C compiler) takes the eager path.
 """
 from __future__ import annotations
 
@@ -124,7 +126,6 @@ class MaskedAdamW(torch.optim.Optimizer):
         self._numels = [p.numel() for p in params]
         self._name_set, self._identity_index = set(self.names), {n: i for i, n in enumerate(self.names)}
         self.fused = fused  # None: the fused kernels where they apply and load; False: always eager
-        self._scratch: torch.Tensor | None = None  # the fused step's buffer of saved frozen values
 
     def _kernels(self):
         """The loaded fused kernels when the parameters and gradients suit them (fp32, CPU,
@@ -320,6 +321,10 @@ class MaskedAdamW(torch.optim.Optimizer):
         fused = self._fused_bits(masks) if masks else None
         if fused is not None and self._fused_step(*fused):
             return None
+        if not masks:  # no element frozen: the same kernels, so that full SFT and EPI share one AdamW
+            kern = self._kernels()
+            if kern is not None and self._fused_step(kern, None):
+                return None
         given = self._given_positions(masks)
         flat = self._flat_moments() if given is not None and self._same_layout(masks) else None
         if flat is not None:  # frozen moments saved (and restored below) in one pass per buffer
@@ -357,16 +362,17 @@ class MaskedAdamW(torch.optim.Optimizer):
             self._frozen_index.clear()
         return None
 
-    def _fused_step(self, kern, bits: torch.Tensor) -> bool:
-        """The masked step with the kernels: per-tensor frozen counts, then chunk by chunk the
-        frozen parameters and moments saved by one call, torch's eager AdamW update of every tensor
-        that may move, the saved values written back by one call. False (nothing done) when a moment is not an fp32
-        contiguous CPU tensor (the eager path then runs)."""
+    def _fused_step(self, kern, bits: torch.Tensor | None) -> bool:
+        """The step with the kernels (:func:`fused_kernels.adamw`: torch's eager AdamW arithmetic bit
+        for bit, the elements set in ``bits`` skipped, so that their parameter and moments keep
+        their values without a save and restore; ``bits`` None: no element frozen). A tensor whose
+        elements are all frozen is skipped (moments and step count unchanged), as on the eager
+        path. False (nothing done) when a moment is not an fp32 contiguous CPU tensor (the eager
+        path then runs)."""
         group = self.param_groups[0]
         params, state = group["params"], self.state
-        counts = fused_kernels.count_frozen(kern, bits, self._numels)
-        todo, groups, n_values = [], [], 0
-        for p, c, n in zip(params, counts, self._numels):
+        counts = fused_kernels.count_frozen(kern, bits, self._numels) if bits is not None else [0] * len(params)
+        for p in params:
             st = state[p]
             if not st:  # every parameter gets its state, as the eager path's flat moments do
                 st["step"] = torch.zeros((), dtype=torch.float32)
@@ -376,19 +382,15 @@ class MaskedAdamW(torch.optim.Optimizer):
             if m.dtype != torch.float32 or v.dtype != torch.float32 or not (m.is_cpu and v.is_cpu) \
                     or not (m.is_contiguous() and v.is_contiguous()):
                 return False
-            moves = p.grad is not None and c < n  # no gradient, or nothing may move: skipped (as the eager path)
-            todo.append(moves)
-            groups.append((p, m, v) if moves and c else None)
-            n_values += 3 * c if moves else 0
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-
-        def update(t: int) -> None:
-            if todo[t]:
-                _adamw_update(params[t], state[params[t]], lr, b1, b2, eps, wd)
-
-        if self._scratch is None or self._scratch.numel() < n_values:  # kept: reused at every step
-            self._scratch = torch.empty(int(n_values * 1.25) + 1024, dtype=torch.float32)
-        fused_kernels.save_around(kern, groups, bits, self._numels, n_values, update, scratch=self._scratch)
+        offset = 0
+        for p, c, n in zip(params, counts, self._numels):
+            if p.grad is not None and c < n:  # no gradient, or nothing may move: skipped (as the eager path)
+                st = state[p]
+                st["step"] += 1
+                fused_kernels.adamw(kern, p, p.grad, st["exp_avg"], st["exp_avg_sq"], lr=lr, b1=b1, b2=b2, eps=eps,
+                                    wd=wd, t=float(st["step"]), bits=bits if c else None, offset=offset)
+            offset += n
         if self.frozen_cache == "step":
             self._frozen_index.clear()
         return True
