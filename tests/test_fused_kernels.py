@@ -148,28 +148,24 @@ def test_epi_policy_fused_equals_eager(kern, monkeypatch):
         assert torch.equal(pf._crit_flat[t], pe._crit_flat[t])
 
 
-def test_save_around_restores_frozen_values_chunk_by_chunk(kern):
-    g = torch.Generator().manual_seed(6)
-    sizes = [17, 64, 5, 1000, 3]
-    arrays = [tuple(torch.randn(n, generator=g) for _ in range(3)) for n in sizes]
-    frozen = torch.rand(sum(sizes), generator=g) < 0.4
-    before = [tuple(t.clone() for t in gr) for gr in arrays]
-    counts = fk.count_frozen(kern, es.pack_bits(frozen), sizes)
-    seen = []
-
-    def update(t):  # every value moves, frozen or not
-        seen.append(t)
-        for x in arrays[t]:
-            x.add_(1.0)
-
-    groups = [gr if t != 2 else None for t, gr in enumerate(arrays)]  # tensor 2 not saved
-    n_values = 3 * sum(c for t, c in enumerate(counts) if t != 2)
-    fk.save_around(kern, groups, es.pack_bits(frozen), sizes, n_values, update, chunk_elements=20)
-    assert seen == list(range(len(sizes)))
-    for t, (gr, old, fz) in enumerate(zip(arrays, before, torch.split(frozen, sizes))):
-        for x, x0 in zip(gr, old):
-            want = x0 + 1.0 if t == 2 else torch.where(fz, x0, x0 + 1.0)
-            assert torch.equal(x, want)
+def test_unmasked_kernel_step_is_bitwise_the_eager_step(kern):
+    """Full SFT's AdamW (no masks) takes the kernels: bitwise torch's eager AdamW, step counts included."""
+    runs = {}
+    for fused in (None, False):
+        named = _named(5)
+        opt = MaskedAdamW(named, lr=1e-2, weight_decay=0.1, fused=fused)
+        g = torch.Generator().manual_seed(6)
+        for _ in range(3):
+            for p in named.values():
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        runs[fused] = (named, opt)
+    (a, oa), (b, ob) = runs[None], runs[False]
+    for name in a:
+        assert torch.equal(a[name], b[name])
+        sa, sb = oa.state[a[name]], ob.state[b[name]]
+        assert all(torch.equal(sa[k], sb[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    assert float(oa.state[a["w0"]]["step"]) == 3.0
 
 
 @pytest.mark.parametrize("flag", ["1", "0"])

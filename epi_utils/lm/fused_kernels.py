@@ -9,8 +9,8 @@ byte ``i // 8``, as ``epi_utils.isolation.state.pack_bits``), so no int64 positi
 
 - :func:`fold_zero`: one pass per tensor (in cache-sized blocks) that folds the Taylor importance
   into an fp32 EMA, ``e <- beta e + (1 - beta) |p g|``, and zeroes the frozen gradients;
-- :func:`count_frozen`, :func:`save_around`: per-tensor frozen counts and the save / restore of
-  frozen values (parameters, AdamW moments) around an eager AdamW step, chunk by chunk;
+- :func:`count_frozen`: per-tensor frozen counts; :func:`adamw`: torch's AdamW arithmetic bit for
+  bit in two passes that skip the frozen elements (no save and restore);
 - :func:`frozen_bits`: a step's packed frozen set from the tasks' packed critical sets and the
   owners of their overlaps, in one pass; :func:`patch_bits`: set or clear bits at positions.
 
@@ -94,30 +94,6 @@ void epi_count(int64_t nt, const int64_t *sizes, const int64_t *offs, const uint
     }
     counts[t] = c;
   }
-}
-
-/* k (<= 4) arrays per tensor (ptrs[t * k + c]; tensor skipped when ptrs[t * k] is NULL) for tensors
-   [t0, t1): the frozen values of the k arrays, element by element, to (or, with back != 0, from)
-   scratch from index s0; returns the index after the last value */
-int64_t epi_gather(int64_t t0, int64_t t1, int64_t k, const int64_t *sizes, const int64_t *offs, float *const *ptrs,
-                   const uint8_t *bits, int64_t nbytes, float *scratch, int64_t s0, int back) {
-  int64_t s = s0;
-  for (int64_t t = t0; t < t1; t++) {
-    if (!ptrs[t * k]) continue;
-    float *x0 = ptrs[t * k], *x1 = k > 1 ? ptrs[t * k + 1] : 0, *x2 = k > 2 ? ptrs[t * k + 2] : 0;
-    if (k == 3 && back) { FOR_BITS(bits, nbytes, offs[t], offs[t] + sizes[t], offs[t],
-                                   x0[j] = scratch[s]; x1[j] = scratch[s + 1]; x2[j] = scratch[s + 2]; s += 3); }
-    else if (k == 3) { FOR_BITS(bits, nbytes, offs[t], offs[t] + sizes[t], offs[t],
-                                scratch[s] = x0[j]; scratch[s + 1] = x1[j]; scratch[s + 2] = x2[j]; s += 3); }
-    else {
-      for (int64_t c = 0; c < k; c++) {
-        float *x = ptrs[t * k + c];
-        if (back) { FOR_BITS(bits, nbytes, offs[t], offs[t] + sizes[t], offs[t], x[j] = scratch[s++]); }
-        else { FOR_BITS(bits, nbytes, offs[t], offs[t] + sizes[t], offs[t], scratch[s++] = x[j]); }
-      }
-    }
-  }
-  return s;
 }
 
 /* the packed frozen set of a step of task tid: the OR of the packed sets other than sets[self]
@@ -262,8 +238,6 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.epi_fold_zero.restype = None
     lib.epi_count.argtypes = [i64, ptr, ptr, ptr, i64, ptr]
     lib.epi_count.restype = None
-    lib.epi_gather.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, i64, ctypes.c_int]
-    lib.epi_gather.restype = i64
     lib.epi_patch_bits.argtypes = [ptr, ptr, ptr, i64]
     lib.epi_patch_bits.restype = None
     lib.epi_frozen_bits.argtypes = [ptr, ptr, i64, i64, i64, ptr, i64, i64]
@@ -415,36 +389,6 @@ def count_frozen(kern, bits: torch.Tensor, sizes) -> list[int]:
     out = torch.empty(len(sz), dtype=torch.int64)
     kern.epi_count(len(sz), sz.data_ptr(), off.data_ptr(), bits.data_ptr(), bits.numel(), out.data_ptr())
     return out.tolist()
-
-
-def save_around(kern, groups, bits: torch.Tensor, sizes, n_values: int, update, *, chunk_elements: int = 1 << 16,
-                scratch: torch.Tensor | None = None) -> None:
-    """Save the frozen values of every tensor of ``groups`` (per layout tensor a tuple of 3 fp32
-    tensors, e.g. parameter and AdamW moments, or None to skip it), call ``update(t)`` for every
-    layout index ``t``, and write the saved values back: chunk by chunk (consecutive tensors of
-    about ``chunk_elements`` elements), so that the save, the update and the restore of a chunk
-    find its values in the cache. ``n_values``: 3 x the frozen elements of the saved tensors;
-    ``scratch``: an fp32 CPU buffer of at least ``n_values`` values to reuse (a fresh one would be
-    page-faulted in at every step)."""
-    sizes = list(sizes)
-    sz, off = _layout(sizes)
-    ptrs = _ptrs([t for gr in groups for t in (gr if gr is not None else (None, None, None))])
-    if scratch is None or scratch.numel() < n_values:
-        scratch = torch.empty(max(n_values, 1), dtype=torch.float32)
-    args = (sz.data_ptr(), off.data_ptr(), _addr(ptrs), bits.data_ptr(), bits.numel(), scratch.data_ptr())
-    nt, lo, s = len(groups), 0, 0
-    while lo < nt:
-        hi, size = lo, 0
-        while hi < nt and (size < chunk_elements or hi == lo):
-            size += sizes[hi] if groups[hi] is not None else 0
-            hi += 1
-        end = kern.epi_gather(lo, hi, 3, *args, s, 0)
-        for t in range(lo, hi):
-            update(t)
-        kern.epi_gather(lo, hi, 3, *args, s, 1)
-        lo, s = hi, end
-    if s != n_values:
-        raise RuntimeError(f"saved {s} frozen values, expected {n_values}")
 
 
 def frozen_bits(sets: list, self_index: int, owner: torch.Tensor, tid: int) -> torch.Tensor | None:
