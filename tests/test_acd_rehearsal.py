@@ -1,7 +1,7 @@
 """GPU rehearsal of Study 05: the toy FewAsp copy has the real layout, the full-scale token counts
-match a hand count, and a rehearsal runs the study's code path with a tiny random BERT in < 60 s."""
+match a hand count, and a rehearsal runs the study's code path with a tiny random BERT (no wall-time
+assertion: tests never assert on time; the rehearsal's own time is reported by `epi run --rehearse`)."""
 import json
-import time
 
 import pytest
 
@@ -38,10 +38,8 @@ def test_rehearsal_runs_the_study_and_estimates(tmp_path, monkeypatch):
     monkeypatch.setenv("EPI_CACHE_DIR", str(tmp_path / "cache"))
     cfg = Config(settings=["5way5shot", "10way10shot"], encoder="bert", hidden=128, attn_dim=64, device="cpu",
                  rehearse=True)
-    t0 = time.perf_counter()
     res = rehearsal.rehearse(cfg, progress=lambda it, **kw: it, folder=tmp_path)
     est = res.estimate
-    assert time.perf_counter() - t0 < 60
     assert res.config.settings == ("3way2shot",) and res.config.n_seeds == 1
     assert {r.arch for r in res.training} == {"protonet", "proto_awatt"}
     assert est["rehearsal"]["steps"] == 2 * 4 * len(res.training[0].epoch_seconds)
