@@ -106,15 +106,12 @@ def costs_table(run_dirs, *, top: int = 4) -> pd.DataFrame:
 
 def newest_runs(reports_dir: Path | str, *, profile: str = "cpu") -> list[Path]:
     """The newest successful, non-rehearsal ``profile`` run folder of each study under ``reports_dir``."""
-    from epi_utils.workbench.report import _publishable, collect_runs
+    from epi_utils.workbench.report import collect_runs, newest_publishable
 
-    chosen: dict[str, Path] = {}
-    for run in collect_runs(reports_dir):  # newest first
-        if run.study not in chosen and _publishable(run, profile):
-            chosen[run.study] = run.path
+    chosen = newest_publishable(collect_runs(reports_dir), profile=profile)
     if not chosen:
         raise FileNotFoundError(f"no successful '{profile}' run under {reports_dir}; run `make reports` first")
-    return [chosen[s] for s in sorted(chosen)]
+    return [chosen[s].path for s in sorted(chosen)]
 
 
 def markdown(frame: pd.DataFrame) -> str:

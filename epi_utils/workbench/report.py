@@ -508,9 +508,7 @@ def publish(reports_dir: Path | str | None = None, *, profile: str = "cpu",
                 raise ValueError(f"two runs of {run.study} given; publish each under its own label (--as)")
             chosen[run.study] = run
     else:
-        for run in candidates:  # newest first
-            if run.study not in chosen and _publishable(run, profile):
-                chosen[run.study] = run
+        chosen = newest_publishable(candidates, profile=profile)
     if not chosen:
         raise FileNotFoundError(f"no successful '{profile}' run under {reports_dir} to publish; run `epi run` first")
     target.mkdir(parents=True, exist_ok=True)
@@ -526,6 +524,16 @@ def publish(reports_dir: Path | str | None = None, *, profile: str = "cpu",
             shutil.copy2(run.path / "figures" / f"{figure}.png", dest / f"{figure}.png")
     index_page.write_published_index(root)
     return target
+
+
+def newest_publishable(candidates: Sequence[RunRecord], *, profile: str = "cpu") -> dict[str, RunRecord]:
+    """Study -> its newest successful, non-rehearsal ``profile`` run among ``candidates`` (newest
+    first, as :func:`collect_runs` gives them): what ``publish`` and ``epi costs`` read."""
+    chosen: dict[str, RunRecord] = {}
+    for run in candidates:
+        if run.study not in chosen and _publishable(run, profile):
+            chosen[run.study] = run
+    return chosen
 
 
 def _is_rehearsal(run: RunRecord) -> bool:
