@@ -95,3 +95,25 @@ def test_forest_diagnosis_does_not_read_the_diagnosed_worlds_planted_labels(runs
     assert (ta["truth"] != tb["truth"]).any()            # the scrambled world's own labels differ...
     assert (tb.loc[~tb["learned"], "diagnosed_by"] == "forest").all()
     pd.testing.assert_series_equal(ta["diagnosis"], tb["diagnosis"])   # ...and its diagnosis does not
+
+
+def test_mitigation_parts_give_the_records_of_one_pass(worlds, runs):
+    """The study runs each world's mitigations as independent parts (the uniform control, each
+    diagnosed cause's arms) in any process and order: merged, they are the records of one pass."""
+    from epi_utils.ilp import mitigation
+
+    cfg, world, _, (model, tok), _ = worlds
+    table = runs[0].table
+    cfg = cfg.replace(mit_steps=2, mit_batch_size=4)
+    kw = dict(seed=0, model=model, tokenizer=tok, train=world.split("train"), heldout=world.split("heldout"),
+              table=table)
+    parts = mitigation.world_parts(table)
+    assert parts[0] == "control" and len(parts) >= 2, parts
+    whole = mitigation.world_arms(cfg, **kw)
+    split = sorted((r for p in reversed(parts) for r in mitigation.world_arms(cfg, part=p, **kw)),
+                   key=mitigation.arm_order)
+    first = [r.arm for r in whole if r.cause == parts[1]]   # per cause: fix, focused (not rare_complex), control
+    assert whole[0].cause == parts[1] and first[0] == "fix" and first[-1] == "control", whole
+    assert split == whole
+    with pytest.raises(ValueError, match="part must be"):
+        mitigation.world_arms(cfg, part="bogus", **kw)

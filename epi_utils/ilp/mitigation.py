@@ -24,6 +24,7 @@ Fixes, one per cause of the ILP taxonomy (ILP study, 2026):
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -32,9 +33,11 @@ import pandas as pd
 import torch
 
 from epi_utils.ilp.diagnosis import CAUSES
+from epi_utils.ilp.records import RecoveryRecord
 from epi_utils.lm.sft_format import encode_example, pad_batch, pad_id
 
 ARMS = ("fix", "control")
+_ARM_RANK = {"fix": 0, "focused": 1, "control": 2}
 
 
 @dataclass(frozen=True)
@@ -193,3 +196,85 @@ def run_arm(model, tokenizer, *, plan: FixPlan | None, train_samples: Sequence, 
         losses = continue_training(arm_model, tokenizer, focus=plan.focus, train=plan.train, config=config,
                                    fix_share=config.fix_share, rng=rng)
     return arm_model, losses
+
+
+# --------------------------------------------------------------------------- one world's arms
+def world_parts(table: pd.DataFrame) -> list[str]:
+    """The independent parts of one world's mitigations: ``"control"`` (the uniform control, judged on
+    every cause's targets) and each cause diagnosed in ``table`` (its fix and focused arms), in
+    :data:`CAUSES` order."""
+    diagnosed = set(table["diagnosis"].dropna())
+    return ["control"] + [c for c in CAUSES if c in diagnosed]
+
+
+def arm_order(record: RecoveryRecord) -> tuple[int, int]:
+    """Sort key that puts one world's records in :func:`world_arms`' order: per cause (in
+    :data:`CAUSES` order) fix, focused, control."""
+    return CAUSES.index(record.cause), _ARM_RANK[record.arm]
+
+
+def world_arms(cfg, *, seed: int, model, tokenizer, train: Sequence, heldout: Sequence, table: pd.DataFrame,
+               part: str | None = None) -> list[RecoveryRecord]:
+    """Every fix with diagnosed samples against two compute-matched controls (same steps, batch size
+    and learning rate): the *focused* control trains the same diagnosed samples, with their own SFT
+    targets, in the same share of every batch but without the cause-specific change (no statement
+    form, no relabelling, no replay buffer); the *uniform* control (``"control"``, shared by the
+    causes) draws every row uniformly from the SFT data. ``rare_complex``'s fix (up-sampling) is
+    focused training itself, so it has no focused arm. Inconsistency is judged against the correct
+    answer of each duplicated prompt (the generator's, which no arm sees), not the fix's relabelling.
+
+    ``cfg``: the study's :class:`~epi_utils.ilp.config.Config` (its ``mit_*`` options). ``part``: one
+    of :func:`world_parts` (only those arms' records), or None (all, in :func:`arm_order`). Every arm
+    has its own generator (``[seed, 99]`` the control, ``[seed, 37, i]`` / ``[seed, 41, i]`` the fix /
+    focused arm of the ``i``-th diagnosed cause), so the parts give the same records in any process and order."""
+    from epi_utils.lm.evaluate import exact_match
+
+    if part is not None and part != "control" and part not in CAUSES:
+        raise ValueError(f"part must be 'control', one of {CAUSES} or None, got {part!r}")
+    icfg = InterventionConfig(steps=cfg.mit_steps, batch_size=cfg.mit_batch_size, lr=cfg.mit_lr,
+                              fix_share=cfg.mit_fix_share, replay_buffer=cfg.mit_replay_buffer)
+    by_id = {s.id: s for s in train}
+    diag = table.loc[table["diagnosis"].notna(), ["diagnosis"]]
+
+    def judge(m, targets) -> float:
+        probe_samples = [dataclasses.replace(by_id[i], response=r) for i, r in targets.items()]
+        return float(exact_match(m, tokenizer, probe_samples).mean())
+
+    def held(m) -> float:
+        return float(exact_match(m, tokenizer, heldout).mean()) if heldout else float("nan")
+
+    plans = {c: plan_fix(c, train_samples=train, table=table, diagnosis=diag, config=icfg,
+                         rng=np.random.default_rng([seed, 31, i])) for i, c in enumerate(CAUSES)}
+    plans = {c: p for c, p in plans.items() if p.targets}
+
+    def targets_of(cause: str) -> dict[str, str]:
+        targets = dict(plans[cause].targets)
+        if cause == "inconsistency":
+            targets = {k: (by_id[k].true_response or v) for k, v in targets.items()}
+        return targets
+
+    out = []
+    if part in (None, "control") and plans:
+        control, _ = run_arm(model, tokenizer, plan=None, train_samples=train, config=icfg,
+                             rng=np.random.default_rng([seed, 99]))
+        control_held = held(control)
+        for cause in plans:
+            targets = targets_of(cause)
+            out.append(RecoveryRecord(seed, cause, "control", len(targets), judge(control, targets), control_held))
+        del control
+    for i, (cause, plan) in enumerate(plans.items()):   # i: the cause's place among the diagnosed ones
+        if part not in (None, cause):
+            continue
+        targets = targets_of(cause)
+        fixed, _ = run_arm(model, tokenizer, plan=plan, train_samples=train, config=icfg,
+                           rng=np.random.default_rng([seed, 37, i]))
+        out.append(RecoveryRecord(seed, cause, "fix", len(targets), judge(fixed, targets), held(fixed)))
+        del fixed
+        if cause != "rare_complex":
+            focus = FixPlan(cause=cause, focus=[("sft", by_id[k].prompt, by_id[k].response) for k in plan.targets],
+                            train=[("sft", s.prompt, s.response) for s in train], targets=targets)
+            focused, _ = run_arm(model, tokenizer, plan=focus, train_samples=train, config=icfg,
+                                 rng=np.random.default_rng([seed, 41, i]))
+            out.append(RecoveryRecord(seed, cause, "focused", len(targets), judge(focused, targets), held(focused)))
+            del focused
+    return sorted(out, key=arm_order)

@@ -27,13 +27,13 @@ default design's worlds for a held-out setting). Its training labels are those o
 truth; the diagnosed world's own truth never reaches it. So :func:`run_study` runs in three
 phases: every world to its signals and rule-cascade diagnosis (:func:`run_seed`, in parallel), the
 forests over worlds, then the mitigations of the default design's worlds on the chosen diagnosis
-(:func:`mitigate_world`, in parallel, from each world's fine-tuned model saved in phase one).
+(:func:`mitigate_world`, one job per world and part in parallel, from each world's fine-tuned model
+saved in phase one).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -45,7 +45,7 @@ import pandas as pd
 
 from epi_utils.ilp import diagnosis, probe, signals, summary, training
 from epi_utils.ilp.config import Config
-from epi_utils.ilp.diagnosis import CAUSES, NO_CAUSE
+from epi_utils.ilp.diagnosis import NO_CAUSE
 from epi_utils.ilp.records import RecoveryRecord, SeedRecord
 from epi_utils.workbench import stats
 from epi_utils.workbench.progress import log_line
@@ -186,70 +186,26 @@ def run_seed(cfg: Config, seed: int, *, world=None, base=None, workdir: Path | N
                       timings=times, world=summary.world_summary(world))
 
 
-def mitigate_world(cfg: Config, seed: int, table: pd.DataFrame, model_path: Path) -> tuple[list[RecoveryRecord], float]:
-    """The mitigations of world ``seed`` (:func:`mitigate`) on its table's ``diagnosis``, from the
-    fine-tuned weights :func:`run_seed` saved at ``model_path``; ``(records, seconds)``."""
+def mitigate_world(cfg: Config, seed: int, table: pd.DataFrame, model_path: Path,
+                   part: str | None = None) -> tuple[list[RecoveryRecord], float]:
+    """The mitigation arms of world ``seed`` (:func:`epi_utils.ilp.mitigation.world_arms`; ``part``:
+    one of :func:`epi_utils.ilp.mitigation.world_parts`, or None for all) on its table's
+    ``diagnosis``, from the fine-tuned weights :func:`run_seed` saved at ``model_path``;
+    ``(records, seconds)``."""
     import torch
+
+    from epi_utils.ilp.mitigation import world_arms
 
     t = time.perf_counter()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     world = training.make_world(cfg, seed)
-    model, tok, _ = training.load_base(cfg, world, seed)
+    model, tok, _ = training.load_base(cfg, world, seed, recall=False)
     model.load_state_dict(torch.load(model_path, map_location=next(model.parameters()).device))
     model.eval()
-    out = mitigate(cfg, seed=seed, model=model, tokenizer=tok, train=world.split("train"),
-                   heldout=world.split("heldout"), table=table)
+    out = world_arms(cfg, seed=seed, model=model, tokenizer=tok, train=world.split("train"),
+                     heldout=world.split("heldout"), table=table, part=part)
     return out, time.perf_counter() - t
-
-
-def mitigate(cfg: Config, *, seed: int, model, tokenizer, train, heldout, table) -> list[RecoveryRecord]:
-    """Every fix with diagnosed samples against two compute-matched controls (same steps, batch size
-    and learning rate): the *focused* control trains the same diagnosed samples, with their own SFT
-    targets, in the same share of every batch but without the cause-specific change (no statement
-    form, no relabelling, no replay buffer); the *uniform* control (``"control"``, shared by the
-    causes) draws every row uniformly from the SFT data. ``rare_complex``'s fix (up-sampling) is
-    focused training itself, so it has no focused arm. Inconsistency is judged against the correct
-    answer of each duplicated prompt (the generator's, which no arm sees), not the fix's relabelling."""
-    from epi_utils.ilp.mitigation import FixPlan, InterventionConfig, plan_fix, run_arm
-    from epi_utils.lm.evaluate import exact_match
-
-    icfg = InterventionConfig(steps=cfg.mit_steps, batch_size=cfg.mit_batch_size, lr=cfg.mit_lr,
-                              fix_share=cfg.mit_fix_share, replay_buffer=cfg.mit_replay_buffer)
-    by_id = {s.id: s for s in train}
-    diag = table.loc[table["diagnosis"].notna(), ["diagnosis"]]
-
-    def judge(m, targets) -> float:
-        probe_samples = [dataclasses.replace(by_id[i], response=r) for i, r in targets.items()]
-        return float(exact_match(m, tokenizer, probe_samples).mean())
-
-    def held(m) -> float:
-        return float(exact_match(m, tokenizer, heldout).mean()) if heldout else float("nan")
-
-    plans = {c: plan_fix(c, train_samples=train, table=table, diagnosis=diag, config=icfg,
-                         rng=np.random.default_rng([seed, 31, i])) for i, c in enumerate(CAUSES)}
-    plans = {c: p for c, p in plans.items() if p.targets}
-    control, _ = run_arm(model, tokenizer, plan=None, train_samples=train, config=icfg,
-                         rng=np.random.default_rng([seed, 99]))
-    control_held = held(control)
-    out = []
-    for i, (cause, plan) in enumerate(plans.items()):
-        targets = dict(plan.targets)
-        if cause == "inconsistency":
-            targets = {k: (by_id[k].true_response or v) for k, v in targets.items()}
-        fixed, _ = run_arm(model, tokenizer, plan=plan, train_samples=train, config=icfg,
-                           rng=np.random.default_rng([seed, 37, i]))
-        out.append(RecoveryRecord(seed, cause, "fix", len(targets), judge(fixed, targets), held(fixed)))
-        del fixed
-        if cause != "rare_complex":
-            focus = FixPlan(cause=cause, focus=[("sft", by_id[k].prompt, by_id[k].response) for k in plan.targets],
-                            train=[("sft", s.prompt, s.response) for s in train], targets=targets)
-            focused, _ = run_arm(model, tokenizer, plan=focus, train_samples=train, config=icfg,
-                                 rng=np.random.default_rng([seed, 41, i]))
-            out.append(RecoveryRecord(seed, cause, "focused", len(targets), judge(focused, targets), held(focused)))
-            del focused
-        out.append(RecoveryRecord(seed, cause, "control", len(targets), judge(control, targets), control_held))
-    return out
 
 
 def _run_one(args) -> SeedRecord:
@@ -475,6 +431,7 @@ def run_study(cfg: Config, *, progress: Callable = default_progress, workdir: Pa
     ``workdir``: where the per-stage dynamics files are written (default: a temporary folder per
     world, removed once read back)."""
     from epi_utils.ilp import heldout
+    from epi_utils.ilp.mitigation import arm_order, world_parts
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ilp_models_") as models, _worker_pool(cfg) as pool:
@@ -486,8 +443,13 @@ def run_study(cfg: Config, *, progress: Callable = default_progress, workdir: Pa
                                 seed=cfg.seed)
         forest_seconds = time.perf_counter() - t
         todo = [r for r in default if cfg.mitigate and r.table["diagnosis"].notna().any()]
-        jobs = [(cfg, r.seed, r.table, Path(models) / f"seed{r.seed}.pt") for r in todo]
-        for r, (recovery, seconds) in zip(todo, _pool_map(pool, _mitigate_one, jobs, progress=progress,
-                                                          desc="mitigation")):
-            r.recovery, r.timings["mitigation"] = recovery, seconds
+        # one job per world and part (the uniform control, each diagnosed cause's arms): the arms are
+        # independent (each has its own generator), so the parts balance over the workers
+        jobs = [(cfg, r.seed, r.table, Path(models) / f"seed{r.seed}.pt", part)
+                for r in todo for part in world_parts(r.table)]
+        parts = list(_pool_map(pool, _mitigate_one, jobs, progress=progress, desc="mitigation"))
+        for r in todo:
+            mine = [out for job, out in zip(jobs, parts) if job[1] == r.seed]
+            r.recovery = sorted((rec for recs, _ in mine for rec in recs), key=arm_order)
+            r.timings["mitigation"] = sum(seconds for _, seconds in mine)
     return Result(config=cfg, records=records, seconds=time.perf_counter() - start, diagnosis_seconds=forest_seconds)

@@ -37,10 +37,11 @@ def make_world(cfg: Config, seed: int):
     return build_world(wc, facts="real" if real else "synthetic")
 
 
-def load_base(cfg: Config, world, seed: int):
+def load_base(cfg: Config, world, seed: int, *, recall: bool = True):
     """``(model, tokenizer, recall)``: the pre-SFT model. ``tiny``: pretrained on the world's corpus
-    with pretraining seed ``seed`` (cached); rehearsal: a random-initialised model of the backend's
-    family over the world's word tokenizer; else the named real model."""
+    with pretraining seed ``seed`` (cached), with its fact recall (``{}`` when ``recall`` is False);
+    rehearsal: a random-initialised model of the backend's family over the world's word tokenizer;
+    else the named real model."""
     import torch
 
     from epi_utils.lm.models import TINY_PRETRAIN, build_word_tokenizer, fact_recall, load_model
@@ -61,9 +62,10 @@ def load_base(cfg: Config, world, seed: int):
         pre = dataclasses.replace(TINY_PRETRAIN, epochs=cfg.pretrain_epochs)
         model, tok = load_model("tiny", world=world, device=device, tiny_pretrain=pre, pretrain_seed=seed,
                                 progress=False)
-        recall = {"corpus_facts": fact_recall(model, tok, world, in_pretrain=True),
-                  "absent_facts": fact_recall(model, tok, world, in_pretrain=False)}
-        return model, tok, recall
+        if not recall:
+            return model, tok, {}
+        return model, tok, {"corpus_facts": fact_recall(model, tok, world, in_pretrain=True),
+                            "absent_facts": fact_recall(model, tok, world, in_pretrain=False)}
     model, tok = load_model(cfg.backend, world=world, device=device)
     return model, tok, {}
 
