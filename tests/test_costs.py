@@ -5,6 +5,7 @@ import json
 import pytest
 
 from epi_utils.workbench import cli, costs
+from epi_utils.workbench.progress import pretrain_log_line
 
 
 def test_parts_of_every_study_shape():
@@ -54,6 +55,9 @@ def test_table_of_the_newest_runs(tmp_path, capsys):
     runs = costs.newest_runs(tmp_path)
     assert [r.name for r in runs] == ["20261207-020000-cpu-bbbb"]
     assert costs.pretrain_seconds(runs[0] / "progress.log") == (2, 72.0)
+    produced = tmp_path / "produced.log"   # the line the pretraining writes (lm.models) parses back
+    produced.write_text(pretrain_log_line("0f43309c727f0c80", epochs=25, seconds=12.34) + "\n")
+    assert costs.pretrain_seconds(produced) == (1, 12.3)
     row = costs.costs_table(runs).iloc[0]
     assert row["wall (min)"] == 2.5 and row["parts summed (min)"] == 4.0
     assert row["top costs (min, share of the parts)"] == "sft 3.0 (75%); world and base model 1.0 (25%)"

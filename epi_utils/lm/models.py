@@ -33,7 +33,7 @@ import torch
 from epi_utils.data.world import RECALL_TEMPLATE, WorldConfig, build_world
 from epi_utils.lm.evaluate import greedy_generate
 from epi_utils.workbench import runs
-from epi_utils.workbench.progress import log_line
+from epi_utils.workbench.progress import log_line, pretrain_log_line
 
 BACKENDS = ("tiny", "smollm2", "<HF id>", "<local folder>")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -192,7 +192,7 @@ def _load_tiny(world, device, cache_dir: Path | None, pretrain: bool, progress: 
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         runs.atomic_write_json(tmp / "pretrain_meta.json", meta)
-        log_line(f"pretrained a tiny world model ({folder.name}, {pre_cfg.epochs} epochs) in {seconds:.1f} s")
+        log_line(pretrain_log_line(folder.name, epochs=pre_cfg.epochs, seconds=seconds))
         try:
             os.replace(tmp, folder)
         except OSError:  # another process cached it first

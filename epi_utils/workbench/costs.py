@@ -28,7 +28,7 @@ import pandas as pd
 
 _NOT_PARTS = re.compile(r"(^|[/_])(total|wall|run_study|kernel_cpu)(_s|_seconds)?$|mean$")
 _UNIT_PREFIX = re.compile(r"^((setting|seed)\d+_)+")
-_PRETRAIN_LINE = re.compile(r"^pretrained a tiny world model .* in ([0-9.]+) s")
+_PRETRAIN_LINE = re.compile(r"^pretrained a tiny world model .* in ([0-9.]+) s")  # progress.pretrain_log_line
 _LIST_NAMES = {"seconds_per_run": "runs", "statistics_seconds_per_run": "statistics per run"}
 
 

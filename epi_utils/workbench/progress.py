@@ -63,6 +63,13 @@ def log_line(message: str) -> None:
         handle.write(message.rstrip("\n") + "\n")
 
 
+def pretrain_log_line(key: str, *, epochs: int, seconds: float) -> str:
+    """The ``progress.log`` line :func:`epi_utils.lm.models.load_model` writes after pretraining a
+    ``tiny`` world model (cache key ``key``); :func:`epi_utils.workbench.costs.pretrain_seconds`
+    reads it back."""
+    return f"pretrained a tiny world model ({key}, {epochs} epochs) in {seconds:.1f} s"
+
+
 def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
     """Iterate ``iterable`` showing progress: a tqdm bar in Lab, one terminal line per item in a batch run.
 
