@@ -13,6 +13,7 @@ import torch
 
 from epi_utils.importance.drift import turnover
 from epi_utils.importance.estimators import top_share_flat
+from epi_utils.isolation import refresh
 from epi_utils.isolation.state import CompactOwners, LazyMapping, PackedSets, StepMasks
 from epi_utils.lm.masked_adamw import FrozenPositions
 from epi_utils.lm.train import TrainHook
@@ -154,6 +155,8 @@ class IsolationPolicy(TrainHook):
         self._allowed: dict[str, dict[str, torch.Tensor]] = {}
         self.history: list[dict] = []
         self.record = record
+        #: the refresh by the fused kernels (``isolation.refresh``) where they load; False: the eager path
+        self.fused_refresh = True
         self.n_mask_updates = 0
         self.pinned: set[str] = set()
 
@@ -189,6 +192,9 @@ class IsolationPolicy(TrainHook):
         for t, f in scores.items():
             if f.numel() != sum(sizes):
                 raise ValueError(f"scores of task {t!r} have {f.numel()} entries, parameters {sum(sizes)}")
+        kern = refresh.kernel(scores) if self.compact_state and self.fused_refresh else None
+        if kern is not None:
+            return self._set_critical_fused(scores, sizes=sizes, step=step, kern=kern)
         new = {t: top_share_flat(f, ratio=self.isolation_ratio, scope=self.scope, sizes=sizes)
                for t, f in scores.items()}
         if self.record:
@@ -209,6 +215,63 @@ class IsolationPolicy(TrainHook):
             row["protected_share"] = int(torch.count_nonzero(owner != -1)) / max(owner.numel(), 1)
             self.history.append(row)
 
+    def _set_critical_fused(self, scores: Mapping[str, torch.Tensor], *, sizes: Sequence[int], step: int,
+                            kern) -> None:
+        """:meth:`set_critical_flat` by the fused refresh kernels (:mod:`epi_utils.isolation.refresh`):
+        the same critical sets, owners, history rows, bit for bit, from packed sets only."""
+        scores = {t: refresh.Scores(f, kern) for t, f in scores.items()}  # normalisers once per task
+        new = {t: refresh.top_share_set(f, ratio=self.isolation_ratio, scope=self.scope, sizes=sizes, kern=kern)
+               for t, f in scores.items()}
+        if self.record:
+            row = {"step": int(step), "update": self.n_mask_updates}
+            for t, s in new.items():
+                if t in self._crit_flat:
+                    row[f"turnover/{t}"] = refresh.turnover_share(self._crit_flat.stored(t), s, kern)
+            vals = [v for k, v in row.items() if k.startswith("turnover/")]
+            row["turnover"] = sum(vals) / len(vals) if vals else float("nan")
+        for t, s in new.items():
+            self._crit_flat.put(t, s)
+        if not self._crit_flat:
+            return
+        stored = {t: self._crit_flat.stored(t) for t in self._crit_flat}
+        overlap, n_any = refresh.overlaps(list(stored.values()), kern)
+        if self.overlap == "freeze" or not overlap.numel():
+            own = self._owners_at(scores, overlap, ())
+        else:  # the rule of _owners_at, in one kernel pass over the overlap positions
+            own = refresh.overlap_owners(kern, [(s, self.tasks.index(t), None if t in self.pinned else
+                                                 scores[t].source if t in scores else "none")
+                                                for t, s in stored.items()], overlap)
+        self._store_owner(None, overlap, overlap_owner=own)
+        self.critical = LazyMapping(list(self._crit_flat), lambda t: self._unflatten(self._crit_flat[t]))
+        self.n_mask_updates += 1
+        if self.record:
+            n = sum(sizes)
+            row["protected_share"] = (n_any - int(torch.count_nonzero(own == -1))) / max(n, 1)
+            self.history.append(row)
+
+    def _owners_at(self, scores: Mapping[str, torch.Tensor], overlap: torch.Tensor, claims) -> torch.Tensor:
+        """int8 owners of the overlap elements (positions ``overlap``) from ``claims``: ``(task, bool
+        membership of its critical set at overlap)`` in the order of the stored sets (see
+        :meth:`_resolve_owners`)."""
+        if self.overlap == "freeze":
+            return torch.full(overlap.shape, -2, dtype=torch.int8, device=overlap.device)
+        own = torch.full(overlap.shape, -1, dtype=torch.int8, device=overlap.device)
+        best = torch.full(overlap.shape, -math.inf, device=overlap.device)
+        for t, m_at in claims:
+            s = scores.get(t)
+            if t in self.pinned:  # a pinned set wins every overlap
+                better = m_at
+                best = torch.where(better, torch.full_like(best, math.inf), best)
+            elif s is not None:
+                s_at = s[overlap].float()
+                better = m_at & (s_at > best)
+                best = torch.where(better, s_at, best)
+            else:
+                better = m_at & (own < 0)
+                best = torch.where(better, torch.zeros_like(best), best)
+            own[better] = self.tasks.index(t)
+        return own
+
     def _resolve_owners(self, scores: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """int8 owner vector from the flat critical sets, and the sorted int64 positions of the
         overlap elements (claimed by two or more sets): an element claimed by one task belongs
@@ -226,32 +289,19 @@ class IsolationPolicy(TrainHook):
         owner.sub_(1)
         overlap = (count > 1).nonzero().squeeze(1)
         if overlap.numel():
-            if self.overlap == "freeze":
-                owner[overlap] = -2
-            else:
-                own = torch.full(overlap.shape, -1, dtype=torch.int8, device=ref.device)
-                best = torch.full(overlap.shape, -math.inf, device=ref.device)
-                for t, m in self._crit_flat.items():
-                    m_at, s = m[overlap], scores.get(t)
-                    if t in self.pinned:  # a pinned set wins every overlap
-                        better = m_at
-                        best = torch.where(better, torch.full_like(best, math.inf), best)
-                    elif s is not None:
-                        s_at = s[overlap].float()
-                        better = m_at & (s_at > best)
-                        best = torch.where(better, s_at, best)
-                    else:
-                        better = m_at & (own < 0)
-                        best = torch.where(better, torch.zeros_like(best), best)
-                    own[better] = self.tasks.index(t)
-                owner[overlap] = own
+            owner[overlap] = self._owners_at(scores, overlap, ((t, m[overlap]) for t, m in self._crit_flat.items()))
         return owner, overlap
 
-    def _store_owner(self, owner: torch.Tensor, overlap: torch.Tensor) -> None:
+    def _store_owner(self, owner: torch.Tensor | None, overlap: torch.Tensor, *,
+                     overlap_owner: torch.Tensor | None = None) -> None:
         """Keep the int8 owner vector as :class:`CompactOwners` (derived from the critical sets;
-        ``owner`` follows the unique-claimant rule outside ``overlap`` by construction)."""
+        ``owner`` follows the unique-claimant rule outside ``overlap`` by construction); the fused
+        refresh gives only the overlaps' owners (``owner`` None)."""
         sets = {self.tasks.index(t): self._crit_flat.stored(t) for t in self._crit_flat}
-        self._owner_flat = CompactOwners(owner, sets, legacy=not self.compact_state, overlap_pos=overlap)
+        if owner is None:
+            self._owner_flat = CompactOwners.from_overlaps(sum(self._sizes), sets, overlap, overlap_owner)
+        else:
+            self._owner_flat = CompactOwners(owner, sets, legacy=not self.compact_state, overlap_pos=overlap)
         self._crit_flat.forget_recent()
         self.owner = LazyMapping(self._names, lambda n: self._unflatten(self._owner_flat.to_int8())[n])
         self._allowed = {}

@@ -108,6 +108,21 @@ class TaskSet:
         return cls(n, bits=pack_bits(m), count=k)
 
     @classmethod
+    def from_bits(cls, bits: torch.Tensor, n: int, count: int) -> "TaskSet":
+        """From a packed uint8 set of ``n`` elements holding ``count`` of them, in the form
+        :meth:`from_mask` (``"auto"``) would choose for the same set."""
+        if n < 2 ** 31 and 4 * count < math.ceil(n / 8):
+            return cls(n, idx=packed_positions(bits, n).to(torch.int32), count=count)
+        return cls(n, bits=bits, count=count)
+
+    def packed(self) -> torch.Tensor:
+        """The set as packed bits (built from the indices when stored as indices)."""
+        if self.bits is not None:
+            return self.bits
+        out = torch.zeros(self.n, dtype=torch.bool, device=self.idx.device).index_fill_(0, self.idx.to(torch.int64), True)
+        return pack_bits(out)
+
+    @classmethod
     def from_indices(cls, idx: torch.Tensor, n: int) -> "TaskSet":
         """From sorted distinct int positions ``idx`` in ``[0, n)``, in the smaller form."""
         k = idx.numel()
@@ -166,6 +181,11 @@ class PackedSets(MutableMapping):
 
     def __delitem__(self, task) -> None:
         del self._d[task]
+        self._recent.pop(task, None)
+
+    def put(self, task, stored: TaskSet) -> None:
+        """Store an already packed set (the fused refresh; no bool mask is kept)."""
+        self._d[task] = stored
         self._recent.pop(task, None)
 
     def forget_recent(self) -> None:
@@ -228,6 +248,21 @@ class CompactOwners:
         pos = ((owner != naive) & ~multi).nonzero().squeeze(1)
         self.exc_pos = TaskSet.from_indices(pos, self.n)
         self.exc_owner = owner[pos].to(torch.int8)
+
+    @classmethod
+    def from_overlaps(cls, n: int, sets: Mapping[int, "TaskSet"], overlap_pos: torch.Tensor,
+                      overlap_owner: torch.Tensor, *, device=None) -> "CompactOwners":
+        """The compact owners of the unique-claimant rule from the sorted overlap positions and
+        their owners (what ``CompactOwners(owner, sets, overlap_pos=...)`` keeps of a full owner
+        vector, without building one: the fused refresh)."""
+        self = cls.__new__(cls)
+        self.n, self.legacy, self.device = int(n), False, device or overlap_pos.device
+        self._allowed, self._owner, self.sets = {}, None, dict(sets)
+        self._keep_overlap_positions(overlap_pos)
+        self.overlap_owner = overlap_owner.to(torch.int8)
+        self.exc_pos, self.exc_owner = TaskSet(self.n, idx=torch.zeros(0, dtype=torch.int32), count=0), \
+            torch.zeros(0, dtype=torch.int8)
+        return self
 
     def _keep_overlap_positions(self, pos: torch.Tensor) -> None:
         """Keep the sorted overlap positions as int32 when smaller than a bit per element."""
