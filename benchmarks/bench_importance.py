@@ -10,13 +10,19 @@ the other tasks' packed sets, overlap owners written in), read by the fused C ke
 gradients in one pass, torch's AdamW arithmetic in two passes that skip the frozen elements),
 ``fp32_eager`` (the same state on the eager torch path, ``fused=False``:
 frozen positions by one ``nonzero`` over the unpacked bitmap, importance fused into the gradient
-pass as multi-tensor ops, per-tensor index ops), ``bf16`` (fp32 with a bf16 EMA: eager importance,
+pass as multi-tensor ops, per-tensor index ops, the eager refresh), ``fp32_refresh_eager`` (``fp32``'s
+kernel step with the eager refresh: the refresh kernel's effect in the same run), ``bf16`` (fp32 with a bf16 EMA: eager importance,
 kernel masking), ``lean`` (an fp32 EMA per block of 64 elements).
 
 - ``memory``: EPI state in bytes per parameter for T = 3 and T = 7 tasks in each mode, measured
   (``epi_state.measured_bytes_per_param``) on the tiny model, beside the memory model
   (``epi_state.epi_state_bytes_per_param``) at the measured overlap share and AdamW's own state.
-- ``refresh_*``: a mask refresh in ms per million parameters, today's path vs the compact modes.
+- ``refresh_*``: a mask refresh in ms per million parameters, today's path vs the compact modes
+  (``fp32``: the refresh kernel of ``epi_utils.isolation.refresh``; ``fp32_refresh_eager``: the same
+  state refreshed by the eager path), and ``ms`` per refresh.
+- ``refresh_kernel_*``: the refresh's time and the amortised ``extra_over_bound`` of ``fp32`` (refresh
+  kernel) and ``fp32_refresh_eager`` (eager refresh) side by side (from ``step_*``; where no refresh
+  step was timed, from ``refresh_*``).
 - ``step_*``: EPI's extra time per step (over AdamW on the same path: ``adamw``, the kernels' AdamW
   without masks, the default of every full-SFT run, for the kernel modes; ``adamw_eager``, torch's
   eager AdamW, for ``legacy`` and ``fp32_eager``) against the memory-traffic bound of its work (bytes that
@@ -123,10 +129,11 @@ def _epi(mode: str, named, tasks, *, interval: int, ratio: float, lr: float = 1e
     into ``zero_masked_grads``) with an fp32, bf16 or block-wise (64) EMA."""
     from epi_utils.lm.masked_adamw import MaskedAdamW
 
-    kw = {"fp32": {}, "fp32_eager": {}, "legacy": {}, "bf16": {"state_dtype": torch.bfloat16},
+    kw = {"fp32": {}, "fp32_eager": {}, "fp32_refresh_eager": {}, "legacy": {}, "bf16": {"state_dtype": torch.bfloat16},
           "lean": {"block_size": 64}}[mode]
     pol = make_policy("epi", tasks=list(tasks), isolation_ratio=ratio, mask_update_interval=interval, warmup_steps=0,
                       compact_state=mode != "legacy", fuse_importance=mode != "legacy", **kw)
+    pol.fused_refresh = mode not in ("fp32_eager", "fp32_refresh_eager")  # the refresh kernel (legacy: eager anyway)
     opt = MaskedAdamW(named, lr=lr, frozen_cache="persistent" if mode == "legacy" else "step",
                       fused=False if mode in ("legacy", "fp32_eager") else None)
     return pol, opt
@@ -143,7 +150,7 @@ def _batches(tasks, *, vocab: int, batch: int, seq: int, seed: int = 0) -> dict:
     return out
 
 
-FUSED = ("fp32", "bf16", "lean")  # modes whose masks are packed bitmaps read by MaskedAdamW's fused kernels
+FUSED = ("fp32", "fp32_refresh_eager", "bf16", "lean")  # modes whose masks are packed bitmaps read by MaskedAdamW's fused kernels
 EAGER = ("legacy", "fp32_eager")  # modes on the eager torch path: measured against the eager AdamW
 
 
@@ -163,7 +170,7 @@ def must_bytes_per_param(mode: str, *, n_tasks: int, frozen_share: float) -> dic
       nothing beyond reading the mask (counted above), it updates the same elements AdamW does;
     - refresh: read every task's EMA once (4T; bf16 2T, lean 4T / 64) and write its packed set (T / 8)."""
     T, f = n_tasks, frozen_share
-    mode = "fp32" if mode == "fp32_eager" else mode
+    mode = "fp32" if mode in ("fp32_eager", "fp32_refresh_eager") else mode
     imp = {"legacy": 16.0, "fp32": 16.0, "bf16": 12.0, "lean": 8.0 + 8 / 64}[mode]
     ema = {"legacy": 4.0, "fp32": 4.0, "bf16": 2.0, "lean": 4 / 64}[mode]
     out = {"importance": imp, "masks": (T - 1) / 8, "masking": 4 * f}
@@ -193,6 +200,7 @@ def extra_bytes_per_param(mode: str, *, n_tasks: int, frozen_share: float) -> di
       the frozen values stay in registers while AdamW's passes skip them: 0.5 + 4f.
     """
     f = frozen_share
+    mode = "fp32" if mode == "fp32_refresh_eager" else mode
     if mode == "legacy":
         return {"importance": 40.0, "masks": 0.0, "masking": 108 * f, "total": 40.0 + 108 * f}
     if mode != "fp32_eager":
@@ -206,7 +214,8 @@ def extra_bytes_per_param(mode: str, *, n_tasks: int, frozen_share: float) -> di
 
 
 def step_cost(model, *, vocab: int, steps: int, interval: int, batch: int, seq: int, tasks=("a", "b", "c"),
-              ratio: float = 0.05, modes=("legacy", "fp32", "fp32_eager", "bf16"), tokens_target: int = 1024) -> dict:
+              ratio: float = 0.05, modes=("legacy", "fp32", "fp32_refresh_eager", "fp32_eager", "bf16"),
+              tokens_target: int = 1024) -> dict:
     """EPI's extra time per step, interleaved round-robin with plain MaskedAdamW (``adamw``).
 
     Each step is timed in segments: zero_grad + forward + backward, then the post-backward work
@@ -379,10 +388,11 @@ def memory(model, *, n_tasks: int, vocab: int, ratio: float = 0.05, steps: int =
 
 
 def refresh_time(model, *, vocab: int, n_tasks: int = 3, ratio: float = 0.05, reps: int = 5,
-                 modes=("fp32", "bf16", "lean")) -> dict:
+                 modes=("fp32", "fp32_refresh_eager", "bf16", "lean")) -> dict:
     """Mask refresh (scores -> critical sets -> owners, turnover recorded) in ms per million
     parameters, interleaved: ``today`` (legacy state, every task's fp32 scores built at once, as
-    before issue 19) vs the compact modes (one task's scores at a time)."""
+    before issue 19) vs the compact modes (one task's scores at a time; ``fp32``: the refresh
+    kernel, ``fp32_refresh_eager``: the eager refresh of the same state)."""
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     n = sum(p.numel() for p in named.values())
     tasks = [f"t{k}" for k in range(n_tasks)]
@@ -407,8 +417,31 @@ def refresh_time(model, *, vocab: int, n_tasks: int = 3, ratio: float = 0.05, re
             del scores
             times[m].append(_now() - t0)
     med = {m: statistics.median(v) for m, v in times.items()}
-    return {"n_params": n, "n_tasks": n_tasks, "ms_per_million_params": {m: 1e3 * v / (n / 1e6) for m, v in med.items()},
+    return {"n_params": n, "n_tasks": n_tasks, "ms": {m: 1e3 * v for m, v in med.items()},
+            "ms_per_million_params": {m: 1e3 * v / (n / 1e6) for m, v in med.items()},
             "ratio_to_today": {m: v / med["today"] for m, v in med.items()}}
+
+
+def refresh_kernel_summary(step: dict, refresh: dict) -> dict:
+    """The refresh kernel against the eager refresh in one run: per mode (``fp32``: kernel,
+    ``fp32_refresh_eager``: eager) the refresh's time (``refresh_ms``: the timed refresh steps of
+    ``step``, else ``refresh``'s median), its read-once bound, and the amortised extra over the
+    amortised bound (``amortised_over_bound``; target <= 2)."""
+    out = {}
+    for m in ("fp32", "fp32_refresh_eager"):
+        if m not in step["modes"]:
+            continue
+        r = step["modes"][m]
+        n, bw, interval = step["n_params"], step["copy_bandwidth_gb_s"] * 1e9, step["interval"]
+        src = "step" if r["n_refresh"] else "refresh_time"
+        ref_ms = r["refresh_ms"] if r["n_refresh"] else refresh["ms"].get(m, float("nan"))
+        must = r["must_bytes_per_param"]
+        bound_amort_ms = 1e3 * (must["total"] + must["refresh"] / interval) * n / bw
+        out[m] = {"refresh_ms": ref_ms, "refresh_from": src, "refresh_bound_ms": 1e3 * must["refresh"] * n / bw,
+                  "refresh_over_bound": ref_ms / (1e3 * must["refresh"] * n / bw),
+                  "extra_ms": r["extra_ms"], "extra_amortised_ms": r["extra_ms"] + ref_ms / interval,
+                  "amortised_over_bound": (r["extra_ms"] + ref_ms / interval) / bound_amort_ms}
+    return out
 
 
 def main(argv=None) -> dict:
@@ -436,15 +469,18 @@ def main(argv=None) -> dict:
                    "refresh_tiny": refresh_time(tiny, vocab=1000),
                    "step_tiny": step_cost(tiny, vocab=1000, steps=args.steps, interval=args.interval, batch=32,
                                           seq=32)}
+        result["refresh_kernel_tiny"] = refresh_kernel_summary(result["step_tiny"], result["refresh_tiny"])
     if not (args.skip_peft or args.only_smollm2):
         result["peft"] = compare_with_peft()
     if args.smollm2 or args.only_smollm2:
         from epi_utils.lm.models import load_model
 
         model, tok = load_model("smollm2", device="cpu")
-        result["refresh_smollm2"] = refresh_time(model, vocab=len(tok), reps=2, modes=("fp32",))
+        result["refresh_smollm2"] = refresh_time(model, vocab=len(tok), reps=2, modes=("fp32", "fp32_refresh_eager"))
         result["step_smollm2"] = step_cost(model, vocab=len(tok), steps=args.smollm2_steps, interval=args.interval,
-                                           batch=args.smollm2_batch, seq=32, modes=("legacy", "fp32", "fp32_eager"))
+                                           batch=args.smollm2_batch, seq=32,
+                                           modes=("legacy", "fp32", "fp32_refresh_eager", "fp32_eager"))
+        result["refresh_kernel_smollm2"] = refresh_kernel_summary(result["step_smollm2"], result["refresh_smollm2"])
     print(json.dumps(result, indent=2))
     return result
 

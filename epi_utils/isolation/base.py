@@ -239,7 +239,7 @@ class IsolationPolicy(TrainHook):
             own = self._owners_at(scores, overlap, ())
         else:  # the rule of _owners_at, in one kernel pass over the overlap positions
             own = refresh.overlap_owners(kern, [(s, self.tasks.index(t), None if t in self.pinned else
-                                                 scores[t].source if t in scores else "none")
+                                                 (scores[t].kept or scores[t].source) if t in scores else "none")
                                                 for t, s in stored.items()], overlap)
         self._store_owner(None, overlap, overlap_owner=own)
         self.critical = LazyMapping(list(self._crit_flat), lambda t: self._unflatten(self._crit_flat[t]))

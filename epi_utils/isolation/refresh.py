@@ -62,6 +62,7 @@ class Scores:
     def __init__(self, scores, kern):
         self.scores, self.kern = scores, kern
         self.source = _source(scores)
+        self.kept = None  # (wide, keys) from top_share_set: the set's scores without reading the buffer again
 
     def numel(self) -> int:
         return self.scores.numel()
@@ -80,13 +81,20 @@ def top_share_set(scores, *, ratio: float, scope: str = "global", sizes: Sequenc
     eager = scores.scores if isinstance(scores, Scores) else scores
     if kern is None or bad_scope or not 0.0 <= ratio <= 1.0:
         return TaskSet.from_mask(top_share_flat(eager, ratio=ratio, scope=scope, sizes=sizes))
-    v, tsizes, div = scores.source if isinstance(scores, Scores) else _source(scores)
+    keep = isinstance(scores, Scores)
+    v, tsizes, div = scores.source if keep else _source(scores)
     out = torch.zeros(math.ceil(n / 8), dtype=torch.uint8)
+    kept = {}
+    if keep:  # room for the set and the bracket's candidates (~2% of n on a tiny model, less above)
+        kept = dict(wide=torch.zeros_like(out), keys=torch.empty(int(ratio * n * 1.05) + n // 25 + 4096, dtype=torch.int32),
+                    count=torch.zeros(1, dtype=torch.int64))
     bounds = [0, n] if scope == "global" else [0, *torch.tensor(list(sizes)).cumsum(0).tolist()]
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         k = int(round(ratio * (hi - lo)))
-        if fk.top_k_bits(kern, v, tsizes, div, k, out, lo=lo, hi=hi, sample=sample_size(hi - lo)) != 0:
+        if fk.top_k_bits(kern, v, tsizes, div, k, out, lo=lo, hi=hi, sample=sample_size(hi - lo), **kept) != 0:
             return TaskSet.from_mask(top_share_flat(eager, ratio=ratio, scope=scope, sizes=sizes))
+    if keep and int(kept["count"]) <= kept["keys"].numel():
+        scores.kept = (kept["wide"], kept["keys"])
     return TaskSet.from_bits(out, n, fk.and_count(kern, out, out))
 
 

@@ -309,14 +309,19 @@ static inline uint64_t splitmix(uint64_t *s) {
    k-th largest value broken by lower position first (= a descending stable sort's first k; values
    compared as torch does, -0 == +0). Candidates for the threshold: keys in [klo, khi], bracketed
    from a stratified sample of `sample` scores (0: none) or, when the sample's bracket misses, from a
-   4096-bin histogram of the keys' top 12 bits (exact bin). Returns 0, 1 when a score is NaN (the
+   4096-bin histogram of the keys' top 12 bits (exact bin). With wide: the elements whose key is at
+   least the bracket's low end (a superset of the set) ORed into wide and their keys appended to
+   mk[*mcount..mcap) in position order (*mcount counts past mcap on overflow), so that the scores
+   of the set's elements are read again without touching v. Returns 0, 1 when a score is NaN (the
    caller takes the eager path: its NaN order is torch.kthvalue's), 2 when memory ran out. */
 int64_t epi_top_k(const float *v, int64_t nt, const int64_t *sizes, const int64_t *offs, const float *div,
-                  int64_t divide, int64_t lo, int64_t hi, int64_t k, uint8_t *out, int64_t nbytes, int64_t sample) {
-  int64_t n = hi - lo;
+                  int64_t divide, int64_t lo, int64_t hi, int64_t k, uint8_t *out, int64_t nbytes, int64_t sample,
+                  uint8_t *wide, uint32_t *mk, int64_t mcap, int64_t *mcount) {
+  int64_t n = hi - lo, m0 = mcount ? *mcount : 0;
   if (k <= 0 || n <= 0) return 0;
   if (k >= n) {
     for (int64_t w = lo >> 6; w <= (hi - 1) >> 6; w++) or_word(out, nbytes, w, range_mask(w, lo, hi));
+    if (mcount) *mcount = mcap + 1;  /* no keys kept: the caller reads the scores themselves */
     return 0;
   }
   uint32_t key[SBLK];
@@ -401,6 +406,14 @@ int64_t epi_top_k(const float *v, int64_t nt, const int64_t *sizes, const int64_
 #endif
         above += __builtin_popcountll(win);
         or_word(out, nbytes, wi, win);
+        if (wide) {  /* every key >= klo (a superset of the final set), kept in position order */
+          uint64_t ww = win | wc;
+          or_word(wide, nbytes, wi, ww);
+          for (; ww; ww &= ww - 1) {
+            if (*mcount < mcap) mk[*mcount] = key[64 * wj + __builtin_ctzll(ww)];
+            (*mcount)++;
+          }
+        }
         for (; wc; wc &= wc - 1) {
           int64_t j = 64 * wj + __builtin_ctzll(wc);
           if (nc < cap) { ck[nc] = key[j]; ci[nc] = a0 + j; }
@@ -435,7 +448,9 @@ int64_t epi_top_k(const float *v, int64_t nt, const int64_t *sizes, const int64_
       uint64_t m = range_mask(w, lo, hi);
       int64_t bb = w * 8, mm = bb + 8 <= nbytes ? 8 : nbytes - bb;
       for (int64_t i = 0; i < mm; i++) out[bb + i] &= (uint8_t)~(m >> (8 * i));
+      if (wide) for (int64_t i = 0; i < mm; i++) wide[bb + i] &= (uint8_t)~(m >> (8 * i));
     }
+    if (mcount) *mcount = m0;
     cap = 0;
   }
   return 2;
@@ -454,12 +469,21 @@ void epi_scores_at(const float *v, int64_t nt, const int64_t *sizes, const int64
 /* owners of the overlap elements (sorted positions pos[0..k)) as IsolationPolicy._owners_at
    resolves them: the sets in their stored order; kind[c] 0 = pinned (a member takes the element,
    best = +inf), 1 = with scores (a member whose score beats the best so far takes it; NaN never
-   does), 2 = without scores (a member takes it when nobody has yet, best = 0); -1 where nobody */
+   does), read from v, 3 = the same with the scores epi_top_k kept (wide[c], mk[c]; -0 read as +0,
+   which compares alike), 2 = without scores (a member takes it when nobody has yet, best = 0);
+   -1 where nobody */
+static inline float key_float(uint32_t key) {
+  uint32_t u = (key & 0x80000000u) ? (key & 0x7FFFFFFFu) : ~key;
+  float x;
+  memcpy(&x, &u, 4);
+  return x;
+}
+
 void epi_overlap_owners(int64_t nsets, const uint8_t *const *sets, const int64_t *kind, const int64_t *tid,
                         const float *const *v, const int64_t *nt, const int64_t *const *sizes,
-                        const int64_t *const *offs, const float *const *div, const int64_t *pos, int64_t k,
-                        int8_t *own) {
-  int64_t cur[128] = {0};
+                        const int64_t *const *offs, const float *const *div, const uint8_t *const *wide,
+                        const uint32_t *const *mk, int64_t nbytes, const int64_t *pos, int64_t k, int8_t *own) {
+  int64_t cur[128] = {0}, cw[128] = {0}, cr[128] = {0};
   for (int64_t i = 0; i < k; i++) {
     int64_t q = pos[i], o = -1;
     float best = -INFINITY;
@@ -469,6 +493,12 @@ void epi_overlap_owners(int64_t nsets, const uint8_t *const *sets, const int64_t
       else if (kind[c] == 1) {
         cur[c] = tensor_at(nt[c], sizes[c], offs[c], cur[c], q);
         float sc = score_at(v[c], q, div[c] ? div[c][cur[c]] : 1.0f, div[c] != 0);
+        if (sc > best) { best = sc; o = tid[c]; }
+      } else if (kind[c] == 3) {  /* the score kept by epi_top_k: rank of q among the wide set's elements */
+        int64_t w = q >> 6;
+        for (; cw[c] < w; cw[c]++) cr[c] += __builtin_popcountll(word_at(wide[c], nbytes, cw[c] * 8));
+        uint64_t x = word_at(wide[c], nbytes, w * 8) & (((uint64_t)1 << (q & 63)) - 1);
+        float sc = key_float(mk[c][cr[c] + __builtin_popcountll(x)]);
         if (sc > best) { best = sc; o = tid[c]; }
       } else if (o < 0) { best = 0.0f; o = tid[c]; }
     }
@@ -565,11 +595,11 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.epi_adamw_moments.restype = None
     lib.epi_adamw_params.argtypes = [i64, ptr, ptr, ptr, f32, f32, ptr, i64, i64]
     lib.epi_adamw_params.restype = None
-    lib.epi_top_k.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, i64, i64, ptr, i64, i64]
+    lib.epi_top_k.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, i64, i64, ptr, i64, i64, ptr, ptr, i64, ptr]
     lib.epi_top_k.restype = i64
     lib.epi_scores_at.argtypes = [ptr, i64, ptr, ptr, ptr, i64, ptr, i64, ptr]
     lib.epi_scores_at.restype = None
-    lib.epi_overlap_owners.argtypes = [i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr]
+    lib.epi_overlap_owners.argtypes = [i64] + [ptr] * 10 + [i64, ptr, i64, ptr]
     lib.epi_overlap_owners.restype = None
     lib.epi_overlaps.argtypes = [ptr, i64, i64, ptr, ptr]
     lib.epi_overlaps.restype = None
@@ -777,7 +807,8 @@ def patch_bits(bits: torch.Tensor, pos: torch.Tensor, val: torch.Tensor) -> torc
 
 
 def top_k_bits(kern, v: torch.Tensor, sizes, divisors: torch.Tensor | None, k: int, out: torch.Tensor, *,
-               lo: int = 0, hi: int | None = None, sample: int = 0) -> int:
+               lo: int = 0, hi: int | None = None, sample: int = 0, wide: torch.Tensor | None = None,
+               keys: torch.Tensor | None = None, count: torch.Tensor | None = None) -> int:
     """Exact top-``k`` of the scores at positions ``[lo, hi)`` of the fp32 contiguous CPU vector
     ``v`` (tensors of ``sizes`` laid end to end; with ``divisors``, fp32 ``(len(sizes),)``, each
     tensor's scores are ``v / divisors[t]``, 0 where the divisor is not > 0, as
@@ -785,13 +816,17 @@ def top_k_bits(kern, v: torch.Tensor, sizes, divisors: torch.Tensor | None, k: i
     ``i % 8`` of byte ``i // 8``): ties at the ``k``-th largest value broken by lower position, as
     a stable descending sort (``-0 == +0``). ``sample``: scores drawn (stratified, fixed seed) to
     bracket the threshold so that one pass over ``v`` usually suffices (0: a 12-bit histogram
-    pass first). Returns 0; 1 when a score is NaN (``out`` is then undefined: take the eager path);
-    2 when memory ran out."""
+    pass first). ``wide`` (packed, ``out``'s size), ``keys`` (int32 buffer) and ``count`` (int64
+    ``(1,)``): the elements at or above the threshold's bracket (a superset of the set) and their
+    scores' order keys in position order, from ``keys[count]`` on (``count`` past ``keys``' size:
+    they did not fit), for :func:`overlap_owners`. Returns 0; 1 when a score is NaN (``out`` is
+    then undefined: take the eager path); 2 when memory ran out."""
     hi = v.numel() if hi is None else hi
     sz, off = _layout(sizes)
     d = None if divisors is None else divisors.to(torch.float32).contiguous()
+    w = (0, 0, 0, 0) if wide is None else (wide.data_ptr(), keys.data_ptr(), keys.numel(), count.data_ptr())
     return int(kern.epi_top_k(v.data_ptr(), len(sz), sz.data_ptr(), off.data_ptr(), 0 if d is None else d.data_ptr(),
-                              0 if d is None else 1, lo, hi, int(k), out.data_ptr(), out.numel(), int(sample)))
+                              0 if d is None else 1, lo, hi, int(k), out.data_ptr(), out.numel(), int(sample), *w))
 
 
 def scores_at(kern, v: torch.Tensor, sizes, divisors: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
@@ -808,30 +843,31 @@ def scores_at(kern, v: torch.Tensor, sizes, divisors: torch.Tensor | None, pos: 
 def overlap_owners(kern, claims: list, pos: torch.Tensor) -> torch.Tensor:
     """int8 owners of the elements at sorted int64 positions ``pos`` (claimed by two or more sets):
     ``claims`` = ``[(packed set, task id, source)]`` in the sets' stored order, ``source`` = ``None``
-    for a pinned set, ``"none"`` for a set without new scores, else ``(buffer, sizes, divisors)``
-    as :func:`top_k_bits` reads the scores (see ``IsolationPolicy._owners_at`` for the rule)."""
+    for a pinned set, ``"none"`` for a set without new scores, ``(wide, keys)`` as kept by
+    :func:`top_k_bits`, else ``(buffer, sizes, divisors)`` as :func:`top_k_bits` reads the scores
+    (see ``IsolationPolicy._owners_at`` for the rule)."""
     if len(claims) > 128:
         raise ValueError("at most 128 sets")
-    keep, kinds, tids, vs, nts, szs, offs, divs = [], [], [], [], [], [], [], []
+    keep, cols = [], {k: [] for k in ("kind", "tid", "v", "nt", "sz", "off", "div", "wide", "keys")}
     for bits, tid, src in claims:
-        kinds.append(0 if src is None else 2 if isinstance(src, str) else 1)
-        tids.append(tid)
-        if kinds[-1] == 1:
+        row = dict(kind=0 if src is None else 2 if isinstance(src, str) else 3 if len(src) == 2 else 1, tid=tid,
+                   v=0, nt=0, sz=0, off=0, div=0, wide=0, keys=0)
+        if row["kind"] == 1:
             v, sizes, d = src
             sz, off = _layout(sizes)
             d = None if d is None else d.to(torch.float32).contiguous()
             keep += [sz, off, d]
-            vs.append(v.data_ptr())
-            nts.append(len(sz))
-            szs.append(sz.data_ptr())
-            offs.append(off.data_ptr())
-            divs.append(0 if d is None else d.data_ptr())
-        else:
-            vs.append(0), nts.append(0), szs.append(0), offs.append(0), divs.append(0)
-    arrs = [array.array("q", x) for x in ([b.data_ptr() for b, _, _ in claims], kinds, tids, vs, nts, szs, offs, divs)]
+            row.update(v=v.data_ptr(), nt=len(sz), sz=sz.data_ptr(), off=off.data_ptr(),
+                       div=0 if d is None else d.data_ptr())
+        elif row["kind"] == 3:
+            row.update(wide=src[0].data_ptr(), keys=src[1].data_ptr())
+        for k, x in row.items():
+            cols[k].append(x)
+    arrs = [array.array("q", x) for x in ([b.data_ptr() for b, _, _ in claims], *cols.values())]
     pos = pos.to(torch.int64).contiguous()
     own = torch.empty(pos.numel(), dtype=torch.int8)
-    kern.epi_overlap_owners(len(claims), *[_addr(a) for a in arrs], pos.data_ptr(), pos.numel(), own.data_ptr())
+    kern.epi_overlap_owners(len(claims), *[_addr(a) for a in arrs], claims[0][0].numel(), pos.data_ptr(), pos.numel(),
+                            own.data_ptr())
     return own
 
 
