@@ -5,7 +5,7 @@ Plain C compiled at first use with the system C compiler (``$CC``, else ``cc``/`
 as ``runs.cache_dir()/kernels/<hash of source, flags, compiler version>.so`` (written under a
 private name and renamed into place: two test workers may build it at once). Frozen elements are
 given by a packed bitmap over the parameters laid end to end (element ``i`` = bit ``i % 8`` of
-byte ``i // 8``, as ``epi_utils.isolation.state.pack_bits``), so no int64 positions per step:
+byte ``i // 8``, as ``epi_utils.lm.bits.pack_bits``), so no int64 positions per step:
 
 - :func:`fold_zero`: one pass per tensor (in cache-sized blocks) that folds the Taylor importance
   into an fp32 EMA, ``e <- beta e + (1 - beta) |p g|``, and zeroes the frozen gradients;
@@ -35,6 +35,8 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from epi_utils.lm.bits import pack_bits
 
 ENV = "EPI_FUSED_KERNELS"
 
@@ -638,7 +640,7 @@ def _top_k_self_test(lib, g: torch.Generator) -> bool:
             want = torch.zeros(n, dtype=torch.bool)
             want[torch.sort(s, descending=True, stable=True).indices[:k]] = True
             out = torch.zeros((n + 7) // 8, dtype=torch.uint8)
-            if top_k_bits(lib, v, sizes, div, k, out, sample=sample) != 0 or not torch.equal(out, _pack(want)):
+            if top_k_bits(lib, v, sizes, div, k, out, sample=sample) != 0 or not torch.equal(out, pack_bits(want)):
                 return False
     return True
 
@@ -657,7 +659,7 @@ def _adamw_self_test(lib, g: torch.Generator) -> bool:
     hp = dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, wd=0.01)
     for n in (1, 63, 65, 1001, 70001):
         frozen = torch.rand(n + 9, generator=g) < 0.1
-        bits = _pack(frozen)
+        bits = pack_bits(frozen)
         for use_bits in (False, True):
             x = [torch.randn(n, generator=g) * s for s in (1.0, 0.01, 0.01)] + [torch.rand(n, generator=g) * 1e-3]
             before, want = [t.clone() for t in x], [t.clone() for t in x]
@@ -669,15 +671,6 @@ def _adamw_self_test(lib, g: torch.Generator) -> bool:
             if not all(torch.equal(a, b) for a, b in zip(x, want)):
                 return False
     return True
-
-
-def _pack(flags: torch.Tensor) -> torch.Tensor:
-    """Bool (n,) -> packed uint8 bitmap (element i = bit i % 8 of byte i // 8)."""
-    n = flags.numel()
-    padded = torch.zeros((n + 7) // 8 * 8, dtype=torch.uint8)
-    padded[:n] = flags.to(torch.uint8)
-    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
-    return (padded.view(-1, 8) * weights).sum(1).to(torch.uint8)
 
 
 def adamw(kern, p: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor, *, lr: float, b1: float,
