@@ -202,3 +202,21 @@ def test_fallback_without_compiler_warns_once_and_runs_eager(monkeypatch):
     masks = es.StepMasks(bits=es.pack_bits(frozen), names=list(named), shapes=SHAPES, sizes=sizes)
     opt = MaskedAdamW(named, lr=0.05)
     assert not opt.uses_fused(masks)
+
+
+def test_kernel_check_follows_parameters_and_gradients(kern):
+    """The fitness check is cached per set of parameter / gradient storages, and still sees a
+    re-typed parameter and a non-contiguous gradient."""
+    named = _named(8)
+    opt = MaskedAdamW(named, lr=1e-2)
+    for p in named.values():
+        p.grad = torch.ones_like(p)
+    assert opt._kernels() is kern and opt._kernels() is kern
+    named["w2"].grad = torch.ones(named["w2"].shape[::-1]).t()  # same shape, not contiguous
+    assert opt._kernels() is None
+    named["w2"].grad = torch.ones_like(named["w2"])
+    assert opt._kernels() is kern
+    named["w0"].data = named["w0"].data.double()
+    assert opt._kernels() is None
+    named["w0"].data = named["w0"].data.float()
+    assert opt._kernels() is kern

@@ -126,18 +126,31 @@ class MaskedAdamW(torch.optim.Optimizer):
         self._numels = [p.numel() for p in params]
         self._name_set, self._identity_index = set(self.names), {n: i for i, n in enumerate(self.names)}
         self.fused = fused  # None: the fused kernels where they apply and load; False: always eager
+        self._checked_params: tuple | None = None  # data pointers of the parameters / gradients last found
+        self._checked_grads: tuple | None = None   # fit for the kernels (see _kernels)
 
     def _kernels(self):
         """The loaded fused kernels when the parameters and gradients suit them (fp32, CPU,
-        contiguous), else None (eager path)."""
+        contiguous), else None (eager path). The parameters are checked once per set of storages
+        (keyed on their data pointers: a parameter moved, re-typed or re-allocated is checked
+        again; one re-strided in place over the same storage is not), the gradients once per set
+        of gradient tensors (a step's two calls check them once)."""
         kern = None if self.fused is False else fused_kernels.lib()
         if kern is None:
             return None
-        for p in self.param_groups[0]["params"]:
-            g = p.grad
-            if p.dtype != torch.float32 or not p.is_cpu or not p.is_contiguous() or (g is not None and (
-                    g.dtype != torch.float32 or not g.is_cpu or g.is_sparse or not g.is_contiguous())):
+        params = self.param_groups[0]["params"]
+        key = tuple(p.data_ptr() for p in params)
+        if key != self._checked_params:
+            if not all(p.dtype == torch.float32 and p.is_cpu and p.is_contiguous() for p in params):
                 return None
+            self._checked_params = key
+        grads = [p.grad for p in params]
+        gkey = tuple(0 if g is None else g.data_ptr() for g in grads)
+        if gkey != self._checked_grads:
+            if any(g is not None and (g.dtype != torch.float32 or not g.is_cpu or g.is_sparse or not g.is_contiguous())
+                   for g in grads):
+                return None
+            self._checked_grads = gkey
         return kern
 
     def _same_layout(self, masks) -> bool:
