@@ -144,6 +144,9 @@ class PackedSets(MutableMapping):
     def __iter__(self):
         return iter(self._d)
 
+    def __contains__(self, task) -> bool:  # without unpacking the set (Mapping's default reads it)
+        return task in self._d
+
     def __len__(self) -> int:
         return len(self._d)
 
