@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import sys
 import time
 import traceback
 import uuid
@@ -91,10 +92,16 @@ _LOCAL: dict[str, Any] = {}  # a local worker's threads, stop event and setup (s
 
 
 def _use_threads(threads: int | None) -> None:
+    """``threads`` intra-op threads for torch in this worker process. Where torch is not imported yet
+    (a job that needs no torch, or one that imports it only when it runs), the thread count goes to
+    the environment that torch reads when it loads (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``) instead
+    of importing torch here: that import cost every spawned, Ray and submitit worker 3-4 s of CPU,
+    whatever its job (issue 34)."""
     if threads:
-        import torch
-
-        if torch.get_num_threads() != threads:
+        torch = sys.modules.get("torch")
+        if torch is None:
+            os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        elif torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
 
 
