@@ -1,6 +1,6 @@
 """A lint for figures: what a reader cannot read, found from matplotlib's own text extents.
 
-:func:`lint_figure` draws the figure once (on the Agg canvas: ``fig.canvas.get_renderer()``) and
+:func:`lint_figure` lays the figure out once (on the Agg canvas's renderer, drawing disabled) and
 returns one sentence per problem; an empty list means the figure passed. It checks that
 
 - **text does not overlap text**: tick labels of one axis do not run into each other (``3x10^1
@@ -52,7 +52,7 @@ class _Text:
 def lint_figure(fig, *, tolerance_px: float = 1.0) -> list[str]:
     """Problems a reader would meet in ``fig`` (a matplotlib Figure), one sentence each; ``[]`` if none.
 
-    Draws ``fig`` (attaching an Agg canvas when it has no renderer) and checks text overlaps, the
+    Lays ``fig`` out (attaching an Agg canvas when it has no renderer) and checks text overlaps, the
     legend, axis labels, log scales and text cut at the figure edge (see the module docstring).
     ``tolerance_px``: overlaps or cuts up to this many display pixels are ignored.
     """
@@ -76,13 +76,18 @@ def lint_figure(fig, *, tolerance_px: float = 1.0) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------- drawing
 def _renderer(fig):
+    """The figure laid out as drawing would (layout engine, ticks, legends, text extents) on an Agg
+    renderer at the figure's dpi, without rasterising it: the checks read extents, not pixels, and
+    the figure has just been rendered for each saved file (issue 34: the lint's own full draw)."""
     canvas = fig.canvas
     if not hasattr(canvas, "get_renderer"):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
         canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return canvas.get_renderer()
+    renderer = canvas.get_renderer()
+    with renderer._draw_disabled():  # what Figure.draw_without_rendering does, on this canvas's renderer
+        fig.draw(renderer)
+    return renderer
 
 
 def _all_axes(fig) -> list:
