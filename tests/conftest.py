@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from epi_utils.workbench.params import skip_iri_format_checkers
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
 
@@ -20,6 +22,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers (pytest-xdist): one thread each, always
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Before any test imports nbformat: jsonschema's iri checkers would build 38 Lark parsers (~3 s of CPU)
+# in each test worker; nothing validates with format checkers (epi_utils.workbench.params).
+skip_iri_format_checkers()
 
 
 def write_notebook(folder: Path, stem: str, params_src: str, cells: list[str],

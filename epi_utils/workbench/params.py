@@ -18,10 +18,22 @@ from __future__ import annotations
 
 import ast
 import io
+import sys
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+
+
+def skip_iri_format_checkers() -> None:
+    """Before importing nbformat or papermill: keep jsonschema from importing ``rfc3987_syntax``, whose
+    import builds 38 Lark parsers (about 3 s of CPU in every fresh process that reads or runs a
+    notebook: each ``epi`` command, sweep worker, test worker; issue 34). jsonschema then registers no
+    ``iri``/``iri-reference`` format checkers; nothing here validates with a format checker (nbformat,
+    papermill, nbconvert, nbclient and jupyter_client pass none), so no validation changes. Does
+    nothing where jsonschema's formats are already loaded."""
+    sys.modules.setdefault("rfc3987_syntax", None)  # an ImportError for jsonschema, which it skips
+
 
 ALLOWED_TYPES = ("int", "float", "str", "bool", "list")
 REQUIRED_PARAMETERS = ("profile", "seed", "device")
@@ -48,6 +60,7 @@ class ParameterSpec:
 
 
 def _read_notebook(nb_path: Path):
+    skip_iri_format_checkers()
     import nbformat
 
     nb_path = Path(nb_path)
@@ -98,6 +111,7 @@ def _papermill_view(nb_path: Path, specs: Mapping[str, "ParameterSpec"]) -> None
     """Refuse a parameters cell that papermill reads differently from :func:`parse_parameters`."""
     import logging
 
+    skip_iri_format_checkers()
     import papermill as pm
 
     logging.getLogger("papermill.translators").setLevel(logging.ERROR)
@@ -360,6 +374,7 @@ def sync_parameters_cell(nb_path: Path | str, source: str) -> bool:
     """
     import os
 
+    skip_iri_format_checkers()
     import nbformat
 
     nb_path = Path(nb_path)
