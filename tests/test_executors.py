@@ -114,37 +114,6 @@ def test_ray_gives_the_local_results_and_failures(local_ray):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("executor", ["ray", "slurm"])
-def test_ctrl_c_cancels_remote_tasks(request, tmp_path, monkeypatch, executor):
-    """A Ctrl-C in the submitting process cancels what is running remotely and starts nothing more."""
-    import _thread
-    import signal
-
-    # a suite started in the background (&, nohup) inherits SIGINT ignored, and interrupt_main then does
-    # nothing: give this process a terminal's SIGINT handler for the test
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p))
-    if executor == "ray":
-        request.getfixturevalue("local_ray")
-    options = {**SUBMITIT_LOCAL, "folder": tmp_path / "s"} if executor == "slurm" else {}
-    jobs = [(str(tmp_path / f"{i}.done"), 0.1 if i == 0 else 30.0) for i in range(4)]
-    seen = []
-    timer = None
-    with pytest.raises(KeyboardInterrupt):
-        with Tasks(sleep_then_mark, jobs, executor=executor, workers=2, **options) as tasks:
-            for outcome in tasks:
-                seen.append(outcome)
-                if timer is None:
-                    timer = threading.Timer(3.0, _thread.interrupt_main)  # the long tasks are running by now
-                    timer.start()
-    assert [(o.index, o.status, o.failure) for o in seen] == [(0, "done", None)]
-    assert tasks.outcomes[1:] == [None, None, None]  # 1 and 2 were running when cancelled, 3 never started
-    time.sleep(2)
-    assert sorted(p.name for p in tmp_path.glob("*.done")) == ["0.done"]  # job 1 was stopped, 2 and 3 never ran
-
-
-@pytest.mark.slow
 def test_study02_grid_is_the_same_in_one_process_and_on_ray(request):
     """Study 02's runs through map_jobs (as its _run_jobs calls it): one process and a local Ray give
     the same records to the last bit (two local worker processes: tests/test_study02_workers.py)."""
@@ -234,6 +203,39 @@ def test_sweep_gives_the_same_runs_locally_and_remotely(request, local_toy_sweep
         request.getfixturevalue("local_ray")
     options = {**SUBMITIT_LOCAL, "folder": tmp_path / "s"} if executor == "slurm" else {}
     assert _toy_sweep(toy_notebook, tmp_path / executor, executor, **options) == local_toy_sweep
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["ray", "slurm"])
+def test_ctrl_c_cancels_remote_tasks(request, tmp_path, monkeypatch, executor):
+    """A Ctrl-C in the submitting process cancels what is running remotely and starts nothing more.
+    Last of the module's Ray tests: cancelling kills the Ray workers it reaches, and the tests before it
+    reuse the two workers the module's Ray started rather than start new ones (issue 34)."""
+    import _thread
+    import signal
+
+    # a suite started in the background (&, nohup) inherits SIGINT ignored, and interrupt_main then does
+    # nothing: give this process a terminal's SIGINT handler for the test
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p))
+    if executor == "ray":
+        request.getfixturevalue("local_ray")
+    options = {**SUBMITIT_LOCAL, "folder": tmp_path / "s"} if executor == "slurm" else {}
+    jobs = [(str(tmp_path / f"{i}.done"), 0.1 if i == 0 else 30.0) for i in range(4)]
+    seen = []
+    timer = None
+    with pytest.raises(KeyboardInterrupt):
+        with Tasks(sleep_then_mark, jobs, executor=executor, workers=2, **options) as tasks:
+            for outcome in tasks:
+                seen.append(outcome)
+                if timer is None:
+                    timer = threading.Timer(3.0, _thread.interrupt_main)  # the long tasks are running by now
+                    timer.start()
+    assert [(o.index, o.status, o.failure) for o in seen] == [(0, "done", None)]
+    assert tasks.outcomes[1:] == [None, None, None]  # 1 and 2 were running when cancelled, 3 never started
+    time.sleep(2)
+    assert sorted(p.name for p in tmp_path.glob("*.done")) == ["0.done"]  # job 1 was stopped, 2 and 3 never ran
 
 
 def test_a_remote_task_without_the_notebook_runs_a_copy_and_ships_its_folder_back(toy_notebook, tmp_path):
