@@ -347,3 +347,17 @@ def test_sigterm_stops_a_parallel_sweep_like_ctrl_c(toy_notebook, tmp_path):
     (summary,) = (reports / "99_toy" / "_sweeps").iterdir()
     assert [r["status"] for r in json.loads((summary / "runs.json").read_text())] == ["interrupted", "interrupted"]
     assert (reports / "index.html").read_text().count("class='interrupted'") == 2
+
+
+def test_a_local_ray_runs_its_workers_at_normal_priority(monkeypatch):
+    """The local cluster map_jobs starts asks Ray for workers at niceness 0 (Ray's default is 15, which
+    starved them beside any other job, issue 34); a cluster given by address is joined as it is."""
+    ray = pytest.importorskip("ray")
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ray, "remote", lambda **kw: (lambda fn: fn))
+    executors._Ray(workers=2, threads=1, init=None, initargs=())
+    executors._Ray(workers=1, threads=1, init=None, initargs=(), address="ray://head:10001")
+    assert calls[0]["_system_config"] == {"worker_niceness": 0} and calls[0]["num_cpus"] == 2
+    assert calls[1] == {"address": "ray://head:10001"}
