@@ -45,3 +45,14 @@ def small_tiny(small_world):
 def fresh_tiny(small_tiny):
     model, tok = small_tiny
     return copy.deepcopy(model), tok
+
+
+@pytest.fixture
+def kern():
+    """The fused C kernels (:func:`epi_utils.lm.fused_kernels.lib`), or a skip that says how to get them."""
+    from epi_utils.lm import fused_kernels
+
+    lib = fused_kernels.lib()
+    if lib is None:
+        pytest.skip("fused kernels unavailable: install a C compiler (cc or gcc) or set CC")
+    return lib

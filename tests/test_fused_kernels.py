@@ -15,14 +15,6 @@ from epi_utils.lm.masked_adamw import MaskedAdamW
 SHAPES = [(3, 5), (7,), (13, 11), (1,), (129,), (2, 33)]  # odd sizes, layout offsets not multiples of 8/64
 
 
-@pytest.fixture
-def kern():
-    k = fk.lib()
-    if k is None:
-        pytest.skip("fused kernels unavailable: install a C compiler (cc or gcc) or set CC")
-    return k
-
-
 def _named(seed):
     g = torch.Generator().manual_seed(seed)
     return {f"w{i}": torch.nn.Parameter(torch.randn(sh, generator=g)) for i, sh in enumerate(SHAPES)}

@@ -12,14 +12,6 @@ from epi_utils.isolation.distributed import synthetic_task_batches, tiny_gpt2
 from epi_utils.lm import fused_kernels as fk
 
 
-@pytest.fixture
-def kern():
-    k = fk.lib()
-    if k is None:
-        pytest.skip("fused kernels unavailable: install a C compiler (cc or gcc) or set CC")
-    return k
-
-
 def _same_set(a: es.TaskSet, b: es.TaskSet) -> None:
     assert (a.n, a.count) == (b.n, b.count)
     assert (a.bits is None) == (b.bits is None)
