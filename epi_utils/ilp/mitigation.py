@@ -36,8 +36,7 @@ from epi_utils.ilp.diagnosis import CAUSES
 from epi_utils.ilp.records import RecoveryRecord
 from epi_utils.lm.sft_format import encode_example, pad_batch, pad_id
 
-ARMS = ("fix", "control")
-_ARM_RANK = {"fix": 0, "focused": 1, "control": 2}
+ARMS = ("fix", "focused", "control")  # per cause, in the order of a world's records (:func:`arm_order`)
 
 
 @dataclass(frozen=True)
@@ -210,7 +209,7 @@ def world_parts(table: pd.DataFrame) -> list[str]:
 def arm_order(record: RecoveryRecord) -> tuple[int, int]:
     """Sort key that puts one world's records in :func:`world_arms`' order: per cause (in
     :data:`CAUSES` order) fix, focused, control."""
-    return CAUSES.index(record.cause), _ARM_RANK[record.arm]
+    return CAUSES.index(record.cause), ARMS.index(record.arm)
 
 
 def world_arms(cfg, *, seed: int, model, tokenizer, train: Sequence, heldout: Sequence, table: pd.DataFrame,
