@@ -35,6 +35,9 @@ def skip_iri_format_checkers() -> None:
     sys.modules.setdefault("rfc3987_syntax", None)  # an ImportError for jsonschema, which it skips
 
 
+skip_iri_format_checkers()  # once, at import: every module that reads or runs notebooks imports this one
+
+
 ALLOWED_TYPES = ("int", "float", "str", "bool", "list")
 REQUIRED_PARAMETERS = ("profile", "seed", "device")
 MAX_INT = 2**63 - 1
@@ -60,7 +63,6 @@ class ParameterSpec:
 
 
 def _read_notebook(nb_path: Path):
-    skip_iri_format_checkers()
     import nbformat
 
     nb_path = Path(nb_path)
@@ -111,7 +113,6 @@ def _papermill_view(nb_path: Path, specs: Mapping[str, "ParameterSpec"]) -> None
     """Refuse a parameters cell that papermill reads differently from :func:`parse_parameters`."""
     import logging
 
-    skip_iri_format_checkers()
     import papermill as pm
 
     logging.getLogger("papermill.translators").setLevel(logging.ERROR)
@@ -374,7 +375,6 @@ def sync_parameters_cell(nb_path: Path | str, source: str) -> bool:
     """
     import os
 
-    skip_iri_format_checkers()
     import nbformat
 
     nb_path = Path(nb_path)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from epi_utils.workbench import index_page, runs
-from epi_utils.workbench.params import effective_parameters, resolve_parameters, skip_iri_format_checkers, study_name
+from epi_utils.workbench.params import effective_parameters, resolve_parameters, study_name
 from epi_utils.workbench.progress import batch_environment
 from epi_utils.workbench.tables import ReaderTable
 
@@ -77,7 +77,6 @@ def run_notebook(nb_path: Path | str, *, profile: str = "cpu", overrides: Mappin
     the run read through :func:`epi_utils.workbench.runs.record_data_file`, each checked against the
     registry's known hashes (``ok``, ``corrupt``, ``unknown hash``).
     """
-    skip_iri_format_checkers()
     import papermill as pm
 
     runs.check_run_request(profile=profile, overrides=overrides, run_id=run_id)
@@ -211,7 +210,6 @@ def write_lab_copy(nb_path: Path | str, *, profile: str = "cpu", overrides: Mapp
     The values are validated as for a run (``validate`` as in :func:`run_notebook`). The folder holds a
     ``.gitignore`` of ``*``, so copies are never committed and never mark a run's tree dirty; the
     committed notebook is not touched, and Lab's autosave of the copy changes nothing tracked."""
-    skip_iri_format_checkers()
     import nbformat
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
@@ -414,7 +412,6 @@ def render_html(nb_file: Path | str, html_file: Path | str, *, record: Mapping[s
 
     Images in outputs are embedded (the HTML is self-contained).
     """
-    skip_iri_format_checkers()
     import nbformat
     from nbconvert import HTMLExporter
 
