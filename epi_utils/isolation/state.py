@@ -34,6 +34,13 @@ from epi_utils.lm.fused_kernels import frozen_bits as fused_frozen_bits
 from epi_utils.lm.fused_kernels import patch_bits
 
 
+def indices_are_smaller(count: int, n: int) -> bool:
+    """Whether ``count`` int32 positions (4 bytes each) take less room than a packed bitmap of ``n``
+    elements (``ceil(n / 8)`` bytes) and can address it (``n < 2**31``): the rule every packed form
+    here (:class:`TaskSet`, the overlap positions of :class:`CompactOwners`) chooses by."""
+    return n < 2 ** 31 and 4 * count < math.ceil(n / 8)
+
+
 class TaskSet:
     """A subset of ``{0, ..., n-1}``: packed bits or sorted int32 indices, whichever is smaller."""
 
@@ -51,7 +58,7 @@ class TaskSet:
             raise ValueError(f"form must be 'auto', 'bits' or 'indices', got {form!r}")
         if n >= 2 ** 31:
             form = "bits"  # int32 positions cannot address it
-        if form == "indices" or (form == "auto" and 4 * k < math.ceil(n / 8)):
+        if form == "indices" or (form == "auto" and indices_are_smaller(k, n)):
             return cls(n, idx=m.nonzero().squeeze(1).to(torch.int32), count=k)
         return cls(n, bits=pack_bits(m), count=k)
 
@@ -59,7 +66,7 @@ class TaskSet:
     def from_bits(cls, bits: torch.Tensor, n: int, count: int) -> "TaskSet":
         """From a packed uint8 set of ``n`` elements holding ``count`` of them, in the form
         :meth:`from_mask` (``"auto"``) would choose for the same set."""
-        if n < 2 ** 31 and 4 * count < math.ceil(n / 8):
+        if indices_are_smaller(count, n):
             return cls(n, idx=packed_positions(bits, n).to(torch.int32), count=count)
         return cls(n, bits=bits, count=count)
 
@@ -74,7 +81,7 @@ class TaskSet:
     def from_indices(cls, idx: torch.Tensor, n: int) -> "TaskSet":
         """From sorted distinct int positions ``idx`` in ``[0, n)``, in the smaller form."""
         k = idx.numel()
-        if 4 * k < math.ceil(n / 8) and n < 2 ** 31:
+        if indices_are_smaller(k, n):
             return cls(n, idx=idx.to(torch.int32), count=k)
         mask = torch.zeros(n, dtype=torch.bool, device=idx.device).index_fill_(0, idx.to(torch.int64), True)
         return cls(n, bits=pack_bits(mask), count=k)
@@ -217,7 +224,7 @@ class CompactOwners:
 
     def _keep_overlap_positions(self, pos: torch.Tensor) -> None:
         """Keep the sorted overlap positions as int32 when smaller than a bit per element."""
-        small = 4 * pos.numel() < math.ceil(self.n / 8) and self.n < 2 ** 31
+        small = indices_are_smaller(pos.numel(), self.n)
         self._overlap_idx = pos.to(torch.int32) if small else None
 
     def _overlap_positions(self) -> torch.Tensor:
