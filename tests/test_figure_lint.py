@@ -232,3 +232,25 @@ def test_save_figure_records_the_lint_of_each_figure(tmp_path):
     plt.close("all")
     lint = json.loads((tmp_path / "figures" / "lint.json").read_text())
     assert lint["good"] == [] and any("label" in p for p in lint["bare"])
+
+
+def test_figure_formats_default_and_environment(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from epi_utils.workbench import plots
+
+    monkeypatch.delenv(plots.FORMATS_ENV, raising=False)
+    assert plots.figure_formats() == ("png", "pdf")
+    monkeypatch.setenv(plots.FORMATS_ENV, " PNG, svg ")
+    assert plots.figure_formats() == ("png", "svg")
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    plots.save_figure(fig, "quick", run_dir=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "figures").glob("quick.*")) == ["quick.png", "quick.svg"]
+    for raw, message in (("png,eps", "unknown: \\['eps'\\]"), ("pdf", "includes png"), ("", "includes png")):
+        monkeypatch.setenv(plots.FORMATS_ENV, raw)
+        with pytest.raises(ValueError, match=f"EPI_FIGURE_FORMATS={raw!r}.*{message}"):
+            plots.figure_formats()
+    plt.close("all")
+    # outside a Jupyter kernel nothing is displayed and the figure stays open for the caller
+    assert not plots._inline_kernel()

@@ -74,6 +74,8 @@ def test_gpu_profile_rehearses_on_cpu(nb_path, tmp_path, capsys, monkeypatch):
     # `epi run NB --profile gpu --rehearse` through the CLI's own main() in this process (a subprocess
     # would only add an interpreter importing papermill again); the notebook's kernel is its own process
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # PNG only: the smoke runs (tests/test_notebooks.py) check the PDFs; a rehearsal checks the gpu profile's path
+    monkeypatch.setenv("EPI_FIGURE_FORMATS", "png")
     code = cli.main(["run", str(nb_path), "--profile", "gpu", "--rehearse", "--out", str(tmp_path)])
     out, err = capsys.readouterr()
     assert code == 0, out[-3000:] + err[-3000:]

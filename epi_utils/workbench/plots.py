@@ -26,27 +26,85 @@ def use_style() -> None:
     _STYLE_APPLIED = True
 
 
-def save_figure(fig, name: str, *, run_dir: os.PathLike | str | None = None,
-                formats: Sequence[str] = ("png", "pdf")) -> None:
-    """Save ``fig`` as ``<run_dir>/figures/<name>.<fmt>`` for each format.
+FIGURE_FORMATS = ("png", "pdf")
+FORMATS_ENV = "EPI_FIGURE_FORMATS"
+_KNOWN_FORMATS = ("png", "pdf", "svg")
 
-    Returns nothing (a notebook cell ending with this call shows only the figure); the files
-    are ``figure_paths(name)``.
+
+def figure_formats() -> tuple[str, ...]:
+    """The formats :func:`save_figure` writes by default: ``FIGURE_FORMATS`` (PNG for the report, PDF for a
+    paper), or the comma-separated list in the environment variable ``EPI_FIGURE_FORMATS`` (e.g. ``png`` for
+    a quick run; it must contain ``png``, which the notebook shows)."""
+    raw = os.environ.get(FORMATS_ENV)
+    if raw is None:
+        return FIGURE_FORMATS
+    formats = tuple(f.strip().lower() for f in raw.split(",") if f.strip())
+    bad = [f for f in formats if f not in _KNOWN_FORMATS]
+    if bad or "png" not in formats:
+        raise ValueError(f"{FORMATS_ENV}={raw!r}: a comma-separated list of {', '.join(_KNOWN_FORMATS)} that "
+                         f"includes png" + (f" (unknown: {bad})" if bad else ""))
+    return formats
+
+
+def save_figure(fig, name: str, *, run_dir: os.PathLike | str | None = None,
+                formats: Sequence[str] | None = None) -> None:
+    """Save ``fig`` as ``<run_dir>/figures/<name>.<fmt>`` for each format (default :func:`figure_formats`).
+
+    Returns nothing. In a notebook (a Jupyter kernel with the inline backend) the saved PNG is shown right
+    here and the figure is closed, so the backend does not draw it a second time at the end of the cell:
+    the report shows the very file in ``figures/``, at the size the inline backend would give it.
 
     ``name`` may contain letters, digits, ``-`` and ``_`` only (it becomes a file name).
     ``run_dir`` defaults to :func:`epi_utils.workbench.runs.current_run_dir`.
     """
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", name or ""):
         raise ValueError(f"figure name {name!r} must use only letters, digits, '-' and '_'")
-    bad = [f for f in formats if f not in ("png", "pdf", "svg")]
+    formats = figure_formats() if formats is None else tuple(formats)
+    bad = [f for f in formats if f not in _KNOWN_FORMATS]
     if bad:
-        raise ValueError(f"unsupported figure format(s) {bad}; allowed: png, pdf, svg")
+        raise ValueError(f"unsupported figure format(s) {bad}; allowed: {', '.join(_KNOWN_FORMATS)}")
     folder = Path(run_dir) if run_dir is not None else current_run_dir()
     folder = folder / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
         fig.savefig(folder / f"{name}.{fmt}", format=fmt)
     record_lint(fig, name, folder=folder)
+    if "png" in formats:
+        _show_saved_png(fig, folder / f"{name}.png")
+
+
+def _inline_kernel() -> bool:
+    """True in a Jupyter kernel whose matplotlib backend is the inline one (papermill runs, JupyterLab)."""
+    import sys
+
+    if "IPython" not in sys.modules or "matplotlib" not in sys.modules:
+        return False
+    import matplotlib
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return (shell is not None and getattr(shell, "kernel", None) is not None
+            and "inline" in str(matplotlib.get_backend()).lower())
+
+
+def _show_saved_png(fig, png: Path) -> None:
+    """Show the PNG :func:`save_figure` wrote instead of letting the inline backend draw ``fig`` again.
+
+    The image is displayed at the width the inline backend would draw it (``figure.dpi`` over
+    ``savefig.dpi`` of the file's pixels), so on a high-density screen it is sharper, never bigger."""
+    if not _inline_kernel():
+        return
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from IPython.display import Image, display
+
+    data = png.read_bytes()
+    width_px = int.from_bytes(data[16:20], "big")  # PNG IHDR: width, big-endian, bytes 16-19
+    save_dpi = matplotlib.rcParams["savefig.dpi"]
+    save_dpi = fig.dpi if save_dpi == "figure" else float(save_dpi)
+    shown = max(1, round(width_px * float(fig.dpi) / save_dpi))
+    display(Image(data=data, format="png", width=shown))
+    plt.close(fig)
 
 
 LINT_FILE = "lint.json"
