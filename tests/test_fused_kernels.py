@@ -161,12 +161,13 @@ def test_unmasked_kernel_step_is_bitwise_the_eager_step(kern):
 
 
 @pytest.mark.parametrize("flag", ["1", "0"])
-def test_frozen_bits_equal_frozen_positions(flag, monkeypatch):
-    """Overlap owners written in by the kernel's walk over the packed overlaps, or by positions."""
+@pytest.mark.parametrize("n, share", [(301, 0.3), (20011, 0.03)])
+def test_frozen_bits_equal_frozen_positions(flag, n, share, monkeypatch):
+    """Overlap owners written in by the kernel's walk over the packed overlaps, by the kernel at the
+    kept overlap positions (sparse sets: int32 positions kept), or by positions."""
     monkeypatch.setenv(fk.ENV, flag)
     g = torch.Generator().manual_seed(5)
-    n = 301
-    sets = {t: torch.rand(n, generator=g) < 0.3 for t in range(3)}
+    sets = {t: torch.rand(n, generator=g) < share for t in range(3)}
     claims = sum(s.to(torch.int8) for s in sets.values())
     owner = torch.full((n,), -1, dtype=torch.int8)
     for t, s in sets.items():
@@ -174,6 +175,7 @@ def test_frozen_bits_equal_frozen_positions(flag, monkeypatch):
     multi = (claims > 1).nonzero().squeeze(1)
     owner[multi] = torch.randint(-2, 3, (multi.numel(),), generator=g).to(torch.int8)
     co = es.CompactOwners(owner, {t: es.TaskSet.from_mask(s) for t, s in sets.items()})
+    assert (co._overlap_idx is not None) == (n > 1000)  # the sparse case reads the kept positions
     for tid in (0, 1, 2, -3):
         want = torch.zeros(n, dtype=torch.bool).index_fill_(0, co.frozen_positions(tid), True)
         assert torch.equal(es.unpack_bits(co.frozen_bits(tid), n), want)

@@ -98,7 +98,7 @@ def test_tracker_source_scores_are_flat_scores(kern):
     tensors included, and Scores[pos] those of LazyFlatScores[pos]."""
     g = torch.Generator().manual_seed(2)
     named = {f"w{i}": torch.nn.Parameter(torch.randn(sh, generator=g)) for i, sh in
-             enumerate([(3, 5), (7,), (13, 11), (1,), (129,)])}
+             enumerate([(3, 5), (7,), (13, 11), (1,), (129,), (301, 67)])}
     for how in ("layer_mean", "layer_max", "none"):
         tr = ImportanceTracker(named, normalize=how)
         for p in named.values():
@@ -111,6 +111,42 @@ def test_tracker_source_scores_are_flat_scores(kern):
         pos = torch.arange(flat.numel())
         assert torch.equal(sc[pos], flat)
         assert torch.equal(sc[pos[::3].contiguous()], lazy[pos[::3].contiguous()])
+
+
+def test_layer_means_are_torch_means_bit_for_bit(kern):
+    """fused_kernels.layer_means (the refresh's normalisers in one call) gives torch's per-tensor
+    means to the last bit: sizes around every branch of torch's cascade sum, several scales,
+    zeros, -0, inf and NaN; None (torch's means) when torch runs several threads."""
+    lanes = fk._mean_lanes()
+    if lanes is None:
+        pytest.skip("torch's summation order is not reproduced on this CPU: torch's means are used")
+    g = torch.Generator().manual_seed(11)
+    for trial in range(60):
+        nt = int(torch.randint(1, 12, (1,), generator=g))
+        top = 1 << int(torch.randint(1, 19, (1,), generator=g))
+        sizes = torch.randint(1, top + 1, (nt,), generator=g).tolist()
+        n = sum(sizes)
+        v = torch.rand(n, generator=g) * torch.randn(n, generator=g).mul_(trial % 7 * 3).exp_()
+        if trial % 4 == 1:
+            v[torch.rand(n, generator=g) < 0.4] = 0.0
+        if trial % 4 == 2:
+            v = v.neg_()  # all -0 where zero
+        if trial % 10 == 3:
+            v[int(torch.randint(0, n, (1,), generator=g))] = float("inf")
+        if trial % 10 == 7:
+            v[int(torch.randint(0, n, (1,), generator=g))] = float("nan")
+        got = torch.empty(nt)  # the kernel itself (layer_means would fall back to torch after a failed check)
+        sz = torch.tensor(sizes)
+        kern.epi_means(v.data_ptr(), nt, sz.data_ptr(), lanes, got.data_ptr())
+        want = torch.stack([x.mean() for x in torch.split(v, sizes)])
+        assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got[~got.isnan()], want[~want.isnan()]), sizes
+    assert torch.equal(fk.layer_means(kern, v[:100], [60, 40]), torch.stack([v[:60].mean(), v[60:100].mean()]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert fk.layer_means(kern, v, sizes) is None  # torch splits its sums between threads
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _policies(tasks, *, ratio, overlap="owner", scope="global", name="epi"):

@@ -562,12 +562,14 @@ class LazyFlatScores:
         return self.tracker.flat_scores(self.task)
 
     @torch.no_grad()
-    def source(self) -> tuple[torch.Tensor, list[int], torch.Tensor | None] | None:
+    def source(self, means=None) -> tuple[torch.Tensor, list[int], torch.Tensor | None] | None:
         """``(buffer, sizes, divisors)`` such that the scores are ``buffer / divisors[t]`` over the
         tensors of ``sizes`` laid end to end (0 where a divisor is not > 0; ``divisors`` None: the
         buffer itself), without building them: the fp32 flat EMA and the normalisers
         :meth:`materialize` would divide by (the same values; cached for ``scores[idx]``); None
-        where the state is not one fp32 vector (bf16 or block-wise state, ``sensitivity``)."""
+        where the state is not one fp32 vector (bf16 or block-wise state, ``sensitivity``).
+        ``means``: ``(buffer, sizes) -> fp32 tensor | None``, the per-tensor means computed as torch
+        computes them (the fused kernels' ``layer_means``) for ``layer_mean``; None: torch's."""
         tr = self.tracker
         buf = tr._flat.get(self.task) if tr.layout == "flat" else None
         if buf is None or buf.dtype != torch.float32 or tr.estimator == "sensitivity" or tr.block_size is not None:
@@ -575,9 +577,11 @@ class LazyFlatScores:
         sizes = [p.numel() for p in tr.params]
         if tr.normalize == "none":
             return buf, sizes, None
-        denom = tr._denominators(torch.split(buf, sizes))
-        tr._denom_cache[self.task] = (tr.n_updates.get(self.task), denom)
-        return buf, sizes, torch.tensor(denom, dtype=torch.float32)
+        d = means(buf, sizes) if means is not None and tr.normalize == "layer_mean" else None
+        if d is None:
+            d = torch.tensor(tr._denominators(torch.split(buf, sizes)), dtype=torch.float32)
+        tr._denom_cache[self.task] = (tr.n_updates.get(self.task), d.tolist())
+        return buf, sizes, d
 
     @torch.no_grad()
     def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:

@@ -43,10 +43,12 @@ def sample_size(n: int) -> int:
     return 0 if n <= 200_000 else min(200_000, max(20_000, n // 50))
 
 
-def _source(scores) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
-    """``(buffer, sizes, divisors)`` of a score vector for the kernel (see ``LazyFlatScores.source``);
+def _source(scores, kern=None) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
+    """``(buffer, sizes, divisors)`` of a score vector for the kernel (see ``LazyFlatScores.source``;
+    with ``kern`` its layer means by ``fused_kernels.layer_means``, torch's floats in one call);
     a plain tensor (or a tracker state the source cannot describe) is its own fp32 buffer."""
-    src = scores.source() if hasattr(scores, "source") else None
+    means = None if kern is None else (lambda buf, sizes: fk.layer_means(kern, buf, sizes))
+    src = scores.source(means) if hasattr(scores, "source") else None
     if src is not None:
         return src
     flat = scores.materialize() if hasattr(scores, "materialize") else scores
@@ -61,7 +63,7 @@ class Scores:
 
     def __init__(self, scores, kern):
         self.scores, self.kern = scores, kern
-        self.source = _source(scores)
+        self.source = _source(scores, kern)
         self.kept = None  # (wide, keys) from top_share_set: the set's scores without reading the buffer again
 
     def numel(self) -> int:

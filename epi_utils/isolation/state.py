@@ -306,8 +306,8 @@ class CompactOwners:
             return pack_bits(~self.allowed(tid))
         tids = list(self.sets)
         packed = [self._packed(self.sets[t]) for t in tids]
-        acc = fused_frozen_bits(packed, tids.index(tid) if tid in tids else -1, self.overlap_owner, tid) \
-            if packed else None
+        acc = fused_frozen_bits(packed, tids.index(tid) if tid in tids else -1, self.overlap_owner, tid,
+                                pos=self._overlap_idx) if packed else None
         if acc is None:  # no kernels: OR of the others' packed bytes, overlap owners written at their positions
             others = [b for t, b in zip(tids, packed) if t != tid]
             if not others:

@@ -85,6 +85,32 @@ void epi_frozen_bits(uint8_t *acc, const uint8_t *const *sets, int64_t nsets, in
   }
 }
 
+/* epi_frozen_bits with the overlap positions given (sorted int32 pos[0..k), owners owner[0..k)): the
+   OR of the other sets word by word, then each overlap element's bit written; no bit scan per word */
+void epi_frozen_bits_at(uint8_t *acc, const uint8_t *const *sets, int64_t nsets, int64_t self, int64_t nbytes,
+                        const int32_t *pos, const int8_t *owner, int64_t k, int64_t tid) {
+  int64_t b = 0;
+  for (; b + 8 <= nbytes; b += 8) {
+    uint64_t others = 0, w;
+    for (int64_t c = 0; c < nsets; c++) {
+      memcpy(&w, sets[c] + b, 8);
+      others |= c != self ? w : 0;
+    }
+    memcpy(acc + b, &others, 8);
+  }
+  for (; b < nbytes; b++) {
+    uint8_t others = 0;
+    for (int64_t c = 0; c < nsets; c++) others |= c != self ? sets[c][b] : 0;
+    acc[b] = others;
+  }
+  for (int64_t i = 0; i < k; i++) {  /* branch-free: owners vary from element to element */
+    uint32_t p = (uint32_t)pos[i], sh = p & 7u, o = (uint32_t)(int32_t)owner[i];
+    uint32_t f = (uint32_t)(o != 0xFFFFFFFFu) & (uint32_t)((int64_t)(int32_t)o != tid);
+    uint8_t *a = acc + (p >> 3);
+    *a = (uint8_t)((*a & ~(1u << sh)) | (f << sh));
+  }
+}
+
 void epi_patch_bits(uint8_t *bits, const int64_t *pos, const uint8_t *val, int64_t k) {
   for (int64_t i = 0; i < k; i++) {
     uint8_t m = (uint8_t)(1u << (pos[i] & 7));
@@ -491,4 +517,94 @@ int64_t epi_and_count(const uint8_t *a, const uint8_t *b, int64_t nbytes) {
   int64_t c = 0;
   for (int64_t i = 0; i < nbytes; i += 8) c += __builtin_popcountll(word_at(a, nbytes, i) & word_at(b, nbytes, i));
   return c;
+}
+
+/* ---- torch's per-tensor mean of fp32 (ImportanceTracker's layer_mean normalisers), bit for bit ----
+   at::native's CPU sum of a contiguous fp32 vector in one thread (cascade_sum, vectorized_inner_sum):
+   row_sum over L-lane vectors (L = Vectorized<float>::size(): 8 AVX2, 16 AVX512) as 4 interleaved
+   rows, each accumulated by multi_row_sum's 4-level cascade (level step 2^max(4, ceil(log2 rows)/4)),
+   the leftover vectors into row 0, rows 1-3 into row 0; then the scalar tail in order, then the lanes
+   in order; fewer than L elements: the same row_sum over single floats. The mean is the sum over
+   (float) n, as torch's mean (sum, then div_ by the count). One thread only: torch splits the
+   reduction between threads from 32768 elements. The loader checks it against torch at first use. */
+#define EPI_MAXL 16
+static inline int64_t ceil_log2_i64(int64_t x) {
+  return x <= 2 ? 1 : 64 - (int64_t)__builtin_clzll((uint64_t)(x - 1));
+}
+
+/* multi_row_sum<acc, 4> over `size` rows of 4 items (item = w consecutive floats), res[4][w] */
+static inline __attribute__((always_inline)) void multi_row_sum4(const float *restrict x, int64_t size, int w,
+                                                                 float *restrict res) {
+  float acc[4][4 * EPI_MAXL];
+  memset(acc, 0, sizeof(acc));
+  int64_t lp = ceil_log2_i64(size) / 4;
+  if (lp < 4) lp = 4;
+  const int64_t step = (int64_t)1 << lp, mask = step - 1, rw = 4 * w;
+  int64_t i = 0;
+  while (i + step <= size) {
+    for (int64_t j = 0; j < step; j++, i++) {
+      const float *b = x + i * rw;
+      for (int64_t l = 0; l < rw; l++) acc[0][l] += b[l];
+    }
+    for (int j = 1; j < 4; j++) {
+      for (int64_t l = 0; l < rw; l++) { acc[j][l] += acc[j - 1][l]; acc[j - 1][l] = 0.0f; }
+      if ((i & (mask << (j * lp))) != 0) break;
+    }
+  }
+  for (; i < size; i++) {
+    const float *b = x + i * rw;
+    for (int64_t l = 0; l < rw; l++) acc[0][l] += b[l];
+  }
+  for (int j = 1; j < 4; j++)
+    for (int64_t l = 0; l < rw; l++) acc[0][l] += acc[j][l];
+  memcpy(res, acc[0], (size_t)rw * sizeof(float));
+}
+
+/* row_sum<acc, 4 rows> over `size` items of w floats: res[w] */
+static inline __attribute__((always_inline)) void row_sum_items(const float *restrict x, int64_t size, int w,
+                                                                float *restrict res) {
+  float part[4 * EPI_MAXL];
+  int64_t rows = size / 4;
+  multi_row_sum4(x, rows, w, part);
+  for (int64_t i = rows * 4; i < size; i++)
+    for (int l = 0; l < w; l++) part[l] += x[i * w + l];
+  for (int k = 1; k < 4; k++)
+    for (int l = 0; l < w; l++) part[l] += part[k * w + l];
+  memcpy(res, part, (size_t)w * sizeof(float));
+}
+
+static float torch_sum_l8(const float *x, int64_t n) {
+  float lanes[8], fin = 0.0f;
+  int64_t nv = n / 8;
+  row_sum_items(x, nv, 8, lanes);
+  for (int64_t k = nv * 8; k < n; k++) fin += x[k];
+  for (int l = 0; l < 8; l++) fin += lanes[l];
+  return 0.0f + fin;
+}
+
+static float torch_sum_l16(const float *x, int64_t n) {
+  float lanes[16], fin = 0.0f;
+  int64_t nv = n / 16;
+  row_sum_items(x, nv, 16, lanes);
+  for (int64_t k = nv * 16; k < n; k++) fin += x[k];
+  for (int l = 0; l < 16; l++) fin += lanes[l];
+  return 0.0f + fin;
+}
+
+static float torch_sum_scalar(const float *x, int64_t n) {
+  float s;
+  row_sum_items(x, n, 1, &s);
+  return 0.0f + s;
+}
+
+/* out[t] = torch.mean of the nt tensors of sizes[] laid end to end from v (lanes: 8 or 16) */
+void epi_means(const float *v, int64_t nt, const int64_t *sizes, int64_t lanes, float *out) {
+  int64_t off = 0;
+  for (int64_t t = 0; t < nt; t++) {
+    int64_t n = sizes[t];
+    const float *x = v + off;
+    float s = n < lanes ? torch_sum_scalar(x, n) : lanes == 16 ? torch_sum_l16(x, n) : torch_sum_l8(x, n);
+    out[t] = s / (float)n;
+    off += n;
+  }
 }

@@ -101,6 +101,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.epi_patch_bits.restype = None
     lib.epi_frozen_bits.argtypes = [ptr, ptr, i64, i64, i64, ptr, i64, i64]
     lib.epi_frozen_bits.restype = None
+    lib.epi_frozen_bits_at.argtypes = [ptr, ptr, i64, i64, i64, ptr, ptr, i64, i64]
+    lib.epi_frozen_bits_at.restype = None
     lib.epi_adamw_moments.argtypes = [i64, ptr, ptr, ptr, f32, f32, f32, f32, ptr, i64, i64]
     lib.epi_adamw_moments.restype = None
     lib.epi_adamw_params.argtypes = [i64, ptr, ptr, ptr, f32, f32, ptr, i64, i64]
@@ -115,6 +117,8 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.epi_overlaps.restype = None
     lib.epi_and_count.argtypes = [ptr, ptr, i64]
     lib.epi_and_count.restype = i64
+    lib.epi_means.argtypes = [ptr, i64, ptr, i64, ptr]
+    lib.epi_means.restype = None
     return lib
 
 
@@ -270,19 +274,26 @@ def count_frozen(kern, bits: torch.Tensor, sizes) -> list[int]:
     return out.tolist()
 
 
-def frozen_bits(sets: list, self_index: int, owner: torch.Tensor, tid: int) -> torch.Tensor | None:
+def frozen_bits(sets: list, self_index: int, owner: torch.Tensor, tid: int,
+                pos: torch.Tensor | None = None) -> torch.Tensor | None:
     """With the kernels, one pass: the packed frozen set of a step of task ``tid`` from the packed
     critical ``sets`` (uint8, equal sizes; ``sets[self_index]`` is the task's own, -1: none): the
     OR of the others, the elements claimed by two or more sets frozen when their owner (``owner``,
-    int8, in position order) is neither -1 nor ``tid``. None without the kernels."""
+    int8, in position order) is neither -1 nor ``tid``. ``pos``: the overlap elements' sorted int32
+    positions where the caller keeps them (then written bit by bit after the OR instead of found
+    by a bit scan of every word; the same bits). None without the kernels."""
     kern = lib() if all(b.is_cpu and b.is_contiguous() for b in sets) else None
     if kern is None or not sets:
         return None
     owner = owner.to(torch.int8).contiguous()  # alive during the call
     ptrs = array.array("q", [b.data_ptr() for b in sets])
     acc = torch.empty(sets[0].numel(), dtype=torch.uint8)
-    kern.epi_frozen_bits(acc.data_ptr(), _addr(ptrs), len(sets), self_index, acc.numel(), owner.data_ptr(),
-                         owner.numel(), tid)
+    if pos is not None and pos.dtype == torch.int32 and pos.is_contiguous() and pos.numel() == owner.numel():
+        kern.epi_frozen_bits_at(acc.data_ptr(), _addr(ptrs), len(sets), self_index, acc.numel(), pos.data_ptr(),
+                                owner.data_ptr(), owner.numel(), tid)
+    else:
+        kern.epi_frozen_bits(acc.data_ptr(), _addr(ptrs), len(sets), self_index, acc.numel(), owner.data_ptr(),
+                             owner.numel(), tid)
     return acc
 
 
@@ -370,6 +381,52 @@ def overlap_owners(kern, claims: list, pos: torch.Tensor) -> torch.Tensor:
     kern.epi_overlap_owners(len(claims), *[_addr(a) for a in arrs], claims[0][0].numel(), pos.data_ptr(), pos.numel(),
                             own.data_ptr())
     return own
+
+
+def _mean_lanes() -> int | None:
+    """fp32 lanes of torch's CPU sum (``Vectorized<float>::size()``) where :func:`layer_means` knows
+    them (x86 AVX2: 8, AVX512: 16), else None; checked against ``torch.mean`` once per process."""
+    if "lanes" not in _STATE:
+        import platform
+
+        cap = torch.backends.cpu.get_cpu_capability()
+        x86 = platform.machine().lower() in ("x86_64", "amd64")
+        _STATE["lanes"] = {"AVX2": 8, "AVX512": 16}.get(cap) if x86 else None
+    return _STATE["lanes"]
+
+
+def _means_self_test(kern, lanes: int) -> bool:
+    """:func:`layer_means` equals ``torch.stack([v.mean() for v in views])`` bit for bit on sizes
+    around every branch of torch's cascade sum (scalar rows, vector rows, each level's step)."""
+    g = torch.Generator().manual_seed(1)
+    sizes = [1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 127, 129, 255, 257, 1000, 1023, 1024, 1025, 4097,
+             16383, 16384, 16385, 65536, 65537, 131071, 262147, 1 << 20, (1 << 20) + 13]
+    v = torch.rand(sum(sizes), generator=g).mul_(torch.randn(sum(sizes), generator=g).exp_())
+    want = torch.stack([x.mean() for x in torch.split(v, sizes)])
+    sz, _ = _layout(sizes)
+    got = torch.empty(len(sizes), dtype=torch.float32)
+    kern.epi_means(v.data_ptr(), len(sizes), sz.data_ptr(), lanes, got.data_ptr())
+    return torch.equal(got, want)
+
+
+def layer_means(kern, v: torch.Tensor, sizes) -> torch.Tensor | None:
+    """fp32 ``(len(sizes),)``: each tensor's ``torch.mean`` of the contiguous fp32 CPU vector ``v``
+    (tensors of ``sizes`` laid end to end), the same floats as torch computes them (its summation
+    order, see ``epi_means`` in the C source), in one call instead of one torch op per tensor. None
+    where that order is not reproduced (torch with several threads splits its sums between them; a
+    CPU capability other than AVX2/AVX512; a failed check against torch): take torch's means."""
+    lanes = _mean_lanes()
+    if lanes is None or torch.get_num_threads() != 1 or v.dtype != torch.float32 or not v.is_contiguous():
+        return None
+    ok = _STATE.get("means_ok")
+    if ok is None:
+        ok = _STATE["means_ok"] = _means_self_test(kern, lanes)
+    if not ok:
+        return None
+    sz, _ = _layout(sizes)
+    out = torch.empty(len(sz), dtype=torch.float32)
+    kern.epi_means(v.data_ptr(), len(sz), sz.data_ptr(), lanes, out.data_ptr())
+    return out
 
 
 def overlaps(kern, sets: list) -> tuple[torch.Tensor, int]:
