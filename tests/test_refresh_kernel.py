@@ -76,13 +76,14 @@ def test_top_k_bits_adversarial_brackets(kern, sample):
             want = torch.zeros(n, dtype=torch.bool)
             want[torch.sort(x, descending=True, stable=True).indices[:k]] = True
             out = torch.zeros((n + 7) // 8, dtype=torch.uint8)
-            wide, keys, count = torch.zeros_like(out), torch.zeros(n, dtype=torch.int32), torch.zeros(1, dtype=torch.int64)
-            assert fk.top_k_bits(kern, x, [n], None, k, out, sample=sample, wide=wide, keys=keys, count=count) == 0
+            wide, kb = torch.zeros_like(out), fk.KeyBuffer(kern)
+            assert fk.top_k_bits(kern, x, [n], None, k, out, sample=sample, wide=wide, keys=kb) == 0
             assert torch.equal(out, es.pack_bits(want))
+            keys = kb.take()
             if k < n:  # the kept scores: a superset of the set, in position order (after any missed bracket)
                 w = es.unpack_bits(wide, n)
-                assert bool((w | ~want).all()) and int(count) == int(w.sum())
-                assert torch.equal(keys[:int(count)].view(torch.float32).abs(), x[w])  # order keys of x >= 0
+                assert bool((w | ~want).all()) and keys.numel() == int(w.sum())
+                assert torch.equal(keys.view(torch.float32).abs(), x[w])  # order keys of x >= 0
     x = torch.rand(n, generator=torch.Generator().manual_seed(1))
     out = torch.zeros((n + 7) // 8, dtype=torch.uint8)
     for lo, hi in ((0, 13), (13, 100_001), (100_001, n)):  # ranges not on byte boundaries, ORed into one set

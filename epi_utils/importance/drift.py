@@ -67,6 +67,12 @@ def jaccard(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> flo
 def turnover(prev: Mapping[str, torch.Tensor], cur: Mapping[str, torch.Tensor]) -> dict[str, float]:
     """``{"entering", "leaving", "turnover"}`` shares from mask ``prev`` to mask ``cur``."""
     inter, _, na, nb = _counts(prev, cur)
+    return turnover_from_counts(na, nb, inter)
+
+
+def turnover_from_counts(na: int, nb: int, inter: int) -> dict[str, float]:
+    """:func:`turnover` from the counts: ``na`` elements in the previous mask, ``nb`` in the new
+    one, ``inter`` in both (the one formula; the fused refresh counts them on packed sets)."""
     entering = 0.0 if nb == 0 else (nb - inter) / nb
     leaving = 0.0 if na == 0 else (na - inter) / na
     sym = (na - inter) + (nb - inter)

@@ -198,12 +198,8 @@ class IsolationPolicy(TrainHook):
         new = {t: top_share_flat(f, ratio=self.isolation_ratio, scope=self.scope, sizes=sizes)
                for t, f in scores.items()}
         if self.record:
-            row = {"step": int(step), "update": self.n_mask_updates}
-            for t, m in new.items():
-                if t in self._crit_flat:
-                    row[f"turnover/{t}"] = turnover({"all": self._crit_flat[t]}, {"all": m})["turnover"]
-            vals = [v for k, v in row.items() if k.startswith("turnover/")]
-            row["turnover"] = sum(vals) / len(vals) if vals else float("nan")
+            row = self._history_row(step, {t: turnover({"all": self._crit_flat[t]}, {"all": m})["turnover"]
+                                           for t, m in new.items() if t in self._crit_flat})
         self._crit_flat.update(new)
         if not self._crit_flat:
             return
@@ -212,8 +208,7 @@ class IsolationPolicy(TrainHook):
         self.critical = LazyMapping(list(self._crit_flat), lambda t: self._unflatten(self._crit_flat[t]))
         self.n_mask_updates += 1
         if self.record:
-            row["protected_share"] = int(torch.count_nonzero(owner != -1)) / max(owner.numel(), 1)
-            self.history.append(row)
+            self._record(row, protected=int(torch.count_nonzero(owner != -1)), n=owner.numel())
 
     def _set_critical_fused(self, scores: Mapping[str, torch.Tensor], *, sizes: Sequence[int], step: int,
                             kern) -> None:
@@ -223,12 +218,8 @@ class IsolationPolicy(TrainHook):
         new = {t: refresh.top_share_set(f, ratio=self.isolation_ratio, scope=self.scope, sizes=sizes, kern=kern)
                for t, f in scores.items()}
         if self.record:
-            row = {"step": int(step), "update": self.n_mask_updates}
-            for t, s in new.items():
-                if t in self._crit_flat:
-                    row[f"turnover/{t}"] = refresh.turnover_share(self._crit_flat.stored(t), s, kern)
-            vals = [v for k, v in row.items() if k.startswith("turnover/")]
-            row["turnover"] = sum(vals) / len(vals) if vals else float("nan")
+            row = self._history_row(step, {t: refresh.turnover_share(self._crit_flat.stored(t), s, kern)
+                                           for t, s in new.items() if t in self._crit_flat})
         for t, s in new.items():
             self._crit_flat.put(t, s)
         if not self._crit_flat:
@@ -245,9 +236,23 @@ class IsolationPolicy(TrainHook):
         self.critical = LazyMapping(list(self._crit_flat), lambda t: self._unflatten(self._crit_flat[t]))
         self.n_mask_updates += 1
         if self.record:
-            n = sum(sizes)
-            row["protected_share"] = (n_any - int(torch.count_nonzero(own == -1))) / max(n, 1)
-            self.history.append(row)
+            self._record(row, protected=n_any - int(torch.count_nonzero(own == -1)), n=sum(sizes))
+
+    def _history_row(self, step: int, turnovers: Mapping[str, float]) -> dict:
+        """A refresh's history row before its sets are stored (one builder for the eager and the
+        fused refresh): step, update number, each task's turnover (tasks with a previous set) and
+        their mean (NaN without any)."""
+        row = {"step": int(step), "update": self.n_mask_updates}
+        row.update({f"turnover/{t}": v for t, v in turnovers.items()})
+        vals = list(turnovers.values())
+        row["turnover"] = sum(vals) / len(vals) if vals else float("nan")
+        return row
+
+    def _record(self, row: dict, *, protected: int, n: int) -> None:
+        """Append ``row`` with the protected share: ``protected`` of the ``n`` elements have an owner
+        (a task, or frozen for all)."""
+        row["protected_share"] = protected / max(n, 1)
+        self.history.append(row)
 
     def _owners_at(self, scores: Mapping[str, torch.Tensor], overlap: torch.Tensor, claims) -> torch.Tensor:
         """int8 owners of the overlap elements (positions ``overlap``) from ``claims``: ``(task, bool

@@ -22,6 +22,7 @@ from typing import Sequence
 
 import torch
 
+from epi_utils.importance.drift import turnover_from_counts
 from epi_utils.importance.estimators import SCOPES, top_share_flat
 from epi_utils.isolation.state import TaskSet
 from epi_utils.lm import fused_kernels as fk
@@ -86,27 +87,23 @@ def top_share_set(scores, *, ratio: float, scope: str = "global", sizes: Sequenc
     keep = isinstance(scores, Scores)
     v, tsizes, div = scores.source if keep else _source(scores)
     out = torch.zeros(math.ceil(n / 8), dtype=torch.uint8)
-    kept = {}
-    if keep:  # room for the set and the bracket's candidates (~2% of n on a tiny model, less above)
-        kept = dict(wide=torch.zeros_like(out), keys=torch.empty(int(ratio * n * 1.05) + n // 25 + 4096, dtype=torch.int32),
-                    count=torch.zeros(1, dtype=torch.int64))
+    kept = dict(wide=torch.zeros_like(out), keys=fk.KeyBuffer(kern)) if keep else {}  # the kernel sizes the keys
     bounds = [0, n] if scope == "global" else [0, *torch.tensor(list(sizes)).cumsum(0).tolist()]
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         k = int(round(ratio * (hi - lo)))
         if fk.top_k_bits(kern, v, tsizes, div, k, out, lo=lo, hi=hi, sample=sample_size(hi - lo), **kept) != 0:
             return TaskSet.from_mask(top_share_flat(eager, ratio=ratio, scope=scope, sizes=sizes))
-    if keep and int(kept["count"]) <= kept["keys"].numel():
-        scores.kept = (kept["wide"], kept["keys"])
+    if keep:
+        keys = kept["keys"].take()
+        if keys is not None:  # None: a range was wholly in the set, its scores are read again
+            scores.kept = (kept["wide"], keys)
     return TaskSet.from_bits(out, n, fk.and_count(kern, out, out))
 
 
 def turnover_share(prev: TaskSet, new: TaskSet, kern) -> float:
-    """``epi_utils.importance.drift.turnover(prev, new)["turnover"]`` from the packed sets (the same
-    counts, the same formula): elements entering or leaving over the sizes of both sets."""
-    inter = fk.and_count(kern, prev.packed(), new.packed())
-    na, nb = prev.count, new.count
-    sym = (na - inter) + (nb - inter)
-    return 0.0 if na + nb == 0 else sym / (na + nb)
+    """``epi_utils.importance.drift.turnover(prev, new)["turnover"]`` from the packed sets: the same
+    counts (the elements in both by a popcount of the AND), the same formula (``turnover_from_counts``)."""
+    return turnover_from_counts(prev.count, new.count, fk.and_count(kern, prev.packed(), new.packed()))["turnover"]
 
 
 def overlaps(sets: Sequence[TaskSet], kern) -> tuple[torch.Tensor, int]:

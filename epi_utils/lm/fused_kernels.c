@@ -291,6 +291,36 @@ static inline uint64_t splitmix(uint64_t *s) {
   return z ^ (z >> 31);
 }
 
+/* the kept keys of epi_top_k: a buffer that the kernel sizes from its bracket and grows (owned by C:
+   epi_keys_new, then epi_keys_take copies them out and frees it); lost: none kept (k >= n) */
+typedef struct { uint32_t *data; int64_t count, cap, lost; } epi_keys_t;
+
+void *epi_keys_new(void) { return calloc(1, sizeof(epi_keys_t)); }
+
+int64_t epi_keys_count(const void *h) {
+  const epi_keys_t *ks = (const epi_keys_t *)h;
+  return ks->lost ? -1 : ks->count;
+}
+
+/* copies the keys to dst (room for epi_keys_count; NULL: none) and frees the buffer */
+void epi_keys_take(void *h, uint32_t *dst) {
+  epi_keys_t *ks = (epi_keys_t *)h;
+  if (dst && !ks->lost && ks->count) memcpy(dst, ks->data, (size_t)ks->count * 4);
+  free(ks->data);
+  free(ks);
+}
+
+/* room for `extra` more keys (at least doubling); 0 when memory ran out */
+static int keys_room(epi_keys_t *ks, int64_t extra) {
+  if (ks->count + extra <= ks->cap) return 1;
+  int64_t cap = ks->count + extra > 2 * ks->cap ? ks->count + extra : 2 * ks->cap;
+  uint32_t *d = (uint32_t *)realloc(ks->data, (size_t)cap * 4);
+  if (!d) return 0;
+  ks->data = d;
+  ks->cap = cap;
+  return 1;
+}
+
 /* Exact top-k of the scores at global positions [lo, hi) (tensor t covers [offs[t], offs[t] + sizes[t]),
    its scores v / div[t] when divide): their bits ORed into out (cleared by the caller), ties at the
    k-th largest value broken by lower position first (= a descending stable sort's first k; values
@@ -298,17 +328,19 @@ static inline uint64_t splitmix(uint64_t *s) {
    from a stratified sample of `sample` scores (0: none) or, when the sample's bracket misses, from a
    4096-bin histogram of the keys' top 12 bits (exact bin). With wide: the elements whose key is at
    least the bracket's low end (a superset of the set) ORed into wide and their keys appended to
-   mk[*mcount..mcap) in position order (*mcount counts past mcap on overflow), so that the scores
-   of the set's elements are read again without touching v. Returns 0, 1 when a score is NaN (the
+   the buffer ks in position order (room reserved from the bracket: the sample's share above its
+   low end, or the exact count above the exact bin; grown if the sample was wrong), so that the
+   scores of the set's elements are read again without touching v. Returns 0, 1 when a score is NaN (the
    caller takes the eager path: its NaN order is torch.kthvalue's), 2 when memory ran out. */
 int64_t epi_top_k(const float *v, int64_t nt, const int64_t *sizes, const int64_t *offs, const float *div,
                   int64_t divide, int64_t lo, int64_t hi, int64_t k, uint8_t *out, int64_t nbytes, int64_t sample,
-                  uint8_t *wide, uint32_t *mk, int64_t mcap, int64_t *mcount) {
-  int64_t n = hi - lo, m0 = mcount ? *mcount : 0;
+                  uint8_t *wide, void *keys) {
+  epi_keys_t *ks = wide ? (epi_keys_t *)keys : NULL;
+  int64_t n = hi - lo, m0 = ks ? ks->count : 0;
   if (k <= 0 || n <= 0) return 0;
   if (k >= n) {
     for (int64_t w = lo >> 6; w <= (hi - 1) >> 6; w++) or_word(out, nbytes, w, range_mask(w, lo, hi));
-    if (mcount) *mcount = mcap + 1;  /* no keys kept: the caller reads the scores themselves */
+    if (ks) ks->lost = 1;  /* no keys kept: the caller reads the scores themselves */
     return 0;
   }
   uint32_t key[SBLK];
@@ -316,7 +348,7 @@ int64_t epi_top_k(const float *v, int64_t nt, const int64_t *sizes, const int64_
   uint8_t fin[SBLK], fc[SBLK];
 #endif
   uint32_t klo = 0, khi = 0xFFFFFFFFu;
-  int64_t cap = 0, exact = 0;
+  int64_t cap = 0, exact = 0, kept = n;  /* kept: room for the keys at or above klo */
   if (sample >= 16 && n / (sample / 16) >= 32) {
     uint32_t *sk = (uint32_t *)malloc((size_t)sample * 4);
     if (!sk) return 2;
@@ -341,6 +373,7 @@ int64_t epi_top_k(const float *v, int64_t nt, const int64_t *sizes, const int64_
     if (klo > khi) klo = khi;
     double share = (double)(rhi < sample ? rhi : sample) / (double)sample - (rlo > 0 ? (double)rlo / (double)sample : 0.0);
     cap = (int64_t)(2.0 * share * (double)n) + 4096;
+    kept = (int64_t)((rlo > 0 ? 1.0 - (double)rlo / (double)sample : 1.0) * 1.05 * (double)n) + 64;
   }
   for (int attempt = 0; attempt < 2; attempt++) {
     if (cap == 0) {  /* exact bracket: the 12-bit bin of the k-th largest key */
@@ -357,13 +390,15 @@ int64_t epi_top_k(const float *v, int64_t nt, const int64_t *sizes, const int64_
       klo = (uint32_t)bin << 20;
       khi = klo | 0xFFFFFu;
       cap = hist[bin];
+      kept = cum + hist[bin];  /* exactly the keys at or above the bin */
       exact = 1;
       free(hist);
     }
+    if (ks && !keys_room(ks, kept < n ? kept : n)) return 2;
     uint32_t *ck = (uint32_t *)malloc((size_t)cap * 4 + 4);
     int64_t *ci = (int64_t *)malloc((size_t)cap * 8 + 8);
     if (!ck || !ci) { free(ck); free(ci); return 2; }
-    int64_t above = 0, nc = 0, nan = 0, t = 0;
+    int64_t above = 0, nc = 0, nan = 0, t = 0, oom = 0;
     for (int64_t a0 = lo & ~(int64_t)(SBLK - 1); a0 < hi; a0 += SBLK) {  /* blocks aligned to SBLK positions */
       int64_t a = a0 > lo ? a0 : lo, b = a0 + SBLK < hi ? a0 + SBLK : hi;
       nan += block_keys(v, nt, sizes, offs, div, divide, &t, a, b, key + (a - a0));
@@ -393,13 +428,11 @@ int64_t epi_top_k(const float *v, int64_t nt, const int64_t *sizes, const int64_
 #endif
         above += __builtin_popcountll(win);
         or_word(out, nbytes, wi, win);
-        if (wide) {  /* every key >= klo (a superset of the final set), kept in position order */
+        if (ks) {  /* every key >= klo (a superset of the final set), kept in position order */
           uint64_t ww = win | wc;
           or_word(wide, nbytes, wi, ww);
-          for (; ww; ww &= ww - 1) {
-            if (*mcount < mcap) mk[*mcount] = key[64 * wj + __builtin_ctzll(ww)];
-            (*mcount)++;
-          }
+          if (ks->count + 64 > ks->cap && !keys_room(ks, 64)) oom = 1, ww = 0;
+          for (; ww; ww &= ww - 1) ks->data[ks->count++] = key[64 * wj + __builtin_ctzll(ww)];
         }
         for (; wc; wc &= wc - 1) {
           int64_t j = 64 * wj + __builtin_ctzll(wc);
@@ -409,6 +442,7 @@ int64_t epi_top_k(const float *v, int64_t nt, const int64_t *sizes, const int64_
       }
     }
     if (nan) { free(ck); free(ci); return 1; }
+    if (oom) { free(ck); free(ci); return 2; }
     if (above < k && above + nc >= k && nc <= cap) {
       int64_t need = k - above;
       uint32_t *tmp = (uint32_t *)malloc((size_t)nc * 4 + 4);
@@ -437,7 +471,7 @@ int64_t epi_top_k(const float *v, int64_t nt, const int64_t *sizes, const int64_
       for (int64_t i = 0; i < mm; i++) out[bb + i] &= (uint8_t)~(m >> (8 * i));
       if (wide) for (int64_t i = 0; i < mm; i++) wide[bb + i] &= (uint8_t)~(m >> (8 * i));
     }
-    if (mcount) *mcount = m0;
+    if (ks) ks->count = m0;
     cap = 0;
   }
   return 2;

@@ -107,7 +107,7 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.epi_adamw_moments.restype = None
     lib.epi_adamw_params.argtypes = [i64, ptr, ptr, ptr, f32, f32, ptr, i64, i64]
     lib.epi_adamw_params.restype = None
-    lib.epi_top_k.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, i64, i64, ptr, i64, i64, ptr, ptr, i64, ptr]
+    lib.epi_top_k.argtypes = [ptr, i64, ptr, ptr, ptr, i64, i64, i64, i64, ptr, i64, i64, ptr, ptr]
     lib.epi_top_k.restype = i64
     lib.epi_scores_at.argtypes = [ptr, i64, ptr, ptr, ptr, i64, ptr, i64, ptr]
     lib.epi_scores_at.restype = None
@@ -117,6 +117,12 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.epi_overlaps.restype = None
     lib.epi_and_count.argtypes = [ptr, ptr, i64]
     lib.epi_and_count.restype = i64
+    lib.epi_keys_new.argtypes = []
+    lib.epi_keys_new.restype = ptr
+    lib.epi_keys_count.argtypes = [ptr]
+    lib.epi_keys_count.restype = i64
+    lib.epi_keys_take.argtypes = [ptr, ptr]
+    lib.epi_keys_take.restype = None
     lib.epi_means.argtypes = [ptr, i64, ptr, i64, ptr]
     lib.epi_means.restype = None
     return lib
@@ -320,7 +326,7 @@ def patch_bits(bits: torch.Tensor, pos: torch.Tensor, val: torch.Tensor) -> torc
 
 def top_k_bits(kern, v: torch.Tensor, sizes, divisors: torch.Tensor | None, k: int, out: torch.Tensor, *,
                lo: int = 0, hi: int | None = None, sample: int = 0, wide: torch.Tensor | None = None,
-               keys: torch.Tensor | None = None, count: torch.Tensor | None = None) -> int:
+               keys: "KeyBuffer | None" = None) -> int:
     """Exact top-``k`` of the scores at positions ``[lo, hi)`` of the fp32 contiguous CPU vector
     ``v`` (tensors of ``sizes`` laid end to end; with ``divisors``, fp32 ``(len(sizes),)``, each
     tensor's scores are ``v / divisors[t]``, 0 where the divisor is not > 0, as
@@ -328,17 +334,40 @@ def top_k_bits(kern, v: torch.Tensor, sizes, divisors: torch.Tensor | None, k: i
     ``i % 8`` of byte ``i // 8``): ties at the ``k``-th largest value broken by lower position, as
     a stable descending sort (``-0 == +0``). ``sample``: scores drawn (stratified, fixed seed) to
     bracket the threshold so that one pass over ``v`` usually suffices (0: a 12-bit histogram
-    pass first). ``wide`` (packed, ``out``'s size), ``keys`` (int32 buffer) and ``count`` (int64
-    ``(1,)``): the elements at or above the threshold's bracket (a superset of the set) and their
-    scores' order keys in position order, from ``keys[count]`` on (``count`` past ``keys``' size:
-    they did not fit), for :func:`overlap_owners`. Returns 0; 1 when a score is NaN (``out`` is
+    pass first). ``wide`` (packed, ``out``'s size) and ``keys`` (a :class:`KeyBuffer`): the
+    elements at or above the threshold's bracket (a superset of the set) and their scores' order
+    keys, appended in position order (room sized from the bracket), for :func:`overlap_owners`.
+    Returns 0; 1 when a score is NaN (``out`` is
     then undefined: take the eager path); 2 when memory ran out."""
     hi = v.numel() if hi is None else hi
     sz, off = _layout(sizes)
     d = None if divisors is None else divisors.to(torch.float32).contiguous()
-    w = (0, 0, 0, 0) if wide is None else (wide.data_ptr(), keys.data_ptr(), keys.numel(), count.data_ptr())
+    w = (0, 0) if wide is None or keys is None else (wide.data_ptr(), keys.handle)
     return int(kern.epi_top_k(v.data_ptr(), len(sz), sz.data_ptr(), off.data_ptr(), 0 if d is None else d.data_ptr(),
                               0 if d is None else 1, lo, hi, int(k), out.data_ptr(), out.numel(), int(sample), *w))
+
+
+class KeyBuffer:
+    """The order keys that :func:`top_k_bits` keeps (with ``wide``), in a buffer the kernel sizes
+    from its bracket and grows; :meth:`take` gives them as int32 ``(count,)`` (None: none kept,
+    the whole range was the set) and frees the buffer."""
+
+    def __init__(self, kern):
+        self.kern, self.handle = kern, kern.epi_keys_new()
+        if not self.handle:
+            raise MemoryError("epi_keys_new")
+
+    def take(self) -> torch.Tensor | None:
+        count = int(self.kern.epi_keys_count(self.handle))
+        out = torch.empty(max(count, 0), dtype=torch.int32)
+        self.kern.epi_keys_take(self.handle, out.data_ptr() if count > 0 else None)
+        self.handle = None
+        return out if count >= 0 else None
+
+    def __del__(self):
+        if getattr(self, "handle", None):
+            self.kern.epi_keys_take(self.handle, None)
+            self.handle = None
 
 
 def scores_at(kern, v: torch.Tensor, sizes, divisors: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
