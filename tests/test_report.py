@@ -96,6 +96,40 @@ def test_failing_notebook_gives_failed_run_in_index(toy_notebook, tmp_path, caps
     assert "class='failed'" in index and "planted failure" in index
 
 
+LEAN_RUNNER = """
+import importlib.util, sys
+from epi_utils.workbench import datasets, runs
+runs.preflight({"seed": 0, "device": "cpu"})
+runs.preflight({"device": "auto"})
+info = runs.provenance(device="cpu")
+hashes = {name: datasets.known_hashes(name) for name in datasets.DATASETS}
+print(sorted(m for m in ("torch", "scipy", "epi_utils.acd", "epi_utils.events") if m in sys.modules))
+assert info["threads"] == 1 and info["device"] == "cpu", info  # torch says 1 with OMP_NUM_THREADS=1
+for name, entry in datasets.DATASETS.items():  # each table as its module holds it once it has run
+    if entry.hashes:
+        module, attr = entry.hashes.split(":")
+        package, _, leaf = module.rpartition(".")
+        where = next(iter(importlib.util.find_spec(package).submodule_search_locations))
+        spec = importlib.util.spec_from_file_location("alone_" + leaf, f"{where}/{leaf}.py")
+        alone = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(alone)
+        table = getattr(alone, attr)
+        assert hashes[name] == {f"{entry.hash_root}/{rel}": digest for rel, digest in table.items()}, name
+assert sum(map(len, hashes.values())) > 0
+"""
+
+
+def test_a_runner_checks_a_cpu_run_and_its_data_hashes_without_torch_or_the_studies():
+    """The checks and provenance every ``epi run`` and sweep worker makes for a cpu run, and the
+    registry's known hashes, import neither torch nor the study packages (3-5 s of CPU in each such
+    process, issue 34); the hashes are those the study modules define (each run alone, outside its package)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("MKL_NUM_THREADS", None)
+    out = subprocess.run([sys.executable, "-c", LEAN_RUNNER], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[]"
+
+
 def test_killed_run_never_claims_success(toy_notebook, tmp_path):
     reports = tmp_path / "r"
     proc = subprocess.Popen([sys.executable, "-m", "epi_utils.workbench.cli", "run", str(toy_notebook), "--profile", "smoke",

@@ -72,8 +72,34 @@ def known_hashes(name: str) -> dict[str, str]:
     if not entry.hashes:
         return {}
     module, attr = entry.hashes.split(":")
-    table = getattr(importlib.import_module(module), attr)
+    table = _literal_attribute(module, attr)
+    if table is None:
+        table = getattr(importlib.import_module(module), attr)
     return {f"{entry.hash_root}/{rel}" if entry.hash_root else rel: digest for rel, digest in table.items()}
+
+
+def _literal_attribute(module: str, attr: str):
+    """``module.attr`` read from the module's source when it is a literal (the hash tables are),
+    without running the module or its package's ``__init__``: the tables live in the study packages
+    (``epi_utils.acd``, ``epi_utils.events``), whose imports (torch, scipy, the study) cost a runner
+    that only checks a data file's hash about 5 s of CPU, and the 00 notebook's data table as much
+    (issue 34). ``None`` where it is not a literal or the source cannot be found (the caller imports)."""
+    import ast
+    import sys
+
+    if module in sys.modules:
+        return getattr(sys.modules[module], attr, None)
+    package, _, leaf = module.rpartition(".")
+    try:
+        spec = importlib.util.find_spec(package) if package else None  # finds, does not run, the package
+        source = Path(next(iter(spec.submodule_search_locations)), f"{leaf}.py").read_text(encoding="utf-8")
+        for node in ast.parse(source).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            if any(isinstance(t, ast.Name) and t.id == attr for t in targets) and node.value is not None:
+                return ast.literal_eval(node.value)
+    except (ImportError, AttributeError, TypeError, StopIteration, OSError, SyntaxError, ValueError):
+        return None
+    return None
 
 
 def check_dataset(name: str, *, root: Path | None = None) -> dict:

@@ -99,7 +99,7 @@ def run_notebook(nb_path: Path | str, *, profile: str = "cpu", overrides: Mappin
         "run_id": run_id, "profile": profile, "parameters": effective, "parameters_given": parameters,
         "seed": effective.get("seed"),
         "status": STATUS_RUNNING, **runs.runner_identity(), "started_at": runs.utc_now(),
-        **runs.provenance(device=str(parameters.get("device", "auto"))),
+        **runs.provenance(device=str(effective.get("device", "auto"))),  # the device the kernel is given
     }
     runs.atomic_write_json(run_dir / "metrics.json", record)
     runs.atomic_write_json(run_dir / MACHINE_PATHS, {"data_dir": str(runs.data_dir())})  # never published

@@ -24,6 +24,7 @@ import platform
 import random
 import re
 import subprocess
+import sys
 import tempfile
 import time as _time
 from pathlib import Path
@@ -168,26 +169,40 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def _device_name(device: str) -> str:
+    """``device`` lower-cased and stripped, or the ``ValueError`` for a name that is no device."""
+    if not isinstance(device, str):
+        raise ValueError(f"device must be one of {DEVICE_CHOICES}, got {device!r}")
+    name = device.strip().lower()
+    if name in ("auto", "cpu", "cuda") or name.startswith("cuda:"):
+        return name
+    raise ValueError(f"device must be one of {DEVICE_CHOICES} (or 'cuda:N'), got {device!r}")
+
+
+def check_device(device: str) -> None:
+    """The ``ValueError`` :func:`resolve_device` would raise for ``device``, importing torch only to
+    ask for CUDA (``cpu`` and ``auto`` always resolve): a runner's preflight, run by every ``epi run``
+    and every sweep worker, no longer pays torch's import (about 3 s of CPU, issue 34)."""
+    if _device_name(device).startswith("cuda"):
+        resolve_device(device)
+
+
 def resolve_device(device: str = "auto"):
     """Turn ``"auto" | "cpu" | "cuda" | "cuda:N"`` into a ``torch.device``.
 
     ``auto`` picks CUDA when available, else CPU. Asking for CUDA on a machine without it
     raises a ``ValueError`` instead of silently falling back.
     """
+    name = _device_name(device)
     import torch
 
-    if not isinstance(device, str):
-        raise ValueError(f"device must be one of {DEVICE_CHOICES}, got {device!r}")
-    name = device.strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} was asked for but CUDA is not available here; use 'cpu' or 'auto'")
-        return torch.device(name)
-    raise ValueError(f"device must be one of {DEVICE_CHOICES} (or 'cuda:N'), got {device!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but CUDA is not available here; use 'cpu' or 'auto'")
+    return torch.device(name)
 
 
 def atomic_write_json(path: os.PathLike | str, obj: Any) -> Path:
@@ -317,16 +332,36 @@ def provenance(*, device: str = "auto") -> dict[str, Any]:
     info["platform"] = platform.platform()
     info["cpu_count"] = os.cpu_count()
     try:
-        import torch
+        info["threads"] = torch_threads()
+        if not device or str(device).strip().lower() == "cpu":
+            info["device"] = "cpu"  # no torch needed to say so (see torch_threads)
+        else:
+            import torch
 
-        info["threads"] = torch.get_num_threads()
-        info["device"] = str(resolve_device(device)) if device else "cpu"
-        if info["device"].startswith("cuda"):
-            info["device_name"] = torch.cuda.get_device_name(0)
+            info["device"] = str(resolve_device(device))
+            if info["device"].startswith("cuda"):
+                info["device_name"] = torch.cuda.get_device_name(0)
     except (ImportError, ValueError) as exc:
         info["threads"] = None
         info["device"] = f"unresolved ({exc})"
     return info
+
+
+def torch_threads() -> int:
+    """``torch.get_num_threads()`` as torch in this process reports (or would report) it.
+
+    Without importing torch where the environment pins one thread (``MKL_NUM_THREADS=1``, or
+    ``OMP_NUM_THREADS=1`` and no ``MKL_NUM_THREADS``: torch reads MKL's variable after OMP's and
+    always honours 1): the import costs a runner or a sweep worker that never uses torch itself
+    about 3 s of CPU (issue 34). Any other setting is torch's to interpret (it caps larger values
+    at the machine's cores, for one), so torch is asked."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        mkl, omp = os.environ.get("MKL_NUM_THREADS"), os.environ.get("OMP_NUM_THREADS")
+        if mkl == "1" or (mkl is None and omp == "1"):
+            return 1
+        import torch
+    return torch.get_num_threads()
 
 
 def utc_now() -> str:
@@ -428,7 +463,7 @@ def preflight(parameters: Mapping[str, Any]) -> None:
             raise _parameter_error(f"parameter 'seed' must be below 2**31 = {MAX_SEED}, got {seed}")
     if "device" in parameters:
         try:
-            resolve_device(str(parameters["device"]))
+            check_device(str(parameters["device"]))
         except ValueError as exc:
             raise _parameter_error(f"parameter 'device': {exc}") from None
 
