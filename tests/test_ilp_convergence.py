@@ -56,3 +56,45 @@ def test_config_default_is_the_plateau_and_clean_is_an_option():
     assert Config(converge_on="clean").converge_on == "clean"
     with pytest.raises(ValueError, match="Config.converge_on: must be one of"):
         Config(converge_on="truth")
+
+
+def test_dynamics_hook_writes_the_engines_records_of_the_sft_samples(tmp_path):
+    """The SFT's evaluation points are taken by ``_dynamics_hook`` on the SFT samples only (not the
+    knowledge-mix rows): the same lines, bit for bit, as the engine's own evaluation of every row
+    filtered to those samples, the same convergence checks and the same trained weights."""
+    import copy
+    import json
+
+    import numpy as np
+    import torch
+
+    from epi_utils.lm.evaluate import _max_new
+    from epi_utils.lm.models import load_model
+    from epi_utils.lm.train import TrainConfig, train_sft
+
+    cfg = Config(n_entities=12, n_train_per_task=20, n_heldout_per_task=2)
+    world = training.make_world(cfg, 0)
+    model, tok = load_model("tiny", world=world, device="cpu", pretrain=False)
+    data = training.schedule(world, replay=0.25, rng=np.random.default_rng([0, 7]))[1]
+    data = data + training.knowledge_mix(world, share=1.0, rng=np.random.default_rng([0, 8]))
+    sft = [s for s in data if not s.id.startswith(training.CORPUS_PREFIX)]
+    assert 0 < len(sft) < len(data)
+    own = {s.id: 1 for s in sft}
+    tc = dict(lr=3e-3, batch_size=8, max_steps=5, eval_every=2, schedule="constant", warmup_ratio=0.0, seed=3)
+    runs = {}
+    for how in ("engine", "hook"):
+        m, seen = copy.deepcopy(model), []
+        stop = training._convergence_hook(training.convergence_ids(data, stage=1, own_stage=own, rule="plateau"),
+                                          0.95, seen, plateau=training.Plateau(patience=5))
+        path = tmp_path / f"{how}.jsonl"
+        if how == "engine":
+            train_sft(m, tok, [data], config=TrainConfig(**tc), hooks=[stop], dynamics_path=path, progress=False)
+        else:
+            hook = training._dynamics_hook(sft, path, every=2, max_new_tokens=_max_new(tok, data, None), then=stop)
+            train_sft(m, tok, [data], config=TrainConfig(**tc, eval_train=False), hooks=[hook], progress=False)
+        lines = [ln for ln in path.read_text().splitlines() if not json.loads(ln)["sample_id"].startswith("corpus/")]
+        runs[how] = lines, seen, [p.detach().clone() for p in m.parameters()]
+    (e_lines, e_seen, e_par), (h_lines, h_seen, h_par) = runs["engine"], runs["hook"]
+    assert len(e_lines) == 4 * len(sft)   # steps 0, 2, 4 and the stage end (5)
+    assert h_lines == e_lines and h_seen == e_seen
+    assert all(torch.equal(a, b) for a, b in zip(e_par, h_par))
