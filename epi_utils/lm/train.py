@@ -331,10 +331,10 @@ def train_sft(model, tokenizer, stages: Sequence[Sequence], *, config: TrainConf
                 grp["lr"] = lr
             state.lr = lr
             opt.zero_grad(set_to_none=True)
-            n_tok = [int((_collate(tokenizer, mb, device)["labels"] != -100).sum()) for mb in micro]
+            batches = [_collate(tokenizer, mb, device) for mb in micro]   # once per step (they were built twice)
+            n_tok = [int((b["labels"] != -100).sum()) for b in batches]
             loss_val = 0.0
-            for mb, nt in zip(micro, n_tok):
-                batch = _collate(tokenizer, mb, device)
+            for batch in batches:
                 state.batch = batch
                 out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
                 logits = out.logits[:, :-1].float()
