@@ -214,7 +214,7 @@ class IsolationPolicy(TrainHook):
                             kern) -> None:
         """:meth:`set_critical_flat` by the fused refresh kernels (:mod:`epi_utils.isolation.refresh`):
         the same critical sets, owners, history rows, bit for bit, from packed sets only."""
-        scores = {t: refresh.Scores(f, kern) for t, f in scores.items()}  # normalisers once per task
+        scores = {t: refresh.Scores(f, kern) for t, f in scores.items()}  # normalisers once per task, at first use
         new = {t: refresh.top_share_set(f, ratio=self.isolation_ratio, scope=self.scope, sizes=sizes, kern=kern)
                for t, f in scores.items()}
         if self.record:

@@ -59,13 +59,21 @@ def _source(scores, kern=None) -> tuple[torch.Tensor, list[int], torch.Tensor | 
 
 class Scores:
     """One task's score vector as the kernels read it: ``source`` = ``(buffer, sizes, divisors)``
-    (see ``LazyFlatScores.source``), built once per refresh; ``scores[pos]`` reads the scores at
-    sorted int positions (the same floats as ``LazyFlatScores[pos]`` or ``tensor[pos]``)."""
+    (see ``LazyFlatScores.source``), built once per refresh at first use (the normalisers' pass
+    right before the selection's, which then reads the buffer from the cache); ``scores[pos]``
+    reads the scores at sorted int positions (the same floats as ``LazyFlatScores[pos]`` or
+    ``tensor[pos]``)."""
 
     def __init__(self, scores, kern):
         self.scores, self.kern = scores, kern
-        self.source = _source(scores, kern)
+        self._source = None
         self.kept = None  # (wide, keys) from top_share_set: the set's scores without reading the buffer again
+
+    @property
+    def source(self) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
+        if self._source is None:
+            self._source = _source(self.scores, self.kern)
+        return self._source
 
     def numel(self) -> int:
         return self.scores.numel()
