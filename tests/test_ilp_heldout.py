@@ -132,3 +132,25 @@ def test_a_world_with_no_other_world_to_fit_on_keeps_the_cascade():
     heldout.apply_diagnosis([one], [], seed=0, trees=10)
     assert one.table["diagnosed_by"].str.startswith("cascade (no forest").all()
     pd.testing.assert_series_equal(one.table["diagnosis"], one.table["cascade"], check_names=False)
+
+
+def test_diagnosing_the_default_design_first_and_the_settings_later_writes_the_tables_of_one_pass():
+    """run_study diagnoses its default design as soon as it is done (to start the mitigations) and the
+    held-out settings when they are: the same tables as one pass over both, and ``only`` writes no
+    other world's table."""
+    base, held = [_rec(0), _rec(1), _rec(2)], [_rec(0, "setting0"), _rec(1, "setting1")]
+    fit1, held1 = [_copy(r) for r in base], [_copy(r) for r in held]
+    heldout.apply_diagnosis(fit1, held1, seed=0, trees=10)
+    fit2, held2 = [_copy(r) for r in base], [_copy(r) for r in held]
+    forests = heldout.apply_diagnosis(fit2, [], seed=0, trees=10)
+    assert all("forest" not in r.table.columns for r in held2)
+    before = [r.table.copy() for r in fit2]
+    forests.update(heldout.apply_diagnosis(fit2, held2, seed=0, trees=10, only=held2))
+    for a, b, c in zip(fit1 + held1, fit2 + held2, before + [None, None]):
+        pd.testing.assert_frame_equal(a.table, b.table)
+        if c is not None:
+            pd.testing.assert_frame_equal(b.table, c)
+    # the scores reuse the study's forests: the same table as forests fitted again
+    th = study.thresholds(Config())
+    pd.testing.assert_frame_equal(heldout.evaluate(fit2, held2, thresholds=th, trees=10, forests=forests),
+                                  heldout.evaluate(fit1, held1, thresholds=th, trees=10))

@@ -73,21 +73,30 @@ def predict_forest(model, columns: list[str], table: pd.DataFrame) -> pd.Series:
 
 
 def forest_predictions(fit: Sequence[SeedRecord], held: Sequence[SeedRecord], *, seed: int = 0,
-                       trees: int = 200) -> dict[int, tuple[pd.Series | None, list[str], int]]:
+                       trees: int = 200, only: Sequence[SeedRecord] | None = None
+                       ) -> dict[int, tuple[pd.Series | None, list[str], int]]:
     """The forest's diagnosis of every world's unlearned rows, fitted only on *other* worlds: a
     world of ``fit`` (the default design) by a forest fitted on the other worlds of ``fit``
     (leave-one-world-out), a world of ``held`` by a forest fitted on all of ``fit``. Keyed by
     ``id(record)``: ``(predictions or None when no forest could be fitted, the names of the worlds
-    it was fitted on, their unlearned rows)``. The diagnosed world's ``truth`` is never read."""
+    it was fitted on, their unlearned rows)``. The diagnosed world's ``truth`` is never read.
+    ``only``: the worlds (of ``fit`` or ``held``) to diagnose, default all; a forest is fitted only
+    when a world needs it (each forest is a function of its fitting worlds and ``seed``, so a world
+    gets the same diagnosis whichever others are diagnosed with it)."""
     fit_ok = [r for r in fit if len(_unlearned(r.table))]
-    full = fit_forest([r.table for r in fit_ok], seed=seed, trees=trees) if fit_ok else (None, [])
+    full: list = []   # the forest on all of fit_ok, fitted when first needed
     out = {}
-    for r in [*fit, *held]:
+    for r in ([*fit, *held] if only is None else only):
         unl = _unlearned(r.table)
         if not len(unl):
             continue
         others = [o for o in fit_ok if o is not r]
-        model = full if len(others) == len(fit_ok) else fit_forest([o.table for o in others], seed=seed, trees=trees)
+        if len(others) == len(fit_ok):
+            if not full:
+                full.append(fit_forest([o.table for o in fit_ok], seed=seed, trees=trees) if fit_ok else (None, []))
+            model = full[0]
+        else:
+            model = fit_forest([o.table for o in others], seed=seed, trees=trees)
         names = [f"{o.setting}/{o.seed}" if o.setting == "default" else o.setting for o in others]
         n_rows = sum(len(_unlearned(o.table)) for o in others)
         out[id(r)] = (predict_forest(*model, unl) if model[0] is not None else None, names, n_rows)
@@ -95,15 +104,19 @@ def forest_predictions(fit: Sequence[SeedRecord], held: Sequence[SeedRecord], *,
 
 
 def apply_diagnosis(fit: Sequence[SeedRecord], held: Sequence[SeedRecord], *, method: str = "forest",
-                    seed: int = 0, trees: int = 200) -> None:
+                    seed: int = 0, trees: int = 200, only: Sequence[SeedRecord] | None = None) -> dict:
     """Write the study's diagnosis into every world's table (in place): ``cascade`` /
     ``cascade_evidence`` (the rule cascade, computed per world by the study), ``forest`` (the
     forest of :func:`forest_predictions`), ``diagnosis`` / ``evidence`` (the ``method`` chosen;
-    the cascade where no forest could be fitted) and ``diagnosed_by``."""
+    the cascade where no forest could be fitted) and ``diagnosed_by``. ``only``: the worlds whose
+    tables are written (default all of ``fit`` and ``held``; the study diagnoses its default design
+    first, to start the mitigations, and the held-out settings when they are done). Returns the
+    forests' predictions (:func:`forest_predictions`; empty for the cascade), which
+    :func:`evaluate` reuses."""
     if method not in ("forest", "cascade"):
         raise ValueError(f"apply_diagnosis: method must be 'forest' or 'cascade', got {method!r}")
-    preds = forest_predictions(fit, held, seed=seed, trees=trees) if method == "forest" else {}
-    for r in [*fit, *held]:
+    preds = forest_predictions(fit, held, seed=seed, trees=trees, only=only) if method == "forest" else {}
+    for r in ([*fit, *held] if only is None else only):
         t = r.table
         if "cascade" not in t.columns:
             t["cascade"], t["cascade_evidence"] = t["diagnosis"], t["evidence"]
@@ -121,6 +134,7 @@ def apply_diagnosis(fit: Sequence[SeedRecord], held: Sequence[SeedRecord], *, me
         t["evidence"] = [text + f"{c}: {e}" if u else None
                          for u, c, e in zip(unl, t["cascade"], t["cascade_evidence"])]
         t["diagnosed_by"] = np.where(unl, "forest", None)
+    return preds
 
 
 def method_diagnoses(table: pd.DataFrame, *, forest, thresholds: dg.CascadeThresholds) -> dict[str, pd.Series]:
@@ -150,16 +164,19 @@ def _scores(truth: pd.Series, diag: pd.Series) -> dict:
 
 
 def evaluate(fit: Sequence[SeedRecord], held: Sequence[SeedRecord], *, thresholds: dg.CascadeThresholds,
-             seed: int = 0, trees: int = 200) -> pd.DataFrame:
+             seed: int = 0, trees: int = 200, forests: dict | None = None) -> pd.DataFrame:
     """One row per world and method: ``part`` (``"fitting"`` / ``"held out"``), ``setting``,
     ``seed``, ``unit`` (``setting`` for held-out worlds, ``default/<seed>`` for fitting ones),
     ``method``, ``macro_f1``, ``macro_f1_inferred`` and ``f1_<cause>``. Fitting worlds: the forest
     by leave-one-world-out; held-out worlds: the forest fitted on all fitting worlds
-    (:func:`forest_predictions`; a world with no forest to fit scores it as all ``unexplained``)."""
+    (:func:`forest_predictions`; a world with no forest to fit scores it as all ``unexplained``).
+    ``forests``: those predictions as :func:`apply_diagnosis` returned them for these worlds, the
+    same ``seed`` and ``trees`` (the study's run; they are fitted again when a world is missing)."""
     fit = [r for r in fit if len(_unlearned(r.table))]
     held = [r for r in held if len(_unlearned(r.table))]
     rows = []
-    preds = forest_predictions(fit, held, seed=seed, trees=trees)
+    preds = forests if forests and all(id(r) in forests for r in [*fit, *held]) else \
+        forest_predictions(fit, held, seed=seed, trees=trees)
     for part, recs in (("fitting", fit), ("held out", held)):
         for r in recs:
             forest = preds[id(r)][0]

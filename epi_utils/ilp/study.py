@@ -250,27 +250,11 @@ def _worker_pool(cfg: Config):
         yield ex
 
 
-def _pool_map(pool, fn: Callable, jobs: list, *, progress: Callable, desc: str):
-    """``map(fn, jobs)`` in ``pool``'s processes (in order; in this process when ``pool`` is None
-    or there is one job), under ``progress``."""
-    if pool is None or len(jobs) <= 1:
-        yield from progress(map(fn, jobs), desc=desc, total=len(jobs), unit=desc)
-        return
-    yield from progress(pool.map(fn, jobs), desc=desc, total=len(jobs), unit=desc)
-
-
-def _seed_records(cfg: Config, *, workdir: Path | None, progress: Callable,
-                  models: Path | None = None, pool=None) -> list[SeedRecord]:
-    """:func:`run_seed` for every seed of ``cfg`` and every held-out setting in ``pool``'s
-    processes (worlds are independent; records in job order), one progress step and one terminal
-    line per world; with ``models``, the default design's fine-tuned weights are saved there."""
+def _world_jobs(cfg: Config, *, workdir: Path | None, models: Path | None) -> list[tuple]:
+    """:func:`_run_one`'s jobs: every seed of ``cfg`` (the default design first; with ``models``,
+    each saves its fine-tuned weights there), then every held-out setting."""
     jobs = [(cfg, s, workdir, None, models / f"seed{s}.pt" if models is not None else None) for s in cfg.seeds]
-    jobs += [(cfg, st.seed, workdir, st, None) for st in family_settings(cfg)]
-    out = []
-    for rec in _pool_map(pool, _run_one, jobs, progress=progress, desc="world"):
-        log_line(summary.seed_line(rec))
-        out.append(rec)
-    return out
+    return jobs + [(cfg, st.seed, workdir, st, None) for st in family_settings(cfg)]
 
 
 # --------------------------------------------------------------------------- the study
@@ -284,7 +268,9 @@ class Result:
     records: list[SeedRecord]
     seconds: float = float("nan")
     estimate: Any = None
-    diagnosis_seconds: float = float("nan")   # the forests over worlds (:func:`run_study`'s second phase)
+    diagnosis_seconds: float = float("nan")   # the forests over worlds (:func:`run_study`)
+    #: the forests' predictions per world (:func:`epi_utils.ilp.heldout.apply_diagnosis` in :func:`run_study`)
+    forests: dict | None = field(default=None, repr=False, compare=False)
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def _cached(self, name: str, make: Callable):
@@ -303,7 +289,7 @@ class Result:
         from epi_utils.ilp import heldout
         return self._cached("heldout", lambda: heldout.evaluate(self.records, self.family,
                                                                 thresholds=thresholds(self.config),
-                                                                seed=self.config.seed))
+                                                                seed=self.config.seed, forests=self.forests))
 
     @property
     def heldout_pooled(self) -> pd.DataFrame:
@@ -429,27 +415,64 @@ def run_study(cfg: Config, *, progress: Callable = default_progress, workdir: Pa
     """Every world of ``cfg`` (:func:`run_seed` per seed, in ``cfg.workers`` processes).
 
     ``workdir``: where the per-stage dynamics files are written (default: a temporary folder per
-    world, removed once read back)."""
+    world, removed once read back).
+
+    With several workers one queue feeds them: the worlds (the default design first), then, as soon
+    as the default design's worlds are done and diagnosed, their mitigation parts, which so fill
+    the workers while the last held-out settings still train (no barrier between the phases); the
+    held-out settings are diagnosed when they are done. Every job has its own seeds and the
+    forests are functions of their fitting worlds, so the records are those of the phases run one
+    after the other (with ``workers = 1`` they are)."""
     from epi_utils.ilp import heldout
     from epi_utils.ilp.mitigation import arm_order, world_parts
 
     start = time.perf_counter()
+    forest_seconds, forests = 0.0, {}
     with tempfile.TemporaryDirectory(prefix="ilp_models_") as models, _worker_pool(cfg) as pool:
-        records = _seed_records(cfg, workdir=workdir, progress=progress, models=Path(models) if cfg.mitigate else None,
-                                pool=pool)
-        default = [r for r in records if r.setting == "default"]
-        t = time.perf_counter()
-        heldout.apply_diagnosis(default, [r for r in records if r.setting != "default"], method=cfg.diagnoser,
-                                seed=cfg.seed)
-        forest_seconds = time.perf_counter() - t
-        todo = [r for r in default if cfg.mitigate and r.table["diagnosis"].notna().any()]
-        # one job per world and part (the uniform control, each diagnosed cause's arms): the arms are
-        # independent (each has its own generator), so the parts balance over the workers
-        jobs = [(cfg, r.seed, r.table, Path(models) / f"seed{r.seed}.pt", part)
-                for r in todo for part in world_parts(r.table)]
-        parts = list(_pool_map(pool, _mitigate_one, jobs, progress=progress, desc="mitigation"))
+        models = Path(models)
+        world_jobs = _world_jobs(cfg, workdir=workdir, models=models if cfg.mitigate else None)
+        n_default = len(cfg.seeds)
+        queued: list = []   # futures of the jobs in pool's queue (cancelled if a job fails)
+
+        def submit(fn, jobs):
+            if pool is None or len(jobs) <= 1:
+                return None
+            futures = [pool.submit(fn, job) for job in jobs]
+            queued.extend(futures)
+            return futures
+
+        try:
+            pending = submit(_run_one, world_jobs)
+            worlds = (pending[i].result() if pending else _run_one(job) for i, job in enumerate(world_jobs))
+            records, todo, mit_jobs, mit_pending = [], [], [], None
+            for rec in progress(worlds, desc="world", total=len(world_jobs), unit="world"):
+                log_line(summary.seed_line(rec))
+                records.append(rec)
+                if len(records) != n_default:
+                    continue
+                # the default design is done: its diagnosis (forests over its own worlds only), then
+                # its mitigations, one job per world and part (the uniform control, each diagnosed
+                # cause's arms: independent, each with its own generator), queued behind the worlds
+                t = time.perf_counter()
+                forests.update(heldout.apply_diagnosis(records, [], method=cfg.diagnoser, seed=cfg.seed))
+                forest_seconds += time.perf_counter() - t
+                todo = [r for r in records if cfg.mitigate and r.table["diagnosis"].notna().any()]
+                mit_jobs = [(cfg, r.seed, r.table.copy(), models / f"seed{r.seed}.pt", part)
+                            for r in todo for part in world_parts(r.table)]
+                mit_pending = submit(_mitigate_one, mit_jobs)
+            default, family = records[:n_default], records[n_default:]
+            t = time.perf_counter()
+            forests.update(heldout.apply_diagnosis(default, family, method=cfg.diagnoser, seed=cfg.seed, only=family))
+            forest_seconds += time.perf_counter() - t
+            parts = list(progress((f.result() for f in mit_pending) if mit_pending else map(_mitigate_one, mit_jobs),
+                                  desc="mitigation", total=len(mit_jobs), unit="mitigation"))
+        except BaseException:
+            for f in queued:
+                f.cancel()
+            raise
         for r in todo:
-            mine = [out for job, out in zip(jobs, parts) if job[1] == r.seed]
+            mine = [out for job, out in zip(mit_jobs, parts) if job[1] == r.seed]
             r.recovery = sorted((rec for recs, _ in mine for rec in recs), key=arm_order)
             r.timings["mitigation"] = sum(seconds for _, seconds in mine)
-    return Result(config=cfg, records=records, seconds=time.perf_counter() - start, diagnosis_seconds=forest_seconds)
+    return Result(config=cfg, records=records, seconds=time.perf_counter() - start, diagnosis_seconds=forest_seconds,
+                  forests=forests)
