@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TOY_PARAMS, write_notebook
 
 from epi_utils.workbench import cli, runs
 from epi_utils.workbench.report import collect_runs
@@ -140,6 +141,15 @@ def _one_line(output: str) -> None:
 
 
 TOY = [sys.executable, "-m", "epi_utils.workbench.cli"]
+# The toy notebook without its figure: a run stopped while it sleeps needs no matplotlib in its kernel
+# (pyplot is about 1.5 s of a kernel's CPU; four kernels here, issue 34)
+SLEEPER_CELLS = ["import time", "time.sleep(sleep_s)", "from epi_utils.workbench import runs\n"
+                 "runs.save_metrics({'value': seed * scale})"]
+
+
+@pytest.fixture
+def sleeper(tmp_path: Path) -> Path:
+    return write_notebook(tmp_path / "notebooks", "99_toy", TOY_PARAMS, SLEEPER_CELLS)
 
 
 def _terminal_signals() -> None:
@@ -161,12 +171,12 @@ def _wait_for(pattern: str, reports: Path, n: int = 1, timeout: float = 300) -> 
 
 
 @pytest.mark.parametrize("how", ["ctrl_c", "sigterm"])
-def test_a_stopped_run_is_marked_interrupted_at_once(toy_notebook, tmp_path, how):
+def test_a_stopped_run_is_marked_interrupted_at_once(sleeper, tmp_path, how):
     """Ctrl-C in the terminal reaches the runner and its kernel (the process group); ``kill PID`` (or
     a batch scheduler) sends SIGTERM to the runner alone, e.g. one started with ``&`` that ignores
     SIGINT. Either marks the run at once, with one line and no empty folder."""
     reports = tmp_path / "r"
-    proc = subprocess.Popen([*TOY, "run", str(toy_notebook), "--profile", "smoke", "-p", "sleep_s", "600",
+    proc = subprocess.Popen([*TOY, "run", str(sleeper), "--profile", "smoke", "-p", "sleep_s", "600",
                              "--out", str(reports)], start_new_session=True, preexec_fn=_terminal_signals,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for("99_toy/*/notebook.ipynb", reports)
@@ -185,9 +195,9 @@ def test_a_stopped_run_is_marked_interrupted_at_once(toy_notebook, tmp_path, how
     assert not [p for p in metrics.parent.rglob("*") if p.is_dir() and not any(p.iterdir())]
 
 
-def test_ctrl_c_in_a_parallel_sweep_marks_every_unfinished_run(toy_notebook, tmp_path):
+def test_ctrl_c_in_a_parallel_sweep_marks_every_unfinished_run(sleeper, tmp_path):
     reports = tmp_path / "r"
-    proc = subprocess.Popen([*TOY, "sweep", str(toy_notebook), "--profile", "smoke", "-p", "seed", "0,1,2",
+    proc = subprocess.Popen([*TOY, "sweep", str(sleeper), "--profile", "smoke", "-p", "seed", "0,1,2",
                              "-p", "sleep_s", "600", "--jobs", "2", "--out", str(reports)],
                             start_new_session=True, preexec_fn=_terminal_signals,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
