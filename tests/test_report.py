@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import write_notebook
+from conftest import TOY_CELLS, TOY_PARAMS, write_notebook
 
 from epi_utils.workbench import cli
 from epi_utils.workbench.params import NotebookConventionError, ParameterError, parse_parameters, resolve_parameters
@@ -130,9 +130,12 @@ def test_a_runner_checks_a_cpu_run_and_its_data_hashes_without_torch_or_the_stud
     assert out.stdout.strip() == "[]"
 
 
-def test_killed_run_never_claims_success(toy_notebook, tmp_path):
+def test_killed_run_never_claims_success(tmp_path):
+    # the toy notebook without its figure: the kernel only sleeps until it is killed (no matplotlib, issue 34)
+    sleeper = write_notebook(tmp_path / "notebooks", "99_toy", TOY_PARAMS,
+                             ["import time\nfrom epi_utils.workbench import runs", TOY_CELLS[1], TOY_CELLS[3]])
     reports = tmp_path / "r"
-    proc = subprocess.Popen([sys.executable, "-m", "epi_utils.workbench.cli", "run", str(toy_notebook), "--profile", "smoke",
+    proc = subprocess.Popen([sys.executable, "-m", "epi_utils.workbench.cli", "run", str(sleeper), "--profile", "smoke",
                              "-p", "sleep_s", "600", "--out", str(reports)], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300  # bounds a hang only: a kernel starts slowly on a loaded machine
