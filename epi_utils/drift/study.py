@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import numpy as np
@@ -140,17 +140,28 @@ class Result:
     pairs: list[PairRecord] = field(default_factory=list)
     ablations: list[AblationRecord] = field(default_factory=list)
     estimate: dict | None = None
+    # frames and the summary, built once per state of the record lists (_memo): the notebook, `contract.save`
+    # (metrics, headlines, card) and the figures all ask for them, and a summary re-reads every pair
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def _cached(self, name: str, build: Callable):
+        key = (name, id(self.config), *((id(x), len(x)) for x in (self.runs, self.pairs, self.ablations)))
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key]
 
     def pair_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([{**asdict(p), "unit": p.unit} for p in self.pairs])
+        """One row per comparison (:class:`PairRecord`'s fields and ``unit``); a copy the caller may change."""
+        return self._cached("pairs", lambda: pd.DataFrame([_row(p) | {"unit": p.unit} for p in self.pairs])).copy()
 
     def ablation_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([{**asdict(a), "increase": a.increase, "unit": a.unit} for a in self.ablations])
+        return self._cached("ablations", lambda: pd.DataFrame(
+            [_row(a) | {"increase": a.increase, "unit": a.unit} for a in self.ablations])).copy()
 
     def run_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([{k: v for k, v in asdict(r).items() if k != "loss_at"} | {
-            f"loss_step{s}": v for s, v in r.loss_at.items()} | {"unit": model_id(r.pretrain_seed)}
-            for r in self.runs])
+        return self._cached("runs", lambda: pd.DataFrame(
+            [{k: v for k, v in _row(r).items() if k != "loss_at"} | {f"loss_step{s}": v for s, v in r.loss_at.items()}
+             | {"unit": model_id(r.pretrain_seed)} for r in self.runs])).copy()
 
     def frames(self) -> dict[str, pd.DataFrame]:
         """The per-run tables: ``runs`` (one row per run), ``pairs`` (every comparison) and
@@ -158,8 +169,9 @@ class Result:
         return {"runs": self.run_frame(), "pairs": self.pair_frame(), "ablations": self.ablation_frame()}
 
     def summary(self) -> Summary:
-        """Controls and verdicts (:func:`epi_utils.drift.summary.summarize`)."""
-        return summarize(self)
+        """Controls and verdicts (:func:`epi_utils.drift.summary.summarize`), computed once per state of the
+        records."""
+        return self._cached("summary", lambda: summarize(self))
 
     def metrics(self) -> dict:
         return self.summary().metrics()
@@ -174,6 +186,12 @@ class Result:
     def timings(self) -> dict:
         return {"seconds_per_run": [round(r.seconds, 1) for r in self.runs],
                 "statistics_seconds_per_run": [round(r.stats_seconds, 1) for r in self.runs]}
+
+
+def _row(record) -> dict:
+    """A record's fields as a dict (the records hold scalars only: ``dataclasses.asdict``'s deep copy, 7x
+    slower on the pair records, would give the same values)."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
 def model_id(pretrain_seed: int) -> str:
