@@ -21,20 +21,13 @@ static inline uint64_t word_at(const uint8_t *bits, int64_t nbytes, int64_t byte
   return w;
 }
 
-/* calls BODY with j = local index of every set bit in global positions [lo, hi), base = lo0 */
-#define FOR_BITS(bits, nbytes, lo, hi, base, BODY)                                      \
-  for (int64_t w0_ = (lo) & ~(int64_t)63; w0_ < (hi); w0_ += 64) {                      \
-    uint64_t w_ = word_at((bits), (nbytes), w0_ >> 3);                                   \
-    if (w0_ < (lo)) w_ &= ~(uint64_t)0 << ((lo) - w0_);                                 \
-    if ((hi) - w0_ < 64) w_ &= ((uint64_t)1 << ((hi) - w0_)) - 1;                        \
-    while (w_) { int64_t j = w0_ + __builtin_ctzll(w_) - (base); w_ &= w_ - 1; BODY; } \
-  }
-
 static void fold(float *restrict e, const float *restrict p, const float *restrict g, int64_t lo, int64_t hi,
                  float a, float b) {
   if (g) for (int64_t j = lo; j < hi; j++) e[j] = FOLD(e[j], fabsf(p[j] * g[j]), a, b);
   else for (int64_t j = lo; j < hi; j++) e[j] = FOLD(e[j], fabsf(p[j] * 0.0f), a, b);
 }
+
+static void zero_frozen(float *restrict gt, const uint8_t *bits, int64_t nbytes, int64_t off, int64_t lo, int64_t hi);
 
 void epi_fold_zero(int64_t nt, const int64_t *sizes, const int64_t *offs, float *const *p, float *const *g,
                    float *const *e, float a, float b, const uint8_t *bits, int64_t nbytes) {
@@ -42,7 +35,7 @@ void epi_fold_zero(int64_t nt, const int64_t *sizes, const int64_t *offs, float 
     for (int64_t lo = 0; lo < sizes[t]; lo += BLOCK) {
       int64_t hi = lo + BLOCK < sizes[t] ? lo + BLOCK : sizes[t];
       if (e[t]) fold(e[t], p[t], g[t], lo, hi, a, b);
-      if (bits && g[t]) { float *gt = g[t]; FOR_BITS(bits, nbytes, offs[t] + lo, offs[t] + hi, offs[t], gt[j] = 0.0f); }
+      if (bits && g[t]) zero_frozen(g[t], bits, nbytes, offs[t], lo, hi);
     }
   }
 }
@@ -138,6 +131,36 @@ static inline uint64_t bits64(const uint8_t *bits, int64_t nbytes, int64_t pos) 
    mul_ then add_(alpha)), v <- v b2 + (1 - b2) g g (mul_ then addcmul_). Per block of 64
    elements the frozen values are kept in registers / L1, the vector loop runs over the block,
    and they are written back. */
+#if defined(__AVX2__) && defined(__FMA__) && EPI_FMA
+#define EPI_BLEND 1
+/* all-ones lanes where bit q*8+lane of w is set (the frozen elements of 8 floats) */
+static inline __m256 frozen_lanes(uint64_t w, int q) {
+  const __m256i lb = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  __m256i b = _mm256_and_si256(_mm256_set1_epi32((int)((w >> (8 * q)) & 0xFFu)), lb);
+  return _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, lb));
+}
+#else
+#define EPI_BLEND 0
+#endif
+
+/* gt[j] = 0 for every frozen element j in [lo, hi) (bit off + j of bits) */
+static void zero_frozen(float *restrict gt, const uint8_t *bits, int64_t nbytes, int64_t off, int64_t lo, int64_t hi) {
+  for (int64_t j0 = lo; j0 < hi; j0 += 64) {
+    int64_t j1 = j0 + 64 < hi ? j0 + 64 : hi;
+    uint64_t w = bits64(bits, nbytes, off + j0);
+    if (j1 - j0 < 64) w &= ((uint64_t)1 << (j1 - j0)) - 1;
+    if (!w) continue;
+#if EPI_BLEND
+    if (j1 - j0 == 64) {  /* 8 lanes at a time: frozen lanes to +0 */
+      for (int q = 0; q < 8; q++)
+        _mm256_storeu_ps(gt + j0 + 8 * q, _mm256_andnot_ps(frozen_lanes(w, q), _mm256_loadu_ps(gt + j0 + 8 * q)));
+      continue;
+    }
+#endif
+    for (; w; w &= w - 1) gt[j0 + __builtin_ctzll(w)] = 0.0f;
+  }
+}
+
 void epi_adamw_moments(int64_t n, const float *restrict g, float *restrict m, float *restrict v, float b1,
                        float omb1, float b2, float omb2, const uint8_t *bits, int64_t nbytes, int64_t off) {
   float sm[64], sv[64];
@@ -145,6 +168,22 @@ void epi_adamw_moments(int64_t n, const float *restrict g, float *restrict m, fl
     int64_t j1 = j0 + 64 < n ? j0 + 64 : n;
     uint64_t w = bits ? bits64(bits, nbytes, off + j0) : 0;
     if (j1 - j0 < 64) w &= ((uint64_t)1 << (j1 - j0)) - 1;
+#if EPI_BLEND
+    if (w && j1 - j0 == 64) {  /* a whole block with frozen elements: the same ops on 8 lanes, frozen lanes kept */
+      const __m256 vb1 = _mm256_set1_ps(b1), vo1 = _mm256_set1_ps(omb1), vb2 = _mm256_set1_ps(b2),
+                   vo2 = _mm256_set1_ps(omb2);
+      for (int q = 0; q < 8; q++) {
+        int64_t j = j0 + 8 * q;
+        __m256 f = frozen_lanes(w, q), gj = _mm256_loadu_ps(g + j), mj = _mm256_loadu_ps(m + j),
+               vj = _mm256_loadu_ps(v + j);
+        __m256 nm = _mm256_fmadd_ps(gj, vo1, _mm256_mul_ps(mj, vb1));
+        __m256 nv = _mm256_fmadd_ps(_mm256_mul_ps(vo2, gj), gj, _mm256_mul_ps(vj, vb2));
+        _mm256_storeu_ps(m + j, _mm256_blendv_ps(nm, mj, f));
+        _mm256_storeu_ps(v + j, _mm256_blendv_ps(nv, vj, f));
+      }
+      continue;
+    }
+#endif
     int k = 0;
     for (uint64_t r = w; r; r &= r - 1) { int64_t j = j0 + __builtin_ctzll(r); sm[k] = m[j]; sv[k++] = v[j]; }
     for (int64_t j = j0; j < j1; j++) {
@@ -166,6 +205,19 @@ void epi_adamw_params(int64_t n, float *restrict p, const float *restrict m, con
     int64_t j1 = j0 + 64 < n ? j0 + 64 : n;
     uint64_t w = bits ? bits64(bits, nbytes, off + j0) : 0;
     if (j1 - j0 < 64) w &= ((uint64_t)1 << (j1 - j0)) - 1;
+#if EPI_BLEND
+    if (w && j1 - j0 == 64) {  /* as epi_adamw_moments: the same ops on 8 lanes, frozen lanes kept */
+      const __m256 vd = _mm256_set1_ps(decay), vs = _mm256_set1_ps(step);
+      for (int q = 0; q < 8; q++) {
+        int64_t j = j0 + 8 * q;
+        __m256 pj = _mm256_loadu_ps(p + j);
+        __m256 np = _mm256_add_ps(_mm256_mul_ps(pj, vd),
+                                  _mm256_div_ps(_mm256_mul_ps(vs, _mm256_loadu_ps(m + j)), _mm256_loadu_ps(d + j)));
+        _mm256_storeu_ps(p + j, _mm256_blendv_ps(np, pj, frozen_lanes(w, q)));
+      }
+      continue;
+    }
+#endif
     int k = 0;
     for (uint64_t r = w; r; r &= r - 1) sp[k++] = p[j0 + __builtin_ctzll(r)];
     for (int64_t j = j0; j < j1; j++) p[j] = p[j] * decay + (step * m[j]) / d[j];
