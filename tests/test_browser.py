@@ -10,8 +10,9 @@ and reads the rendered outputs:
   torch in this environment, the data folder is the ``EPI_DATA_DIR`` that ``make lab`` exported,
   the matmul line prints, and the last cell writes ``results.json``;
 - ``05_fewshot_acd.ipynb`` with the smoke profile's values injected after its parameters cell (as
-  ``epi run --profile smoke`` does): it finds the FewAsp data (the split table lists the 64
-  FewAsp(single) training classes); the kernel is stopped once the data are found;
+  ``epi run --profile smoke`` does), its cells up to its config, then its data loaded as the study
+  loads them: it finds the FewAsp data (the split table lists the 64 FewAsp(single) training
+  classes); the kernel is stopped once the data are found (the smoke run itself: test_notebooks);
 - a two-line notebook: a ``tqdm.auto`` bar renders as an ipywidgets progress widget, not as text
   with "IProgress not found".
 
@@ -62,6 +63,10 @@ LAB_SETTINGS = {
 # Every wait polls for what it waits for and returns as soon as it is there: the limit only bounds a
 # hang, and is generous because `make test` runs beside other work (2 pytest workers, maybe a study run).
 WAIT_S = 300
+FEWSHOT_DATA = ("from epi_utils.acd import summary, training\n"
+                "data = training.load_data(encoder=cfg.encoder, model_id=cfg.model_id)  # as run_study loads them\n"
+                "print(data.missing_note or 'all splits present')\n"
+                "tables.format_table(summary.split_table(data))")
 WIDGET_CHECK = "from tqdm.auto import tqdm\nfor _ in tqdm(range(5), desc='widget check'):\n    pass"
 
 
@@ -115,7 +120,13 @@ def lab(tmp_path_factory):
     shutil.copy(NOTEBOOKS / "00_environment.ipynb", root)
     smoke = resolve_parameters(NOTEBOOKS / "05_fewshot_acd.ipynb", profile="smoke")
     nb05 = papermill.iorw.load_notebook_node(str(NOTEBOOKS / "05_fewshot_acd.ipynb"))  # as papermill reads it
-    nbformat.write(papermill.parameterize.parameterize_notebook(nb05, smoke), root / "05_fewshot_acd.ipynb")
+    nb05 = papermill.parameterize.parameterize_notebook(nb05, smoke)
+    # 05's own cells up to its config, then its data loaded as run_study loads them: the split table
+    # without the smoke run's training (test_notebooks runs that; here it cost ~1 CPU-minute, issue 34)
+    setup = [i for i, c in enumerate(nb05.cells) if c.cell_type == "code" and "Config.from_parameters" in c.source]
+    assert setup, "05_fewshot_acd.ipynb has no cell that builds its Config: update this test"
+    nb05.cells = nb05.cells[:setup[0] + 1] + [nbformat.v4.new_code_cell(FEWSHOT_DATA)]
+    nbformat.write(nb05, root / "05_fewshot_acd.ipynb")
     widget_nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(WIDGET_CHECK)])
     widget_nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(widget_nb, root / "widget_check.ipynb")
