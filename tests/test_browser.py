@@ -122,7 +122,7 @@ def lab(tmp_path_factory):
     nb05 = papermill.iorw.load_notebook_node(str(NOTEBOOKS / "05_fewshot_acd.ipynb"))  # as papermill reads it
     nb05 = papermill.parameterize.parameterize_notebook(nb05, smoke)
     # 05's own cells up to its config, then its data loaded as run_study loads them: the split table
-    # without the smoke run's training (test_notebooks runs that; here it cost ~1 CPU-minute, issue 34)
+    # without the smoke run's training (test_notebooks runs that; here it cost ~20 s of CPU, issue 34)
     setup = [i for i, c in enumerate(nb05.cells) if c.cell_type == "code" and "Config.from_parameters" in c.source]
     assert setup, "05_fewshot_acd.ipynb has no cell that builds its Config: update this test"
     nb05.cells = nb05.cells[:setup[0] + 1] + [nbformat.v4.new_code_cell(FEWSHOT_DATA)]
