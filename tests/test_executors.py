@@ -93,14 +93,24 @@ def local_ray():
 SUBMITIT_LOCAL = {"cluster": "local", "poll_s": 0.3}
 
 
-def _same_results_and_failures(executor: str, options: dict) -> None:
-    jobs = [3, 1, 4]  # more jobs than workers: the third waits for a free one and still comes back third
-    local = map_jobs(noisy_sum, jobs, workers=2)
+NOISY_JOBS = [3, 1, 4]  # more jobs than workers: the third waits for a free one and still comes back third
+MIXED_JOBS = [4.0, -1.0, 9.0]
+MIXED_EXPECTED = [("done", 2.0, None), ("failed", None, "math domain error"), ("done", 3.0, None)]
+
+
+@pytest.fixture(scope="module")
+def local_results():
+    """The jobs on two local worker processes, once for the module: the reference of every remote
+    backend's test (two spawned interpreters importing torch cost ~7 s of CPU per computation, issue 34)."""
+    local = map_jobs(noisy_sum, NOISY_JOBS, workers=2)
     assert [threads for _, threads in local] == [1] * 3  # one torch thread per task
-    assert map_jobs(noisy_sum, jobs, workers=2, executor=executor, **options) == local  # bit-identical floats
-    mixed = [4.0, -1.0, 9.0]
-    expected = [("done", 2.0, None), ("failed", None, "math domain error"), ("done", 3.0, None)]
-    assert _outcomes("local", sqrt_or_fail, mixed) == expected
+    assert _outcomes("local", sqrt_or_fail, MIXED_JOBS) == MIXED_EXPECTED
+    return local
+
+
+def _same_results_and_failures(executor: str, options: dict, local: list) -> None:
+    assert map_jobs(noisy_sum, NOISY_JOBS, workers=2, executor=executor, **options) == local  # bit-identical floats
+    mixed, expected = MIXED_JOBS, MIXED_EXPECTED
     assert _outcomes(executor, sqrt_or_fail, mixed, **options) == expected
     with pytest.raises(RuntimeError, match=r"job 1 \(-1.0\) failed in a worker: math domain error") as info:
         map_jobs(sqrt_or_fail, mixed, workers=2, executor=executor, **options)
@@ -108,14 +118,14 @@ def _same_results_and_failures(executor: str, options: dict) -> None:
 
 
 @pytest.mark.slow
-def test_submitit_gives_the_local_results_and_failures(tmp_path, monkeypatch):
+def test_submitit_gives_the_local_results_and_failures(tmp_path, monkeypatch, local_results):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p))
-    _same_results_and_failures("slurm", {**SUBMITIT_LOCAL, "folder": tmp_path / "s"})
+    _same_results_and_failures("slurm", {**SUBMITIT_LOCAL, "folder": tmp_path / "s"}, local_results)
 
 
 @pytest.mark.slow
-def test_ray_gives_the_local_results_and_failures(local_ray):
-    _same_results_and_failures("ray", {})
+def test_ray_gives_the_local_results_and_failures(local_ray, local_results):
+    _same_results_and_failures("ray", {}, local_results)
 
 
 @pytest.mark.slow
@@ -321,11 +331,14 @@ def _terminal_signals() -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_stops_a_parallel_sweep_like_ctrl_c(toy_notebook, tmp_path):
+def test_sigterm_stops_a_parallel_sweep_like_ctrl_c(tmp_path):
     """``kill PID`` (a batch scheduler's stop) reaches the sweep's parent alone: the workers stop,
-    their runs are marked interrupted, no queued point starts later, and what is done is summarised."""
+    their runs are marked interrupted, no queued point starts later, and what is done is summarised.
+    The toy notebook without its figure: its kernels only sleep (no matplotlib, ~1.5 s of CPU each)."""
+    sleeper = write_notebook(tmp_path / "notebooks", "99_toy", TOY_PARAMS,
+                             ["import time\nfrom epi_utils.workbench import runs", TOY_CELLS[1], TOY_CELLS[3]])
     reports = tmp_path / "r"
-    proc = subprocess.Popen([*EPI, "sweep", str(toy_notebook), "--profile", "smoke", "-p", "seed", "0,1,2",
+    proc = subprocess.Popen([*EPI, "sweep", str(sleeper), "--profile", "smoke", "-p", "seed", "0,1,2",
                              "-p", "sleep_s", "600", "--jobs", "2", "--out", str(reports)],
                             start_new_session=True, preexec_fn=_terminal_signals,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
