@@ -10,9 +10,12 @@ byte ``i // 8``, as ``epi_utils.lm.bits.pack_bits``), so no int64 positions per 
 - :func:`fold_zero`: one pass per tensor (in cache-sized blocks) that folds the Taylor importance
   into an fp32 EMA, ``e <- beta e + (1 - beta) |p g|``, and zeroes the frozen gradients;
 - :func:`count_frozen`: per-tensor frozen counts; :func:`adamw`: torch's AdamW arithmetic bit for
-  bit in two passes that skip the frozen elements (no save and restore);
+  bit in two passes that keep the frozen elements (blended back 8 lanes at a time);
 - :func:`frozen_bits`: a step's packed frozen set from the tasks' packed critical sets and the
-  owners of their overlaps, in one pass; :func:`patch_bits`: set or clear bits at positions.
+  owners of their overlaps, in one pass; :func:`patch_bits`: set or clear bits at positions;
+- the mask refresh's (``epi_utils.isolation.refresh``): :func:`layer_means` (torch's per-tensor
+  means, its summation order), :func:`top_k_bits` (exact top-k into a packed set; kept keys in a
+  :class:`KeyBuffer`), :func:`scores_at`, :func:`overlaps`, :func:`overlap_owners`, :func:`and_count`.
 
 Bitwise equal to the eager torch path: torch folds the EMA as ``e.mul_(beta)`` then
 ``add_(imp, alpha=1 - beta)``, whose CPU kernel is a fused multiply-add where torch's vector
