@@ -659,21 +659,13 @@ static inline __attribute__((always_inline)) void row_sum_items(const float *res
   memcpy(res, part, (size_t)w * sizeof(float));
 }
 
-static float torch_sum_l8(const float *x, int64_t n) {
-  float lanes[8], fin = 0.0f;
-  int64_t nv = n / 8;
-  row_sum_items(x, nv, 8, lanes);
-  for (int64_t k = nv * 8; k < n; k++) fin += x[k];
-  for (int l = 0; l < 8; l++) fin += lanes[l];
-  return 0.0f + fin;
-}
-
-static float torch_sum_l16(const float *x, int64_t n) {
+/* torch's vectorised sum of w (8 or 16) lanes: the lanes' cascade, then the scalar tail, then the lanes in order */
+static float torch_sum_lanes(const float *x, int64_t n, int w) {
   float lanes[16], fin = 0.0f;
-  int64_t nv = n / 16;
-  row_sum_items(x, nv, 16, lanes);
-  for (int64_t k = nv * 16; k < n; k++) fin += x[k];
-  for (int l = 0; l < 16; l++) fin += lanes[l];
+  int64_t nv = n / w;
+  row_sum_items(x, nv, w, lanes);
+  for (int64_t k = nv * w; k < n; k++) fin += x[k];
+  for (int l = 0; l < w; l++) fin += lanes[l];
   return 0.0f + fin;
 }
 
@@ -689,7 +681,7 @@ void epi_means(const float *v, int64_t nt, const int64_t *sizes, int64_t lanes, 
   for (int64_t t = 0; t < nt; t++) {
     int64_t n = sizes[t];
     const float *x = v + off;
-    float s = n < lanes ? torch_sum_scalar(x, n) : lanes == 16 ? torch_sum_l16(x, n) : torch_sum_l8(x, n);
+    float s = n < lanes ? torch_sum_scalar(x, n) : torch_sum_lanes(x, n, lanes == 16 ? 16 : 8);
     out[t] = s / (float)n;
     off += n;
   }
