@@ -33,6 +33,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from epi_utils.data.hashes import FEWASP_SHA256
 from epi_utils.workbench.datasets import download_file, sha256_file
 from epi_utils.workbench.runs import data_dir, record_data_file
 
@@ -42,16 +43,7 @@ _SEPARATE_KEY = {"train": "train", "val": "validation", "test": "test"}
 
 #: sha256 of the files whose content is known (SOURCE.md of the shared copy). The two large
 #: train files of FewAsp(multi) and FewAsp were never seen here, so they have no reference hash.
-SHA256: dict[str, str] = {
-    "FewAsp(single)/train.json": "33a550226844a5c4d6cccc446c60041595d3def487e69ce479ea5097fd6410d0",
-    "FewAsp(single)/val.json": "4bbef0348b357d2b0339ea65fe70e4db43d0d85af80df58c8ac18773ce6d6e75",
-    "FewAsp(single)/test.json": "547049959f074aa16936991aa59788b57022f633d2f3e7f100ec56e59e261b51",
-    "FewAsp(multi)/val.json": "ccb1b0c330c13a9766079c4fed9e0f7fcb5f83b37f0e29c1fddd3f3a4097c376",
-    "FewAsp(multi)/test.json": "530088cfd84b4021eb071ec57acf7e2017c95ff57d202c86d383904fd473d96e",
-    "FewAsp/val.json": "281807a9468c238373d8d5b44ded6d8611a213004f895ac87fec5fd00d54ba11",
-    "FewAsp/test.json": "9187328035b73365b9f1e06a685bdf61f0c2debe385fb4679ecaffdfa1335cdb",
-    "separate.json": "301e6a752e7e8d662de0ddfcd3674c19a36256e59238480e1a025948acbe2bac",
-}
+SHA256: dict[str, str] = FEWASP_SHA256  # declared in epi_utils.data.hashes (the registry reads it there)
 
 #: Where :func:`fetch_fewasp` looks, in order. The first is the official repository of the paper
 #: (its folder name ``data`` is an assumption: the repository could not be inspected from here);

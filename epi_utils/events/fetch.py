@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
+from epi_utils.data.hashes import CHFINANN_SUBSET_SHA256
 from epi_utils.workbench.datasets import download_file, sha256_file
 
 DOC2EDAG_DATA_URL = "https://github.com/shun-zheng/Doc2EDAG/raw/master/Data.zip"
@@ -29,15 +30,6 @@ SCHEMA_RESOURCE = Path(__file__).with_name("schemas") / "chfinann_event_schema.j
 #: SHA-256 of the subset's files (``docee/chfinann`` of the shared copy): ``test_split{1..6}.jsonl`` are
 #: byte copies of ``Data/test_split{1..6}.json`` of github.com/qinyan-li/DocEE at SUBSET_COMMIT; the schema
 #: is the one shipped in ``epi_utils/events/schemas/`` under the name the shared copy uses.
-CHFINANN_SUBSET_SHA256: dict[str, str] = {
-    "chfinann_event_schema.derived.json": "0f9cc33a3ed66080ff5a126c621cbbc97bfd3ba190b8a80f3a19bea7a84af9ad",
-    "test_split1.jsonl": "bddbe6e5e4848cac439e4f3159f66fe05c22fc96aed55314febaf263685f18b8",
-    "test_split2.jsonl": "60f27b10fd25799fcb2b2d61bdd407aece8a56d14da0df55c072f50f5f713608",
-    "test_split3.jsonl": "6ccfe054db0b3501f321d7dfd4e151948002a1bad2e127b7011a45ba967ad78c",
-    "test_split4.jsonl": "407f5ec55a4b0e48b16589b36528c4cc57394fad9d563910a50f2c25f7441cf6",
-    "test_split5.jsonl": "b6b0274be024d7adb9a6314386f4a4f3f14b1e8b5556644a40f19b1a5f41eb6a",
-    "test_split6.jsonl": "064d878bd53b44b8411395c9ce32363a34953ea40fd2c4a66ffaaa2002c57759",
-}
 SUBSET_COMMIT = "673b9dded09e32fe15943a0607d98d210ede2ede"
 SUBSET_URL = f"https://raw.githubusercontent.com/qinyan-li/DocEE/{SUBSET_COMMIT}/Data/test_split{{i}}.json"
 

@@ -35,7 +35,7 @@ DATASETS: dict[str, DatasetEntry] = {
         ("docee/chfinann/chfinann_event_schema.derived.json",) + tuple(f"docee/chfinann/test_split{i}.jsonl"
                                                                       for i in range(1, 7)),
         "epi_utils.events.fetch:fetch_chfinann_subset", fetch_subdir="docee/chfinann",
-        hashes="epi_utils.events.fetch:CHFINANN_SUBSET_SHA256", hash_root="docee/chfinann", folder="docee/chfinann"),
+        hashes="epi_utils.data.hashes:CHFINANN_SUBSET_SHA256", hash_root="docee/chfinann", folder="docee/chfinann"),
     "chfinann_full": DatasetEntry(
         "chfinann_full", "ChFinAnn full release (Doc2EDAG's Data.zip: train 25,632 / dev 3,204 / test 3,204), "
         "in its own folder so that it never mixes with the 1,424-document subset",
@@ -45,7 +45,7 @@ DATASETS: dict[str, DatasetEntry] = {
         "fewasp", "FewAsp (Hu et al., ACL 2021): multi-label few-shot aspect category detection (Yelp)",
         tuple(f"fewasp/{sub}/{split}.json" for sub in ("FewAsp(single)", "FewAsp(multi)", "FewAsp")
               for split in ("train", "val", "test")) + ("fewasp/separate.json",),
-        "epi_utils.acd.data:fetch_fewasp", hashes="epi_utils.acd.data:SHA256", hash_root="fewasp", folder="fewasp"),
+        "epi_utils.acd.data:fetch_fewasp", hashes="epi_utils.data.hashes:FEWASP_SHA256", hash_root="fewasp", folder="fewasp"),
 }
 
 OFFLINE_MODEL_PACKAGES = {
@@ -72,34 +72,8 @@ def known_hashes(name: str) -> dict[str, str]:
     if not entry.hashes:
         return {}
     module, attr = entry.hashes.split(":")
-    table = _literal_attribute(module, attr)
-    if table is None:
-        table = getattr(importlib.import_module(module), attr)
+    table = getattr(importlib.import_module(module), attr)  # epi_utils.data.hashes: imports nothing
     return {f"{entry.hash_root}/{rel}" if entry.hash_root else rel: digest for rel, digest in table.items()}
-
-
-def _literal_attribute(module: str, attr: str):
-    """``module.attr`` read from the module's source when it is a literal (the hash tables are),
-    without running the module or its package's ``__init__``: the tables live in the study packages
-    (``epi_utils.acd``, ``epi_utils.events``), whose imports (torch, scipy, the study) cost a runner
-    that only checks a data file's hash about 5 s of CPU, and the 00 notebook's data table as much
-    (issue 34). ``None`` where it is not a literal or the source cannot be found (the caller imports)."""
-    import ast
-    import sys
-
-    if module in sys.modules:
-        return getattr(sys.modules[module], attr, None)
-    package, _, leaf = module.rpartition(".")
-    try:
-        spec = importlib.util.find_spec(package) if package else None  # finds, does not run, the package
-        source = Path(next(iter(spec.submodule_search_locations)), f"{leaf}.py").read_text(encoding="utf-8")
-        for node in ast.parse(source).body:
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-            if any(isinstance(t, ast.Name) and t.id == attr for t in targets) and node.value is not None:
-                return ast.literal_eval(node.value)
-    except (ImportError, AttributeError, TypeError, StopIteration, OSError, SyntaxError, ValueError):
-        return None
-    return None
 
 
 def check_dataset(name: str, *, root: Path | None = None) -> dict:
