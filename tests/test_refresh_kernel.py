@@ -118,7 +118,7 @@ def test_layer_means_are_torch_means_bit_for_bit(kern):
     """fused_kernels.layer_means (the refresh's normalisers in one call) gives torch's per-tensor
     means to the last bit: sizes around every branch of torch's cascade sum, several scales,
     zeros, -0, inf and NaN; None (torch's means) when torch runs several threads."""
-    lanes = fk._mean_lanes()
+    lanes = fk._mean_lanes(kern)
     if lanes is None:
         pytest.skip("torch's summation order is not reproduced on this CPU: torch's means are used")
     g = torch.Generator().manual_seed(11)

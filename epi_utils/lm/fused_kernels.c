@@ -607,12 +607,13 @@ int64_t epi_and_count(const uint8_t *a, const uint8_t *b, int64_t nbytes) {
 
 /* ---- torch's per-tensor mean of fp32 (ImportanceTracker's layer_mean normalisers), bit for bit ----
    at::native's CPU sum of a contiguous fp32 vector in one thread (cascade_sum, vectorized_inner_sum):
-   row_sum over L-lane vectors (L = Vectorized<float>::size(): 8 AVX2, 16 AVX512) as 4 interleaved
+   row_sum over L-lane vectors (L = 8 or 16, whichever passes the loader check) as 4 interleaved
    rows, each accumulated by multi_row_sum's 4-level cascade (level step 2^max(4, ceil(log2 rows)/4)),
    the leftover vectors into row 0, rows 1-3 into row 0; then the scalar tail in order, then the lanes
    in order; fewer than L elements: the same row_sum over single floats. The mean is the sum over
    (float) n, as torch's mean (sum, then div_ by the count). One thread only: torch splits the
-   reduction between threads from 32768 elements. The loader checks it against torch at first use. */
+   reduction between threads from 32768 elements. The loader checks each L against torch at first use
+   (torch 2.13 on an AVX512 AMD EPYC sums fp32 in 8 lanes, not Vectorized<float>::size() = 16). */
 #define EPI_MAXL 16
 static inline int64_t ceil_log2_i64(int64_t x) {
   return x <= 2 ? 1 : 64 - (int64_t)__builtin_clzll((uint64_t)(x - 1));

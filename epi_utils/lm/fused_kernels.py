@@ -415,15 +415,18 @@ def overlap_owners(kern, claims: list, pos: torch.Tensor) -> torch.Tensor:
     return own
 
 
-def _mean_lanes() -> int | None:
-    """fp32 lanes of torch's CPU sum (``Vectorized<float>::size()``) where :func:`layer_means` knows
-    them (x86 AVX2: 8, AVX512: 16), else None; checked against ``torch.mean`` once per process."""
+def _mean_lanes(kern) -> int | None:
+    """fp32 lanes of torch's CPU sum that :func:`layer_means` reproduces on this machine (8 or 16),
+    found once per process by checking each against ``torch.mean`` (:func:`_means_self_test`), else None.
+    Checked, not read off the CPU capability: on an AVX512 AMD EPYC torch 2.13's fp32 sum runs 8 lanes."""
+    if torch.get_num_threads() != 1:
+        return None  # torch splits a sum between its threads from 32768 elements
     if "lanes" not in _STATE:
         import platform
 
-        cap = torch.backends.cpu.get_cpu_capability()
         x86 = platform.machine().lower() in ("x86_64", "amd64")
-        _STATE["lanes"] = {"AVX2": 8, "AVX512": 16}.get(cap) if x86 else None
+        found = [w for w in (8, 16) if x86 and _means_self_test(kern, w)]
+        _STATE["lanes"] = found[0] if found else None
     return _STATE["lanes"]
 
 
@@ -445,15 +448,12 @@ def layer_means(kern, v: torch.Tensor, sizes) -> torch.Tensor | None:
     """fp32 ``(len(sizes),)``: each tensor's ``torch.mean`` of the contiguous fp32 CPU vector ``v``
     (tensors of ``sizes`` laid end to end), the same floats as torch computes them (its summation
     order, see ``epi_means`` in the C source), in one call instead of one torch op per tensor. None
-    where that order is not reproduced (torch with several threads splits its sums between them; a
-    CPU capability other than AVX2/AVX512; a failed check against torch): take torch's means."""
-    lanes = _mean_lanes()
-    if lanes is None or torch.get_num_threads() != 1 or v.dtype != torch.float32 or not v.is_contiguous():
+    where that order is not reproduced (torch with several threads splits its sums between them; a CPU
+    where neither 8 nor 16 lanes pass the check against torch, :func:`_mean_lanes`): take torch's means."""
+    if torch.get_num_threads() != 1 or v.dtype != torch.float32 or not v.is_contiguous():
         return None
-    ok = _STATE.get("means_ok")
-    if ok is None:
-        ok = _STATE["means_ok"] = _means_self_test(kern, lanes)
-    if not ok:
+    lanes = _mean_lanes(kern)
+    if lanes is None:
         return None
     sz, _ = _layout(sizes)
     out = torch.empty(len(sz), dtype=torch.float32)
