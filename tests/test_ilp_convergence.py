@@ -58,17 +58,17 @@ def test_config_default_is_the_plateau_and_clean_is_an_option():
         Config(converge_on="truth")
 
 
-def test_dynamics_hook_writes_the_engines_records_of_the_sft_samples(tmp_path):
-    """The SFT's evaluation points are taken by ``_dynamics_hook`` on the SFT samples only (not the
-    knowledge-mix rows): the same lines, bit for bit, as the engine's own evaluation of every row
-    filtered to those samples, the same convergence checks and the same trained weights."""
+def test_evaluating_only_the_sft_samples_writes_the_engines_records_of_them(tmp_path):
+    """The SFT's evaluation points are taken on the SFT samples only (``train_sft(dynamics_samples=...)``,
+    not the knowledge-mix rows): the same lines, bit for bit, as the engine's evaluation of every row
+    filtered to those samples, the same convergence checks and the same trained weights; without the
+    start point (``eval_at_start=False``, a later stage) the same lines but step 0's."""
     import copy
     import json
 
     import numpy as np
     import torch
 
-    from epi_utils.lm.evaluate import _max_new
     from epi_utils.lm.models import load_model
     from epi_utils.lm.train import TrainConfig, train_sft
 
@@ -82,19 +82,23 @@ def test_dynamics_hook_writes_the_engines_records_of_the_sft_samples(tmp_path):
     own = {s.id: 1 for s in sft}
     tc = dict(lr=3e-3, batch_size=8, max_steps=5, eval_every=2, schedule="constant", warmup_ratio=0.0, seed=3)
     runs = {}
-    for how in ("engine", "hook"):
+    for how, subset, at_start in (("all", None, True), ("sft", sft, True), ("later", sft, False)):
         m, seen = copy.deepcopy(model), []
         stop = training._convergence_hook(training.convergence_ids(data, stage=1, own_stage=own, rule="plateau"),
                                           0.95, seen, plateau=training.Plateau(patience=5))
         path = tmp_path / f"{how}.jsonl"
-        if how == "engine":
-            train_sft(m, tok, [data], config=TrainConfig(**tc), hooks=[stop], dynamics_path=path, progress=False)
-        else:
-            hook = training._dynamics_hook(sft, path, every=2, max_new_tokens=_max_new(tok, data, None), then=stop)
-            train_sft(m, tok, [data], config=TrainConfig(**tc, eval_train=False), hooks=[hook], progress=False)
+        train_sft(m, tok, [data], config=TrainConfig(**tc, eval_at_start=at_start), hooks=[stop], dynamics_path=path,
+                  dynamics_samples=subset, progress=False)
         lines = [ln for ln in path.read_text().splitlines() if not json.loads(ln)["sample_id"].startswith("corpus/")]
         runs[how] = lines, seen, [p.detach().clone() for p in m.parameters()]
-    (e_lines, e_seen, e_par), (h_lines, h_seen, h_par) = runs["engine"], runs["hook"]
+    (e_lines, e_seen, e_par), (h_lines, h_seen, h_par) = runs["all"], runs["sft"]
     assert len(e_lines) == 4 * len(sft)   # steps 0, 2, 4 and the stage end (5)
+    assert len(path.read_text().splitlines()) == 3 * len(sft)   # "later": no corpus rows, no step 0
     assert h_lines == e_lines and h_seen == e_seen
     assert all(torch.equal(a, b) for a, b in zip(e_par, h_par))
+    later_lines, later_seen, later_par = runs["later"]
+    assert later_lines == [ln for ln in e_lines if json.loads(ln)["step"] > 0] and later_seen == e_seen[1:]
+    assert all(torch.equal(a, b) for a, b in zip(e_par, later_par))
+    with pytest.raises(ValueError, match="dynamics_samples holds 1 sample"):
+        train_sft(copy.deepcopy(model), tok, [sft], config=TrainConfig(**tc), dynamics_samples=data[-1:],
+                  progress=False)

@@ -172,53 +172,11 @@ def _convergence_hook(ids: Sequence[str], share: float, seen: list, *, plateau: 
     return Hook()
 
 
-def _dynamics_hook(samples: Sequence, path: Path, *, every: int, max_new_tokens: int, then, at_start: bool = True):
-    """The engine hook that takes the evaluation points of a stage (as the engine's own
-    ``eval_train`` does: before the first step unless ``at_start`` is False, every ``every`` steps
-    and at the stage end) on the SFT ``samples`` only, writes one dynamics line per sample to
-    ``path`` and hands the records to ``then.on_evaluate`` (the convergence hook). The knowledge-mix
-    rows train but are never read, so they are not evaluated (about 40% of each evaluation). Each
-    row's loss, token probability and greedy answer do not depend on the other rows of its batch
-    (checked bit for bit), and ``max_new_tokens`` is the engine's budget over the whole stage, so
-    the records are the ones the engine wrote for these samples."""
-    import json
-
-    from epi_utils.lm.evaluate import exact_match, response_stats
-    from epi_utils.lm.train import TrainHook
-
-    samples = list(samples)
-
-    class Hook(TrainHook):
-        def _evaluate(self, state):
-            cfg = state.config
-            stats = response_stats(state.model, state.tokenizer, samples, batch_size=cfg.eval_batch_size)
-            em = exact_match(state.model, state.tokenizer, samples, max_new_tokens=max_new_tokens,
-                             batch_size=cfg.eval_batch_size)
-            recs = [{"sample_id": s.id, "task": s.task, "stage": 0, "train_stage": 0, "step": state.step,
-                     "epoch": round(state.epoch, 6), "loss": st["loss"], "mean_token_prob": st["mean_token_prob"],
-                     "exact_match": int(c)} for s, st, c in zip(samples, stats, em)]
-            with path.open("a") as fh:
-                fh.writelines(json.dumps(r) + "\n" for r in recs)
-            then.on_evaluate(state, recs)
-
-        def on_train_begin(self, state):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("")
-            if at_start:
-                self._evaluate(state)
-
-        def on_step_end(self, state):
-            if (every and state.step % every == 0) or state.stage_step == state.stage_steps:
-                self._evaluate(state)
-    return Hook()
-
-
 def train_to_convergence(cfg: Config, model, tokenizer, stages: Sequence[Sequence], *, own_stage: dict,
                          workdir: Path, seed: int) -> tuple[pd.DataFrame, list[StageRun]]:
     """Train ``stages`` in order, each until convergence (module docstring); returns the dynamics
     records (stage = the sample's own stage, train_stage = the stage being trained, global steps)
     and one :class:`StageRun` per stage."""
-    from epi_utils.lm.evaluate import _max_new
     from epi_utils.lm.train import TrainConfig, train_sft
 
     frames, runs_out, offset = [], [], 0
@@ -226,18 +184,17 @@ def train_to_convergence(cfg: Config, model, tokenizer, stages: Sequence[Sequenc
         watch = convergence_ids(data, stage=k, own_stage=own_stage, rule=cfg.converge_on)
         seen: list = []
         path = workdir / f"dynamics_seed{seed}_stage{k}.jsonl"
-        # evaluation points taken by _dynamics_hook on the SFT samples (not the knowledge-mix rows);
-        # a later stage's start is not evaluated: its records are dropped below and the convergence
-        # rules read no check at step 0
+        # evaluation points on the SFT samples only (the knowledge-mix rows train but are never read:
+        # ~40% of each evaluation), with the greedy budget of the whole stage, so the records are the ones
+        # an evaluation of every row gives for them; a later stage's start is not evaluated (its records
+        # were dropped below and the convergence rules read no check at step 0)
         tc = TrainConfig(lr=cfg.sft_lr, batch_size=cfg.sft_batch_size, epochs=cfg.max_epochs,
-                         eval_every=cfg.eval_every, eval_train=False, schedule="constant", warmup_ratio=0.0,
+                         eval_every=cfg.eval_every, eval_at_start=k == 0, schedule="constant", warmup_ratio=0.0,
                          seed=seed + 1000 * k)
         plateau = Plateau(cfg.plateau_patience, cfg.plateau_min_delta) if cfg.converge_on == "plateau" else None
         stop = _convergence_hook(watch, cfg.converge_share, seen, plateau=plateau)
-        evaluate = _dynamics_hook([s for s in data if not s.id.startswith(CORPUS_PREFIX)], path,
-                                  every=cfg.eval_every, max_new_tokens=_max_new(tokenizer, data, tc.max_new_tokens),
-                                  then=stop, at_start=k == 0)
-        train_sft(model, tokenizer, [list(data)], config=tc, hooks=[evaluate], progress=False)
+        train_sft(model, tokenizer, [list(data)], config=tc, hooks=[stop], dynamics_path=path,
+                  dynamics_samples=[s for s in data if not s.id.startswith(CORPUS_PREFIX)], progress=False)
         converged = stop.converged
         model.eval()
         dyn = signals.read_dynamics(path).copy()

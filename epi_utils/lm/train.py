@@ -1,6 +1,6 @@
 """The SFT engine: response-only loss, masked AdamW, schedules, hooks, dynamics, checkpoints.
 
-``train_sft(model, tokenizer, stages, *, config, hooks, dynamics_path, eval_samples)`` trains on a
+``train_sft(model, tokenizer, stages, *, config, hooks, dynamics_path, dynamics_samples, eval_samples)`` trains on a
 list of stages (one stage = mixed multi-task SFT; several = a sequential schedule, stage k after
 stage k-1; the optimizer and its moments carry over, the learning-rate schedule restarts per stage).
 
@@ -13,8 +13,10 @@ entries are zeroed), gradient clipping, the
 masked AdamW step (:mod:`epi_utils.lm.masked_adamw`: masked elements, their moments and their
 weight decay stay bit-identical), ``on_step_end``.
 
-Evaluation points: before the first step (step 0), every ``eval_every`` optimizer steps and at the
-end of each stage. At each point every training sample of every stage gets one JSONL line in
+Evaluation points: before the first step (step 0; not with ``eval_at_start=False``), every ``eval_every``
+optimizer steps and at the end of each stage. At each point every training sample of every stage (or
+only the ``dynamics_samples``, e.g. the SFT rows of a knowledge mix; the greedy budget stays the one of
+all training samples, so their records are the same) gets one JSONL line in
 ``dynamics_path`` with the fields ``sample_id, task, stage, train_stage, step, epoch, loss,
 mean_token_prob, exact_match`` (``loss``/``mean_token_prob`` teacher-forced over the response
 tokens, ``exact_match`` greedy 0/1; ``epoch`` counts epochs of the stage being trained).
@@ -42,7 +44,7 @@ import numpy as np
 import torch
 
 from epi_utils.lm import hooks as step_hooks
-from epi_utils.lm.evaluate import exact_match, response_stats, task_accuracy
+from epi_utils.lm.evaluate import _max_new, exact_match, response_stats, task_accuracy
 from epi_utils.lm.masked_adamw import MaskedAdamW
 from epi_utils.lm.sft_format import encode_example, format_example, pad_batch, pad_id  # noqa: F401  (re-exported)
 
@@ -66,6 +68,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     eval_every: int = 50                   # steps between evaluation points; 0 = stage ends only
     eval_train: bool = True                # per-sample dynamics on all training samples at evaluation points
+    eval_at_start: bool = True             # an evaluation point before the first step (a resumed run takes none)
     task_homogeneous_batches: bool = True
     seed: int = 0
     checkpoint_dir: Path | None = None
@@ -249,9 +252,11 @@ def _truncate_dynamics(path: Path, max_step: int) -> None:
 
 # ----------------------------------------------------------------------------- the loop
 def train_sft(model, tokenizer, stages: Sequence[Sequence], *, config: TrainConfig, hooks: Sequence[TrainHook] = (),
-              dynamics_path: Path | None = None, eval_samples: Sequence | None = None,
-              progress: bool = True) -> TrainResult:
-    """Supervised fine-tuning over ``stages`` (list of lists of :class:`~epi_utils.data.world.Sample`)."""
+              dynamics_path: Path | None = None, dynamics_samples: Sequence | None = None,
+              eval_samples: Sequence | None = None, progress: bool = True) -> TrainResult:
+    """Supervised fine-tuning over ``stages`` (list of lists of :class:`~epi_utils.data.world.Sample`).
+    ``dynamics_samples``: the training samples evaluated at each evaluation point (default: all of them);
+    ``eval_samples``: held-out samples whose per-task accuracy is taken at each stage end."""
     from tqdm.auto import tqdm
 
     config.validate()
@@ -268,6 +273,14 @@ def train_sft(model, tokenizer, stages: Sequence[Sequence], *, config: TrainConf
     state = TrainState(model=model, optimizer=opt, tokenizer=tokenizer, config=config, named_params=named,
                        total_steps=total)
     all_train = [s for st in stages for s in st]
+    k_of = {s.id: k for k, st in enumerate(stages) for s in st}
+    evaluated = all_train if dynamics_samples is None else list(dynamics_samples)
+    unknown = [s.id for s in evaluated if s.id not in k_of]
+    if unknown:
+        raise ValueError(f"dynamics_samples holds {len(unknown)} sample(s) that are not training samples, "
+                         f"e.g. {unknown[0]!r}")
+    # the greedy budget of every evaluation point: over all training samples, whichever are evaluated
+    max_new = _max_new(tokenizer, all_train, config.max_new_tokens) if config.eval_train else None
     history: list[dict] = []
     stage_end_eval: list[dict[str, float]] = []
     last_eval: dict[str, bool] = {}
@@ -292,12 +305,11 @@ def train_sft(model, tokenizer, stages: Sequence[Sequence], *, config: TrainConf
         if not config.eval_train:
             return
         model.eval()
-        stats = response_stats(model, tokenizer, all_train, batch_size=config.eval_batch_size)
-        em = exact_match(model, tokenizer, all_train, max_new_tokens=config.max_new_tokens,
-                         batch_size=config.eval_batch_size)
+        stats = response_stats(model, tokenizer, evaluated, batch_size=config.eval_batch_size)
+        em = exact_match(model, tokenizer, evaluated, max_new_tokens=max_new, batch_size=config.eval_batch_size)
         recs = [{"sample_id": s.id, "task": s.task, "stage": k_of[s.id], "train_stage": stage_idx, "step": state.step,
                  "epoch": round(epoch, 6), "loss": st["loss"], "mean_token_prob": st["mean_token_prob"],
-                 "exact_match": int(c)} for s, st, c in zip(all_train, stats, em)]
+                 "exact_match": int(c)} for s, st, c in zip(evaluated, stats, em)]
         last_eval = {r["sample_id"]: bool(r["exact_match"]) for r in recs}
         if dyn is not None:
             with dyn.open("a") as fh:
@@ -306,10 +318,9 @@ def train_sft(model, tokenizer, stages: Sequence[Sequence], *, config: TrainConf
             h.on_evaluate(state, recs)
         model.train()
 
-    k_of = {s.id: k for k, st in enumerate(stages) for s in st}
     step_hooks.begin_training(hooks, state)
     state.step = done_step
-    if done_step == 0:
+    if done_step == 0 and config.eval_at_start:
         evaluate(0, 0.0)
     model.train()
     bar = tqdm(total=total, initial=done_step, desc="sft", disable=not progress)
