@@ -145,10 +145,15 @@ class Result:
     _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def _cached(self, name: str, build: Callable):
-        key = (name, id(self.config), *((id(x), len(x)) for x in (self.runs, self.pairs, self.ablations)))
-        if key not in self._memo:
-            self._memo[key] = build()
-        return self._memo[key]
+        """``build()``, kept until the config or a record list changes: the records and the config are
+        frozen, so a state is the sequence of those very objects, compared by identity (a record
+        replaced at the same length is a new state; keying on the lists' ids and lengths missed that)."""
+        state = ((len(self.runs), len(self.pairs)), (self.config, *self.runs, *self.pairs, *self.ablations))
+        held = self._memo.get(name)
+        if held is None or held[0][0] != state[0] or len(held[0][1]) != len(state[1]) \
+                or any(x is not y for x, y in zip(held[0][1], state[1])):
+            held = self._memo[name] = (state, build())
+        return held[1]
 
     def pair_frame(self) -> pd.DataFrame:
         """One row per comparison (:class:`PairRecord`'s fields and ``unit``); a copy the caller may change."""
