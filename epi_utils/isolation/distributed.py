@@ -9,7 +9,9 @@ epi_utils.isolation.distributed --out f.json``) trains with ``transformers.Train
 the model in DDP through accelerate and gives each process different batches of the same task) and
 compares a SHA-256 digest of the masks, of the weights and the step's task across ranks after
 every mask update. ``--engine loop`` runs the same check with :func:`hooked_steps`, a minimal loop
-with the testbed's ``TrainHook`` contract around a ``DistributedDataParallel`` model.
+with the testbed's ``TrainHook`` contract around a ``DistributedDataParallel`` model; ``--engine
+trainer loop`` runs both in one launch (one process start and one set of imports; ``--out`` then
+holds ``{engine: result}``).
 """
 from __future__ import annotations
 
@@ -210,34 +212,56 @@ def trainer_check(*, steps: int, interval: int, world: int, batch_size: int = 4,
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """torchrun entry point: DDP (gloo) + EPI, compare mask and weight digests across ranks."""
+    """torchrun entry point: DDP (gloo) + EPI, compare mask and weight digests across ranks.
+
+    Returns the result of the one engine asked for, or ``{engine: result}`` for several (in the
+    order given, in one process group)."""
+    import torch.distributed as dist
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--interval", type=int, default=4)
+    ap.add_argument("--engine", choices=("trainer", "loop"), nargs="+", default=["trainer"],
+                    help="trainer: transformers.Trainer + IsolationCallback (accelerate DDP); "
+                         "loop: the minimal hooked_steps loop around a DDP-wrapped model; several: each in turn")
+    ap.add_argument("--out", type=str, default="")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    results = {}
+    for engine in args.engine:
+        if engine == "trainer":
+            checks, summary = trainer_check(steps=args.steps, interval=args.interval,
+                                            world=int(os.environ.get("WORLD_SIZE", 1)))
+            results[engine] = _result(checks, world=dist.get_world_size(), engine="trainer", **summary)
+        else:
+            results[engine] = loop_check(steps=args.steps, interval=args.interval)
+    result = results[args.engine[0]] if len(results) == 1 else results
+    if dist.get_rank() == 0 and args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=2)
+    dist.barrier()
+    dist.destroy_process_group()
+    return result
+
+
+def loop_check(*, steps: int, interval: int) -> dict:
+    """EPI in :func:`hooked_steps` around a ``DistributedDataParallel`` :class:`TinyLM`, different
+    data on each rank; masks, weights and task compared across ranks after every mask refresh.
+    Joins the process group of an engine that ran before, else starts one (gloo)."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from epi_utils.isolation.policies import make_policy
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=24)
-    ap.add_argument("--interval", type=int, default=4)
-    ap.add_argument("--engine", choices=("trainer", "loop"), default="trainer",
-                    help="trainer: transformers.Trainer + IsolationCallback (accelerate DDP); "
-                         "loop: the minimal hooked_steps loop around a DDP-wrapped model")
-    ap.add_argument("--out", type=str, default="")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    if args.engine == "trainer":
-        checks, summary = trainer_check(steps=args.steps, interval=args.interval,
-                                        world=int(os.environ.get("WORLD_SIZE", 1)))
-        return _finish(checks, rank=dist.get_rank(), world=dist.get_world_size(), out=args.out, engine="trainer",
-                       **summary)
-    dist.init_process_group("gloo")
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     model = DDP(TinyLM(seed=0))  # same init on every rank (DDP also broadcasts rank 0's weights)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     tasks = ["a", "b"]
-    policy = make_policy("epi", tasks=tasks, isolation_ratio=0.1, mask_update_interval=args.interval,
-                         warmup_steps=args.interval)
-    schedule = synthetic_task_batches(vocab=64, n_steps=args.steps, batch_size=4, seq_len=12, tasks=tasks,
+    policy = make_policy("epi", tasks=tasks, isolation_ratio=0.1, mask_update_interval=interval,
+                         warmup_steps=interval)
+    schedule = synthetic_task_batches(vocab=64, n_steps=steps, batch_size=4, seq_len=12, tasks=tasks,
                                       seed=100 + rank)  # different data on each rank
     checks = []
 
@@ -247,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     policy.last_task = None
     hooked_steps(model, opt, schedule, hooks=[_TaskNote(policy), policy], on_mask=on_mask)
-    return _finish(checks, rank=rank, world=world, out=args.out, engine="loop")
+    return _result(checks, world=world, engine="loop")
 
 
 class _TaskNote(TrainHook):
@@ -260,18 +284,11 @@ class _TaskNote(TrainHook):
         self.policy.last_task = state.batch_task
 
 
-def _finish(checks: list[dict], *, rank: int, world: int, out: str, engine: str, **extra) -> dict:
-    import torch.distributed as dist
-
-    result = {"engine": engine, "world_size": world, "n_checks": len(checks), "checks": checks, **extra,
-              "all_equal": bool(checks) and all(c["masks_equal"] and c["weights_equal"] and c["task_equal"]
-                                                for c in checks)}
-    if rank == 0 and out:
-        with open(out, "w", encoding="utf-8") as fh:
-            json.dump(result, fh, indent=2)
-    dist.barrier()
-    dist.destroy_process_group()
-    return result
+def _result(checks: list[dict], *, world: int, engine: str, **extra) -> dict:
+    """One engine's result: its checks, ``all_equal`` over them, and ``extra`` (the trainer's summary)."""
+    return {"engine": engine, "world_size": world, "n_checks": len(checks), "checks": checks, **extra,
+            "all_equal": bool(checks) and all(c["masks_equal"] and c["weights_equal"] and c["task_equal"]
+                                              for c in checks)}
 
 
 if __name__ == "__main__":
