@@ -128,35 +128,64 @@ def test_ray_gives_the_local_results_and_failures(local_ray, local_results):
     _same_results_and_failures("ray", {}, local_results)
 
 
-@pytest.mark.slow
-def test_study02_grid_is_the_same_in_one_process_and_on_ray(request):
-    """Study 02's runs through map_jobs (as its _run_jobs calls it): one process and a local Ray give
-    the same records to the last bit (two local worker processes: tests/test_study02_workers.py)."""
+# --------------------------------------------------------------------------- study 02's grid on every executor
+STUDY02 = dict(design="two_stage", world_tasks=("fact_qa", "format_conversion"), device="cpu", model_size="default",
+               pretrain=False, n_seeds=2, n_train_per_task=8, n_val_per_task=4, n_test_per_task=4,
+               n_train_eval_per_task=2, steps_per_stage=4, batch_size=4, mask_update_interval=2, warmup_steps=1,
+               probe_batches=1, replay_batches=1, replay_samples=2, ratios=(0.2,),
+               methods=("cpi_after_stage", "epi_frozen"), bounds=("full_sft", "ewc"), ewc_lambdas=(1.0, 1e4))
+
+
+@pytest.fixture(scope="module")
+def study02_one():
+    """Study 02's small grid in one process, once for the module: the reference of the worker-process
+    and Ray runs (one serial run and one build of the inputs for both, issue 37). ``run_study`` builds
+    its own inputs from the config (seeding with cfg.seed first); the inputs returned are built again
+    by ``build_inputs`` after seeding, so the runs compared with this one also check that they are the same."""
     from epi_utils.isolation_study import Config, study
-    from epi_utils.isolation_study.inputs import build_inputs, seed_data
+    from epi_utils.isolation_study.inputs import build_inputs
     from epi_utils.workbench import runs
 
-    request.getfixturevalue("local_ray")  # skips here where Ray cannot start
     torch.set_num_threads(1)
-    cfg = Config(device="cpu", model_size="default", pretrain=False, n_seeds=2, n_train_per_task=8, n_val_per_task=4,
-                 n_test_per_task=4, n_train_eval_per_task=2, steps_per_stage=4, batch_size=4, mask_update_interval=2,
-                 warmup_steps=1, probe_batches=1, replay_batches=1, replay_samples=2, ratios=(0.2,),
-                 methods=("cpi_after_stage", "epi_frozen"), bounds=("full_sft", "ewc"), ewc_lambdas=(1.0,))
-    runs.seed_everything(cfg.seed)
-    inputs = build_inputs(cfg)
-    model, tok = inputs.model, inputs.tokenizer
-    data = {s: seed_data(inputs.world, tok, cfg, s) for s in cfg.seeds}
-    todo = [(m, s, r, 1.0 if m == "ewc" else None, False, None) for s in cfg.seeds for m, r in study.jobs(cfg)]
-    shared = dict(init=study._share, initargs=((model, tok), data, cfg))
-    serial = map_jobs(study._run_job, todo, workers=1, **shared)
-    study._SHARED.clear()
-    assert len(serial) == 2 * (2 + 2)
-    other = map_jobs(study._run_job, todo, workers=2, executor="ray", **shared)
-    for a, b in zip(serial, other, strict=True):
+    one = Config(workers=1, **STUDY02)
+    serial = study.run_study(one)
+    runs.seed_everything(one.seed)
+    return serial, build_inputs(one)
+
+
+def _same_study02_records(serial, other) -> None:
+    """``other`` (a run of :data:`STUDY02` elsewhere) gives the serial run's EWC choice and records to the last bit."""
+    from epi_utils.isolation_study import study
+
+    assert other.ewc_lambda == serial.ewc_lambda and other.ewc_tuning == serial.ewc_tuning
+    assert len(serial.records) == 2 * (2 + 2) == len(other.records)
+    for a, b in zip(serial.records, other.records, strict=True):
         assert (a.method, a.seed, a.ratio) == (b.method, b.seed, b.ratio)
         assert a.test == b.test and a.train == b.train and a.tokens == b.tokens
         assert a.losses == b.losses and len(a.losses) == 8 and len(set(a.losses)) > 1  # bit-identical training
+        assert a.moved_owned_stage0 == b.moved_owned_stage0 or (a.moved_owned_stage0 != a.moved_owned_stage0
+                                                                and b.moved_owned_stage0 != b.moved_owned_stage0)
     assert not study._SHARED  # the parent keeps no reference to the shared inputs of its workers
+
+
+def test_study02_two_workers_equal_one(study02_one):
+    """Study 02's grid (EWC's lambda chosen first) in two local worker processes, through run_study's
+    map_jobs, gives the records of one process (the study's config checks: tests/test_study02_workers.py)."""
+    from epi_utils.isolation_study import Config, study
+
+    serial, inputs = study02_one
+    _same_study02_records(serial, study.run_study(Config(workers=2, **STUDY02), inputs=inputs))
+
+
+@pytest.mark.slow
+def test_study02_grid_is_the_same_in_one_process_and_on_ray(request, study02_one):
+    """Study 02's grid (EWC's lambda chosen first) through run_study on a local Ray (map_jobs, as its
+    _run_jobs calls it) gives the records of one process to the last bit."""
+    from epi_utils.isolation_study import Config, study
+
+    request.getfixturevalue("local_ray")  # skips here where Ray cannot start
+    serial, inputs = study02_one
+    _same_study02_records(serial, study.run_study(Config(workers=2, executor="ray", **STUDY02), inputs=inputs))
 
 
 def test_backends_are_imported_only_where_used():
