@@ -68,9 +68,26 @@ def test_parameters_cell_conventions_enforced(tmp_path, source, message):
         parse_parameters(nb)
 
 
-def test_successful_run_has_provenance_report_and_figures(toy_notebook, tmp_path):
-    run_dir = run_notebook(toy_notebook, profile="smoke", overrides={"seed": 3}, reports_dir=tmp_path / "r",
-                           progress=False)
+@pytest.fixture(scope="module")
+def toy_runs(tmp_path_factory):
+    """One reports folder of toy runs, made once for the module's runner and publish checks (each
+    run is a kernel start, ~1.2 s of CPU, issue 37): cpu seeds 1 and 2 a second apart, a cpu run
+    failing on purpose through ``epi run`` (its exit code), then a smoke run of seed 3."""
+    base = tmp_path_factory.mktemp("toy_runs")
+    nb = write_notebook(base / "notebooks", "99_toy", TOY_PARAMS, TOY_CELLS)
+    reports = base / "r"
+    run_notebook(nb, profile="cpu", overrides={"seed": 1}, reports_dir=reports, progress=False)
+    time.sleep(1.1)
+    newest = run_notebook(nb, profile="cpu", overrides={"seed": 2}, reports_dir=reports, progress=False)
+    code = cli.main(["run", str(nb), "--profile", "cpu", "-p", "fail", "true", "--out", str(reports)])
+    after_fail = collect_runs(reports)
+    smoke = run_notebook(nb, profile="smoke", overrides={"seed": 3}, reports_dir=reports, progress=False)
+    return {"reports": reports, "newest_cpu": newest, "failed_code": code, "after_fail": after_fail,
+            "smoke": smoke}
+
+
+def test_successful_run_has_provenance_report_and_figures(toy_runs):
+    run_dir = toy_runs["smoke"]
     record = json.loads((run_dir / "metrics.json").read_text())
     for key in PROVENANCE:
         assert key in record, key
@@ -80,19 +97,19 @@ def test_successful_run_has_provenance_report_and_figures(toy_notebook, tmp_path
     html = (run_dir / "report.html").read_text()
     assert "status <b" in html and "success" in html
     assert "runs.save_metrics" not in html  # code cells are hidden in the report
-    index = (tmp_path / "r" / "index.html").read_text()
+    index = (toy_runs["reports"] / "index.html").read_text()
     assert "99_toy" in index and "report.html" in index and "metrics.json" in index
 
 
-def test_failing_notebook_gives_failed_run_in_index(toy_notebook, tmp_path, capsys):
-    code = cli.main(["run", str(toy_notebook), "--profile", "smoke", "-p", "fail", "true", "--out", str(tmp_path / "r")])
-    assert code == 1
-    (run,) = collect_runs(tmp_path / "r")
+def test_failing_notebook_gives_failed_run_in_index(toy_runs):
+    assert toy_runs["failed_code"] == 1
+    assert len(toy_runs["after_fail"]) == 3  # the two cpu runs and the failed one: one folder for it
+    (run,) = [r for r in toy_runs["after_fail"] if r.status == "failed"]
     record = json.loads((run.path / "metrics.json").read_text())
     assert record["status"] == "failed" and "planted failure" in record["error"]["message"]
     assert "metrics" in record and record["metrics"] == {}
     assert (run.path / "notebook.ipynb").exists()  # the partially executed notebook is kept
-    index = (tmp_path / "r" / "index.html").read_text()
+    index = (toy_runs["reports"] / "index.html").read_text()
     assert "class='failed'" in index and "planted failure" in index
 
 
@@ -176,12 +193,10 @@ def test_sweep_over_two_seeds_aggregates_both(toy_notebook, tmp_path, capsys):
     assert [ln.split(": ")[1].split(" points")[0] for ln in said] == ["1/2", "2/2"]
 
 
-def test_publish_copies_newest_successful_run(toy_notebook, tmp_path):
-    reports = tmp_path / "r"
-    run_notebook(toy_notebook, profile="cpu", overrides={"seed": 1}, reports_dir=reports, progress=False)
-    time.sleep(1.1)
-    newest = run_notebook(toy_notebook, profile="cpu", overrides={"seed": 2}, reports_dir=reports, progress=False)
-    run_notebook(toy_notebook, profile="cpu", overrides={"fail": True}, reports_dir=reports, progress=False)
+def test_publish_copies_newest_successful_run(toy_runs):
+    """The newest successful cpu run is published (not the failed cpu run after it); other profiles
+    go beside the cpu pages."""
+    reports, newest, other = toy_runs["reports"], toy_runs["newest_cpu"], toy_runs["smoke"]
     target = publish(reports, profile="cpu")
     published = json.loads((target / "99_toy" / "metrics.json").read_text())
     assert published["run_id"] == newest.name and published["metrics"]["value"] == 20.0
@@ -190,7 +205,6 @@ def test_publish_copies_newest_successful_run(toy_notebook, tmp_path):
     assert (published["git_commit"] or "unknown")[:12] in (target / "index.html").read_text()
     with pytest.raises(FileNotFoundError, match="no successful 'gpu' run"):
         publish(reports, profile="gpu")
-    other = run_notebook(toy_notebook, profile="smoke", reports_dir=reports, progress=False)
     side = publish(reports, profile="smoke")  # other profiles go beside the cpu pages, never over them
     assert side == target / "smoke" and json.loads((side / "99_toy" / "metrics.json").read_text())["run_id"] == other.name
     assert json.loads((target / "99_toy" / "metrics.json").read_text())["run_id"] == newest.name
