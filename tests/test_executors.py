@@ -208,9 +208,10 @@ def _sweep_results(out: Path) -> tuple[list, list]:
     return pd.read_csv(out / "summary.csv").to_dict("records"), [(r["status"], r["metrics"], r["parameters"]) for r in records]
 
 
-def _toy_sweep(notebook: Path, reports: Path, where: str, **options) -> tuple[list, list]:
+def _toy_sweep(notebook: Path, reports: Path, where: str, **options) -> tuple[tuple[list, list], Path, list[str]]:
     """The toy grid (seed 1, 2) swept on ``where``: its summary and (status, metrics, parameters) per run,
-    after checking every run folder (report, notebook, figures) and the progress line."""
+    after checking every run folder (report, notebook, figures) and the progress line; also the sweep's
+    folder and its progress lines."""
     import contextlib
     import io
 
@@ -226,16 +227,38 @@ def _toy_sweep(notebook: Path, reports: Path, where: str, **options) -> tuple[li
     said = [ln for ln in err.getvalue().splitlines() if "points done" in ln]
     assert said[-1].split(": ")[1].startswith("2/2 points done") and "failed" not in said[-1]
     assert (" on " + where in said[-1]) == (where != "local")
-    return _sweep_results(out)
+    return _sweep_results(out), out, said
 
 
 @pytest.fixture(scope="module")
 def local_toy_sweep(tmp_path_factory):
-    """The toy grid swept on local processes once, the reference of every remote backend's test."""
+    """The toy grid swept on local processes once: the reference of every remote backend's test and the
+    sweep whose summary test_local_sweep_aggregates_both_seeds checks."""
     base = tmp_path_factory.mktemp("local_sweep")
-    found = _toy_sweep(write_notebook(base / "notebooks", "99_toy", TOY_PARAMS, TOY_CELLS), base / "local", "local")
+    found, out, said = _toy_sweep(write_notebook(base / "notebooks", "99_toy", TOY_PARAMS, TOY_CELLS),
+                                  base / "local", "local")
     assert [m["value"] for _, m, _ in found[1]] == [10.0, 20.0]
-    return found
+    return {"found": found, "out": out, "said": said, "reports": base / "local"}
+
+
+def test_local_sweep_aggregates_both_seeds(local_toy_sweep):
+    """The summary of a sweep over two seeds in two local worker processes (moved here from
+    test_report, which swept its own toy grid for it, issue 37)."""
+    import pandas as pd
+
+    from epi_utils.workbench.report import collect_runs
+
+    out = local_toy_sweep["out"]
+    summary = pd.read_csv(out / "summary.csv")
+    value = summary[summary.metric == "value"].iloc[0]
+    assert value["n_seeds"] == 2
+    assert value["mean"] == pytest.approx(15.0)  # seeds 1 and 2, scale 10 -> 10 and 20
+    # t-interval over 2 seeds of {10, 20}: mean 15, sd 7.0711, t_{0.975,1} = 12.7062 -> 15 -+ 63.531
+    assert value["ci_low"] == pytest.approx(-48.531, abs=1e-3) and value["ci_high"] == pytest.approx(78.531, abs=1e-3)
+    assert "nested.half" in set(summary.metric) and "nested.half_ci95" not in set(summary.metric)
+    assert (out / "summary.html").exists()
+    assert len(collect_runs(local_toy_sweep["reports"])) == 2
+    assert [ln.split(": ")[1].split(" points")[0] for ln in local_toy_sweep["said"]] == ["1/2", "2/2"]
 
 
 @pytest.mark.slow
@@ -246,7 +269,7 @@ def test_sweep_gives_the_same_runs_locally_and_remotely(request, local_toy_sweep
     if executor == "ray":
         request.getfixturevalue("local_ray")
     options = {**SUBMITIT_LOCAL, "folder": tmp_path / "s"} if executor == "slurm" else {}
-    assert _toy_sweep(toy_notebook, tmp_path / executor, executor, **options) == local_toy_sweep
+    assert _toy_sweep(toy_notebook, tmp_path / executor, executor, **options)[0] == local_toy_sweep["found"]
 
 
 @pytest.mark.slow
