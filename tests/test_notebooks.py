@@ -29,9 +29,6 @@ PROVENANCE = ("study", "profile", "parameters", "seed", "git_commit", "git_dirty
 def test_notebook_smoke_run(nb_path, tmp_path, monkeypatch):
     # the kernel's own backend (inline), as in `make reports`: conftest's MPLBACKEND=Agg is for this process
     monkeypatch.delenv("MPLBACKEND", raising=False)
-    # one torch thread, as the rehearsals (tests/test_rehearsal.py) and `make test`'s workers: two kernels
-    # of two threads each on a 2-core machine spend CPU seconds spinning, not computing
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     run_dir = run_notebook(nb_path, profile="smoke", reports_dir=tmp_path / "reports", progress=False)
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["status"] == "success", f"{nb_path.name} failed: {record.get('error')}"
