@@ -3,6 +3,7 @@ a function-preserving permutation, the two controls on planted truth, verdicts a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from pathlib import Path
 
@@ -214,6 +215,19 @@ def test_result_follows_the_contract(control_runs):
     assert card.figure == "dose_response" and 3 <= len(card.headlines) <= 5
     assert all("pretrained models" in h.over for h in card.headlines)
     assert card.answer.startswith(("D(step 0, step 6)", "No difference"))  # built from the verdict
+
+
+def test_summary_and_frames_follow_a_replaced_record(control_runs):
+    """The result's frames and summary are built once per state of its records, and a record replaced
+    in place (same list, same length) is a new state, not the cached one."""
+    res = copy.copy(control_runs)
+    res.pairs, res._memo = list(control_runs.pairs), {}
+    assert res.summary() is res.summary() and res.pair_frame().equals(res.pair_frame())
+    before, i = res.pair_frame(), 0
+    res.pairs[i] = dataclasses.replace(res.pairs[i], d=res.pairs[i].d + 1.0)
+    after = res.pair_frame()
+    assert after["d"].iloc[i] == before["d"].iloc[i] + 1.0
+    assert after.drop(index=i).equals(before.drop(index=i))
 
 
 def test_summary_tables_use_the_one_interval_naming(control_runs):
