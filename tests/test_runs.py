@@ -1,6 +1,7 @@
 """Seeds, devices, atomic files, provenance."""
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,6 +52,10 @@ def test_provenance_fields():
         assert key in info
     assert info["versions"]["torch"].startswith("2.13.0")
     assert info["device"] == "cpu"
+    # the kind of CPU: its floats differ from another kind's (an AVX512 EPYC vs the published runs' machine)
+    assert info["cpu"] == runs.cpu_model() and info["cpu"]
+    if Path("/proc/cpuinfo").exists() and " avx2 " in Path("/proc/cpuinfo").read_text():
+        assert info["cpu"].endswith(("avx2", "avx512f"))
 
 
 def test_names_that_become_paths_are_plain():

@@ -324,6 +324,20 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+def cpu_model() -> str:
+    """The CPU's model name and widest x86 vector extension (``avx512f``, ``avx2``) from
+    ``/proc/cpuinfo`` (else ``platform.processor()``). The same code and seed give other floats on
+    another kind of CPU (torch's and MKL's kernels sum in another order), so a run says which it had."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+    simd = next((f for f in ("avx512f", "avx2", "avx") if f in flags), "")
+    return ", ".join(x for x in (model or platform.machine(), simd) if x)
+
+
 def provenance(*, device: str = "auto") -> dict[str, Any]:
     """Everything needed to say where a number came from: git state, versions, host, threads."""
     info: dict[str, Any] = dict(git_state())
@@ -331,6 +345,7 @@ def provenance(*, device: str = "auto") -> dict[str, Any]:
     info["host"] = platform.node()
     info["platform"] = platform.platform()
     info["cpu_count"] = os.cpu_count()
+    info["cpu"] = cpu_model()
     try:
         info["threads"] = torch_threads()
         if not device or str(device).strip().lower() == "cpu":
