@@ -30,10 +30,11 @@ class EnvironmentConfig(StudyConfig):
 
 
 def describe(*, device) -> dict[str, Any]:
-    """Versions, device and thread count as a flat dict."""
+    """Versions, device, CPU (its kind changes the floats of every study) and thread count as a flat dict."""
     import torch
 
     info = {**runs.library_versions(), "device": str(device), "threads": torch.get_num_threads(),
+            "cpu": runs.cpu_model(), "torch_cpu_kernels": torch.backends.cpu.get_cpu_capability(),
             "cuda_available": torch.cuda.is_available(), **runs.git_state(), "data_dir": str(runs.data_dir())}
     if str(device).startswith("cuda"):
         info["device_name"] = torch.cuda.get_device_name(device)
@@ -112,7 +113,8 @@ def card(info: dict[str, Any], availability, timing: dict[str, Any]) -> Card:
     answer = (f"{complete} of {total} data sets and model packages are complete"
               + (f" ({', '.join(missing)} not)" if missing else "")
               + f"; device {info['device']} with {info['threads']} thread{'' if info['threads'] == 1 else 's'} runs a {timing['size']}x{timing['size']} "
-              f"fp32 matmul at {format_number(timing['gflops'])} GFLOP/s.")
+              f"fp32 matmul at {format_number(timing['gflops'])} GFLOP/s"
+              + (f" (CPU: {info['cpu']}; torch's {info['torch_cpu_kernels']} kernels)." if info.get("cpu") else "."))
     over = f"median of {len(timing['times_ms'])} repetitions"
     return Card("What does this machine offer the studies?", answer,
                 (Headline("matmul throughput", float(timing["gflops"]), unit="GFLOP/s", over=over),
