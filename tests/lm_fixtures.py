@@ -16,18 +16,15 @@ from epi_utils.data.world import WorldConfig, build_world
 SMALL_WORLD = WorldConfig(seed=0, n_entities=16, n_train_per_task=12, n_heldout_per_task=4,
                           missing_knowledge_rate=0.1, conflict_rate=0.1, inconsistency_rate=0.2,
                           forgetting_rate=0.1, rare_complex_rate=0.1, n_stages=2)
-_SMALL_PRETRAIN = dict(epochs=40, batch_size=64, lr=3e-3, warmup_steps=20)
 
 
-def __getattr__(name: str):
-    """``SMALL_PRETRAIN`` (a ``TinyPretrainConfig``) made when first asked for: this module is a plugin of
-    every test process, and ``epi_utils.lm.models`` imports torch (~1.4 s of CPU in a process that
-    needs none, e.g. one running test_report alone)."""
-    if name == "SMALL_PRETRAIN":
-        from epi_utils.lm.models import TinyPretrainConfig
+def small_pretrain():
+    """The ``TinyPretrainConfig`` of the small test models, made when asked for: this module is a plugin of
+    every test process, and ``epi_utils.lm.models`` imports torch (~1.4 s of CPU in a process that needs
+    none, e.g. one running test_report alone)."""
+    from epi_utils.lm.models import TinyPretrainConfig
 
-        return TinyPretrainConfig(**_SMALL_PRETRAIN)
-    raise AttributeError(name)
+    return TinyPretrainConfig(epochs=40, batch_size=64, lr=3e-3, warmup_steps=20)
 
 
 @pytest.fixture(scope="session")
@@ -48,8 +45,7 @@ def small_tiny(small_world):
     # cache), the others wait for it and load the cached model instead of pretraining the same one again.
     with open(runs.cache_dir() / ".small_tiny.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return load_model("tiny", world=small_world, device="cpu", tiny_pretrain=__getattr__("SMALL_PRETRAIN"),
-                          progress=False)
+        return load_model("tiny", world=small_world, device="cpu", tiny_pretrain=small_pretrain(), progress=False)
 
 
 @pytest.fixture()

@@ -139,7 +139,7 @@ STUDY02 = dict(design="two_stage", world_tasks=("fact_qa", "format_conversion"),
 @pytest.fixture(scope="module")
 def study02_one():
     """Study 02's small grid in one process, once for the module: the reference of the worker-process
-    and Ray runs (one serial run and one build of the inputs for both, issue 37). ``run_study`` builds
+    and Ray runs (one serial run and one build of the inputs for both, issue 34). ``run_study`` builds
     its own inputs from the config (seeding with cfg.seed first); the inputs returned are built again
     by ``build_inputs`` after seeding, so the runs compared with this one also check that they are the same."""
     from epi_utils.isolation_study import Config, study
@@ -243,7 +243,7 @@ def local_toy_sweep(tmp_path_factory):
 
 def test_local_sweep_aggregates_both_seeds(local_toy_sweep):
     """The summary of a sweep over two seeds in two local worker processes (moved here from
-    test_report, which swept its own toy grid for it, issue 37)."""
+    test_report, which swept its own toy grid for it, issue 34)."""
     import pandas as pd
 
     from epi_utils.workbench.report import collect_runs

@@ -3,14 +3,14 @@ import importlib.util
 
 import pytest
 import torch
-from lm_fixtures import SMALL_PRETRAIN
+from lm_fixtures import small_pretrain
 
 from epi_utils.lm.models import build_word_tokenizer, check_tokenizer_matches, fact_recall, load_model, tiny_pretrain_meta
 
 
 def test_tiny_recalls_pretraining_facts_far_above_unseen(small_tiny, small_world):
     model, tok = small_tiny
-    meta = tiny_pretrain_meta(small_world, tiny_pretrain=SMALL_PRETRAIN)
+    meta = tiny_pretrain_meta(small_world, tiny_pretrain=small_pretrain())
     seen = fact_recall(model, tok, small_world, in_pretrain=True)
     unseen = fact_recall(model, tok, small_world, in_pretrain=False)
     assert seen == pytest.approx(meta["recall_pretrain_facts"])
@@ -21,7 +21,7 @@ def test_tiny_recalls_pretraining_facts_far_above_unseen(small_tiny, small_world
 
 def test_cache_and_local_folder_roundtrip(small_tiny, small_world, tmp_path):
     model, tok = small_tiny
-    again, tok2 = load_model("tiny", world=small_world, device="cpu", tiny_pretrain=SMALL_PRETRAIN, progress=False)
+    again, tok2 = load_model("tiny", world=small_world, device="cpu", tiny_pretrain=small_pretrain(), progress=False)
     sd1, sd2 = model.state_dict(), again.state_dict()
     assert all(torch.equal(sd1[k], sd2[k]) for k in sd1)
     assert tok2.get_vocab() == tok.get_vocab()

@@ -71,7 +71,7 @@ def test_parameters_cell_conventions_enforced(tmp_path, source, message):
 @pytest.fixture(scope="module")
 def toy_runs(tmp_path_factory):
     """One reports folder of toy runs, made once for the module's runner and publish checks (each
-    run is a kernel start, ~1.2 s of CPU, issue 37): cpu seeds 1 and 2 a second apart, a cpu run
+    run is a kernel start, ~1.2 s of CPU, issue 34): cpu seeds 1 and 2 a second apart, a cpu run
     failing on purpose through ``epi run`` (its exit code), then a smoke run of seed 3."""
     base = tmp_path_factory.mktemp("toy_runs")
     nb = write_notebook(base / "notebooks", "99_toy", TOY_PARAMS, TOY_CELLS)

@@ -1,7 +1,7 @@
 """Study 02's executor settings: the config refuses workers and executor options that cannot run,
 and gives each executor its options. The grid itself in worker processes and on Ray (the same
 records as in one process, run_study building its own inputs from the config) is in
-tests/test_executors.py, which runs the one-process reference once for both (issue 37)."""
+tests/test_executors.py, which runs the one-process reference once for both (issue 34)."""
 import pytest
 
 
