@@ -332,8 +332,11 @@ def cpu_model() -> str:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
         return platform.processor() or platform.machine()
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+    first = {}  # the first CPU's fields
+    for ln in text.splitlines():
+        key, _, value = ln.partition(":")
+        first.setdefault(key.strip(), value.strip())
+    model, flags = first.get("model name", ""), set(first.get("flags", "").split())
     simd = next((f for f in ("avx512f", "avx2", "avx") if f in flags), "")
     return ", ".join(x for x in (model or platform.machine(), simd) if x)
 
